@@ -1,0 +1,1 @@
+//! Store-and-forward buffer in SQLite (issue 3).

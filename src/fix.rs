@@ -1,0 +1,150 @@
+//! The one `Fix` type: a validated position as it flows from validation to the buffer and
+//! out to the broker, and its JSON form (`../shared/spec/INTERFACE.md`, "A fix").
+
+use chrono::DateTime;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// 2D or 3D, as the receiver reported it (GSA mode, or altitude present in GGA/GNS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FixMode {
+    TwoD,
+    ThreeD,
+}
+
+impl FixMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FixMode::TwoD => "2d",
+            FixMode::ThreeD => "3d",
+        }
+    }
+
+    /// Stable small integer for compact storage (2 or 3, as NMEA GSA says).
+    pub fn as_u8(self) -> u8 {
+        match self {
+            FixMode::TwoD => 2,
+            FixMode::ThreeD => 3,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            2 => Some(FixMode::TwoD),
+            3 => Some(FixMode::ThreeD),
+            _ => None,
+        }
+    }
+}
+
+/// An accepted fix. Plain data, `Copy`, no heap: it travels through bounded queues and the
+/// in-memory ring without allocating.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fix {
+    /// Receiver time, milliseconds since the Unix epoch, UTC. Never the host clock.
+    pub time_ms: i64,
+    /// WGS84 degrees, as precise as the sentence gave them.
+    pub lat: f64,
+    pub lon: f64,
+    /// Altitude above mean sea level, metres.
+    pub alt_m: Option<f64>,
+    /// Speed over ground, metres per second.
+    pub speed_mps: Option<f64>,
+    /// Course over ground, degrees true.
+    pub course_deg: Option<f64>,
+    pub hdop: Option<f64>,
+    /// Satellites used in the fix.
+    pub sats: Option<u8>,
+    pub mode: FixMode,
+}
+
+/// A fix with its place in the output: the buffer's `seq` in payloads, the 0-based index of
+/// accepted fixes in `parse` output.
+#[derive(Debug, Clone, Copy)]
+pub struct Numbered<'a> {
+    pub seq: u64,
+    pub fix: &'a Fix,
+}
+
+/// RFC 3339 UTC with milliseconds: `2020-03-18T13:28:20.600Z`.
+pub fn format_time_ms(time_ms: i64) -> String {
+    match DateTime::from_timestamp_millis(time_ms) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        // Out of chrono's range: cannot come from a validated fix; keep the raw value visible.
+        None => format!("invalid-time-ms:{time_ms}"),
+    }
+}
+
+/// Round a value that went through `f32` in the NMEA parser back to the decimals the receiver
+/// sent, so `278.02` does not come out as `278.0199890136719`.
+pub fn round_to(value: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (value * scale).round() / scale
+}
+
+impl Serialize for Numbered<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.fix;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("seq", &self.seq)?;
+        m.serialize_entry("time", &format_time_ms(f.time_ms))?;
+        m.serialize_entry("lat", &f.lat)?;
+        m.serialize_entry("lon", &f.lon)?;
+        if let Some(v) = f.alt_m {
+            m.serialize_entry("alt_m", &round_to(v, 3))?;
+        }
+        if let Some(v) = f.speed_mps {
+            m.serialize_entry("speed_mps", &round_to(v, 3))?;
+        }
+        if let Some(v) = f.course_deg {
+            m.serialize_entry("course_deg", &round_to(v, 3))?;
+        }
+        if let Some(v) = f.hdop {
+            m.serialize_entry("hdop", &round_to(v, 2))?;
+        }
+        if let Some(v) = f.sats {
+            m.serialize_entry("sats", &v)?;
+        }
+        m.serialize_entry("mode", f.mode.as_str())?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Fix {
+        Fix {
+            time_ms: 1_584_538_100_600,
+            lat: 41.574970205,
+            lon: -93.750558641,
+            alt_m: Some(278.02f32 as f64),
+            speed_mps: Some(1.673),
+            course_deg: None,
+            hdop: Some(1.0),
+            sats: Some(9),
+            mode: FixMode::ThreeD,
+        }
+    }
+
+    #[test]
+    fn json_has_spec_keys_and_omits_unknown_optionals() {
+        let fix = sample();
+        let v: serde_json::Value = serde_json::to_value(Numbered { seq: 7, fix: &fix }).unwrap();
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["time"], "2020-03-18T13:28:20.600Z");
+        assert_eq!(v["lat"], 41.574970205);
+        assert_eq!(v["lon"], -93.750558641);
+        assert_eq!(v["alt_m"], 278.02);
+        assert_eq!(v["mode"], "3d");
+        assert!(v.get("course_deg").is_none(), "unknown optional keys are omitted, not null");
+    }
+
+    #[test]
+    fn mode_round_trips_through_its_storage_integer() {
+        for m in [FixMode::TwoD, FixMode::ThreeD] {
+            assert_eq!(FixMode::from_u8(m.as_u8()), Some(m));
+        }
+        assert_eq!(FixMode::from_u8(1), None);
+    }
+}

@@ -1,0 +1,21 @@
+//! gps-agent: an on-vehicle GPS telematics edge agent.
+//!
+//! A fix's way through the agent, one module per stage:
+//!
+//! 1. [`gnss`]: serial or file source, framing, NMEA parsing, epoch assembly.
+//! 2. [`validate`]: an epoch becomes an accepted [`fix::Fix`] or a [`rejection::Rejection`].
+//! 3. [`buffer`]: every accepted fix is stored in SQLite with a `seq` before it is sent.
+//! 4. `uplink`: MQTT publishing, backoff, circuit breaker (coming with its issue).
+//! 5. `health`: the local endpoint and metrics (coming with its issue).
+//!
+//! [`config`] reads and checks the TOML file; [`cli`] is the command line. Shared types live
+//! in small files of their own: [`fix`], [`rejection`], [`error`].
+
+pub mod buffer;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fix;
+pub mod gnss;
+pub mod rejection;
+pub mod validate;

@@ -1,0 +1,124 @@
+//! Why an epoch (or a sentence) did not become an accepted fix.
+//!
+//! The reason codes are part of the outside interface (`parse --all` output, `/health`
+//! `components.gnss.rejected`, metrics labels): never rename one.
+
+use serde::Serialize;
+
+/// Reason codes of `../shared/spec/INTERFACE.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// A sentence failed its checksum (or had none where one is required).
+    Checksum,
+    /// The receiver said it has no fix (RMC `V`, GGA quality 0, GSA mode 1).
+    NoFix,
+    /// Dead reckoning, manual input or simulator (GGA quality 6-8, FAA mode E/M/S/N).
+    Estimated,
+    /// Sentences of one epoch contradict each other (positions or status apart).
+    Disagree,
+    /// Latitude/longitude out of range, NaN or infinite.
+    OutOfRange,
+    /// 0,0: a receiver's way of saying nothing.
+    NullIsland,
+    /// HDOP above the configured maximum.
+    Hdop,
+    /// Fewer satellites than the configured minimum.
+    Satellites,
+    /// Implied speed from the previous fix above `max_speed_kmh`.
+    SpeedJump,
+    /// Time before 2020, or a GPS week-rollover date that was not corrected.
+    TimeInvalid,
+    /// Same time as, or earlier than, the previous accepted fix.
+    DuplicateTime,
+    /// Not enough in the epoch to make a fix (no position, no time or no date).
+    Incomplete,
+}
+
+impl Reason {
+    /// Every reason, in a stable order (for metrics and health maps).
+    pub const ALL: [Reason; 12] = [
+        Reason::Checksum,
+        Reason::NoFix,
+        Reason::Estimated,
+        Reason::Disagree,
+        Reason::OutOfRange,
+        Reason::NullIsland,
+        Reason::Hdop,
+        Reason::Satellites,
+        Reason::SpeedJump,
+        Reason::TimeInvalid,
+        Reason::DuplicateTime,
+        Reason::Incomplete,
+    ];
+
+    /// The stable code, as in the spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Checksum => "checksum",
+            Reason::NoFix => "no_fix",
+            Reason::Estimated => "estimated",
+            Reason::Disagree => "disagree",
+            Reason::OutOfRange => "out_of_range",
+            Reason::NullIsland => "null_island",
+            Reason::Hdop => "hdop",
+            Reason::Satellites => "satellites",
+            Reason::SpeedJump => "speed_jump",
+            Reason::TimeInvalid => "time_invalid",
+            Reason::DuplicateTime => "duplicate_time",
+            Reason::Incomplete => "incomplete",
+        }
+    }
+
+    /// Index into [`Reason::ALL`], for fixed-size counter arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// An epoch that was not accepted, with whatever of time and position was known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rejection {
+    pub reason: Reason,
+    /// Receiver time, milliseconds since the Unix epoch (UTC), when date and time were known.
+    pub time_ms: Option<i64>,
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    /// A short human explanation for logs (`"GGA quality 6"`); not a stable code.
+    pub detail: &'static str,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: &'static str) -> Self {
+        Rejection {
+            reason,
+            time_ms: None,
+            lat: None,
+            lon: None,
+            detail,
+        }
+    }
+}
+
+/// Counters by reason, fixed size (no allocation on the hot path).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReasonCounts([u64; Reason::ALL.len()]);
+
+impl ReasonCounts {
+    pub fn add(&mut self, reason: Reason) {
+        self.0[reason.index()] += 1;
+    }
+    pub fn get(&self, reason: Reason) -> u64 {
+        self.0[reason.index()]
+    }
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+    /// Non-zero counts, in the stable order of [`Reason::ALL`].
+    pub fn iter(&self) -> impl Iterator<Item = (Reason, u64)> + '_ {
+        Reason::ALL
+            .iter()
+            .map(|r| (*r, self.get(*r)))
+            .filter(|(_, n)| *n > 0)
+    }
+}
