@@ -1,7 +1,117 @@
-//! The command line (`../shared/spec/INTERFACE.md`, "Command line"): one file per
-//! subcommand; each returns the process exit code.
+//! The command line (`../shared/spec/INTERFACE.md`, "Command line"): argument parsing and
+//! logging set-up here, one file per subcommand; each returns the process exit code.
+//!
+//! Exit codes: 0 success; 1 failure at run time (or `status`: degraded); 2 usage error
+//! (clap) or `status`: unhealthy/unreachable; 66 input file missing (`EX_NOINPUT`);
+//! 69 subcommand not available in this build (`EX_UNAVAILABLE`); 78 configuration invalid
+//! (`EX_CONFIG`, also listed in the unit's `RestartPreventExitStatus`).
+
+pub mod check_config;
+pub mod parse;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+/// Exit code for an invalid configuration (sysexits `EX_CONFIG`).
+pub const EXIT_CONFIG: i32 = 78;
+/// Exit code for a missing or unreadable input file (sysexits `EX_NOINPUT`).
+pub const EXIT_NOINPUT: i32 = 66;
+/// Exit code for a subcommand this build does not provide yet (sysexits `EX_UNAVAILABLE`).
+pub const EXIT_UNAVAILABLE: i32 = 69;
+
+/// Where the configuration is read from when neither `--config` nor `GPS_AGENT_CONFIG` says.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gps-agent/config.toml";
+
+#[derive(Debug, Parser)]
+#[command(name = "gps-agent", version, about = "On-vehicle GPS telematics edge agent")]
+pub struct Cli {
+    /// Configuration file (default /etc/gps-agent/config.toml).
+    #[arg(long, global = true, env = "GPS_AGENT_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Log format; default json when stderr is not a terminal, text otherwise.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log level or tracing filter (e.g. `info`, `gps_agent::gnss=debug`).
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: runs until SIGTERM/SIGINT, then flushes and exits 0.
+    Run,
+    /// Exit 0 if the configuration is valid; exit 78 with one line per problem.
+    CheckConfig,
+    /// Offline: NMEA log in, accepted fixes out as JSON Lines on stdout.
+    Parse(parse::ParseArgs),
+    /// One health snapshot from a running agent; --watch tails the stream.
+    Status {
+        #[arg(long, default_value = "http://127.0.0.1:8470")]
+        url: String,
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Newcomer's demo: simulated receiver + embedded broker, no setup.
+    Demo,
+}
 
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return e.exit_code();
+        }
+    };
+    init_logging(cli.log_format, &cli.log_level);
+    let config_path = cli
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    match cli.command {
+        Command::CheckConfig => check_config::run(&config_path),
+        Command::Parse(args) => parse::run(&args, cli.config.as_deref()),
+        Command::Run | Command::Status { .. } | Command::Demo => {
+            eprintln!(
+                "gps-agent: this subcommand is not available in this build yet \
+                 (the daemon, status and demo land with the uplink and daemon work)"
+            );
+            EXIT_UNAVAILABLE
+        }
+    }
+}
+
+/// Logs go to stderr so that stdout stays clean for data (`parse`, `buffer stats`).
+/// journald takes stderr as well as stdout from a service.
+fn init_logging(format: Option<LogFormat>, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
+        LogFormat::Text
+    } else {
+        LogFormat::Json
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling main twice) is harmless: ignore it.
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }

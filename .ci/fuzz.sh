@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# A short libFuzzer run of the pipeline target (framing, parsing, assembly, validation).
+# The machine has a stable toolchain only: RUSTC_BOOTSTRAP lets cargo-fuzz pass its
+# sanitizer flags. Seeds come from the gpsd corpus; crashes land in fuzz/artifacts.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds="${1:-60}"
+corpus_src="${GPS_AGENT_CORPUS:-$PWD/../../shared/nmea-corpus}"
+mkdir -p corpus/pipeline
+if [ -d "$corpus_src" ]; then
+  for f in "$corpus_src"/*.log; do cp -n "$f" corpus/pipeline/ 2>/dev/null || true; done
+fi
+RUSTC_BOOTSTRAP=1 cargo fuzz run pipeline corpus/pipeline -- \
+  -max_total_time="$seconds" -max_len=4096 -rss_limit_mb=1024 -print_final_stats=1

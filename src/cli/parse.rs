@@ -1,0 +1,224 @@
+//! `gps-agent parse FILE|-`: an NMEA capture in, accepted fixes out as JSON Lines, through the
+//! same decoder and validator as the daemon, so operators can check a receiver's capture.
+//!
+//! Thresholds come from `--config` (or `GPS_AGENT_CONFIG`) when given, else from
+//! `/etc/gps-agent/config.toml` when it exists, else from the defaults. A summary line goes to
+//! stderr at the end; stdout carries only fixes (and rejections with `--all`).
+
+use crate::config::{self, Config, ConfigError};
+use crate::fix::{format_time_ms, Numbered};
+use crate::gnss::{Decoded, Decoder};
+use crate::rejection::{Reason, Rejection};
+use crate::validate::Validator;
+use serde_json::json;
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, clap::Args)]
+pub struct ParseArgs {
+    /// NMEA log to read, or `-` for standard input.
+    pub input: PathBuf,
+    /// Also print each rejected epoch with its reason.
+    #[arg(long)]
+    pub all: bool,
+}
+
+pub fn run(args: &ParseArgs, config_path: Option<&Path>) -> i32 {
+    let cfg = match load_config(config_path) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let input: Box<dyn Read> = if args.input.as_os_str() == "-" {
+        Box::new(io::stdin().lock())
+    } else {
+        match std::fs::File::open(&args.input) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                eprintln!("gps-agent parse: cannot open {}: {e}", args.input.display());
+                return super::EXIT_NOINPUT;
+            }
+        }
+    };
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    match parse_stream(input, &mut out, &cfg, args.all) {
+        Ok(summary) => {
+            if let Err(e) = out.flush() {
+                return output_error(&e);
+            }
+            eprintln!("{summary}");
+            0
+        }
+        Err(ParseStreamError::Read(e)) => {
+            eprintln!("gps-agent parse: read error: {e}");
+            1
+        }
+        Err(ParseStreamError::Write(e)) => output_error(&e),
+    }
+}
+
+/// A closed pipe (`| head`) is the reader's choice, not a failure.
+fn output_error(e: &io::Error) -> i32 {
+    if e.kind() == io::ErrorKind::BrokenPipe {
+        0
+    } else {
+        eprintln!("gps-agent parse: write error: {e}");
+        1
+    }
+}
+
+fn load_config(explicit: Option<&Path>) -> Result<Config, i32> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = PathBuf::from(super::DEFAULT_CONFIG_PATH);
+            if !default.exists() {
+                return Ok(Config::default());
+            }
+            default
+        }
+    };
+    match config::load(&path) {
+        Ok(cfg) => Ok(cfg),
+        Err(ConfigError::Invalid { problems }) => {
+            for p in &problems {
+                eprintln!("{}: {}", path.display(), p);
+            }
+            Err(super::EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("{}: {}", path.display(), e);
+            Err(super::EXIT_CONFIG)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum ParseStreamError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// What a run saw, for the closing line on stderr.
+#[derive(Debug, Default, Clone)]
+pub struct ParseSummary {
+    pub bytes: u64,
+    pub epochs: u64,
+    pub accepted: u64,
+    pub rejected: crate::rejection::ReasonCounts,
+    pub sentences: Option<crate::gnss::SentenceStats>,
+}
+
+impl std::fmt::Display for ParseSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "parse: {} bytes, {} epochs, {} fixes accepted, {} rejected",
+            self.bytes,
+            self.epochs,
+            self.accepted,
+            self.rejected.total()
+        )?;
+        let mut first = true;
+        for (reason, n) in self.rejected.iter() {
+            write!(f, "{}{} {}", if first { " (" } else { ", " }, reason.as_str(), n)?;
+            first = false;
+        }
+        if !first {
+            write!(f, ")")?;
+        }
+        if let Some(s) = &self.sentences {
+            if let Ok(j) = serde_json::to_string(s) {
+                write!(f, "; sentences {j}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Decode and validate a whole stream, writing JSON Lines to `out`.
+pub fn parse_stream(
+    mut input: impl Read,
+    out: &mut impl Write,
+    cfg: &Config,
+    all: bool,
+) -> Result<ParseSummary, ParseStreamError> {
+    let mut decoder = Decoder::new(cfg.gnss.require_checksum);
+    let mut validator = Validator::new(cfg.validate.clone());
+    let mut summary = ParseSummary::default();
+    let mut write_err: Option<io::Error> = None;
+    let mut buf = [0u8; 8192];
+    let mut handle = |event: Decoded, summary: &mut ParseSummary| {
+        if write_err.is_some() {
+            return;
+        }
+        let line = match event {
+            Decoded::Epoch(epoch) => {
+                summary.epochs += 1;
+                match validator.check(&epoch) {
+                    Ok(fix) => {
+                        let seq = summary.accepted;
+                        summary.accepted += 1;
+                        serde_json::to_string(&Numbered { seq, fix: &fix }).ok()
+                    }
+                    Err(rej) => {
+                        summary.rejected.add(rej.reason);
+                        all.then(|| rejection_json(&rej))
+                    }
+                }
+            }
+            Decoded::BadChecksum => {
+                summary.rejected.add(Reason::Checksum);
+                all.then(|| rejection_json(&Rejection::new(Reason::Checksum, "bad checksum")))
+            }
+        };
+        if let Some(line) = line {
+            if let Err(e) = writeln!(out, "{line}") {
+                write_err = Some(e);
+            }
+        }
+    };
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(ParseStreamError::Read(e)),
+        };
+        summary.bytes += n as u64;
+        let chunk = buf.get(..n).unwrap_or(&[]);
+        let mut events = Vec::new();
+        decoder.feed(chunk, &mut |ev| events.push(ev));
+        for ev in events {
+            handle(ev, &mut summary);
+        }
+        if let Some(e) = write_err.take() {
+            return Err(ParseStreamError::Write(e));
+        }
+    }
+    let mut events = Vec::new();
+    decoder.finish(&mut |ev| events.push(ev));
+    for ev in events {
+        handle(ev, &mut summary);
+    }
+    if let Some(e) = write_err.take() {
+        return Err(ParseStreamError::Write(e));
+    }
+    summary.sentences = Some(*decoder.stats());
+    Ok(summary)
+}
+
+/// `{"rejected": "<reason>", "time": ..., "lat": ..., "lon": ...}` with what was known.
+pub fn rejection_json(rej: &Rejection) -> String {
+    let mut v = json!({ "rejected": rej.reason.as_str() });
+    if let Some(t) = rej.time_ms {
+        v["time"] = json!(format_time_ms(t));
+    }
+    if let Some(lat) = rej.lat.filter(|x| x.is_finite()) {
+        v["lat"] = json!(lat);
+    }
+    if let Some(lon) = rej.lon.filter(|x| x.is_finite()) {
+        v["lon"] = json!(lon);
+    }
+    v.to_string()
+}

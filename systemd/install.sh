@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs gps-agent on a gateway: binary, unit, sysusers entry and an example config.
+# Idempotent: run it again to upgrade; an existing /etc/gps-agent/config.toml is kept.
+# Usage: systemd/install.sh [path/to/gps-agent]   (default: target/release/gps-agent)
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bin="${1:-$here/../target/release/gps-agent}"
+prefix="${DESTDIR:-}"
+
+[ -x "$bin" ] || { echo "install.sh: no executable at $bin (cargo build --release first)" >&2; exit 1; }
+
+install -D -m 0755 "$bin" "$prefix/usr/bin/gps-agent"
+install -D -m 0644 "$here/gps-agent.service" "$prefix/etc/systemd/system/gps-agent.service"
+install -D -m 0644 "$here/gps-agent.sysusers" "$prefix/usr/lib/sysusers.d/gps-agent.conf"
+if [ ! -e "$prefix/etc/gps-agent/config.toml" ]; then
+  install -D -m 0644 "$here/../config/example.toml" "$prefix/etc/gps-agent/config.toml"
+fi
+
+# Only on the live system (not when staging into DESTDIR for a package).
+if [ -z "$prefix" ] && command -v systemctl >/dev/null 2>&1; then
+  systemd-sysusers /usr/lib/sysusers.d/gps-agent.conf
+  systemctl daemon-reload
+  /usr/bin/gps-agent check-config --config /etc/gps-agent/config.toml
+  echo "installed; start with: systemctl enable --now gps-agent"
+fi
