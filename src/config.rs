@@ -290,7 +290,13 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
     let Some(config) = config else {
         return Err(ConfigError::Invalid { problems });
     };
+    // With a bad `gnss.source` the check would judge path and baud against the default
+    // source ("serial"): a second, misleading problem. Report the source alone.
+    let source_unknown = problems.iter().any(|p| p.key == "gnss.source");
     for mut problem in config.check() {
+        if source_unknown && matches!(problem.key.as_str(), "gnss.path" | "gnss.baud") {
+            continue;
+        }
         problem.line = key_line(table.get_ref(), &problem.key, text);
         problems.push(problem);
     }

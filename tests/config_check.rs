@@ -136,7 +136,7 @@ id = \"a/b\"
 colour = \"red\"
 [gnss]
 baud = 9601
-source = \"usb\"
+pace = \"slow\"
 [validate]
 max_hdop = 0
 jump_confirm = 1
@@ -149,7 +149,7 @@ listen = \"localhost:8470\"
     let found: Vec<(&str, Option<usize>)> = all.iter().map(|p| (p.key.as_str(), p.line)).collect();
     for expected in [
         ("device.colour", Some(3)),
-        ("gnss.source", Some(6)),
+        ("gnss.pace", Some(6)),
         ("device.id", Some(2)),
         ("gnss.baud", Some(5)),
         ("validate.max_hdop", Some(8)),
@@ -491,4 +491,14 @@ fn loading_something_huge_is_refused_unread() {
     std::fs::write(&path, big).unwrap();
     let err = config::load(&path).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
+}
+
+#[test]
+fn a_bad_source_is_reported_alone_not_with_path_problems_judged_against_the_default() {
+    assert_problem(
+        "[gnss]\nsource = \"files\"\npath = \"log.nmea\"\nbaud = 1\n",
+        "gnss.source",
+        Some(2),
+        "files",
+    );
 }
