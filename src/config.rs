@@ -1,10 +1,20 @@
 //! Configuration: the TOML file, its documented defaults, and the checks `check-config` runs.
 //!
-//! Stages: serde reads the raw file into these structs (unknown keys rejected), then
-//! [`Config::check`] checks ranges and paths and reports every problem with its key.
+//! Stages: the text is parsed into a spanned TOML table (syntax errors, with their lines);
+//! serde reads that table into these structs (unknown keys and wrong types rejected); then
+//! [`Config::check`] checks ranges and paths and reports every problem with its key. Every
+//! problem found is returned at once, each naming its dotted key and 1-based line, so an
+//! operator fixes the file in one pass. This module only reads: it never creates the buffer
+//! directory, opens the device or resolves host names.
 
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::{Classified, ErrorClass};
 
 /// The whole file. Every section may be left out; each key has a documented default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -211,5 +221,585 @@ impl Default for HealthConfig {
         HealthConfig {
             listen: "127.0.0.1:8470".into(),
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading and checking
+// ---------------------------------------------------------------------------------------------
+
+/// Baud rates serial GNSS receivers are set to in practice (the POSIX list from 4800 up). Any
+/// other value is almost always a typo (`9601`) that would leave the port reading garbage.
+pub const STANDARD_BAUD_RATES: [u32; 9] = [
+    4800, 9600, 19200, 38400, 57600, 115_200, 230_400, 460_800, 921_600,
+];
+
+/// A config file larger than this is refused unread: a real one is a few kilobytes, and a
+/// path pointing at a device or a huge log must not make the agent read without end.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// At most this many problems are reported (and this many serde passes run): enough for any
+/// real file, and a bound on the retry loop that collects type and unknown-key errors.
+const MAX_PROBLEMS: usize = 64;
+
+/// Read, parse and check a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes: not a config file"),
+        )));
+    }
+    parse_str(&text)
+}
+
+/// Parse and check config text. Returns every problem found (syntax errors alone when the
+/// text is not TOML; otherwise type and unknown-key errors together with range problems).
+pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    let (table, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
+    if !syntax_errors.is_empty() {
+        let problems = syntax_errors
+            .iter()
+            .take(MAX_PROBLEMS)
+            .map(|e| {
+                let at = e.span().map(|s| s.start);
+                Problem {
+                    key: at
+                        .and_then(|at| key_path_at(table.get_ref(), at))
+                        .map(|p| p.join("."))
+                        .unwrap_or_default(),
+                    line: at.map(|at| line_of(text, at)),
+                    message: format!("invalid TOML: {}", e.message()),
+                }
+            })
+            .collect();
+        return Err(ConfigError::Invalid { problems });
+    }
+
+    let (config, mut problems) = deserialize_collecting(table.clone(), text);
+    let Some(config) = config else {
+        return Err(ConfigError::Invalid { problems });
+    };
+    // With a bad `gnss.source` the check would judge path and baud against the default
+    // source ("serial"): a second, misleading problem. Report the source alone.
+    let source_unknown = problems.iter().any(|p| p.key == "gnss.source");
+    for mut problem in config.check() {
+        if source_unknown && matches!(problem.key.as_str(), "gnss.path" | "gnss.baud") {
+            continue;
+        }
+        problem.line = key_line(table.get_ref(), &problem.key, text);
+        problems.push(problem);
+    }
+    problems.truncate(MAX_PROBLEMS);
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigError::Invalid { problems })
+    }
+}
+
+/// Deserialize, and on each serde error (wrong type, unknown key, unknown variant) record it,
+/// drop the offending key and try again, so one pass reports them all. Bounded by
+/// `MAX_PROBLEMS`. The config returned after errors holds defaults in place of the bad keys:
+/// good enough to range-check the rest, never to run with.
+fn deserialize_collecting(
+    mut table: toml::Spanned<toml::de::DeTable<'_>>,
+    text: &str,
+) -> (Option<Config>, Vec<Problem>) {
+    let mut problems = Vec::new();
+    for _ in 0..MAX_PROBLEMS {
+        let error = match Config::deserialize(toml::de::Deserializer::from(table.clone())) {
+            Ok(config) => return (Some(config), problems),
+            Err(e) => e,
+        };
+        let at = error.span().map(|s| s.start);
+        let path = at.and_then(|at| key_path_at(table.get_ref(), at));
+        let message = match error.message().strip_prefix("unknown field") {
+            Some(rest) => format!("unknown key{rest}"),
+            None => error.message().to_string(),
+        };
+        problems.push(Problem {
+            key: path.as_ref().map(|p| p.join(".")).unwrap_or_default(),
+            line: at.map(|at| line_of(text, at)),
+            message,
+        });
+        let removed = path.is_some_and(|p| remove_key(table.get_mut(), &p));
+        if !removed {
+            // Nothing left to drop: another pass would only repeat the same error.
+            return (None, problems);
+        }
+    }
+    (None, problems)
+}
+
+/// The dotted key path whose key or value covers byte offset `at` (deepest match).
+fn key_path_at(table: &toml::de::DeTable<'_>, at: usize) -> Option<Vec<String>> {
+    let covers = |span: Range<usize>| span.contains(&at) || (span.is_empty() && span.start == at);
+    for (key, value) in table.iter() {
+        if covers(key.span()) {
+            return Some(vec![key.get_ref().to_string()]);
+        }
+        if let toml::de::DeValue::Table(inner) = value.get_ref() {
+            // Table spans differ between `[section]` headers and dotted keys: search inside
+            // regardless of the span.
+            if let Some(mut path) = key_path_at(inner, at) {
+                path.insert(0, key.get_ref().to_string());
+                return Some(path);
+            }
+        } else if covers(value.span()) {
+            return Some(vec![key.get_ref().to_string()]);
+        }
+    }
+    None
+}
+
+/// Remove the key at `path`; false when there is no such key.
+fn remove_key(table: &mut toml::de::DeTable<'_>, path: &[String]) -> bool {
+    match path {
+        [] => false,
+        [last] => table.remove(last.as_str()).is_some(),
+        [first, rest @ ..] => match table.get_mut(first.as_str()).map(|v| v.get_mut()) {
+            Some(toml::de::DeValue::Table(inner)) => remove_key(inner, rest),
+            _ => false,
+        },
+    }
+}
+
+/// The 1-based line of a dotted key as written in the file; `None` when the key is not in the
+/// file (a default).
+fn key_line(table: &toml::de::DeTable<'_>, dotted: &str, text: &str) -> Option<usize> {
+    let mut table = table;
+    let mut segments = dotted.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (key, value) = table.get_key_value(segment)?;
+        if segments.peek().is_none() {
+            return Some(line_of(text, key.span().start));
+        }
+        match value.get_ref() {
+            toml::de::DeValue::Table(inner) => table = inner,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(at)
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// One thing wrong with the config, as `check-config` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key, e.g. `gnss.baud`; empty for a syntax error outside any key.
+    pub key: String,
+    /// 1-based line of the key in the file; `None` when the key is not in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(key: &str, message: String) -> Self {
+        Problem {
+            key: key.to_string(),
+            line: None,
+            message,
+        }
+    }
+}
+
+/// One line: `gnss.baud (line 7): 9601 is not a standard baud rate (...)`.
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.key.is_empty(), self.line) {
+            (false, Some(line)) => write!(f, "{} (line {line}): {}", self.key, self.message),
+            (false, None) => write!(f, "{}: {}", self.key, self.message),
+            (true, Some(line)) => write!(f, "line {line}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+fn join_problems(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Why the config cannot be used. Both are permanent: restarting will not fix the file
+/// (`check-config` exits 78, `EX_CONFIG`).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config, {} problem(s): {}", .problems.len(), join_problems(.problems))]
+    Invalid { problems: Vec<Problem> },
+}
+
+impl Classified for ConfigError {
+    fn code(&self) -> &'static str {
+        match self {
+            ConfigError::Read { .. } => "CONFIG_READ",
+            ConfigError::Invalid { .. } => "CONFIG_INVALID",
+        }
+    }
+
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Permanent
+    }
+}
+
+/// A positive, finite number (thresholds and `_s` durations).
+fn check_positive(out: &mut Vec<Problem>, key: &str, value: f64, unit: &str) {
+    if !value.is_finite() || value <= 0.0 {
+        out.push(Problem::new(
+            key,
+            format!("{value} must be a positive number of {unit}"),
+        ));
+    }
+}
+
+fn check_at_least(out: &mut Vec<Problem>, key: &str, value: u64, min: u64, what: &str) {
+    if value < min {
+        out.push(Problem::new(key, format!("{value} is below {min} {what}")));
+    }
+}
+
+/// A duration from a checked `_s` key; the fallback only guards a config that skipped
+/// [`Config::check`], so a bad value never panics at run time.
+fn seconds(value: f64, fallback: Duration) -> Duration {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .unwrap_or(fallback)
+}
+
+impl Config {
+    /// Every range, path and format problem, section by section; `line` is left `None`
+    /// ([`parse_str`] fills it from the file).
+    pub fn check(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        self.device.check(&mut out);
+        self.gnss.check(&mut out);
+        self.validate.check(&mut out);
+        self.buffer.check(&mut out);
+        self.mqtt.check(&mut out);
+        self.health.check(&mut out);
+        out
+    }
+}
+
+impl DeviceConfig {
+    /// Longest device id accepted: it goes into every topic and payload.
+    pub const MAX_ID_LEN: usize = 128;
+
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        let id = &self.id;
+        if id.is_empty() {
+            out.push(Problem::new("device.id", "must not be empty".into()));
+        } else if id.contains(['+', '#', '/']) {
+            out.push(Problem::new(
+                "device.id",
+                format!("{id:?} contains an MQTT topic character (+ # /)"),
+            ));
+        } else if id.chars().any(char::is_control) {
+            out.push(Problem::new(
+                "device.id",
+                format!("{id:?} contains control characters"),
+            ));
+        } else if id.len() > Self::MAX_ID_LEN {
+            out.push(Problem::new(
+                "device.id",
+                format!(
+                    "is {} bytes long, at most {} allowed",
+                    id.len(),
+                    Self::MAX_ID_LEN
+                ),
+            ));
+        }
+    }
+}
+
+impl GnssConfig {
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        if self.path.as_os_str().is_empty() {
+            out.push(Problem::new("gnss.path", "must not be empty".into()));
+        } else if self.source == SourceKind::Serial && !self.path.is_absolute() {
+            out.push(Problem::new(
+                "gnss.path",
+                format!(
+                    "{} must be an absolute device path for source = \"serial\" (e.g. /dev/ttyUSB0)",
+                    self.path.display()
+                ),
+            ));
+        }
+        if self.source == SourceKind::Serial && !STANDARD_BAUD_RATES.contains(&self.baud) {
+            let list = STANDARD_BAUD_RATES.map(|b| b.to_string()).join(", ");
+            out.push(Problem::new(
+                "gnss.baud",
+                format!("{} is not a standard baud rate ({list})", self.baud),
+            ));
+        }
+        check_positive(out, "gnss.stuck_after_s", self.stuck_after_s, "seconds");
+    }
+
+    /// `stuck_after_s` as a duration.
+    pub fn stuck_after(&self) -> Duration {
+        seconds(self.stuck_after_s, Duration::from_secs(10))
+    }
+}
+
+impl ValidateConfig {
+    /// Earliest and latest `not_before_year` accepted: GPS time starts in 1980; a later
+    /// year than this is a typo that would reject every fix.
+    pub const YEAR_RANGE: std::ops::RangeInclusive<i32> = 1980..=2100;
+
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        check_positive(out, "validate.max_hdop", self.max_hdop, "HDOP");
+        check_positive(out, "validate.max_speed_kmh", self.max_speed_kmh, "km/h");
+        check_positive(out, "validate.disagree_m", self.disagree_m, "metres");
+        let track = crate::validate::JUMP_TRACK_CAPACITY;
+        if !(2..=track).contains(&usize::from(self.jump_confirm)) {
+            out.push(Problem::new(
+                "validate.jump_confirm",
+                format!(
+                    "{} must be between 2 and {track} (1 would accept every jump)",
+                    self.jump_confirm
+                ),
+            ));
+        }
+        if !Self::YEAR_RANGE.contains(&self.not_before_year) {
+            out.push(Problem::new(
+                "validate.not_before_year",
+                format!(
+                    "{} must be between {} and {}",
+                    self.not_before_year,
+                    Self::YEAR_RANGE.start(),
+                    Self::YEAR_RANGE.end()
+                ),
+            ));
+        }
+    }
+}
+
+impl BufferConfig {
+    /// Smallest `max_bytes`: a SQLite file with its schema already takes tens of kilobytes.
+    pub const MIN_BYTES: u64 = 64 * 1024;
+    /// Largest `memory_ring`: it is RAM on a small gateway (a fix is under 100 bytes).
+    pub const MAX_MEMORY_RING: u32 = 1_000_000;
+
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        if let Some(message) = implausible_file_path(&self.path) {
+            out.push(Problem::new("buffer.path", message));
+        }
+        check_positive(
+            out,
+            "buffer.commit_interval_s",
+            self.commit_interval_s,
+            "seconds",
+        );
+        check_at_least(out, "buffer.commit_max", self.commit_max.into(), 1, "fixes");
+        check_at_least(out, "buffer.max_fixes", self.max_fixes, 1, "fixes");
+        check_at_least(
+            out,
+            "buffer.max_bytes",
+            self.max_bytes,
+            Self::MIN_BYTES,
+            "bytes",
+        );
+        check_at_least(
+            out,
+            "buffer.memory_ring",
+            self.memory_ring.into(),
+            1,
+            "fixes",
+        );
+        if self.memory_ring > Self::MAX_MEMORY_RING {
+            out.push(Problem::new(
+                "buffer.memory_ring",
+                format!(
+                    "{} is above {} fixes (it is held in RAM)",
+                    self.memory_ring,
+                    Self::MAX_MEMORY_RING
+                ),
+            ));
+        }
+        check_positive(out, "buffer.disk_retry_s", self.disk_retry_s, "seconds");
+    }
+
+    /// `commit_interval_s` as a duration.
+    pub fn commit_interval(&self) -> Duration {
+        seconds(self.commit_interval_s, Duration::from_secs(1))
+    }
+
+    /// `disk_retry_s` as a duration.
+    pub fn disk_retry(&self) -> Duration {
+        seconds(self.disk_retry_s, Duration::from_secs(30))
+    }
+}
+
+/// Why a buffer file path cannot work, judged without touching the disk beyond `metadata`
+/// (the directory may legitimately not exist yet: systemd's `StateDirectory=` makes it).
+fn implausible_file_path(path: &Path) -> Option<String> {
+    let shown = path.display();
+    if path.as_os_str().is_empty() {
+        return Some("must not be empty".into());
+    }
+    let ends_with_separator = path.as_os_str().to_string_lossy().ends_with('/');
+    if ends_with_separator || path.file_name().is_none() || path.is_dir() {
+        return Some(format!(
+            "{shown} names a directory; give a file such as /var/lib/gps-agent/buffer.db"
+        ));
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && parent.exists() && !parent.is_dir() => {
+            Some(format!(
+                "{shown}: parent {} exists but is not a directory",
+                parent.display()
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Where the broker is, from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// From the URL, else 1883 (`mqtt://`) or 8883 (`mqtts://`).
+    pub port: u16,
+}
+
+impl MqttConfig {
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        if let Err(message) = self.broker() {
+            out.push(Problem::new("mqtt.url", message));
+        }
+        let prefix = &self.topic_prefix;
+        let problem = if prefix.is_empty() {
+            Some("must not be empty".to_string())
+        } else if prefix.contains(['+', '#']) {
+            Some(format!("{prefix:?} contains an MQTT wildcard (+ #)"))
+        } else if prefix.starts_with('$') {
+            Some(format!(
+                "{prefix:?} starts with $, reserved for broker topics"
+            ))
+        } else if prefix.split('/').any(str::is_empty) {
+            Some(format!(
+                "{prefix:?} has an empty topic level (leading, trailing or double /)"
+            ))
+        } else if prefix.chars().any(char::is_control) {
+            Some(format!("{prefix:?} contains control characters"))
+        } else {
+            None
+        };
+        if let Some(message) = problem {
+            out.push(Problem::new("mqtt.topic_prefix", message));
+        }
+    }
+
+    /// Parse `url`: `mqtt://host[:port]` or `mqtts://host[:port]`, an optional trailing `/`,
+    /// nothing else (no path, query or credentials: nothing would use them).
+    pub fn broker(&self) -> Result<Broker, String> {
+        let url = self.url.as_str();
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("{url:?} is not a URL; expected mqtt://host:port or mqtts://host:port")
+        })?;
+        let tls = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" => false,
+            "mqtts" => true,
+            _ => return Err(format!("scheme {scheme:?} must be mqtt:// or mqtts://")),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
+            return Err(format!(
+                "{url:?}: only {scheme}://host[:port] is supported (no path, query, credentials or spaces)"
+            ));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
+            match after {
+                "" => (host, None),
+                _ => match after.strip_prefix(':') {
+                    Some(port) => (host, Some(port)),
+                    None => return Err(format!("{url:?}: unexpected text after ]")),
+                },
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(format!(
+                        "{url:?}: put an IPv6 address in brackets, [::1]:1883"
+                    ))
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(text) => match text.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => return Err(format!("{url:?}: port {text:?} must be 1-65535")),
+            },
+        };
+        Ok(Broker {
+            tls,
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl HealthConfig {
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        if let Err(message) = self.listen_addr() {
+            out.push(Problem::new("health.listen", message));
+        }
+    }
+
+    /// `listen` as a socket address (an IP and a port: no host names, nothing is resolved).
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        self.listen.parse::<SocketAddr>().map_err(|_| {
+            format!(
+                "{:?} is not a socket address; expected IP:port such as 127.0.0.1:8470",
+                self.listen
+            )
+        })
     }
 }
