@@ -311,3 +311,216 @@ fn slot_of(observation: &Observation) -> Slot {
         Observation::Zda { .. } => Slot::Zda,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rmc(t: u32, date: Option<NaiveDate>) -> Observation {
+        Observation::Rmc {
+            time_of_day_ms: Some(t),
+            date,
+            obs: RmcObs {
+                valid: true,
+                lat: Some(1.0),
+                lon: Some(2.0),
+                ..RmcObs::default()
+            },
+        }
+    }
+
+    fn gga(t: Option<u32>) -> Observation {
+        Observation::Gga {
+            time_of_day_ms: t,
+            obs: GgaObs {
+                quality: 1,
+                ..GgaObs::default()
+            },
+        }
+    }
+
+    fn gsa(mode: u8, sats: u8) -> Observation {
+        Observation::Gsa(GsaObs {
+            fix_mode: mode,
+            sats_used: sats,
+            hdop: Some(1.0),
+            ..GsaObs::default()
+        })
+    }
+
+    fn vtg(course: f64) -> Observation {
+        Observation::Vtg(VtgObs {
+            course_deg: Some(course),
+            ..VtgObs::default()
+        })
+    }
+
+    fn day(d: u32) -> Option<NaiveDate> {
+        NaiveDate::from_ymd_opt(2024, 2, d)
+    }
+
+    fn assemble(observations: &[Observation]) -> Vec<Epoch> {
+        let mut a = Assembler::new();
+        let mut out = Vec::new();
+        for o in observations {
+            a.push(*o, &mut |e| out.push(e));
+        }
+        a.finish(&mut |e| out.push(e));
+        out
+    }
+
+    #[test]
+    fn sentences_of_one_time_become_one_epoch_emitted_when_the_next_time_arrives() {
+        let mut a = Assembler::new();
+        let mut out = Vec::new();
+        a.push(rmc(1000, day(1)), &mut |e| out.push(e));
+        a.push(gga(Some(1000)), &mut |e| out.push(e));
+        a.push(gsa(3, 7), &mut |e| out.push(e));
+        assert!(
+            out.is_empty(),
+            "nothing emitted before the epoch is complete"
+        );
+        a.push(rmc(2000, day(1)), &mut |e| out.push(e));
+        assert_eq!(out.len(), 1);
+        let e = out[0];
+        assert_eq!(e.time_of_day_ms, Some(1000));
+        assert!(e.rmc.is_some() && e.gga.is_some());
+        assert_eq!(e.gsa.map(|g| g.sats_used), Some(7));
+        assert_eq!((e.date, e.date_from_epoch), (day(1), true));
+    }
+
+    #[test]
+    fn no_epoch_is_emitted_twice_or_mixed_with_the_next() {
+        let out = assemble(&[
+            rmc(1000, day(1)),
+            gga(Some(1000)),
+            gga(Some(2000)),
+            rmc(2000, day(1)),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].time_of_day_ms, Some(1000));
+        assert_eq!(out[1].time_of_day_ms, Some(2000));
+        assert!(out.iter().all(|e| e.rmc.is_some() && e.gga.is_some()));
+    }
+
+    #[test]
+    fn gsa_and_vtg_sent_before_the_timed_sentences_join_their_own_cycle() {
+        // Quectel LC79D order: GSA per constellation, VTG, then RMC, GGA.
+        let out = assemble(&[
+            gsa(3, 8),
+            gsa(3, 4),
+            vtg(10.0),
+            rmc(1000, day(1)),
+            gga(Some(1000)),
+            gsa(2, 5),
+            gsa(2, 1),
+            vtg(20.0),
+            rmc(2000, day(1)),
+            gga(Some(2000)),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].gsa.map(|g| (g.fix_mode, g.sats_used)), Some((3, 12)));
+        assert_eq!(out[0].vtg.and_then(|v| v.course_deg), Some(10.0));
+        assert_eq!(out[1].gsa.map(|g| (g.fix_mode, g.sats_used)), Some((2, 6)));
+        assert_eq!(out[1].vtg.and_then(|v| v.course_deg), Some(20.0));
+    }
+
+    #[test]
+    fn gsa_and_vtg_sent_after_the_timed_sentences_join_the_same_cycle() {
+        // u-blox order: RMC, VTG, GGA, GSA per constellation.
+        let out = assemble(&[
+            rmc(1000, day(1)),
+            vtg(10.0),
+            gga(Some(1000)),
+            gsa(3, 8),
+            gsa(3, 3),
+            rmc(2000, day(1)),
+            vtg(20.0),
+            gga(Some(2000)),
+            gsa(3, 9),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].gsa.map(|g| g.sats_used), Some(11));
+        assert_eq!(out[0].vtg.and_then(|v| v.course_deg), Some(10.0));
+        assert_eq!(out[1].gsa.map(|g| g.sats_used), Some(9));
+    }
+
+    #[test]
+    fn cycles_without_any_time_are_still_split_by_repeated_sentence_types() {
+        // A receiver without a fix: GGA and RMC with empty times.
+        let untimed_rmc = Observation::Rmc {
+            time_of_day_ms: None,
+            date: None,
+            obs: RmcObs::default(),
+        };
+        let out = assemble(&[
+            gga(None),
+            gsa(1, 0),
+            untimed_rmc,
+            gga(None),
+            gsa(1, 0),
+            untimed_rmc,
+        ]);
+        assert_eq!(out.len(), 2);
+        assert!(out
+            .iter()
+            .all(|e| e.time_of_day_ms.is_none() && e.gga.is_some()));
+    }
+
+    #[test]
+    fn a_repeated_sentence_of_the_same_time_keeps_the_first() {
+        let mut second = gga(Some(1000));
+        if let Observation::Gga { obs, .. } = &mut second {
+            obs.quality = 6;
+        }
+        let out = assemble(&[gga(Some(1000)), second]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].gga.map(|g| g.quality), Some(1));
+    }
+
+    #[test]
+    fn the_date_is_carried_to_epochs_without_one() {
+        let out = assemble(&[rmc(1000, day(1)), gga(Some(1000)), gga(Some(2000))]);
+        assert_eq!((out[1].date, out[1].date_from_epoch), (day(1), false));
+    }
+
+    #[test]
+    fn a_carried_date_rolls_over_at_midnight() {
+        let out = assemble(&[
+            rmc(86_399_000, day(1)),
+            gga(Some(86_399_500)),
+            gga(Some(0)),
+            gga(Some(1000)),
+        ]);
+        assert_eq!(out.len(), 4);
+        assert_eq!(out[1].date, day(1));
+        assert_eq!((out[2].date, out[2].date_from_epoch), (day(2), false));
+        assert_eq!(out[3].date, day(2), "the rolled date is carried on");
+        let next = assemble(&[rmc(1000, day(1)), gga(Some(500))]);
+        assert_eq!(next[1].date, day(1), "a small step back is not a new day");
+    }
+
+    #[test]
+    fn zda_date_is_taken_and_preferred_over_rmc() {
+        let zda = Observation::Zda {
+            time_of_day_ms: Some(1000),
+            date: NaiveDate::from_ymd_opt(2024, 2, 9),
+        };
+        let out = assemble(&[zda, rmc(1000, day(1))]);
+        assert_eq!((out[0].date, out[0].date_from_epoch), (day(9), true));
+        assert!(out[0].rmc.is_some());
+    }
+
+    #[test]
+    fn dropped_sentences_are_counted_in_the_epoch_being_assembled() {
+        let mut a = Assembler::new();
+        let mut out = Vec::new();
+        a.push(rmc(1000, day(1)), &mut |e| out.push(e));
+        a.note_dropped();
+        a.note_dropped();
+        a.push(rmc(2000, day(1)), &mut |e| out.push(e));
+        a.finish(&mut |e| out.push(e));
+        assert_eq!(out[0].dropped_sentences, 2);
+        assert_eq!(out[1].dropped_sentences, 0);
+    }
+}

@@ -198,7 +198,19 @@ fn gga_quality(fix: FixType) -> u8 {
 }
 
 fn rmc(sentence: &NmeaSentence<'_>) -> Option<Observation> {
-    let d = s::parse_rmc(copy(sentence)).ok()?;
+    let d = match s::parse_rmc(copy(sentence)) {
+        Ok(d) => d,
+        // Motorola Oncore writes a magnetic variation without its E/W (`0,N`); we never use
+        // the variation, so blank it rather than lose the sentence.
+        Err(_) => {
+            let data = blank_fields(sentence.data, &[9, 10])?;
+            s::parse_rmc(NmeaSentence {
+                data: &data,
+                ..copy(sentence)
+            })
+            .ok()?
+        }
+    };
     Some(Observation::Rmc {
         time_of_day_ms: time(d.fix_time),
         date: d.fix_date,
@@ -410,11 +422,44 @@ fn vtg(sentence: &NmeaSentence<'_>) -> Option<Observation> {
 }
 
 fn zda(sentence: &NmeaSentence<'_>) -> Option<Observation> {
-    let d = s::parse_zda(copy(sentence)).ok()?;
+    let d = match s::parse_zda(copy(sentence)) {
+        Ok(d) => d,
+        // Firefly receivers write the local zone as `+00`; the crate only knows a `-` sign.
+        // The zone does not matter for UTC: drop the `+`.
+        Err(_) => {
+            let mut data: heapless::String<{ super::framer::MAX_SENTENCE_LEN }> =
+                heapless::String::new();
+            for c in sentence.data.chars().filter(|c| *c != '+') {
+                data.push(c).ok()?;
+            }
+            s::parse_zda(NmeaSentence {
+                data: &data,
+                ..copy(sentence)
+            })
+            .ok()?
+        }
+    };
     Some(Observation::Zda {
         time_of_day_ms: time(d.utc_time),
         date: d.utc_date(),
     })
+}
+
+/// A stack copy of `data` with the fields at `indexes` (0-based) emptied.
+fn blank_fields(
+    data: &str,
+    indexes: &[usize],
+) -> Option<heapless::String<{ super::framer::MAX_SENTENCE_LEN }>> {
+    let mut out = heapless::String::new();
+    for (i, field) in data.split(',').enumerate() {
+        if i > 0 {
+            out.push(',').ok()?;
+        }
+        if !indexes.contains(&i) {
+            out.push_str(field).ok()?;
+        }
+    }
+    Some(out)
 }
 
 /// `NmeaSentence` is not `Copy`; its fields are.
@@ -612,6 +657,28 @@ mod tests {
             Observation::Zda {
                 time_of_day_ms: Some((16 * 3600 + 12) * 1000 + 710),
                 date: NaiveDate::from_ymd_opt(2004, 3, 11),
+            }
+        );
+    }
+
+    #[test]
+    fn rmc_with_a_variation_missing_its_direction_is_rescued() {
+        let o = obs("GPRMC,212607.891,V,,,,,,,181207,0,N");
+        let Observation::Rmc { date, obs, .. } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(date, NaiveDate::from_ymd_opt(2007, 12, 18));
+        assert!(!obs.valid);
+    }
+
+    #[test]
+    fn zda_with_a_plus_signed_zone_is_rescued() {
+        let o = obs("GPZDA,005947.00,08,07,2010,+00,00");
+        assert_eq!(
+            o,
+            Observation::Zda {
+                time_of_day_ms: Some((59 * 60 + 47) * 1000),
+                date: NaiveDate::from_ymd_opt(2010, 7, 8),
             }
         );
     }
