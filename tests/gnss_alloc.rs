@@ -45,7 +45,7 @@ fn decoding_a_log_allocates_nothing_per_sentence() {
     ] {
         let bytes = std::fs::read(dir.join(name)).unwrap();
         let mut epochs = 0u64;
-        let mut run = |epochs: &mut u64| {
+        let run = |epochs: &mut u64| {
             let mut decoder = Decoder::new(true);
             let mut sink = |d: Decoded| {
                 if let Decoded::Epoch(_) = d {

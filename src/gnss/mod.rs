@@ -21,6 +21,9 @@ pub use framer::{Dropped, Framed, Framer};
 pub use sentence::{Observation, Parsed};
 
 /// What the decoder hands out.
+// Boxing the epoch would cost an allocation per epoch; values are handed to a callback one
+// at a time, never stored in bulk, so the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decoded {
     /// The sentences of one UTC time, complete.

@@ -108,10 +108,8 @@ fn run(
                             return Ok(());
                         }
                     }
-                    if end || line.is_full() {
-                        if !deliver(tx, core::mem::take(&mut line), stop) {
-                            return Ok(());
-                        }
+                    if (end || line.is_full()) && !deliver(tx, core::mem::take(&mut line), stop) {
+                        return Ok(());
                     }
                 }
             }
