@@ -337,9 +337,7 @@ fn gns(data: &str) -> Option<Observation> {
     let time_of_day_ms = if time_field.is_empty() {
         None
     } else {
-        // parse_hms wants the separator after the time.
-        let (_, t) = nmea_hms(time_field)?;
-        Some(time_of_day_ms(t))
+        Some(time_of_day_ms(nmea_hms(time_field)?))
     };
     let (lat, lon) = lat_lon(&mut fields)?;
     let mode = fields
@@ -372,14 +370,14 @@ fn gns(data: &str) -> Option<Observation> {
     })
 }
 
-fn nmea_hms(field: &str) -> Option<((), NaiveTime)> {
-    // The crate's parser reads the seconds up to the next comma; give it one without
-    // allocating by parsing from a small stack copy.
+/// The crate's `hhmmss.sss` parser, which reads the seconds up to the next comma: give it
+/// one, from a small stack copy.
+fn nmea_hms(field: &str) -> Option<NaiveTime> {
     let mut buf: heapless::String<24> = heapless::String::new();
     buf.push_str(field).ok()?;
     buf.push(',').ok()?;
     let (_, t) = s::utils::parse_hms(&buf).ok()?;
-    Some(((), t))
+    Some(t)
 }
 
 /// Four fields `ddmm.mmmm,N,dddmm.mmmm,E`, all empty or all present.
