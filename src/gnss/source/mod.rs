@@ -1,0 +1,218 @@
+//! Sources: where receiver bytes come from, a serial port ([`serial`]) or a replayed log
+//! ([`file`]), in one common shape.
+//!
+//! Each source is one blocking reader thread. It sends fixed-size byte chunks ([`Chunk`], no
+//! heap) into a bounded `sync_channel` that the consumer drains into a
+//! [`Decoder`](super::Decoder), and keeps its condition in a shared [`SourceStatus`]
+//! (connected, outages, stuck events, last error, per-code error counts) for health
+//! reporting. A source never decodes and never decides what a fix is; it stops promptly when
+//! its stop flag is raised or its consumer hangs up.
+
+pub mod file;
+pub mod serial;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::error::{ErrorCounts, GnssError};
+use crate::error::Classified;
+
+/// Bytes per chunk: a couple of sentences, small enough to keep latency low.
+pub const CHUNK_LEN: usize = 256;
+
+/// A piece of the byte stream. Fixed capacity, `Clone`, never on the heap.
+pub type Chunk = heapless::Vec<u8, CHUNK_LEN>;
+
+/// Chunks in flight between a source and its consumer: 64 x 256 bytes is about 1.7 s of a
+/// 9600-baud receiver, enough to ride out a slow consumer without unbounded memory.
+pub const CHANNEL_CAPACITY: usize = 64;
+
+/// How long a blocked source waits between attempts to hand over a chunk; also the
+/// granularity at which it notices the stop flag.
+const POLL: Duration = Duration::from_millis(10);
+
+/// The most recent source failure, for `/health` `last_error`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastError {
+    pub code: &'static str,
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// Sentinel for "no epoch time reported yet".
+const NO_TIME: u32 = u32::MAX;
+
+/// A source's condition, shared between its thread and the rest of the agent.
+#[derive(Debug)]
+pub struct SourceStatus {
+    connected: AtomicBool,
+    outages: AtomicU64,
+    stuck: AtomicU64,
+    bytes: AtomicU64,
+    errors: ErrorCounts,
+    last_error: Mutex<Option<LastError>>,
+    /// Reference point for the millisecond timestamps below.
+    origin: Instant,
+    /// Last epoch time of day the consumer reported ([`NO_TIME`] before the first).
+    last_epoch_time: AtomicU32,
+    /// When (ms since `origin`) the reported epoch time last changed.
+    epoch_advanced_at_ms: AtomicU64,
+}
+
+impl Default for SourceStatus {
+    fn default() -> Self {
+        SourceStatus {
+            connected: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+            stuck: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: ErrorCounts::default(),
+            last_error: Mutex::new(None),
+            origin: Instant::now(),
+            last_epoch_time: AtomicU32::new(NO_TIME),
+            epoch_advanced_at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SourceStatus {
+    /// The device is open (serial), or the file is being read.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+    /// Times the source was lost (device gone, open failed after it had been lost).
+    pub fn outages(&self) -> u64 {
+        self.outages.load(Ordering::Relaxed)
+    }
+    /// Times the receiver was found stuck and the port reopened.
+    pub fn stuck_events(&self) -> u64 {
+        self.stuck.load(Ordering::Relaxed)
+    }
+    /// Bytes read so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    pub fn errors(&self) -> &ErrorCounts {
+        &self.errors
+    }
+    pub fn last_error(&self) -> Option<LastError> {
+        self.last_error.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// The consumer reports the time of each decoded epoch, so the serial source can tell a
+    /// receiver that keeps talking but repeats the same epoch (frozen firmware) from a
+    /// healthy one. Consumers that never call this only get the silence check.
+    pub fn note_epoch_time(&self, time_of_day_ms: u32) {
+        let previous = self.last_epoch_time.swap(time_of_day_ms, Ordering::Relaxed);
+        if previous != time_of_day_ms {
+            self.epoch_advanced_at_ms
+                .store(self.elapsed_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// Epoch times were reported, but none new for longer than `limit`.
+    fn epoch_stalled(&self, limit: Duration) -> bool {
+        if self.last_epoch_time.load(Ordering::Relaxed) == NO_TIME {
+            return false;
+        }
+        let since = self
+            .elapsed_ms()
+            .saturating_sub(self.epoch_advanced_at_ms.load(Ordering::Relaxed));
+        Duration::from_millis(since) > limit
+    }
+
+    /// Restart the epoch-progress clock (after a reopen the receiver gets a fresh period).
+    fn restart_epoch_clock(&self) {
+        self.epoch_advanced_at_ms
+            .store(self.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
+    fn add_bytes(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn count_outage(&self) {
+        self.outages.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_stuck(&self) {
+        self.stuck.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count the error, remember it as the last one, and log it with its code.
+    fn record(&self, error: &GnssError) {
+        self.errors.record(error);
+        tracing::warn!(code = error.code(), class = error.class().as_str(), error = %error, "gnss source");
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(LastError {
+                code: error.code(),
+                message: error.to_string(),
+                at: SystemTime::now(),
+            });
+        }
+    }
+}
+
+/// A running source: drain `chunks`; watch `status`; raise the stop flag and `join` to end.
+#[derive(Debug)]
+pub struct SourceHandle {
+    pub chunks: Receiver<Chunk>,
+    pub status: Arc<SourceStatus>,
+    thread: JoinHandle<()>,
+}
+
+impl SourceHandle {
+    /// Wait for the reader thread (after raising its stop flag, or at end of a file).
+    pub fn join(self) {
+        // A panicking reader thread already printed its message; nothing more to do here.
+        let _ = self.thread.join();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+}
+
+/// Hand a chunk to the consumer, waiting while the channel is full. False when the
+/// consumer hung up or the stop flag was raised: the reader thread should end.
+fn deliver(tx: &SyncSender<Chunk>, mut chunk: Chunk, stop: &AtomicBool) -> bool {
+    loop {
+        match tx.try_send(chunk) {
+            Ok(()) => return true,
+            Err(TrySendError::Disconnected(_)) => return false,
+            Err(TrySendError::Full(back)) => {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                chunk = back;
+                std::thread::sleep(POLL);
+            }
+        }
+    }
+}
+
+/// Sleep `total`, waking early when `stop` is raised. False when stopped.
+fn sleep_unless_stopped(total: Duration, stop: &AtomicBool) -> bool {
+    let deadline = Instant::now() + total;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return true;
+        }
+        std::thread::sleep(POLL.max(Duration::from_millis(1)).min(deadline - now));
+    }
+}

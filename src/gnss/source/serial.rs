@@ -1,0 +1,285 @@
+//! Serial source: reads the receiver's device (`/dev/ttyUSB0`, a udev symlink, ...) at the
+//! configured baud rate and sends its bytes on.
+//!
+//! It survives the device vanishing (USB unplug: read error, end of file, or open failure)
+//! and coming back, reopening with exponential backoff (0.5 s doubling to 30 s), counting
+//! each outage once. A receiver that goes silent, or keeps talking while the epoch time the
+//! consumer reports stops advancing, for `stuck_after` is reported (`GNSS_STUCK`) and the port
+//! reopened. It never exits on its own: only the stop flag or a consumer that hung up end it.
+
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{
+    deliver, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY, CHUNK_LEN,
+};
+use crate::config::GnssConfig;
+use crate::gnss::error::GnssError;
+
+/// How long one read waits for bytes: short, so the stop flag and the stuck check are
+/// looked at several times a second.
+const READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// What the serial source needs to know.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerialSettings {
+    pub path: PathBuf,
+    pub baud: u32,
+    /// Silence (or no new epoch time) this long means stuck.
+    pub stuck_after: Duration,
+    /// First reconnect delay, doubled per failed attempt up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl SerialSettings {
+    pub fn from_config(config: &GnssConfig) -> Self {
+        SerialSettings {
+            path: config.path.clone(),
+            baud: config.baud,
+            // A non-finite or negative value cannot come out of a checked config; fall back
+            // to the default rather than panic in Duration::from_secs_f64.
+            stuck_after: Duration::try_from_secs_f64(config.stuck_after_s)
+                .unwrap_or(Duration::from_secs(10)),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Reconnect delays: `initial`, doubling to `max`; `reset` after the port delivered data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max,
+            next: initial,
+        }
+    }
+
+    /// The delay before the next attempt, after a failure.
+    pub fn on_failure(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = self.next.saturating_mul(2).min(self.max);
+        delay
+    }
+
+    pub fn reset(&mut self) {
+        self.next = self.initial;
+    }
+}
+
+/// Start the reader thread. Errors only when the thread cannot be spawned.
+pub fn spawn(settings: SerialSettings, stop: Arc<AtomicBool>) -> io::Result<SourceHandle> {
+    let (tx, chunks) = sync_channel(CHANNEL_CAPACITY);
+    let status = Arc::new(SourceStatus::default());
+    let thread_status = Arc::clone(&status);
+    let thread = std::thread::Builder::new()
+        .name("gnss-serial".into())
+        .spawn(move || run(&settings, &stop, &tx, &thread_status))?;
+    Ok(SourceHandle {
+        chunks,
+        status,
+        thread,
+    })
+}
+
+/// Why a connected session ended.
+enum SessionEnd {
+    /// Stop flag raised or consumer gone: the thread ends.
+    Finish,
+    /// The device failed: an outage, reconnect with backoff.
+    Gone,
+    /// Stuck: reopen at once.
+    Stuck,
+}
+
+fn run(
+    settings: &SerialSettings,
+    stop: &AtomicBool,
+    tx: &SyncSender<Chunk>,
+    status: &SourceStatus,
+) {
+    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
+    // Start as if in an outage that has not been counted: a device absent at startup is
+    // one outage, however many attempts it takes.
+    let mut in_outage = false;
+    while !stop.load(Ordering::Relaxed) {
+        let port = match open(settings) {
+            Ok(port) => port,
+            Err(error) => {
+                status.record(&error);
+                if !in_outage {
+                    status.count_outage();
+                    in_outage = true;
+                }
+                if !sleep_unless_stopped(backoff.on_failure(), stop) {
+                    break;
+                }
+                continue;
+            }
+        };
+        in_outage = false;
+        status.set_connected(true);
+        tracing::info!(port = %settings.path.display(), baud = settings.baud, "gnss device open");
+        let end = session(settings, port, stop, tx, status, &mut backoff);
+        status.set_connected(false);
+        match end {
+            SessionEnd::Finish => break,
+            SessionEnd::Stuck => {}
+            SessionEnd::Gone => {
+                status.count_outage();
+                in_outage = true;
+                if !sleep_unless_stopped(backoff.on_failure(), stop) {
+                    break;
+                }
+            }
+        }
+    }
+    status.set_connected(false);
+}
+
+fn open(settings: &SerialSettings) -> Result<Box<dyn serialport::SerialPort>, GnssError> {
+    serialport::new(settings.path.to_string_lossy(), settings.baud)
+        .timeout(READ_TIMEOUT)
+        .open()
+        .map_err(|source| match source.kind() {
+            serialport::ErrorKind::Io(io::ErrorKind::PermissionDenied) => GnssError::Permission {
+                path: settings.path.clone(),
+                source,
+            },
+            _ => GnssError::DeviceOpen {
+                path: settings.path.clone(),
+                baud: settings.baud,
+                source,
+            },
+        })
+}
+
+/// Read from an open port until it fails, gets stuck, or we are told to stop.
+fn session(
+    settings: &SerialSettings,
+    mut port: Box<dyn serialport::SerialPort>,
+    stop: &AtomicBool,
+    tx: &SyncSender<Chunk>,
+    status: &SourceStatus,
+    backoff: &mut Backoff,
+) -> SessionEnd {
+    let mut buf = [0u8; CHUNK_LEN];
+    let mut last_bytes = Instant::now();
+    status.restart_epoch_clock();
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return SessionEnd::Finish;
+        }
+        match port.read(&mut buf) {
+            Ok(0) => {
+                return gone(
+                    settings,
+                    status,
+                    io::Error::from(io::ErrorKind::UnexpectedEof),
+                );
+            }
+            Ok(n) => {
+                last_bytes = Instant::now();
+                // Data flowing again: the next outage starts its backoff afresh.
+                backoff.reset();
+                status.add_bytes(n);
+                let chunk = Chunk::from_slice(buf.get(..n).unwrap_or(&[])).unwrap_or_default();
+                if !deliver(tx, chunk, stop) {
+                    return SessionEnd::Finish;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => return gone(settings, status, e),
+        }
+        let silent = last_bytes.elapsed();
+        let what = if silent > settings.stuck_after {
+            Some("no bytes")
+        } else if status.epoch_stalled(settings.stuck_after) {
+            Some("epoch time not advancing")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            status.record(&GnssError::Stuck {
+                path: settings.path.clone(),
+                what,
+                silent: settings.stuck_after,
+            });
+            status.count_stuck();
+            return SessionEnd::Stuck;
+        }
+    }
+}
+
+fn gone(settings: &SerialSettings, status: &SourceStatus, source: io::Error) -> SessionEnd {
+    status.record(&GnssError::DeviceGone {
+        path: settings.path.clone(),
+        source,
+    });
+    SessionEnd::Gone
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+        let delays: Vec<_> = (0..9).map(|_| b.on_failure().as_millis()).collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        b.reset();
+        assert_eq!(b.on_failure(), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn a_missing_device_counts_one_outage_and_the_thread_stops_on_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SerialSettings {
+            path: dir.path().join("no-such-tty"),
+            baud: 9600,
+            stuck_after: Duration::from_secs(10),
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(40),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = spawn(settings, Arc::clone(&stop)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while handle.status.errors().get("GNSS_DEVICE_OPEN") < 3 {
+            assert!(Instant::now() < deadline, "no open attempts seen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(handle.status.outages(), 1);
+        assert!(!handle.status.connected());
+        assert_eq!(
+            handle.status.last_error().map(|e| e.code),
+            Some("GNSS_DEVICE_OPEN")
+        );
+        stop.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        handle.join();
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
