@@ -79,8 +79,10 @@ fn gpsd_valid_epochs(chk: &str) -> BTreeMap<i64, Vec<GpsdFix>> {
     out
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct LogResult {
+    /// Our reasons for the gpsd epochs we rejected: reason -> count.
+    reasons: BTreeMap<&'static str, u64>,
     gpsd: u64,
     matched: u64,
     rejected: u64,
@@ -143,14 +145,15 @@ fn compare(name: &str, gpsd: &BTreeMap<i64, Vec<GpsdFix>>, ours: &Ours) -> LogRe
             })
         });
         let tod = t.rem_euclid(MS_PER_DAY);
-        let rejected = ours.rejections.iter().any(|(rt, rtod, _)| match rt {
+        let rejected = ours.rejections.iter().find(|(rt, rtod, _)| match rt {
             Some(rt) => key(*rt) == k,
             None => rtod.is_some_and(|x| i64::from(x) == tod),
         });
         if matched {
             r.matched += 1;
-        } else if rejected {
+        } else if let Some((_, _, reason)) = rejected {
             r.rejected += 1;
+            *r.reasons.entry(reason.as_str()).or_default() += 1;
         } else {
             r.unexplained += 1;
         }
@@ -190,10 +193,22 @@ fn our_fixes_agree_with_gpsd_over_the_corpus() {
         } else {
             100.0 * (r.matched + r.rejected) as f64 / r.gpsd as f64
         };
+        let reasons: Vec<String> = r.reasons.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!(
-            "{:<30} {:>6} {:>7} {:>8} {:>11} {:>6} {:>6} {:>8.1}%",
-            name, r.gpsd, r.matched, r.rejected, r.unexplained, r.extra, r.ours, agreement
+            "{:<30} {:>6} {:>7} {:>8} {:>11} {:>6} {:>6} {:>8.1}%  {}",
+            name,
+            r.gpsd,
+            r.matched,
+            r.rejected,
+            r.unexplained,
+            r.extra,
+            r.ours,
+            agreement,
+            reasons.join(", ")
         );
+        for (k, n) in &r.reasons {
+            *total.reasons.entry(k).or_default() += n;
+        }
         total.gpsd += r.gpsd;
         total.matched += r.matched;
         total.rejected += r.rejected;
@@ -214,6 +229,8 @@ fn our_fixes_agree_with_gpsd_over_the_corpus() {
         total.ours,
         agreement_permille as f64 / 10.0
     );
+    let reasons: Vec<String> = total.reasons.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("our reasons where gpsd had a fix: {}", reasons.join(", "));
     println!(
         "corpus: agreement {:.1}% (matched {:.1}%, rejected with a reason {}), extra fixes {}",
         agreement_permille as f64 / 10.0,

@@ -146,12 +146,11 @@ pub fn parse_stream(
     let mut decoder = Decoder::new(cfg.gnss.require_checksum);
     let mut validator = Validator::new(cfg.validate.clone());
     let mut summary = ParseSummary::default();
-    let mut write_err: Option<io::Error> = None;
     let mut buf = [0u8; 8192];
-    let mut handle = |event: Decoded, summary: &mut ParseSummary| {
-        if write_err.is_some() {
-            return;
-        }
+    // Events of one chunk, collected so the decoder's borrow ends before validation and
+    // output; bounded by what one chunk can hold (at most one event per 4 input bytes).
+    let mut events: Vec<Decoded> = Vec::new();
+    let mut handle = |event: Decoded, summary: &mut ParseSummary| -> io::Result<()> {
         let line = match event {
             Decoded::Epoch(epoch) => {
                 summary.epochs += 1;
@@ -172,10 +171,9 @@ pub fn parse_stream(
                 all.then(|| rejection_json(&Rejection::new(Reason::Checksum, "bad checksum")))
             }
         };
-        if let Some(line) = line {
-            if let Err(e) = writeln!(out, "{line}") {
-                write_err = Some(e);
-            }
+        match line {
+            Some(line) => writeln!(out, "{line}"),
+            None => Ok(()),
         }
     };
     loop {
@@ -187,22 +185,14 @@ pub fn parse_stream(
         };
         summary.bytes += n as u64;
         let chunk = buf.get(..n).unwrap_or(&[]);
-        let mut events = Vec::new();
         decoder.feed(chunk, &mut |ev| events.push(ev));
-        for ev in events {
-            handle(ev, &mut summary);
-        }
-        if let Some(e) = write_err.take() {
-            return Err(ParseStreamError::Write(e));
+        for ev in events.drain(..) {
+            handle(ev, &mut summary).map_err(ParseStreamError::Write)?;
         }
     }
-    let mut events = Vec::new();
     decoder.finish(&mut |ev| events.push(ev));
-    for ev in events {
-        handle(ev, &mut summary);
-    }
-    if let Some(e) = write_err.take() {
-        return Err(ParseStreamError::Write(e));
+    for ev in events.drain(..) {
+        handle(ev, &mut summary).map_err(ParseStreamError::Write)?;
     }
     summary.sentences = Some(*decoder.stats());
     Ok(summary)
