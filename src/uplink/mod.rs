@@ -11,5 +11,8 @@
 //! in); [`acks`] maps rumqttc's packet ids back to the fixes a message carried; [`payload`]
 //! builds topics and size-bounded messages; [`error`] classifies failures.
 
+pub mod acks;
 pub mod backoff;
 pub mod breaker;
+pub mod error;
+pub mod payload;
