@@ -247,7 +247,7 @@ async fn across_a_stall_and_a_cut_only_what_the_broker_acked_is_acked_and_the_re
     );
 
     // The link breaks for good.
-    proxy.cut();
+    proxy.cut().await;
     let err = loop {
         if let Err(e) = link.step().await {
             break e;
@@ -264,7 +264,7 @@ async fn across_a_stall_and_a_cut_only_what_the_broker_acked_is_acked_and_the_re
 
     // Back with a fresh client: the released fixes go out again, once.
     drop(link);
-    proxy.restore();
+    proxy.restore().await;
     let mut link = Link::connect(proxy.addr, &device, 4).await;
     link.publish_all(std::slice::from_ref(&released)).await;
     assert_eq!(link.acked, vec![released]);

@@ -45,28 +45,20 @@ async fn a_cut_closes_connections_and_refuses_new_ones_until_restored() {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert_eq!(roundtrip(&mut s, T).await.as_deref(), Some(&b"ping"[..]));
 
-    proxy.cut();
+    proxy.cut().await;
     let mut buf = [0u8; 1];
     let eof = timeout(T, s.read(&mut buf)).await.unwrap();
     assert!(
         matches!(eof, Ok(0) | Err(_)),
         "connection not closed: {eof:?}"
     );
-    // The listener is closed from the proxy task; give it a moment.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // `cut()` returns once the listener is closed: refused at once, no waiting.
     let refused = TcpStream::connect(proxy.addr).await.unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
 
-    proxy.restore();
-    let mut again = None;
-    for _ in 0..50 {
-        if let Ok(s) = TcpStream::connect(proxy.addr).await {
-            again = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut s = again.expect("proxy did not come back");
+    // `restore()` returns once it listens again: accepted at once.
+    proxy.restore().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert_eq!(roundtrip(&mut s, T).await.as_deref(), Some(&b"ping"[..]));
 }
 
@@ -75,9 +67,8 @@ async fn a_stall_keeps_the_connection_open_but_delivers_nothing() {
     let proxy = FaultProxy::start(echo_server().await).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     proxy.stall();
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(roundtrip(&mut s, Duration::from_millis(300)).await, None);
-    proxy.restore();
+    proxy.restore().await;
     // Still the same open connection; bytes swallowed during the stall stay lost.
     assert_eq!(roundtrip(&mut s, T).await.as_deref(), Some(&b"ping"[..]));
 }

@@ -77,6 +77,10 @@ pub enum UplinkError {
     #[error("MQTT client closed")]
     ClientClosed,
 
+    /// The broker URL in the config cannot be used.
+    #[error("broker URL {url:?}: {why}")]
+    BadUrl { url: String, why: &'static str },
+
     /// A fix could not be encoded as JSON (a non-finite number slipped through validation).
     #[error("cannot encode fix seq {seq}: {source}")]
     Encode { seq: u64, source: serde_json::Error },
@@ -97,6 +101,7 @@ impl Classified for UplinkError {
             UplinkError::Protocol { .. } => "MQTT_PROTOCOL",
             UplinkError::ClientClosed => "MQTT_CLIENT_CLOSED",
             UplinkError::Encode { .. } => "MQTT_ENCODE",
+            UplinkError::BadUrl { .. } => "MQTT_URL",
         }
     }
 
@@ -113,7 +118,8 @@ impl Classified for UplinkError {
             UplinkError::Auth { .. }
             | UplinkError::Refused { .. }
             | UplinkError::TooLarge { .. }
-            | UplinkError::Encode { .. } => ErrorClass::Permanent,
+            | UplinkError::Encode { .. }
+            | UplinkError::BadUrl { .. } => ErrorClass::Permanent,
         }
     }
 }

@@ -9,10 +9,12 @@
 //!
 //! Layout: [`backoff`] and [`breaker`] pace reconnects (pure state machines, `now` passed
 //! in); [`acks`] maps rumqttc's packet ids back to the fixes a message carried; [`payload`]
-//! builds topics and size-bounded messages; [`error`] classifies failures.
+//! builds topics and size-bounded messages; [`error`] classifies failures; [`publisher`] is
+//! the async loop that drives one connection at a time over a [`publisher::FixSource`].
 
 pub mod acks;
 pub mod backoff;
 pub mod breaker;
 pub mod error;
 pub mod payload;
+pub mod publisher;

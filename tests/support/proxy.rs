@@ -31,6 +31,8 @@ struct Control {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     control: watch::Sender<Control>,
+    /// Whether the listening socket is open, as the accept task last set it.
+    listening: watch::Receiver<bool>,
     accepted: Arc<AtomicU64>,
     listener_task: tokio::task::JoinHandle<()>,
 }
@@ -42,16 +44,19 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let (control, _) = watch::channel(Control::default());
         let accepted = Arc::new(AtomicU64::new(0));
+        let (listening_tx, listening) = watch::channel(true);
         let listener_task = tokio::spawn(serve(
             listener,
             addr,
             upstream,
             control.subscribe(),
+            listening_tx,
             accepted.clone(),
         ));
         FaultProxy {
             addr,
             control,
+            listening,
             accepted,
             listener_task,
         }
@@ -67,22 +72,34 @@ impl FaultProxy {
         self.accepted.load(Ordering::Relaxed)
     }
 
-    /// Close every connection and refuse new ones.
-    pub fn cut(&self) {
+    /// Close every connection and refuse new ones; returns once connects are refused.
+    pub async fn cut(&self) {
         self.control.send_modify(|c| {
             c.cut_epoch += 1;
             c.refusing = true;
             c.stalled = false;
         });
+        self.wait_listening(false).await;
     }
 
-    /// Accept and forward again, without stall or delay.
-    pub fn restore(&self) {
+    /// Accept and forward again, without stall or delay; returns once connects are accepted.
+    pub async fn restore(&self) {
         self.control.send_modify(|c| {
             c.refusing = false;
             c.stalled = false;
             c.delay_ms = 0;
         });
+        self.wait_listening(true).await;
+    }
+
+    async fn wait_listening(&self, want: bool) {
+        let mut listening = self.listening.clone();
+        let reached =
+            tokio::time::timeout(Duration::from_secs(5), listening.wait_for(|l| *l == want)).await;
+        assert!(
+            matches!(reached, Ok(Ok(_))),
+            "fault proxy listening={want} not reached"
+        );
     }
 
     /// Keep connections open but drop every byte, both ways.
@@ -109,6 +126,7 @@ async fn serve(
     addr: SocketAddr,
     upstream: SocketAddr,
     mut control: watch::Receiver<Control>,
+    listening: watch::Sender<bool>,
     accepted: Arc<AtomicU64>,
 ) {
     let mut listener = Some(listener);
@@ -120,6 +138,7 @@ async fn serve(
             (None, false) => listener = rebind(addr).await,
             _ => {}
         }
+        listening.send_replace(listener.is_some());
         let Some(l) = &listener else {
             if control.changed().await.is_err() {
                 return;
