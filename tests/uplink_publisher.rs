@@ -434,3 +434,48 @@ async fn a_fix_no_message_can_carry_is_dead_lettered_and_the_rest_still_go_out()
     assert_eq!(run.source.dead(), vec![(2, "MQTT_TOO_LARGE")]);
     run.stop().await;
 }
+
+/// A broker that answers every CONNECT with CONNACK "not authorized" (return code 5), as
+/// mosquitto does for a revoked device. rumqttd cannot: it closes without a CONNACK.
+async fn refusing_broker() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = s.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    });
+    (addr, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_broker_refuses_is_reported_as_mqtt_auth_and_not_retried_in_a_tight_loop() {
+    let (addr, attempts) = refusing_broker().await;
+    let device = support::unique("dev");
+    let mut s = settings(&format!("mqtt://{addr}"), &device);
+    s.permanent_retry = Duration::from_secs(30);
+    let source = MemSource::default();
+    source.push((1..=3).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("refused", |s| {
+        s.last_error.as_ref().map(|e| e.0) == Some("MQTT_AUTH")
+    })
+    .await;
+    // Backoff alone would have retried within 50 ms; a permanent failure waits 30 s.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(run.source.acked().is_empty());
+    assert_eq!(run.source.in_flight(), 0);
+    run.stop().await;
+}
