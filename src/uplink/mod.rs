@@ -1,0 +1,20 @@
+//! The MQTT uplink: takes buffered fixes, publishes them at QoS 1 and reports back which
+//! ones the broker acknowledged.
+//!
+//! Fixes flow in from the buffer (by `seq`), go out as JSON messages on
+//! `{prefix}/{device}/fixes`, and flow back as "acked" (PUBACK arrived for the message that
+//! carried them), "released" (the link broke first; they are pending again) or "dead letter"
+//! (the broker will never take them). The uplink never deletes or reorders buffered fixes
+//! itself and never acknowledges a fix on anything but a PUBACK.
+//!
+//! Layout: [`backoff`] and [`breaker`] pace reconnects (pure state machines, `now` passed
+//! in); [`acks`] maps rumqttc's packet ids back to the fixes a message carried; [`payload`]
+//! builds topics and size-bounded messages; [`error`] classifies failures; [`publisher`] is
+//! the async loop that drives one connection at a time over a [`publisher::FixSource`].
+
+pub mod acks;
+pub mod backoff;
+pub mod breaker;
+pub mod error;
+pub mod payload;
+pub mod publisher;

@@ -1,0 +1,300 @@
+//! Topic names and message bodies of `../shared/spec/INTERFACE.md` ("MQTT").
+//!
+//! In: a batch of buffered fixes `(seq, Fix)`, oldest first, with the device id and the
+//! buffer's stream id. Out: one or more JSON messages
+//! `{"v":1,"device":"…","stream":"…","fixes":[…]}`, each at most `max_message_bytes` of
+//! payload, each remembering the seqs it carries so a PUBACK can acknowledge exactly those.
+//! A fix that cannot fit in any message on its own is returned apart as a dead letter: it
+//! would be refused for ever and must not block the fixes behind it. This module never
+//! reorders, drops or duplicates a fix silently.
+
+use crate::fix::{Fix, Numbered};
+use crate::uplink::error::UplinkError;
+
+/// Payload format version, the `v` key.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The topics of one device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// `{prefix}/{device}/fixes`: QoS 1, not retained.
+    pub fixes: String,
+    /// `{prefix}/{device}/status`: QoS 1, retained, also the last will.
+    pub status: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, device: &str) -> Self {
+        Topics {
+            fixes: format!("{prefix}/{device}/fixes"),
+            status: format!("{prefix}/{device}/status"),
+        }
+    }
+}
+
+/// Fixes to publish, as the buffer hands them out: `(seq, fix)`, oldest first.
+#[derive(Debug, Clone, Copy)]
+pub struct FixBatch<'a> {
+    pub device: &'a str,
+    pub stream: &'a str,
+    pub fixes: &'a [(u64, Fix)],
+}
+
+/// One encoded message and the seqs it carries (in order; not necessarily contiguous, the
+/// buffer's eviction may have thinned the range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub seqs: Vec<u64>,
+    pub payload: Vec<u8>,
+}
+
+/// The result of encoding a batch.
+#[derive(Debug, Default)]
+pub struct Encoded {
+    /// Messages in seq order, each within the size limit.
+    pub messages: Vec<Message>,
+    /// Fixes no message can ever carry, with why: to be dead-lettered by the buffer.
+    pub dead_letters: Vec<(u64, UplinkError)>,
+}
+
+/// Split `batch` into messages of at most `max_message_bytes` payload bytes, keeping order.
+pub fn encode(batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
+    let head = envelope_head(batch.device, batch.stream);
+    const TAIL: &[u8] = b"]}";
+    let empty = head.len() + TAIL.len();
+
+    let mut out = Encoded::default();
+    let mut seqs: Vec<u64> = Vec::new();
+    let mut body: Vec<u8> = Vec::new();
+
+    for (seq, fix) in batch.fixes {
+        let seq = *seq;
+        let element = match serde_json::to_vec(&Numbered { seq, fix }) {
+            Ok(e) => e,
+            Err(source) => {
+                out.dead_letters
+                    .push((seq, UplinkError::Encode { seq, source }));
+                continue;
+            }
+        };
+        let alone = empty + element.len();
+        if alone > max_message_bytes {
+            out.dead_letters.push((
+                seq,
+                UplinkError::TooLarge {
+                    bytes: alone,
+                    max: max_message_bytes,
+                },
+            ));
+            continue;
+        }
+        // +1 for the comma between elements.
+        let with_this = empty + body.len() + 1 + element.len();
+        if !seqs.is_empty() && with_this > max_message_bytes {
+            out.messages
+                .push(finish(&head, std::mem::take(&mut seqs), &mut body));
+        }
+        if !seqs.is_empty() {
+            body.push(b',');
+        }
+        body.extend_from_slice(&element);
+        seqs.push(seq);
+    }
+    if !seqs.is_empty() {
+        out.messages.push(finish(&head, seqs, &mut body));
+    }
+    out
+}
+
+fn finish(head: &[u8], seqs: Vec<u64>, body: &mut Vec<u8>) -> Message {
+    let mut payload = Vec::with_capacity(head.len() + body.len() + 2);
+    payload.extend_from_slice(head);
+    payload.append(body);
+    payload.extend_from_slice(b"]}");
+    Message { seqs, payload }
+}
+
+/// `{"v":1,"device":"…","stream":"…","fixes":[` with the strings JSON-escaped.
+fn envelope_head(device: &str, stream: &str) -> Vec<u8> {
+    let quoted = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "{{\"v\":{PAYLOAD_VERSION},\"device\":{},\"stream\":{},\"fixes\":[",
+        quoted(device),
+        quoted(stream)
+    )
+    .into_bytes()
+}
+
+/// What the retained status message says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkState {
+    Online,
+    Offline,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Online => "online",
+            LinkState::Offline => "offline",
+        }
+    }
+}
+
+/// `{"state":"online","device":"…","version":"…"}`: the retained status and the last will.
+pub fn status_payload(state: LinkState, device: &str) -> Vec<u8> {
+    serde_json::json!({
+        "state": state.as_str(),
+        "device": device,
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Classified;
+    use crate::fix::FixMode;
+    use serde_json::Value;
+
+    fn fix(i: i64) -> Fix {
+        Fix {
+            time_ms: 1_584_538_100_000 + i * 1000,
+            lat: 41.574970205,
+            lon: -93.750558641,
+            alt_m: Some(278.02),
+            speed_mps: Some(1.673),
+            course_deg: Some(92.308),
+            hdop: Some(1.0),
+            sats: Some(9),
+            mode: FixMode::ThreeD,
+        }
+    }
+
+    fn fixes(seqs: std::ops::RangeInclusive<u64>) -> Vec<(u64, Fix)> {
+        seqs.map(|s| (s, fix(s as i64))).collect()
+    }
+
+    fn batch<'a>(f: &'a [(u64, Fix)]) -> FixBatch<'a> {
+        FixBatch {
+            device: "truck-042",
+            stream: "s-1",
+            fixes: f,
+        }
+    }
+
+    fn seqs_in(payload: &[u8]) -> Vec<u64> {
+        let v: Value = serde_json::from_slice(payload).unwrap();
+        v["fixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn topics_follow_prefix_device_kind() {
+        let t = Topics::new("fleet", "truck-042");
+        assert_eq!(t.fixes, "fleet/truck-042/fixes");
+        assert_eq!(t.status, "fleet/truck-042/status");
+    }
+
+    #[test]
+    fn a_small_batch_is_one_message_in_the_spec_envelope() {
+        let f = fixes(1..=3);
+        let enc = encode(&batch(&f), 64 * 1024);
+        assert!(enc.dead_letters.is_empty());
+        assert_eq!(enc.messages.len(), 1);
+        let m = &enc.messages[0];
+        assert_eq!(m.seqs, vec![1, 2, 3]);
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["v"], 1);
+        assert_eq!(v["device"], "truck-042");
+        assert_eq!(v["stream"], "s-1");
+        assert_eq!(v["fixes"][0]["time"], "2020-03-18T13:28:21.000Z");
+        assert_eq!(v["fixes"][2]["lat"], 41.574970205);
+        assert_eq!(seqs_in(&m.payload), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_batch_over_the_limit_splits_in_order_and_every_message_fits() {
+        let f = fixes(1..=50);
+        let one = encode(&batch(&f[..1]), usize::MAX).messages[0]
+            .payload
+            .len();
+        let limit = one * 7; // room for a handful of fixes each
+        let enc = encode(&batch(&f), limit);
+        assert!(enc.dead_letters.is_empty());
+        assert!(enc.messages.len() > 5, "{} messages", enc.messages.len());
+        let mut all = Vec::new();
+        for m in &enc.messages {
+            assert!(m.payload.len() <= limit, "{} > {limit}", m.payload.len());
+            assert_eq!(seqs_in(&m.payload), m.seqs);
+            all.extend_from_slice(&m.seqs);
+        }
+        assert_eq!(all, (1..=50).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_message_exactly_at_the_limit_is_not_split() {
+        let f = fixes(1..=4);
+        let whole = encode(&batch(&f), usize::MAX).messages[0].payload.len();
+        assert_eq!(encode(&batch(&f), whole).messages.len(), 1);
+        assert_eq!(encode(&batch(&f), whole - 1).messages.len(), 2);
+    }
+
+    #[test]
+    fn a_fix_too_large_for_any_message_is_a_dead_letter_and_does_not_block_the_rest() {
+        let mut f = fixes(1..=3);
+        // A 2D fix without optional keys is much shorter than the full ones around it.
+        f[1].1 = Fix {
+            alt_m: None,
+            speed_mps: None,
+            course_deg: None,
+            hdop: None,
+            sats: None,
+            mode: FixMode::TwoD,
+            ..f[1].1
+        };
+        let short = encode(&batch(&f[1..2]), usize::MAX).messages[0]
+            .payload
+            .len();
+        let enc = encode(&batch(&f), short);
+        assert_eq!(enc.messages.len(), 1);
+        assert_eq!(enc.messages[0].seqs, vec![2]);
+        let dead: Vec<u64> = enc.dead_letters.iter().map(|(s, _)| *s).collect();
+        assert_eq!(dead, vec![1, 3]);
+        assert_eq!(enc.dead_letters[0].1.code(), "MQTT_TOO_LARGE");
+    }
+
+    #[test]
+    fn an_empty_batch_makes_no_message() {
+        let enc = encode(&batch(&[]), 1024);
+        assert!(enc.messages.is_empty() && enc.dead_letters.is_empty());
+    }
+
+    #[test]
+    fn device_and_stream_ids_are_json_escaped() {
+        let f = fixes(1..=1);
+        let b = FixBatch {
+            device: "a\"b",
+            stream: "x\\y",
+            fixes: &f,
+        };
+        let v: Value = serde_json::from_slice(&encode(&b, 4096).messages[0].payload).unwrap();
+        assert_eq!(v["device"], "a\"b");
+        assert_eq!(v["stream"], "x\\y");
+    }
+
+    #[test]
+    fn status_payload_says_online_or_offline() {
+        let v: Value = serde_json::from_slice(&status_payload(LinkState::Offline, "t")).unwrap();
+        assert_eq!(v["state"], "offline");
+        assert_eq!(v["device"], "t");
+        let v: Value = serde_json::from_slice(&status_payload(LinkState::Online, "t")).unwrap();
+        assert_eq!(v["state"], "online");
+    }
+}

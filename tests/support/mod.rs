@@ -1,0 +1,21 @@
+//! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
+//! a TCP fault proxy ([`proxy`]) to put between the agent and the broker.
+//!
+//! Each test file that needs them says `mod support;`. Everything here is bounded in time:
+//! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
+//! agent's internals; it only speaks TCP and MQTT.
+
+#![allow(dead_code)] // Each test file uses a different part of the harness.
+
+pub mod broker;
+pub mod proxy;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A name no other test in this process (or a parallel process) uses, for topics and client
+/// ids, so tests sharing a broker never see each other's messages.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}

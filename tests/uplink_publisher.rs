@@ -1,0 +1,481 @@
+//! The publisher loop end to end: an in-memory fix source (standing in for the SQLite
+//! buffer), rumqttc through the fault proxy, a real rumqttd, a subscriber on the broker side.
+//!
+//! The invariant behind every test: a seq the source was told is acked really reached the
+//! broker, and every stored seq eventually does.
+
+mod support;
+
+use gps_agent::error::Classified;
+use gps_agent::fix::{Fix, FixMode};
+use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
+use gps_agent::uplink::breaker::BreakerPolicy;
+use gps_agent::uplink::error::UplinkError;
+use gps_agent::uplink::payload::{encode, FixBatch};
+use gps_agent::uplink::publisher::{FixSource, Publisher, PublisherSettings, UplinkStatus};
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::broker::{Subscriber, TestBroker};
+use support::proxy::FaultProxy;
+use tokio::sync::{watch, Notify};
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+#[error("never fails")]
+struct NeverFails;
+
+impl Classified for NeverFails {
+    fn code(&self) -> &'static str {
+        "TEST"
+    }
+    fn class(&self) -> gps_agent::error::ErrorClass {
+        gps_agent::error::ErrorClass::Transient
+    }
+}
+
+#[derive(Default, Debug)]
+struct Store {
+    pending: BTreeMap<u64, Fix>,
+    in_flight: BTreeSet<u64>,
+    acked: BTreeSet<u64>,
+    dead: Vec<(u64, &'static str)>,
+    next_seq: u64,
+}
+
+/// The buffer's contract in memory: fixes by seq, handed out once until acked or released.
+#[derive(Clone, Default)]
+struct MemSource {
+    store: Arc<Mutex<Store>>,
+    stored: Arc<Notify>,
+}
+
+impl MemSource {
+    fn push(&self, fixes: impl IntoIterator<Item = Fix>) {
+        let mut s = self.store.lock().unwrap();
+        for f in fixes {
+            s.next_seq += 1;
+            let seq = s.next_seq;
+            s.pending.insert(seq, f);
+        }
+        drop(s);
+        self.stored.notify_one();
+    }
+    fn acked(&self) -> BTreeSet<u64> {
+        self.store.lock().unwrap().acked.clone()
+    }
+    fn in_flight(&self) -> usize {
+        self.store.lock().unwrap().in_flight.len()
+    }
+    fn dead(&self) -> Vec<(u64, &'static str)> {
+        self.store.lock().unwrap().dead.clone()
+    }
+}
+
+impl FixSource for MemSource {
+    type Error = NeverFails;
+
+    fn stream(&self) -> String {
+        "mem-stream".into()
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<(u64, Fix)>, NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        let batch: Vec<(u64, Fix)> = s
+            .pending
+            .iter()
+            .filter(|(seq, _)| !s.in_flight.contains(seq))
+            .take(max)
+            .map(|(seq, f)| (*seq, *f))
+            .collect();
+        for (seq, _) in &batch {
+            s.in_flight.insert(*seq);
+        }
+        Ok(batch)
+    }
+
+    async fn fixes_pending(&mut self) {
+        self.stored.notified().await
+    }
+
+    async fn ack(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        for seq in seqs {
+            assert!(s.in_flight.remove(seq), "acked seq {seq} was not in flight");
+            s.pending.remove(seq);
+            s.acked.insert(*seq);
+        }
+        Ok(())
+    }
+
+    async fn release(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        for seq in seqs {
+            assert!(
+                s.in_flight.remove(seq),
+                "released seq {seq} was not in flight"
+            );
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, seq: u64, why: &UplinkError) -> Result<(), NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        s.in_flight.remove(&seq);
+        s.pending.remove(&seq);
+        s.dead.push((seq, why.code()));
+        Ok(())
+    }
+}
+
+fn fix(i: u64) -> Fix {
+    Fix {
+        time_ms: 1_700_000_000_000 + i as i64 * 1000,
+        lat: 48.1 + i as f64 * 1e-5,
+        lon: 11.5,
+        alt_m: Some(520.25),
+        speed_mps: Some(12.5),
+        course_deg: Some(181.0),
+        hdop: Some(0.8),
+        sats: Some(11),
+        mode: FixMode::ThreeD,
+    }
+}
+
+/// Settings for tests: short timers, small batches, unique device and topics.
+fn settings(url: &str, device: &str) -> PublisherSettings {
+    let mut s = PublisherSettings::new(url, device);
+    s.client_id = support::unique("agent");
+    s.topic_prefix = "test".into();
+    s.batch_max = 7;
+    s.window = 3;
+    s.puback_timeout = Duration::from_secs(2);
+    s.keep_alive = Duration::from_secs(5);
+    s.backoff = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        reset_after: Duration::from_secs(1),
+    };
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(100).unwrap(),
+        open_for: Duration::from_millis(500),
+    };
+    s.permanent_retry = Duration::from_secs(1);
+    s.shutdown_grace = Duration::from_secs(2);
+    s.idle_poll = Duration::from_millis(200);
+    s
+}
+
+struct Running {
+    source: MemSource,
+    status: watch::Receiver<UplinkStatus>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<MemSource>,
+}
+
+fn start(settings: PublisherSettings, source: MemSource) -> Running {
+    let publisher = Publisher::new(settings, source.clone()).with_jitter(Jitter::Off);
+    let status = publisher.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(publisher.run(shutdown.clone()));
+    Running {
+        source,
+        status,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) -> MemSource {
+        self.shutdown.cancel();
+        timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("publisher did not stop within 10 s")
+            .unwrap()
+    }
+
+    async fn wait_status(&mut self, what: &str, pred: impl Fn(&UplinkStatus) -> bool) {
+        let reached = timeout(Duration::from_secs(10), self.status.wait_for(|s| pred(s)))
+            .await
+            .is_ok();
+        assert!(
+            reached,
+            "status never became {what}: {:?}",
+            *self.status.borrow()
+        );
+    }
+
+    async fn wait_acked(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.source.acked().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} acked; status {:?}",
+                self.source.acked().len(),
+                *self.status.borrow()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What the subscriber saw on the fixes topic (seq -> times) and the status payloads.
+#[derive(Default)]
+struct Seen {
+    seqs: BTreeMap<u64, usize>,
+    statuses: Vec<String>,
+}
+
+async fn drain(sub: &mut Subscriber, seen: &mut Seen, quiet: Duration) {
+    while let Some(msg) = sub.next(quiet).await {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        if msg.topic.ends_with("/status") {
+            seen.statuses.push(v["state"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(v["v"], 1);
+            assert_eq!(v["stream"], "mem-stream");
+            for f in v["fixes"].as_array().unwrap() {
+                *seen.seqs.entry(f["seq"].as_u64().unwrap()).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_fix_is_published_and_acknowledged_and_the_status_says_online() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut sub = Subscriber::start(&broker, &format!("test/{device}/#")).await;
+    let source = MemSource::default();
+    source.push((1..=60).map(fix));
+    let mut run = start(settings(&broker.url(), &device), source);
+
+    run.wait_acked(60).await;
+    // More fixes while connected: woken by the source, not by polling.
+    run.source.push((61..=80).map(fix));
+    run.wait_acked(80).await;
+    run.wait_status("connected", |s| s.connected && s.acked_seq == Some(80))
+        .await;
+    assert_eq!(run.status.borrow().breaker, "closed");
+
+    let mut seen = Seen::default();
+    drain(&mut sub, &mut seen, Duration::from_millis(300)).await;
+    assert_eq!(seen.statuses.first().map(String::as_str), Some("online"));
+    let acked = run.source.acked();
+    assert_eq!(acked, (1..=80).collect());
+    assert!(acked.iter().all(|s| seen.seqs.contains_key(s)));
+    let source = run.stop().await;
+    assert_eq!(source.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixes_in_flight_when_the_link_is_cut_are_released_and_delivered_after_reconnect() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    let device = support::unique("dev");
+    let mut sub = Subscriber::start(&broker, &format!("test/{device}/fixes")).await;
+    let source = MemSource::default();
+    source.push((1..=30).map(fix));
+    let mut run = start(settings(&proxy.url(), &device), source);
+    run.wait_acked(30).await;
+
+    // Slow the link so messages are in flight, then cut it with fixes still coming in.
+    proxy.delay(30);
+    run.source.push((31..=200).map(fix));
+    // Cut once the slowed stream is moving: some acked, most still to go.
+    run.wait_acked(31).await;
+    proxy.cut().await;
+    run.wait_status("disconnected", |s| !s.connected).await;
+    let acked_at_cut = run.source.acked().len();
+    assert!(
+        (31..200).contains(&acked_at_cut),
+        "the cut should land mid-stream ({acked_at_cut} acked)"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run.source.in_flight(), 0, "everything unacked was released");
+    proxy.restore().await;
+
+    run.wait_acked(200).await;
+    run.wait_status("reconnected", |s| s.connected && s.reconnects >= 1)
+        .await;
+    let mut seen = Seen::default();
+    drain(&mut sub, &mut seen, Duration::from_millis(300)).await;
+    let missing: Vec<_> = (1..=200).filter(|s| !seen.seqs.contains_key(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "acked but never reached the broker: {missing:?}"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_link_is_dropped_after_the_puback_timeout_and_its_fixes_go_out_again() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    let device = support::unique("dev");
+    let mut s = settings(&proxy.url(), &device);
+    s.puback_timeout = Duration::from_millis(500);
+    let source = MemSource::default();
+    let mut run = start(s, source);
+    run.wait_status("connected", |s| s.connected).await;
+
+    proxy.stall();
+    run.source.push((1..=10).map(fix));
+    run.wait_status("failed on the PUBACK timeout", |s| {
+        s.last_error.as_ref().map(|e| e.0) == Some("MQTT_ACK_TIMEOUT")
+    })
+    .await;
+    assert!(
+        run.source.acked().is_empty(),
+        "nothing acked over a stalled link"
+    );
+    proxy.restore().await;
+    run.wait_acked(10).await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_good_probe() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    proxy.cut().await;
+    let device = support::unique("dev");
+    let mut s = settings(&proxy.url(), &device);
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(3).unwrap(),
+        open_for: Duration::from_millis(700),
+    };
+    let source = MemSource::default();
+    source.push((1..=5).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("open", |s| s.breaker == "open").await;
+    {
+        let st = run.status.borrow();
+        let (code, _) = st.last_error.clone().unwrap();
+        assert_eq!(code, "MQTT_CONNECT");
+        assert!(!st.connected);
+    }
+    proxy.restore().await;
+    run.wait_acked(5).await;
+    run.wait_status("closed", |s| s.breaker == "closed" && s.connected)
+        .await;
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_says_offline_and_leaves_nothing_in_flight() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut sub = Subscriber::start(&broker, &format!("test/{device}/status")).await;
+    let source = MemSource::default();
+    source.push((1..=20).map(fix));
+    let run = start(settings(&broker.url(), &device), source);
+    run.wait_acked(20).await;
+
+    let started = Instant::now();
+    let source = run.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(source.in_flight(), 0);
+
+    let mut seen = Seen::default();
+    drain(&mut sub, &mut seen, Duration::from_millis(500)).await;
+    assert_eq!(seen.statuses, ["online", "offline"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_will_says_offline_when_the_link_dies() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    let device = support::unique("dev");
+    let mut sub = Subscriber::start(&broker, &format!("test/{device}/status")).await;
+    let mut run = start(settings(&proxy.url(), &device), MemSource::default());
+    run.wait_status("connected", |s| s.connected).await;
+    let mut seen = Seen::default();
+    drain(&mut sub, &mut seen, Duration::from_millis(300)).await;
+    assert_eq!(seen.statuses, ["online"]);
+
+    proxy.cut().await;
+    drain(&mut sub, &mut seen, Duration::from_millis(1000)).await;
+    assert_eq!(seen.statuses, ["online", "offline"]);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fix_no_message_can_carry_is_dead_lettered_and_the_rest_still_go_out() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut s = settings(&broker.url(), &device);
+    let source = MemSource::default();
+    let small = Fix {
+        alt_m: None,
+        speed_mps: None,
+        course_deg: None,
+        hdop: None,
+        sats: None,
+        mode: FixMode::TwoD,
+        ..fix(1)
+    };
+    // Room for one small fix in the envelope, not for a full one.
+    let one_small = [(1, small)];
+    let batch = FixBatch {
+        device: &device,
+        stream: "mem-stream",
+        fixes: &one_small,
+    };
+    s.max_message_bytes = encode(&batch, usize::MAX).messages[0].payload.len();
+    source.push([small, fix(2), small, small]);
+    let run = start(s, source);
+    run.wait_acked(3).await;
+    assert_eq!(run.source.acked(), [1, 3, 4].into_iter().collect());
+    assert_eq!(run.source.dead(), vec![(2, "MQTT_TOO_LARGE")]);
+    run.stop().await;
+}
+
+/// A broker that answers every CONNECT with CONNACK "not authorized" (return code 5), as
+/// mosquitto does for a revoked device. rumqttd cannot: it closes without a CONNACK.
+async fn refusing_broker() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let attempts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = attempts.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                if matches!(s.read(&mut buf).await, Ok(n) if n > 0) {
+                    let _ = s.write_all(&[0x20, 0x02, 0x00, 0x05]).await;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    });
+    (addr, attempts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_broker_refuses_is_reported_as_mqtt_auth_and_not_retried_in_a_tight_loop() {
+    let (addr, attempts) = refusing_broker().await;
+    let device = support::unique("dev");
+    let mut s = settings(&format!("mqtt://{addr}"), &device);
+    s.permanent_retry = Duration::from_secs(30);
+    let source = MemSource::default();
+    source.push((1..=3).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("refused", |s| {
+        s.last_error.as_ref().map(|e| e.0) == Some("MQTT_AUTH")
+    })
+    .await;
+    // Backoff alone would have retried within 50 ms; a permanent failure waits 30 s.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert!(run.source.acked().is_empty());
+    assert_eq!(run.source.in_flight(), 0);
+    run.stop().await;
+}
