@@ -38,7 +38,12 @@ static GLOBAL: Counting = Counting;
 fn corpus() -> Vec<u8> {
     let dir = std::env::var_os("GPS_AGENT_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/nmea-corpus")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../shared/nmea-corpus"
+            ))
+        });
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .expect("corpus directory")
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -24,7 +24,11 @@ pub const EXIT_UNAVAILABLE: i32 = 69;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gps-agent/config.toml";
 
 #[derive(Debug, Parser)]
-#[command(name = "gps-agent", version, about = "On-vehicle GPS telematics edge agent")]
+#[command(
+    name = "gps-agent",
+    version,
+    about = "On-vehicle GPS telematics edge agent"
+)]
 pub struct Cli {
     /// Configuration file (default /etc/gps-agent/config.toml).
     #[arg(long, global = true, env = "GPS_AGENT_CONFIG", value_name = "PATH")]

@@ -121,7 +121,13 @@ impl std::fmt::Display for ParseSummary {
         )?;
         let mut first = true;
         for (reason, n) in self.rejected.iter() {
-            write!(f, "{}{} {}", if first { " (" } else { ", " }, reason.as_str(), n)?;
+            write!(
+                f,
+                "{}{} {}",
+                if first { " (" } else { ", " },
+                reason.as_str(),
+                n
+            )?;
             first = false;
         }
         if !first {
