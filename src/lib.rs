@@ -17,5 +17,6 @@ pub mod config;
 pub mod error;
 pub mod fix;
 pub mod gnss;
+pub mod health;
 pub mod rejection;
 pub mod validate;
