@@ -456,7 +456,7 @@ pub fn summary(s: &Value) -> String {
                 .collect()
         })
         .unwrap_or_default();
-    rejected.sort_by(|a, b| b.1.cmp(&a.1));
+    rejected.sort_by_key(|r| std::cmp::Reverse(r.1));
     let total: u64 = rejected.iter().map(|(_, n)| n).sum();
     let reasons: Vec<String> = rejected.iter().map(|(k, n)| format!("{k} {n}")).collect();
     let last_fix = seconds_ago(s, &["components", "gnss", "last_fix_age_s"])

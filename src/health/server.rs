@@ -42,7 +42,7 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// A longer client-sent request id is cut: it is echoed and logged.
 const MAX_REQUEST_ID: usize = 64;
 /// Refused connections answered at the same time; beyond this they are just closed.
-const MAX_REFUSALS_IN_FLIGHT: usize = 16;
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 /// Bytes of a refused connection's request read before answering (so closing does not reset
 /// the connection under the client before it reads the 503).
 const REFUSAL_READ_LIMIT: usize = 8 * 1024;
