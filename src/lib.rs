@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod fix;
 pub mod gnss;
+pub mod health;
 pub mod rejection;
 pub mod uplink;
 pub mod validate;

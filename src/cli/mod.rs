@@ -68,6 +68,8 @@ pub enum Command {
     Demo,
 }
 
+pub mod status;
+
 /// Runs the command line and returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {

@@ -1,0 +1,594 @@
+//! The health endpoint: HTTP/1.1 on hyper 1, local only (127.0.0.1:8470 by default).
+//!
+//! In: a bound `TcpListener`, the shared [`HealthState`] and [`Metrics`], a shutdown token.
+//! Out: `GET /health` (snapshot, 200 healthy / 503 otherwise), `/health/stream` (JSON Lines,
+//! one per `stream_interval` and on every change), `/live` (200 while the main loop
+//! heartbeats), `/metrics` (OpenMetrics text). Only `GET` and `HEAD`: anything else is 405;
+//! these paths take no query string, so any query is a 400 `bad_query` (a typo such as
+//! `/health?verbose` is answered, not silently ignored). Errors are JSON
+//! `{status_code, error, message, request_id}`; every answer echoes `X-Request-ID`.
+//!
+//! It must never let a client hurt the agent: connections are bounded (over the limit a
+//! canned 503 is written and the socket closed), a client has `header_timeout` to send its
+//! request head (the same bound applies while a keep-alive connection idles), request
+//! bodies are never read, streams are bounded separately and a stream whose client stops
+//! reading for `stream_stall_timeout` is cut. On shutdown, streams end at once and
+//! connections get `shutdown_grace` to finish before they are dropped.
+
+use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
+use super::snapshot::{HealthState, Status};
+use crate::error::{Classified, ErrorClass};
+
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::{Body, Bytes, Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// Header carrying the request id, in and out.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// A longer client-sent request id is cut: it is echoed and logged.
+const MAX_REQUEST_ID: usize = 64;
+/// Refused connections answered at the same time; beyond this they are just closed.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// Bytes of a refused connection's request read before answering (so closing does not reset
+/// the connection under the client before it reads the 503).
+const REFUSAL_READ_LIMIT: usize = 8 * 1024;
+/// How long a refused client gets to send its head and take the answer.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// hyper's read buffer: request heads larger than this are refused by hyper.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Errors of the health endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("cannot listen on {listen}: {source}")]
+    Bind {
+        listen: String,
+        source: std::io::Error,
+    },
+    #[error("accepting a health connection failed: {source}")]
+    Accept { source: std::io::Error },
+    #[error("encoding metrics failed")]
+    Metrics { source: std::fmt::Error },
+}
+
+impl Classified for HealthError {
+    fn code(&self) -> &'static str {
+        match self {
+            HealthError::Bind { .. } => "HEALTH_BIND",
+            HealthError::Accept { .. } => "HEALTH_ACCEPT",
+            HealthError::Metrics { .. } => "HEALTH_METRICS",
+        }
+    }
+    fn class(&self) -> ErrorClass {
+        match self {
+            // Port taken or not allowed: retrying will not change it; the operator must.
+            HealthError::Bind { .. } => ErrorClass::Permanent,
+            HealthError::Accept { .. } => ErrorClass::Transient,
+            HealthError::Metrics { .. } => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// Binds the endpoint's listener (`HealthConfig::listen`, e.g. `127.0.0.1:8470`).
+pub async fn bind(listen: &str) -> Result<TcpListener, HealthError> {
+    TcpListener::bind(listen)
+        .await
+        .map_err(|source| HealthError::Bind {
+            listen: listen.to_owned(),
+            source,
+        })
+}
+
+/// Limits and intervals of the server. The defaults are for production; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Connections served at once; more are refused with a 503.
+    pub max_connections: usize,
+    /// `/health/stream` responses at once (each also holds a connection).
+    pub max_streams: usize,
+    /// Time a client has to send a complete request head, also the keep-alive idle limit.
+    pub header_timeout: Duration,
+    /// A stream line at least this often.
+    pub stream_interval: Duration,
+    /// A stream whose client has not taken a line for this long is cut.
+    pub stream_stall_timeout: Duration,
+    /// `/live` answers 503 when the main loop has not heartbeat for this long.
+    pub live_timeout: Duration,
+    /// On shutdown, connections get this long to finish before they are dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_connections: 32,
+            max_streams: 8,
+            header_timeout: Duration::from_secs(5),
+            stream_interval: Duration::from_secs(1),
+            stream_stall_timeout: Duration::from_secs(30),
+            live_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What every connection needs.
+struct Shared {
+    state: HealthState,
+    metrics: Arc<Metrics>,
+    options: ServeOptions,
+    streams: Arc<Semaphore>,
+    shutdown: CancellationToken,
+}
+
+/// Serves the endpoint with default options until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: HealthState,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    serve_with(listener, state, metrics, shutdown, ServeOptions::default()).await
+}
+
+/// Serves the endpoint until `shutdown` is cancelled, then waits (bounded by
+/// `shutdown_grace`) for open connections to finish.
+pub async fn serve_with(
+    listener: TcpListener,
+    state: HealthState,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    options: ServeOptions,
+) {
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    info!(listen = %local, "health endpoint listening");
+    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
+    let grace = options.shutdown_grace;
+    let shared = Arc::new(Shared {
+        state,
+        metrics,
+        streams: Arc::new(Semaphore::new(options.max_streams.max(1))),
+        options,
+        shutdown: shutdown.clone(),
+    });
+    let tracker = TaskTracker::new();
+
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _peer)) => stream,
+            Err(source) => {
+                let err = HealthError::Accept { source };
+                warn!(code = err.code(), error = %err, "health accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        // Small answers: Nagle would only delay them.
+        let _ = stream.set_nodelay(true);
+        match connections.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tracker.spawn(connection(stream, permit, shared.clone(), tracker.clone()));
+            }
+            Err(_) => match refusals.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    debug!(
+                        code = "HEALTH_BUSY",
+                        "health connection refused: limit reached"
+                    );
+                    tracker.spawn(refuse(stream, permit));
+                }
+                Err(_) => drop(stream),
+            },
+        }
+    }
+
+    tracker.close();
+    // Connections see the same token: streams end, idle keep-alives close. Past the grace
+    // (plus a little for the drop itself) we stop waiting: the process is leaving anyway.
+    let _ = tokio::time::timeout(grace + Duration::from_millis(500), tracker.wait()).await;
+    info!(listen = %local, "health endpoint stopped");
+}
+
+/// One accepted connection, holding its slot until it ends.
+async fn connection(
+    stream: TcpStream,
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) {
+    let _permit = permit;
+    // Cancelled by a stream whose client stopped reading: hyper would otherwise wait on the
+    // socket forever.
+    let cut = CancellationToken::new();
+    let service = {
+        let shared = shared.clone();
+        let cut = cut.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let response = route(&shared, &req, &cut, &tracker);
+            async move { Ok::<_, Infallible>(response) }
+        })
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.options.header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "health connection ended with an error");
+            }
+        }
+        _ = cut.cancelled() => {}
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cut.cancelled() => {}
+                _ = tokio::time::sleep(shared.options.shutdown_grace) => {}
+            }
+        }
+    }
+}
+
+/// Over the connection limit: read the head (bounded), answer 503, close.
+async fn refuse(mut stream: TcpStream, permit: OwnedSemaphorePermit) {
+    let _permit = permit;
+    let request_id = make_request_id();
+    let body = error_body(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too_busy",
+        "too many connections to the health endpoint; retry shortly",
+        &request_id,
+    );
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n{}: {}\r\n\r\n{}",
+        body.len(),
+        REQUEST_ID_HEADER,
+        request_id,
+        body
+    );
+    let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+        let mut head = Vec::with_capacity(1024);
+        let mut chunk = [0u8; 1024];
+        while head.len() < REFUSAL_READ_LIMIT && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => head.extend_from_slice(chunk.get(..n).unwrap_or_default()),
+            }
+        }
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+type HealthBody = BoxBody<Bytes, Infallible>;
+
+fn route(
+    shared: &Shared,
+    req: &Request<Incoming>,
+    cut: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Response<HealthBody> {
+    let request_id = request_id(req.headers());
+    let path = req.uri().path();
+    let known = matches!(path, "/health" | "/health/stream" | "/live" | "/metrics");
+    let mut response = if !known {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such path; try /health, /health/stream, /live or /metrics",
+            &request_id,
+        )
+    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "only GET and HEAD are allowed",
+            &request_id,
+        );
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        r
+    } else if req.uri().query().is_some_and(|q| !q.is_empty()) {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "this path takes no query parameters",
+            &request_id,
+        )
+    } else {
+        match path {
+            "/health" => health(shared),
+            "/health/stream" => stream(shared, req.method() == Method::HEAD, cut, tracker)
+                .unwrap_or_else(|| {
+                    error_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too_many_streams",
+                        "too many /health/stream clients; retry later",
+                        &request_id,
+                    )
+                }),
+            "/live" => live(shared),
+            _ => metrics(shared, &request_id),
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn health(shared: &Shared) -> Response<HealthBody> {
+    let snapshot = shared.state.snapshot();
+    let code = if snapshot.status == Status::Healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_vec(&snapshot).unwrap_or_default();
+    json_response(code, body)
+}
+
+fn live(shared: &Shared) -> Response<HealthBody> {
+    let since = shared.state.since_heartbeat();
+    let live = since <= shared.options.live_timeout;
+    let body = serde_json::json!({
+        "live": live,
+        "since_heartbeat_s": (since.as_secs_f64() * 1000.0).round() / 1000.0,
+    });
+    let code = if live {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(code, serde_json::to_vec(&body).unwrap_or_default())
+}
+
+fn metrics(shared: &Shared, request_id: &str) -> Response<HealthBody> {
+    match shared.metrics.encode() {
+        Ok(text) => {
+            let mut r = Response::new(full(text.into_bytes()));
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static(METRICS_CONTENT_TYPE));
+            r
+        }
+        Err(source) => {
+            let err = HealthError::Metrics { source };
+            warn!(code = err.code(), error = %err, "metrics encoding failed");
+            error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "metrics could not be encoded",
+                request_id,
+            )
+        }
+    }
+}
+
+/// Starts a `/health/stream` answer, or `None` when all stream slots are taken.
+fn stream(
+    shared: &Shared,
+    head_only: bool,
+    cut: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Option<Response<HealthBody>> {
+    let mut response = if head_only {
+        Response::new(full(Vec::new()))
+    } else {
+        let permit = shared.streams.clone().try_acquire_owned().ok()?;
+        // One line in flight: a slow reader makes the producer wait (and skip the lines it
+        // could not take) instead of queueing snapshots.
+        let (lines, rx) = mpsc::channel(1);
+        tracker.spawn(produce_lines(
+            shared.state.clone(),
+            lines,
+            shared.options.clone(),
+            shared.shutdown.clone(),
+            cut.clone(),
+            permit,
+        ));
+        Response::new(BoxBody::new(LineBody { rx }))
+    };
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    Some(response)
+}
+
+/// Writes a snapshot line now, then at every change and at least every `stream_interval`,
+/// until the client leaves, stalls, or the agent shuts down.
+async fn produce_lines(
+    state: HealthState,
+    lines: mpsc::Sender<Bytes>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+    cut: CancellationToken,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let mut changes = state.subscribe();
+    changes.borrow_and_update();
+    let mut tick = tokio::time::interval(options.stream_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            _ = lines.closed() => break,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                // The periodic line counts from the last line sent.
+                tick.reset();
+            }
+            _ = tick.tick() => {}
+        }
+        changes.borrow_and_update();
+        let mut line = serde_json::to_vec(&state.snapshot()).unwrap_or_default();
+        line.push(b'\n');
+        match tokio::time::timeout(options.stream_stall_timeout, lines.send(Bytes::from(line)))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => break,
+            Err(_) => {
+                warn!(
+                    code = "HEALTH_STREAM_STALLED",
+                    "health stream client stopped reading; closing it"
+                );
+                cut.cancel();
+                break;
+            }
+        }
+    }
+}
+
+/// A response body fed line by line from [`produce_lines`]; it ends when the producer does.
+struct LineBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for LineBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|line| line.map(|l| Ok(Frame::data(l))))
+    }
+}
+
+fn full(bytes: Vec<u8>) -> HealthBody {
+    Full::new(Bytes::from(bytes)).boxed()
+}
+
+fn json_response(code: StatusCode, body: Vec<u8>) -> Response<HealthBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = code;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error_body(code: StatusCode, error: &str, message: &str, request_id: &str) -> String {
+    serde_json::json!({
+        "status_code": code.as_u16(),
+        "error": error,
+        "message": message,
+        "request_id": request_id,
+    })
+    .to_string()
+}
+
+fn error_response(
+    code: StatusCode,
+    error: &str,
+    message: &str,
+    request_id: &str,
+) -> Response<HealthBody> {
+    json_response(
+        code,
+        error_body(code, error, message, request_id).into_bytes(),
+    )
+}
+
+/// The client's `X-Request-ID` if it has anything usable (letters, digits, `-_.:`, at most
+/// [`MAX_REQUEST_ID`] of them, other characters dropped: the id lands in logs and headers),
+/// or a fresh one.
+fn request_id(headers: &HeaderMap) -> String {
+    let given: String = headers
+        .get(REQUEST_ID_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default()
+        .iter()
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        .take(MAX_REQUEST_ID)
+        .map(|&b| char::from(b))
+        .collect();
+    if given.is_empty() {
+        make_request_id()
+    } else {
+        given
+    }
+}
+
+/// 16 hex digits: random when the OS gives randomness, else a process counter (ids need
+/// to be distinct, not secret).
+fn make_request_id() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let n = getrandom::u64().unwrap_or_else(|_| COUNTER.fetch_add(1, Ordering::Relaxed));
+    format!("{n:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_request_id_is_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123_x.y:z"));
+        assert_eq!(request_id(&h), "abc-123_x.y:z");
+    }
+
+    #[test]
+    fn a_hostile_request_id_is_sanitised_and_bounded() {
+        let mut h = HeaderMap::new();
+        let long = format!("a b\"c<{}", "x".repeat(500));
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_str(&long).unwrap());
+        let id = request_id(&h);
+        assert!(id.starts_with("abcx"));
+        assert_eq!(id.len(), MAX_REQUEST_ID);
+    }
+
+    #[test]
+    fn a_missing_or_empty_request_id_is_made() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 16);
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("!!!"));
+        let made = request_id(&h);
+        assert_eq!(made.len(), 16);
+        assert!(made.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
