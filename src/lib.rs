@@ -18,4 +18,5 @@ pub mod error;
 pub mod fix;
 pub mod gnss;
 pub mod rejection;
+pub mod sim;
 pub mod validate;
