@@ -42,6 +42,9 @@ pub fn write_log(drive: Drive, mut out: impl Write) -> Result<u32, SimError> {
 /// first, on a fixed schedule (a slow write does not shift the ones after it). Returns the
 /// number of epochs written when the drive ends or `stop` is set (checked at least every
 /// 20 ms while waiting).
+///
+/// For a pseudo-terminal, pass the master by `&mut` and keep it open after the drive ends:
+/// closing the master hangs up the terminal, and bytes the reader has not read yet are lost.
 pub fn write_realtime(
     drive: Drive,
     mut out: impl Write,

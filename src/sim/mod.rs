@@ -339,12 +339,12 @@ impl Drive {
             self.printed += 1;
             let sentence = match self.spec.corrupt_every {
                 Some(n) if self.printed.is_multiple_of(u64::from(n)) => {
-                    let kind_of_damage = Corruption::pick(&mut self.damage);
-                    match nmea::corrupt(&line, kind_of_damage, &mut self.damage) {
-                        Some(bad) => SimSentence {
+                    let wanted = Corruption::pick(&mut self.damage);
+                    match nmea::corrupt(&line, wanted, &mut self.damage) {
+                        Some((bad, done)) => SimSentence {
                             kind,
                             line: bad,
-                            corruption: Some(kind_of_damage),
+                            corruption: Some(done),
                         },
                         None => SimSentence {
                             kind,

@@ -282,19 +282,29 @@ fn coordinate(
     Ok(())
 }
 
-/// Damage a finished line as `kind` says; `rng` chooses where. A line that cannot be damaged
-/// that way (no digit to flip, no checksum) comes back unchanged with `None`.
-pub(crate) fn corrupt(line: &Line, kind: Corruption, rng: &mut SplitMix64) -> Option<Line> {
+/// Damage a finished line as `kind` says; `rng` chooses where. Returns the damaged line and
+/// the damage done: a line with no digit to flip (a no-fix VTG) gets a wrong checksum
+/// instead, so every chosen line really is damaged. `None` only for a line without `*`,
+/// which this module never prints.
+pub(crate) fn corrupt(
+    line: &Line,
+    kind: Corruption,
+    rng: &mut SplitMix64,
+) -> Option<(Line, Corruption)> {
     let bytes = line.as_bytes();
     let star = bytes.iter().position(|b| *b == b'*')?;
+    let digits = bytes
+        .iter()
+        .take(star)
+        .filter(|b| b.is_ascii_digit())
+        .count();
+    let kind = match kind {
+        Corruption::FlippedByte if digits == 0 => Corruption::BadChecksum,
+        other => other,
+    };
     let mut out = Line::new();
     match kind {
         Corruption::FlippedByte => {
-            let digits = bytes
-                .iter()
-                .take(star)
-                .filter(|b| b.is_ascii_digit())
-                .count();
             let target = rng.below(u32::try_from(digits).ok()?) as usize;
             // A different digit, never the same one: the line must really change.
             let shift = 1 + rng.below(9) as u8;
@@ -325,7 +335,7 @@ pub(crate) fn corrupt(line: &Line, kind: Corruption, rng: &mut SplitMix64) -> Op
             out.push_str("\r\n").ok()?;
         }
     }
-    Some(out)
+    Some((out, kind))
 }
 
 #[cfg(test)]
@@ -443,6 +453,19 @@ mod tests {
     }
 
     #[test]
+    fn a_line_without_digits_gets_a_wrong_checksum_instead_of_a_flipped_digit() {
+        let r = Reading {
+            fix: false,
+            ..reading()
+        };
+        let vtg = sentence(SentenceKind::Vtg, &r).unwrap();
+        let mut rng = SplitMix64::new(4, 0);
+        let (bad, done) = corrupt(&vtg, Corruption::FlippedByte, &mut rng).unwrap();
+        assert_eq!(done, Corruption::BadChecksum);
+        assert_ne!(bad, vtg);
+    }
+
+    #[test]
     fn every_corruption_breaks_the_checksum_or_removes_it() {
         let line = sentence(SentenceKind::Gga, &reading()).unwrap();
         let mut rng = SplitMix64::new(3, 0);
@@ -452,7 +475,8 @@ mod tests {
                 Corruption::BadChecksum,
                 Corruption::Truncated,
             ] {
-                let bad = corrupt(&line, kind, &mut rng).unwrap();
+                let (bad, done) = corrupt(&line, kind, &mut rng).unwrap();
+                assert_eq!(done, kind, "a GGA always has digits to flip");
                 assert_ne!(bad, line);
                 assert!(bad.starts_with("$GPGGA") && bad.ends_with("\r\n"));
                 match bad.find('*') {
