@@ -55,7 +55,13 @@ pub fn write_realtime(
     let mut bytes = Vec::with_capacity(LINE_CAPACITY * SENTENCES_PER_EPOCH);
     let mut written = 0u32;
     for epoch in drive {
-        let due = started + period * epoch.index;
+        // Only a drive longer than the clock can count (centuries) has no due time.
+        let Some(due) = period
+            .checked_mul(epoch.index)
+            .and_then(|offset| started.checked_add(offset))
+        else {
+            break;
+        };
         loop {
             if stop.load(Ordering::Relaxed) {
                 debug!(epochs = written, "simulated receiver stopped");

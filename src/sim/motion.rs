@@ -56,7 +56,7 @@ pub(crate) struct Car {
     target_mps: f64,
     /// Signed degrees of a junction turn still to make (positive: right).
     turn_left_deg: f64,
-    /// Slow bends of the road, °/s, a bounded random walk.
+    /// Slow bends of the road, °/s, a bounded, mean-reverting random walk.
     bend_dps: f64,
     rng: SplitMix64,
 }
@@ -194,7 +194,10 @@ impl Car {
             self.bend_dps = 0.0;
             return 0.0;
         }
-        self.bend_dps = (self.bend_dps + self.rng.range(-0.4, 0.4) * dt.sqrt()).clamp(-2.0, 2.0);
+        // Mean-reverting (about 5 s): roads wiggle but run straight on the whole; turns
+        // proper happen at junctions.
+        self.bend_dps = (self.bend_dps * (1.0 - 0.2 * dt) + self.rng.range(-0.3, 0.3) * dt.sqrt())
+            .clamp(-1.0, 1.0);
         // A car does not turn on the spot, and turns gently at speed.
         let limit = if v < 0.5 {
             0.0

@@ -266,7 +266,7 @@ fn coordinate(
     positive: char,
     negative: char,
 ) -> Result<(), Overflow> {
-    let scale = 10u64.pow(u32::from(decimals));
+    let scale = 10u64.checked_pow(u32::from(decimals)).ok_or(Overflow)?;
     // 180° in 1e-8 minutes is about 1.1e12: far inside u64 and exact in f64.
     let total = (value.abs() * 60.0 * scale as f64).round() as u64;
     let per_degree = 60 * scale;
