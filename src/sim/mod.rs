@@ -14,8 +14,8 @@
 
 mod feed;
 mod motion;
-pub mod nmea;
 mod rng;
+mod sentences;
 
 use chrono::{DateTime, Datelike};
 use thiserror::Error;
@@ -24,11 +24,11 @@ use tracing::error;
 use crate::error::{Classified, ErrorClass};
 
 pub use feed::{write_log, write_realtime};
-pub use nmea::{checksum, Corruption, Line, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT};
+pub use sentences::{checksum, Corruption, Line, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT};
 
 use motion::{Car, Sky};
-use nmea::Reading;
 use rng::SplitMix64;
+use sentences::Reading;
 
 /// Sentences printed per epoch: RMC, GGA, GSA, VTG, with room to spare.
 pub const SENTENCES_PER_EPOCH: usize = 8;
@@ -323,9 +323,9 @@ impl Drive {
             talker: self.spec.talker,
             precision: self.spec.precision_decimals,
         };
-        let mut sentences = heapless::Vec::new();
+        let mut printed = heapless::Vec::new();
         for kind in SentenceKind::ALL {
-            let Ok(line) = nmea::sentence(kind, &reading) else {
+            let Ok(line) = sentences::sentence(kind, &reading) else {
                 // Cannot happen for a checked spec (a unit test prints the widest lines);
                 // losing one line is better than stopping the drive.
                 error!(
@@ -340,7 +340,7 @@ impl Drive {
             let sentence = match self.spec.corrupt_every {
                 Some(n) if self.printed.is_multiple_of(u64::from(n)) => {
                     let wanted = Corruption::pick(&mut self.damage);
-                    match nmea::corrupt(&line, wanted, &mut self.damage) {
+                    match sentences::corrupt(&line, wanted, &mut self.damage) {
                         Some((bad, done)) => SimSentence {
                             kind,
                             line: bad,
@@ -359,7 +359,7 @@ impl Drive {
                     corruption: None,
                 },
             };
-            if sentences.push(sentence).is_err() {
+            if printed.push(sentence).is_err() {
                 error!(
                     code = "SIM_TOO_MANY_LINES",
                     epoch = index,
@@ -378,7 +378,7 @@ impl Drive {
             sats,
             hdop,
             fix,
-            sentences,
+            sentences: printed,
         }
     }
 }
