@@ -5,8 +5,10 @@
 //! 1. [`gnss`]: serial or file source, framing, NMEA parsing, epoch assembly.
 //! 2. [`validate`]: an epoch becomes an accepted [`fix::Fix`] or a [`rejection::Rejection`].
 //! 3. [`buffer`]: every accepted fix is stored in SQLite with a `seq` before it is sent.
-//! 4. `uplink`: MQTT publishing, backoff, circuit breaker (coming with its issue).
-//! 5. `health`: the local endpoint and metrics (coming with its issue).
+//! 4. [`uplink`]: MQTT publishing, acknowledgement window, backoff, circuit breaker.
+//! 5. [`health`]: the local endpoint (`/health`, `/health/stream`, `/live`, `/metrics`).
+//!
+//! [`sim`] is the project's own NMEA receiver simulator (demo and tests).
 //!
 //! [`config`] reads and checks the TOML file; [`cli`] is the command line. Shared types live
 //! in small files of their own: [`fix`], [`rejection`], [`error`].
@@ -19,5 +21,6 @@ pub mod fix;
 pub mod gnss;
 pub mod health;
 pub mod rejection;
+pub mod sim;
 pub mod uplink;
 pub mod validate;
