@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 failure at run time (or `status`: degraded); 2 usage error
 //! (clap) or `status`: unhealthy/unreachable; 66 input file missing (`EX_NOINPUT`);
-//! 69 subcommand not available in this build (`EX_UNAVAILABLE`); 78 configuration invalid
+//! 69 subcommand not available in this build yet: `run`, `demo` (`EX_UNAVAILABLE`); 78 configuration invalid
 //! (`EX_CONFIG`, also listed in the unit's `RestartPreventExitStatus`).
 
 pub mod check_config;
@@ -88,10 +88,11 @@ pub fn main() -> i32 {
     match cli.command {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Parse(args) => parse::run(&args, cli.config.as_deref()),
-        Command::Run | Command::Status { .. } | Command::Demo => {
+        Command::Status { url, watch } => status::run(&url, watch),
+        Command::Run | Command::Demo => {
             eprintln!(
                 "gps-agent: this subcommand is not available in this build yet \
-                 (the daemon, status and demo land with the uplink and daemon work)"
+                 (the daemon and the demo land with the daemon work)"
             );
             EXIT_UNAVAILABLE
         }
