@@ -656,6 +656,38 @@ fn the_same_time_twice_is_duplicate_time_and_so_is_an_earlier_one() {
 }
 
 #[test]
+fn a_clock_that_went_back_is_followed_once_jump_confirm_good_epochs_agree() {
+    // A fix from a wrong future time was accepted (or the receiver's clock was reset):
+    // later real fixes are all "earlier". They are rejected until `jump_confirm` (3) good
+    // epochs in a row agree on the new timeline, then the agent follows it: never locked out.
+    let mut v = validator();
+    accepted(&mut v, &good_at(TOD + 3_600_000, LAT, LON));
+    for i in 0..2 {
+        let r = rejected(&mut v, &good_at(TOD + i * 1000, LAT, LON));
+        assert_eq!(r.reason, Reason::DuplicateTime);
+    }
+    let fix = accepted(&mut v, &good_at(TOD + 2000, LAT, LON));
+    assert_eq!(fix.time_ms, TIME_MS + 2000);
+    accepted(&mut v, &good_at(TOD + 3000, LAT, LON));
+    // And the new timeline's own duplicates are still duplicates.
+    assert_eq!(
+        rejected(&mut v, &good_at(TOD + 3000, LAT, LON)).reason,
+        Reason::DuplicateTime
+    );
+}
+
+#[test]
+fn earlier_epochs_that_do_not_advance_among_themselves_never_take_over() {
+    let mut v = validator();
+    accepted(&mut v, &good_at(TOD + 3_600_000, LAT, LON));
+    // The same earlier time over and over (a stuck receiver replaying a cycle).
+    for _ in 0..10 {
+        let r = rejected(&mut v, &good_at(TOD, LAT, LON));
+        assert_eq!(r.reason, Reason::DuplicateTime);
+    }
+}
+
+#[test]
 fn a_date_carried_across_midnight_gives_the_next_day() {
     let mut v = validator();
     let before = good_at(86_399_000, LAT, LON);

@@ -26,7 +26,9 @@
 //! 9. `incomplete`: no time of day, or no date.
 //! 10. `time_invalid`: date before `not_before_year` and not rollover-corrected (see
 //!     [`time`]).
-//! 11. `duplicate_time`: time not after the last accepted fix's.
+//! 11. `duplicate_time`: time not after the last accepted fix's. An earlier time is taken
+//!     as a new timeline once `jump_confirm` otherwise-good epochs in a row agree on it
+//!     (a receiver clock reset must not lock the agent out until the old time comes back).
 //! 12. `hdop`: HDOP above `max_hdop` (equal passes).
 //! 13. `satellites`: fewer than `min_sats` satellites, when the receiver says (equal passes).
 //! 14. `speed_jump`: implied speed from the last accepted fix above `max_speed_kmh` (equal
@@ -61,6 +63,11 @@ pub struct Validator {
     cfg: ValidateConfig,
     /// Time of the last accepted fix.
     last_time_ms: Option<i64>,
+    /// Otherwise-good epochs in a row that were earlier than the last accepted fix, each
+    /// later than the one before: (time of the newest, how many). A receiver whose clock
+    /// was reset, or a wrong future date accepted once, must not lock the agent out until
+    /// the clock catches up: after `jump_confirm` of them the new timeline is taken.
+    rewind: Option<(i64, u8)>,
     track: JumpTrack,
     counts: ReasonCounts,
     accepted: u64,
@@ -99,6 +106,7 @@ impl Validator {
         Validator {
             cfg,
             last_time_ms: None,
+            rewind: None,
             track: JumpTrack::default(),
             counts: ReasonCounts::default(),
             accepted: 0,
@@ -186,15 +194,13 @@ impl Validator {
         let time_ms = time::unix_ms(date, time_of_day_ms)
             .ok_or_else(|| known.reject(Reason::TimeInvalid, "date out of range"))?;
         known.time_ms = Some(time_ms);
-        match self.last_time_ms {
+        let earlier = match self.last_time_ms {
             Some(last) if time_ms == last => {
                 return Err(known.reject(Reason::DuplicateTime, "same time as the last fix"))
             }
-            Some(last) if time_ms < last => {
-                return Err(known.reject(Reason::DuplicateTime, "earlier than the last fix"))
-            }
-            _ => {}
-        }
+            Some(last) => time_ms < last,
+            None => false,
+        };
 
         // 12-13: quality.
         let fix = build_fix(epoch, time_ms, lat, lon);
@@ -205,6 +211,21 @@ impl Validator {
             return Err(known.reject(Reason::Satellites, "fewer satellites than min_sats"));
         }
 
+        // 11 (continued): an earlier time is rejected, unless `jump_confirm` good epochs in
+        // a row agree on the new timeline (checked after quality, so only good fixes count).
+        if earlier {
+            let run = match self.rewind {
+                Some((newest, n)) if time_ms > newest => n.saturating_add(1),
+                _ => 1,
+            };
+            self.rewind = Some((time_ms, run));
+            if run < self.cfg.jump_confirm.max(1) {
+                return Err(known.reject(Reason::DuplicateTime, "earlier than the last fix"));
+            }
+            // The old anchor is on the abandoned timeline: start the track afresh.
+            self.track = JumpTrack::default();
+        }
+
         // 14: movement since the last accepted fix.
         let point = Point { time_ms, lat, lon };
         let max_speed = self.cfg.max_speed_kmh;
@@ -212,6 +233,7 @@ impl Validator {
             Verdict::Consistent | Verdict::Confirmed => {
                 self.track.accept(point);
                 self.last_time_ms = Some(time_ms);
+                self.rewind = None;
                 Ok(fix)
             }
             Verdict::Jump => {
