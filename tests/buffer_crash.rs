@@ -22,7 +22,7 @@ impl Prng {
     }
 }
 
-const SEED: u64 = 0x5EED_0F_C4A5_u64;
+const SEED: u64 = 0x005E_ED0F_C4A5_u64;
 const KILLS: usize = 50;
 
 /// Kills one writer between 20 and 150 ms after its first commit; returns the highest seq it

@@ -319,7 +319,9 @@ impl Buffer {
     }
 
     /// Commits if the group's interval has passed, and retries a failing disk when due.
-    /// Returns the committed seq when a commit happened.
+    /// Returns the committed seq when a commit happened. Call it at least every
+    /// `commit_interval_s` (and every `disk_retry_s`): without appends or ticks an open
+    /// group stays open, and the loss window grows with it.
     pub fn tick(&mut self, now: Instant) -> Result<Option<u64>, BufferError> {
         self.last_now = now;
         if self.disk != Disk::Writable {
@@ -574,7 +576,8 @@ impl Buffer {
         Ok(seq)
     }
 
-    /// Capacity policy, before a fix is stored: the N+1th fix evicts.
+    /// Capacity policy, before a fix is stored: the N+1th fix evicts. Fixes in flight may be
+    /// evicted too (counted); a later ack or release of their seq is then a no-op.
     fn make_room(&mut self) -> rusqlite::Result<()> {
         let over_count = self.current.depth >= self.max_fixes;
         if !over_count && !self.over_bytes {
