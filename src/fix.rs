@@ -137,10 +137,7 @@ mod tests {
         assert_eq!(v["lon"], -93.750558641);
         assert_eq!(v["alt_m"], 278.02);
         assert_eq!(v["mode"], "3d");
-        assert!(
-            v.get("course_deg").is_none(),
-            "unknown optional keys are omitted, not null"
-        );
+        assert!(v.get("course_deg").is_none(), "unknown optional keys are omitted, not null");
     }
 
     #[test]

@@ -30,10 +30,7 @@ pub enum FaaMode {
 impl FaaMode {
     /// E, M, S: a position the receiver did not measure.
     pub fn is_estimated(self) -> bool {
-        matches!(
-            self,
-            FaaMode::Estimated | FaaMode::Manual | FaaMode::Simulator
-        )
+        matches!(self, FaaMode::Estimated | FaaMode::Manual | FaaMode::Simulator)
     }
 }
 
