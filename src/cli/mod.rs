@@ -6,12 +6,14 @@
 //! 69 subcommand not available in this build yet: `run`, `demo` (`EX_UNAVAILABLE`); 78 configuration invalid
 //! (`EX_CONFIG`, also listed in the unit's `RestartPreventExitStatus`).
 
+pub mod buffer;
 pub mod check_config;
 pub mod parse;
 
+use crate::config::{self, Config, ConfigError};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Exit code for an invalid configuration (sysexits `EX_CONFIG`).
 pub const EXIT_CONFIG: i32 = 78;
@@ -66,6 +68,8 @@ pub enum Command {
     },
     /// Newcomer's demo: simulated receiver + embedded broker, no setup.
     Demo,
+    /// Look into the store-and-forward buffer (safe while the daemon runs).
+    Buffer(buffer::BufferArgs),
 }
 
 pub mod status;
@@ -89,12 +93,45 @@ pub fn main() -> i32 {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Parse(args) => parse::run(&args, cli.config.as_deref()),
         Command::Status { url, watch } => status::run(&url, watch),
+        Command::Buffer(args) => match config_or_default(cli.config.as_deref()) {
+            Ok(cfg) => buffer::run(args, &cfg.buffer.path),
+            Err(code) => code,
+        },
         Command::Run | Command::Demo => {
             eprintln!(
                 "gps-agent: this subcommand is not available in this build yet \
                  (the daemon and the demo land with the daemon work)"
             );
             EXIT_UNAVAILABLE
+        }
+    }
+}
+
+/// The configuration for the offline subcommands (`parse`, `buffer`): the file named by
+/// `--config`/`GPS_AGENT_CONFIG` (which must be valid), else `/etc/gps-agent/config.toml`
+/// when it exists, else the defaults. Problems are printed; the error is the exit code.
+pub fn config_or_default(explicit: Option<&Path>) -> Result<Config, i32> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let default = PathBuf::from(DEFAULT_CONFIG_PATH);
+            if !default.exists() {
+                return Ok(Config::default());
+            }
+            default
+        }
+    };
+    match config::load(&path) {
+        Ok(cfg) => Ok(cfg),
+        Err(ConfigError::Invalid { problems }) => {
+            for p in &problems {
+                eprintln!("{}: {}", path.display(), p);
+            }
+            Err(EXIT_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("{}: {}", path.display(), e);
+            Err(EXIT_CONFIG)
         }
     }
 }

@@ -5,7 +5,7 @@
 //! `/etc/gps-agent/config.toml` when it exists, else from the defaults. A summary line goes to
 //! stderr at the end; stdout carries only fixes (and rejections with `--all`).
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::Config;
 use crate::fix::{format_time_ms, Numbered};
 use crate::gnss::{Decoded, Decoder};
 use crate::rejection::{Reason, Rejection};
@@ -24,7 +24,7 @@ pub struct ParseArgs {
 }
 
 pub fn run(args: &ParseArgs, config_path: Option<&Path>) -> i32 {
-    let cfg = match load_config(config_path) {
+    let cfg = match super::config_or_default(config_path) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
@@ -64,32 +64,6 @@ fn output_error(e: &io::Error) -> i32 {
     } else {
         eprintln!("gps-agent parse: write error: {e}");
         1
-    }
-}
-
-fn load_config(explicit: Option<&Path>) -> Result<Config, i32> {
-    let path = match explicit {
-        Some(p) => p.to_path_buf(),
-        None => {
-            let default = PathBuf::from(super::DEFAULT_CONFIG_PATH);
-            if !default.exists() {
-                return Ok(Config::default());
-            }
-            default
-        }
-    };
-    match config::load(&path) {
-        Ok(cfg) => Ok(cfg),
-        Err(ConfigError::Invalid { problems }) => {
-            for p in &problems {
-                eprintln!("{}: {}", path.display(), p);
-            }
-            Err(super::EXIT_CONFIG)
-        }
-        Err(e) => {
-            eprintln!("{}: {}", path.display(), e);
-            Err(super::EXIT_CONFIG)
-        }
     }
 }
 

@@ -1,0 +1,118 @@
+//! Buffer throughput with a deep backlog: 1,000,000 fixes already buffered, then appends/s
+//! with group commit, drained fixes/s (next_batch + ack), file bytes per buffered fix, and
+//! RSS before and after (it must not grow with depth). A plain `main` printing figures:
+//! `cargo bench --bench buffer`. Targets: >= 100,000/s each, <= 64 bytes per fix.
+
+use gps_agent::buffer::{Buffer, StoredFix};
+use gps_agent::config::BufferConfig;
+use gps_agent::fix::{Fix, FixMode};
+use std::time::Instant;
+
+const BACKLOG: i64 = 1_000_000;
+const MEASURED: i64 = 200_000;
+
+fn fix(i: i64) -> Fix {
+    Fix {
+        time_ms: 1_700_000_000_000 + i * 1000,
+        lat: 41.574970205 + (i % 10_000) as f64 * 1e-6,
+        lon: -93.750558641 - (i % 7_000) as f64 * 1e-6,
+        alt_m: Some(278.02 + (i % 100) as f64),
+        speed_mps: Some(13.4 + (i % 50) as f64 * 0.1),
+        course_deg: Some((i % 360) as f64 + 0.308),
+        hdop: Some(0.9),
+        sats: Some(11),
+        mode: FixMode::ThreeD,
+    }
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = BufferConfig {
+        path: dir.path().join("buffer.db"),
+        // Room for backlog + measured appends: this measures appending, not evicting.
+        max_fixes: 10_000_000,
+        max_bytes: 4 << 30,
+        ..BufferConfig::default()
+    };
+    println!(
+        "group commit: every {} s or {} fixes, synchronous=FULL, WAL",
+        cfg.commit_interval_s, cfg.commit_max
+    );
+    let (mut buf, _) = Buffer::open(&cfg).expect("open");
+    let rss0 = rss_kib();
+
+    let t = Instant::now();
+    for i in 0..BACKLOG {
+        buf.append(&fix(i), Instant::now()).expect("append");
+    }
+    buf.commit().expect("commit");
+    let fill = t.elapsed().as_secs_f64();
+    println!(
+        "fill {BACKLOG} from empty: {:.0} appends/s",
+        BACKLOG as f64 / fill
+    );
+    let rss1 = rss_kib();
+
+    let t = Instant::now();
+    for i in BACKLOG..BACKLOG + MEASURED {
+        buf.append(&fix(i), Instant::now()).expect("append");
+    }
+    buf.commit().expect("commit");
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "append {MEASURED} at depth {BACKLOG}: {:.0} appends/s",
+        MEASURED as f64 / secs
+    );
+
+    let depth = buf.stats().expect("stats").depth;
+    {
+        let conn = rusqlite::Connection::open(&cfg.path).expect("open");
+        let (pages, free, size): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT page_count FROM pragma_page_count),
+                        (SELECT freelist_count FROM pragma_freelist_count),
+                        (SELECT page_size FROM pragma_page_size)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("pragmas");
+        println!(
+            "bytes per buffered fix: {:.1} (used pages {} x {} B / {depth} fixes)",
+            ((pages - free) * size) as f64 / depth as f64,
+            pages - free,
+            size
+        );
+    }
+
+    let mut batch: Vec<StoredFix> = Vec::with_capacity(500);
+    let mut seqs: Vec<u64> = Vec::with_capacity(500);
+    let mut drained = 0i64;
+    let t = Instant::now();
+    while drained < MEASURED {
+        buf.next_batch(500, &mut batch).expect("next_batch");
+        seqs.clear();
+        seqs.extend(batch.iter().map(|s| s.seq));
+        buf.ack(&seqs).expect("ack");
+        buf.tick(Instant::now()).expect("tick");
+        drained += batch.len() as i64;
+    }
+    buf.commit().expect("commit");
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "drain {drained} (next_batch 500 + ack) at depth ~{depth}: {:.0} fixes/s",
+        drained as f64 / secs
+    );
+    let rss2 = rss_kib();
+    println!("RSS: empty {rss0} KiB, at depth {BACKLOG} {rss1} KiB, after append+drain {rss2} KiB");
+}

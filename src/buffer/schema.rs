@@ -1,0 +1,381 @@
+//! The file: its layout, its version and what happens to a file that is not ours or is
+//! damaged. In: a path. Out: an open, checked, current-version connection, or a verdict that
+//! the file must be moved aside. Never deletes a file; never opens a file of a newer version
+//! for writing.
+//!
+//! Layout (version 2):
+//! - `meta(key, value)`: `stream` (32 hex chars, random, made with the file), `last_seq`
+//!   (written whenever rows are deleted, so a seq is never reused after its row left), and
+//!   `evicted` (total fixes dropped by the capacity policy).
+//! - `fixes`: one row per pending fix; `seq` is the rowid. Time in integer ms, lat/lon REAL
+//!   (exact round trip of the sentence's digits), optionals as scaled integers in the units
+//!   the payload rounds to (mm, mm/s, milli-degrees, centi-HDOP; 1-3 bytes each instead of 8)
+//!   or NULL when the receiver did not say.
+//! - `dead_letters(seq, code, reason, time_ms, payload)`: fixes the broker will never take;
+//!   `time_ms` is when they were set aside (host clock), `payload` the fix's JSON.
+//!
+//! Version history: 1 had no `dead_letters` table and no `evicted` counter.
+
+use super::error::{classify, failure_of, BufferError, Failure};
+use crate::fix::{Fix, FixMode};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// `PRAGMA application_id` of a gps-agent buffer ("GPSB"): tells our files from other
+/// SQLite databases that happen to sit at the configured path.
+pub const APPLICATION_ID: i32 = 0x4750_5342;
+/// `PRAGMA user_version` this build writes; older files are migrated forward.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// How long a reader or writer waits for the other process's lock (CLI next to the daemon).
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The WAL is truncated back to this after a checkpoint, so it never holds on to space.
+const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+
+const CREATE_V2: &str = "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    CREATE TABLE fixes (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        lat REAL NOT NULL,
+        lon REAL NOT NULL,
+        alt_mm INTEGER,
+        speed_mmps INTEGER,
+        course_mdeg INTEGER,
+        hdop_c INTEGER,
+        sats INTEGER,
+        mode INTEGER NOT NULL
+    );
+    CREATE TABLE dead_letters (
+        seq INTEGER PRIMARY KEY,
+        code TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        time_ms INTEGER NOT NULL,
+        payload TEXT NOT NULL
+    );
+";
+
+/// Why a file found at startup cannot be used and is moved aside.
+#[derive(Debug)]
+pub(crate) enum Unusable {
+    Corrupt(String),
+    Fatal(BufferError),
+}
+
+/// Opens `path` read-write and checks it; creates a fresh file if there is none.
+pub(crate) fn open_checked(path: &Path) -> Result<Connection, Unusable> {
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.len() == 0 {
+            return Err(Unusable::Corrupt("zero-length file".into()));
+        }
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )
+    .map_err(|source| {
+        Unusable::Fatal(BufferError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    let verdict = |op: &'static str| {
+        move |e: rusqlite::Error| match failure_of(&e) {
+            Failure::Corrupt => Unusable::Corrupt(format!("{op}: {e}")),
+            _ => Unusable::Fatal(classify(path, op, e)),
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(verdict("busy_timeout"))?;
+    let app_id: i32 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(verdict("read header"))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(verdict("quick_check"))?;
+    if check != "ok" {
+        return Err(Unusable::Corrupt(format!("quick_check: {check}")));
+    }
+    let tables: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .map_err(verdict("read schema"))?;
+    if app_id == 0 && tables == 0 {
+        create(&conn, path).map_err(Unusable::Fatal)?;
+    } else if app_id != APPLICATION_ID {
+        return Err(Unusable::Corrupt(format!(
+            "not a gps-agent buffer (application_id {app_id:#x}, {tables} tables)"
+        )));
+    }
+    configure(&conn, path).map_err(Unusable::Fatal)?;
+    migrate(&conn, path)?;
+    // Our id and version, but the tables we rely on are missing: damaged, not ours to fix.
+    let stream = read_stream(&conn).map_err(verdict("read meta"))?;
+    if stream.is_none() {
+        return Err(Unusable::Corrupt("meta has no stream id".into()));
+    }
+    Ok(conn)
+}
+
+/// Pragmas of every read-write connection. WAL: appends never rewrite the main file and
+/// readers (the CLI) never block the writer. `synchronous = FULL`: each commit fsyncs the
+/// WAL once, so a committed fix survives a power cut.
+fn configure(conn: &Connection, path: &Path) -> Result<(), BufferError> {
+    let io = |op| move |e| classify(path, op, e);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(io("journal_mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BufferError::Schema {
+            path: path.to_path_buf(),
+            detail: format!("journal_mode stays {mode}, WAL needed"),
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(io("synchronous"))?;
+    let _: i64 = conn
+        .query_row(
+            &format!("PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}"),
+            [],
+            |r| r.get(0),
+        )
+        .map_err(io("journal_size_limit"))?;
+    // Appends and acks reuse a handful of statements; keep them all prepared.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+fn create(conn: &Connection, path: &Path) -> Result<(), BufferError> {
+    let io = |op| move |e| classify(path, op, e);
+    // Must precede the first table; WAL files cannot change page size later.
+    conn.pragma_update(None, "page_size", 4096)
+        .map_err(io("page_size"))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL")
+        .map_err(io("journal_mode"))?;
+    let stream = new_stream_id().map_err(|detail| BufferError::Schema {
+        path: path.to_path_buf(),
+        detail,
+    })?;
+    let sql = format!(
+        "BEGIN IMMEDIATE;
+         {CREATE_V2}
+         INSERT INTO meta VALUES ('stream', '{stream}'), ('last_seq', 0), ('evicted', 0);
+         PRAGMA application_id = {APPLICATION_ID};
+         PRAGMA user_version = {SCHEMA_VERSION};
+         COMMIT;"
+    );
+    if let Err(e) = conn.execute_batch(&sql) {
+        let _ = conn.execute_batch("ROLLBACK");
+        return Err(classify(path, "create schema", e));
+    }
+    Ok(())
+}
+
+/// Forward migrations, each in its own transaction with its version bump.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), Unusable> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|e| Unusable::Fatal(classify(path, "user_version", e)))?;
+    match version {
+        SCHEMA_VERSION => Ok(()),
+        1 => {
+            let sql = "BEGIN IMMEDIATE;
+                CREATE TABLE dead_letters (
+                    seq INTEGER PRIMARY KEY,
+                    code TEXT NOT NULL,
+                    reason TEXT NOT NULL,
+                    time_ms INTEGER NOT NULL,
+                    payload TEXT NOT NULL
+                );
+                INSERT OR IGNORE INTO meta VALUES ('evicted', 0);
+                PRAGMA user_version = 2;
+                COMMIT;";
+            if let Err(e) = conn.execute_batch(sql) {
+                let _ = conn.execute_batch("ROLLBACK");
+                return Err(match failure_of(&e) {
+                    // v1 without a meta table is not a v1 file.
+                    Failure::Other | Failure::Corrupt => {
+                        Unusable::Corrupt(format!("migration 1 -> 2: {e}"))
+                    }
+                    Failure::Disk => Unusable::Fatal(classify(path, "migrate", e)),
+                });
+            }
+            tracing::info!(path = %path.display(), from = 1, to = SCHEMA_VERSION, "buffer schema migrated");
+            Ok(())
+        }
+        v if v > SCHEMA_VERSION => Err(Unusable::Fatal(BufferError::Schema {
+            path: path.to_path_buf(),
+            detail: format!("schema version {v} is newer than this agent's {SCHEMA_VERSION}"),
+        })),
+        v => Err(Unusable::Corrupt(format!("unknown schema version {v}"))),
+    }
+}
+
+pub(crate) fn read_stream(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row("SELECT value FROM meta WHERE key = 'stream'", [], |r| {
+        r.get::<_, String>(0)
+    })
+    .optional()
+}
+
+pub(crate) fn read_meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
+    let v: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()?;
+    Ok(v.unwrap_or(0).max(0) as u64)
+}
+
+/// 128 random bits as 32 lowercase hex characters.
+fn new_stream_id() -> Result<String, String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the stream id: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Renames `path` and its `-wal`/`-shm` to `<path>.corrupt-<utc>` (+ `-wal`/`-shm`, so the
+/// set still opens together in `sqlite3`). Returns the new name of the main file.
+pub(crate) fn move_aside(path: &Path) -> Result<PathBuf, BufferError> {
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+    let base = path.as_os_str().to_os_string();
+    // Two damaged files within one second: never overwrite the first.
+    let mut target = None;
+    for n in 0..1000u32 {
+        let mut t = base.clone();
+        t.push(format!(".corrupt-{stamp}"));
+        if n > 0 {
+            t.push(format!("-{n}"));
+        }
+        let t = PathBuf::from(t);
+        if !t.exists() {
+            target = Some(t);
+            break;
+        }
+    }
+    let target = target.ok_or_else(|| BufferError::File {
+        path: path.to_path_buf(),
+        source: std::io::Error::other("no free name to move the corrupt buffer to"),
+    })?;
+    for suffix in ["-wal", "-shm"] {
+        let mut from = base.clone();
+        from.push(suffix);
+        let from = PathBuf::from(from);
+        if from.exists() {
+            let mut to = target.clone().into_os_string();
+            to.push(suffix);
+            std::fs::rename(&from, &to).map_err(|source| BufferError::File {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    std::fs::rename(path, &target).map_err(|source| BufferError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(target)
+}
+
+/// Opens an existing buffer for reading only (CLI `stats`, `dead-letters`).
+pub fn open_read_only(path: &Path) -> Result<Connection, BufferError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| BufferError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| classify(path, "busy_timeout", e))?;
+    check_ours(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing buffer for writing next to a running daemon (CLI `requeue`).
+pub fn open_existing(path: &Path) -> Result<Connection, BufferError> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE).map_err(|source| {
+            BufferError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| classify(path, "busy_timeout", e))?;
+    check_ours(&conn, path)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| classify(path, "synchronous", e))?;
+    Ok(conn)
+}
+
+fn check_ours(conn: &Connection, path: &Path) -> Result<(), BufferError> {
+    let (app_id, version): (i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id),
+                    (SELECT user_version FROM pragma_user_version)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| classify(path, "read header", e))?;
+    if app_id != APPLICATION_ID || version != SCHEMA_VERSION {
+        return Err(BufferError::Schema {
+            path: path.to_path_buf(),
+            detail: format!(
+                "not a current gps-agent buffer (application_id {app_id:#x}, version {version}); \
+                 the daemon migrates or moves it aside at startup"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Column list of `fixes`, in the order [`row_to_fix`] reads (after `seq`).
+pub(crate) const FIX_COLUMNS: &str =
+    "time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode";
+
+/// Scaled integer for an optional value: the payload rounds to these decimals anyway.
+fn scaled(v: Option<f64>, scale: f64) -> Option<i64> {
+    v.filter(|x| x.is_finite())
+        .map(|x| (x * scale).round() as i64)
+}
+
+pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO fixes (seq, time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    stmt.execute(rusqlite::params![
+        seq as i64,
+        fix.time_ms,
+        fix.lat,
+        fix.lon,
+        scaled(fix.alt_m, 1000.0),
+        scaled(fix.speed_mps, 1000.0),
+        scaled(fix.course_deg, 1000.0),
+        scaled(fix.hdop, 100.0),
+        fix.sats,
+        fix.mode.as_u8(),
+    ])?;
+    Ok(())
+}
+
+/// Reads `seq, FIX_COLUMNS` from a row.
+pub(crate) fn row_to_fix(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Fix)> {
+    let seq: i64 = r.get(0)?;
+    let unscale = |v: Option<i64>, scale: f64| v.map(|x| x as f64 / scale);
+    let mode: u8 = r.get(9)?;
+    let fix = Fix {
+        time_ms: r.get(1)?,
+        lat: r.get(2)?,
+        lon: r.get(3)?,
+        alt_m: unscale(r.get(4)?, 1000.0),
+        speed_mps: unscale(r.get(5)?, 1000.0),
+        course_deg: unscale(r.get(6)?, 1000.0),
+        hdop: unscale(r.get(7)?, 100.0),
+        sats: r.get(8)?,
+        // Only 2 and 3 are ever written; anything else is the weaker claim.
+        mode: FixMode::from_u8(mode).unwrap_or(FixMode::TwoD),
+    };
+    Ok((seq.max(0) as u64, fix))
+}

@@ -1,0 +1,566 @@
+//! The buffer on real SQLite files: group commit, draining, capacity policies, disk full,
+//! migration, damaged files, and the CLI's view of the same file.
+
+use gps_agent::buffer::{Buffer, BufferStatus, StoredFix, APPLICATION_ID, SCHEMA_VERSION};
+use gps_agent::config::{BufferConfig, EvictionPolicy};
+use gps_agent::error::Classified;
+use gps_agent::fix::{Fix, FixMode};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn fix(i: i64) -> Fix {
+    Fix {
+        time_ms: 1_584_538_100_600 + i * 1000,
+        lat: 41.574970205 + i as f64 * 1e-6,
+        lon: -93.750558641,
+        alt_m: Some(278.02),
+        speed_mps: if i % 2 == 0 { Some(1.673) } else { None },
+        course_deg: Some(92.308),
+        hdop: Some(1.2),
+        sats: Some(9),
+        mode: FixMode::ThreeD,
+    }
+}
+
+fn cfg(dir: &Path) -> BufferConfig {
+    BufferConfig {
+        path: dir.join("buffer.db"),
+        commit_interval_s: 1.0,
+        commit_max: 1000,
+        ..BufferConfig::default()
+    }
+}
+
+/// Appends `n` fixes (numbered from `from`) and commits them.
+fn fill(buf: &mut Buffer, from: i64, n: i64, now: Instant) {
+    for i in from..from + n {
+        buf.append(&fix(i), now).unwrap();
+    }
+    buf.commit().unwrap();
+}
+
+fn seqs(v: &[StoredFix]) -> Vec<u64> {
+    v.iter().map(|s| s.seq).collect()
+}
+
+fn all_seqs(path: &Path) -> Vec<u64> {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT seq FROM fixes ORDER BY seq").unwrap();
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0)).unwrap();
+    rows.map(|r| r.unwrap() as u64).collect()
+}
+
+#[test]
+fn a_fix_round_trips_with_its_seq_and_the_payload_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, report) = Buffer::open(&cfg(dir.path())).unwrap();
+    assert_eq!(report.moved_aside, None);
+    assert_eq!(buf.stream().len(), 32);
+    assert!(buf.stream().chars().all(|c| c.is_ascii_hexdigit()));
+    let now = Instant::now();
+    let a = buf.append(&fix(0), now).unwrap();
+    let b = buf.append(&fix(1), now).unwrap();
+    assert_eq!((a.seq, b.seq), (Some(1), Some(2)));
+    buf.commit().unwrap();
+    let mut out = Vec::new();
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(
+        out,
+        vec![
+            StoredFix {
+                seq: 1,
+                fix: fix(0)
+            },
+            StoredFix {
+                seq: 2,
+                fix: fix(1)
+            }
+        ]
+    );
+}
+
+#[test]
+fn fixes_are_not_handed_out_before_their_group_is_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, _) = Buffer::open(&cfg(dir.path())).unwrap();
+    let t0 = Instant::now();
+    assert_eq!(buf.append(&fix(0), t0).unwrap().committed_upto, None);
+    let mut out = Vec::new();
+    buf.next_batch(10, &mut out).unwrap();
+    assert!(out.is_empty(), "uncommitted fix must not be published");
+    assert_eq!(buf.newest_pending().unwrap(), None);
+    assert_eq!(buf.tick(t0 + Duration::from_millis(999)).unwrap(), None);
+    assert_eq!(buf.tick(t0 + Duration::from_secs(1)).unwrap(), Some(1));
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1]);
+}
+
+#[test]
+fn the_group_commits_at_commit_max_fixes_even_before_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.commit_max = 3;
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let t0 = Instant::now();
+    let r: Vec<_> = (0..4)
+        .map(|i| buf.append(&fix(i), t0).unwrap().committed_upto)
+        .collect();
+    assert_eq!(r, vec![None, None, Some(3), None]);
+    assert_eq!(buf.committed_seq(), 3);
+}
+
+#[test]
+fn next_batch_goes_oldest_first_and_skips_fixes_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, _) = Buffer::open(&cfg(dir.path())).unwrap();
+    fill(&mut buf, 0, 10, Instant::now());
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    buf.next_batch(3, &mut a).unwrap();
+    buf.next_batch(3, &mut b).unwrap();
+    assert_eq!(seqs(&a), vec![1, 2, 3]);
+    assert_eq!(seqs(&b), vec![4, 5, 6]);
+    let newest = buf.newest_pending().unwrap().unwrap();
+    assert_eq!(newest.seq, 10, "live first: the newest fix");
+    assert_eq!(
+        buf.newest_pending().unwrap().unwrap().seq,
+        9,
+        "10 is in flight now"
+    );
+    buf.next_batch(10, &mut b).unwrap();
+    assert_eq!(seqs(&b), vec![7, 8]);
+}
+
+#[test]
+fn ack_removes_release_returns_and_restart_makes_in_flight_pending_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 6, Instant::now());
+    let mut out = Vec::new();
+    buf.next_batch(4, &mut out).unwrap();
+    buf.ack(&[1, 2]).unwrap();
+    buf.release(&[3]);
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![3, 5, 6], "4 is still in flight");
+    buf.commit().unwrap();
+    let stats = buf.stats().unwrap();
+    assert_eq!(
+        (stats.depth, stats.oldest_seq, stats.last_seq),
+        (4, Some(3), 6)
+    );
+    drop(buf);
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![3, 4, 5, 6]);
+}
+
+#[test]
+fn acking_the_newest_fixes_never_lets_their_seqs_be_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 3, Instant::now());
+    buf.ack(&[1, 2, 3]).unwrap();
+    buf.commit().unwrap();
+    drop(buf);
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    assert_eq!(buf.stats().unwrap().last_seq, 3);
+    assert_eq!(buf.append(&fix(3), Instant::now()).unwrap().seq, Some(4));
+}
+
+#[test]
+fn dead_letters_leave_the_queue_are_listed_and_requeue_with_their_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, _) = Buffer::open(&cfg(dir.path())).unwrap();
+    fill(&mut buf, 0, 4, Instant::now());
+    let mut out = Vec::new();
+    buf.next_batch(2, &mut out).unwrap();
+    buf.dead_letter(&[2], "MQTT_PAYLOAD_TOO_LARGE", "broker refused")
+        .unwrap();
+    buf.release(&[1]);
+    buf.commit().unwrap();
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1, 3, 4]);
+    let s = buf.stats().unwrap();
+    assert_eq!((s.depth, s.dead_letters), (3, 1));
+    let conn = gps_agent::buffer::open_read_only(&dir.path().join("buffer.db")).unwrap();
+    let letters = gps_agent::buffer::list_dead_letters(&conn, dir.path(), 10).unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].seq, letters[0].code.as_str()),
+        (2, "MQTT_PAYLOAD_TOO_LARGE")
+    );
+    assert_eq!(letters[0].fix["seq"], 2);
+    assert_eq!(buf.requeue_dead_letters().unwrap(), 1);
+    buf.release(&[1, 3, 4]);
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1, 2, 3, 4]);
+    assert_eq!(out[1].fix, fix(1), "requeued fix is the same fix");
+    assert_eq!(buf.stats().unwrap().dead_letters, 0);
+}
+
+fn capped(dir: &Path, n: u64, policy: EvictionPolicy) -> BufferConfig {
+    BufferConfig {
+        max_fixes: n,
+        eviction: policy,
+        ..cfg(dir)
+    }
+}
+
+#[test]
+fn drop_oldest_evicts_exactly_one_fix_on_the_append_after_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = capped(dir.path(), 8, EvictionPolicy::DropOldest);
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 8, Instant::now());
+    assert_eq!(buf.stats().unwrap().evicted, 0, "N fixes fit");
+    fill(&mut buf, 8, 1, Instant::now());
+    assert_eq!(all_seqs(&c.path), (2..=9).collect::<Vec<_>>());
+    assert_eq!(buf.stats().unwrap().evicted, 1);
+    drop(buf);
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    assert_eq!(
+        buf.stats().unwrap().evicted,
+        1,
+        "the count survives a restart"
+    );
+}
+
+#[test]
+fn thin_drops_every_second_fix_of_the_oldest_half_on_the_append_after_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = capped(dir.path(), 8, EvictionPolicy::Thin);
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 8, Instant::now());
+    assert_eq!(all_seqs(&c.path), (1..=8).collect::<Vec<_>>());
+    fill(&mut buf, 8, 1, Instant::now());
+    assert_eq!(all_seqs(&c.path), vec![1, 3, 5, 6, 7, 8, 9]);
+    assert_eq!(buf.stats().unwrap().evicted, 2);
+}
+
+#[test]
+fn thin_with_too_few_fixes_to_halve_drops_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = capped(dir.path(), 2, EvictionPolicy::Thin);
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 3, Instant::now());
+    assert_eq!(all_seqs(&c.path), vec![2, 3]);
+    assert_eq!(buf.stats().unwrap().evicted, 1);
+}
+
+#[test]
+fn the_byte_limit_evicts_oldest_fixes_when_the_file_outgrows_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        max_bytes: 64 * 1024,
+        ..cfg(dir.path())
+    };
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    for k in 0..10 {
+        fill(&mut buf, k * 1000, 1000, Instant::now());
+    }
+    let s = buf.stats().unwrap();
+    assert!(s.evicted > 0, "evictions counted: {s:?}");
+    assert_eq!(s.depth + s.evicted, 10_000);
+    assert_eq!(s.newest_seq, Some(10_000));
+}
+
+#[test]
+fn a_full_disk_keeps_fixes_in_memory_and_writes_them_with_contiguous_seqs_when_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        commit_max: 10,
+        disk_retry_s: 30.0,
+        ..cfg(dir.path())
+    };
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let t0 = Instant::now();
+    fill(&mut buf, 0, 5, t0);
+    // Clamped to the current size: the file may not grow, so the group that needs a new
+    // page fails with SQLITE_FULL.
+    let pages = buf.set_max_page_count(1).unwrap();
+    assert!(pages < 100, "{pages}");
+    let mut in_ring = 0;
+    for i in 5..3000 {
+        if buf.append(&fix(i), t0).unwrap().seq.is_none() {
+            in_ring += 1;
+        }
+    }
+    assert!(in_ring > 0, "the disk never filled");
+    let h = buf.health();
+    assert_eq!(h.status, BufferStatus::Degraded);
+    assert_eq!(h.last_error.unwrap().code, "BUFFER_DISK_FULL");
+    let committed = buf.committed_seq();
+    assert_eq!(
+        buf.tick(t0 + Duration::from_secs(29)).unwrap(),
+        None,
+        "not retried early"
+    );
+    buf.set_max_page_count(1_000_000).unwrap();
+    assert_eq!(buf.tick(t0 + Duration::from_secs(30)).unwrap(), Some(3000));
+    assert!(committed < 3000);
+    assert_eq!(buf.health().status, BufferStatus::Healthy);
+    assert_eq!(all_seqs(&c.path), (1..=3000).collect::<Vec<_>>());
+    let mut out = Vec::new();
+    buf.next_batch(5000, &mut out).unwrap();
+    let times: Vec<i64> = out.iter().map(|s| s.fix.time_ms).collect();
+    assert_eq!(
+        times,
+        (0..3000).map(|i| fix(i).time_ms).collect::<Vec<_>>(),
+        "in order"
+    );
+}
+
+#[test]
+fn the_memory_ring_drops_its_oldest_fix_when_full_and_counts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        memory_ring: 4,
+        commit_max: 1,
+        ..cfg(dir.path())
+    };
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let t0 = Instant::now();
+    fill(&mut buf, 0, 1, t0);
+    buf.set_max_page_count(1).unwrap();
+    for i in 1..200 {
+        buf.append(&fix(i), t0).unwrap();
+    }
+    let s = buf.stats().unwrap();
+    assert_eq!(s.in_memory, Some(4));
+    assert_eq!(s.evicted + 4 + s.depth - 4, 200, "{s:?}");
+    let err = buf.commit().unwrap_err();
+    assert_eq!(err.code(), "BUFFER_DISK_FULL");
+}
+
+fn write_file(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn assert_moved_aside(dir: &Path, make: impl FnOnce(&Path)) {
+    let c = cfg(dir);
+    make(&c.path);
+    let original = std::fs::read(&c.path).unwrap();
+    let (mut buf, report) = Buffer::open(&c).unwrap();
+    let moved: PathBuf = report.moved_aside.clone().expect("moved aside");
+    let name = moved.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.starts_with("buffer.db.corrupt-"), "{name}");
+    assert_eq!(
+        std::fs::read(&moved).unwrap(),
+        original,
+        "the data is kept as it was"
+    );
+    let h = buf.health();
+    assert_eq!(h.status, BufferStatus::Unhealthy);
+    assert_eq!(h.last_error.unwrap().code, "BUFFER_CORRUPT");
+    assert_eq!(
+        buf.append(&fix(0), Instant::now()).unwrap().seq,
+        Some(1),
+        "a new stream"
+    );
+}
+
+#[test]
+fn random_bytes_are_moved_aside_and_a_new_stream_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_moved_aside(dir.path(), |p| {
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let bytes: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        write_file(p, &bytes);
+    });
+}
+
+#[test]
+fn a_text_file_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_moved_aside(dir.path(), |p| write_file(p, b"[buffer]\npath = 'oops'\n"));
+}
+
+#[test]
+fn a_zero_length_file_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_moved_aside(dir.path(), |p| write_file(p, b""));
+}
+
+#[test]
+fn a_truncated_file_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 5000, Instant::now());
+    drop(buf); // the last connection checkpoints the WAL into the main file
+    let bytes = std::fs::read(&c.path).unwrap();
+    assert!(bytes.len() > 16 * 4096, "{}", bytes.len());
+    let old_stream = {
+        let conn = rusqlite::Connection::open(&c.path).unwrap();
+        conn.query_row("SELECT value FROM meta WHERE key='stream'", [], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+    };
+    write_file(&c.path, &bytes[..bytes.len() / 2]);
+    let (buf, report) = Buffer::open(&c).unwrap();
+    assert!(report.moved_aside.is_some(), "{report:?}");
+    assert_ne!(buf.stream(), old_stream);
+}
+
+#[test]
+fn a_database_of_another_application_is_moved_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_moved_aside(dir.path(), |p| {
+        let conn = rusqlite::Connection::open(p).unwrap();
+        conn.execute_batch("CREATE TABLE users(id INTEGER PRIMARY KEY, name TEXT); INSERT INTO users VALUES (1, 'x');")
+            .unwrap();
+    });
+}
+
+#[test]
+fn a_version_1_file_is_migrated_keeping_its_stream_and_fixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    {
+        // Version 1 as it was written: no dead_letters table, no evicted counter.
+        let conn = rusqlite::Connection::open(&c.path).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+             CREATE TABLE fixes (seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL,
+                 lat REAL NOT NULL, lon REAL NOT NULL, alt_mm INTEGER, speed_mmps INTEGER,
+                 course_mdeg INTEGER, hdop_c INTEGER, sats INTEGER, mode INTEGER NOT NULL);
+             INSERT INTO meta VALUES ('stream', '00112233445566778899aabbccddeeff'), ('last_seq', 7);
+             INSERT INTO fixes VALUES (6, 1584538100600, 41.5, -93.5, 278020, NULL, NULL, 100, 9, 3);
+             INSERT INTO fixes VALUES (7, 1584538101600, 41.6, -93.6, NULL, 1673, 92308, NULL, NULL, 2);
+             PRAGMA application_id = {APPLICATION_ID};
+             PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+    }
+    let (mut buf, report) = Buffer::open(&c).unwrap();
+    assert_eq!(report.moved_aside, None);
+    assert_eq!(buf.stream(), "00112233445566778899aabbccddeeff");
+    let mut out = Vec::new();
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![6, 7]);
+    assert_eq!(out[0].fix.alt_m, Some(278.02));
+    assert_eq!(out[1].fix.speed_mps, Some(1.673));
+    assert_eq!(out[1].fix.mode, FixMode::TwoD);
+    buf.dead_letter(&[6], "X", "y").unwrap();
+    assert_eq!(buf.append(&fix(0), Instant::now()).unwrap().seq, Some(8));
+    drop(buf);
+    let conn = rusqlite::Connection::open(&c.path).unwrap();
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_file_from_a_newer_agent_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    {
+        let conn = rusqlite::Connection::open(&c.path).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value);
+             PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = 99;"
+        ))
+        .unwrap();
+    }
+    let err = Buffer::open(&c).err().expect("refused");
+    assert_eq!(err.code(), "BUFFER_SCHEMA");
+    assert!(c.path.exists());
+}
+
+#[test]
+fn cli_stats_prints_the_spec_keys_while_the_daemon_holds_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 5, Instant::now());
+    buf.ack(&[1]).unwrap();
+    buf.dead_letter(&[2], "X", "test").unwrap();
+    buf.commit().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["buffer", "stats", "--db"])
+        .arg(&c.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "depth",
+        "oldest_seq",
+        "newest_seq",
+        "last_seq",
+        "oldest_time",
+        "newest_time",
+        "stream",
+        "bytes",
+        "evicted",
+        "dead_letters",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["depth"], 3);
+    assert_eq!(v["oldest_seq"], 3);
+    assert_eq!(v["newest_seq"], 5);
+    assert_eq!(v["last_seq"], 5);
+    assert_eq!(v["dead_letters"], 1);
+    assert_eq!(v["stream"], buf.stream());
+    assert_eq!(v["oldest_time"], "2020-03-18T13:28:22.600Z");
+    assert!(v["bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn cli_lists_and_requeues_dead_letters_and_fails_with_a_json_line_on_a_missing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 3, Instant::now());
+    buf.dead_letter(&[1, 3], "MQTT_REJECTED", "bad topic")
+        .unwrap();
+    buf.commit().unwrap();
+    drop(buf);
+    let run = |args: &[&str], db: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+            .arg("buffer")
+            .args(args)
+            .arg("--db")
+            .arg(db)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["dead-letters"], &c.path);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[1]["code"], "MQTT_REJECTED");
+    let out = run(&["requeue"], &c.path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(all_seqs(&c.path), vec![1, 2, 3]);
+    let out = run(&["stats"], &dir.path().join("missing.db"));
+    assert_eq!(out.status.code(), Some(1));
+    let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
+    assert_eq!(err["error"], "BUFFER_OPEN");
+}
