@@ -13,6 +13,7 @@
 //! [`config`] reads and checks the TOML file; [`cli`] is the command line. Shared types live
 //! in small files of their own: [`fix`], [`rejection`], [`error`].
 
+pub mod app;
 pub mod buffer;
 pub mod cli;
 pub mod config;

@@ -97,7 +97,8 @@ pub fn main() -> i32 {
             Ok(cfg) => buffer::run(args, &cfg.buffer.path),
             Err(code) => code,
         },
-        Command::Run | Command::Demo => {
+        Command::Run => crate::app::main(&config_path),
+        Command::Demo => {
             eprintln!(
                 "gps-agent: this subcommand is not available in this build yet \
                  (the daemon and the demo land with the daemon work)"

@@ -204,6 +204,15 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` more sentences with this result (the decoder counts; the agent reports deltas).
+    pub fn sentences(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.sentences
+                .get_or_create(&SentenceLabels { result })
+                .inc_by(n);
+        }
+    }
+
     pub fn fix_accepted(&self) {
         self.fixes
             .get_or_create(&FixLabels {

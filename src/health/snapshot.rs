@@ -523,6 +523,23 @@ impl HealthState {
         });
     }
 
+    /// Set the component's `last_error` from one a stage already recorded (its own code,
+    /// message and time), e.g. the buffer's or the serial source's.
+    pub fn set_error(&self, component: Component, code: &'static str, message: &str, at: String) {
+        let last = LastError {
+            code,
+            message: bounded_message(message),
+            at,
+        };
+        self.update(|c, _| {
+            if let Some(slot) = c.errors.get_mut(component.slot()) {
+                if slot.as_ref() != Some(&last) {
+                    *slot = Some(last);
+                }
+            }
+        });
+    }
+
     /// Forget the component's `last_error` (e.g. after a sustained recovery).
     pub fn clear_error(&self, component: Component) {
         self.update(|c, _| {

@@ -52,6 +52,8 @@ pub struct SourceStatus {
     outages: AtomicU64,
     stuck: AtomicU64,
     bytes: AtomicU64,
+    /// Chunks a live source dropped because the consumer was not keeping up.
+    dropped_chunks: AtomicU64,
     errors: ErrorCounts,
     last_error: Mutex<Option<LastError>>,
     /// Reference point for the millisecond timestamps below.
@@ -69,6 +71,7 @@ impl Default for SourceStatus {
             outages: AtomicU64::new(0),
             stuck: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
+            dropped_chunks: AtomicU64::new(0),
             errors: ErrorCounts::default(),
             last_error: Mutex::new(None),
             origin: Instant::now(),
@@ -94,6 +97,11 @@ impl SourceStatus {
     /// Bytes read so far.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Chunks dropped because the consumer was not keeping up (live sources only).
+    pub fn dropped_chunks(&self) -> u64 {
+        self.dropped_chunks.load(Ordering::Relaxed)
     }
     pub fn errors(&self) -> &ErrorCounts {
         &self.errors
@@ -198,6 +206,20 @@ fn deliver(tx: &SyncSender<Chunk>, mut chunk: Chunk, stop: &AtomicBool) -> bool 
                 chunk = back;
                 std::thread::sleep(POLL);
             }
+        }
+    }
+}
+
+/// Hand a chunk to the consumer without ever waiting: a live receiver must keep being read
+/// (or the kernel drops its bytes uncounted), so when the consumer is behind and the channel
+/// full, the chunk is dropped and counted. False when the consumer hung up.
+fn deliver_or_drop(tx: &SyncSender<Chunk>, chunk: Chunk, status: &SourceStatus) -> bool {
+    match tx.try_send(chunk) {
+        Ok(()) => true,
+        Err(TrySendError::Disconnected(_)) => false,
+        Err(TrySendError::Full(_)) => {
+            status.dropped_chunks.fetch_add(1, Ordering::Relaxed);
+            true
         }
     }
 }

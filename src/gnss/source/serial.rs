@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    deliver, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY, CHUNK_LEN,
+    deliver_or_drop, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY,
+    CHUNK_LEN,
 };
 use crate::config::GnssConfig;
 use crate::gnss::error::GnssError;
@@ -197,7 +198,7 @@ fn session(
                 backoff.reset();
                 status.add_bytes(n);
                 let chunk = Chunk::from_slice(buf.get(..n).unwrap_or(&[])).unwrap_or_default();
-                if !deliver(tx, chunk, stop) {
+                if !deliver_or_drop(tx, chunk, status) {
                     return SessionEnd::Finish;
                 }
             }

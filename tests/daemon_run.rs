@@ -1,0 +1,283 @@
+//! The real binary as a daemon: `gps-agent run` with a replayed drive, an in-process broker
+//! (rumqttd), a fault proxy between them, and the health endpoint, as an operator sees it.
+
+mod support;
+
+use gps_agent::sim::{Drive, DriveSpec};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::broker::{free_port, Subscriber, TestBroker};
+use support::proxy::FaultProxy;
+
+/// A drive of `epochs` seconds with a tunnel and a few corrupt lines, as a log file.
+fn drive_log(dir: &Path, epochs: u32) -> PathBuf {
+    let spec = DriveSpec {
+        epochs,
+        tunnel: Some((epochs / 3, 8)),
+        corrupt_every: Some(97),
+        ..DriveSpec::default()
+    };
+    let path = dir.join("drive.nmea");
+    let file = std::fs::File::create(&path).unwrap();
+    gps_agent::sim::write_log(Drive::new(spec).unwrap(), file).unwrap();
+    path
+}
+
+/// How many fixes `parse` accepts from the log: the daemon must deliver exactly these seqs.
+fn expected_fixes(log: &Path) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .env_remove("GPS_AGENT_CONFIG")
+        .args(["parse"])
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+}
+
+struct Agent {
+    child: Child,
+    health: SocketAddr,
+    db: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path, device: &str, mqtt_url: &str, source: &str, pace: &str) -> Agent {
+        let health = free_port();
+        let db = dir.join("buffer.db");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[device]\nid = \"{device}\"\n\n[gnss]\nsource = \"file\"\npath = \"{source}\"\npace = \"{pace}\"\n\n\
+                 [buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
+                 [health]\nlisten = \"{health}\"\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent { child, health, db };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(agent.health).is_err() {
+            assert!(Instant::now() < deadline, "health endpoint did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// (HTTP status, JSON body) of `GET path`.
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status: u16 = text[9..12].parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// SIGTERM, then the exit code (within 15 s).
+    fn terminate(mut self) -> (i32, PathBuf) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.db.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Collect fix seqs (and statuses) until every one of 1..=n arrived, or time runs out.
+async fn collect(sub: &mut Subscriber, n: u64, within: Duration) -> (BTreeSet<u64>, Vec<String>) {
+    let mut seqs = BTreeSet::new();
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while (seqs.len() as u64) < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(msg) = sub.next(left).await else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        if msg.topic.ends_with("/status") {
+            statuses.push(v["state"].as_str().unwrap_or("").to_string());
+            continue;
+        }
+        assert_eq!(v["v"], 1);
+        for f in v["fixes"].as_array().unwrap() {
+            seqs.insert(f["seq"].as_u64().unwrap());
+        }
+    }
+    (seqs, statuses)
+}
+
+fn buffer_depth(db: &Path) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["buffer", "stats", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["depth"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_log(dir.path(), 180);
+    let expected = expected_fixes(&log);
+    assert!(
+        expected > 150,
+        "the drive should give most of its fixes: {expected}"
+    );
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/#")).await;
+
+    let agent = Agent::start(
+        dir.path(),
+        &device,
+        &broker.url(),
+        &log.display().to_string(),
+        "fast",
+    );
+    let (seqs, statuses) = collect(&mut sub, expected, Duration::from_secs(30)).await;
+    let want: BTreeSet<u64> = (1..=expected).collect();
+    assert_eq!(seqs, want, "every seq from 1 to {expected} arrives");
+    assert!(statuses.iter().any(|s| s == "online"), "{statuses:?}");
+
+    // Health as the spec names it, once the report loop has seen the acks.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, h) = agent.get("/health");
+    for key in ["status", "time", "uptime_s", "version"] {
+        assert!(h.get(key).is_some(), "missing {key}: {h}");
+    }
+    let c = &h["components"];
+    for key in ["status", "fix", "rejected"] {
+        assert!(c["gnss"].get(key).is_some(), "gnss.{key}: {h}");
+    }
+    for key in ["status", "depth", "acked_seq", "evicted", "dead_letters"] {
+        assert!(c["buffer"].get(key).is_some(), "buffer.{key}: {h}");
+    }
+    for key in ["status", "connected", "breaker", "reconnects"] {
+        assert!(c["mqtt"].get(key).is_some(), "mqtt.{key}: {h}");
+    }
+    assert_eq!(c["mqtt"]["connected"], true, "{h}");
+    assert_eq!(c["buffer"]["acked_seq"], expected, "{h}");
+    assert!(
+        c["gnss"]["rejected"]["checksum"].as_u64().unwrap() > 0,
+        "corrupt lines counted: {h}"
+    );
+    // The replayed log has ended, so the receiver is no longer fresh: degraded, 503.
+    assert!(code == 200 || code == 503);
+    let (live, _) = agent.get("/live");
+    assert_eq!(live, 200);
+
+    let (exit, db) = agent.terminate();
+    assert_eq!(exit, 0, "SIGTERM is a clean stop");
+    // A clean shutdown publishes the retained `offline` status itself.
+    let mut offline = false;
+    while let Some(msg) = sub.next(Duration::from_secs(3)).await {
+        if msg.topic.ends_with("/status") && msg.payload.windows(9).any(|w| w == b"\"offline\"") {
+            offline = true;
+            break;
+        }
+    }
+    assert!(offline, "offline status published on SIGTERM");
+    assert_eq!(
+        buffer_depth(&db),
+        0,
+        "everything acknowledged left the buffer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_without_a_broker_buffers_reports_degraded_and_delivers_when_it_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_log(dir.path(), 60);
+    let expected = expected_fixes(&log);
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    proxy.cut().await;
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/#")).await;
+
+    let agent = Agent::start(
+        dir.path(),
+        &device,
+        &proxy.url(),
+        &log.display().to_string(),
+        "fast",
+    );
+    // Everything is read and buffered while the broker is unreachable.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, h) = agent.get("/health");
+        let depth = h["components"]["buffer"]["depth"].as_u64().unwrap_or(0);
+        if depth == expected {
+            assert_eq!(code, 503, "no broker: not healthy");
+            assert_eq!(h["status"], "degraded", "{h}");
+            assert_eq!(h["components"]["mqtt"]["connected"], false);
+            assert!(
+                h["components"]["mqtt"]["last_error"]["code"].is_string(),
+                "{h}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "fixes not buffered: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        sub.next(Duration::from_millis(300)).await.is_none(),
+        "nothing got through"
+    );
+
+    // The broker comes back: the backlog drains, nothing lost.
+    proxy.restore().await;
+    let (seqs, _) = collect(&mut sub, expected, Duration::from_secs(30)).await;
+    assert_eq!(seqs, (1..=expected).collect::<BTreeSet<u64>>());
+    let (exit, db) = agent.terminate();
+    assert_eq!(exit, 0);
+    assert_eq!(buffer_depth(&db), 0);
+}
