@@ -1,0 +1,254 @@
+//! The real binary when things are missing or busy: started with no receiver and no broker
+//! it says degraded, then healthy once both appear; a storm of health requests leaves ingest
+//! and delivery unaffected.
+
+mod support;
+
+use gps_agent::sim::{Drive, DriveSpec};
+use serialport::{SerialPort, TTYPort};
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::broker::{free_port, Subscriber, TestBroker};
+use support::proxy::FaultProxy;
+
+struct Agent {
+    child: Child,
+    health: SocketAddr,
+}
+
+impl Agent {
+    fn start(dir: &Path, device: &str, gnss: &str, mqtt_url: &str) -> Agent {
+        let health = free_port();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[device]\nid = \"{device}\"\n\n{gnss}\n\n[buffer]\npath = \"{}\"\n\
+                 commit_interval_s = 0.2\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
+                 [health]\nlisten = \"{health}\"\n",
+                dir.join("buffer.db").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(health).is_err() {
+            assert!(Instant::now() < deadline, "health endpoint did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Agent { child, health }
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        get(self.health, path)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status: u16 = text.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A pty pair whose slave is reachable at `link` (as udev would name a USB receiver).
+fn receiver_at(link: &Path) -> TTYPort {
+    let (master, slave) = TTYPort::pair().expect("pty pair");
+    let name = slave.name().expect("slave name");
+    drop(slave);
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(name, link).expect("symlink");
+    master
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_receiver_and_no_broker_it_is_degraded_then_healthy_when_both_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let device_path: PathBuf = dir.path().join("gps0");
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    proxy.cut().await;
+    let device = support::unique("truck");
+    let gnss = format!(
+        "[gnss]\nsource = \"serial\"\npath = \"{}\"",
+        device_path.display()
+    );
+    let agent = Agent::start(dir.path(), &device, &gnss, &proxy.url());
+
+    // Nothing there: degraded (503), and it says why.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (code, h) = agent.get("/health");
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["components"]["gnss"]["fix"], "none", "{h}");
+    assert_eq!(h["components"]["mqtt"]["connected"], false, "{h}");
+    assert!(
+        h["components"]["gnss"]["last_error"]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("GNSS_")),
+        "{h}"
+    );
+
+    // The receiver is plugged in and the broker comes back.
+    let mut master = receiver_at(&device_path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder_stop = Arc::clone(&stop);
+    let feeder = std::thread::spawn(move || {
+        let spec = DriveSpec {
+            rate_hz: 5,
+            epochs: 300,
+            ..DriveSpec::default()
+        };
+        // Until the agent opens the device, the pty refuses writes: start the drive over
+        // until it goes through.
+        while !feeder_stop.load(Ordering::Relaxed) {
+            let drive = Drive::new(spec.clone()).unwrap();
+            if gps_agent::sim::write_realtime(drive, &mut master, &feeder_stop).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        master
+    });
+    proxy.restore().await;
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, h) = agent.get("/health");
+        if code == 200 {
+            assert_eq!(h["status"], "healthy");
+            assert_eq!(h["components"]["mqtt"]["connected"], true);
+            assert_ne!(h["components"]["gnss"]["fix"], "none");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not healthy within 30 s: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        sub.next(Duration::from_secs(5)).await.is_some(),
+        "fixes reach the broker"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _master = feeder.join().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_health_requests_from_fifty_connections_leave_ingest_unaffected() {
+    let dir = tempfile::tempdir().unwrap();
+    // 10 s of receiver output at 10 Hz, replayed in real time while the endpoint is hammered.
+    let spec = DriveSpec {
+        rate_hz: 10,
+        epochs: 100,
+        ..DriveSpec::default()
+    };
+    let log = dir.path().join("drive.nmea");
+    gps_agent::sim::write_log(
+        Drive::new(spec).unwrap(),
+        std::fs::File::create(&log).unwrap(),
+    )
+    .unwrap();
+    let expected = {
+        let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+            .env_remove("GPS_AGENT_CONFIG")
+            .arg("parse")
+            .arg(&log)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    };
+    assert_eq!(expected, 100);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let gnss = format!(
+        "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"realtime\"",
+        log.display()
+    );
+    let agent = Agent::start(dir.path(), &device, &gnss, &broker.url());
+
+    let answered = Arc::new(AtomicU64::new(0));
+    let addr = agent.health;
+    let clients: Vec<_> = (0..50)
+        .map(|i| {
+            let answered = Arc::clone(&answered);
+            std::thread::spawn(move || {
+                for j in 0..20 {
+                    let path = match (i + j) % 4 {
+                        0 => "/health",
+                        1 => "/metrics",
+                        2 => "/nope",
+                        _ => "/live",
+                    };
+                    let (code, _) = get(addr, path);
+                    if code != 0 {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        answered.load(Ordering::Relaxed) >= 900,
+        "most requests answered (others refused cleanly)"
+    );
+
+    let mut seqs = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while (seqs.len() as u64) < expected {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(msg) = sub.next(left).await else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        for f in v["fixes"].as_array().unwrap() {
+            seqs.insert(f["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(
+        seqs,
+        (1..=expected).collect::<BTreeSet<u64>>(),
+        "every fix still delivered"
+    );
+    let (_, h) = agent.get("/health");
+    let rejected: u64 = h["components"]["gnss"]["rejected"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|v| v.as_u64())
+        .sum();
+    assert_eq!(rejected, 0, "no epoch lost or rejected under load: {h}");
+}
