@@ -411,6 +411,43 @@ mod tests {
     }
 
     #[test]
+    fn certificate_problems_in_the_handshake_are_permanent_tls_errors_but_a_cut_one_is_not() {
+        let unknown_ca = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, unknown_ca);
+        assert_eq!(
+            classify(Phase::Connecting, ConnectionError::Io(wrapped)),
+            ("MQTT_TLS", ErrorClass::Permanent)
+        );
+        // TLS 1.3: the broker refuses our certificate after the handshake, on the next read.
+        let refused = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let wrapped = StateError::Io(io::Error::new(io::ErrorKind::InvalidData, refused));
+        assert_eq!(
+            classify(Phase::Connected, ConnectionError::MqttState(wrapped)),
+            ("MQTT_TLS", ErrorClass::Permanent)
+        );
+        let cut = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
+        assert_eq!(
+            classify(
+                Phase::Connecting,
+                ConnectionError::Tls(rumqttc::TlsError::TLS(cut))
+            ),
+            ("MQTT_TLS", ErrorClass::Transient)
+        );
+    }
+
+    #[test]
+    fn a_message_the_broker_keeps_dropping_the_link_over_is_permanent_rejected() {
+        let e = UplinkError::Rejected {
+            bytes: 300,
+            disconnects: 3,
+        };
+        assert_eq!(
+            (e.code(), e.class()),
+            ("MQTT_REJECTED", ErrorClass::Permanent)
+        );
+    }
+
+    #[test]
     fn messages_name_the_broker() {
         let e = UplinkError::from_connection(B, Phase::Connecting, ConnectionError::NetworkTimeout);
         assert!(e.to_string().contains(B), "{e}");
