@@ -471,7 +471,6 @@ impl<S: FixSource> Publisher<S> {
     ) -> Option<(Vec<u64>, UplinkError)> {
         if head.acked {
             self.suspect = None;
-            self.acked_at_cap = self.acked_at_cap.saturating_add(1);
             let full = self.settings.batch_max.max(1);
             if self.batch_cap < full && self.acked_at_cap >= ACKS_BEFORE_RAISING_CAP {
                 self.batch_cap = self.batch_cap.saturating_mul(2).min(full);
@@ -603,6 +602,7 @@ impl<S: FixSource> Publisher<S> {
                     let result = self.on_event(event, window).await;
                     if matches!(&result, Ok(Some(seqs)) if !seqs.is_empty()) {
                         head.acked = true;
+                        self.acked_at_cap = self.acked_at_cap.saturating_add(1);
                     }
                     match result {
                         Ok(Some(_acked)) if !proven => {
