@@ -199,6 +199,46 @@ pub struct MqttConfig {
     pub url: String,
     /// Topic prefix: topics are `{prefix}/{device_id}/fixes` and `.../status`.
     pub topic_prefix: String,
+    /// Fixes taken from the buffer per message (before splitting by size).
+    pub batch_max: u32,
+    /// Largest payload of one message, in bytes; keep it at or below the broker's limit
+    /// (mosquitto `message_size_limit`, AWS IoT 128 KiB).
+    pub max_message_bytes: u32,
+    /// Messages published and not yet acknowledged (PUBACK) at once.
+    pub inflight: u16,
+    /// A message without PUBACK this long means the link is broken.
+    pub puback_timeout_s: f64,
+    /// Reconnect backoff: ceiling of the first delay.
+    pub backoff_initial_s: f64,
+    /// Reconnect backoff: no delay is longer than this.
+    pub backoff_max_s: f64,
+    /// A connection up this long counts as healthy: the next backoff starts over.
+    pub backoff_reset_after_s: f64,
+    /// Consecutive failures that open the circuit breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before one probe connection.
+    pub open_for_s: f64,
+    /// Wait after a permanent failure (bad credentials, TLS certificate refused).
+    pub permanent_retry_s: f64,
+    /// MQTT keep-alive: a ping after this long without traffic.
+    pub keep_alive_s: u32,
+    /// MQTT client id; the device id when left out.
+    pub client_id: Option<String>,
+    /// User name sent in CONNECT.
+    pub username: Option<String>,
+    /// File holding the password (first line). Kept out of the config so the config can be
+    /// world-readable; the password is never logged.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates that sign the broker's certificate (`mqtts://` only);
+    /// the system's roots when left out.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with `client_key`).
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`.
+    pub client_key: Option<PathBuf>,
+    /// Name the broker's certificate must carry, when it differs from the URL's host (a
+    /// broker reached by IP address or through a tunnel).
+    pub server_name: Option<String>,
 }
 
 impl Default for MqttConfig {
@@ -206,6 +246,24 @@ impl Default for MqttConfig {
         MqttConfig {
             url: "mqtt://127.0.0.1:1883".into(),
             topic_prefix: "fleet".into(),
+            batch_max: 50,
+            max_message_bytes: 64 * 1024,
+            inflight: 10,
+            puback_timeout_s: 30.0,
+            backoff_initial_s: 1.0,
+            backoff_max_s: 300.0,
+            backoff_reset_after_s: 60.0,
+            failure_threshold: 5,
+            open_for_s: 60.0,
+            permanent_retry_s: 600.0,
+            keep_alive_s: 30,
+            client_id: None,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            client_cert: None,
+            client_key: None,
+            server_name: None,
         }
     }
 }
@@ -720,6 +778,195 @@ impl MqttConfig {
         if let Some(message) = problem {
             out.push(Problem::new("mqtt.topic_prefix", message));
         }
+        self.check_limits(out);
+        self.check_identity(out);
+    }
+
+    /// Largest `batch_max`: one message of fixes stays well under any broker's limit.
+    pub const MAX_BATCH: u32 = 1000;
+    /// Smallest `max_message_bytes`: one fix with its envelope is a few hundred bytes.
+    pub const MIN_MESSAGE_BYTES: u32 = 1024;
+    /// Largest `max_message_bytes`: MQTT's own limit is 256 MiB; a gateway has no use for
+    /// messages that large, and the whole message is held in memory.
+    pub const MAX_MESSAGE_BYTES: u32 = 16 * 1024 * 1024;
+    /// Largest `inflight`: rumqttc keeps one slot per packet id; more buys nothing on a
+    /// cellular link.
+    pub const MAX_INFLIGHT: u16 = 1000;
+    /// Longest client id MQTT 3.1.1 brokers must accept is 23; most take far more.
+    pub const MAX_CLIENT_ID_LEN: usize = 256;
+
+    fn check_limits(&self, out: &mut Vec<Problem>) {
+        if !(1..=Self::MAX_BATCH).contains(&self.batch_max) {
+            out.push(Problem::new(
+                "mqtt.batch_max",
+                format!(
+                    "{} must be between 1 and {}",
+                    self.batch_max,
+                    Self::MAX_BATCH
+                ),
+            ));
+        }
+        if !(Self::MIN_MESSAGE_BYTES..=Self::MAX_MESSAGE_BYTES).contains(&self.max_message_bytes) {
+            out.push(Problem::new(
+                "mqtt.max_message_bytes",
+                format!(
+                    "{} must be between {} and {} bytes",
+                    self.max_message_bytes,
+                    Self::MIN_MESSAGE_BYTES,
+                    Self::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        if !(1..=Self::MAX_INFLIGHT).contains(&self.inflight) {
+            out.push(Problem::new(
+                "mqtt.inflight",
+                format!(
+                    "{} must be between 1 and {}",
+                    self.inflight,
+                    Self::MAX_INFLIGHT
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("mqtt.puback_timeout_s", self.puback_timeout_s),
+            ("mqtt.backoff_initial_s", self.backoff_initial_s),
+            ("mqtt.backoff_max_s", self.backoff_max_s),
+            ("mqtt.backoff_reset_after_s", self.backoff_reset_after_s),
+            ("mqtt.open_for_s", self.open_for_s),
+            ("mqtt.permanent_retry_s", self.permanent_retry_s),
+        ] {
+            check_positive(out, key, value, "seconds");
+        }
+        if self.backoff_max_s.is_finite()
+            && self.backoff_initial_s.is_finite()
+            && self.backoff_max_s < self.backoff_initial_s
+        {
+            out.push(Problem::new(
+                "mqtt.backoff_max_s",
+                format!(
+                    "{} is below backoff_initial_s ({})",
+                    self.backoff_max_s, self.backoff_initial_s
+                ),
+            ));
+        }
+        check_at_least(
+            out,
+            "mqtt.failure_threshold",
+            self.failure_threshold.into(),
+            1,
+            "failures",
+        );
+        // rumqttc refuses keep-alives under a second; MQTT's field is 16 bits of seconds.
+        if !(1..=u32::from(u16::MAX)).contains(&self.keep_alive_s) {
+            out.push(Problem::new(
+                "mqtt.keep_alive_s",
+                format!(
+                    "{} must be between 1 and {} seconds",
+                    self.keep_alive_s,
+                    u16::MAX
+                ),
+            ));
+        }
+    }
+
+    fn check_identity(&self, out: &mut Vec<Problem>) {
+        if let Some(id) = &self.client_id {
+            if id.is_empty() || id.len() > Self::MAX_CLIENT_ID_LEN {
+                out.push(Problem::new(
+                    "mqtt.client_id",
+                    format!(
+                        "must be 1 to {} bytes long (leave it out to use the device id)",
+                        Self::MAX_CLIENT_ID_LEN
+                    ),
+                ));
+            } else if id.chars().any(char::is_control) {
+                out.push(Problem::new(
+                    "mqtt.client_id",
+                    format!("{id:?} contains control characters"),
+                ));
+            }
+        }
+        if matches!(&self.username, Some(u) if u.is_empty()) {
+            out.push(Problem::new(
+                "mqtt.username",
+                "must not be empty (leave it out to connect without one)".into(),
+            ));
+        }
+        if self.password_file.is_some() && self.username.is_none() {
+            // MQTT 3.1.1 does not allow a password without a user name.
+            out.push(Problem::new(
+                "mqtt.password_file",
+                "needs mqtt.username (MQTT sends no password without a user name)".into(),
+            ));
+        }
+        let tls = self.broker().is_ok_and(|b| b.tls);
+        for (key, path) in [
+            ("mqtt.password_file", &self.password_file),
+            ("mqtt.ca_file", &self.ca_file),
+            ("mqtt.client_cert", &self.client_cert),
+            ("mqtt.client_key", &self.client_key),
+        ] {
+            let Some(path) = path else { continue };
+            if key != "mqtt.password_file" && !tls && self.broker().is_ok() {
+                out.push(Problem::new(
+                    key,
+                    format!("is only used with mqtts:// but mqtt.url is {:?}", self.url),
+                ));
+            } else if !path.is_file() {
+                out.push(Problem::new(
+                    key,
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        match (&self.client_cert, &self.client_key) {
+            (Some(_), None) => out.push(Problem::new(
+                "mqtt.client_cert",
+                "needs mqtt.client_key (mutual TLS takes both)".into(),
+            )),
+            (None, Some(_)) => out.push(Problem::new(
+                "mqtt.client_key",
+                "needs mqtt.client_cert (mutual TLS takes both)".into(),
+            )),
+            _ => {}
+        }
+        if let Some(name) = &self.server_name {
+            if !tls && self.broker().is_ok() {
+                out.push(Problem::new(
+                    "mqtt.server_name",
+                    format!("is only used with mqtts:// but mqtt.url is {:?}", self.url),
+                ));
+            } else if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                out.push(Problem::new(
+                    "mqtt.server_name",
+                    format!("{name:?} is not a DNS name or IP address"),
+                ));
+            }
+        }
+    }
+
+    /// `puback_timeout_s` as a duration.
+    pub fn puback_timeout(&self) -> Duration {
+        seconds(self.puback_timeout_s, Duration::from_secs(30))
+    }
+
+    /// `backoff_initial_s`, `backoff_max_s`, `backoff_reset_after_s` as durations.
+    pub fn backoff(&self) -> (Duration, Duration, Duration) {
+        (
+            seconds(self.backoff_initial_s, Duration::from_secs(1)),
+            seconds(self.backoff_max_s, Duration::from_secs(300)),
+            seconds(self.backoff_reset_after_s, Duration::from_secs(60)),
+        )
+    }
+
+    /// `open_for_s` as a duration.
+    pub fn open_for(&self) -> Duration {
+        seconds(self.open_for_s, Duration::from_secs(60))
+    }
+
+    /// `permanent_retry_s` as a duration.
+    pub fn permanent_retry(&self) -> Duration {
+        seconds(self.permanent_retry_s, Duration::from_secs(600))
     }
 
     /// Parse `url`: `mqtt://host[:port]` or `mqtts://host[:port]`, an optional trailing `/`,

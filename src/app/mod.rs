@@ -65,6 +65,47 @@ struct Running {
     uplink: watch::Receiver<UplinkStatus>,
 }
 
+/// The uplink, once its settings can be made: a password file or TLS material that cannot
+/// be read is a permanent error shown in health; it is retried every `permanent_retry_s`
+/// (files are often provisioned after first boot) while fixes keep collecting in the buffer.
+async fn run_uplink(
+    mqtt: crate::config::MqttConfig,
+    device: String,
+    link: Link,
+    status: watch::Sender<UplinkStatus>,
+    stop: CancellationToken,
+) {
+    let settings = loop {
+        match PublisherSettings::from_config(&mqtt, &device) {
+            Ok(settings) => break settings,
+            Err(e) => {
+                error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
+                    "uplink cannot start; fixes are buffered until it can");
+                status.send_modify(|s| s.last_error = Some((e.code(), e.to_string())));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
+                }
+            }
+        }
+    };
+    let publisher = Publisher::new(settings, link);
+    let mut inner = publisher.status();
+    let forward = async move {
+        loop {
+            let current = inner.borrow_and_update().clone();
+            status.send_replace(current);
+            if inner.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = publisher.run(stop) => {}
+        _ = forward => {}
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled; returns when everything is committed and
 /// the uplink has said goodbye. Errors only for what cannot start at all.
 pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> Result<(), String> {
@@ -115,12 +156,19 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
 
     // Uplink.
-    let mut settings = PublisherSettings::new(&cfg.mqtt.url, &cfg.device.id);
-    settings.topic_prefix = cfg.mqtt.topic_prefix.clone();
-    let publisher = Publisher::new(settings, Link::new(store.clone(), Arc::clone(&metrics)));
-    let uplink = publisher.status();
+    let (uplink_tx, uplink) = watch::channel(UplinkStatus {
+        breaker: "closed",
+        ..UplinkStatus::default()
+    });
     let uplink_stop = CancellationToken::new();
-    let uplink_task = tokio::spawn(publisher.run(uplink_stop.clone()));
+    let link = Link::new(store.clone(), Arc::clone(&metrics));
+    let uplink_task = tokio::spawn(run_uplink(
+        cfg.mqtt.clone(),
+        cfg.device.id.clone(),
+        link,
+        uplink_tx,
+        uplink_stop.clone(),
+    ));
 
     let running = Running {
         health: health.clone(),

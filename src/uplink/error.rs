@@ -8,6 +8,7 @@
 use crate::error::{Classified, ErrorClass};
 use rumqttc::{ConnectReturnCode, ConnectionError, StateError};
 use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the connection was when rumqttc reported the error: an I/O error while connecting
@@ -81,6 +82,28 @@ pub enum UplinkError {
     #[error("broker URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
 
+    /// A CA, client certificate, key or password file cannot be read or holds nothing usable:
+    /// a deployment problem that retrying will not fix.
+    #[error("TLS/credential file {}: {why}", .path.display())]
+    TlsConfig { path: PathBuf, why: String },
+
+    /// The TLS handshake with the broker failed. `permanent` when the certificates
+    /// themselves are the problem (unknown CA, wrong name, expired, our certificate refused),
+    /// not the network.
+    #[error("TLS with broker {broker} failed: {detail}")]
+    Tls {
+        broker: String,
+        detail: String,
+        permanent: bool,
+    },
+
+    /// The broker dropped the link every time right after this message went out (over its
+    /// size limit, or refused by its ACL): it will never take it.
+    #[error(
+        "broker dropped the link {disconnects} times in a row right after message of {bytes} bytes"
+    )]
+    Rejected { bytes: usize, disconnects: u32 },
+
     /// A fix could not be encoded as JSON (a non-finite number slipped through validation).
     #[error("cannot encode fix seq {seq}: {source}")]
     Encode { seq: u64, source: serde_json::Error },
@@ -102,6 +125,9 @@ impl Classified for UplinkError {
             UplinkError::ClientClosed => "MQTT_CLIENT_CLOSED",
             UplinkError::Encode { .. } => "MQTT_ENCODE",
             UplinkError::BadUrl { .. } => "MQTT_URL",
+            UplinkError::TlsConfig { .. } => "MQTT_TLS_CONFIG",
+            UplinkError::Tls { .. } => "MQTT_TLS",
+            UplinkError::Rejected { .. } => "MQTT_REJECTED",
         }
     }
 
@@ -119,7 +145,16 @@ impl Classified for UplinkError {
             | UplinkError::Refused { .. }
             | UplinkError::TooLarge { .. }
             | UplinkError::Encode { .. }
-            | UplinkError::BadUrl { .. } => ErrorClass::Permanent,
+            | UplinkError::BadUrl { .. }
+            | UplinkError::TlsConfig { .. }
+            | UplinkError::Rejected { .. } => ErrorClass::Permanent,
+            UplinkError::Tls { permanent, .. } => {
+                if *permanent {
+                    ErrorClass::Permanent
+                } else {
+                    ErrorClass::Transient
+                }
+            }
         }
     }
 }
@@ -153,14 +188,73 @@ impl UplinkError {
             },
             ConnectionError::RequestsDone => UplinkError::ClientClosed,
             ConnectionError::MqttState(state) => from_state(broker, phase, state),
+            ConnectionError::Tls(tls) => from_tls(broker, phase, tls),
         }
     }
 }
 
 fn io_error(broker: String, phase: Phase, source: io::Error) -> UplinkError {
+    // tokio-rustls reports handshake failures and TLS alerts as I/O errors wrapping the
+    // rustls error; with TLS 1.3 a refused client certificate only shows on the first read
+    // after the handshake, i.e. while waiting for CONNACK or later.
+    if let Some(tls) = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return UplinkError::Tls {
+            broker,
+            permanent: tls_error_is_permanent(tls),
+            detail: tls.to_string(),
+        };
+    }
     match phase {
         Phase::Connecting => UplinkError::Connect { broker, source },
         Phase::Connected => UplinkError::Io { broker, source },
+    }
+}
+
+fn from_tls(broker: String, phase: Phase, err: rumqttc::TlsError) -> UplinkError {
+    use rumqttc::TlsError;
+    match err {
+        TlsError::Io(source) => io_error(broker, phase, source),
+        TlsError::TLS(tls) => UplinkError::Tls {
+            broker,
+            permanent: tls_error_is_permanent(&tls),
+            detail: tls.to_string(),
+        },
+        // Bad server name, unusable certificates or keys handed to rumqttc: configuration.
+        other => UplinkError::Tls {
+            broker,
+            permanent: true,
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// Certificate problems (ours or the broker's) do not heal by retrying soon; a handshake
+/// cut short by the network does.
+fn tls_error_is_permanent(err: &rustls::Error) -> bool {
+    use rustls::AlertDescription as A;
+    match err {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::PeerIncompatible(_) => true,
+        rustls::Error::AlertReceived(alert) => matches!(
+            alert,
+            A::BadCertificate
+                | A::UnsupportedCertificate
+                | A::CertificateRevoked
+                | A::CertificateExpired
+                | A::CertificateUnknown
+                | A::UnknownCA
+                | A::AccessDenied
+                | A::CertificateRequired
+                | A::HandshakeFailure
+                | A::ProtocolVersion
+                | A::UnrecognisedName
+        ),
+        _ => false,
     }
 }
 
@@ -313,6 +407,43 @@ mod tests {
         assert_eq!(
             (e.code(), e.class()),
             ("MQTT_ACK_TIMEOUT", ErrorClass::Transient)
+        );
+    }
+
+    #[test]
+    fn certificate_problems_in_the_handshake_are_permanent_tls_errors_but_a_cut_one_is_not() {
+        let unknown_ca = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, unknown_ca);
+        assert_eq!(
+            classify(Phase::Connecting, ConnectionError::Io(wrapped)),
+            ("MQTT_TLS", ErrorClass::Permanent)
+        );
+        // TLS 1.3: the broker refuses our certificate after the handshake, on the next read.
+        let refused = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let wrapped = StateError::Io(io::Error::new(io::ErrorKind::InvalidData, refused));
+        assert_eq!(
+            classify(Phase::Connected, ConnectionError::MqttState(wrapped)),
+            ("MQTT_TLS", ErrorClass::Permanent)
+        );
+        let cut = rustls::Error::AlertReceived(rustls::AlertDescription::InternalError);
+        assert_eq!(
+            classify(
+                Phase::Connecting,
+                ConnectionError::Tls(rumqttc::TlsError::TLS(cut))
+            ),
+            ("MQTT_TLS", ErrorClass::Transient)
+        );
+    }
+
+    #[test]
+    fn a_message_the_broker_keeps_dropping_the_link_over_is_permanent_rejected() {
+        let e = UplinkError::Rejected {
+            bytes: 300,
+            disconnects: 3,
+        };
+        assert_eq!(
+            (e.code(), e.class()),
+            ("MQTT_REJECTED", ErrorClass::Permanent)
         );
     }
 

@@ -18,3 +18,4 @@ pub mod breaker;
 pub mod error;
 pub mod payload;
 pub mod publisher;
+pub mod tls;

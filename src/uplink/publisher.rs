@@ -12,6 +12,7 @@
 //! It never acknowledges a fix without its PUBACK, never holds more than `window` messages,
 //! and never exits on a link failure: only the shutdown token ends [`Publisher::run`].
 
+use crate::config::MqttConfig;
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::uplink::acks::AckWindow;
@@ -19,10 +20,15 @@ use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
 use crate::uplink::breaker::{Breaker, BreakerPolicy};
 use crate::uplink::error::{Phase, UplinkError};
 use crate::uplink::payload::{encode, status_payload, FixBatch, LinkState, Topics};
+use crate::uplink::tls::{client_config, TlsSettings};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
 };
+use std::fmt;
 use std::future::Future;
+use std::num::NonZeroU32;
+use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -63,16 +69,63 @@ pub trait FixSource: Send {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
+/// A password: its `Debug` and `Display` never show it, so it cannot reach a log line or a
+/// panic message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Password(String);
+
+impl Password {
+    pub fn new(text: impl Into<String>) -> Self {
+        Password(text.into())
+    }
+
+    /// The password itself, for the CONNECT packet only.
+    pub fn reveal(&self) -> &str {
+        &self.0
+    }
+
+    /// The first line of `path` (a trailing newline is not part of the password). Errors
+    /// name the file, never its contents.
+    pub fn from_file(path: &Path) -> Result<Self, UplinkError> {
+        use std::io::Read;
+        // A password file is a line; a wrong path (a log, a device) must not be read whole.
+        const MAX_BYTES: u64 = 64 * 1024;
+        let fail = |why: String| UplinkError::TlsConfig {
+            path: path.to_path_buf(),
+            why,
+        };
+        let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+        let mut text = String::new();
+        file.take(MAX_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| fail(e.to_string()))?;
+        let line = text.lines().next().unwrap_or_default();
+        if line.is_empty() {
+            return Err(fail("the password file is empty".into()));
+        }
+        Ok(Password(line.to_owned()))
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
 /// Everything the publisher needs to know. [`PublisherSettings::new`] fills the documented
-/// defaults.
+/// defaults; [`PublisherSettings::from_config`] takes them from `[mqtt]`.
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
-    /// `mqtt://host:port` (TLS comes later).
+    /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
     pub client_id: String,
     pub device: String,
     pub topic_prefix: String,
-    pub credentials: Option<(String, String)>,
+    /// User name and password sent in CONNECT.
+    pub credentials: Option<(String, Password)>,
+    /// CA, client certificate and server name for `mqtts://`; ignored for `mqtt://`.
+    pub tls: TlsSettings,
     /// Fixes taken from the source per message (before splitting by size).
     pub batch_max: usize,
     /// Largest payload of one message.
@@ -100,6 +153,7 @@ impl PublisherSettings {
             device: device.to_owned(),
             topic_prefix: "fleet".into(),
             credentials: None,
+            tls: TlsSettings::default(),
             batch_max: 50,
             max_message_bytes: 64 * 1024,
             window: 10,
@@ -112,6 +166,67 @@ impl PublisherSettings {
             idle_poll: Duration::from_secs(1),
         }
     }
+
+    /// Settings from a checked `[mqtt]` section. Reads the password file and builds the TLS
+    /// configuration once, so a missing or broken file is reported at start-up
+    /// (`MQTT_TLS_CONFIG`, permanent) rather than on every reconnect.
+    pub fn from_config(mqtt: &MqttConfig, device_id: &str) -> Result<Self, UplinkError> {
+        let broker = mqtt.broker().map_err(|_| UplinkError::BadUrl {
+            url: mqtt.url.clone(),
+            why: "not mqtt://host[:port] or mqtts://host[:port]",
+        })?;
+        let mut s = PublisherSettings::new(&mqtt.url, device_id);
+        s.client_id = mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| device_id.to_owned());
+        s.topic_prefix = mqtt.topic_prefix.clone();
+        s.credentials = match (&mqtt.username, &mqtt.password_file) {
+            (Some(user), Some(path)) => Some((user.clone(), Password::from_file(path)?)),
+            (Some(user), None) => Some((user.clone(), Password::new(""))),
+            (None, _) => None,
+        };
+        s.tls = TlsSettings {
+            ca_file: mqtt.ca_file.clone(),
+            client_cert: mqtt.client_cert.clone(),
+            client_key: mqtt.client_key.clone(),
+            server_name: mqtt.server_name.clone(),
+        };
+        if broker.tls {
+            client_config(&s.tls)?;
+        }
+        s.batch_max = usize::try_from(mqtt.batch_max.max(1)).unwrap_or(50);
+        s.max_message_bytes = usize::try_from(mqtt.max_message_bytes).unwrap_or(64 * 1024);
+        s.window = mqtt.inflight.max(1);
+        s.puback_timeout = mqtt.puback_timeout();
+        let (initial, max, reset_after) = mqtt.backoff();
+        s.backoff = BackoffPolicy {
+            initial,
+            max: max.max(initial),
+            reset_after,
+        };
+        s.breaker = BreakerPolicy {
+            failure_threshold: NonZeroU32::new(mqtt.failure_threshold).unwrap_or(NonZeroU32::MIN),
+            open_for: mqtt.open_for(),
+        };
+        s.permanent_retry = mqtt.permanent_retry();
+        s.keep_alive = Duration::from_secs(u64::from(mqtt.keep_alive_s.max(1)));
+        Ok(s)
+    }
+}
+
+/// Consecutive sessions that ended with the broker dropping the link right after the same
+/// first message, before that message is declared one the broker will never take. Three:
+/// one drop is a flaky link, three in a row with the same message at the head is the message.
+pub const REJECTED_AFTER_DISCONNECTS: u32 = 3;
+
+/// The message at the head of the queue that the broker keeps dropping the link over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Suspect {
+    /// Seqs the message carried.
+    seqs: Vec<u64>,
+    bytes: usize,
+    disconnects: u32,
 }
 
 /// What `/health` shows of the uplink (`components.mqtt`).
@@ -143,13 +258,35 @@ pub struct Publisher<S: FixSource> {
     breaker: Breaker,
     status: watch::Sender<UplinkStatus>,
     connections: u64,
+    /// The head message under suspicion of being one the broker never takes.
+    suspect: Option<Suspect>,
+    /// Fixes per message now: `batch_max`, or less while a message the broker keeps
+    /// dropping the link over is narrowed down to the one fix that it cannot take.
+    batch_cap: usize,
+    /// Fixes messages acknowledged since `batch_cap` was last lowered or raised.
+    acked_at_cap: u32,
 }
+
+/// What one session learned about the first fixes message it sent.
+#[derive(Debug, Default)]
+struct HeadMessage {
+    /// Seqs and payload size of the first fixes message submitted in the session.
+    first: Option<(Vec<u64>, usize)>,
+    /// Whether it (or any fixes message) got its PUBACK: then the broker takes it.
+    acked: bool,
+}
+
+/// Fixes messages acknowledged at a lowered `batch_cap` before it is doubled again: a broker
+/// limit that was real keeps pushing it down, a run of bad luck on the link does not keep
+/// the agent on small messages for good.
+const ACKS_BEFORE_RAISING_CAP: u32 = 1000;
 
 impl<S: FixSource> Publisher<S> {
     pub fn new(settings: PublisherSettings, source: S) -> Self {
         let topics = Topics::new(&settings.topic_prefix, &settings.device);
         let backoff = Backoff::new(settings.backoff, Jitter::Full(Xorshift64::from_entropy()));
         let breaker = Breaker::new(settings.breaker);
+        let batch_cap = settings.batch_max.max(1);
         let (status, _) = watch::channel(UplinkStatus {
             breaker: breaker.state().as_str(),
             ..UplinkStatus::default()
@@ -162,6 +299,9 @@ impl<S: FixSource> Publisher<S> {
             breaker,
             status,
             connections: 0,
+            suspect: None,
+            batch_cap,
+            acked_at_cap: 0,
         }
     }
 
@@ -244,8 +384,14 @@ impl<S: FixSource> Publisher<S> {
     }
 
     fn mqtt_options(&self) -> Result<MqttOptions, UplinkError> {
-        let (host, port) = parse_url(&self.settings.url)?;
+        let (host, port, tls) = parse_url(&self.settings.url)?;
         let mut o = MqttOptions::new(self.settings.client_id.clone(), host, port);
+        if tls {
+            // Built per connection: a renewed certificate on disk is used at the next
+            // reconnect without a restart.
+            let config = client_config(&self.settings.tls)?;
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
         o.set_clean_session(true);
         o.set_keep_alive(self.settings.keep_alive);
         o.set_inflight(self.settings.window.max(1));
@@ -259,7 +405,7 @@ impl<S: FixSource> Publisher<S> {
             true,
         ));
         if let Some((user, password)) = &self.settings.credentials {
-            o.set_credentials(user.clone(), password.clone());
+            o.set_credentials(user.clone(), password.reveal());
         }
         Ok(o)
     }
@@ -291,10 +437,20 @@ impl<S: FixSource> Publisher<S> {
         let _abort_pump = AbortOnDrop(pump);
 
         let mut window = AckWindow::new(window_size, self.settings.puback_timeout);
+        let mut head = HeadMessage::default();
         let end = self
-            .drive(&client, &mut events, &mut window, shutdown)
+            .drive(&client, &mut events, &mut window, &mut head, shutdown)
             .await;
-        let released = window.on_disconnect();
+        let mut released = window.on_disconnect();
+        if let Some((seqs, why)) = self.judge_head(&head, &end) {
+            released.retain(|seq| !seqs.contains(seq));
+            for seq in seqs {
+                warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
+                if let Err(e) = self.source.dead_letter(seq, &why).await {
+                    warn!(code = e.code(), error = %e, "buffer refused dead letter");
+                }
+            }
+        }
         if !released.is_empty() {
             debug!(count = released.len(), "releasing unacknowledged fixes");
             if let Err(e) = self.source.release(&released).await {
@@ -304,11 +460,74 @@ impl<S: FixSource> Publisher<S> {
         end
     }
 
+    /// After a session: did the broker drop the link over the first fixes message again?
+    /// Returns the seqs to dead-letter, and why, once the same single-fix message was dropped
+    /// [`REJECTED_AFTER_DISCONNECTS`] times in a row. A multi-fix message is not given up:
+    /// the batch is halved until the one fix the broker cannot take stands alone.
+    fn judge_head(
+        &mut self,
+        head: &HeadMessage,
+        end: &SessionEnd,
+    ) -> Option<(Vec<u64>, UplinkError)> {
+        if head.acked {
+            self.suspect = None;
+            let full = self.settings.batch_max.max(1);
+            if self.batch_cap < full && self.acked_at_cap >= ACKS_BEFORE_RAISING_CAP {
+                self.batch_cap = self.batch_cap.saturating_mul(2).min(full);
+                self.acked_at_cap = 0;
+                info!(batch_cap = self.batch_cap, "fixes per message raised again");
+            }
+            return None;
+        }
+        // Only a link the broker closed counts: a refused connect, a timeout or a shutdown
+        // says nothing about the message.
+        let SessionEnd::Failed(err) = end else {
+            return None;
+        };
+        if err.code() != "MQTT_IO" {
+            return None;
+        }
+        let (seqs, bytes) = head.first.as_ref()?;
+        let disconnects = match &self.suspect {
+            Some(s) if s.seqs == *seqs => s.disconnects.saturating_add(1),
+            _ => 1,
+        };
+        self.suspect = Some(Suspect {
+            seqs: seqs.clone(),
+            bytes: *bytes,
+            disconnects,
+        });
+        if disconnects < REJECTED_AFTER_DISCONNECTS {
+            return None;
+        }
+        self.suspect = None;
+        if seqs.len() > 1 {
+            self.batch_cap = (seqs.len() / 2).max(1);
+            self.acked_at_cap = 0;
+            warn!(
+                code = "MQTT_REJECTED",
+                bytes,
+                disconnects,
+                batch_cap = self.batch_cap,
+                "broker keeps dropping the link after the same message; sending fewer fixes per message (check mqtt.max_message_bytes against the broker's limit)"
+            );
+            return None;
+        }
+        Some((
+            seqs.clone(),
+            UplinkError::Rejected {
+                bytes: *bytes,
+                disconnects,
+            },
+        ))
+    }
+
     async fn drive(
         &mut self,
         client: &AsyncClient,
         events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
         window: &mut AckWindow,
+        head: &mut HeadMessage,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
         // Until CONNACK.
@@ -348,7 +567,7 @@ impl<S: FixSource> Publisher<S> {
 
         loop {
             if !source_empty {
-                match self.fill(client, window).await {
+                match self.fill(client, window, head).await {
                     Ok(empty) => source_empty = empty,
                     Err(e) => return SessionEnd::Failed(e),
                 }
@@ -380,7 +599,12 @@ impl<S: FixSource> Publisher<S> {
                         }
                         None => return SessionEnd::Failed(UplinkError::ClientClosed),
                     };
-                    match self.on_event(event, window).await {
+                    let result = self.on_event(event, window).await;
+                    if matches!(&result, Ok(Some(seqs)) if !seqs.is_empty()) {
+                        head.acked = true;
+                        self.acked_at_cap = self.acked_at_cap.saturating_add(1);
+                    }
+                    match result {
                         Ok(Some(_acked)) if !proven => {
                             // The link carried a message both ways: a probe succeeded.
                             proven = true;
@@ -443,6 +667,7 @@ impl<S: FixSource> Publisher<S> {
         &mut self,
         client: &AsyncClient,
         window: &mut AckWindow,
+        head: &mut HeadMessage,
     ) -> Result<bool, UplinkError> {
         let stream = self.source.stream();
         // Bounded: each round either fills a window slot or finds the source empty.
@@ -450,7 +675,7 @@ impl<S: FixSource> Publisher<S> {
             if !window.has_room() {
                 return Ok(false);
             }
-            let batch = match self.source.next_batch(self.settings.batch_max.max(1)).await {
+            let batch = match self.source.next_batch(self.batch_cap.max(1)).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(code = e.code(), error = %e, "buffer could not hand out fixes");
@@ -481,6 +706,9 @@ impl<S: FixSource> Publisher<S> {
                 if client_gone || !window.has_room() {
                     unsent.extend(message.seqs);
                     continue;
+                }
+                if head.first.is_none() {
+                    head.first = Some((message.seqs.clone(), message.payload.len()));
                 }
                 if client
                     .try_publish(&self.topics.fixes, QoS::AtLeastOnce, false, message.payload)
@@ -622,19 +850,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `mqtt://host:port` (port defaults to 1883) into host and port.
-pub fn parse_url(url: &str) -> Result<(String, u16), UplinkError> {
+/// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883) into host, port
+/// and whether TLS is used.
+pub fn parse_url(url: &str) -> Result<(String, u16, bool), UplinkError> {
     let bad = |why: &'static str| UplinkError::BadUrl {
         url: url.to_owned(),
         why,
     };
-    let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
-        rest
-    } else if url.starts_with("mqtts://") {
-        return Err(bad("TLS (mqtts://) is not supported yet"));
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
+        (rest, false)
+    } else if let Some(rest) = url.strip_prefix("mqtts://") {
+        (rest, true)
     } else {
-        return Err(bad("expected mqtt://host:port"));
+        return Err(bad("expected mqtt://host:port or mqtts://host:port"));
     };
+    let default_port = if tls { 8883 } else { 1883 };
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         // An IPv6 literal without port: `[::1]`.
@@ -642,13 +872,13 @@ pub fn parse_url(url: &str) -> Result<(String, u16), UplinkError> {
             let port = p.parse::<u16>().map_err(|_| bad("port is not a number"))?;
             (h, port)
         }
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(bad("no host"));
     }
-    Ok((host.to_owned(), port))
+    Ok((host.to_owned(), port, tls))
 }
 
 #[cfg(test)]
@@ -656,27 +886,106 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_give_host_and_port_with_1883_by_default() {
+    fn urls_give_host_port_and_tls_with_the_scheme_default_port() {
         assert_eq!(
             parse_url("mqtt://broker.example:1884").unwrap(),
-            ("broker.example".into(), 1884)
+            ("broker.example".into(), 1884, false)
         );
         assert_eq!(
             parse_url("mqtt://10.0.0.1").unwrap(),
-            ("10.0.0.1".into(), 1883)
+            ("10.0.0.1".into(), 1883, false)
         );
         assert_eq!(
             parse_url("mqtt://[::1]:1883").unwrap(),
-            ("::1".into(), 1883)
+            ("::1".into(), 1883, false)
+        );
+        assert_eq!(
+            parse_url("mqtts://broker.example").unwrap(),
+            ("broker.example".into(), 8883, true)
         );
     }
 
     #[test]
-    fn tls_and_other_schemes_are_permanent_url_errors_for_now() {
-        for url in ["mqtts://b:8883", "http://b", "mqtt://:1883", "mqtt://b:x"] {
+    fn other_schemes_and_bad_ports_are_permanent_url_errors() {
+        for url in ["http://b", "mqtt://:1883", "mqtt://b:x", "mqtts://b:99999"] {
             let e = parse_url(url).unwrap_err();
             assert_eq!(e.code(), "MQTT_URL", "{url}");
             assert_eq!(e.class(), crate::error::ErrorClass::Permanent);
         }
+    }
+
+    #[test]
+    fn a_password_never_shows_in_debug_output() {
+        let mut s = PublisherSettings::new("mqtt://b", "truck-1");
+        s.credentials = Some(("truck-1".into(), Password::new("hunter2")));
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+
+    #[test]
+    fn a_password_file_gives_its_first_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        assert_eq!(Password::from_file(&path).unwrap().reveal(), "s3cret");
+        std::fs::write(&path, "").unwrap();
+        let e = Password::from_file(&path).unwrap_err();
+        assert_eq!(e.code(), "MQTT_TLS_CONFIG");
+    }
+
+    #[test]
+    fn from_config_maps_every_key_and_defaults_the_client_id_to_the_device_id() {
+        let mqtt = MqttConfig {
+            batch_max: 20,
+            max_message_bytes: 4096,
+            inflight: 4,
+            puback_timeout_s: 7.5,
+            backoff_initial_s: 2.0,
+            backoff_max_s: 90.0,
+            backoff_reset_after_s: 30.0,
+            failure_threshold: 9,
+            open_for_s: 12.0,
+            permanent_retry_s: 120.0,
+            keep_alive_s: 45,
+            ..MqttConfig::default()
+        };
+        let s = PublisherSettings::from_config(&mqtt, "truck-7").unwrap();
+        assert_eq!(s.client_id, "truck-7");
+        assert_eq!(s.device, "truck-7");
+        assert_eq!(s.batch_max, 20);
+        assert_eq!(s.max_message_bytes, 4096);
+        assert_eq!(s.window, 4);
+        assert_eq!(s.puback_timeout, Duration::from_millis(7500));
+        assert_eq!(s.backoff.initial, Duration::from_secs(2));
+        assert_eq!(s.backoff.max, Duration::from_secs(90));
+        assert_eq!(s.backoff.reset_after, Duration::from_secs(30));
+        assert_eq!(s.breaker.failure_threshold.get(), 9);
+        assert_eq!(s.breaker.open_for, Duration::from_secs(12));
+        assert_eq!(s.permanent_retry, Duration::from_secs(120));
+        assert_eq!(s.keep_alive, Duration::from_secs(45));
+        assert!(s.credentials.is_none());
+
+        let named = MqttConfig {
+            client_id: Some("custom".into()),
+            ..MqttConfig::default()
+        };
+        assert_eq!(
+            PublisherSettings::from_config(&named, "truck-7")
+                .unwrap()
+                .client_id,
+            "custom"
+        );
+    }
+
+    #[test]
+    fn from_config_reports_an_unreadable_password_file_as_tls_config() {
+        let mqtt = MqttConfig {
+            username: Some("truck-7".into()),
+            password_file: Some("/nonexistent/password".into()),
+            ..MqttConfig::default()
+        };
+        let e = PublisherSettings::from_config(&mqtt, "truck-7").unwrap_err();
+        assert_eq!(e.code(), "MQTT_TLS_CONFIG");
     }
 }

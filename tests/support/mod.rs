@@ -1,5 +1,6 @@
 //! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
-//! a TCP fault proxy ([`proxy`]) to put between the agent and the broker.
+//! a TCP fault proxy ([`proxy`]) to put between the agent and the broker; a real mosquitto
+//! ([`mosquitto`]) with test certificates ([`certs`]); an in-memory fix source ([`source`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -8,7 +9,10 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 pub mod broker;
+pub mod certs;
+pub mod mosquitto;
 pub mod proxy;
+pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

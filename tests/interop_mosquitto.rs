@@ -1,0 +1,357 @@
+//! Interop with a real mosquitto: plain, TLS, mutual TLS, server-name override, refused
+//! credentials and refused certificates, and a broker that drops the link over oversized
+//! packets. Each test starts its own mosquitto (tests/support/mosquitto.rs), publishes fixes
+//! through our `Publisher` and checks with a separate subscriber that every seq arrived.
+//!
+//! `#[ignore]`d so a plain `cargo test` needs nothing installed; `.ci/interop.sh` installs
+//! mosquitto and runs them with `--ignored` and `GPS_AGENT_MOSQUITTO=1` (then a missing
+//! mosquitto fails instead of skipping).
+
+mod support;
+
+use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
+use gps_agent::uplink::breaker::BreakerPolicy;
+use gps_agent::uplink::publisher::{Password, Publisher, PublisherSettings, UplinkStatus};
+use gps_agent::uplink::tls::TlsSettings;
+use std::collections::BTreeSet;
+use std::num::NonZeroU32;
+use std::time::Duration;
+use support::broker::Subscriber;
+use support::certs::TestPki;
+use support::mosquitto::{available, Mosquitto, MosquittoOptions};
+use support::proxy::FaultProxy;
+use support::source::{fix, MemSource};
+use tokio::sync::watch;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+fn settings(url: &str, device: &str) -> PublisherSettings {
+    let mut s = PublisherSettings::new(url, device);
+    s.client_id = support::unique("agent");
+    s.topic_prefix = "interop".into();
+    s.batch_max = 20;
+    s.window = 5;
+    s.puback_timeout = Duration::from_secs(3);
+    s.keep_alive = Duration::from_secs(5);
+    s.backoff = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        reset_after: Duration::from_secs(1),
+    };
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(100).unwrap(),
+        open_for: Duration::from_millis(500),
+    };
+    s.permanent_retry = Duration::from_secs(30);
+    s.shutdown_grace = Duration::from_secs(2);
+    s.idle_poll = Duration::from_millis(200);
+    s
+}
+
+struct Running {
+    source: MemSource,
+    status: watch::Receiver<UplinkStatus>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<MemSource>,
+}
+
+fn start(settings: PublisherSettings, source: MemSource) -> Running {
+    let publisher = Publisher::new(settings, source.clone()).with_jitter(Jitter::Off);
+    let status = publisher.status();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(publisher.run(shutdown.clone()));
+    Running {
+        source,
+        status,
+        shutdown,
+        task,
+    }
+}
+
+impl Running {
+    async fn stop(self) -> MemSource {
+        self.shutdown.cancel();
+        timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("publisher did not stop within 10 s")
+            .unwrap()
+    }
+
+    async fn wait_acked(&self, n: usize, broker: &Mosquitto) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.source.acked_count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} acked; status {:?}; mosquitto log:\n{}",
+                self.source.acked_count(),
+                *self.status.borrow(),
+                broker.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_error(&mut self, code: &str) -> UplinkStatus {
+        let reached = timeout(
+            Duration::from_secs(10),
+            self.status
+                .wait_for(|s| s.last_error.as_ref().map(|e| e.0) == Some(code)),
+        )
+        .await
+        .is_ok();
+        let status = self.status.borrow().clone();
+        assert!(reached, "last_error never became {code}: {status:?}");
+        status
+    }
+}
+
+/// Seqs on the fixes topic until nothing arrives for `quiet`.
+async fn seqs_seen(sub: &mut Subscriber, quiet: Duration) -> BTreeSet<u64> {
+    let mut seen = BTreeSet::new();
+    while let Some(msg) = sub.next(quiet).await {
+        if !msg.topic.ends_with("/fixes") {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        for f in v["fixes"].as_array().unwrap() {
+            seen.insert(f["seq"].as_u64().unwrap());
+        }
+    }
+    seen
+}
+
+/// Publish `n` fixes through `settings` and check the subscriber saw every seq; returns the
+/// uplink's last status.
+async fn every_seq_arrives(
+    broker: &Mosquitto,
+    settings: PublisherSettings,
+    n: u64,
+) -> UplinkStatus {
+    let mut sub = Subscriber::start(
+        &broker.for_subscriber(),
+        &format!("interop/{}/#", settings.device),
+    )
+    .await;
+    let source = MemSource::default();
+    source.push((1..=n).map(fix));
+    let run = start(settings, source);
+    run.wait_acked(n as usize, broker).await;
+    let seen = seqs_seen(&mut sub, Duration::from_millis(500)).await;
+    let status = run.status.borrow().clone();
+    let source = run.stop().await;
+    assert_eq!(seen, (1..=n).collect::<BTreeSet<u64>>());
+    assert_eq!(source.in_flight(), 0);
+    assert!(source.dead().is_empty(), "{:?}", source.dead());
+    status
+}
+
+fn tls_to(pki: &TestPki) -> TlsSettings {
+    TlsSettings {
+        ca_file: Some(pki.ca.clone()),
+        ..TlsSettings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn every_fix_reaches_a_plain_mosquitto_subscriber() {
+    if !available() {
+        return;
+    }
+    let broker = Mosquitto::start(&MosquittoOptions::default(), None);
+    let device = support::unique("dev");
+    let status =
+        every_seq_arrives(&broker, settings(&broker.agent_url(false), &device), 1000).await;
+    assert_eq!(status.reconnects, 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn every_fix_reaches_mosquitto_over_tls_checked_against_our_ca() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let options = MosquittoOptions {
+        tls: true,
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, Some(&pki));
+    let device = support::unique("dev");
+    let mut s = settings(&broker.agent_url(true), &device);
+    s.tls = tls_to(&pki);
+    every_seq_arrives(&broker, s, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn mutual_tls_with_our_client_certificate_delivers_every_fix() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let options = MosquittoOptions {
+        tls: true,
+        require_certificate: true,
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, Some(&pki));
+    let device = support::unique("dev");
+    let mut s = settings(&broker.agent_url(true), &device);
+    s.tls = TlsSettings {
+        client_cert: Some(pki.client_cert.clone()),
+        client_key: Some(pki.client_key.clone()),
+        ..tls_to(&pki)
+    };
+    every_seq_arrives(&broker, s, 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn a_server_name_override_lets_the_agent_dial_an_ip_and_check_the_real_name() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let options = MosquittoOptions {
+        tls: true,
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, Some(&pki));
+    let url = format!("mqtts://127.0.0.1:{}", broker.agent_addr.port());
+
+    let device = support::unique("dev");
+    let mut s = settings(&url, &device);
+    s.tls = TlsSettings {
+        server_name: Some("localhost".into()),
+        ..tls_to(&pki)
+    };
+    every_seq_arrives(&broker, s, 50).await;
+
+    // The same certificate checked against a name it does not carry: refused, permanently.
+    let mut s = settings(&url, &support::unique("dev"));
+    s.tls = TlsSettings {
+        server_name: Some("broker.elsewhere.example".into()),
+        ..tls_to(&pki)
+    };
+    let source = MemSource::default();
+    source.push((1..=3).map(fix));
+    let mut run = start(s, source);
+    let status = run.wait_error("MQTT_TLS").await;
+    assert!(!status.connected);
+    assert!(run.stop().await.acked().is_empty());
+}
+
+/// The agent behind a counting proxy, against a broker that will refuse it: the failure is
+/// `code`, and within two seconds there is exactly one attempt (permanent_retry is 30 s).
+async fn refused_permanently(broker: &Mosquitto, mut s: PublisherSettings, code: &str) {
+    let proxy = FaultProxy::start(broker.agent_addr).await;
+    let port = proxy.url().rsplit(':').next().unwrap().to_owned();
+    s.url = if s.url.starts_with("mqtts://") {
+        format!("mqtts://localhost:{port}")
+    } else {
+        proxy.url()
+    };
+    let source = MemSource::default();
+    source.push((1..=3).map(fix));
+    let mut run = start(s, source);
+    let status = run.wait_error(code).await;
+    assert!(!status.connected, "{status:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        proxy.connections(),
+        1,
+        "a permanent failure is not retried before permanent_retry"
+    );
+    let source = run.stop().await;
+    assert!(source.acked().is_empty());
+    assert_eq!(source.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn a_wrong_password_is_permanent_mqtt_auth_with_one_attempt_per_permanent_retry() {
+    if !available() {
+        return;
+    }
+    let options = MosquittoOptions {
+        users: vec![("truck-042".into(), "right-password".into())],
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, None);
+
+    // The right password works...
+    let device = support::unique("dev");
+    let mut s = settings(&broker.agent_url(false), &device);
+    s.credentials = Some(("truck-042".into(), Password::new("right-password")));
+    every_seq_arrives(&broker, s, 20).await;
+
+    // ...a wrong one is refused by CONNACK and not hammered.
+    let mut s = settings(&broker.agent_url(false), &support::unique("dev"));
+    s.credentials = Some(("truck-042".into(), Password::new("wrong-password")));
+    refused_permanently(&broker, s, "MQTT_AUTH").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn a_broker_certificate_from_an_unknown_ca_is_permanent_mqtt_tls() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let options = MosquittoOptions {
+        tls: true,
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, Some(&pki));
+    let mut s = settings(&broker.agent_url(true), &support::unique("dev"));
+    s.tls = TlsSettings {
+        ca_file: Some(pki.other_ca.clone()),
+        ..TlsSettings::default()
+    };
+    refused_permanently(&broker, s, "MQTT_TLS").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn without_a_client_certificate_mutual_tls_is_refused_as_permanent_mqtt_tls() {
+    if !available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let options = MosquittoOptions {
+        tls: true,
+        require_certificate: true,
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, Some(&pki));
+    let mut s = settings(&broker.agent_url(true), &support::unique("dev"));
+    s.tls = tls_to(&pki);
+    refused_permanently(&broker, s, "MQTT_TLS").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn messages_over_mosquittos_packet_limit_shrink_until_every_fix_gets_through() {
+    if !available() {
+        return;
+    }
+    // 20 fixes per message is about 3 KB; mosquitto drops the link over anything above
+    // 1500 bytes. The agent halves its batch after three drops in a row until it fits.
+    let options = MosquittoOptions {
+        max_packet_size: Some(1500),
+        ..MosquittoOptions::default()
+    };
+    let broker = Mosquitto::start(&options, None);
+    let device = support::unique("dev");
+    let mut s = settings(&broker.agent_url(false), &device);
+    s.window = 1;
+    let status = every_seq_arrives(&broker, s, 60).await;
+    // 20 -> 10 fixes per message: at least three dropped links first.
+    assert!(status.reconnects >= 3, "{status:?}");
+}

@@ -1,0 +1,179 @@
+//! A real mosquitto broker for interop tests: started from a generated config on free
+//! loopback ports in a temp dir, killed (and reaped) on drop.
+//!
+//! Every broker has a plain anonymous listener for the test's own subscriber (`sub_addr`) and
+//! one listener for the agent (`agent_addr`), plain or TLS, optionally with a password file
+//! and a required client certificate. `per_listener_settings` keeps the two apart.
+
+use super::broker::{free_port, wait_accepting, TestBroker};
+use super::certs::TestPki;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Env var that makes a missing mosquitto a failure instead of a skip (CI sets it).
+pub const REQUIRED_ENV: &str = "GPS_AGENT_MOSQUITTO";
+
+/// Whether `mosquitto` can run here. Without it: `false` (the caller skips, saying so), or a
+/// panic when [`REQUIRED_ENV`] is set, so CI never passes by skipping.
+pub fn available() -> bool {
+    let found = Command::new("mosquitto")
+        .arg("-h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var_os(REQUIRED_ENV).is_none(),
+            "{REQUIRED_ENV} is set but mosquitto is not on PATH (apt-get install mosquitto)"
+        );
+        eprintln!("mosquitto not on PATH: skipping (set {REQUIRED_ENV} to make this fail)");
+    }
+    found
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct MosquittoOptions {
+    /// Serve the agent's listener over TLS with the PKI's server certificate.
+    pub tls: bool,
+    /// Ask for and require a client certificate signed by the PKI's CA (mutual TLS).
+    pub require_certificate: bool,
+    /// `(user, password)` entries; the agent's listener then refuses anonymous clients.
+    pub users: Vec<(String, String)>,
+    /// Largest packet mosquitto takes; a client sending a larger one is disconnected.
+    pub max_packet_size: Option<u32>,
+}
+
+pub struct Mosquitto {
+    child: Child,
+    /// The agent's listener.
+    pub agent_addr: SocketAddr,
+    /// A plain anonymous listener for subscribers.
+    pub sub_addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Start mosquitto and return once both listeners accept TCP connections. `pki` is
+    /// needed for `tls`.
+    pub fn start(options: &MosquittoOptions, pki: Option<&TestPki>) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let agent_addr = free_port();
+        let sub_addr = free_port();
+        let mut conf = String::from("per_listener_settings true\npersistence false\n");
+        conf += "log_dest stderr\nlog_type error\nlog_type warning\n";
+        if running_as_root() {
+            // As root mosquitto drops to user `mosquitto`, who cannot read the temp dir.
+            conf += "user root\n";
+        }
+        if let Some(max) = options.max_packet_size {
+            conf += &format!("max_packet_size {max}\n");
+        }
+        conf += &format!(
+            "listener {} 127.0.0.1\nallow_anonymous true\n",
+            sub_addr.port()
+        );
+        conf += &format!("listener {} 127.0.0.1\n", agent_addr.port());
+        if options.users.is_empty() {
+            conf += "allow_anonymous true\n";
+        } else {
+            let passwords = dir.path().join("passwords");
+            write_passwords(&passwords, &options.users);
+            conf += &format!(
+                "allow_anonymous false\npassword_file {}\n",
+                passwords.display()
+            );
+        }
+        if options.tls {
+            let pki = pki.expect("a TLS listener needs a PKI");
+            conf += &format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\n",
+                pki.ca.display(),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            );
+            if options.require_certificate {
+                conf += "require_certificate true\n";
+            }
+        }
+        let conf_path = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf_path)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start mosquitto");
+        let mut broker = Mosquitto {
+            child,
+            agent_addr,
+            sub_addr,
+            _dir: dir,
+        };
+        let up = wait_accepting(agent_addr, Duration::from_secs(5))
+            && wait_accepting(sub_addr, Duration::from_secs(5));
+        if !up {
+            let _ = broker.child.kill();
+            let log = std::fs::read_to_string(broker._dir.path().join("mosquitto.log"))
+                .unwrap_or_default();
+            panic!("mosquitto did not start listening:\n{log}");
+        }
+        broker
+    }
+
+    /// The agent's URL: `mqtt://127.0.0.1:PORT`, or `mqtts://localhost:PORT` with TLS.
+    pub fn agent_url(&self, tls: bool) -> String {
+        if tls {
+            format!("mqtts://localhost:{}", self.agent_addr.port())
+        } else {
+            format!("mqtt://{}", self.agent_addr)
+        }
+    }
+
+    /// The subscriber side, in the shape [`super::broker::Subscriber`] takes.
+    pub fn for_subscriber(&self) -> TestBroker {
+        TestBroker {
+            addr: self.sub_addr,
+        }
+    }
+
+    /// What mosquitto logged (warnings and errors), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_passwords(path: &Path, users: &[(String, String)]) {
+    for (i, (user, password)) in users.iter().enumerate() {
+        let mut cmd = Command::new("mosquitto_passwd");
+        if i == 0 {
+            cmd.arg("-c");
+        }
+        let status = cmd
+            .arg("-b")
+            .arg(path)
+            .arg(user)
+            .arg(password)
+            .stdout(Stdio::null())
+            .status()
+            .expect("mosquitto_passwd not found (it comes with mosquitto)");
+        assert!(status.success(), "mosquitto_passwd failed");
+    }
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

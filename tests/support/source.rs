@@ -1,0 +1,137 @@
+//! An in-memory [`FixSource`] standing in for the SQLite buffer: fixes by seq, handed out
+//! once until acked, released or dead-lettered, with the contract asserted on every call.
+
+use gps_agent::error::{Classified, ErrorClass};
+use gps_agent::fix::{Fix, FixMode};
+use gps_agent::uplink::error::UplinkError;
+use gps_agent::uplink::publisher::FixSource;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+#[derive(Debug, thiserror::Error)]
+#[error("never fails")]
+pub struct NeverFails;
+
+impl Classified for NeverFails {
+    fn code(&self) -> &'static str {
+        "TEST"
+    }
+    fn class(&self) -> ErrorClass {
+        ErrorClass::Transient
+    }
+}
+
+#[derive(Default, Debug)]
+struct Store {
+    pending: BTreeMap<u64, Fix>,
+    in_flight: BTreeSet<u64>,
+    acked: BTreeSet<u64>,
+    dead: Vec<(u64, &'static str)>,
+    next_seq: u64,
+}
+
+#[derive(Clone, Default)]
+pub struct MemSource {
+    store: Arc<Mutex<Store>>,
+    stored: Arc<Notify>,
+}
+
+impl MemSource {
+    pub fn push(&self, fixes: impl IntoIterator<Item = Fix>) {
+        let mut s = self.store.lock().unwrap();
+        for f in fixes {
+            s.next_seq += 1;
+            let seq = s.next_seq;
+            s.pending.insert(seq, f);
+        }
+        drop(s);
+        self.stored.notify_one();
+    }
+    pub fn acked(&self) -> BTreeSet<u64> {
+        self.store.lock().unwrap().acked.clone()
+    }
+    pub fn acked_count(&self) -> usize {
+        self.store.lock().unwrap().acked.len()
+    }
+    pub fn in_flight(&self) -> usize {
+        self.store.lock().unwrap().in_flight.len()
+    }
+    pub fn dead(&self) -> Vec<(u64, &'static str)> {
+        self.store.lock().unwrap().dead.clone()
+    }
+}
+
+impl FixSource for MemSource {
+    type Error = NeverFails;
+
+    fn stream(&self) -> String {
+        "mem-stream".into()
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<(u64, Fix)>, NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        let batch: Vec<(u64, Fix)> = s
+            .pending
+            .iter()
+            .filter(|(seq, _)| !s.in_flight.contains(seq))
+            .take(max)
+            .map(|(seq, f)| (*seq, *f))
+            .collect();
+        for (seq, _) in &batch {
+            s.in_flight.insert(*seq);
+        }
+        Ok(batch)
+    }
+
+    async fn fixes_pending(&mut self) {
+        self.stored.notified().await
+    }
+
+    async fn ack(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        for seq in seqs {
+            assert!(s.in_flight.remove(seq), "acked seq {seq} was not in flight");
+            s.pending.remove(seq);
+            s.acked.insert(*seq);
+        }
+        Ok(())
+    }
+
+    async fn release(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        for seq in seqs {
+            assert!(
+                s.in_flight.remove(seq),
+                "released seq {seq} was not in flight"
+            );
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&mut self, seq: u64, why: &UplinkError) -> Result<(), NeverFails> {
+        let mut s = self.store.lock().unwrap();
+        assert!(
+            s.in_flight.remove(&seq),
+            "dead-lettered seq {seq} was not in flight"
+        );
+        s.pending.remove(&seq);
+        s.dead.push((seq, why.code()));
+        Ok(())
+    }
+}
+
+/// A plausible fix, distinct per `i`.
+pub fn fix(i: u64) -> Fix {
+    Fix {
+        time_ms: 1_700_000_000_000 + i as i64 * 1000,
+        lat: 48.1 + i as f64 * 1e-5,
+        lon: 11.5,
+        alt_m: Some(520.25),
+        speed_mps: Some(12.5),
+        course_deg: Some(181.0),
+        hdop: Some(0.8),
+        sats: Some(11),
+        mode: FixMode::ThreeD,
+    }
+}
