@@ -1,0 +1,237 @@
+//! The uplink over the real SQLite buffer (the agent's `Link`), to a real broker: a large
+//! backlog drains with every seq and the newest fix first; a link cut with the in-flight
+//! window full loses nothing and duplicates stay within the window.
+
+mod support;
+
+use gps_agent::app::store::{Link, SharedStore, Store};
+use gps_agent::config::BufferConfig;
+use gps_agent::fix::{Fix, FixMode};
+use gps_agent::health::metrics::Metrics;
+use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
+use gps_agent::uplink::publisher::{Publisher, PublisherSettings};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::broker::{Subscriber, TestBroker};
+use support::proxy::FaultProxy;
+use tokio_util::sync::CancellationToken;
+
+fn fix(i: u64) -> Fix {
+    Fix {
+        time_ms: 1_790_000_000_000 + i as i64 * 1000,
+        lat: 48.1 + i as f64 * 1e-6,
+        lon: 11.5,
+        alt_m: Some(520.25),
+        speed_mps: Some(12.5),
+        course_deg: Some(181.0),
+        hdop: Some(0.8),
+        sats: Some(11),
+        mode: FixMode::ThreeD,
+    }
+}
+
+/// A buffer file holding `n` committed fixes, seqs 1..=n.
+fn backlog(dir: &Path, n: u64) -> SharedStore {
+    let cfg = BufferConfig {
+        path: dir.join("buffer.db"),
+        ..BufferConfig::default()
+    };
+    let mut store = Store::open(cfg, Instant::now());
+    for i in 1..=n {
+        store.append(&fix(i), Instant::now()).unwrap();
+    }
+    store.commit().unwrap();
+    SharedStore::new(store)
+}
+
+fn settings(url: &str, device: &str) -> PublisherSettings {
+    let mut s = PublisherSettings::new(url, device);
+    s.client_id = support::unique("agent");
+    s.puback_timeout = Duration::from_secs(3);
+    s.backoff = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        reset_after: Duration::from_secs(1),
+    };
+    s.shutdown_grace = Duration::from_secs(2);
+    s
+}
+
+/// Receive fix messages until every seq of 1..=n was seen (or `within` passes): the seqs of
+/// each message in arrival order, and how often each seq came.
+async fn receive_all(
+    sub: &mut Subscriber,
+    n: u64,
+    within: Duration,
+) -> (Vec<Vec<u64>>, BTreeMap<u64, u32>) {
+    let mut messages = Vec::new();
+    let mut counts = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while (counts.len() as u64) < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(msg) = sub.next(left).await else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let seqs: Vec<u64> = v["fixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect();
+        for s in &seqs {
+            *counts.entry(*s).or_insert(0) += 1;
+        }
+        messages.push(seqs);
+    }
+    (messages, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_thousand_fix_backlog_drains_with_every_seq_and_the_newest_goes_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = backlog(dir.path(), 10_000);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+
+    let link = Link::new(store.clone(), Arc::new(Metrics::new()));
+    let publisher = Publisher::new(settings(&broker.url(), &device), link).with_jitter(Jitter::Off);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(publisher.run(stop.clone()));
+
+    let (messages, counts) = receive_all(&mut sub, 10_000, Duration::from_secs(60)).await;
+    assert_eq!(counts.len(), 10_000, "every seq from 1 to 10,000 arrives");
+    assert_eq!(counts.keys().next(), Some(&1));
+    assert_eq!(counts.keys().last(), Some(&10_000));
+    assert_eq!(
+        messages[0],
+        vec![10_000],
+        "live first: the newest fix leads the drain"
+    );
+    assert_eq!(
+        messages[1].first(),
+        Some(&1),
+        "then the backlog, oldest first"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+    let depth = store.lock().view().stats.unwrap().depth;
+    assert_eq!(depth, 0, "everything acknowledged left the buffer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_fixes_overtake_a_draining_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = backlog(dir.path(), 3_000);
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    // A slow link, so the backlog takes a while.
+    proxy.delay(20);
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let link = Link::new(store.clone(), Arc::new(Metrics::new()));
+    let publisher = Publisher::new(settings(&proxy.url(), &device), link).with_jitter(Jitter::Off);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(publisher.run(stop.clone()));
+
+    // The vehicle keeps moving: a new fix every 100 ms while the backlog drains.
+    let writer_store = store.clone();
+    let writer = tokio::spawn(async move {
+        for i in 3_001..=3_005u64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let mut s = writer_store.lock();
+            s.append(&fix(i), Instant::now()).unwrap();
+            s.commit().unwrap();
+            drop(s);
+            writer_store.notify_committed();
+        }
+    });
+    let (messages, counts) = receive_all(&mut sub, 3_005, Duration::from_secs(60)).await;
+    writer.await.unwrap();
+    assert_eq!(counts.len(), 3_005, "nothing lost");
+    let position = |seq: u64| messages.iter().position(|m| m.contains(&seq)).unwrap();
+    let backlog_done = position(3_000).max(position(2_999));
+    for live in 3_001..=3_005u64 {
+        assert!(
+            position(live) < backlog_done,
+            "live fix {live} (message {}) waited for the backlog (done at message {backlog_done})",
+            position(live)
+        );
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_with_the_window_full_loses_nothing_and_duplicates_stay_within_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 5_000;
+    let store = backlog(dir.path(), n);
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    proxy.delay(50);
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let s = settings(&proxy.url(), &device);
+    let (window, batch) = (usize::from(s.window), s.batch_max);
+    let link = Link::new(store.clone(), Arc::new(Metrics::new()));
+    let publisher = Publisher::new(s, link).with_jitter(Jitter::Off);
+    let status = publisher.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(publisher.run(stop.clone()));
+
+    // Cut twice while the slowed drain has the window full, then let it finish.
+    let mut counts: BTreeMap<u64, u32> = BTreeMap::new();
+    for round in 1..=2u64 {
+        let (_, seen) = receive_all(&mut sub, round * 300, Duration::from_secs(20)).await;
+        for (k, v) in seen {
+            *counts.entry(k).or_insert(0) += v;
+        }
+        assert!((counts.len() as u64) < n, "the cut must land mid-drain");
+        proxy.cut().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.restore().await;
+    }
+    proxy.delay(0);
+    let (_, rest) = receive_all(&mut sub, n - counts.len() as u64, Duration::from_secs(60)).await;
+    for (k, v) in rest {
+        *counts.entry(k).or_insert(0) += v;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while (counts.len() as u64) < n && Instant::now() < deadline {
+        if let Some(msg) = sub.next(Duration::from_secs(1)).await {
+            let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            for f in v["fixes"].as_array().unwrap() {
+                *counts.entry(f["seq"].as_u64().unwrap()).or_insert(0) += 1;
+            }
+        }
+    }
+    assert_eq!(counts.len() as u64, n, "no fix lost across the cuts");
+    assert!(
+        status.borrow().reconnects >= 2,
+        "both cuts forced a reconnect"
+    );
+    let reconnects = status.borrow().reconnects.max(1) as usize;
+    let duplicates: usize = counts
+        .values()
+        .map(|c| (*c as usize).saturating_sub(1))
+        .sum();
+    assert!(
+        duplicates <= reconnects * window * batch,
+        "{duplicates} duplicate fixes over {reconnects} reconnects exceed the window ({window} x {batch})"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
