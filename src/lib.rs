@@ -21,6 +21,8 @@ pub mod error;
 pub mod fix;
 pub mod gnss;
 pub mod health;
+pub mod logging;
+pub mod notify;
 pub mod rejection;
 pub mod sim;
 pub mod uplink;

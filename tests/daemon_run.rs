@@ -47,6 +47,17 @@ struct Agent {
 
 impl Agent {
     fn start(dir: &Path, device: &str, mqtt_url: &str, source: &str, pace: &str) -> Agent {
+        Self::start_with_env(dir, device, mqtt_url, source, pace, &[])
+    }
+
+    fn start_with_env(
+        dir: &Path,
+        device: &str,
+        mqtt_url: &str,
+        source: &str,
+        pace: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
         let health = free_port();
         let db = dir.join("buffer.db");
         let config = dir.join("config.toml");
@@ -63,6 +74,7 @@ impl Agent {
         let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -280,4 +292,62 @@ async fn run_without_a_broker_buffers_reports_degraded_and_delivers_when_it_come
     let (exit, db) = agent.terminate();
     assert_eq!(exit, 0);
     assert_eq!(buffer_depth(&db), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_it_says_ready_feeds_the_watchdog_and_says_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let log = drive_log(dir.path(), 30);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let env = [
+        ("NOTIFY_SOCKET", socket_path.display().to_string()),
+        // WatchdogSec=2: a ping at least every second.
+        ("WATCHDOG_USEC", "2000000".to_string()),
+    ];
+    let agent = Agent::start_with_env(
+        dir.path(),
+        &device,
+        &broker.url(),
+        &log.display().to_string(),
+        "fast",
+        &env,
+    );
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !(seen.iter().any(|m: &String| m == "READY=1")
+            && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
+            && seen.iter().any(|m| m.starts_with("STATUS=fix")))
+    {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("READY=1"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|m| m.starts_with("STATUS=fix")), "{seen:?}");
+    let (exit, _) = agent.terminate();
+    assert_eq!(exit, 0);
+    let mut rest = Vec::new();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
 }

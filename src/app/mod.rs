@@ -178,9 +178,14 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         store: store.clone(),
         uplink,
     };
+    let notifier = crate::notify::Notifier::from_env();
+    let watchdog_every = notifier.watchdog_interval();
+    let mut last_watchdog: Option<Instant> = None;
+    notifier.ready();
     info!(
         component = "agent",
         version = env!("CARGO_PKG_VERSION"),
+        systemd = notifier.is_active(),
         device = %cfg.device.id,
         startup_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "agent started"
@@ -195,7 +200,25 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = interval.tick() => report(&running, &mut reported),
+            _ = interval.tick() => {
+                let line = report(&running, &mut reported);
+                crate::logging::report_suppressed();
+                // The watchdog is fed only while the stages really run: a dead ingest thread
+                // stops it, and systemd restarts the agent.
+                if !ingest_thread.is_finished() {
+                    let due = watchdog_every.is_some_and(|every| {
+                        last_watchdog.is_none_or(|t| t.elapsed() >= every)
+                    });
+                    if due {
+                        notifier.watchdog();
+                        last_watchdog = Some(Instant::now());
+                    }
+                } else {
+                    error!(component = "agent", code = "AGENT_INGEST_DEAD", class = "critical",
+                        "ingest thread ended; the watchdog is no longer fed");
+                }
+                notifier.status(&line);
+            }
             Some(()) = recv_signal(&mut hup) => {
                 reload(&opts, &mut current, &reload_tx);
             }
@@ -203,6 +226,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     }
 
     // Shutdown, in the order that loses nothing.
+    notifier.stopping();
+    notifier.status("stopping: committing the buffer, waiting for acks");
     info!(
         component = "agent",
         "stopping: reading stops, buffer commits, uplink drains"
@@ -217,7 +242,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     if let Err(e) = uplink_task.await {
         warn!(component = "mqtt", error = %e, "uplink task ended abnormally");
     }
-    report(&running, &mut reported);
+    let _ = report(&running, &mut reported);
     server_stop.cancel();
     if let Some(t) = server_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
@@ -307,8 +332,9 @@ struct Reported {
     reconnects: u64,
 }
 
-/// Bring health and metrics up to date; heartbeat for `/live`.
-fn report(r: &Running, reported: &mut Reported) {
+/// Bring health and metrics up to date; heartbeat for `/live`. Returns a one-line summary
+/// (systemd's `STATUS=`).
+fn report(r: &Running, reported: &mut Reported) -> String {
     let now = r.health.now();
     let gnss = r
         .gnss_view
@@ -424,6 +450,23 @@ fn report(r: &Running, reported: &mut Reported) {
     reported.reconnects = reported.reconnects.max(uplink.reconnects);
 
     r.health.heartbeat();
+    format!(
+        "fix {}, {} accepted, {} rejected; buffer {} pending; mqtt {}, acked seq {}",
+        match fix {
+            FixState::ThreeD => "3d",
+            FixState::TwoD => "2d",
+            FixState::None => "none",
+        },
+        gnss.accepted,
+        gnss.rejected.total(),
+        depth,
+        if uplink.connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        uplink.acked_seq.unwrap_or(0)
+    )
 }
 
 /// `gps-agent run`: load the configuration, start the runtime, run until a signal.

@@ -12,7 +12,6 @@ pub mod parse;
 
 use crate::config::{self, Config, ConfigError};
 use clap::{Parser, Subcommand, ValueEnum};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 /// Exit code for an invalid configuration (sysexits `EX_CONFIG`).
@@ -35,7 +34,7 @@ pub struct Cli {
     /// Configuration file (default /etc/gps-agent/config.toml).
     #[arg(long, global = true, env = "GPS_AGENT_CONFIG", value_name = "PATH")]
     pub config: Option<PathBuf>,
-    /// Log format; default json when stderr is not a terminal, text otherwise.
+    /// Log format; default json when the log output is not a terminal, text otherwise.
     #[arg(long, global = true, value_enum)]
     pub log_format: Option<LogFormat>,
     /// Log level or tracing filter (e.g. `info`, `gps_agent::gnss=debug`).
@@ -84,7 +83,17 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
-    init_logging(cli.log_format, &cli.log_level);
+    // `run` logs to stdout (journald); the offline subcommands keep stdout for their data.
+    let output = if matches!(cli.command, Command::Run) {
+        crate::logging::Output::Stdout
+    } else {
+        crate::logging::Output::Stderr
+    };
+    let format = cli.log_format.map(|f| match f {
+        LogFormat::Text => crate::logging::Format::Text,
+        LogFormat::Json => crate::logging::Format::Json,
+    });
+    crate::logging::init(output, format, &cli.log_level);
     let config_path = cli
         .config
         .clone()
@@ -135,28 +144,4 @@ pub fn config_or_default(explicit: Option<&Path>) -> Result<Config, i32> {
             Err(EXIT_CONFIG)
         }
     }
-}
-
-/// Logs go to stderr so that stdout stays clean for data (`parse`, `buffer stats`).
-/// journald takes stderr as well as stdout from a service.
-fn init_logging(format: Option<LogFormat>, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let format = format.unwrap_or(if std::io::stderr().is_terminal() {
-        LogFormat::Text
-    } else {
-        LogFormat::Json
-    });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests calling main twice) is harmless: ignore it.
-    let _ = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }
