@@ -107,6 +107,44 @@ impl Agent {
         )
     }
 
+    /// (status, raw headers, JSON body) of a raw request head (`"GET /x HTTP/1.1\r\n..."`).
+    fn request(&self, head: &str) -> (u16, String, serde_json::Value) {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "{head}Host: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status: u16 = text[9..12].parse().unwrap();
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            status,
+            headers.to_string(),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The first JSON line of `/health/stream` (chunked: the line is inside the first chunk).
+    fn first_stream_line(&self) -> serde_json::Value {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /health/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let n = s.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(line) = text.lines().find(|l| l.starts_with('{')) {
+                return serde_json::from_str(line).unwrap();
+            }
+        }
+        panic!(
+            "no stream line within 5 s: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
     /// SIGTERM, then the exit code (within 15 s).
     fn terminate(mut self) -> (i32, PathBuf) {
         let pid = self.child.id().to_string();
@@ -225,6 +263,36 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
     assert!(code == 200 || code == 503);
     let (live, _) = agent.get("/live");
     assert_eq!(live, 200);
+
+    // The stream: JSON Lines with the snapshot's keys.
+    let first = agent.first_stream_line();
+    assert!(
+        first["components"]["mqtt"]["breaker"].is_string(),
+        "{first}"
+    );
+    assert!(
+        first["status"].is_string() && first["uptime_s"].is_number(),
+        "{first}"
+    );
+
+    // Bad requests get JSON errors carrying the request id, echoed in the header.
+    let (code, headers, body) = agent.request("GET /nope HTTP/1.1\r\nX-Request-ID: abc-123\r\n");
+    assert_eq!(code, 404);
+    assert!(
+        headers
+            .to_ascii_lowercase()
+            .contains("x-request-id: abc-123"),
+        "{headers}"
+    );
+    assert_eq!(body["error"], "not_found");
+    assert_eq!(body["request_id"], "abc-123");
+    assert_eq!(body["status_code"], 404);
+    let (code, _, body) = agent.request("POST /health HTTP/1.1\r\nContent-Length: 0\r\n");
+    assert_eq!(code, 405);
+    assert!(
+        body["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "made when absent"
+    );
 
     let (exit, db) = agent.terminate();
     assert_eq!(exit, 0, "SIGTERM is a clean stop");
