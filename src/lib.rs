@@ -17,6 +17,8 @@ pub mod app;
 pub mod buffer;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod error;
 pub mod fix;
 pub mod gnss;

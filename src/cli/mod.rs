@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 success; 1 failure at run time (or `status`: degraded); 2 usage error
 //! (clap) or `status`: unhealthy/unreachable; 66 input file missing (`EX_NOINPUT`);
-//! 69 subcommand not available in this build yet: `run`, `demo` (`EX_UNAVAILABLE`); 78 configuration invalid
+//! 69 `demo` in a build without the `demo` feature (`EX_UNAVAILABLE`); 78 configuration invalid
 //! (`EX_CONFIG`, also listed in the unit's `RestartPreventExitStatus`).
 
 pub mod buffer;
@@ -66,6 +66,10 @@ pub enum Command {
         watch: bool,
     },
     /// Newcomer's demo: simulated receiver + embedded broker, no setup.
+    #[cfg(feature = "demo")]
+    Demo(crate::demo::DemoArgs),
+    /// Newcomer's demo (not in this build: built without the `demo` feature).
+    #[cfg(not(feature = "demo"))]
     Demo,
     /// Look into the store-and-forward buffer (safe while the daemon runs).
     Buffer(buffer::BufferArgs),
@@ -107,11 +111,11 @@ pub fn main() -> i32 {
             Err(code) => code,
         },
         Command::Run => crate::app::main(&config_path),
+        #[cfg(feature = "demo")]
+        Command::Demo(args) => crate::demo::run(&args),
+        #[cfg(not(feature = "demo"))]
         Command::Demo => {
-            eprintln!(
-                "gps-agent: this subcommand is not available in this build yet \
-                 (the daemon and the demo land with the daemon work)"
-            );
+            eprintln!("gps-agent: this build has no demo (built without the `demo` feature)");
             EXIT_UNAVAILABLE
         }
     }

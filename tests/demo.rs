@@ -1,0 +1,52 @@
+//! `gps-agent demo` as a newcomer runs it (shortened): it ends by itself, loses nothing, and
+//! says so.
+
+#![cfg(feature = "demo")]
+
+use std::process::Command;
+
+#[test]
+fn the_demo_runs_a_drive_through_an_outage_and_reports_nothing_lost() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["demo", "--epochs", "120", "--rate", "10", "--outage-s", "2"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("broker link cut"), "{stdout}");
+    assert!(stdout.contains("broker link restored"), "{stdout}");
+    assert!(
+        stdout.contains("   health "),
+        "the health stream is shown: {stdout}"
+    );
+    let lost = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("lost"))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    assert_eq!(lost, "0", "{stdout}");
+    let accepted: u64 = stdout
+        .lines()
+        .filter(|l| l.contains("fixes accepted"))
+        .find_map(|l| l.trim().strip_prefix("agent"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no accepted count: {stdout}"));
+    assert!(
+        accepted >= 90,
+        "most of the 120 epochs have a fix: {stdout}"
+    );
+    assert!(
+        stdout.contains("no_fix"),
+        "the tunnel shows as no_fix: {stdout}"
+    );
+    assert!(
+        stdout.contains("checksum"),
+        "corrupt lines show as checksum: {stdout}"
+    );
+}
