@@ -67,11 +67,65 @@ pub struct Numbered<'a> {
 
 /// RFC 3339 UTC with milliseconds: `2020-03-18T13:28:20.600Z`.
 pub fn format_time_ms(time_ms: i64) -> String {
-    match DateTime::from_timestamp_millis(time_ms) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        // Out of chrono's range: cannot come from a validated fix; keep the raw value visible.
-        None => format!("invalid-time-ms:{time_ms}"),
+    let mut buf = [0u8; RFC3339_MS_LEN];
+    match write_time_ms(time_ms, &mut buf) {
+        Some(text) => text.to_owned(),
+        None => match DateTime::from_timestamp_millis(time_ms) {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+            // Out of chrono's range: cannot come from a validated fix; keep the value visible.
+            None => format!("invalid-time-ms:{time_ms}"),
+        },
     }
+}
+
+/// Length of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+pub const RFC3339_MS_LEN: usize = 24;
+
+/// Writes `time_ms` as RFC 3339 with milliseconds into `buf`, without allocating (it runs
+/// once per fix in every payload). `None` outside the years 0000-9999.
+pub fn write_time_ms(time_ms: i64, buf: &mut [u8; RFC3339_MS_LEN]) -> Option<&str> {
+    let days = time_ms.div_euclid(86_400_000);
+    let ms_of_day = time_ms.rem_euclid(86_400_000);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if !(0..=9999).contains(&year) {
+        return None;
+    }
+    let (h, rest) = (ms_of_day / 3_600_000, ms_of_day % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (sec, ms) = (rest / 1000, rest % 1000);
+    let digits = |v: i64, n: usize, out: &mut [u8]| {
+        let mut v = v;
+        for i in (0..n).rev() {
+            if let Some(b) = out.get_mut(i) {
+                *b = b'0' + (v % 10) as u8;
+            }
+            v /= 10;
+        }
+    };
+    digits(year, 4, &mut buf[0..4]);
+    buf[4] = b'-';
+    digits(month, 2, &mut buf[5..7]);
+    buf[7] = b'-';
+    digits(day, 2, &mut buf[8..10]);
+    buf[10] = b'T';
+    digits(h, 2, &mut buf[11..13]);
+    buf[13] = b':';
+    digits(m, 2, &mut buf[14..16]);
+    buf[16] = b':';
+    digits(sec, 2, &mut buf[17..19]);
+    buf[19] = b'.';
+    digits(ms, 3, &mut buf[20..23]);
+    buf[23] = b'Z';
+    std::str::from_utf8(buf).ok()
 }
 
 /// Round a value that went through `f32` in the NMEA parser back to the decimals the receiver
@@ -86,7 +140,11 @@ impl Serialize for Numbered<'_> {
         let f = self.fix;
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("seq", &self.seq)?;
-        m.serialize_entry("time", &format_time_ms(f.time_ms))?;
+        let mut buf = [0u8; RFC3339_MS_LEN];
+        match write_time_ms(f.time_ms, &mut buf) {
+            Some(text) => m.serialize_entry("time", text)?,
+            None => m.serialize_entry("time", &format_time_ms(f.time_ms))?,
+        }
         m.serialize_entry("lat", &f.lat)?;
         m.serialize_entry("lon", &f.lon)?;
         if let Some(v) = f.alt_m {
@@ -140,6 +198,37 @@ mod tests {
         assert!(
             v.get("course_deg").is_none(),
             "unknown optional keys are omitted, not null"
+        );
+    }
+
+    #[test]
+    fn the_fast_time_writer_agrees_with_chrono_across_the_calendar() {
+        // Leap days, century rules, year ends, the epoch, negative times, milliseconds.
+        let mut t = -62_135_596_800_000i64; // 0001-01-01
+        let step = 86_400_000 * 37 + 3_723_456; // 37 days, 1 h 2 min 3.456 s
+        while t < 253_402_300_799_000 {
+            let mut buf = [0u8; RFC3339_MS_LEN];
+            let fast = write_time_ms(t, &mut buf).map(str::to_owned);
+            let slow = DateTime::from_timestamp_millis(t)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            assert_eq!(fast.as_deref(), Some(slow.as_str()), "at {t}");
+            t += step;
+        }
+        for t in [0, -1, 951_782_400_000, 4_107_542_399_999, 1_584_538_100_600] {
+            let mut buf = [0u8; RFC3339_MS_LEN];
+            let slow = DateTime::from_timestamp_millis(t)
+                .unwrap()
+                .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+                .to_string();
+            assert_eq!(write_time_ms(t, &mut buf), Some(slow.as_str()));
+        }
+        let mut buf = [0u8; RFC3339_MS_LEN];
+        assert_eq!(
+            write_time_ms(253_402_300_800_000, &mut buf),
+            None,
+            "year 10000"
         );
     }
 

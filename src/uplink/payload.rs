@@ -67,16 +67,16 @@ pub fn encode(batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
     let mut seqs: Vec<u64> = Vec::new();
     let mut body: Vec<u8> = Vec::new();
 
+    // One element buffer reused for every fix: no allocation per fix once it has grown.
+    let mut element: Vec<u8> = Vec::with_capacity(256);
     for (seq, fix) in batch.fixes {
         let seq = *seq;
-        let element = match serde_json::to_vec(&Numbered { seq, fix }) {
-            Ok(e) => e,
-            Err(source) => {
-                out.dead_letters
-                    .push((seq, UplinkError::Encode { seq, source }));
-                continue;
-            }
-        };
+        element.clear();
+        if let Err(source) = serde_json::to_writer(&mut element, &Numbered { seq, fix }) {
+            out.dead_letters
+                .push((seq, UplinkError::Encode { seq, source }));
+            continue;
+        }
         let alone = empty + element.len();
         if alone > max_message_bytes {
             out.dead_letters.push((
