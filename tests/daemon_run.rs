@@ -43,6 +43,9 @@ struct Agent {
     child: Child,
     health: SocketAddr,
     db: PathBuf,
+    config: PathBuf,
+    /// The agent's stdout: its JSON log lines.
+    log: PathBuf,
 }
 
 impl Agent {
@@ -75,11 +78,19 @@ impl Agent {
             .args(["run", "--log-format", "json", "--config"])
             .arg(&config)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("agent.log")).unwrap(),
+            ))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let agent = Agent { child, health, db };
+        let agent = Agent {
+            child,
+            health,
+            db,
+            config,
+            log: dir.join("agent.log"),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(agent.health).is_err() {
             assert!(Instant::now() < deadline, "health endpoint did not come up");
@@ -123,6 +134,22 @@ impl Agent {
         )
     }
 
+    /// The raw body of `GET path`.
+    fn raw(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
     /// The first JSON line of `/health/stream` (chunked: the line is inside the first chunk).
     fn first_stream_line(&self) -> serde_json::Value {
         let mut s = TcpStream::connect(self.health).unwrap();
@@ -143,6 +170,32 @@ impl Agent {
             "no stream line within 5 s: {}",
             String::from_utf8_lossy(&got)
         );
+    }
+
+    fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Wait until a log line (JSON) satisfies `pred`.
+    fn wait_log(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(v) = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| pred(v))
+            {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no log line {what} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// SIGTERM, then the exit code (within 15 s).
@@ -263,6 +316,31 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
     assert!(code == 200 || code == 503);
     let (live, _) = agent.get("/live");
     assert_eq!(live, 200);
+
+    // Metrics: the stages' counters under the gps_agent_ prefix.
+    let metrics = agent.raw("/metrics");
+    for name in [
+        "gps_agent_fixes_total{",
+        "gps_agent_nmea_sentences_total{",
+        "gps_agent_buffer_depth",
+        "gps_agent_published_fixes_total",
+        "gps_agent_mqtt_acks_total",
+        "gps_agent_gnss_outages_total",
+        "gps_agent_gnss_dropped_chunks_total",
+        "gps_agent_fix_to_ack_latency_seconds_bucket",
+        "gps_agent_mqtt_breaker_state",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(&format!(
+            "gps_agent_fixes_total{{outcome=\"accepted\",reason=\"none\"}} {expected}"
+        )),
+        "accepted fixes counted: {metrics}"
+    );
 
     // The stream: JSON Lines with the snapshot's keys.
     let first = agent.first_stream_line();
@@ -418,4 +496,58 @@ async fn under_systemd_it_says_ready_feeds_the_watchdog_and_says_stopping() {
         rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
     }
     assert!(rest.iter().any(|m| m == "STOPPING=1"), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_log(dir.path(), 20);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let agent = Agent::start(
+        dir.path(),
+        &device,
+        &broker.url(),
+        &log.display().to_string(),
+        "fast",
+    );
+    agent.wait_log("agent started", |v| v["message"] == "agent started");
+    assert_eq!(
+        agent.wait_log("started", |v| v["message"] == "agent started")["component"],
+        "agent",
+        "JSON logs on stdout carry a component"
+    );
+
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let text = text.replace(
+        "[mqtt]\n",
+        "[validate]\nmax_hdop = 4.5\n\n[mqtt]\nkeep_alive_s = 45\n",
+    );
+    std::fs::write(&agent.config, text).unwrap();
+    agent.signal("-HUP");
+    agent.wait_log("thresholds reloaded", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("validation thresholds reloaded"))
+    });
+    let restart = agent.wait_log("needs a restart", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("needs a restart"))
+    });
+    assert_eq!(restart["section"], "mqtt");
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&agent.config, "[gnss]\nbaud = 12\n").unwrap();
+    agent.signal("-HUP");
+    let refused = agent.wait_log("not reloaded", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not reloaded"))
+    });
+    assert_eq!(refused["code"], "CONFIG_INVALID");
+    let (code, _) = agent.get("/live");
+    assert_eq!(code, 200, "still running");
+    let (exit, _) = agent.terminate();
+    assert_eq!(exit, 0);
 }

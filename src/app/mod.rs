@@ -330,6 +330,8 @@ fn reload(
 struct Reported {
     evicted: u64,
     reconnects: u64,
+    outages: u64,
+    dropped_chunks: u64,
 }
 
 /// Bring health and metrics up to date; heartbeat for `/live`. Returns a one-line summary
@@ -362,6 +364,16 @@ fn report(r: &Running, reported: &mut Reported) -> String {
         last_fix_at: gnss.last_fix_at,
         rejected: gnss.rejected,
     });
+    let (outages, dropped) = (
+        r.source_status.outages() + r.source_status.stuck_events(),
+        r.source_status.dropped_chunks(),
+    );
+    r.metrics.source(
+        outages.saturating_sub(reported.outages),
+        dropped.saturating_sub(reported.dropped_chunks),
+    );
+    reported.outages = reported.outages.max(outages);
+    reported.dropped_chunks = reported.dropped_chunks.max(dropped);
     if let Some(e) = r.source_status.last_error() {
         let at_ms =
             e.at.duration_since(std::time::UNIX_EPOCH)

@@ -54,6 +54,8 @@ pub struct Metrics {
     published_messages: Counter,
     acks: Counter,
     reconnects: Counter,
+    source_outages: Counter,
+    source_dropped: Counter,
     breaker: Gauge,
     last_ack_age: Gauge<f64, AtomicU64>,
     fix_to_ack: Histogram,
@@ -89,6 +91,8 @@ impl Metrics {
         let published_messages = Counter::default();
         let acks = Counter::default();
         let reconnects = Counter::default();
+        let source_outages = Counter::default();
+        let source_dropped = Counter::default();
         let breaker = Gauge::default();
         let last_ack_age = Gauge::<f64, AtomicU64>::default();
         let fix_to_ack = Histogram::new(LATENCY_BUCKETS);
@@ -102,6 +106,16 @@ impl Metrics {
             "fixes",
             "Epochs validated, by outcome (accepted|rejected) and rejection reason",
             fixes.clone(),
+        );
+        registry.register(
+            "gnss_outages",
+            "Times the receiver went away (unplugged, read errors, stuck and reopened)",
+            source_outages.clone(),
+        );
+        registry.register(
+            "gnss_dropped_chunks",
+            "Receiver byte chunks dropped because ingest was not keeping up (256 bytes each)",
+            source_dropped.clone(),
         );
         registry.register(
             "buffer_depth",
@@ -157,7 +171,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "fix_to_ack_latency",
-            "From a fix being accepted to the broker acknowledging it",
+            "From the fix's receiver time to the broker acknowledging it",
             Unit::Seconds,
             fix_to_ack.clone(),
         );
@@ -189,6 +203,8 @@ impl Metrics {
             published_messages,
             acks,
             reconnects,
+            source_outages,
+            source_dropped,
             breaker,
             last_ack_age,
             fix_to_ack,
@@ -265,6 +281,12 @@ impl Metrics {
             .last_ack
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
+    }
+
+    /// `n` more receiver outages and `dropped` more chunks dropped (deltas).
+    pub fn source(&self, outages: u64, dropped: u64) {
+        self.source_outages.inc_by(outages);
+        self.source_dropped.inc_by(dropped);
     }
 
     pub fn reconnected(&self) {
