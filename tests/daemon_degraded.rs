@@ -10,58 +10,13 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::broker::{free_port, Subscriber, TestBroker};
+use support::agent::Agent;
+use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
-
-struct Agent {
-    child: Child,
-    health: SocketAddr,
-}
-
-impl Agent {
-    fn start(dir: &Path, device: &str, gnss: &str, mqtt_url: &str) -> Agent {
-        let health = free_port();
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[device]\nid = \"{device}\"\n\n{gnss}\n\n[buffer]\npath = \"{}\"\n\
-                 commit_interval_s = 0.2\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
-                 [health]\nlisten = \"{health}\"\n",
-                dir.join("buffer.db").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
-            .args(["run", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(health).is_err() {
-            assert!(Instant::now() < deadline, "health endpoint did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Agent { child, health }
-    }
-
-    fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        get(self.health, path)
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -103,7 +58,7 @@ async fn with_no_receiver_and_no_broker_it_is_degraded_then_healthy_when_both_ap
         "[gnss]\nsource = \"serial\"\npath = \"{}\"",
         device_path.display()
     );
-    let agent = Agent::start(dir.path(), &device, &gnss, &proxy.url());
+    let agent = Agent::start(dir.path(), &device, &gnss, &proxy.url(), &[]);
 
     // Nothing there: degraded (503), and it says why.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -195,7 +150,7 @@ async fn a_thousand_health_requests_from_fifty_connections_leave_ingest_unaffect
         "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"realtime\"",
         log.display()
     );
-    let agent = Agent::start(dir.path(), &device, &gnss, &broker.url());
+    let agent = Agent::start(dir.path(), &device, &gnss, &broker.url(), &[]);
 
     let answered = Arc::new(AtomicU64::new(0));
     let addr = agent.health;

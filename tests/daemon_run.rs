@@ -5,12 +5,11 @@ mod support;
 
 use gps_agent::sim::{Drive, DriveSpec};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-use support::broker::{free_port, Subscriber, TestBroker};
+use support::agent::Agent;
+use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 
 /// A drive of `epochs` seconds with a tunnel and a few corrupt lines, as a log file.
@@ -37,194 +36,6 @@ fn expected_fixes(log: &Path) -> u64 {
         .unwrap();
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout).lines().count() as u64
-}
-
-struct Agent {
-    child: Child,
-    health: SocketAddr,
-    db: PathBuf,
-    config: PathBuf,
-    /// The agent's stdout: its JSON log lines.
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(dir: &Path, device: &str, mqtt_url: &str, source: &str, pace: &str) -> Agent {
-        Self::start_with_env(dir, device, mqtt_url, source, pace, &[])
-    }
-
-    fn start_with_env(
-        dir: &Path,
-        device: &str,
-        mqtt_url: &str,
-        source: &str,
-        pace: &str,
-        env: &[(&str, String)],
-    ) -> Agent {
-        let health = free_port();
-        let db = dir.join("buffer.db");
-        let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[device]\nid = \"{device}\"\n\n[gnss]\nsource = \"file\"\npath = \"{source}\"\npace = \"{pace}\"\n\n\
-                 [buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
-                 [health]\nlisten = \"{health}\"\n",
-                db.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
-            .args(["run", "--log-format", "json", "--config"])
-            .arg(&config)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::from(
-                std::fs::File::create(dir.join("agent.log")).unwrap(),
-            ))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let agent = Agent {
-            child,
-            health,
-            db,
-            config,
-            log: dir.join("agent.log"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(agent.health).is_err() {
-            assert!(Instant::now() < deadline, "health endpoint did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        agent
-    }
-
-    /// (HTTP status, JSON body) of `GET path`.
-    fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let mut s = TcpStream::connect(self.health).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status: u16 = text[9..12].parse().unwrap();
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
-        (
-            status,
-            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-        )
-    }
-
-    /// (status, raw headers, JSON body) of a raw request head (`"GET /x HTTP/1.1\r\n..."`).
-    fn request(&self, head: &str) -> (u16, String, serde_json::Value) {
-        let mut s = TcpStream::connect(self.health).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "{head}Host: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let status: u16 = text[9..12].parse().unwrap();
-        let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        (
-            status,
-            headers.to_string(),
-            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-        )
-    }
-
-    /// The raw body of `GET path`.
-    fn raw(&self, path: &str) -> String {
-        let mut s = TcpStream::connect(self.health).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
-    }
-
-    /// The first JSON line of `/health/stream` (chunked: the line is inside the first chunk).
-    fn first_stream_line(&self) -> serde_json::Value {
-        let mut s = TcpStream::connect(self.health).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET /health/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            let n = s.read(&mut buf).unwrap();
-            got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got);
-            if let Some(line) = text.lines().find(|l| l.starts_with('{')) {
-                return serde_json::from_str(line).unwrap();
-            }
-        }
-        panic!(
-            "no stream line within 5 s: {}",
-            String::from_utf8_lossy(&got)
-        );
-    }
-
-    fn signal(&self, name: &str) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .unwrap()
-            .success());
-    }
-
-    /// Wait until a log line (JSON) satisfies `pred`.
-    fn wait_log(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(v) = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| pred(v))
-            {
-                return v;
-            }
-            assert!(Instant::now() < deadline, "no log line {what} in:\n{text}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// SIGTERM, then the exit code (within 15 s).
-    fn terminate(mut self) -> (i32, PathBuf) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.db.clone());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not stop within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Collect fix seqs (and statuses) until every one of 1..=n arrived, or time runs out.
@@ -278,12 +89,11 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
     let device = support::unique("truck");
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/#")).await;
 
-    let agent = Agent::start(
+    let agent = Agent::replay(
         dir.path(),
         &device,
         &broker.url(),
         &log.display().to_string(),
-        "fast",
     );
     let (seqs, statuses) = collect(&mut sub, expected, Duration::from_secs(30)).await;
     let want: BTreeSet<u64> = (1..=expected).collect();
@@ -401,12 +211,11 @@ async fn run_without_a_broker_buffers_reports_degraded_and_delivers_when_it_come
     let device = support::unique("truck");
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/#")).await;
 
-    let agent = Agent::start(
+    let agent = Agent::replay(
         dir.path(),
         &device,
         &proxy.url(),
         &log.display().to_string(),
-        "fast",
     );
     // Everything is read and buffered while the broker is unreachable.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -456,12 +265,16 @@ async fn under_systemd_it_says_ready_feeds_the_watchdog_and_says_stopping() {
         // WatchdogSec=2: a ping at least every second.
         ("WATCHDOG_USEC", "2000000".to_string()),
     ];
-    let agent = Agent::start_with_env(
+    let agent = Agent::start(
         dir.path(),
         &device,
+        &format!(
+            "[gnss]
+source = \"file\"
+path = \"{}\"",
+            log.display()
+        ),
         &broker.url(),
-        &log.display().to_string(),
-        "fast",
         &env,
     );
     let mut seen = Vec::new();
@@ -504,12 +317,11 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
     let log = drive_log(dir.path(), 20);
     let broker = TestBroker::start();
     let device = support::unique("truck");
-    let agent = Agent::start(
+    let agent = Agent::replay(
         dir.path(),
         &device,
         &broker.url(),
         &log.display().to_string(),
-        "fast",
     );
     agent.wait_log("agent started", |v| v["message"] == "agent started");
     assert_eq!(

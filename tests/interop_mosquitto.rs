@@ -9,100 +9,24 @@
 
 mod support;
 
-use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
-use gps_agent::uplink::breaker::BreakerPolicy;
-use gps_agent::uplink::publisher::{Password, Publisher, PublisherSettings, UplinkStatus};
+use gps_agent::uplink::publisher::{Password, PublisherSettings, UplinkStatus};
 use gps_agent::uplink::tls::TlsSettings;
 use std::collections::BTreeSet;
-use std::num::NonZeroU32;
 use std::time::Duration;
 use support::broker::Subscriber;
 use support::certs::TestPki;
 use support::mosquitto::{available, Mosquitto, MosquittoOptions};
 use support::proxy::FaultProxy;
+use support::publisher::{fast_settings, start};
 use support::source::{fix, MemSource};
-use tokio::sync::watch;
-use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
 fn settings(url: &str, device: &str) -> PublisherSettings {
-    let mut s = PublisherSettings::new(url, device);
-    s.client_id = support::unique("agent");
-    s.topic_prefix = "interop".into();
+    let mut s = fast_settings(url, device, "interop");
     s.batch_max = 20;
     s.window = 5;
     s.puback_timeout = Duration::from_secs(3);
-    s.keep_alive = Duration::from_secs(5);
-    s.backoff = BackoffPolicy {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        reset_after: Duration::from_secs(1),
-    };
-    s.breaker = BreakerPolicy {
-        failure_threshold: NonZeroU32::new(100).unwrap(),
-        open_for: Duration::from_millis(500),
-    };
     s.permanent_retry = Duration::from_secs(30);
-    s.shutdown_grace = Duration::from_secs(2);
-    s.idle_poll = Duration::from_millis(200);
     s
-}
-
-struct Running {
-    source: MemSource,
-    status: watch::Receiver<UplinkStatus>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<MemSource>,
-}
-
-fn start(settings: PublisherSettings, source: MemSource) -> Running {
-    let publisher = Publisher::new(settings, source.clone()).with_jitter(Jitter::Off);
-    let status = publisher.status();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(publisher.run(shutdown.clone()));
-    Running {
-        source,
-        status,
-        shutdown,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> MemSource {
-        self.shutdown.cancel();
-        timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("publisher did not stop within 10 s")
-            .unwrap()
-    }
-
-    async fn wait_acked(&self, n: usize, broker: &Mosquitto) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while self.source.acked_count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} acked; status {:?}; mosquitto log:\n{}",
-                self.source.acked_count(),
-                *self.status.borrow(),
-                broker.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_error(&mut self, code: &str) -> UplinkStatus {
-        let reached = timeout(
-            Duration::from_secs(10),
-            self.status
-                .wait_for(|s| s.last_error.as_ref().map(|e| e.0) == Some(code)),
-        )
-        .await
-        .is_ok();
-        let status = self.status.borrow().clone();
-        assert!(reached, "last_error never became {code}: {status:?}");
-        status
-    }
 }
 
 /// Seqs on the fixes topic until nothing arrives for `quiet`.
@@ -135,7 +59,10 @@ async fn every_seq_arrives(
     let source = MemSource::default();
     source.push((1..=n).map(fix));
     let run = start(settings, source);
-    run.wait_acked(n as usize, broker).await;
+    run.wait_acked_or(n as usize, Duration::from_secs(20), || {
+        format!("; mosquitto log:\n{}", broker.log())
+    })
+    .await;
     let seen = seqs_seen(&mut sub, Duration::from_millis(500)).await;
     let status = run.status.borrow().clone();
     let source = run.stop().await;

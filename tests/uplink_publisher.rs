@@ -6,220 +6,27 @@
 
 mod support;
 
-use gps_agent::error::Classified;
 use gps_agent::fix::{Fix, FixMode};
-use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
 use gps_agent::uplink::breaker::BreakerPolicy;
-use gps_agent::uplink::error::UplinkError;
 use gps_agent::uplink::payload::{encode, FixBatch};
-use gps_agent::uplink::publisher::{FixSource, Publisher, PublisherSettings, UplinkStatus};
-use std::collections::{BTreeMap, BTreeSet};
+use gps_agent::uplink::publisher::PublisherSettings;
+use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
-use tokio::sync::{watch, Notify};
-use tokio::time::{timeout, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 
-#[derive(Debug, thiserror::Error)]
-#[error("never fails")]
-struct NeverFails;
-
-impl Classified for NeverFails {
-    fn code(&self) -> &'static str {
-        "TEST"
-    }
-    fn class(&self) -> gps_agent::error::ErrorClass {
-        gps_agent::error::ErrorClass::Transient
-    }
-}
-
-#[derive(Default, Debug)]
-struct Store {
-    pending: BTreeMap<u64, Fix>,
-    in_flight: BTreeSet<u64>,
-    acked: BTreeSet<u64>,
-    dead: Vec<(u64, &'static str)>,
-    next_seq: u64,
-}
-
-/// The buffer's contract in memory: fixes by seq, handed out once until acked or released.
-#[derive(Clone, Default)]
-struct MemSource {
-    store: Arc<Mutex<Store>>,
-    stored: Arc<Notify>,
-}
-
-impl MemSource {
-    fn push(&self, fixes: impl IntoIterator<Item = Fix>) {
-        let mut s = self.store.lock().unwrap();
-        for f in fixes {
-            s.next_seq += 1;
-            let seq = s.next_seq;
-            s.pending.insert(seq, f);
-        }
-        drop(s);
-        self.stored.notify_one();
-    }
-    fn acked(&self) -> BTreeSet<u64> {
-        self.store.lock().unwrap().acked.clone()
-    }
-    fn in_flight(&self) -> usize {
-        self.store.lock().unwrap().in_flight.len()
-    }
-    fn dead(&self) -> Vec<(u64, &'static str)> {
-        self.store.lock().unwrap().dead.clone()
-    }
-}
-
-impl FixSource for MemSource {
-    type Error = NeverFails;
-
-    fn stream(&self) -> String {
-        "mem-stream".into()
-    }
-
-    async fn next_batch(&mut self, max: usize) -> Result<Vec<(u64, Fix)>, NeverFails> {
-        let mut s = self.store.lock().unwrap();
-        let batch: Vec<(u64, Fix)> = s
-            .pending
-            .iter()
-            .filter(|(seq, _)| !s.in_flight.contains(seq))
-            .take(max)
-            .map(|(seq, f)| (*seq, *f))
-            .collect();
-        for (seq, _) in &batch {
-            s.in_flight.insert(*seq);
-        }
-        Ok(batch)
-    }
-
-    async fn fixes_pending(&mut self) {
-        self.stored.notified().await
-    }
-
-    async fn ack(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
-        let mut s = self.store.lock().unwrap();
-        for seq in seqs {
-            assert!(s.in_flight.remove(seq), "acked seq {seq} was not in flight");
-            s.pending.remove(seq);
-            s.acked.insert(*seq);
-        }
-        Ok(())
-    }
-
-    async fn release(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
-        let mut s = self.store.lock().unwrap();
-        for seq in seqs {
-            assert!(
-                s.in_flight.remove(seq),
-                "released seq {seq} was not in flight"
-            );
-        }
-        Ok(())
-    }
-
-    async fn dead_letter(&mut self, seq: u64, why: &UplinkError) -> Result<(), NeverFails> {
-        let mut s = self.store.lock().unwrap();
-        s.in_flight.remove(&seq);
-        s.pending.remove(&seq);
-        s.dead.push((seq, why.code()));
-        Ok(())
-    }
-}
-
-fn fix(i: u64) -> Fix {
-    Fix {
-        time_ms: 1_700_000_000_000 + i as i64 * 1000,
-        lat: 48.1 + i as f64 * 1e-5,
-        lon: 11.5,
-        alt_m: Some(520.25),
-        speed_mps: Some(12.5),
-        course_deg: Some(181.0),
-        hdop: Some(0.8),
-        sats: Some(11),
-        mode: FixMode::ThreeD,
-    }
-}
+use support::publisher::{fast_settings, start};
+use support::source::{fix, MemSource};
 
 /// Settings for tests: short timers, small batches, unique device and topics.
 fn settings(url: &str, device: &str) -> PublisherSettings {
-    let mut s = PublisherSettings::new(url, device);
-    s.client_id = support::unique("agent");
-    s.topic_prefix = "test".into();
+    let mut s = fast_settings(url, device, "test");
     s.batch_max = 7;
     s.window = 3;
-    s.puback_timeout = Duration::from_secs(2);
-    s.keep_alive = Duration::from_secs(5);
-    s.backoff = BackoffPolicy {
-        initial: Duration::from_millis(50),
-        max: Duration::from_millis(200),
-        reset_after: Duration::from_secs(1),
-    };
-    s.breaker = BreakerPolicy {
-        failure_threshold: NonZeroU32::new(100).unwrap(),
-        open_for: Duration::from_millis(500),
-    };
-    s.permanent_retry = Duration::from_secs(1);
-    s.shutdown_grace = Duration::from_secs(2);
-    s.idle_poll = Duration::from_millis(200);
     s
-}
-
-struct Running {
-    source: MemSource,
-    status: watch::Receiver<UplinkStatus>,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<MemSource>,
-}
-
-fn start(settings: PublisherSettings, source: MemSource) -> Running {
-    let publisher = Publisher::new(settings, source.clone()).with_jitter(Jitter::Off);
-    let status = publisher.status();
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(publisher.run(shutdown.clone()));
-    Running {
-        source,
-        status,
-        shutdown,
-        task,
-    }
-}
-
-impl Running {
-    async fn stop(self) -> MemSource {
-        self.shutdown.cancel();
-        timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("publisher did not stop within 10 s")
-            .unwrap()
-    }
-
-    async fn wait_status(&mut self, what: &str, pred: impl Fn(&UplinkStatus) -> bool) {
-        let reached = timeout(Duration::from_secs(10), self.status.wait_for(|s| pred(s)))
-            .await
-            .is_ok();
-        assert!(
-            reached,
-            "status never became {what}: {:?}",
-            *self.status.borrow()
-        );
-    }
-
-    async fn wait_acked(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while self.source.acked().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} acked; status {:?}",
-                self.source.acked().len(),
-                *self.status.borrow()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
 }
 
 /// What the subscriber saw on the fixes topic (seq -> times) and the status payloads.

@@ -8,10 +8,12 @@
 
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
+pub mod agent;
 pub mod broker;
 pub mod certs;
 pub mod mosquitto;
 pub mod proxy;
+pub mod publisher;
 pub mod source;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,204 @@
+//! The real binary as a daemon under test: a config written for the test, the agent's JSON
+//! log captured, its health endpoint queried over plain HTTP/1.1, signals sent with `kill`.
+
+use super::broker::free_port;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Agent {
+    child: Child,
+    pub health: SocketAddr,
+    pub db: PathBuf,
+    pub config: PathBuf,
+    /// The agent's stdout: its JSON log lines.
+    pub log: PathBuf,
+}
+
+impl Agent {
+    /// The agent replaying the NMEA log `source` as fast as it can.
+    pub fn replay(dir: &Path, device: &str, mqtt_url: &str, source: &str) -> Agent {
+        let gnss = format!("[gnss]\nsource = \"file\"\npath = \"{source}\"\npace = \"fast\"");
+        Self::start(dir, device, &gnss, mqtt_url, &[])
+    }
+
+    /// The agent with the given `[gnss]` section, broker and extra environment; returns
+    /// once its health endpoint answers.
+    pub fn start(
+        dir: &Path,
+        device: &str,
+        gnss: &str,
+        mqtt_url: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
+        let health = free_port();
+        let db = dir.join("buffer.db");
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[device]\nid = \"{device}\"\n\n{gnss}\n\n\
+                 [buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
+                 [health]\nlisten = \"{health}\"\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+            .args(["run", "--log-format", "json", "--config"])
+            .arg(&config)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::from(
+                std::fs::File::create(dir.join("agent.log")).unwrap(),
+            ))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let agent = Agent {
+            child,
+            health,
+            db,
+            config,
+            log: dir.join("agent.log"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(agent.health).is_err() {
+            assert!(Instant::now() < deadline, "health endpoint did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        agent
+    }
+
+    /// (HTTP status, JSON body) of `GET path`.
+    pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status: u16 = text[9..12].parse().unwrap();
+        let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+        (
+            status,
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// (status, raw headers, JSON body) of a raw request head (`"GET /x HTTP/1.1\r\n..."`).
+    pub fn request(&self, head: &str) -> (u16, String, serde_json::Value) {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "{head}Host: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status: u16 = text[9..12].parse().unwrap();
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            status,
+            headers.to_string(),
+            serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// The raw body of `GET path`.
+    pub fn raw(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The first JSON line of `/health/stream` (chunked: the line is inside the first chunk).
+    pub fn first_stream_line(&self) -> serde_json::Value {
+        let mut s = TcpStream::connect(self.health).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET /health/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let n = s.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some(line) = text.lines().find(|l| l.starts_with('{')) {
+                return serde_json::from_str(line).unwrap();
+            }
+        }
+        panic!(
+            "no stream line within 5 s: {}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args([name, &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Wait until a log line (JSON) satisfies `pred`.
+    pub fn wait_log(
+        &self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(v) = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| pred(v))
+            {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no log line {what} in:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM, then the exit code (within 15 s).
+    pub fn terminate(mut self) -> (i32, PathBuf) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status.code().unwrap_or(-1), self.db.clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
