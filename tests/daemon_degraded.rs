@@ -207,3 +207,67 @@ async fn a_thousand_health_requests_from_fifty_connections_leave_ingest_unaffect
         .sum();
     assert_eq!(rejected, 0, "no epoch lost or rejected under load: {h}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_writable_disk_it_holds_fixes_in_memory_and_stores_them_when_the_disk_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DriveSpec {
+        epochs: 40,
+        ..DriveSpec::default()
+    };
+    let log = dir.path().join("drive.nmea");
+    gps_agent::sim::write_log(
+        Drive::new(spec).unwrap(),
+        std::fs::File::create(&log).unwrap(),
+    )
+    .unwrap();
+    // The state directory's place is taken by a file: the buffer cannot be created.
+    let state = dir.path().join("state");
+    std::fs::write(&state, b"not a directory").unwrap();
+    let db = state.join("gps-agent").join("buffer.db");
+    let buffer = format!(
+        "[buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\ndisk_retry_s = 0.5",
+        db.display()
+    );
+    let gnss = format!("[gnss]\nsource = \"file\"\npath = \"{}\"", log.display());
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let agent = Agent::start_with_buffer(dir.path(), &device, &gnss, &buffer, &broker.url(), &[]);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, h) = agent.get("/health");
+        let b = &h["components"]["buffer"];
+        if b["depth"] == 40 {
+            assert_eq!(code, 503, "{h}");
+            assert_eq!(b["status"], "degraded", "{h}");
+            assert_eq!(b["last_error"]["code"], "BUFFER_OPEN", "{h}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "fixes not held in memory: {h}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        sub.next(Duration::from_millis(500)).await.is_none(),
+        "nothing published before it is stored"
+    );
+
+    // The disk comes back: the held fixes are stored, numbered 1..40, and delivered.
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    let mut seqs = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seqs.len() < 40 {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(msg) = sub.next(left).await else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        for f in v["fixes"].as_array().unwrap() {
+            seqs.insert(f["seq"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(seqs, (1..=40).collect::<BTreeSet<u64>>());
+    assert!(db.exists());
+}

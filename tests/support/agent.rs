@@ -33,16 +33,31 @@ impl Agent {
         mqtt_url: &str,
         env: &[(&str, String)],
     ) -> Agent {
+        let db = dir.join("buffer.db");
+        let buffer = format!(
+            "[buffer]\npath = \"{}\"\ncommit_interval_s = 0.2",
+            db.display()
+        );
+        Self::start_with_buffer(dir, device, gnss, &buffer, mqtt_url, env)
+    }
+
+    /// As [`Agent::start`], with the `[buffer]` section given.
+    pub fn start_with_buffer(
+        dir: &Path,
+        device: &str,
+        gnss: &str,
+        buffer: &str,
+        mqtt_url: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
         let health = free_port();
         let db = dir.join("buffer.db");
         let config = dir.join("config.toml");
         std::fs::write(
             &config,
             format!(
-                "[device]\nid = \"{device}\"\n\n{gnss}\n\n\
-                 [buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\n\n[mqtt]\nurl = \"{mqtt_url}\"\n\n\
-                 [health]\nlisten = \"{health}\"\n",
-                db.display()
+                "[device]\nid = \"{device}\"\n\n{gnss}\n\n{buffer}\n\n\
+                 [mqtt]\nurl = \"{mqtt_url}\"\n\n[health]\nlisten = \"{health}\"\n"
             ),
         )
         .unwrap();
