@@ -39,3 +39,12 @@ if awk -v s="$score" -v m="$max_exposure" 'BEGIN { exit !(s > m) }'; then
   exit 1
 fi
 echo "systemd: exposure $score <= $max_exposure"
+
+# install.sh, staged into a directory as a package build would: every file in its place.
+DESTDIR="$work/root" bash systemd/install.sh "$bin"
+for f in usr/bin/gps-agent etc/systemd/system/gps-agent.service \
+         usr/lib/sysusers.d/gps-agent.conf etc/gps-agent/config.toml; do
+  [ -e "$work/root/$f" ] || { echo "install.sh: $f missing"; exit 1; }
+done
+"$work/root/usr/bin/gps-agent" check-config --config "$work/root/etc/gps-agent/config.toml" >/dev/null
+echo "install.sh: binary, unit, sysusers entry and a valid config staged"
