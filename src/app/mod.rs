@@ -129,6 +129,14 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         }
     };
 
+    if cfg.report.mode == crate::config::ReportMode::Adaptive {
+        warn!(
+            component = "agent",
+            code = "CONFIG_UNSUPPORTED",
+            "report.mode = \"adaptive\" is not implemented in this version; every accepted fix is sent"
+        );
+    }
+
     // The buffer (or the memory queue that waits for it).
     let store = SharedStore::new(Store::open(cfg.buffer.clone(), Instant::now()));
 
