@@ -55,6 +55,17 @@ Description: On-vehicle GPS telematics edge agent
  and publishes them to an MQTT broker.
 CONTROL
   echo "/etc/gps-agent/config.toml" > "$root/DEBIAN/conffiles"
+  # The service user comes from sysusers.d; systemd learns of the unit. Not started here:
+  # the operator sets the device id and broker first, then `systemctl enable --now`.
+  cat > "$root/DEBIAN/postinst" <<'POSTINST'
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+  systemd-sysusers gps-agent.conf || true
+  systemctl daemon-reload || true
+fi
+POSTINST
+  chmod 0755 "$root/DEBIAN/postinst"
   mkdir -p target/debian
   dpkg-deb --root-owner-group --build "$root" "target/debian/gps-agent_${version}_${DEBARCH[$a]}.deb" >/dev/null
   echo "$a: target/debian/gps-agent_${version}_${DEBARCH[$a]}.deb"
