@@ -10,11 +10,10 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::agent::Agent;
+use support::agent::{drive_log, expected_fixes, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 
@@ -127,21 +126,8 @@ async fn a_thousand_health_requests_from_fifty_connections_leave_ingest_unaffect
         epochs: 100,
         ..DriveSpec::default()
     };
-    let log = dir.path().join("drive.nmea");
-    gps_agent::sim::write_log(
-        Drive::new(spec).unwrap(),
-        std::fs::File::create(&log).unwrap(),
-    )
-    .unwrap();
-    let expected = {
-        let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
-            .env_remove("GPS_AGENT_CONFIG")
-            .arg("parse")
-            .arg(&log)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).lines().count() as u64
-    };
+    let log = drive_log(dir.path(), spec);
+    let expected = expected_fixes(&log);
     assert_eq!(expected, 100);
     let broker = TestBroker::start();
     let device = support::unique("truck");
@@ -181,18 +167,7 @@ async fn a_thousand_health_requests_from_fifty_connections_leave_ingest_unaffect
         "most requests answered (others refused cleanly)"
     );
 
-    let mut seqs = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while (seqs.len() as u64) < expected {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        for f in v["fixes"].as_array().unwrap() {
-            seqs.insert(f["seq"].as_u64().unwrap());
-        }
-    }
+    let seqs = sub.fix_seqs(expected, Duration::from_secs(30)).await;
     assert_eq!(
         seqs,
         (1..=expected).collect::<BTreeSet<u64>>(),

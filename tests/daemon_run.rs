@@ -3,39 +3,26 @@
 
 mod support;
 
-use gps_agent::sim::{Drive, DriveSpec};
+use gps_agent::sim::DriveSpec;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::agent::Agent;
+use support::agent::{expected_fixes, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 
 /// A drive of `epochs` seconds with a tunnel and a few corrupt lines, as a log file.
 fn drive_log(dir: &Path, epochs: u32) -> PathBuf {
-    let spec = DriveSpec {
-        epochs,
-        tunnel: Some((epochs / 3, 8)),
-        corrupt_every: Some(97),
-        ..DriveSpec::default()
-    };
-    let path = dir.join("drive.nmea");
-    let file = std::fs::File::create(&path).unwrap();
-    gps_agent::sim::write_log(Drive::new(spec).unwrap(), file).unwrap();
-    path
-}
-
-/// How many fixes `parse` accepts from the log: the daemon must deliver exactly these seqs.
-fn expected_fixes(log: &Path) -> u64 {
-    let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
-        .env_remove("GPS_AGENT_CONFIG")
-        .args(["parse"])
-        .arg(log)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    support::agent::drive_log(
+        dir,
+        DriveSpec {
+            epochs,
+            tunnel: Some((epochs / 3, 8)),
+            corrupt_every: Some(97),
+            ..DriveSpec::default()
+        },
+    )
 }
 
 /// Collect fix seqs (and statuses) until every one of 1..=n arrived, or time runs out.

@@ -29,21 +29,6 @@ fn settings(url: &str, device: &str) -> PublisherSettings {
     s
 }
 
-/// Seqs on the fixes topic until nothing arrives for `quiet`.
-async fn seqs_seen(sub: &mut Subscriber, quiet: Duration) -> BTreeSet<u64> {
-    let mut seen = BTreeSet::new();
-    while let Some(msg) = sub.next(quiet).await {
-        if !msg.topic.ends_with("/fixes") {
-            continue;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        for f in v["fixes"].as_array().unwrap() {
-            seen.insert(f["seq"].as_u64().unwrap());
-        }
-    }
-    seen
-}
-
 /// Publish `n` fixes through `settings` and check the subscriber saw every seq; returns the
 /// uplink's last status.
 async fn every_seq_arrives(
@@ -63,7 +48,7 @@ async fn every_seq_arrives(
         format!("; mosquitto log:\n{}", broker.log())
     })
     .await;
-    let seen = seqs_seen(&mut sub, Duration::from_millis(500)).await;
+    let seen = sub.fix_seqs_until_quiet(Duration::from_millis(500)).await;
     let status = run.status.borrow().clone();
     let source = run.stop().await;
     assert_eq!(seen, (1..=n).collect::<BTreeSet<u64>>());

@@ -50,6 +50,33 @@ impl Agent {
         mqtt_url: &str,
         env: &[(&str, String)],
     ) -> Agent {
+        let mqtt = format!("url = \"{mqtt_url}\"");
+        Self::launch(dir, device, gnss, buffer, &mqtt, env)
+    }
+
+    /// As [`Agent::start`], with the body of the `[mqtt]` section given (TLS, credentials).
+    pub fn start_with_mqtt(
+        dir: &Path,
+        device: &str,
+        gnss: &str,
+        mqtt: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
+        let buffer = format!(
+            "[buffer]\npath = \"{}\"\ncommit_interval_s = 0.2",
+            dir.join("buffer.db").display()
+        );
+        Self::launch(dir, device, gnss, &buffer, mqtt, env)
+    }
+
+    fn launch(
+        dir: &Path,
+        device: &str,
+        gnss: &str,
+        buffer: &str,
+        mqtt: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
         let health = free_port();
         let db = dir.join("buffer.db");
         let config = dir.join("config.toml");
@@ -57,7 +84,7 @@ impl Agent {
             &config,
             format!(
                 "[device]\nid = \"{device}\"\n\n{gnss}\n\n{buffer}\n\n\
-                 [mqtt]\nurl = \"{mqtt_url}\"\n\n[health]\nlisten = \"{health}\"\n"
+                 [mqtt]\n{mqtt}\n\n[health]\nlisten = \"{health}\"\n"
             ),
         )
         .unwrap();
@@ -216,4 +243,25 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Write the simulator's drive for `spec` as an NMEA log in `dir`.
+pub fn drive_log(dir: &Path, spec: gps_agent::sim::DriveSpec) -> PathBuf {
+    let path = dir.join("drive.nmea");
+    let file = std::fs::File::create(&path).unwrap();
+    gps_agent::sim::write_log(gps_agent::sim::Drive::new(spec).unwrap(), file).unwrap();
+    path
+}
+
+/// How many fixes `gps-agent parse` accepts from `log`: the daemon must deliver exactly
+/// these seqs.
+pub fn expected_fixes(log: &Path) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .env_remove("GPS_AGENT_CONFIG")
+        .arg("parse")
+        .arg(log)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).lines().count() as u64
 }

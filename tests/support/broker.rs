@@ -7,7 +7,7 @@
 //! exits (rumqttd has no stop); each test file is its own process, so that is bounded.
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -112,12 +112,16 @@ fn config(addr: SocketAddr, options: &BrokerOptions) -> rumqttd::Config {
         name = "v4-test"
         listen = "{addr}"
         next_connection_delay_ms = 1
-        [v4.1.connections]
-        {}
-        "#,
-        toml::to_string(&connections).unwrap()
+        "#
     );
-    toml::from_str(&text).unwrap()
+    // The connection settings go in as a table, not as text: `auth` is a nested table, and
+    // spliced as text its `[auth]` header would land at the top level, where rumqttd ignores it.
+    let mut table: toml::Table = toml::from_str(&text).unwrap();
+    table["v4"]["1"]
+        .as_table_mut()
+        .unwrap()
+        .insert("connections".into(), connections.into());
+    table.try_into().unwrap()
 }
 
 /// A message as a subscriber received it.
@@ -126,6 +130,22 @@ pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+}
+
+impl Received {
+    /// The seqs a fixes message carries; none for any other topic.
+    pub fn fix_seqs(&self) -> Vec<u64> {
+        if !self.topic.ends_with("/fixes") {
+            return Vec::new();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&self.payload).unwrap();
+        v["fixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["seq"].as_u64().unwrap())
+            .collect()
+    }
 }
 
 /// A QoS 1 subscriber connected straight to the broker (not through any proxy), forwarding
@@ -139,6 +159,15 @@ pub struct Subscriber {
 impl Subscriber {
     /// Connect, subscribe to `filter` and return once the SUBACK arrived.
     pub async fn start(broker: &TestBroker, filter: &str) -> Subscriber {
+        Self::start_as(broker, filter, None).await
+    }
+
+    /// As [`Subscriber::start`], logging in with `(user, password)` when given.
+    pub async fn start_as(
+        broker: &TestBroker,
+        filter: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Subscriber {
         let mut options = MqttOptions::new(
             super::unique("sub"),
             broker.addr.ip().to_string(),
@@ -146,6 +175,9 @@ impl Subscriber {
         );
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 16);
         client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
         let (tx, rx) = mpsc::channel(1024);
@@ -182,6 +214,30 @@ impl Subscriber {
             .expect("no SUBACK within 5 s")
             .unwrap();
         Subscriber { client, rx, task }
+    }
+
+    /// Seqs of the fix messages received until `n` distinct ones arrived or `within` passed
+    /// (status messages are skipped).
+    pub async fn fix_seqs(&mut self, n: u64, within: Duration) -> BTreeSet<u64> {
+        let mut seqs = BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + within;
+        while (seqs.len() as u64) < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(msg) = self.next(left).await else {
+                break;
+            };
+            seqs.extend(msg.fix_seqs());
+        }
+        seqs
+    }
+
+    /// Seqs of the fix messages received until nothing arrives for `quiet`.
+    pub async fn fix_seqs_until_quiet(&mut self, quiet: Duration) -> BTreeSet<u64> {
+        let mut seqs = BTreeSet::new();
+        while let Some(msg) = self.next(quiet).await {
+            seqs.extend(msg.fix_seqs());
+        }
+        seqs
     }
 
     /// The next message, or `None` if none arrives within `within`.

@@ -1,6 +1,7 @@
 //! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
 //! a TCP fault proxy ([`proxy`]) to put between the agent and the broker; a real mosquitto
-//! ([`mosquitto`]) with test certificates ([`certs`]); an in-memory fix source ([`source`]).
+//! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
+//! ([`tls_front`]); an in-memory fix source ([`source`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -15,6 +16,7 @@ pub mod mosquitto;
 pub mod proxy;
 pub mod publisher;
 pub mod source;
+pub mod tls_front;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
