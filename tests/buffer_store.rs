@@ -564,3 +564,50 @@ fn cli_lists_and_requeues_dead_letters_and_fails_with_a_json_line_on_a_missing_f
     let err: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(err["error"], "BUFFER_OPEN");
 }
+
+#[test]
+fn a_requeue_by_another_process_shows_in_the_open_stores_depth_at_the_next_tick() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&c).unwrap();
+    fill(&mut buf, 0, 5, Instant::now());
+    buf.dead_letter(&[2, 4], "MQTT_REJECTED", "bad topic")
+        .unwrap();
+    buf.commit().unwrap();
+    let s = buf.stats().unwrap();
+    assert_eq!((s.depth, s.dead_letters), (3, 2));
+
+    // The operator's CLI, next to the running store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["buffer", "requeue", "--db"])
+        .arg(&c.path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A group open (uncommitted append) when the store notices: its own row counts once.
+    let t0 = Instant::now();
+    buf.append(&fix(5), t0).unwrap();
+    buf.tick(t0 + Duration::from_millis(1100)).unwrap();
+    let s = buf.stats().unwrap();
+    assert_eq!((s.depth, s.dead_letters), (6, 0), "{s:?}");
+    buf.commit().unwrap();
+    let mut out = Vec::new();
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1, 2, 3, 4, 5, 6]);
+    buf.ack(&[1, 2, 3, 4, 5, 6]).unwrap();
+    buf.commit().unwrap();
+    assert_eq!(buf.stats().unwrap().depth, 0);
+
+    // Nothing changed outside since: another tick leaves the counts alone.
+    buf.tick(t0 + Duration::from_secs(3)).unwrap();
+    let s = buf.stats().unwrap();
+    assert_eq!((s.depth, s.dead_letters), (0, 0));
+    drop(buf);
+    let (mut again, _) = Buffer::open(&c).unwrap();
+    assert_eq!(again.stats().unwrap().depth, 0, "the counts were true");
+}

@@ -350,3 +350,80 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_requeued_by_the_cli_while_it_runs_are_delivered_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // A buffer left with three dead letters by an earlier run.
+    {
+        let cfg = gps_agent::config::BufferConfig {
+            path: dir.path().join("buffer.db"),
+            ..Default::default()
+        };
+        let (mut buf, _) = gps_agent::buffer::Buffer::open(&cfg).unwrap();
+        let now = Instant::now();
+        for i in 0..3 {
+            let fix = gps_agent::fix::Fix {
+                time_ms: 1_700_000_000_000 + i * 1000,
+                lat: 48.85,
+                lon: 2.35,
+                alt_m: None,
+                speed_mps: None,
+                course_deg: None,
+                hdop: Some(0.9),
+                sats: Some(9),
+                mode: gps_agent::fix::FixMode::ThreeD,
+            };
+            buf.append(&fix, now).unwrap();
+        }
+        buf.commit().unwrap();
+        buf.dead_letter(&[1, 2, 3], "MQTT_REJECTED", "refused by an old ACL")
+            .unwrap();
+        buf.commit().unwrap();
+    }
+    let log = drive_log(dir.path(), 20);
+    let expected = expected_fixes(&log);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let agent = Agent::replay(
+        dir.path(),
+        &device,
+        &broker.url(),
+        &log.display().to_string(),
+    );
+    let seqs = sub.fix_seqs(expected, Duration::from_secs(20)).await;
+    assert_eq!(seqs, (4..=3 + expected).collect::<BTreeSet<u64>>());
+    let buffer_health = |agent: &Agent| agent.get("/health").1["components"]["buffer"].clone();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while buffer_health(&agent)["depth"] != 0 {
+        assert!(Instant::now() < deadline, "{}", buffer_health(&agent));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(buffer_health(&agent)["dead_letters"], 3);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["buffer", "requeue", "--db"])
+        .arg(&agent.db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seqs = sub.fix_seqs(3, Duration::from_secs(20)).await;
+    assert_eq!(seqs, (1..=3).collect::<BTreeSet<u64>>());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let b = buffer_health(&agent);
+        if b["depth"] == 0 && b["dead_letters"] == 0 && b["acked_seq"] == 3 + expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never caught up: {b}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (exit, db) = agent.terminate();
+    assert_eq!(exit, 0);
+    assert_eq!(buffer_depth(&db), 0);
+}

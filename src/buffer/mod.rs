@@ -46,12 +46,14 @@ use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
 use error::classify;
 use rusqlite::Connection;
-use schema::{insert_fix, read_meta_u64, read_stream, row_to_fix, Unusable, FIX_COLUMNS};
+use schema::{
+    data_version, insert_fix, read_meta_u64, read_stream, row_to_fix, Unusable, FIX_COLUMNS,
+};
 use serde::Serialize;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// A fix as stored, with its seq.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,7 +159,14 @@ pub struct Buffer {
     last_now: Instant,
     moved_aside: bool,
     last_error: Option<LastError>,
+    /// `PRAGMA data_version` as last seen: it moves when another connection commits (the
+    /// `buffer requeue` CLI next to the running daemon).
+    data_version: i64,
+    next_outside_check: Instant,
 }
+
+/// How often [`Buffer::tick`] asks SQLite whether another process changed the file.
+const OUTSIDE_CHECK: Duration = Duration::from_secs(1);
 
 fn secs(s: f64) -> Duration {
     if s.is_finite() && s > 0.0 {
@@ -226,6 +235,7 @@ impl Buffer {
             evicted,
             dead_letters,
         };
+        let data_version = data_version(&conn).map_err(io("read data_version"))?;
         info!(path = %path.display(), stream = %stream, depth, last_seq, "buffer open");
         let last_error = report.corrupt_reason.as_ref().map(|reason| LastError {
             code: "BUFFER_CORRUPT",
@@ -262,6 +272,8 @@ impl Buffer {
             last_now: Instant::now(),
             moved_aside: report.moved_aside.is_some(),
             last_error,
+            data_version,
+            next_outside_check: Instant::now(),
         };
         Ok((buffer, report))
     }
@@ -326,6 +338,10 @@ impl Buffer {
         self.last_now = now;
         if self.disk != Disk::Writable {
             return Ok(self.retry_disk(now, false));
+        }
+        if now >= self.next_outside_check {
+            self.next_outside_check = now + OUTSIDE_CHECK;
+            self.notice_outside_writes();
         }
         let due = self
             .tx
@@ -501,6 +517,55 @@ impl Buffer {
             c.dead_letters = c.dead_letters.saturating_sub(n);
         }
         Ok(n)
+    }
+
+    /// Another process committed to the file (`gps-agent buffer requeue` while the daemon
+    /// runs): recount what it can change, the pending fixes and the dead letters. Its rows are
+    /// already visible to [`next_batch`](Self::next_batch); this keeps depth and health true.
+    /// Our own commits do not move `data_version`, so this costs one pragma per call unless
+    /// someone else wrote. An outside commit cannot land inside our open group (SQLite has one
+    /// writer), so the difference of the count applies to the committed counters as well.
+    fn notice_outside_writes(&mut self) {
+        let version = match data_version(&self.conn) {
+            Ok(v) => v,
+            Err(e) => {
+                debug!(component = "buffer", error = %e, "data_version unreadable");
+                return;
+            }
+        };
+        if version == self.data_version {
+            return;
+        }
+        self.data_version = version;
+        let count = |sql: &str| -> rusqlite::Result<u64> {
+            let n: i64 = self.conn.query_row(sql, [], |r| r.get(0))?;
+            Ok(n.max(0) as u64)
+        };
+        let (depth, dead_letters) = match (
+            count("SELECT count(*) FROM fixes"),
+            count("SELECT count(*) FROM dead_letters"),
+        ) {
+            (Ok(d), Ok(l)) => (d, l),
+            (Err(e), _) | (_, Err(e)) => {
+                debug!(component = "buffer", error = %e, "recount after an outside write failed");
+                return;
+            }
+        };
+        let depth_delta = depth as i64 - self.current.depth as i64;
+        let letters_delta = dead_letters as i64 - self.current.dead_letters as i64;
+        if depth_delta == 0 && letters_delta == 0 {
+            return;
+        }
+        for c in [&mut self.current, &mut self.committed] {
+            c.depth = c.depth.saturating_add_signed(depth_delta);
+            c.dead_letters = c.dead_letters.saturating_add_signed(letters_delta);
+        }
+        info!(
+            component = "buffer",
+            depth,
+            dead_letters,
+            "buffer changed by another process (buffer requeue?); counts refreshed"
+        );
     }
 
     /// Depth, ends, counters; cheap (the depth is kept counted).

@@ -219,6 +219,11 @@ pub(crate) fn read_stream(conn: &Connection) -> rusqlite::Result<Option<String>>
     .optional()
 }
 
+/// SQLite's counter of commits made by other connections to this file.
+pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+}
+
 pub(crate) fn read_meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<u64> {
     let v: Option<i64> = conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
