@@ -44,7 +44,9 @@ pub enum BufferCommand {
         db: Option<PathBuf>,
     },
     /// Test tool for the crash test: appends fixes at full speed with group commit until
-    /// killed (or stdout closes), printing each committed seq on its own line.
+    /// killed (or stdout closes), and drains the oldest like an uplink would. Prints, each
+    /// on its own line: `i N` when it acknowledged every seq up to N (not yet durable),
+    /// `a N` once a commit made those acks durable, `c N` once seqs up to N are committed.
     #[command(hide = true)]
     CrashWriter {
         #[arg(long)]
@@ -55,6 +57,11 @@ pub enum BufferCommand {
         /// Group commit size.
         #[arg(long, default_value_t = 200)]
         commit_max: u32,
+        /// Acknowledge the oldest `ack_batch` fixes after every this many commits (0: never).
+        #[arg(long, default_value_t = 0)]
+        ack_every: u64,
+        #[arg(long, default_value_t = 50)]
+        ack_batch: usize,
     },
 }
 
@@ -69,7 +76,9 @@ pub fn run(args: BufferArgs, default_db: &Path) -> i32 {
             db,
             commit_ms,
             commit_max,
-        } => crash_writer(db, commit_ms, commit_max),
+            ack_every,
+            ack_batch,
+        } => crash_writer(db, commit_ms, commit_max, ack_every, ack_batch),
     };
     match result {
         Ok(()) => 0,
@@ -109,7 +118,13 @@ fn requeue(path: &Path) -> Result<(), BufferError> {
     Ok(())
 }
 
-fn crash_writer(db: PathBuf, commit_ms: u64, commit_max: u32) -> Result<(), BufferError> {
+fn crash_writer(
+    db: PathBuf,
+    commit_ms: u64,
+    commit_max: u32,
+    ack_every: u64,
+    ack_batch: usize,
+) -> Result<(), BufferError> {
     let cfg = BufferConfig {
         path: db,
         commit_interval_s: commit_ms as f64 / 1000.0,
@@ -122,6 +137,11 @@ fn crash_writer(db: PathBuf, commit_ms: u64, commit_max: u32) -> Result<(), Buff
     let (mut buf, _) = Buffer::open(&cfg)?;
     let mut time_ms: i64 = 1_700_000_000_000 + buf.committed_seq() as i64 * 100;
     let mut out = std::io::stdout().lock();
+    let mut commits = 0u64;
+    // Acked in the open group: durable with its commit.
+    let mut acked_in_group: Option<u64> = None;
+    let mut batch = Vec::with_capacity(ack_batch);
+    let mut seqs = Vec::with_capacity(ack_batch);
     loop {
         time_ms += 100;
         let fix = Fix {
@@ -136,11 +156,34 @@ fn crash_writer(db: PathBuf, commit_ms: u64, commit_max: u32) -> Result<(), Buff
             mode: FixMode::ThreeD,
         };
         let appended = buf.append(&fix, Instant::now())?;
-        if let Some(seq) = appended.committed_upto {
-            // Printed only after COMMIT returned: the parent may rely on it being durable.
-            if writeln!(out, "{seq}").and_then(|()| out.flush()).is_err() {
-                return Ok(());
-            }
+        let Some(seq) = appended.committed_upto else {
+            continue;
+        };
+        // Printed only after COMMIT returned: the parent may rely on it being durable.
+        let printed = match acked_in_group.take() {
+            Some(acked) => writeln!(out, "a {acked}\nc {seq}"),
+            None => writeln!(out, "c {seq}"),
+        };
+        if printed.and_then(|()| out.flush()).is_err() {
+            return Ok(());
+        }
+        commits += 1;
+        if ack_every == 0 || !commits.is_multiple_of(ack_every) {
+            continue;
+        }
+        buf.next_batch(ack_batch, &mut batch)?;
+        let Some(last) = batch.last().map(|s| s.seq) else {
+            continue;
+        };
+        seqs.clear();
+        seqs.extend(batch.iter().map(|s| s.seq));
+        buf.ack(&seqs)?;
+        acked_in_group = Some(last);
+        if writeln!(out, "i {last}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return Ok(());
         }
     }
 }
