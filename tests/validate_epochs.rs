@@ -5,7 +5,9 @@
 use chrono::NaiveDate;
 use gps_agent::config::ValidateConfig;
 use gps_agent::fix::{Fix, FixMode};
-use gps_agent::gnss::epoch::{Epoch, FaaMode, GgaObs, GllObs, GnsObs, GsaObs, RmcObs, VtgObs};
+use gps_agent::gnss::epoch::{
+    Epoch, FaaMode, GgaObs, GllObs, GnsObs, GsaObs, RmcObs, UsedSats, VtgObs,
+};
 use gps_agent::rejection::{Reason, Rejection};
 use gps_agent::validate::geo::{distance_m, speed_kmh};
 use gps_agent::validate::Validator;
@@ -48,7 +50,7 @@ fn good_at(tod: u32, lat: f64, lon: f64) -> Epoch {
             hdop: Some(1.1),
             pdop: Some(1.8),
             vdop: Some(1.4),
-            sats_used: 8,
+            used: UsedSats::from_prns(1, 1..=8),
         }),
         ..Epoch::default()
     }
@@ -233,7 +235,10 @@ fn hdop_and_satellites_fall_back_to_gns_then_gsa() {
     e.gns = None;
     let fix = accepted(&mut validator(), &e);
     assert_eq!((fix.hdop, fix.sats), (Some(1.1), Some(8)), "GSA's");
-    e.gsa = e.gsa.map(|g| GsaObs { sats_used: 0, ..g });
+    e.gsa = e.gsa.map(|g| GsaObs {
+        used: UsedSats::default(),
+        ..g
+    });
     assert_eq!(
         accepted(&mut validator(), &e).sats,
         None,

@@ -90,8 +90,75 @@ pub struct GsaObs {
     pub hdop: Option<f64>,
     pub pdop: Option<f64>,
     pub vdop: Option<f64>,
-    /// Satellites listed as used, summed over the GSAs of the epoch.
-    pub sats_used: u8,
+    /// Satellites listed as used, over the GSAs of the epoch, each once.
+    pub used: UsedSats,
+}
+
+impl GsaObs {
+    /// How many distinct satellites the epoch's GSAs list as used.
+    pub fn sats_used(&self) -> u8 {
+        self.used.len()
+    }
+}
+
+/// GNSS system of a GSA, as NMEA 4.10's system id numbers them (1 GPS, 2 GLONASS, 3 Galileo,
+/// 4 BeiDou, 5 QZSS, 6 NavIC); 0 when neither the sentence nor its talker says (a `GN`
+/// talker before 4.10, whose PRN ranges keep the systems apart).
+pub type GnssSystem = u8;
+
+/// The satellites an epoch's GSAs list as used, each once, keyed by system and PRN. Receivers
+/// repeat a constellation under two talkers (Quectel EG25-G sends `$GPGSA` and
+/// `$GNGSA,...,1` with the same PRNs); summing the GSAs would count those satellites twice.
+/// Fixed size and `Copy`: no heap per epoch. Beyond 64 satellites the rest are not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedSats {
+    keys: [u16; Self::MAX],
+    len: u8,
+}
+
+impl Default for UsedSats {
+    fn default() -> Self {
+        UsedSats {
+            keys: [0; Self::MAX],
+            len: 0,
+        }
+    }
+}
+
+impl UsedSats {
+    pub const MAX: usize = 64;
+
+    /// The satellites `prns` of `system`.
+    pub fn from_prns(system: GnssSystem, prns: impl IntoIterator<Item = u32>) -> UsedSats {
+        let mut used = UsedSats::default();
+        for prn in prns {
+            used.insert(system, prn);
+        }
+        used
+    }
+
+    pub fn insert(&mut self, system: GnssSystem, prn: u32) {
+        let key = (u16::from(system & 0x3F) << 10) | prn.min(1023) as u16;
+        let len = usize::from(self.len);
+        if len < Self::MAX && !self.keys[..len].contains(&key) {
+            self.keys[len] = key;
+            self.len += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &UsedSats) {
+        for &key in &other.keys[..usize::from(other.len)] {
+            self.insert((key >> 10) as u8, u32::from(key & 0x3FF));
+        }
+    }
+
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// VTG: course and speed.
@@ -253,14 +320,19 @@ impl Assembler {
             Observation::Gsa(g) => {
                 e.gsa = Some(match e.gsa {
                     None => g,
-                    // One GSA per constellation: the best mode, the satellites of all,
+                    // One GSA per constellation: the best mode, the satellites of all (each
+                    // once: some receivers repeat a constellation under two talkers),
                     // the DOPs of the first that had them (they are the same solution's).
                     Some(prev) => GsaObs {
                         fix_mode: prev.fix_mode.max(g.fix_mode),
                         hdop: prev.hdop.or(g.hdop),
                         pdop: prev.pdop.or(g.pdop),
                         vdop: prev.vdop.or(g.vdop),
-                        sats_used: prev.sats_used.saturating_add(g.sats_used),
+                        used: {
+                            let mut used = prev.used;
+                            used.merge(&g.used);
+                            used
+                        },
                     },
                 })
             }
@@ -339,10 +411,14 @@ mod tests {
         }
     }
 
+    /// A GSA listing `sats` satellites; each call lists other ones.
     fn gsa(mode: u8, sats: u8) -> Observation {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT_PRN: AtomicU32 = AtomicU32::new(1);
+        let first = NEXT_PRN.fetch_add(u32::from(sats), Ordering::Relaxed) % 900;
         Observation::Gsa(GsaObs {
             fix_mode: mode,
-            sats_used: sats,
+            used: UsedSats::from_prns(0, first..first + u32::from(sats)),
             hdop: Some(1.0),
             ..GsaObs::default()
         })
@@ -385,7 +461,7 @@ mod tests {
         let e = out[0];
         assert_eq!(e.time_of_day_ms, Some(1000));
         assert!(e.rmc.is_some() && e.gga.is_some());
-        assert_eq!(e.gsa.map(|g| g.sats_used), Some(7));
+        assert_eq!(e.gsa.map(|g| g.sats_used()), Some(7));
         assert_eq!((e.date, e.date_from_epoch), (day(1), true));
     }
 
@@ -419,9 +495,15 @@ mod tests {
             gga(Some(2000)),
         ]);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].gsa.map(|g| (g.fix_mode, g.sats_used)), Some((3, 12)));
+        assert_eq!(
+            out[0].gsa.map(|g| (g.fix_mode, g.sats_used())),
+            Some((3, 12))
+        );
         assert_eq!(out[0].vtg.and_then(|v| v.course_deg), Some(10.0));
-        assert_eq!(out[1].gsa.map(|g| (g.fix_mode, g.sats_used)), Some((2, 6)));
+        assert_eq!(
+            out[1].gsa.map(|g| (g.fix_mode, g.sats_used())),
+            Some((2, 6))
+        );
         assert_eq!(out[1].vtg.and_then(|v| v.course_deg), Some(20.0));
     }
 
@@ -440,9 +522,9 @@ mod tests {
             gsa(3, 9),
         ]);
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0].gsa.map(|g| g.sats_used), Some(11));
+        assert_eq!(out[0].gsa.map(|g| g.sats_used()), Some(11));
         assert_eq!(out[0].vtg.and_then(|v| v.course_deg), Some(10.0));
-        assert_eq!(out[1].gsa.map(|g| g.sats_used), Some(9));
+        assert_eq!(out[1].gsa.map(|g| g.sats_used()), Some(9));
     }
 
     #[test]

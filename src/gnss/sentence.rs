@@ -13,7 +13,7 @@ use chrono::{NaiveDate, NaiveTime, Timelike};
 use nmea::sentences::{self as s, FixType};
 use nmea::{NmeaSentence, SentenceType};
 
-use super::epoch::{FaaMode, GgaObs, GllObs, GnsObs, GsaObs, RmcObs, VtgObs};
+use super::epoch::{FaaMode, GgaObs, GllObs, GnsObs, GnssSystem, GsaObs, RmcObs, UsedSats, VtgObs};
 
 /// What one sentence said, reduced to what the epoch needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -269,6 +269,7 @@ fn gll(sentence: &NmeaSentence<'_>) -> Option<Observation> {
 }
 
 fn gsa(sentence: &NmeaSentence<'_>) -> Option<Observation> {
+    let system = gsa_system(sentence.talker_id, sentence.data);
     match s::parse_gsa(copy(sentence)) {
         Ok(d) => Some(Observation::Gsa(GsaObs {
             fix_mode: match d.mode2 {
@@ -279,16 +280,35 @@ fn gsa(sentence: &NmeaSentence<'_>) -> Option<Observation> {
             hdop: f64_of(d.hdop),
             pdop: f64_of(d.pdop),
             vdop: f64_of(d.vdop),
-            sats_used: u8::try_from(d.fix_sats_prn.len()).unwrap_or(u8::MAX),
+            used: UsedSats::from_prns(system, d.fix_sats_prn.iter().copied()),
         })),
-        Err(_) => gsa_tolerant(sentence.data).map(Observation::Gsa),
+        Err(_) => gsa_tolerant(sentence.data, system).map(Observation::Gsa),
     }
+}
+
+/// The GNSS system a GSA's satellites belong to: NMEA 4.10's system id (the field after
+/// VDOP) when it is there, else the talker's system, else 0 (`GN` before 4.10).
+fn gsa_system(talker: &str, data: &str) -> GnssSystem {
+    let id = data
+        .split(',')
+        .nth(17)
+        .and_then(|f| f.trim().parse::<u8>().ok())
+        .filter(|id| (1..=15).contains(id));
+    id.unwrap_or(match talker {
+        "GP" => 1,
+        "GL" => 2,
+        "GA" => 3,
+        "GB" | "BD" => 4,
+        "GQ" | "QZ" => 5,
+        "GI" => 6,
+        _ => 0,
+    })
 }
 
 /// GSA as Garmin, Oncore, PolaRx and BeiDou receivers send it: DOP fields left empty, or a
 /// fourth DOP read by the crate as a contradicting system id. Fields: mode1, mode2, 12 (or
 /// more) PRNs, PDOP, HDOP, VDOP[, system id].
-fn gsa_tolerant(data: &str) -> Option<GsaObs> {
+fn gsa_tolerant(data: &str, system: GnssSystem) -> Option<GsaObs> {
     let mut fields = data.split(',');
     let _mode1 = fields.next()?;
     let fix_mode = match fields.next()? {
@@ -298,12 +318,11 @@ fn gsa_tolerant(data: &str) -> Option<GsaObs> {
         _ => return None,
     };
     // The PRN block is 12 fields by the standard; count what is there.
-    let mut sats_used: u8 = 0;
+    let mut used = UsedSats::default();
     for _ in 0..12 {
         let prn = fields.next()?;
         if !prn.is_empty() {
-            prn.parse::<u32>().ok()?;
-            sats_used = sats_used.saturating_add(1);
+            used.insert(system, prn.parse::<u32>().ok()?);
         }
     }
     let pdop = opt_f64(fields.next())?;
@@ -314,7 +333,7 @@ fn gsa_tolerant(data: &str) -> Option<GsaObs> {
         hdop,
         pdop,
         vdop,
-        sats_used,
+        used,
     })
 }
 
@@ -616,7 +635,7 @@ mod tests {
         let Observation::Gsa(g) = obs("GPGSA,A,3,,,,,,16,18,,22,24,,,3.6,2.1,2.2") else {
             panic!()
         };
-        assert_eq!((g.fix_mode, g.sats_used), (3, 4));
+        assert_eq!((g.fix_mode, g.sats_used()), (3, 4));
         assert!(close(g.hdop, 2.1, 1e-6));
     }
 
@@ -625,12 +644,33 @@ mod tests {
         let Observation::Gsa(g) = obs("GPGSA,A,2,01,03,,14,,,,,,,,,3.1,3.1,") else {
             panic!()
         };
-        assert_eq!((g.fix_mode, g.sats_used, g.vdop), (2, 3, None));
+        assert_eq!((g.fix_mode, g.sats_used(), g.vdop), (2, 3, None));
         let Observation::Gsa(g) = obs("BDGSA,A,3,02,03,04,,,,,,,,,,2.1,1.1,1.8,1.2") else {
             panic!()
         };
-        assert_eq!((g.fix_mode, g.sats_used), (3, 3));
+        assert_eq!((g.fix_mode, g.sats_used()), (3, 3));
         assert!(close(g.hdop, 1.1, 1e-9));
+    }
+
+    #[test]
+    fn a_constellation_repeated_under_two_talkers_counts_its_satellites_once() {
+        // Quectel EG25-G: GPS under GP and again under GN with system id 1.
+        let used = |line: &str| match obs(line) {
+            Observation::Gsa(g) => g.used,
+            other => panic!("{other:?}"),
+        };
+        let mut all = used("GPGSA,A,3,08,10,16,18,27,,,,,,,,1.2,0.9,0.9,1");
+        all.merge(&used("GNGSA,A,3,08,10,16,18,27,,,,,,,,1.2,0.9,0.9,1"));
+        all.merge(&used("GNGSA,A,3,69,76,78,85,,,,,,,,,1.2,0.9,0.9,2"));
+        assert_eq!(all.len(), 9);
+        // The same PRN in two systems is two satellites (NMEA 4.10 numbers per system).
+        let mut two = used("GNGSA,A,3,03,,,,,,,,,,,,1.6,0.9,1.3,1");
+        two.merge(&used("GNGSA,A,3,03,,,,,,,,,,,,1.6,0.9,1.3,3"));
+        assert_eq!(two.len(), 2);
+        // A fourth DOP is not a system id: the talker says BeiDou.
+        let mut bd = used("BDGSA,A,3,02,03,04,,,,,,,,,,2.1,1.1,1.8,1.2");
+        bd.merge(&used("GBGSA,A,3,02,03,04,,,,,,,,,,2.1,1.1,1.8"));
+        assert_eq!(bd.len(), 3);
     }
 
     #[test]

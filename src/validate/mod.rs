@@ -474,7 +474,7 @@ fn build_fix(e: &Epoch, time_ms: i64, lat: f64, lon: f64) -> Fix {
             .and_then(|s| s.sats)
             .or(e.gns.and_then(|s| s.sats))
             // A GSA listing no satellites says nothing about how many were used.
-            .or(e.gsa.map(|s| s.sats_used).filter(|n| *n > 0)),
+            .or(e.gsa.map(|s| s.sats_used()).filter(|n| *n > 0)),
         mode,
     }
 }
