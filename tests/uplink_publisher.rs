@@ -76,6 +76,11 @@ async fn every_stored_fix_is_published_and_acknowledged_and_the_status_says_onli
     assert!(acked.iter().all(|s| seen.seqs.contains_key(s)));
     let source = run.stop().await;
     assert_eq!(source.in_flight(), 0);
+    assert_eq!(
+        source.published().iter().sum::<usize>(),
+        80,
+        "no reconnect: each once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,6 +244,11 @@ async fn a_fix_no_message_can_carry_is_dead_lettered_and_the_rest_still_go_out()
     run.wait_acked(3).await;
     assert_eq!(run.source.acked(), [1, 3, 4].into_iter().collect());
     assert_eq!(run.source.dead(), vec![(2, "MQTT_TOO_LARGE")]);
+    assert_eq!(
+        run.source.published(),
+        [1, 1, 1],
+        "one batch went out as three messages, and metrics see three"
+    );
     run.stop().await;
 }
 

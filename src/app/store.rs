@@ -320,7 +320,6 @@ impl FixSource for Link {
         for s in &batch {
             self.in_flight_times.insert(s.seq, s.fix.time_ms);
         }
-        self.metrics.published(batch.len() as u64);
         Ok(batch.into_iter().map(|s| (s.seq, s.fix)).collect())
     }
 
@@ -356,6 +355,10 @@ impl FixSource for Link {
             Ok(())
         })
         .await
+    }
+
+    fn published(&mut self, fixes: usize) {
+        self.metrics.published(fixes as u64);
     }
 
     async fn dead_letter(&mut self, seq: u64, why: &UplinkError) -> Result<(), LinkError> {

@@ -61,6 +61,12 @@ pub trait FixSource: Send {
     /// These seqs were not acknowledged (link broke): pending again.
     fn release(&mut self, seqs: &[u64]) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// One message carrying `fixes` fixes was handed to the broker connection (for metrics;
+    /// a batch may go out as several messages, or not at all).
+    fn published(&mut self, fixes: usize) {
+        let _ = fixes;
+    }
+
     /// The broker will never take this fix: set it aside, counted.
     fn dead_letter(
         &mut self,
@@ -718,9 +724,11 @@ impl<S: FixSource> Publisher<S> {
                     unsent.extend(message.seqs);
                     continue;
                 }
-                if let Err(seqs) = window.submit(message.seqs, Instant::now()) {
+                let fixes = message.seqs.len();
+                match window.submit(message.seqs, Instant::now()) {
+                    Ok(()) => self.source.published(fixes),
                     // Unreachable (room was checked), but never lose track of a fix.
-                    unsent.extend(seqs);
+                    Err(seqs) => unsent.extend(seqs),
                 }
             }
             if !unsent.is_empty() {

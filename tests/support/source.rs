@@ -28,6 +28,8 @@ struct Store {
     in_flight: BTreeSet<u64>,
     acked: BTreeSet<u64>,
     dead: Vec<(u64, &'static str)>,
+    /// Fixes per message the publisher reported as handed to the connection.
+    published: Vec<usize>,
     next_seq: u64,
 }
 
@@ -59,6 +61,10 @@ impl MemSource {
     }
     pub fn dead(&self) -> Vec<(u64, &'static str)> {
         self.store.lock().unwrap().dead.clone()
+    }
+    /// Fixes per message published, in order.
+    pub fn published(&self) -> Vec<usize> {
+        self.store.lock().unwrap().published.clone()
     }
 }
 
@@ -107,6 +113,10 @@ impl FixSource for MemSource {
             );
         }
         Ok(())
+    }
+
+    fn published(&mut self, fixes: usize) {
+        self.store.lock().unwrap().published.push(fixes);
     }
 
     async fn dead_letter(&mut self, seq: u64, why: &UplinkError) -> Result<(), NeverFails> {
