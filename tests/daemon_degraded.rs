@@ -5,17 +5,17 @@
 mod support;
 
 use gps_agent::sim::{Drive, DriveSpec};
-use serialport::{SerialPort, TTYPort};
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::agent::{drive_log, expected_fixes, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
+use support::pty::receiver_at;
 
 fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -33,16 +33,6 @@ fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
         status,
         serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
     )
-}
-
-/// A pty pair whose slave is reachable at `link` (as udev would name a USB receiver).
-fn receiver_at(link: &Path) -> TTYPort {
-    let (master, slave) = TTYPort::pair().expect("pty pair");
-    let name = slave.name().expect("slave name");
-    drop(slave);
-    let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(name, link).expect("symlink");
-    master
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,4 +235,51 @@ async fn without_a_writable_disk_it_holds_fixes_in_memory_and_stores_them_when_t
     }
     assert_eq!(seqs, (1..=40).collect::<BTreeSet<u64>>());
     assert!(db.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_fix_before_the_receiver_falls_silent_is_stored_and_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DriveSpec {
+        epochs: 5,
+        ..DriveSpec::default()
+    };
+    let expected = expected_fixes(&drive_log(dir.path(), spec.clone()));
+    assert_eq!(expected, 5);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let link = dir.path().join("gps0");
+    let mut master = receiver_at(&link);
+    let gnss = format!("[gnss]\nsource = \"serial\"\npath = \"{}\"", link.display());
+    let agent = Agent::start(dir.path(), &device, &gnss, &broker.url(), &[]);
+
+    // Five epochs in one go, then nothing: the receiver stopped, the line stays open. An
+    // epoch ends when the next one begins, so the fifth has no successor.
+    let mut bytes = Vec::new();
+    gps_agent::sim::write_log(Drive::new(spec).unwrap(), &mut bytes).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while master.write_all(&bytes).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never opened the device"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seqs = sub.fix_seqs(5, Duration::from_secs(10)).await;
+    assert_eq!(
+        seqs,
+        (1..=5).collect::<BTreeSet<u64>>(),
+        "the fifth fix too"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, h) = agent.get("/health");
+        if h["components"]["buffer"]["acked_seq"] == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(master);
 }

@@ -1,8 +1,10 @@
 //! The serial source against real pseudo-terminals: the test holds the master end (the
 //! "receiver") and points a udev-style symlink at the slave end (the "device").
 
+mod support;
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,23 +12,14 @@ use std::time::{Duration, Instant};
 use gps_agent::gnss::source::serial::{self, SerialSettings};
 use gps_agent::gnss::source::SourceHandle;
 use gps_agent::gnss::{Decoded, Decoder};
-use serialport::{SerialPort, TTYPort};
+use serialport::TTYPort;
+use support::pty::receiver_at;
 
 fn rmc(second: u32) -> String {
     let body =
         format!("GPRMC,1200{second:02}.00,A,4807.03800001,N,01131.00000000,E,0.5,54.7,230324,,,A");
     let sum = body.bytes().fold(0u8, |a, b| a ^ b);
     format!("${body}*{sum:02X}\r\n")
-}
-
-/// A new pty pair; the symlink `link` points at its slave. Returns the master.
-fn receiver_at(link: &Path) -> TTYPort {
-    let (master, slave) = TTYPort::pair().expect("pty pair");
-    let name = slave.name().expect("slave name");
-    drop(slave);
-    let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(name, link).expect("symlink");
-    master
 }
 
 fn settings(path: PathBuf, stuck_after: Duration) -> SerialSettings {

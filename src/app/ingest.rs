@@ -30,6 +30,12 @@ use tracing::{debug, warn};
 /// retries) anyway.
 const IDLE_TICK: Duration = Duration::from_millis(100);
 
+/// A line quiet this long ends the epoch being assembled (see [`Decoder::line_quiet`]).
+/// Longer than any pause inside one receiver's burst and than the gap between bursts of a
+/// 1 Hz receiver, so a regular stream is never cut by it: it fires when the receiver stops
+/// sending, so the last fix before it stopped is stored too.
+const EPOCH_QUIET: Duration = Duration::from_secs(1);
+
 /// What health shows of the GNSS stage; updated by the ingest thread.
 #[derive(Debug, Clone, Default)]
 pub struct GnssView {
@@ -76,6 +82,8 @@ impl Ingest {
         let mut reported = SentenceStats::default();
         let mut source_done = false;
         let mut events: Vec<Decoded> = Vec::with_capacity(16);
+        let mut last_bytes_at = Instant::now();
+        let mut quiet_flushed = true;
         loop {
             if stop.load(Ordering::Relaxed) {
                 break;
@@ -88,8 +96,17 @@ impl Ingest {
                 std::thread::sleep(IDLE_TICK);
             } else {
                 match source.chunks.recv_timeout(IDLE_TICK) {
-                    Ok(chunk) => decoder.feed(&chunk, &mut |e| events.push(e)),
-                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(chunk) => {
+                        decoder.feed(&chunk, &mut |e| events.push(e));
+                        last_bytes_at = Instant::now();
+                        quiet_flushed = false;
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        if !quiet_flushed && last_bytes_at.elapsed() >= EPOCH_QUIET {
+                            decoder.line_quiet(&mut |e| events.push(e));
+                            quiet_flushed = true;
+                        }
+                    }
                     Err(RecvTimeoutError::Disconnected) => {
                         // A replayed log ended: keep the agent running (it still drains).
                         decoder.finish(&mut |e| events.push(e));

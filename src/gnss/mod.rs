@@ -101,6 +101,17 @@ impl Decoder {
         });
     }
 
+    /// The line has been quiet for a while (the receiver stopped, or was unplugged): emit
+    /// the epoch being assembled instead of holding it until the next epoch begins, which
+    /// may be never. A partial line stays in the framer; it may still be completed.
+    pub fn line_quiet(&mut self, sink: &mut impl FnMut(Decoded)) {
+        let stats = &mut self.stats;
+        self.assembler.finish(&mut |epoch| {
+            stats.epochs += 1;
+            sink(Decoded::Epoch(epoch));
+        });
+    }
+
     pub fn stats(&self) -> &SentenceStats {
         &self.stats
     }
@@ -194,6 +205,37 @@ mod tests {
         d.feed(input.as_bytes(), &mut |x| out.push(x));
         d.finish(&mut |x| out.push(x));
         (out, *d.stats())
+    }
+
+    #[test]
+    fn a_quiet_line_ends_the_epoch_but_keeps_a_partial_sentence() {
+        let rmc = line("GPRMC,120000,A,4807.038,N,01131.000,E,0.0,0.0,230394,,");
+        let gga = line("GPGGA,120000,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
+        let next = line("GPRMC,120001,A,4807.038,N,01131.000,E,0.0,0.0,230394,,");
+        let (head, tail) = next.split_at(20);
+        let mut d = Decoder::new(true);
+        let mut out = Vec::new();
+        d.feed(format!("{rmc}{gga}{head}").as_bytes(), &mut |x| out.push(x));
+        assert!(out.is_empty(), "the epoch waits for its successor");
+        d.line_quiet(&mut |x| out.push(x));
+        let [Decoded::Epoch(e)] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(e.time_of_day_ms, Some(12 * 3_600_000));
+        assert!(e.rmc.is_some() && e.gga.is_some());
+        d.line_quiet(&mut |x| out.push(x));
+        assert_eq!(out.len(), 1, "nothing more to emit");
+        d.feed(tail.as_bytes(), &mut |x| out.push(x));
+        d.finish(&mut |x| out.push(x));
+        let Decoded::Epoch(e) = out[1] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(
+            e.time_of_day_ms,
+            Some(12 * 3_600_000 + 1000),
+            "completed line"
+        );
+        assert_eq!(d.stats().epochs, 2);
     }
 
     #[test]
