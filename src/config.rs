@@ -538,6 +538,20 @@ fn check_positive(out: &mut Vec<Problem>, key: &str, value: f64, unit: &str) {
     }
 }
 
+/// A duration key: positive and at most `max` seconds (past that it is a typo, and a timer
+/// that never fires hides the failure it is there to catch).
+fn check_seconds(out: &mut Vec<Problem>, key: &str, value: f64, max: f64) {
+    if !value.is_finite() || value <= 0.0 || value > max {
+        out.push(Problem::new(
+            key,
+            format!("{value} must be a number of seconds above 0 and at most {max}"),
+        ));
+    }
+}
+
+/// Longest accepted value of the `_s` timer keys: a day.
+const MAX_TIMER_S: f64 = 86_400.0;
+
 fn check_at_least(out: &mut Vec<Problem>, key: &str, value: u64, min: u64, what: &str) {
     if value < min {
         out.push(Problem::new(key, format!("{value} is below {min} {what}")));
@@ -619,7 +633,7 @@ impl GnssConfig {
                 format!("{} is not a standard baud rate ({list})", self.baud),
             ));
         }
-        check_positive(out, "gnss.stuck_after_s", self.stuck_after_s, "seconds");
+        check_seconds(out, "gnss.stuck_after_s", self.stuck_after_s, 3_600.0);
     }
 
     /// `stuck_after_s` as a duration.
@@ -671,11 +685,12 @@ impl BufferConfig {
         if let Some(message) = implausible_file_path(&self.path) {
             out.push(Problem::new("buffer.path", message));
         }
-        check_positive(
+        // The loss window on a power cut: an hour is already far past any sane choice.
+        check_seconds(
             out,
             "buffer.commit_interval_s",
             self.commit_interval_s,
-            "seconds",
+            3_600.0,
         );
         check_at_least(out, "buffer.commit_max", self.commit_max.into(), 1, "fixes");
         check_at_least(out, "buffer.max_fixes", self.max_fixes, 1, "fixes");
@@ -703,7 +718,7 @@ impl BufferConfig {
                 ),
             ));
         }
-        check_positive(out, "buffer.disk_retry_s", self.disk_retry_s, "seconds");
+        check_seconds(out, "buffer.disk_retry_s", self.disk_retry_s, MAX_TIMER_S);
     }
 
     /// `commit_interval_s` as a duration.
@@ -835,7 +850,7 @@ impl MqttConfig {
             ("mqtt.open_for_s", self.open_for_s),
             ("mqtt.permanent_retry_s", self.permanent_retry_s),
         ] {
-            check_positive(out, key, value, "seconds");
+            check_seconds(out, key, value, MAX_TIMER_S);
         }
         if self.backoff_max_s.is_finite()
             && self.backoff_initial_s.is_finite()

@@ -230,24 +230,46 @@ fn a_serial_device_must_be_an_absolute_path_and_no_path_may_be_empty() {
 
 #[test]
 fn thresholds_and_durations_must_be_positive_and_finite() {
-    for (section, key) in [
-        ("gnss", "stuck_after_s"),
-        ("validate", "max_hdop"),
-        ("validate", "max_speed_kmh"),
-        ("validate", "disagree_m"),
-        ("buffer", "commit_interval_s"),
-        ("buffer", "disk_retry_s"),
+    for (section, key, words) in [
+        ("gnss", "stuck_after_s", "above 0"),
+        ("validate", "max_hdop", "positive"),
+        ("validate", "max_speed_kmh", "positive"),
+        ("validate", "disagree_m", "positive"),
+        ("buffer", "commit_interval_s", "above 0"),
+        ("buffer", "disk_retry_s", "above 0"),
+        ("mqtt", "puback_timeout_s", "above 0"),
+        ("mqtt", "open_for_s", "above 0"),
     ] {
         for bad in ["0", "-1.5", "nan", "inf"] {
             assert_problem(
                 &format!("[{section}]\n{key} = {bad}\n"),
                 &format!("{section}.{key}"),
                 Some(2),
-                "positive",
+                words,
             );
         }
         // The smallest sensible value passes.
         config::parse_str(&format!("[{section}]\n{key} = 0.001\n")).unwrap();
+    }
+}
+
+#[test]
+fn timers_have_a_ceiling_so_a_typo_cannot_switch_them_off() {
+    for (section, key, max) in [
+        ("gnss", "stuck_after_s", 3_600),
+        ("buffer", "commit_interval_s", 3_600),
+        ("buffer", "disk_retry_s", 86_400),
+        ("mqtt", "puback_timeout_s", 86_400),
+        ("mqtt", "backoff_reset_after_s", 86_400),
+        ("mqtt", "permanent_retry_s", 86_400),
+    ] {
+        config::parse_str(&format!("[{section}]\n{key} = {max}\n")).unwrap();
+        assert_problem(
+            &format!("[{section}]\n\n{key} = {}\n", max + 1),
+            &format!("{section}.{key}"),
+            Some(3),
+            &format!("at most {max}"),
+        );
     }
 }
 

@@ -33,27 +33,23 @@ fn out_of_range_numbers_name_their_key_and_line() {
         ("batch_max = 5000", "mqtt.batch_max", "between 1 and 1000"),
         ("max_message_bytes = 100", "mqtt.max_message_bytes", "bytes"),
         ("inflight = 0", "mqtt.inflight", "between 1 and 1000"),
-        (
-            "puback_timeout_s = 0.0",
-            "mqtt.puback_timeout_s",
-            "positive",
-        ),
+        ("puback_timeout_s = 0.0", "mqtt.puback_timeout_s", "above 0"),
         (
             "backoff_initial_s = -1.0",
             "mqtt.backoff_initial_s",
-            "positive",
+            "above 0",
         ),
         (
             "backoff_reset_after_s = nan",
             "mqtt.backoff_reset_after_s",
-            "positive",
+            "above 0",
         ),
         ("failure_threshold = 0", "mqtt.failure_threshold", "below 1"),
-        ("open_for_s = 0", "mqtt.open_for_s", "positive"),
+        ("open_for_s = 0", "mqtt.open_for_s", "above 0"),
         (
             "permanent_retry_s = -5",
             "mqtt.permanent_retry_s",
-            "positive",
+            "above 0",
         ),
         (
             "keep_alive_s = 0",
