@@ -105,7 +105,7 @@ proptest! {
         let gga = e.gga.unwrap_or_default();
         prop_assert!((gga.lat.unwrap_or(f64::NAN) - lat).abs() < 1e-9);
         prop_assert!((gga.lon.unwrap_or(f64::NAN) - lon).abs() < 1e-9);
-        prop_assert_eq!((gga.quality, gga.sats), (quality, Some(sats)));
+        prop_assert_eq!((gga.quality, gga.sats), (Some(quality), Some(sats)));
         prop_assert_eq!(e.time_of_day_ms, Some(((h * 60 + m) * 60 + s) * 1000));
     }
 }

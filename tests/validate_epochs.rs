@@ -38,7 +38,7 @@ fn good_at(tod: u32, lat: f64, lon: f64) -> Epoch {
             faa_mode: Some(FaaMode::Autonomous),
         }),
         gga: Some(GgaObs {
-            quality: 1,
+            quality: Some(1),
             lat: Some(lat),
             lon: Some(lon),
             sats: Some(9),
@@ -270,7 +270,7 @@ fn each_no_fix_status_alone_is_no_fix() {
         },
         Epoch {
             gga: Some(GgaObs {
-                quality: 0,
+                quality: Some(0),
                 ..GgaObs::default()
             }),
             ..bare()
@@ -332,7 +332,10 @@ fn a_cold_receiver_saying_no_fix_everywhere_is_no_fix_not_incomplete() {
 fn dead_reckoning_manual_and_simulator_are_estimated() {
     for q in [6, 7, 8] {
         let mut e = good();
-        e.gga = e.gga.map(|g| GgaObs { quality: q, ..g });
+        e.gga = e.gga.map(|g| GgaObs {
+            quality: Some(q),
+            ..g
+        });
         assert_eq!(reason(&e), Reason::Estimated, "GGA quality {q}");
     }
     for mode in [FaaMode::Estimated, FaaMode::Manual, FaaMode::Simulator] {
@@ -375,7 +378,10 @@ fn dead_reckoning_with_rmc_status_v_is_estimated_not_no_fix() {
         faa_mode: Some(FaaMode::Estimated),
         ..r
     });
-    e.gga = e.gga.map(|g| GgaObs { quality: 6, ..g });
+    e.gga = e.gga.map(|g| GgaObs {
+        quality: Some(6),
+        ..g
+    });
     assert_eq!(reason(&e), Reason::Estimated);
 }
 
@@ -408,7 +414,10 @@ fn vendor_mode_letters_are_treated_as_valid() {
 #[test]
 fn rmc_and_gga_status_apart_is_disagree_both_ways() {
     let mut e = good();
-    e.gga = e.gga.map(|g| GgaObs { quality: 0, ..g });
+    e.gga = e.gga.map(|g| GgaObs {
+        quality: Some(0),
+        ..g
+    });
     assert_eq!(reason(&e), Reason::Disagree, "RMC A, GGA 0");
     let mut e = good();
     e.rmc = e.rmc.map(|r| RmcObs { valid: false, ..r });

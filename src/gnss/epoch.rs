@@ -52,8 +52,9 @@ pub struct RmcObs {
 /// GGA: quality, position, satellites, HDOP, altitude.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct GgaObs {
-    /// Fix quality 0-8 (0 invalid, 1 GPS, 2 DGPS, 4/5 RTK, 6 estimated, 7 manual, 8 simulator).
-    pub quality: u8,
+    /// Fix quality 0-8 (0 invalid, 1 GPS, 2 DGPS, 4/5 RTK, 6 estimated, 7 manual, 8 simulator);
+    /// `None` when the field was empty (it then says nothing about the fix).
+    pub quality: Option<u8>,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
     pub sats: Option<u8>,
@@ -405,7 +406,7 @@ mod tests {
         Observation::Gga {
             time_of_day_ms: t,
             obs: GgaObs {
-                quality: 1,
+                quality: Some(1),
                 ..GgaObs::default()
             },
         }
@@ -553,11 +554,11 @@ mod tests {
     fn a_repeated_sentence_of_the_same_time_keeps_the_first() {
         let mut second = gga(Some(1000));
         if let Observation::Gga { obs, .. } = &mut second {
-            obs.quality = 6;
+            obs.quality = Some(6);
         }
         let out = assemble(&[gga(Some(1000)), second]);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0].gga.map(|g| g.quality), Some(1));
+        assert_eq!(out[0].gga.and_then(|g| g.quality), Some(1));
     }
 
     #[test]

@@ -226,11 +226,25 @@ fn rmc(sentence: &NmeaSentence<'_>) -> Option<Observation> {
 }
 
 fn gga(sentence: &NmeaSentence<'_>) -> Option<Observation> {
-    let d = s::parse_gga(copy(sentence)).ok()?;
+    let (d, quality_given) = match s::parse_gga(copy(sentence)) {
+        Ok(d) => (d, true),
+        // MyGuide 3100 leaves the quality field empty while it has no fix; the crate wants a
+        // digit. Read the rest of the sentence and let the quality say nothing.
+        Err(_) if sentence.data.split(',').nth(5) == Some("") => {
+            let data = with_field(sentence.data, 5, "0")?;
+            let d = s::parse_gga(NmeaSentence {
+                data: &data,
+                ..copy(sentence)
+            })
+            .ok()?;
+            (d, false)
+        }
+        Err(_) => return None,
+    };
     Some(Observation::Gga {
         time_of_day_ms: time(d.fix_time),
         obs: GgaObs {
-            quality: d.fix_type.map(gga_quality).unwrap_or(0),
+            quality: d.fix_type.map(gga_quality).filter(|_| quality_given),
             lat: d.latitude,
             lon: d.longitude,
             sats: d.fix_satellites.map(|n| u8::try_from(n).unwrap_or(u8::MAX)),
@@ -479,6 +493,22 @@ fn blank_fields(
     Some(out)
 }
 
+/// `data` with field `index` replaced by `value`, on the stack.
+fn with_field(
+    data: &str,
+    index: usize,
+    value: &str,
+) -> Option<heapless::String<{ super::framer::MAX_SENTENCE_LEN }>> {
+    let mut out = heapless::String::new();
+    for (i, field) in data.split(',').enumerate() {
+        if i > 0 {
+            out.push(',').ok()?;
+        }
+        out.push_str(if i == index { value } else { field }).ok()?;
+    }
+    Some(out)
+}
+
 /// `NmeaSentence` is not `Copy`; its fields are.
 fn copy<'a>(sentence: &NmeaSentence<'a>) -> NmeaSentence<'a> {
     NmeaSentence {
@@ -542,11 +572,30 @@ mod tests {
             panic!("{o:?}")
         };
         assert_eq!(time_of_day_ms, Some((9 * 3600 + 27 * 60 + 50) * 1000));
-        assert_eq!(obs.quality, 1);
+        assert_eq!(obs.quality, Some(1));
         assert_eq!(obs.sats, Some(8));
         assert!(close(obs.hdop, 1.03, 1e-6));
         assert!(close(obs.alt_m, 61.7, 1e-5));
         assert!(close(obs.lon, -(6.0 + 30.3372 / 60.0), 1e-12));
+    }
+
+    #[test]
+    fn gga_with_an_empty_quality_keeps_its_other_fields_and_gives_no_quality() {
+        // MyGuide 3100 while it has no fix.
+        let o = obs("GPGGA,105025.80,5612.9999,N,00306.7096,W,,2,60.000,160.002,M,,M,,");
+        let Observation::Gga { obs, .. } = o else {
+            panic!("{o:?}")
+        };
+        assert_eq!((obs.quality, obs.sats), (None, Some(2)));
+        assert!(close(obs.hdop, 60.0, 1e-9));
+        assert!(close(obs.lat, 56.0 + 12.9999 / 60.0, 1e-12));
+        // Another broken field beside it still makes the sentence malformed.
+        let broken = sentence("GPGGA,105025.80,5612.9999,N,00306.7096,W,,zz,60.000,160.002,M,,M,,");
+        assert!(
+            matches!(parse(&broken), Parsed::Malformed),
+            "{:?}",
+            parse(&broken)
+        );
     }
 
     #[test]
@@ -560,7 +609,7 @@ mod tests {
         assert!(close(obs.lat, 48.0 + 7.03800001 / 60.0, 1e-12));
         assert!((obs.lat.unwrap_or(0.0) - 48.117300000167).abs() < 1e-9);
         assert!(close(obs.lon, 11.0 + 31.00000007 / 60.0, 1e-12));
-        assert_eq!(obs.quality, 4);
+        assert_eq!(obs.quality, Some(4));
     }
 
     #[test]
@@ -739,7 +788,7 @@ mod tests {
         );
         assert_eq!(
             parse(&sentence(
-                "GPGGA,105025.80,5612.9999,N,00306.7096,W,,2,60.000,160.002,M,,M,,"
+                "GPGGA,105025.80,5612.9999,N,00306.7096,W,x,2,60.000,160.002,M,,M,,"
             )),
             Parsed::Malformed
         );

@@ -296,9 +296,9 @@ fn any_lon(e: &Epoch) -> Option<f64> {
 fn estimated(e: &Epoch) -> Option<&'static str> {
     if let Some(gga) = e.gga {
         match gga.quality {
-            6 => return Some("GGA quality 6 (dead reckoning)"),
-            7 => return Some("GGA quality 7 (manual input)"),
-            8 => return Some("GGA quality 8 (simulator)"),
+            Some(6) => return Some("GGA quality 6 (dead reckoning)"),
+            Some(7) => return Some("GGA quality 7 (manual input)"),
+            Some(8) => return Some("GGA quality 8 (simulator)"),
             _ => {}
         }
     }
@@ -325,13 +325,10 @@ fn estimated(e: &Epoch) -> Option<&'static str> {
 fn status(e: &Epoch) -> (bool, bool) {
     let votes = [
         e.rmc.map(|s| if s.valid { Vote::Fix } else { Vote::NoFix }),
-        e.gga.map(|s| {
-            if s.quality == 0 {
-                Vote::NoFix
-            } else {
-                Vote::Fix
-            }
-        }),
+        // An empty quality field casts no vote.
+        e.gga
+            .and_then(|s| s.quality)
+            .map(|q| if q == 0 { Vote::NoFix } else { Vote::Fix }),
         e.gns.and_then(|s| s.mode).map(|m| {
             if m == FaaMode::NotValid {
                 Vote::NoFix
@@ -355,7 +352,7 @@ fn status(e: &Epoch) -> (bool, bool) {
 fn no_fix_detail(e: &Epoch) -> &'static str {
     if e.rmc.is_some_and(|s| !s.valid) {
         "RMC status V"
-    } else if e.gga.is_some_and(|s| s.quality == 0) {
+    } else if e.gga.is_some_and(|s| s.quality == Some(0)) {
         "GGA quality 0"
     } else if e.gll.is_some_and(|s| !s.valid) {
         "GLL status V"
