@@ -318,10 +318,8 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
     );
 
     let text = std::fs::read_to_string(&agent.config).unwrap();
-    let text = text.replace(
-        "[mqtt]\n",
-        "[validate]\nmax_hdop = 4.5\n\n[mqtt]\nkeep_alive_s = 45\n",
-    );
+    let text = text.replace("[mqtt]\n", "[validate]\nmax_hdop = 4.5\n\n[mqtt]\n");
+    let text = text.replace("pace = \"fast\"", "pace = \"fast\"\nstuck_after_s = 20");
     std::fs::write(&agent.config, text).unwrap();
     agent.signal("-HUP");
     agent.wait_log("thresholds reloaded", |v| {
@@ -334,7 +332,12 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
             .as_str()
             .is_some_and(|m| m.contains("needs a restart"))
     });
-    assert_eq!(restart["section"], "mqtt");
+    assert_eq!(restart["section"], "gnss");
+    let text = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(
+        !text.contains("reconnecting with the new settings"),
+        "[mqtt] did not change, the uplink stays connected:\n{text}"
+    );
 
     // A broken file is refused and the running configuration stays.
     std::fs::write(&agent.config, "[gnss]\nbaud = 12\n").unwrap();
@@ -347,6 +350,138 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
     assert_eq!(refused["code"], "CONFIG_INVALID");
     let (code, _) = agent.get("/live");
     assert_eq!(code, 200, "still running");
+    let (exit, _) = agent.terminate();
+    assert_eq!(exit, 0);
+}
+
+/// Each `reconnecting with the new settings` line of the agent's log.
+fn reload_reconnects(agent: &Agent) -> usize {
+    std::fs::read_to_string(&agent.log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("reconnecting with the new settings"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_with_a_new_broker_reconnects_there_and_delivers_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_log(dir.path(), 60);
+    let expected = expected_fixes(&log);
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/#")).await;
+    // Configured for a broker that is not there (a port nobody listens on).
+    let nowhere = format!("mqtt://{}", support::broker::free_port());
+    let agent = Agent::replay(dir.path(), &device, &nowhere, &log.display().to_string());
+    agent.wait_log("fixes buffered", |v| {
+        v["message"] == "uplink failed" && v["code"] == "MQTT_CONNECT"
+    });
+    let (code, health) = agent.get("/health");
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health["components"]["mqtt"]["connected"], false, "{health}");
+
+    // The operator fixes the broker address and reloads (systemctl reload).
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    std::fs::write(&agent.config, text.replace(&nowhere, &broker.url())).unwrap();
+    agent.signal("-HUP");
+    agent.wait_log("reconnect for the reload", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("reconnecting with the new settings"))
+    });
+    let (seqs, statuses) = collect(&mut sub, expected, Duration::from_secs(60)).await;
+    assert_eq!(
+        seqs,
+        (1..=expected).collect::<BTreeSet<u64>>(),
+        "every buffered fix arrives at the new broker"
+    );
+    assert!(statuses.iter().any(|s| s == "online"), "{statuses:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, health) = agent.get("/health");
+        if health["components"]["mqtt"]["connected"] == true
+            && health["components"]["buffer"]["depth"] == 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{code} {health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A reload whose [mqtt] cannot be used (an empty password file) leaves the running
+    // connection alone; one with nothing changed in [mqtt] does not reconnect.
+    let empty = dir.path().join("password");
+    std::fs::write(&empty, "").unwrap();
+    let good = std::fs::read_to_string(&agent.config).unwrap();
+    let broken = good.replace(
+        "[mqtt]\n",
+        &format!(
+            "[mqtt]\nusername = \"truck\"\npassword_file = \"{}\"\n",
+            empty.display()
+        ),
+    );
+    std::fs::write(&agent.config, broken).unwrap();
+    agent.signal("-HUP");
+    let refused = agent.wait_log("[mqtt] not applied", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("[mqtt] not applied"))
+    });
+    assert_eq!(refused["component"], "mqtt", "{refused}");
+    std::fs::write(&agent.config, &good).unwrap();
+    agent.signal("-HUP");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reload_reconnects(&agent),
+        1,
+        "only the first reload changed [mqtt]"
+    );
+    let (_, health) = agent.get("/health");
+    assert_eq!(health["components"]["mqtt"]["connected"], true, "{health}");
+    assert_eq!(health["components"]["mqtt"]["reconnects"], 0, "{health}");
+
+    // A timer changed while connected: the connection ends as at shutdown (`offline`) and
+    // a new one begins (`online`), counted as a reconnect.
+    let _ = sub.fix_seqs_until_quiet(Duration::from_millis(300)).await;
+    std::fs::write(
+        &agent.config,
+        good.replace("[mqtt]\n", "[mqtt]\nkeep_alive_s = 45\n"),
+    )
+    .unwrap();
+    agent.signal("-HUP");
+    let mut statuses = Vec::new();
+    while statuses.len() < 2 {
+        let Some(msg) = sub.next(Duration::from_secs(10)).await else {
+            break;
+        };
+        if msg.topic.ends_with("/status") {
+            let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            statuses.push(v["state"].as_str().unwrap_or("").to_string());
+        }
+    }
+    assert_eq!(statuses, ["offline", "online"]);
+    assert_eq!(reload_reconnects(&agent), 2);
+    let mut late = Subscriber::start(&broker, &format!("fleet/{device}/status")).await;
+    let retained = late
+        .next(Duration::from_secs(5))
+        .await
+        .expect("retained status");
+    let v: serde_json::Value = serde_json::from_slice(&retained.payload).unwrap();
+    assert_eq!(
+        v["state"], "online",
+        "what a dashboard sees after the reload"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, health) = agent.get("/health");
+        let mqtt = &health["components"]["mqtt"];
+        if mqtt["connected"] == true && mqtt["reconnects"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0);
 }

@@ -17,7 +17,9 @@
 //! Shutdown (SIGTERM/SIGINT, or the caller's token): stop reading, flush the decoder, commit
 //! the buffer, then let the uplink wait (bounded, `shutdown_grace`) for in-flight acks and
 //! publish `offline`, then exit 0. SIGHUP reloads the configuration file: validation
-//! thresholds apply at once; other changes are logged as needing a restart.
+//! thresholds apply at once; a changed `[mqtt]` (broker, credentials, certificates, timers)
+//! makes the uplink finish its connection as at shutdown and reconnect with the new settings;
+//! other changes are logged as needing a restart.
 
 pub mod ingest;
 pub mod store;
@@ -43,6 +45,8 @@ use tracing::{error, info, warn};
 
 /// How often health, metrics and the watchdog are brought up to date.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Pause between the connection ended for a `[mqtt]` reload and the new one.
+const RELOAD_SETTLE: Duration = Duration::from_millis(500);
 /// A receiver with no accepted fix for this long is reported degraded.
 const FIX_STALE_AFTER: Duration = Duration::from_secs(30);
 
@@ -69,40 +73,84 @@ struct Running {
 /// be read is a permanent error shown in health; it is retried every `permanent_retry_s`
 /// (files are often provisioned after first boot) while fixes keep collecting in the buffer.
 async fn run_uplink(
-    mqtt: crate::config::MqttConfig,
+    mut mqtt: crate::config::MqttConfig,
     device: String,
-    link: Link,
+    mut link: Link,
     status: watch::Sender<UplinkStatus>,
     stop: CancellationToken,
+    mut reload: watch::Receiver<crate::config::MqttConfig>,
 ) {
-    let settings = loop {
-        match PublisherSettings::from_config(&mqtt, &device) {
-            Ok(settings) => break settings,
-            Err(e) => {
-                error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
-                    "uplink cannot start; fixes are buffered until it can");
-                status.send_modify(|s| s.last_error = Some((e.code(), e.to_string())));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
+    // What earlier publishers (before a SIGHUP reload) reported, carried into the health.
+    let mut carried = UplinkStatus::default();
+    let mut ever_connected = false;
+    loop {
+        let settings = loop {
+            match PublisherSettings::from_config(&mqtt, &device) {
+                Ok(settings) => break settings,
+                Err(e) => {
+                    error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
+                        "uplink cannot start; fixes are buffered until it can");
+                    status.send_modify(|s| s.last_error = Some((e.code(), e.to_string())));
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
+                        Ok(()) = reload.changed() => mqtt = reload.borrow_and_update().clone(),
+                    }
                 }
             }
-        }
-    };
-    let publisher = Publisher::new(settings, link);
-    let mut inner = publisher.status();
-    let forward = async move {
-        loop {
-            let current = inner.borrow_and_update().clone();
-            status.send_replace(current);
-            if inner.changed().await.is_err() {
-                return;
+        };
+        let publisher = Publisher::new(settings.clone(), link);
+        let mut inner = publisher.status();
+        let session_stop = stop.child_token();
+        let run = publisher.run(session_stop.clone());
+        tokio::pin!(run);
+        // This publisher's first connection is a reconnect when an earlier one was connected.
+        let mut connected_once = false;
+        link = loop {
+            tokio::select! {
+                source = &mut run => break source,
+                Ok(()) = inner.changed() => {
+                    let now = inner.borrow_and_update().clone();
+                    connected_once |= now.connected;
+                    let extra = u64::from(ever_connected && connected_once);
+                    status.send_replace(UplinkStatus {
+                        reconnects: carried.reconnects + extra + now.reconnects,
+                        last_ack_at: now.last_ack_at.or(carried.last_ack_at),
+                        acked_seq: now.acked_seq.max(carried.acked_seq),
+                        ..now
+                    });
+                }
+                Ok(()) = reload.changed(), if !session_stop.is_cancelled() => {
+                    let new = reload.borrow_and_update().clone();
+                    match PublisherSettings::from_config(&new, &device) {
+                        Ok(next) if next == settings => {}
+                        Ok(_) => {
+                            info!(component = "mqtt", broker = %new.url,
+                                "SIGHUP: [mqtt] changed; reconnecting with the new settings");
+                            mqtt = new;
+                            session_stop.cancel();
+                        }
+                        Err(e) => {
+                            warn!(component = "mqtt", code = e.code(), class = e.class().as_str(),
+                                error = %e, "SIGHUP: [mqtt] not applied; the running connection stays");
+                        }
+                    }
+                }
             }
+        };
+        if stop.is_cancelled() {
+            return;
         }
-    };
-    tokio::select! {
-        _ = publisher.run(stop) => {}
-        _ = forward => {}
+        // Reloaded: the next publisher goes on from what this one reported.
+        carried = status.borrow().clone();
+        ever_connected |= connected_once;
+        // Let the broker finish the old session before the same client id connects again:
+        // a broker that keys last wills by client id (rumqttd does) may otherwise fire the
+        // new connection's will when the old one's end reaches it late.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RELOAD_SETTLE) => {}
+        }
     }
 }
 
@@ -170,13 +218,19 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     });
     let uplink_stop = CancellationToken::new();
     let link = Link::new(store.clone(), Arc::clone(&metrics));
+    let (mqtt_reload_tx, mqtt_reload) = watch::channel(cfg.mqtt.clone());
     let uplink_task = tokio::spawn(run_uplink(
         cfg.mqtt.clone(),
         cfg.device.id.clone(),
         link,
         uplink_tx,
         uplink_stop.clone(),
+        mqtt_reload,
     ));
+    let reloads = Reloads {
+        validate: reload_tx,
+        mqtt: mqtt_reload_tx,
+    };
 
     let running = Running {
         health: health.clone(),
@@ -228,7 +282,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
                 notifier.status(&line);
             }
             Some(()) = recv_signal(&mut hup) => {
-                reload(&opts, &mut current, &reload_tx);
+                reload(&opts, &mut current, &reloads);
             }
         }
     }
@@ -287,12 +341,18 @@ async fn recv_signal(s: &mut SignalStream) -> Option<()> {
     }
 }
 
-/// Re-read the configuration file: validation thresholds apply now, the rest is logged.
-fn reload(
-    opts: &RunOptions,
-    current: &mut Config,
-    validate_tx: &std::sync::mpsc::Sender<crate::config::ValidateConfig>,
-) {
+/// Where a SIGHUP reload sends what can change without a restart.
+struct Reloads {
+    /// Validation thresholds, to the ingest thread.
+    validate: std::sync::mpsc::Sender<crate::config::ValidateConfig>,
+    /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
+    /// have changed under the same settings; the uplink reconnects only when they differ.
+    mqtt: watch::Sender<crate::config::MqttConfig>,
+}
+
+/// Re-read the configuration file: validation thresholds apply now, `[mqtt]` at a
+/// reconnect made for it, the rest is logged as needing a restart.
+fn reload(opts: &RunOptions, current: &mut Config, to: &Reloads) {
     let Some(path) = &opts.config_path else {
         info!(
             component = "agent",
@@ -303,17 +363,18 @@ fn reload(
     match crate::config::load(path) {
         Ok(new) => {
             if new.validate != current.validate {
-                let _ = validate_tx.send(new.validate.clone());
+                let _ = to.validate.send(new.validate.clone());
                 info!(
                     component = "agent",
                     "SIGHUP: validation thresholds reloaded"
                 );
             }
+            to.mqtt.send_replace(new.mqtt.clone());
             for (name, changed) in [
                 ("device", new.device != current.device),
                 ("gnss", new.gnss != current.gnss),
+                ("report", new.report != current.report),
                 ("buffer", new.buffer != current.buffer),
-                ("mqtt", new.mqtt != current.mqtt),
                 ("health", new.health != current.health),
             ] {
                 if changed {

@@ -121,7 +121,7 @@ impl fmt::Debug for Password {
 
 /// Everything the publisher needs to know. [`PublisherSettings::new`] fills the documented
 /// defaults; [`PublisherSettings::from_config`] takes them from `[mqtt]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PublisherSettings {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
