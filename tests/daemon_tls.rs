@@ -41,43 +41,74 @@ fn mqtt_section(url: &str, pki: &TestPki, password_file: &Path, mutual: bool) ->
     s
 }
 
+/// A drive replayed from a file, an authenticating broker behind the mutual-TLS front, and
+/// the password file: what each test starts from.
+struct Setup {
+    dir: tempfile::TempDir,
+    pki: TestPki,
+    password_file: std::path::PathBuf,
+    expected: u64,
+    broker: TestBroker,
+    front: TlsFront,
+    /// The `[gnss]` section replaying the drive.
+    gnss: String,
+}
+
+impl Setup {
+    /// A subscriber (with the broker's credentials) to everything `device` publishes.
+    async fn subscriber(&self, device: &str) -> Subscriber {
+        Subscriber::start_as(
+            &self.broker,
+            &format!("fleet/{device}/#"),
+            Some((USER, PASSWORD)),
+        )
+        .await
+    }
+
+    async fn new(epochs: u32, password_text: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = TestPki::create(dir.path());
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, password_text).unwrap();
+        let log = drive_log(
+            dir.path(),
+            DriveSpec {
+                epochs,
+                ..DriveSpec::default()
+            },
+        );
+        let expected = expected_fixes(&log);
+        let broker = authenticating_broker();
+        let front = TlsFront::start(broker.addr, &pki, ClientAuth::Required).await;
+        let gnss = format!(
+            "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"fast\"",
+            log.display()
+        );
+        Setup {
+            dir,
+            pki,
+            password_file,
+            expected,
+            broker,
+            front,
+            gnss,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_delivers_every_fix_over_mutual_tls_with_a_password_file_and_never_logs_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::create(dir.path());
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
-    let log = drive_log(
-        dir.path(),
-        DriveSpec {
-            epochs: 60,
-            ..DriveSpec::default()
-        },
-    );
-    let expected = expected_fixes(&log);
-    assert!(expected > 50, "{expected}");
-
-    let broker = authenticating_broker();
-    let front = TlsFront::start(broker.addr, &pki, ClientAuth::Required).await;
+    let t = Setup::new(60, &format!("{PASSWORD}\n")).await;
+    assert!(t.expected > 50, "{}", t.expected);
     let device = support::unique("truck");
-    let mut sub = Subscriber::start_as(
-        &broker,
-        &format!("fleet/{device}/#"),
-        Some((USER, PASSWORD)),
-    )
-    .await;
+    let mut sub = t.subscriber(&device).await;
+    let mqtt = mqtt_section(&t.front.url("localhost"), &t.pki, &t.password_file, true);
+    let agent = Agent::start_with_mqtt(t.dir.path(), &device, &t.gnss, &mqtt, &[]);
 
-    let gnss = format!(
-        "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"fast\"",
-        log.display()
-    );
-    let mqtt = mqtt_section(&front.url("localhost"), &pki, &password_file, true);
-    let agent = Agent::start_with_mqtt(dir.path(), &device, &gnss, &mqtt, &[]);
+    let seqs = sub.fix_seqs(t.expected, Duration::from_secs(30)).await;
+    assert_eq!(seqs, (1..=t.expected).collect::<BTreeSet<u64>>());
 
-    let seqs = sub.fix_seqs(expected, Duration::from_secs(30)).await;
-    assert_eq!(seqs, (1..=expected).collect::<BTreeSet<u64>>());
-
-    let handshakes = front.handshakes();
+    let handshakes = t.front.handshakes();
     assert!(!handshakes.is_empty());
     for h in &handshakes {
         assert_eq!(h.sni.as_deref(), Some("localhost"), "{handshakes:?}");
@@ -85,48 +116,38 @@ async fn run_delivers_every_fix_over_mutual_tls_with_a_password_file_and_never_l
     }
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0);
-    let text = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let text = std::fs::read_to_string(t.dir.path().join("agent.log")).unwrap();
     assert!(!text.is_empty());
     assert!(!text.contains(PASSWORD), "the password reached the log");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_client_certificate_shows_as_mqtt_tls_in_health_and_is_not_hammered() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::create(dir.path());
-    let password_file = dir.path().join("password");
-    std::fs::write(&password_file, PASSWORD).unwrap();
-    let log = drive_log(
-        dir.path(),
-        DriveSpec {
-            epochs: 30,
-            ..DriveSpec::default()
-        },
-    );
-    let expected = expected_fixes(&log);
-
-    let broker = authenticating_broker();
-    let front = TlsFront::start(broker.addr, &pki, ClientAuth::Required).await;
-    let gnss = format!(
-        "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"fast\"",
-        log.display()
-    );
-    // No client certificate configured: the broker's TLS layer refuses the handshake.
-    let mqtt = mqtt_section(&front.url("localhost"), &pki, &password_file, false);
-    let agent = Agent::start_with_mqtt(dir.path(), &support::unique("truck"), &gnss, &mqtt, &[]);
-
+/// Wait until `/health` shows `MQTT_TLS` as the uplink's last error; returns that health.
+fn wait_for_mqtt_tls(
+    agent: &Agent,
+    also: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let h = loop {
+    loop {
         let (code, h) = agent.get("/health");
-        let mqtt = &h["components"]["mqtt"];
-        let depth = h["components"]["buffer"]["depth"].as_u64().unwrap_or(0);
-        if mqtt["last_error"]["code"] == "MQTT_TLS" && depth == expected {
+        if h["components"]["mqtt"]["last_error"]["code"] == "MQTT_TLS" && also(&h) {
             assert_eq!(code, 503, "{h}");
-            break h;
+            return h;
         }
         assert!(Instant::now() < deadline, "no MQTT_TLS in health: {h}");
         std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_certificate_shows_as_mqtt_tls_in_health_and_is_not_hammered() {
+    let t = Setup::new(30, PASSWORD).await;
+    // No client certificate configured: the broker's TLS layer refuses the handshake.
+    let mqtt = mqtt_section(&t.front.url("localhost"), &t.pki, &t.password_file, false);
+    let agent =
+        Agent::start_with_mqtt(t.dir.path(), &support::unique("truck"), &t.gnss, &mqtt, &[]);
+    let h = wait_for_mqtt_tls(&agent, |h| {
+        h["components"]["buffer"]["depth"].as_u64() == Some(t.expected)
+    });
     let mqtt = &h["components"]["mqtt"];
     assert_eq!(mqtt["connected"], false, "{h}");
     assert_ne!(mqtt["status"], "healthy", "{h}");
@@ -138,8 +159,52 @@ async fn a_refused_client_certificate_shows_as_mqtt_tls_in_health_and_is_not_ham
     );
     // A permanent failure waits permanent_retry (600 s), not the 0.1 s backoff.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(front.connections(), 1, "retried a refused certificate");
-    assert_eq!(front.failed(), 1);
+    assert_eq!(t.front.connections(), 1, "retried a refused certificate");
+    assert_eq!(t.front.failed(), 1);
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0, "a clean stop, with the fixes kept in the buffer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_replaced_on_disk_is_used_at_once_after_sighup() {
+    let t = Setup::new(30, PASSWORD).await;
+    let device = support::unique("truck");
+    let mut sub = t.subscriber(&device).await;
+    // The device's certificate files hold one the broker refuses (as if revoked).
+    let (cert, key) = (
+        t.dir.path().join("device.pem"),
+        t.dir.path().join("device.key"),
+    );
+    std::fs::copy(&t.pki.rogue_cert, &cert).unwrap();
+    std::fs::copy(&t.pki.rogue_key, &key).unwrap();
+    let mqtt = mqtt_section(&t.front.url("localhost"), &t.pki, &t.password_file, false)
+        + &format!(
+            "client_cert = \"{}\"\nclient_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+    let agent = Agent::start_with_mqtt(t.dir.path(), &device, &t.gnss, &mqtt, &[]);
+    wait_for_mqtt_tls(&agent, |_| true);
+    assert_eq!(t.front.failed(), 1);
+
+    // The renewed certificate lands under the same paths; `systemctl reload` sends SIGHUP.
+    // Without it the agent would wait permanent_retry (600 s) before trying again.
+    std::fs::copy(&t.pki.client_cert, &cert).unwrap();
+    std::fs::copy(&t.pki.client_key, &key).unwrap();
+    agent.signal("-HUP");
+    let seqs = sub.fix_seqs(t.expected, Duration::from_secs(30)).await;
+    assert_eq!(seqs, (1..=t.expected).collect::<BTreeSet<u64>>());
+    let accepted: Vec<_> = t
+        .front
+        .handshakes()
+        .into_iter()
+        .filter(|h| h.client_cert)
+        .collect();
+    assert_eq!(
+        accepted.len(),
+        1,
+        "one new connection, with the renewed certificate"
+    );
+    let (exit, _) = agent.terminate();
+    assert_eq!(exit, 0);
 }

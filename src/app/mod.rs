@@ -17,9 +17,10 @@
 //! Shutdown (SIGTERM/SIGINT, or the caller's token): stop reading, flush the decoder, commit
 //! the buffer, then let the uplink wait (bounded, `shutdown_grace`) for in-flight acks and
 //! publish `offline`, then exit 0. SIGHUP reloads the configuration file: validation
-//! thresholds apply at once; a changed `[mqtt]` (broker, credentials, certificates, timers)
-//! makes the uplink finish its connection as at shutdown and reconnect with the new settings;
-//! other changes are logged as needing a restart.
+//! thresholds apply at once; a changed `[mqtt]` (broker, credentials, timers, or a
+//! certificate or password file replaced under the same path) makes the uplink finish its
+//! connection as at shutdown and reconnect with the new settings; other changes are logged
+//! as needing a restart.
 
 pub mod ingest;
 pub mod store;
@@ -99,6 +100,9 @@ async fn run_uplink(
                 }
             }
         };
+        // Certificates are read at each connection; a reload that finds one replaced under
+        // the same path reconnects at once rather than at the next failure.
+        let tls_files = settings.tls.files_fingerprint();
         let publisher = Publisher::new(settings.clone(), link);
         let mut inner = publisher.status();
         let session_stop = stop.child_token();
@@ -123,7 +127,9 @@ async fn run_uplink(
                 Ok(()) = reload.changed(), if !session_stop.is_cancelled() => {
                     let new = reload.borrow_and_update().clone();
                     match PublisherSettings::from_config(&new, &device) {
-                        Ok(next) if next == settings => {}
+                        Ok(next)
+                            if next == settings
+                                && next.tls.files_fingerprint() == tls_files => {}
                         Ok(_) => {
                             info!(component = "mqtt", broker = %new.url,
                                 "SIGHUP: [mqtt] changed; reconnecting with the new settings");

@@ -4,7 +4,7 @@
 //!
 //! Paths flow in from `[mqtt]`; an `Arc<rustls::ClientConfig>` flows out to rumqttc. The
 //! files are read again for every connection, so a renewed certificate is picked up without a
-//! restart. Failures are `MQTT_TLS_CONFIG` (permanent) and name the file, never its contents:
+//! restart (at the next reconnect, or at once on SIGHUP: see `app::run_uplink`). Failures are `MQTT_TLS_CONFIG` (permanent) and name the file, never its contents:
 //! this module must never log or return key material.
 
 use crate::uplink::error::UplinkError;
@@ -56,6 +56,27 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, UplinkError> {
         ));
     }
     Ok(bytes)
+}
+
+impl TlsSettings {
+    /// A fingerprint of the contents of the CA, certificate and key files (not a secure
+    /// hash: it only tells a reload whether a file was replaced under the same path). A file
+    /// that cannot be read counts as its error, so it changing is noticed too.
+    pub fn files_fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for path in [&self.ca_file, &self.client_cert, &self.client_key]
+            .into_iter()
+            .flatten()
+        {
+            path.hash(&mut hasher);
+            match read_pem(path) {
+                Ok(bytes) => bytes.hash(&mut hasher),
+                Err(e) => e.to_string().hash(&mut hasher),
+            }
+        }
+        hasher.finish()
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, UplinkError> {

@@ -16,6 +16,10 @@ pub struct TestPki {
     pub client_key: PathBuf,
     /// A CA that signed nothing here: trusting it instead of `ca` must fail the handshake.
     pub other_ca: PathBuf,
+    /// A client certificate and key signed by the untrusted CA: a broker requiring client
+    /// certificates from `ca` refuses it, as it would a revoked one.
+    pub rogue_cert: PathBuf,
+    pub rogue_key: PathBuf,
 }
 
 fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
@@ -63,6 +67,8 @@ impl TestPki {
         );
         let (client_cert, client_key) =
             leaf(&root, &["truck-042"], ExtendedKeyUsagePurpose::ClientAuth);
+        let (rogue_cert, rogue_key) =
+            leaf(&other, &["truck-042"], ExtendedKeyUsagePurpose::ClientAuth);
         TestPki {
             ca: write("ca.pem", &root.pem()),
             server_cert: write("server.pem", &server_cert),
@@ -70,6 +76,8 @@ impl TestPki {
             client_cert: write("client.pem", &client_cert),
             client_key: write("client.key", &client_key),
             other_ca: write("other-ca.pem", &other.pem()),
+            rogue_cert: write("rogue.pem", &rogue_cert),
+            rogue_key: write("rogue.key", &rogue_key),
         }
     }
 }
