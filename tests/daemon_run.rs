@@ -138,6 +138,23 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
         )),
         "accepted fixes counted: {metrics}"
     );
+    // Fix-to-ack latency on the receiver's clock: the replayed drive is dated March 2026,
+    // months from this machine's clock, and replayed at once, so every fix is acknowledged
+    // within the drive's span (180 s) of the newest one, none months late.
+    let sample = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {metrics}"))
+    };
+    let observed = sample("gps_agent_fix_to_ack_latency_seconds_count ");
+    assert!(observed >= expected, "{observed} of {expected}: {metrics}");
+    assert_eq!(
+        sample("gps_agent_fix_to_ack_latency_seconds_bucket{le=\"300.0\"} "),
+        observed,
+        "fix ages measured against the receiver's clock: {metrics}"
+    );
 
     // The stream: JSON Lines with the snapshot's keys.
     let first = agent.first_stream_line();

@@ -42,6 +42,9 @@ pub struct GnssView {
     pub accepted: u64,
     pub rejected: ReasonCounts,
     pub last_fix_at: Option<Instant>,
+    /// The receiver's UTC (ms) of the newest accepted fix, with `last_fix_at`: the GNSS
+    /// receiver as a clock (see [`super::clock`]).
+    pub last_fix_utc_ms: Option<i64>,
     pub last_fix_mode: Option<FixMode>,
     pub last_seq_appended: u64,
     pub sentences: SentenceStats,
@@ -176,6 +179,7 @@ fn handle(
             let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
             v.accepted += 1;
             v.last_fix_at = Some(now);
+            v.last_fix_utc_ms = Some(fix.time_ms);
             v.last_fix_mode = Some(fix.mode);
             match result {
                 Ok(committed) => committed.is_some(),

@@ -22,6 +22,7 @@
 //! connection as at shutdown and reconnect with the new settings; other changes are logged
 //! as needing a restart.
 
+pub mod clock;
 pub mod ingest;
 pub mod store;
 
@@ -223,7 +224,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         ..UplinkStatus::default()
     });
     let uplink_stop = CancellationToken::new();
-    let link = Link::new(store.clone(), Arc::clone(&metrics));
+    let link = Link::new(store.clone(), Arc::clone(&metrics)).with_gnss(Arc::clone(&gnss_view));
     let (mqtt_reload_tx, mqtt_reload) = watch::channel(cfg.mqtt.clone());
     let uplink_task = tokio::spawn(run_uplink(
         cfg.mqtt.clone(),

@@ -10,6 +10,7 @@
 //! before the next oldest-first batch, each time a newer one has arrived, so dispatch sees
 //! where the vehicle is now while the backlog drains without starving either.
 
+use super::ingest::GnssView;
 use crate::buffer::{Buffer, BufferError, BufferStats, StoredFix};
 use crate::config::BufferConfig;
 use crate::error::Classified;
@@ -253,6 +254,9 @@ pub struct Link {
     /// Receiver time of each fix in flight, for the fix-to-ack latency. Bounded by what the
     /// uplink may hold in flight (window x batch); cleared on release.
     in_flight_times: HashMap<u64, i64>,
+    /// The GNSS stage's view: its newest fix makes the receiver a clock for fix ages when the
+    /// system clock is wrong (see [`super::clock`]).
+    gnss: Option<Arc<Mutex<GnssView>>>,
 }
 
 impl Link {
@@ -262,7 +266,26 @@ impl Link {
             metrics,
             live_seq: 0,
             in_flight_times: HashMap::new(),
+            gnss: None,
         }
+    }
+
+    /// Measure fix ages against the receiver's clock when the system clock disagrees with it.
+    pub fn with_gnss(mut self, view: Arc<Mutex<GnssView>>) -> Self {
+        self.gnss = Some(view);
+        self
+    }
+
+    /// "Now" for fix ages, in UTC ms.
+    fn age_base_ms(&self) -> i64 {
+        let last_fix = self.gnss.as_ref().and_then(|view| {
+            let v = view.lock().unwrap_or_else(|p| p.into_inner());
+            v.last_fix_utc_ms.zip(v.last_fix_at)
+        });
+        super::clock::age_base_ms(
+            chrono::Utc::now().timestamp_millis(),
+            super::clock::gnss_now_ms(last_fix, Instant::now()),
+        )
     }
 
     async fn with_store<T: Send + 'static>(
@@ -328,7 +351,7 @@ impl FixSource for Link {
     }
 
     async fn ack(&mut self, seqs: &[u64]) -> Result<(), LinkError> {
-        let now_ms = chrono::Utc::now().timestamp_millis();
+        let now_ms = self.age_base_ms();
         let latencies: Vec<Duration> = seqs
             .iter()
             .filter_map(|s| self.in_flight_times.remove(s))

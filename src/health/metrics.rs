@@ -171,7 +171,7 @@ impl Metrics {
         );
         registry.register_with_unit(
             "fix_to_ack_latency",
-            "From the fix's receiver time to the broker acknowledging it",
+            "From the fix's receiver time to the broker acknowledging it (on the receiver clock when the system clock is off)",
             Unit::Seconds,
             fix_to_ack.clone(),
         );
