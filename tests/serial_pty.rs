@@ -207,3 +207,55 @@ fn a_receiver_repeating_the_same_epoch_time_is_reported_stuck() {
     stop.store(true, Ordering::Relaxed);
     source.join();
 }
+
+#[test]
+fn a_receiver_that_stays_stuck_is_reopened_ever_less_often_until_its_time_advances() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("gps0");
+    let _master = receiver_at(&link);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stuck_after = Duration::from_millis(200);
+    let source = serial::spawn(settings(link.clone(), stuck_after), Arc::clone(&stop)).unwrap();
+
+    // Silent for 2.8 s. Reopening every 200 ms would be 14 reports; with the wait doubling
+    // (0.2, 0.4, 0.8, 1.6 s) they come at about 0.2, 0.6 and 1.4 s, and the next at 3.0 s.
+    std::thread::sleep(Duration::from_millis(2_800));
+    let reports = source.status.stuck_events();
+    assert!(
+        (2..=3).contains(&reports),
+        "{reports} stuck reports in 2.8 s"
+    );
+    assert_eq!(
+        source.status.last_error().map(|e| e.code),
+        Some("GNSS_STUCK")
+    );
+
+    // Its time advances (the consumer reports new epochs): the next stuck spell is
+    // reported after stuck_after again, not after the grown wait.
+    wait_for("the next reopen", Duration::from_secs(5), || {
+        source.status.stuck_events() > reports
+    });
+    let after_reopen = source.status.stuck_events();
+    for second in 0..3u32 {
+        source.status.note_epoch_time((12 * 3600 + second) * 1000);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let progressed_at = Instant::now();
+    // The session that saw the progress runs into its (grown) limit once; the one after it
+    // is back at stuck_after.
+    wait_for("the reopen after progress", Duration::from_secs(10), || {
+        source.status.stuck_events() > after_reopen
+    });
+    let reset_at = Instant::now();
+    wait_for("a report after stuck_after", Duration::from_secs(2), || {
+        source.status.stuck_events() > after_reopen + 1
+    });
+    assert!(
+        reset_at.elapsed() < Duration::from_millis(1_500),
+        "waited {:?} after the reset (progress {:?} ago)",
+        reset_at.elapsed(),
+        progressed_at.elapsed()
+    );
+    stop.store(true, Ordering::Relaxed);
+    source.join();
+}

@@ -132,10 +132,17 @@ impl SourceStatus {
         Duration::from_millis(since) > limit
     }
 
-    /// Restart the epoch-progress clock (after a reopen the receiver gets a fresh period).
-    fn restart_epoch_clock(&self) {
-        self.epoch_advanced_at_ms
-            .store(self.elapsed_ms(), Ordering::Relaxed);
+    /// Restart the epoch-progress clock (after a reopen the receiver gets a fresh period);
+    /// returns the restart's mark for [`SourceStatus::epoch_advanced_since`].
+    fn restart_epoch_clock(&self) -> u64 {
+        let now = self.elapsed_ms();
+        self.epoch_advanced_at_ms.store(now, Ordering::Relaxed);
+        now
+    }
+
+    /// The epoch time advanced after the restart that returned `mark`.
+    fn epoch_advanced_since(&self, mark: u64) -> bool {
+        self.epoch_advanced_at_ms.load(Ordering::Relaxed) > mark
     }
 
     fn elapsed_ms(&self) -> u64 {

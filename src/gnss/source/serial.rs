@@ -5,7 +5,10 @@
 //! and coming back, reopening with exponential backoff (0.5 s doubling to 30 s), counting
 //! each outage once. A receiver that goes silent, or keeps talking while the epoch time the
 //! consumer reports stops advancing, for `stuck_after` is reported (`GNSS_STUCK`) and the port
-//! reopened. It never exits on its own: only the stop flag or a consumer that hung up end it.
+//! reopened; while it stays stuck the wait before the next reopen doubles (to at most
+//! [`STUCK_LIMIT_MAX`]), and it starts again from `stuck_after` once the epoch time advances.
+//! The port stays open and read all along: a receiver that recovers is seen at once. It never
+//! exits on its own: only the stop flag or a consumer that hung up end it.
 
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -24,6 +27,11 @@ use crate::gnss::error::GnssError;
 /// How long one read waits for bytes: short, so the stop flag and the stuck check are
 /// looked at several times a second.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The longest a stuck receiver is left before the port is reopened again: a receiver that
+/// stays stuck (a frozen firmware, a line with nothing on it) is retried every few minutes,
+/// not every `stuck_after` all night.
+pub const STUCK_LIMIT_MAX: Duration = Duration::from_secs(300);
 
 /// What the serial source needs to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +110,9 @@ enum SessionEnd {
     Finish,
     /// The device failed: an outage, reconnect with backoff.
     Gone,
-    /// Stuck: reopen at once.
-    Stuck,
+    /// Stuck: reopen at once. `progressed`: the epoch time advanced in this session before
+    /// it got stuck (a fresh fault, not the same one going on).
+    Stuck { progressed: bool },
 }
 
 fn run(
@@ -116,6 +125,8 @@ fn run(
     // Start as if in an outage that has not been counted: a device absent at startup is
     // one outage, however many attempts it takes.
     let mut in_outage = false;
+    // How long the next session may be stuck before the port is reopened.
+    let mut stuck_limit = settings.stuck_after;
     while !stop.load(Ordering::Relaxed) {
         let port = match open(settings) {
             Ok(port) => port,
@@ -134,11 +145,19 @@ fn run(
         in_outage = false;
         status.set_connected(true);
         tracing::info!(port = %settings.path.display(), baud = settings.baud, "gnss device open");
-        let end = session(settings, port, stop, tx, status, &mut backoff);
+        let end = session(settings, stuck_limit, port, stop, tx, status, &mut backoff);
         status.set_connected(false);
         match end {
             SessionEnd::Finish => break,
-            SessionEnd::Stuck => {}
+            SessionEnd::Stuck { progressed } => {
+                stuck_limit = if progressed {
+                    settings.stuck_after
+                } else {
+                    stuck_limit
+                        .saturating_mul(2)
+                        .min(STUCK_LIMIT_MAX.max(settings.stuck_after))
+                };
+            }
             SessionEnd::Gone => {
                 status.count_outage();
                 in_outage = true;
@@ -168,9 +187,10 @@ fn open(settings: &SerialSettings) -> Result<Box<dyn serialport::SerialPort>, Gn
         })
 }
 
-/// Read from an open port until it fails, gets stuck, or we are told to stop.
+/// Read from an open port until it fails, is stuck for `stuck_limit`, or we are told to stop.
 fn session(
     settings: &SerialSettings,
+    stuck_limit: Duration,
     mut port: Box<dyn serialport::SerialPort>,
     stop: &AtomicBool,
     tx: &SyncSender<Chunk>,
@@ -179,7 +199,7 @@ fn session(
 ) -> SessionEnd {
     let mut buf = [0u8; CHUNK_LEN];
     let mut last_bytes = Instant::now();
-    status.restart_epoch_clock();
+    let started = status.restart_epoch_clock();
     loop {
         if stop.load(Ordering::Relaxed) {
             return SessionEnd::Finish;
@@ -212,9 +232,9 @@ fn session(
             Err(e) => return gone(settings, status, e),
         }
         let silent = last_bytes.elapsed();
-        let what = if silent > settings.stuck_after {
+        let what = if silent > stuck_limit {
             Some("no bytes")
-        } else if status.epoch_stalled(settings.stuck_after) {
+        } else if status.epoch_stalled(stuck_limit) {
             Some("epoch time not advancing")
         } else {
             None
@@ -223,10 +243,12 @@ fn session(
             status.record(&GnssError::Stuck {
                 path: settings.path.clone(),
                 what,
-                silent: settings.stuck_after,
+                silent: stuck_limit,
             });
             status.count_stuck();
-            return SessionEnd::Stuck;
+            return SessionEnd::Stuck {
+                progressed: status.epoch_advanced_since(started),
+            };
         }
     }
 }
