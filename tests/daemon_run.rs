@@ -350,10 +350,10 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
             .is_some_and(|m| m.contains("needs a restart"))
     });
     assert_eq!(restart["section"], "gnss");
-    let text = std::fs::read_to_string(&agent.log).unwrap();
-    assert!(
-        !text.contains("reconnecting with the new settings"),
-        "[mqtt] did not change, the uplink stays connected:\n{text}"
+    assert_eq!(
+        reload_reconnects(&agent),
+        0,
+        "[mqtt] did not change, the uplink stays connected"
     );
 
     // A broken file is refused and the running configuration stays.
@@ -373,11 +373,7 @@ async fn sighup_applies_new_thresholds_and_names_what_needs_a_restart() {
 
 /// Each `reconnecting with the new settings` line of the agent's log.
 fn reload_reconnects(agent: &Agent) -> usize {
-    std::fs::read_to_string(&agent.log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("reconnecting with the new settings"))
-        .count()
+    agent.log_count("reconnecting with the new settings")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,17 +410,13 @@ async fn sighup_with_a_new_broker_reconnects_there_and_delivers_the_backlog() {
         "every buffered fix arrives at the new broker"
     );
     assert!(statuses.iter().any(|s| s == "online"), "{statuses:?}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, health) = agent.get("/health");
-        if health["components"]["mqtt"]["connected"] == true
-            && health["components"]["buffer"]["depth"] == 0
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{code} {health}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    agent.wait_health(
+        "connected, buffer empty",
+        Duration::from_secs(10),
+        |_, h| {
+            h["components"]["mqtt"]["connected"] == true && h["components"]["buffer"]["depth"] == 0
+        },
+    );
 
     // A reload whose [mqtt] cannot be used (an empty password file) leaves the running
     // connection alone; one with nothing changed in [mqtt] does not reconnect.
@@ -489,16 +481,10 @@ async fn sighup_with_a_new_broker_reconnects_there_and_delivers_the_backlog() {
         v["state"], "online",
         "what a dashboard sees after the reload"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, health) = agent.get("/health");
-        let mqtt = &health["components"]["mqtt"];
-        if mqtt["connected"] == true && mqtt["reconnects"] == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{health}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    agent.wait_health("connected, 1 reconnect", Duration::from_secs(10), |_, h| {
+        let mqtt = &h["components"]["mqtt"];
+        mqtt["connected"] == true && mqtt["reconnects"] == 1
+    });
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0);
 }

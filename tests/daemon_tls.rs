@@ -7,7 +7,7 @@ mod support;
 use gps_agent::sim::DriveSpec;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::agent::{drive_log, expected_fixes, Agent};
 use support::broker::{BrokerOptions, Subscriber, TestBroker};
 use support::certs::TestPki;
@@ -121,21 +121,17 @@ async fn run_delivers_every_fix_over_mutual_tls_with_a_password_file_and_never_l
     assert!(!text.contains(PASSWORD), "the password reached the log");
 }
 
-/// Wait until `/health` shows `MQTT_TLS` as the uplink's last error; returns that health.
+/// Wait until `/health` shows `MQTT_TLS` as the uplink's last error (and `also`); returns
+/// that health, which must be a 503.
 fn wait_for_mqtt_tls(
     agent: &Agent,
     also: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, h) = agent.get("/health");
-        if h["components"]["mqtt"]["last_error"]["code"] == "MQTT_TLS" && also(&h) {
-            assert_eq!(code, 503, "{h}");
-            return h;
-        }
-        assert!(Instant::now() < deadline, "no MQTT_TLS in health: {h}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (code, h) = agent.wait_health("MQTT_TLS", Duration::from_secs(10), |_, h| {
+        h["components"]["mqtt"]["last_error"]["code"] == "MQTT_TLS" && also(h)
+    });
+    assert_eq!(code, 503, "{h}");
+    h
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,83 +74,71 @@ struct Running {
 /// The uplink, once its settings can be made: a password file or TLS material that cannot
 /// be read is a permanent error shown in health; it is retried every `permanent_retry_s`
 /// (files are often provisioned after first boot) while fixes keep collecting in the buffer.
+/// A reload (`reload`, the `[mqtt]` of each SIGHUP) whose settings differ from the running
+/// ones ends the connection as at shutdown and serves on with the new settings.
 async fn run_uplink(
-    mut mqtt: crate::config::MqttConfig,
     device: String,
-    mut link: Link,
+    link: Link,
     status: watch::Sender<UplinkStatus>,
     stop: CancellationToken,
     mut reload: watch::Receiver<crate::config::MqttConfig>,
 ) {
-    // What earlier publishers (before a SIGHUP reload) reported, carried into the health.
-    let mut carried = UplinkStatus::default();
-    let mut ever_connected = false;
-    loop {
-        let settings = loop {
-            match PublisherSettings::from_config(&mqtt, &device) {
-                Ok(settings) => break settings,
-                Err(e) => {
-                    error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
-                        "uplink cannot start; fixes are buffered until it can");
-                    status.send_modify(|s| s.last_error = Some((e.code(), e.to_string())));
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
-                        Ok(()) = reload.changed() => mqtt = reload.borrow_and_update().clone(),
-                    }
+    let mut mqtt = reload.borrow_and_update().clone();
+    let settings = loop {
+        match PublisherSettings::from_config(&mqtt, &device) {
+            Ok(settings) => break settings,
+            Err(e) => {
+                error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
+                    "uplink cannot start; fixes are buffered until it can");
+                status.send_modify(|s| s.last_error = Some((e.code(), e.to_string())));
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
+                    Ok(()) = reload.changed() => mqtt = reload.borrow_and_update().clone(),
                 }
             }
-        };
-        // Certificates are read at each connection; a reload that finds one replaced under
-        // the same path reconnects at once rather than at the next failure.
-        let tls_files = settings.tls.files_fingerprint();
-        let publisher = Publisher::new(settings.clone(), link);
-        let mut inner = publisher.status();
-        let session_stop = stop.child_token();
-        let run = publisher.run(session_stop.clone());
-        tokio::pin!(run);
-        // This publisher's first connection is a reconnect when an earlier one was connected.
-        let mut connected_once = false;
-        link = loop {
-            tokio::select! {
-                source = &mut run => break source,
-                Ok(()) = inner.changed() => {
-                    let now = inner.borrow_and_update().clone();
-                    connected_once |= now.connected;
-                    let extra = u64::from(ever_connected && connected_once);
-                    status.send_replace(UplinkStatus {
-                        reconnects: carried.reconnects + extra + now.reconnects,
-                        last_ack_at: now.last_ack_at.or(carried.last_ack_at),
-                        acked_seq: now.acked_seq.max(carried.acked_seq),
-                        ..now
-                    });
-                }
-                Ok(()) = reload.changed(), if !session_stop.is_cancelled() => {
-                    let new = reload.borrow_and_update().clone();
-                    match PublisherSettings::from_config(&new, &device) {
-                        Ok(next)
-                            if next == settings
-                                && next.tls.files_fingerprint() == tls_files => {}
-                        Ok(_) => {
-                            info!(component = "mqtt", broker = %new.url,
-                                "SIGHUP: [mqtt] changed; reconnecting with the new settings");
-                            mqtt = new;
-                            session_stop.cancel();
-                        }
-                        Err(e) => {
-                            warn!(component = "mqtt", code = e.code(), class = e.class().as_str(),
-                                error = %e, "SIGHUP: [mqtt] not applied; the running connection stays");
-                        }
-                    }
-                }
-            }
-        };
-        if stop.is_cancelled() {
-            return;
         }
-        // Reloaded: the next publisher goes on from what this one reported.
-        carried = status.borrow().clone();
-        ever_connected |= connected_once;
+    };
+    let mut publisher = Publisher::new(settings, link);
+    let mut inner = publisher.status();
+    loop {
+        status.send_replace(inner.borrow_and_update().clone());
+        let session_stop = stop.child_token();
+        let current = publisher.settings().clone();
+        let mut next = None;
+        {
+            let serve = publisher.serve(&session_stop);
+            tokio::pin!(serve);
+            loop {
+                tokio::select! {
+                    () = &mut serve => break,
+                    Ok(()) = inner.changed() => {
+                        status.send_replace(inner.borrow_and_update().clone());
+                    }
+                    Ok(()) = reload.changed(), if next.is_none() => {
+                        let new = reload.borrow_and_update().clone();
+                        match PublisherSettings::from_config(&new, &device) {
+                            Ok(settings) if settings == current => {}
+                            Ok(settings) => {
+                                info!(component = "mqtt", broker = %new.url,
+                                    "SIGHUP: [mqtt] changed; reconnecting with the new settings");
+                                next = Some(settings);
+                                session_stop.cancel();
+                            }
+                            Err(e) => {
+                                warn!(component = "mqtt", code = e.code(), class = e.class().as_str(),
+                                    error = %e, "SIGHUP: [mqtt] not applied; the running connection stays");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        status.send_replace(inner.borrow_and_update().clone());
+        let Some(settings) = next.filter(|_| !stop.is_cancelled()) else {
+            return;
+        };
+        publisher.reconfigure(settings);
         // Let the broker finish the old session before the same client id connects again:
         // a broker that keys last wills by client id (rumqttd does) may otherwise fire the
         // new connection's will when the old one's end reaches it late.
@@ -227,7 +215,6 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     let link = Link::new(store.clone(), Arc::clone(&metrics)).with_gnss(Arc::clone(&gnss_view));
     let (mqtt_reload_tx, mqtt_reload) = watch::channel(cfg.mqtt.clone());
     let uplink_task = tokio::spawn(run_uplink(
-        cfg.mqtt.clone(),
         cfg.device.id.clone(),
         link,
         uplink_tx,

@@ -202,14 +202,7 @@ fn rmc(sentence: &NmeaSentence<'_>) -> Option<Observation> {
         Ok(d) => d,
         // Motorola Oncore writes a magnetic variation without its E/W (`0,N`); we never use
         // the variation, so blank it rather than lose the sentence.
-        Err(_) => {
-            let data = blank_fields(sentence.data, &[9, 10])?;
-            s::parse_rmc(NmeaSentence {
-                data: &data,
-                ..copy(sentence)
-            })
-            .ok()?
-        }
+        Err(_) => reparse_with(sentence, &[(9, ""), (10, "")], s::parse_rmc)?,
     };
     Some(Observation::Rmc {
         time_of_day_ms: time(d.fix_time),
@@ -231,13 +224,7 @@ fn gga(sentence: &NmeaSentence<'_>) -> Option<Observation> {
         // MyGuide 3100 leaves the quality field empty while it has no fix; the crate wants a
         // digit. Read the rest of the sentence and let the quality say nothing.
         Err(_) if sentence.data.split(',').nth(5) == Some("") => {
-            let data = with_field(sentence.data, 5, "0")?;
-            let d = s::parse_gga(NmeaSentence {
-                data: &data,
-                ..copy(sentence)
-            })
-            .ok()?;
-            (d, false)
+            (reparse_with(sentence, &[(5, "0")], s::parse_gga)?, false)
         }
         Err(_) => return None,
     };
@@ -476,37 +463,30 @@ fn zda(sentence: &NmeaSentence<'_>) -> Option<Observation> {
     })
 }
 
-/// A stack copy of `data` with the fields at `indexes` (0-based) emptied.
-fn blank_fields(
-    data: &str,
-    indexes: &[usize],
-) -> Option<heapless::String<{ super::framer::MAX_SENTENCE_LEN }>> {
-    let mut out = heapless::String::new();
-    for (i, field) in data.split(',').enumerate() {
+/// Parse `sentence` again with some fields replaced (`(0-based index, new text)`), on the
+/// stack: for receivers that write a field the crate rejects but the sentence is worth
+/// keeping.
+fn reparse_with<T>(
+    sentence: &NmeaSentence<'_>,
+    fields: &[(usize, &str)],
+    parse: impl for<'a> FnOnce(NmeaSentence<'a>) -> Result<T, nmea::Error<'a>>,
+) -> Option<T> {
+    let mut data = heapless::String::<{ super::framer::MAX_SENTENCE_LEN }>::new();
+    for (i, field) in sentence.data.split(',').enumerate() {
         if i > 0 {
-            out.push(',').ok()?;
+            data.push(',').ok()?;
         }
-        if !indexes.contains(&i) {
-            out.push_str(field).ok()?;
-        }
+        let text = fields
+            .iter()
+            .find_map(|&(at, text)| (at == i).then_some(text))
+            .unwrap_or(field);
+        data.push_str(text).ok()?;
     }
-    Some(out)
-}
-
-/// `data` with field `index` replaced by `value`, on the stack.
-fn with_field(
-    data: &str,
-    index: usize,
-    value: &str,
-) -> Option<heapless::String<{ super::framer::MAX_SENTENCE_LEN }>> {
-    let mut out = heapless::String::new();
-    for (i, field) in data.split(',').enumerate() {
-        if i > 0 {
-            out.push(',').ok()?;
-        }
-        out.push_str(if i == index { value } else { field }).ok()?;
-    }
-    Some(out)
+    parse(NmeaSentence {
+        data: &data,
+        ..copy(sentence)
+    })
+    .ok()
 }
 
 /// `NmeaSentence` is not `Copy`; its fields are.

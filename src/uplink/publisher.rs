@@ -132,6 +132,9 @@ pub struct PublisherSettings {
     pub credentials: Option<(String, Password)>,
     /// CA, client certificate and server name for `mqtts://`; ignored for `mqtt://`.
     pub tls: TlsSettings,
+    /// [`TlsSettings::files_fingerprint`] when the settings were made: the files are read at
+    /// each connection, so settings equal but for this mean a file was replaced under its path.
+    pub tls_files: u64,
     /// Fixes taken from the source per message (before splitting by size).
     pub batch_max: usize,
     /// Largest payload of one message.
@@ -160,6 +163,7 @@ impl PublisherSettings {
             topic_prefix: "fleet".into(),
             credentials: None,
             tls: TlsSettings::default(),
+            tls_files: 0,
             batch_max: 50,
             max_message_bytes: 64 * 1024,
             window: 10,
@@ -201,6 +205,7 @@ impl PublisherSettings {
         if broker.tls {
             client_config(&s.tls)?;
         }
+        s.tls_files = s.tls.files_fingerprint();
         s.batch_max = usize::try_from(mqtt.batch_max.max(1)).unwrap_or(50);
         s.max_message_bytes = usize::try_from(mqtt.max_message_bytes).unwrap_or(64 * 1024);
         s.window = mqtt.inflight.max(1);
@@ -287,12 +292,20 @@ struct HeadMessage {
 /// the agent on small messages for good.
 const ACKS_BEFORE_RAISING_CAP: u32 = 1000;
 
+/// What a publisher derives from its settings: topics, reconnect pacing, the breaker and the
+/// fixes per message.
+fn from_settings(settings: &PublisherSettings) -> (Topics, Backoff, Breaker, usize) {
+    (
+        Topics::new(&settings.topic_prefix, &settings.device),
+        Backoff::new(settings.backoff, Jitter::Full(Xorshift64::from_entropy())),
+        Breaker::new(settings.breaker),
+        settings.batch_max.max(1),
+    )
+}
+
 impl<S: FixSource> Publisher<S> {
     pub fn new(settings: PublisherSettings, source: S) -> Self {
-        let topics = Topics::new(&settings.topic_prefix, &settings.device);
-        let backoff = Backoff::new(settings.backoff, Jitter::Full(Xorshift64::from_entropy()));
-        let breaker = Breaker::new(settings.breaker);
-        let batch_cap = settings.batch_max.max(1);
+        let (topics, backoff, breaker, batch_cap) = from_settings(&settings);
         let (status, _) = watch::channel(UplinkStatus {
             breaker: breaker.state().as_str(),
             ..UplinkStatus::default()
@@ -311,6 +324,25 @@ impl<S: FixSource> Publisher<S> {
         }
     }
 
+    /// New settings for the next [`Publisher::serve`] (a SIGHUP reload): topics, pacing, the
+    /// breaker and the message size start afresh from them, as in [`Publisher::new`]; the
+    /// connection count and the acks go on, and the last error is cleared.
+    pub fn reconfigure(&mut self, settings: PublisherSettings) {
+        (self.topics, self.backoff, self.breaker, self.batch_cap) = from_settings(&settings);
+        self.settings = settings;
+        self.suspect = None;
+        self.acked_at_cap = 0;
+        let breaker = self.breaker.state().as_str();
+        self.status.send_modify(|s| {
+            s.breaker = breaker;
+            s.last_error = None;
+        });
+    }
+
+    pub fn settings(&self) -> &PublisherSettings {
+        &self.settings
+    }
+
     /// Replace the jitter source (tests turn it off or seed it).
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.backoff = Backoff::new(self.settings.backoff, jitter);
@@ -324,9 +356,16 @@ impl<S: FixSource> Publisher<S> {
 
     /// Publish until `shutdown` is cancelled; returns the source (nothing left in flight).
     pub async fn run(mut self, shutdown: CancellationToken) -> S {
+        self.serve(&shutdown).await;
+        self.source
+    }
+
+    /// As [`Publisher::run`], keeping the publisher, so that it can be
+    /// [reconfigured](Publisher::reconfigure) and served again.
+    pub async fn serve(&mut self, shutdown: &CancellationToken) {
         loop {
             if shutdown.is_cancelled() {
-                return self.source;
+                return;
             }
             let now = Instant::now();
             if !self.breaker.try_acquire(now) {
@@ -338,13 +377,13 @@ impl<S: FixSource> Publisher<S> {
                     .next_attempt_at(now)
                     .unwrap_or(now + self.settings.breaker.open_for);
                 tokio::select! {
-                    _ = shutdown.cancelled() => return self.source,
+                    _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep_until(until) => continue,
                 }
             }
             self.publish_breaker();
-            match self.session(&shutdown).await {
-                SessionEnd::Shutdown => return self.source,
+            match self.session(shutdown).await {
+                SessionEnd::Shutdown => return,
                 SessionEnd::Failed(err) => {
                     let now = Instant::now();
                     self.breaker.on_failure(now);
@@ -372,7 +411,7 @@ impl<S: FixSource> Publisher<S> {
                         s.last_error = Some((err.code(), err.to_string()));
                     });
                     tokio::select! {
-                        _ = shutdown.cancelled() => return self.source,
+                        _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(wait) => {}
                     }
                 }

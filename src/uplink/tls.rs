@@ -4,8 +4,9 @@
 //!
 //! Paths flow in from `[mqtt]`; an `Arc<rustls::ClientConfig>` flows out to rumqttc. The
 //! files are read again for every connection, so a renewed certificate is picked up without a
-//! restart (at the next reconnect, or at once on SIGHUP: see `app::run_uplink`). Failures are `MQTT_TLS_CONFIG` (permanent) and name the file, never its contents:
-//! this module must never log or return key material.
+//! restart (at the next reconnect, or at once on SIGHUP: see `app::run_uplink`). Failures are
+//! `MQTT_TLS_CONFIG` (permanent) and name the file, never its contents: this module must never
+//! log or return key material.
 
 use crate::uplink::error::UplinkError;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -60,7 +61,8 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, UplinkError> {
 
 impl TlsSettings {
     /// A fingerprint of the contents of the CA, certificate and key files (not a secure
-    /// hash: it only tells a reload whether a file was replaced under the same path). A file
+    /// hash: it only tells a reload whether a file was replaced under the same path, see
+    /// `PublisherSettings::tls_files`). A file
     /// that cannot be read counts as its error, so it changing is noticed too.
     pub fn files_fingerprint(&self) -> u64 {
         use std::hash::{Hash, Hasher};

@@ -206,6 +206,23 @@ impl Agent {
             .success());
     }
 
+    /// The agent's log so far, as JSON values (lines that are not JSON are skipped).
+    pub fn log_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Log lines so far whose `message` contains `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log_lines()
+            .iter()
+            .filter(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            .count()
+    }
+
     /// Wait until a log line (JSON) satisfies `pred`.
     pub fn wait_log(
         &self,
@@ -214,15 +231,33 @@ impl Agent {
     ) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(v) = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .find(|v| pred(v))
-            {
+            if let Some(v) = self.log_lines().into_iter().find(|v| pred(v)) {
                 return v;
             }
-            assert!(Instant::now() < deadline, "no log line {what} in:\n{text}");
+            assert!(
+                Instant::now() < deadline,
+                "no log line {what} in:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Poll `/health` until `pred(code, snapshot)` holds (fail after `within`); returns that
+    /// answer.
+    pub fn wait_health(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(u16, &serde_json::Value) -> bool,
+    ) -> (u16, serde_json::Value) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (code, h) = self.get("/health");
+            if pred(code, &h) {
+                return (code, h);
+            }
+            assert!(Instant::now() < deadline, "no {what} in health: {code} {h}");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
