@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::agent::{drive_log, expected_fixes, Agent};
+use support::agent::{drive_log, expected_fixes, quick_retry_mqtt, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 use support::pty::receiver_at;
@@ -47,7 +47,13 @@ async fn with_no_receiver_and_no_broker_it_is_degraded_then_healthy_when_both_ap
         "[gnss]\nsource = \"serial\"\npath = \"{}\"",
         device_path.display()
     );
-    let agent = Agent::start(dir.path(), &device, &gnss, &proxy.url(), &[]);
+    let agent = Agent::start_with_mqtt(
+        dir.path(),
+        &device,
+        &gnss,
+        &quick_retry_mqtt(&proxy.url()),
+        &[],
+    );
 
     // Nothing there: degraded (503), and it says why.
     tokio::time::sleep(Duration::from_millis(1500)).await;

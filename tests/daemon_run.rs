@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::agent::{expected_fixes, Agent};
+use support::agent::{expected_fixes, quick_retry_mqtt, replay_gnss, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 
@@ -215,11 +215,12 @@ async fn run_without_a_broker_buffers_reports_degraded_and_delivers_when_it_come
     let device = support::unique("truck");
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/#")).await;
 
-    let agent = Agent::replay(
+    let agent = Agent::start_with_mqtt(
         dir.path(),
         &device,
-        &proxy.url(),
-        &log.display().to_string(),
+        &replay_gnss(&log.display().to_string()),
+        &quick_retry_mqtt(&proxy.url()),
+        &[],
     );
     // Everything is read and buffered while the broker is unreachable.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -17,11 +17,22 @@ pub struct Agent {
     pub log: PathBuf,
 }
 
+/// The body of an `[mqtt]` section for `url` whose retries fit a test's wait: with the
+/// defaults (backoff to 5 min, breaker open for 60 s after 5 failures) a broker that is away
+/// for a few seconds at start can, with unlucky jitter, keep the agent off it for a minute.
+pub fn quick_retry_mqtt(url: &str) -> String {
+    format!("url = \"{url}\"\nbackoff_initial_s = 0.1\nbackoff_max_s = 1\nopen_for_s = 2\n")
+}
+
+/// The `[gnss]` section replaying the NMEA log `source` as fast as it can.
+pub fn replay_gnss(source: &str) -> String {
+    format!("[gnss]\nsource = \"file\"\npath = \"{source}\"\npace = \"fast\"")
+}
+
 impl Agent {
     /// The agent replaying the NMEA log `source` as fast as it can.
     pub fn replay(dir: &Path, device: &str, mqtt_url: &str, source: &str) -> Agent {
-        let gnss = format!("[gnss]\nsource = \"file\"\npath = \"{source}\"\npace = \"fast\"");
-        Self::start(dir, device, &gnss, mqtt_url, &[])
+        Self::start(dir, device, &replay_gnss(source), mqtt_url, &[])
     }
 
     /// The agent with the given `[gnss]` section, broker and extra environment; returns
