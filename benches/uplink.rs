@@ -164,7 +164,8 @@ async fn run_ours(url: &str) -> Duration {
     };
     let mut settings = PublisherSettings::new(url, DEVICE);
     settings.client_id = "bench-ours".into();
-    let publisher = Publisher::new(settings, source).with_jitter(Jitter::Off);
+    let publisher = Publisher::new(settings, source, gps_agent::status::StatusBoard::default())
+        .with_jitter(Jitter::Off);
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let task = tokio::spawn(publisher.run(shutdown.clone()));

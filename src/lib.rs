@@ -16,6 +16,7 @@
 pub mod app;
 pub mod buffer;
 pub mod cli;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -27,5 +28,6 @@ pub mod logging;
 pub mod notify;
 pub mod rejection;
 pub mod sim;
+pub mod status;
 pub mod uplink;
 pub mod validate;

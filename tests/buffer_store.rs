@@ -1,10 +1,11 @@
 //! The buffer on real SQLite files: group commit, draining, capacity policies, disk full,
 //! migration, damaged files, and the CLI's view of the same file.
 
-use gps_agent::buffer::{Buffer, BufferStatus, StoredFix, APPLICATION_ID, SCHEMA_VERSION};
+use gps_agent::buffer::{Buffer, StoredFix, APPLICATION_ID, SCHEMA_VERSION};
 use gps_agent::config::{BufferConfig, EvictionPolicy};
 use gps_agent::error::Classified;
 use gps_agent::fix::{Fix, FixMode};
+use gps_agent::status::Status;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -288,8 +289,8 @@ fn a_full_disk_keeps_fixes_in_memory_and_writes_them_with_contiguous_seqs_when_i
         }
     }
     assert!(in_ring > 0, "the disk never filled");
-    let h = buf.health();
-    assert_eq!(h.status, BufferStatus::Degraded);
+    let h = buf.status();
+    assert_eq!(h.condition, Status::Degraded);
     assert_eq!(h.last_error.unwrap().code, "BUFFER_DISK_FULL");
     let committed = buf.committed_seq();
     assert_eq!(
@@ -300,7 +301,7 @@ fn a_full_disk_keeps_fixes_in_memory_and_writes_them_with_contiguous_seqs_when_i
     buf.set_max_page_count(1_000_000).unwrap();
     assert_eq!(buf.tick(t0 + Duration::from_secs(30)).unwrap(), Some(3000));
     assert!(committed < 3000);
-    assert_eq!(buf.health().status, BufferStatus::Healthy);
+    assert_eq!(buf.status().condition, Status::Healthy);
     assert_eq!(all_seqs(&c.path), (1..=3000).collect::<Vec<_>>());
     let mut out = Vec::new();
     buf.next_batch(5000, &mut out).unwrap();
@@ -351,8 +352,8 @@ fn assert_moved_aside(dir: &Path, make: impl FnOnce(&Path)) {
         original,
         "the data is kept as it was"
     );
-    let h = buf.health();
-    assert_eq!(h.status, BufferStatus::Unhealthy);
+    let h = buf.status();
+    assert_eq!(h.condition, Status::Unhealthy);
     assert_eq!(h.last_error.unwrap().code, "BUFFER_CORRUPT");
     assert_eq!(
         buf.append(&fix(0), Instant::now()).unwrap().seq,

@@ -287,7 +287,9 @@ path = \"{}\"",
     while Instant::now() < deadline
         && !(seen.iter().any(|m: &String| m == "READY=1")
             && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
-            && seen.iter().any(|m| m.starts_with("STATUS=fix")))
+            && seen
+                .iter()
+                .any(|m| m.starts_with("STATUS=") && m.contains(": fix ")))
     {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification within 10 s");
@@ -302,7 +304,11 @@ path = \"{}\"",
         seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2,
         "{seen:?}"
     );
-    assert!(seen.iter().any(|m| m.starts_with("STATUS=fix")), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|m| m.starts_with("STATUS=") && m.contains(": fix ")),
+        "{seen:?}"
+    );
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0);
     let mut rest = Vec::new();

@@ -1,14 +1,12 @@
 //! The health endpoint over real sockets: keys of the spec, status codes, the stream, error
 //! answers, limits under load and against silent clients, and `status` against it.
 
-use chrono::DateTime;
 use gps_agent::cli::status;
-use gps_agent::health::snapshot::LastError;
-use gps_agent::health::{
-    serve_with, BreakerState, BufferHealth, Component, FixState, GnssHealth, HealthState,
-    ManualClock, Metrics, MqttHealth, ServeOptions, Status,
-};
-use gps_agent::rejection::{Reason, ReasonCounts};
+use gps_agent::clock::{Clock, ManualTime};
+use gps_agent::fix::FixMode;
+use gps_agent::health::{serve_with, Metrics, ServeOptions};
+use gps_agent::rejection::Reason;
+use gps_agent::status::{BreakerState, LastFix, Status, StatusBoard};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 struct Server {
     addr: SocketAddr,
-    state: HealthState,
-    clock: Arc<ManualClock>,
+    state: StatusBoard,
+    clock: Arc<ManualTime>,
     shutdown: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -42,12 +40,10 @@ fn fast_options() -> ServeOptions {
 }
 
 async fn start(options: ServeOptions) -> Server {
-    let clock = Arc::new(ManualClock::new(
-        DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
-    ));
-    let state = HealthState::with_clock(clock.clone());
-    let metrics = Arc::new(Metrics::with_clock(clock.clone()));
-    metrics.sentence("ok");
+    let (agent_clock, clock) = Clock::manual(1_700_000_000_000);
+    let state = StatusBoard::new(agent_clock);
+    let metrics = Arc::new(Metrics::new(state.clone()));
+    metrics.sentences("ok", 1);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
@@ -67,27 +63,26 @@ async fn start(options: ServeOptions) -> Server {
     }
 }
 
-fn make_healthy(state: &HealthState) {
-    let mut rejected = ReasonCounts::default();
-    rejected.add(Reason::Checksum);
-    state.set_gnss(GnssHealth {
-        status: Status::Healthy,
-        fix: FixState::ThreeD,
-        last_fix_at: Some(state.now()),
-        rejected,
+fn make_healthy(state: &StatusBoard) {
+    let now = state.clock().now();
+    state.gnss(|g| {
+        g.connected = true;
+        g.last_fix = Some(LastFix {
+            at: now,
+            mode: FixMode::ThreeD,
+        });
+        g.rejected.add(Reason::Checksum);
     });
-    state.set_buffer(BufferHealth {
-        depth: 2,
-        oldest_time_ms: Some(1_699_999_990_000),
-        acked_seq: 40,
-        ..BufferHealth::default()
+    state.buffer(|b| {
+        b.depth = 2;
+        b.oldest_time_ms = Some(1_699_999_990_000);
     });
-    state.set_mqtt(MqttHealth {
-        status: Status::Healthy,
-        connected: true,
-        breaker: BreakerState::Closed,
-        reconnects: 1,
-        last_ack_at: Some(state.now()),
+    state.mqtt(|m| {
+        m.connected = true;
+        m.breaker = BreakerState::Closed;
+        m.reconnects = 1;
+        m.last_ack_at = Some(now);
+        m.acked_seq = 40;
     });
 }
 
@@ -200,22 +195,20 @@ async fn health_has_every_spec_key_and_answers_200_only_when_healthy() {
             gps_agent::error::ErrorClass::Transient
         }
     }
-    server.state.record_error(Component::Gnss, &Gone);
-    server.state.set_gnss(GnssHealth {
-        status: Status::Unhealthy,
-        ..GnssHealth::default()
-    });
+    let gone = server.state.error_now(&Gone);
+    server.state.gnss(|g| g.last_error = Some(gone));
+    server.state.buffer(|b| b.condition = Status::Unhealthy);
     let answer = request(server.addr, "GET", "/health", "").await;
     assert_eq!(answer.status, 503);
     let v = answer.json();
     assert_eq!(v["status"], "unhealthy");
     let err: &Value = &v["components"]["gnss"]["last_error"];
-    let expected = LastError {
-        code: "GNSS_DEVICE_GONE",
-        message: "device gone".into(),
-        at: "2023-11-14T22:13:21.500Z".into(),
-    };
-    assert_eq!(err, &serde_json::to_value(expected).unwrap());
+    let expected = serde_json::json!({
+        "code": "GNSS_DEVICE_GONE",
+        "message": "device gone",
+        "at": "2023-11-14T22:13:21.500Z",
+    });
+    assert_eq!(err, &expected);
     server.shutdown.cancel();
 }
 
@@ -279,10 +272,7 @@ async fn stream_sends_a_line_per_interval_and_at_once_on_change() {
     let first = read_stream_lines(&mut s, 1, Duration::from_secs(2)).await;
     assert_eq!(first.len(), 1, "the first line comes at once");
     let changed_at = Instant::now();
-    server.state.set_mqtt(MqttHealth {
-        connected: true,
-        ..MqttHealth::default()
-    });
+    server.state.mqtt(|m| m.connected = true);
     let next = read_stream_lines(&mut s, 1, Duration::from_secs(2)).await;
     assert_eq!(next.len(), 1);
     assert_eq!(next[0].1["components"]["mqtt"]["connected"], true);
@@ -506,10 +496,7 @@ async fn status_exit_code_follows_the_agent_and_is_2_when_unreachable() {
         "{text}"
     );
 
-    server.state.set_buffer(BufferHealth {
-        status: Status::Unhealthy,
-        ..BufferHealth::default()
-    });
+    server.state.buffer(|b| b.condition = Status::Unhealthy);
     assert_eq!(status::once(&url, &mut Vec::new()).await, 2);
 
     // Unreachable: a port nobody listens on any more.

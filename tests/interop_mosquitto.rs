@@ -9,7 +9,8 @@
 
 mod support;
 
-use gps_agent::uplink::publisher::{Password, PublisherSettings, UplinkStatus};
+use gps_agent::status::MqttStatus;
+use gps_agent::uplink::publisher::{Password, PublisherSettings};
 use gps_agent::uplink::tls::TlsSettings;
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -31,11 +32,7 @@ fn settings(url: &str, device: &str) -> PublisherSettings {
 
 /// Publish `n` fixes through `settings` and check the subscriber saw every seq; returns the
 /// uplink's last status.
-async fn every_seq_arrives(
-    broker: &Mosquitto,
-    settings: PublisherSettings,
-    n: u64,
-) -> UplinkStatus {
+async fn every_seq_arrives(broker: &Mosquitto, settings: PublisherSettings, n: u64) -> MqttStatus {
     let mut sub = Subscriber::start(
         &broker.for_subscriber(),
         &format!("interop/{}/#", settings.device),
@@ -49,7 +46,7 @@ async fn every_seq_arrives(
     })
     .await;
     let seen = sub.fix_seqs_until_quiet(Duration::from_millis(500)).await;
-    let status = run.status.borrow().clone();
+    let status = run.status();
     let source = run.stop().await;
     assert_eq!(seen, (1..=n).collect::<BTreeSet<u64>>());
     assert_eq!(source.in_flight(), 0);

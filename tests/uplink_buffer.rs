@@ -4,11 +4,13 @@
 
 mod support;
 
-use gps_agent::app::store::{Link, SharedStore, Store};
+use gps_agent::buffer::store::{SharedStore, Store};
 use gps_agent::config::BufferConfig;
 use gps_agent::fix::{Fix, FixMode};
 use gps_agent::health::metrics::Metrics;
+use gps_agent::status::StatusBoard;
 use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
+use gps_agent::uplink::link::Link;
 use gps_agent::uplink::publisher::{Publisher, PublisherSettings};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,12 +40,22 @@ fn backlog(dir: &Path, n: u64) -> SharedStore {
         path: dir.join("buffer.db"),
         ..BufferConfig::default()
     };
-    let mut store = Store::open(cfg, Instant::now());
+    let mut store = Store::open(cfg, StatusBoard::default(), Instant::now());
     for i in 1..=n {
         store.append(&fix(i), Instant::now()).unwrap();
     }
     store.commit().unwrap();
     SharedStore::new(store)
+}
+
+/// The uplink's source over `store`, and the board its publisher reports on.
+fn link_over(store: &SharedStore) -> (Link, StatusBoard) {
+    let board = StatusBoard::default();
+    let metrics = Arc::new(Metrics::new(board.clone()));
+    (
+        Link::new(store.clone(), metrics, board.clock().clone()),
+        board,
+    )
 }
 
 fn settings(url: &str, device: &str) -> PublisherSettings {
@@ -97,8 +109,9 @@ async fn a_ten_thousand_fix_backlog_drains_with_every_seq_and_the_newest_goes_fi
     let device = support::unique("truck");
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
 
-    let link = Link::new(store.clone(), Arc::new(Metrics::new()));
-    let publisher = Publisher::new(settings(&broker.url(), &device), link).with_jitter(Jitter::Off);
+    let (link, board) = link_over(&store);
+    let publisher =
+        Publisher::new(settings(&broker.url(), &device), link, board).with_jitter(Jitter::Off);
     let stop = CancellationToken::new();
     let task = tokio::spawn(publisher.run(stop.clone()));
 
@@ -121,7 +134,7 @@ async fn a_ten_thousand_fix_backlog_drains_with_every_seq_and_the_newest_goes_fi
         .await
         .unwrap()
         .unwrap();
-    let depth = store.lock().view().stats.unwrap().depth;
+    let depth = store.lock().depth();
     assert_eq!(depth, 0, "everything acknowledged left the buffer");
 }
 
@@ -135,8 +148,9 @@ async fn new_fixes_overtake_a_draining_backlog() {
     proxy.delay(20);
     let device = support::unique("truck");
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
-    let link = Link::new(store.clone(), Arc::new(Metrics::new()));
-    let publisher = Publisher::new(settings(&proxy.url(), &device), link).with_jitter(Jitter::Off);
+    let (link, board) = link_over(&store);
+    let publisher =
+        Publisher::new(settings(&proxy.url(), &device), link, board).with_jitter(Jitter::Off);
     let stop = CancellationToken::new();
     let task = tokio::spawn(publisher.run(stop.clone()));
 
@@ -183,9 +197,8 @@ async fn a_cut_with_the_window_full_loses_nothing_and_duplicates_stay_within_the
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
     let s = settings(&proxy.url(), &device);
     let (window, batch) = (usize::from(s.window), s.batch_max);
-    let link = Link::new(store.clone(), Arc::new(Metrics::new()));
-    let publisher = Publisher::new(s, link).with_jitter(Jitter::Off);
-    let status = publisher.status();
+    let (link, board) = link_over(&store);
+    let publisher = Publisher::new(s, link, board.clone()).with_jitter(Jitter::Off);
     let stop = CancellationToken::new();
     let task = tokio::spawn(publisher.run(stop.clone()));
 
@@ -217,10 +230,10 @@ async fn a_cut_with_the_window_full_loses_nothing_and_duplicates_stay_within_the
     }
     assert_eq!(counts.len() as u64, n, "no fix lost across the cuts");
     assert!(
-        status.borrow().reconnects >= 2,
+        board.read().mqtt.reconnects >= 2,
         "both cuts forced a reconnect"
     );
-    let reconnects = status.borrow().reconnects.max(1) as usize;
+    let reconnects = board.read().mqtt.reconnects.max(1) as usize;
     let duplicates: usize = counts
         .values()
         .map(|c| (*c as usize).saturating_sub(1))

@@ -64,9 +64,9 @@ async fn every_stored_fix_is_published_and_acknowledged_and_the_status_says_onli
     // More fixes while connected: woken by the source, not by polling.
     run.source.push((61..=80).map(fix));
     run.wait_acked(80).await;
-    run.wait_status("connected", |s| s.connected && s.acked_seq == Some(80))
+    run.wait_status("connected", |s| s.connected && s.acked_seq == (80))
         .await;
-    assert_eq!(run.status.borrow().breaker, "closed");
+    assert_eq!(run.status().breaker.as_str(), "closed");
 
     let mut seen = Seen::default();
     drain(&mut sub, &mut seen, Duration::from_millis(300)).await;
@@ -137,7 +137,7 @@ async fn a_stalled_link_is_dropped_after_the_puback_timeout_and_its_fixes_go_out
     proxy.stall();
     run.source.push((1..=10).map(fix));
     run.wait_status("failed on the PUBACK timeout", |s| {
-        s.last_error.as_ref().map(|e| e.0) == Some("MQTT_ACK_TIMEOUT")
+        s.last_error.as_ref().map(|e| e.code) == Some("MQTT_ACK_TIMEOUT")
     })
     .await;
     assert!(
@@ -164,16 +164,17 @@ async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_go
     source.push((1..=5).map(fix));
     let mut run = start(s, source);
 
-    run.wait_status("open", |s| s.breaker == "open").await;
+    run.wait_status("open", |s| s.breaker.as_str() == "open")
+        .await;
     {
-        let st = run.status.borrow();
-        let (code, _) = st.last_error.clone().unwrap();
+        let st = run.status();
+        let code = st.last_error.clone().unwrap().code;
         assert_eq!(code, "MQTT_CONNECT");
         assert!(!st.connected);
     }
     proxy.restore().await;
     run.wait_acked(5).await;
-    run.wait_status("closed", |s| s.breaker == "closed" && s.connected)
+    run.wait_status("closed", |s| s.breaker.as_str() == "closed" && s.connected)
         .await;
     run.stop().await;
 }
@@ -286,7 +287,7 @@ async fn a_device_the_broker_refuses_is_reported_as_mqtt_auth_and_not_retried_in
     let mut run = start(s, source);
 
     run.wait_status("refused", |s| {
-        s.last_error.as_ref().map(|e| e.0) == Some("MQTT_AUTH")
+        s.last_error.as_ref().map(|e| e.code) == Some("MQTT_AUTH")
     })
     .await;
     // Backoff alone would have retried within 50 ms; a permanent failure waits 30 s.

@@ -78,8 +78,8 @@ async fn a_fix_the_broker_always_drops_the_link_over_is_dead_lettered_and_the_re
         open_for: Duration::from_millis(500),
     };
     s.idle_poll = Duration::from_millis(100);
-    let publisher = Publisher::new(s, source.clone()).with_jitter(Jitter::Off);
-    let status = publisher.status();
+    let board = gps_agent::status::StatusBoard::default();
+    let publisher = Publisher::new(s, source.clone(), board.clone()).with_jitter(Jitter::Off);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(publisher.run(shutdown.clone()));
 
@@ -90,7 +90,7 @@ async fn a_fix_the_broker_always_drops_the_link_over_is_dead_lettered_and_the_re
             "acked {:?}, dead {:?}, status {:?}",
             source.acked(),
             source.dead(),
-            *status.borrow()
+            board.read().mqtt
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -114,7 +114,7 @@ async fn a_fix_the_broker_always_drops_the_link_over_is_dead_lettered_and_the_re
     }
     assert_eq!(seen, expected);
     // 4 fixes -> 2 -> 1 -> seq 5 alone: three rounds of drops in a row.
-    let reconnects = status.borrow().reconnects;
+    let reconnects = board.read().mqtt.reconnects;
     assert!(
         reconnects >= 3 * u64::from(REJECTED_AFTER_DISCONNECTS) - 1,
         "{reconnects}"

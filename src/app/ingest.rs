@@ -1,9 +1,9 @@
 //! The ingest thread: receiver bytes to stored fixes.
 //!
 //! In: byte chunks from the GNSS source's bounded channel. Out: accepted fixes appended to
-//! the [`Store`](super::store::Store), rejections counted, the uplink woken after each
-//! commit, and a [`GnssView`] for health. One blocking thread, because decoding is cheap and
-//! the buffer's commit is a blocking fsync.
+//! the [`Store`](crate::buffer::store::Store), rejections counted, the uplink woken after each
+//! commit, and the GNSS and buffer status published on the board whenever they change. One
+//! blocking thread, because decoding is cheap and the buffer's commit is a blocking fsync.
 //!
 //! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
 //! source's channel (64 chunks of 256 bytes, ~1.7 s at 9600 baud) absorbs it; the serial
@@ -11,18 +11,18 @@
 //! the source's status, which `/health` shows. It never exits on bad data; it ends when the
 //! stop flag is raised (then the decoder is flushed and the buffer committed).
 
-use super::store::SharedStore;
+use crate::buffer::store::SharedStore;
 use crate::config::ValidateConfig;
 use crate::error::Classified;
-use crate::fix::FixMode;
 use crate::gnss::source::SourceHandle;
 use crate::gnss::{Decoded, Decoder, SentenceStats};
 use crate::health::metrics::Metrics;
-use crate::rejection::{Reason, ReasonCounts};
+use crate::rejection::Reason;
+use crate::status::{GnssStatus, LastFix, StatusBoard};
 use crate::validate::Validator;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
@@ -36,29 +36,12 @@ const IDLE_TICK: Duration = Duration::from_millis(100);
 /// sending, so the last fix before it stopped is stored too.
 const EPOCH_QUIET: Duration = Duration::from_secs(1);
 
-/// What health shows of the GNSS stage; updated by the ingest thread.
-#[derive(Debug, Clone, Default)]
-pub struct GnssView {
-    pub accepted: u64,
-    pub rejected: ReasonCounts,
-    pub last_fix_at: Option<Instant>,
-    /// The receiver's UTC (ms) of the newest accepted fix, with `last_fix_at`: the GNSS
-    /// receiver as a clock (see [`super::clock`]).
-    pub last_fix_utc_ms: Option<i64>,
-    pub last_fix_mode: Option<FixMode>,
-    pub last_seq_appended: u64,
-    pub sentences: SentenceStats,
-    /// Append failures (the buffer keeps the fix in memory; counted for health).
-    pub append_errors: u64,
-    pub last_append_error: Option<(&'static str, String)>,
-}
-
 /// Everything the thread needs.
 pub struct Ingest {
     pub source: SourceHandle,
     pub store: SharedStore,
     pub metrics: Arc<Metrics>,
-    pub view: Arc<Mutex<GnssView>>,
+    pub board: StatusBoard,
     pub stop: Arc<AtomicBool>,
     pub require_checksum: bool,
     pub validate: ValidateConfig,
@@ -74,15 +57,22 @@ impl Ingest {
             source,
             store,
             metrics,
-            view,
+            board,
             stop,
             require_checksum,
             validate,
             reload,
         } = self;
         let mut decoder = Decoder::new(require_checksum);
-        let mut validator = Validator::new(validate);
-        let mut reported = SentenceStats::default();
+        let mut stage = Stage {
+            validator: Validator::new(validate),
+            source: &source,
+            store: &store,
+            metrics: &metrics,
+            board: &board,
+            gnss: GnssStatus::default(),
+            reported: SentenceStats::default(),
+        };
         let mut source_done = false;
         let mut events: Vec<Decoded> = Vec::with_capacity(16);
         let mut last_bytes_at = Instant::now();
@@ -93,7 +83,7 @@ impl Ingest {
             }
             if let Ok(cfg) = reload.try_recv() {
                 // Thresholds change; the track of earlier fixes starts afresh.
-                validator = Validator::new(cfg);
+                stage.validator = Validator::new(cfg);
             }
             if source_done {
                 std::thread::sleep(IDLE_TICK);
@@ -117,103 +107,119 @@ impl Ingest {
                     }
                 }
             }
-            let now = Instant::now();
-            let mut committed = false;
-            for event in events.drain(..) {
-                committed |= handle(event, &mut validator, &source, &store, &metrics, &view, now);
-            }
-            match store.lock().tick(now) {
-                Ok(Some(_)) => committed = true,
-                Ok(None) => {}
-                Err(e) => warn!(component = "buffer", code = e.code(), error = %e, "tick failed"),
-            }
-            if committed {
-                store.notify_committed();
-            }
-            report_sentences(&decoder, &mut reported, &metrics, &view);
+            stage.pass(&mut events, &decoder, Instant::now(), false);
         }
         // Shutdown: what the decoder holds, then one last commit.
         decoder.finish(&mut |e| events.push(e));
-        let now = Instant::now();
-        for event in events.drain(..) {
-            handle(event, &mut validator, &source, &store, &metrics, &view, now);
-        }
-        report_sentences(&decoder, &mut reported, &metrics, &view);
-        if let Err(e) = store.lock().commit() {
-            warn!(component = "buffer", code = e.code(), error = %e, "final commit failed");
-        }
-        store.notify_committed();
+        stage.pass(&mut events, &decoder, Instant::now(), true);
+        let accepted = stage.validator.accepted();
+        drop(stage);
         drop(source.chunks);
-        validator.accepted()
+        accepted
     }
 }
 
-/// One decoder event; returns true when the buffer committed.
-fn handle(
-    event: Decoded,
-    validator: &mut Validator,
-    source: &SourceHandle,
-    store: &SharedStore,
-    metrics: &Metrics,
-    view: &Mutex<GnssView>,
-    now: Instant,
-) -> bool {
-    let epoch = match event {
-        Decoded::Epoch(epoch) => epoch,
-        Decoded::BadChecksum => {
-            metrics.fix_rejected(Reason::Checksum);
-            view.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .rejected
-                .add(Reason::Checksum);
-            return false;
+/// The stage: validation and what it publishes, and the handles it writes to.
+struct Stage<'a> {
+    validator: Validator,
+    source: &'a SourceHandle,
+    store: &'a SharedStore,
+    metrics: &'a Metrics,
+    board: &'a StatusBoard,
+    /// The GNSS status as last published.
+    gnss: GnssStatus,
+    /// Sentence counters already passed on to metrics (they take deltas).
+    reported: SentenceStats,
+}
+
+impl Stage<'_> {
+    /// Judge and store the decoder's events, tick the buffer (group commit, disk retries;
+    /// at the end a final commit), wake the uplink after a commit, and publish what changed.
+    fn pass(&mut self, events: &mut Vec<Decoded>, decoder: &Decoder, now: Instant, last: bool) {
+        let mut committed = false;
+        for event in events.drain(..) {
+            committed |= self.handle(event, now);
         }
-    };
-    if let Some(t) = epoch.time_of_day_ms {
-        source.status.note_epoch_time(t);
-    }
-    match validator.check(&epoch) {
-        Ok(fix) => {
-            metrics.fix_accepted();
-            let result = store.lock().append(&fix, now);
-            let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
-            v.accepted += 1;
-            v.last_fix_at = Some(now);
-            v.last_fix_utc_ms = Some(fix.time_ms);
-            v.last_fix_mode = Some(fix.mode);
+        {
+            let mut store = self.store.lock();
+            let result = if last {
+                store.commit()
+            } else {
+                store.tick(now)
+            };
             match result {
-                Ok(committed) => committed.is_some(),
-                Err(e) => {
-                    v.append_errors += 1;
-                    v.last_append_error = Some((e.code(), e.to_string()));
-                    false
-                }
+                Ok(Some(_)) => committed = true,
+                Ok(None) => {}
+                Err(e) => warn!(component = "buffer", code = e.code(), error = %e,
+                    final_commit = last, "buffer commit failed"),
+            }
+            store.publish();
+        }
+        if committed || last {
+            self.store.notify_committed();
+        }
+        report_sentences(decoder, &mut self.reported, self.metrics);
+        self.publish();
+    }
+
+    /// One decoder event; returns true when the buffer committed.
+    fn handle(&mut self, event: Decoded, now: Instant) -> bool {
+        let epoch = match event {
+            Decoded::Epoch(epoch) => epoch,
+            Decoded::BadChecksum => {
+                self.metrics.fix_rejected(Reason::Checksum);
+                self.gnss.rejected.add(Reason::Checksum);
+                return false;
+            }
+        };
+        if let Some(t) = epoch.time_of_day_ms {
+            self.source.status.note_epoch_time(t);
+        }
+        match self.validator.check(&epoch) {
+            Ok(fix) => {
+                self.metrics.fix_accepted();
+                self.board.clock().note_fix(fix.time_ms);
+                self.gnss.accepted += 1;
+                self.gnss.last_fix = Some(LastFix {
+                    at: self.board.clock().now(),
+                    mode: fix.mode,
+                });
+                // An append that fails keeps the fix in the buffer's memory ring; the
+                // buffer's status says so.
+                matches!(self.store.lock().append(&fix, now), Ok(Some(_)))
+            }
+            Err(rejection) => {
+                self.metrics.fix_rejected(rejection.reason);
+                self.gnss.rejected.add(rejection.reason);
+                debug!(
+                    component = "validate",
+                    reason = rejection.reason.as_str(),
+                    detail = rejection.detail,
+                    "epoch rejected"
+                );
+                false
             }
         }
-        Err(rejection) => {
-            metrics.fix_rejected(rejection.reason);
-            view.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .rejected
-                .add(rejection.reason);
-            debug!(
-                component = "validate",
-                reason = rejection.reason.as_str(),
-                detail = rejection.detail,
-                "epoch rejected"
-            );
-            false
-        }
+    }
+
+    /// The source's condition joins what ingest counted; published when it changed.
+    fn publish(&mut self) {
+        let status = &self.source.status;
+        self.gnss.connected = status.connected();
+        self.gnss.outages = status.outages() + status.stuck_events();
+        self.gnss.dropped_chunks = status.dropped_chunks();
+        self.gnss.last_error = status.last_error();
+        let current = self.gnss.clone();
+        self.board.gnss(|g| {
+            if *g != current {
+                *g = current;
+            }
+        });
     }
 }
 
-/// Sentence counters into metrics (as deltas) and the health view.
-fn report_sentences(
-    decoder: &Decoder,
-    reported: &mut SentenceStats,
-    metrics: &Metrics,
-    view: &Mutex<GnssView>,
-) {
+/// Sentence counters into metrics (as deltas).
+fn report_sentences(decoder: &Decoder, reported: &mut SentenceStats, metrics: &Metrics) {
     let now = *decoder.stats();
     if now == *reported {
         return;
@@ -237,5 +243,4 @@ fn report_sentences(
         metrics.sentences(result, n.saturating_sub(before));
     }
     *reported = now;
-    view.lock().unwrap_or_else(|p| p.into_inner()).sentences = now;
 }

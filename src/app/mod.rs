@@ -5,8 +5,9 @@
 //!   (reader thread,     (bounded,   decode, validate          │        ▲
 //!    never blocks)       64)                                   │ batches│ acks
 //!                                                              ▼        │
-//!                                                     uplink (Publisher) ──> MQTT broker
-//!  report loop (1 s): health snapshot, metrics, /live heartbeat, systemd watchdog
+//!                                            uplink (Publisher over Link) ──> MQTT broker
+//!  each stage publishes its status on the StatusBoard when it changes; /health and /metrics
+//!  read the board; the main loop only heartbeats (/live, systemd watchdog) and reloads.
 //! ```
 //!
 //! A failing stage degrades the agent, never stops it: it starts without a receiver (the
@@ -22,35 +23,34 @@
 //! connection as at shutdown and reconnect with the new settings; other changes are logged
 //! as needing a restart.
 
-pub mod clock;
 pub mod ingest;
-pub mod store;
 
+use crate::buffer::store::{SharedStore, Store};
+use crate::clock::Clock;
 use crate::config::{Config, SourceKind};
 use crate::error::Classified;
 use crate::gnss::source::{file, serial, SourceHandle};
 use crate::health::metrics::Metrics;
 use crate::health::server::{self, ServeOptions};
-use crate::health::snapshot::{
-    BreakerState, BufferHealth, Component, FixState, GnssHealth, HealthState, MqttHealth, Status,
-};
-use crate::uplink::publisher::{Publisher, PublisherSettings, UplinkStatus};
-use ingest::{GnssView, Ingest};
+use crate::health::snapshot::status_line;
+use crate::status::StatusBoard;
+use crate::uplink::link::Link;
+use crate::uplink::publisher::{Publisher, PublisherSettings};
+use ingest::Ingest;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use store::{Link, SharedStore, Store};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// How often health, metrics and the watchdog are brought up to date.
-const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often the main loop shows it is alive (`/live`, systemd's `STATUS=`), when systemd's
+/// watchdog does not ask for more often: well inside `/live`'s 30 s, rare enough that an
+/// idle agent stays asleep.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 /// Pause between the connection ended for a `[mqtt]` reload and the new one.
 const RELOAD_SETTLE: Duration = Duration::from_millis(500);
-/// A receiver with no accepted fix for this long is reported degraded.
-const FIX_STALE_AFTER: Duration = Duration::from_secs(30);
 
 /// What a caller may set besides the configuration (tests, the demo).
 #[derive(Debug, Clone, Default)]
@@ -59,16 +59,8 @@ pub struct RunOptions {
     pub config_path: Option<PathBuf>,
     /// Health server limits (tests shorten the stream interval).
     pub serve: Option<ServeOptions>,
-}
-
-/// The running agent's handles, for the report loop.
-struct Running {
-    health: HealthState,
-    metrics: Arc<Metrics>,
-    source_status: Arc<crate::gnss::source::SourceStatus>,
-    gnss_view: Arc<Mutex<GnssView>>,
-    store: SharedStore,
-    uplink: watch::Receiver<UplinkStatus>,
+    /// The agent's clock; the system's when `None`.
+    pub clock: Option<Clock>,
 }
 
 /// The uplink, once its settings can be made: a password file or TLS material that cannot
@@ -79,7 +71,7 @@ struct Running {
 async fn run_uplink(
     device: String,
     link: Link,
-    status: watch::Sender<UplinkStatus>,
+    board: StatusBoard,
     stop: CancellationToken,
     mut reload: watch::Receiver<crate::config::MqttConfig>,
 ) {
@@ -90,7 +82,8 @@ async fn run_uplink(
             Err(e) => {
                 error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
                     "uplink cannot start; fixes are buffered until it can");
-                status.send_modify(|s| s.last_error = Some((e.code(), e.to_string())));
+                let error = board.error_now(&e);
+                board.mqtt(|m| m.last_error = Some(error));
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
@@ -99,10 +92,8 @@ async fn run_uplink(
             }
         }
     };
-    let mut publisher = Publisher::new(settings, link);
-    let mut inner = publisher.status();
+    let mut publisher = Publisher::new(settings, link, board);
     loop {
-        status.send_replace(inner.borrow_and_update().clone());
         let session_stop = stop.child_token();
         let current = publisher.settings().clone();
         let mut next = None;
@@ -112,9 +103,6 @@ async fn run_uplink(
             loop {
                 tokio::select! {
                     () = &mut serve => break,
-                    Ok(()) = inner.changed() => {
-                        status.send_replace(inner.borrow_and_update().clone());
-                    }
                     Ok(()) = reload.changed(), if next.is_none() => {
                         let new = reload.borrow_and_update().clone();
                         match PublisherSettings::from_config(&new, &device) {
@@ -134,7 +122,6 @@ async fn run_uplink(
                 }
             }
         }
-        status.send_replace(inner.borrow_and_update().clone());
         let Some(settings) = next.filter(|_| !stop.is_cancelled()) else {
             return;
         };
@@ -153,17 +140,17 @@ async fn run_uplink(
 /// the uplink has said goodbye. Errors only for what cannot start at all.
 pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> Result<(), String> {
     let started = Instant::now();
-    let health = HealthState::new();
-    let metrics = Arc::new(Metrics::with_clock(Arc::clone(health.clock())));
+    let board = StatusBoard::new(opts.clock.clone().unwrap_or_default());
+    let metrics = Arc::new(Metrics::new(board.clone()));
     let server_stop = CancellationToken::new();
 
     // Health endpoint first, so operators see the agent come up.
     let server_task = match server::bind(&cfg.health.listen).await {
         Ok(listener) => {
             info!(component = "health", listen = %cfg.health.listen, "health endpoint listening");
-            let (h, m, t) = (health.clone(), Arc::clone(&metrics), server_stop.clone());
+            let (b, m, t) = (board.clone(), Arc::clone(&metrics), server_stop.clone());
             let options = opts.serve.clone().unwrap_or_default();
-            Some(tokio::spawn(server::serve_with(listener, h, m, t, options)))
+            Some(tokio::spawn(server::serve_with(listener, b, m, t, options)))
         }
         Err(e) => {
             error!(component = "health", code = e.code(), class = e.class().as_str(), error = %e,
@@ -181,21 +168,23 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     }
 
     // The buffer (or the memory queue that waits for it).
-    let store = SharedStore::new(Store::open(cfg.buffer.clone(), Instant::now()));
+    let store = SharedStore::new(Store::open(
+        cfg.buffer.clone(),
+        board.clone(),
+        Instant::now(),
+    ));
 
     // The receiver.
     let stop_reading = Arc::new(AtomicBool::new(false));
     let source = spawn_source(&cfg, Arc::clone(&stop_reading))?;
-    let source_status = Arc::clone(&source.status);
 
     // Ingest: decode, validate, append.
-    let gnss_view = Arc::new(Mutex::new(GnssView::default()));
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
     let ingest = Ingest {
         source,
         store: store.clone(),
         metrics: Arc::clone(&metrics),
-        view: Arc::clone(&gnss_view),
+        board: board.clone(),
         stop: Arc::clone(&stop_reading),
         require_checksum: cfg.gnss.require_checksum,
         validate: cfg.validate.clone(),
@@ -207,17 +196,13 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
 
     // Uplink.
-    let (uplink_tx, uplink) = watch::channel(UplinkStatus {
-        breaker: "closed",
-        ..UplinkStatus::default()
-    });
     let uplink_stop = CancellationToken::new();
-    let link = Link::new(store.clone(), Arc::clone(&metrics)).with_gnss(Arc::clone(&gnss_view));
+    let link = Link::new(store.clone(), Arc::clone(&metrics), board.clock().clone());
     let (mqtt_reload_tx, mqtt_reload) = watch::channel(cfg.mqtt.clone());
     let uplink_task = tokio::spawn(run_uplink(
         cfg.device.id.clone(),
         link,
-        uplink_tx,
+        board.clone(),
         uplink_stop.clone(),
         mqtt_reload,
     ));
@@ -226,17 +211,10 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         mqtt: mqtt_reload_tx,
     };
 
-    let running = Running {
-        health: health.clone(),
-        metrics: Arc::clone(&metrics),
-        source_status,
-        gnss_view,
-        store: store.clone(),
-        uplink,
-    };
     let notifier = crate::notify::Notifier::from_env();
-    let watchdog_every = notifier.watchdog_interval();
-    let mut last_watchdog: Option<Instant> = None;
+    let heartbeat_every = notifier
+        .watchdog_interval()
+        .map_or(HEARTBEAT_EVERY, |w| w.min(HEARTBEAT_EVERY));
     notifier.ready();
     info!(
         component = "agent",
@@ -247,33 +225,34 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         "agent started"
     );
 
-    // The main loop: report, and react to SIGHUP, until told to stop.
+    // The main loop: heartbeat, tell systemd what changed, react to SIGHUP, until told to
+    // stop. The stages publish their own state; nothing here polls them.
     let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup());
-    let mut interval = tokio::time::interval(REPORT_EVERY);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut changes = board.subscribe();
     let mut current = cfg;
-    let mut reported = Reported::default();
+    let mut ingest_dead_reported = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = interval.tick() => {
-                let line = report(&running, &mut reported);
+            _ = heartbeat.tick() => {
+                board.heartbeat();
                 crate::logging::report_suppressed();
                 // The watchdog is fed only while the stages really run: a dead ingest thread
                 // stops it, and systemd restarts the agent.
                 if !ingest_thread.is_finished() {
-                    let due = watchdog_every.is_some_and(|every| {
-                        last_watchdog.is_none_or(|t| t.elapsed() >= every)
-                    });
-                    if due {
-                        notifier.watchdog();
-                        last_watchdog = Some(Instant::now());
-                    }
-                } else {
+                    notifier.watchdog();
+                } else if !ingest_dead_reported {
+                    ingest_dead_reported = true;
                     error!(component = "agent", code = "AGENT_INGEST_DEAD", class = "critical",
                         "ingest thread ended; the watchdog is no longer fed");
                 }
-                notifier.status(&line);
+                notifier.status(&status_line(&board.read(), board.clock()));
+            }
+            Ok(()) = changes.changed() => {
+                changes.borrow_and_update();
+                notifier.status(&status_line(&board.read(), board.clock()));
             }
             Some(()) = recv_signal(&mut hup) => {
                 reload(&opts, &mut current, &reloads);
@@ -298,12 +277,11 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     if let Err(e) = uplink_task.await {
         warn!(component = "mqtt", error = %e, "uplink task ended abnormally");
     }
-    let _ = report(&running, &mut reported);
     server_stop.cancel();
     if let Some(t) = server_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
     }
-    let depth = store.lock().view().stats.map(|s| s.depth).unwrap_or(0);
+    let depth = store.lock().depth();
     info!(component = "agent", accepted, buffered = depth, "stopped");
     Ok(())
 }
@@ -316,9 +294,9 @@ fn spawn_source(cfg: &Config, stop: Arc<AtomicBool>) -> Result<SourceHandle, Str
     spawned.map_err(|e| format!("cannot start the GNSS source thread: {e}"))
 }
 
-type SignalStream = Option<tokio::signal::unix::Signal>;
+pub(crate) type SignalStream = Option<tokio::signal::unix::Signal>;
 
-fn signal_stream(kind: tokio::signal::unix::SignalKind) -> SignalStream {
+pub(crate) fn signal_stream(kind: tokio::signal::unix::SignalKind) -> SignalStream {
     match tokio::signal::unix::signal(kind) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -328,7 +306,7 @@ fn signal_stream(kind: tokio::signal::unix::SignalKind) -> SignalStream {
     }
 }
 
-async fn recv_signal(s: &mut SignalStream) -> Option<()> {
+pub(crate) async fn recv_signal(s: &mut SignalStream) -> Option<()> {
     match s {
         Some(s) => s.recv().await,
         None => std::future::pending().await,
@@ -386,222 +364,4 @@ fn reload(opts: &RunOptions, current: &mut Config, to: &Reloads) {
                 "SIGHUP: configuration not reloaded; the running one stays");
         }
     }
-}
-
-/// Counters already passed on to metrics (they take deltas).
-#[derive(Debug, Default)]
-struct Reported {
-    evicted: u64,
-    reconnects: u64,
-    outages: u64,
-    dropped_chunks: u64,
-}
-
-/// Bring health and metrics up to date; heartbeat for `/live`. Returns a one-line summary
-/// (systemd's `STATUS=`).
-fn report(r: &Running, reported: &mut Reported) -> String {
-    let now = r.health.now();
-    let gnss = r
-        .gnss_view
-        .lock()
-        .map(|g| g.clone())
-        .unwrap_or_else(|p| p.into_inner().clone());
-
-    // GNSS.
-    let fresh = gnss
-        .last_fix_at
-        .is_some_and(|t| now.saturating_duration_since(t) < FIX_STALE_AFTER);
-    let fix = match (fresh, gnss.last_fix_mode) {
-        (true, Some(crate::fix::FixMode::ThreeD)) => FixState::ThreeD,
-        (true, Some(crate::fix::FixMode::TwoD)) => FixState::TwoD,
-        _ => FixState::None,
-    };
-    let gnss_status = if r.source_status.connected() && fresh {
-        Status::Healthy
-    } else {
-        Status::Degraded
-    };
-    r.health.set_gnss(GnssHealth {
-        status: gnss_status,
-        fix,
-        last_fix_at: gnss.last_fix_at,
-        rejected: gnss.rejected,
-    });
-    let (outages, dropped) = (
-        r.source_status.outages() + r.source_status.stuck_events(),
-        r.source_status.dropped_chunks(),
-    );
-    r.metrics.source(
-        outages.saturating_sub(reported.outages),
-        dropped.saturating_sub(reported.dropped_chunks),
-    );
-    reported.outages = reported.outages.max(outages);
-    reported.dropped_chunks = reported.dropped_chunks.max(dropped);
-    if let Some(e) = r.source_status.last_error() {
-        let at_ms =
-            e.at.duration_since(std::time::UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-                .unwrap_or(0);
-        r.health.set_error(
-            Component::Gnss,
-            e.code,
-            &e.message,
-            crate::fix::format_time_ms(at_ms),
-        );
-    }
-
-    // Buffer.
-    let view = r.store.lock().view();
-    let (mut status, mut depth, mut oldest, mut evicted, mut dead, mut bytes) =
-        (Status::Healthy, 0, None, 0, 0, 0);
-    if let Some(s) = &view.stats {
-        depth = s.depth;
-        evicted = s.evicted;
-        dead = s.dead_letters;
-        bytes = s.bytes;
-        oldest = s
-            .oldest_time
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.timestamp_millis());
-    }
-    if let Some(h) = &view.health {
-        status = match h.status {
-            crate::buffer::BufferStatus::Healthy => Status::Healthy,
-            crate::buffer::BufferStatus::Degraded => Status::Degraded,
-            crate::buffer::BufferStatus::Unhealthy => Status::Unhealthy,
-        };
-        if let Some(e) = &h.last_error {
-            r.health
-                .set_error(Component::Buffer, e.code, &e.message, e.at.clone());
-        }
-    }
-    if let Some((code, message)) = &view.open_error {
-        status = Status::Degraded;
-        depth = view.waiting;
-        let at = crate::fix::format_time_ms(chrono::Utc::now().timestamp_millis());
-        r.health.set_error(Component::Buffer, code, message, at);
-    }
-    let uplink = r.uplink.borrow().clone();
-    r.health.set_buffer(BufferHealth {
-        status,
-        depth,
-        oldest_time_ms: oldest,
-        acked_seq: uplink.acked_seq.unwrap_or(0),
-        evicted: evicted + view.dropped_waiting,
-        dead_letters: dead,
-    });
-    r.metrics.set_buffer(depth, bytes);
-    let all_evicted = evicted + view.dropped_waiting;
-    r.metrics
-        .buffer_evicted(all_evicted.saturating_sub(reported.evicted));
-    reported.evicted = all_evicted.max(reported.evicted);
-
-    // MQTT.
-    let breaker = match uplink.breaker {
-        "open" => BreakerState::Open,
-        "half_open" => BreakerState::HalfOpen,
-        _ => BreakerState::Closed,
-    };
-    r.health.set_mqtt(MqttHealth {
-        status: if uplink.connected {
-            Status::Healthy
-        } else {
-            Status::Degraded
-        },
-        connected: uplink.connected,
-        breaker,
-        reconnects: uplink.reconnects,
-        last_ack_at: uplink.last_ack_at.map(|t| t.into_std()),
-    });
-    if let Some((code, message)) = &uplink.last_error {
-        let at = crate::fix::format_time_ms(chrono::Utc::now().timestamp_millis());
-        r.health.set_error(Component::Mqtt, code, message, at);
-    }
-    r.metrics.set_breaker(breaker);
-    for _ in reported.reconnects..uplink.reconnects {
-        r.metrics.reconnected();
-    }
-    reported.reconnects = reported.reconnects.max(uplink.reconnects);
-
-    r.health.heartbeat();
-    format!(
-        "fix {}, {} accepted, {} rejected; buffer {} pending; mqtt {}, acked seq {}",
-        match fix {
-            FixState::ThreeD => "3d",
-            FixState::TwoD => "2d",
-            FixState::None => "none",
-        },
-        gnss.accepted,
-        gnss.rejected.total(),
-        depth,
-        if uplink.connected {
-            "connected"
-        } else {
-            "disconnected"
-        },
-        uplink.acked_seq.unwrap_or(0)
-    )
-}
-
-/// `gps-agent run`: load the configuration, start the runtime, run until a signal.
-pub fn main(config_path: &std::path::Path) -> i32 {
-    let cfg = match crate::config::load(config_path) {
-        Ok(cfg) => cfg,
-        Err(crate::config::ConfigError::Invalid { problems }) => {
-            for p in &problems {
-                error!(component = "config", code = "CONFIG_INVALID", problem = %p,
-                    path = %config_path.display(), "configuration invalid");
-                eprintln!("{}: {}", config_path.display(), p);
-            }
-            return crate::cli::EXIT_CONFIG;
-        }
-        Err(e) => {
-            error!(component = "config", code = e.code(), error = %e, "configuration unreadable");
-            eprintln!("{}: {}", config_path.display(), e);
-            return crate::cli::EXIT_CONFIG;
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("gps-agent")
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            error!(component = "agent", error = %e, "cannot start the async runtime");
-            return 1;
-        }
-    };
-    let opts = RunOptions {
-        config_path: Some(config_path.to_path_buf()),
-        serve: None,
-    };
-    runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(cancel_on_terminate(shutdown.clone()));
-        let result = run(cfg, opts, shutdown).await;
-        signals.abort();
-        match result {
-            Ok(()) => 0,
-            Err(e) => {
-                error!(component = "agent", error = %e, "agent could not start");
-                1
-            }
-        }
-    })
-}
-
-/// SIGTERM or SIGINT cancel `token` (a second one is left to the default: the agent is
-/// already stopping within bounded time).
-async fn cancel_on_terminate(token: CancellationToken) {
-    use tokio::signal::unix::SignalKind;
-    let mut term = signal_stream(SignalKind::terminate());
-    let mut int = signal_stream(SignalKind::interrupt());
-    tokio::select! {
-        Some(()) = recv_signal(&mut term) => info!(component = "agent", signal = "SIGTERM", "shutdown requested"),
-        Some(()) = recv_signal(&mut int) => info!(component = "agent", signal = "SIGINT", "shutdown requested"),
-    }
-    token.cancel();
 }

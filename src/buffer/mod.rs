@@ -3,7 +3,8 @@
 //!
 //! In: accepted [`Fix`]es from validation ([`Buffer::append`]), acks, releases and dead
 //! letters from the uplink. Out: batches oldest first ([`Buffer::next_batch`]), the newest
-//! fix for "live first" ([`Buffer::newest_pending`]), [`BufferStats`] and [`BufferHealth`].
+//! fix for "live first" ([`Buffer::newest_pending`]), [`BufferStats`] and its
+//! [`BufferStatus`](crate::status::BufferStatus) for the status board.
 //! It must never hand out a fix before it is committed, never reuse or skip a seq within a
 //! stream, never delete a file, and never panic on an I/O error.
 //!
@@ -36,20 +37,22 @@
 mod error;
 mod file_ops;
 pub mod schema;
+pub mod store;
 
 pub use error::BufferError;
 pub use file_ops::{file_stats, list_dead_letters, requeue_dead_letters, BufferStats, DeadLetter};
 pub use schema::{open_existing, open_read_only, APPLICATION_ID, SCHEMA_VERSION};
 
+use crate::clock::Clock;
 use crate::config::{BufferConfig, EvictionPolicy};
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
+use crate::status::{BufferStatus, LastError, Status};
 use error::classify;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use schema::{
     data_version, insert_fix, read_meta_u64, read_stream, row_to_fix, Unusable, FIX_COLUMNS,
 };
-use serde::Serialize;
 use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,33 +82,6 @@ pub struct OpenReport {
     pub moved_aside: Option<PathBuf>,
     /// Why it was moved aside.
     pub corrupt_reason: Option<String>,
-}
-
-/// Status of the buffer component in `/health`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BufferStatus {
-    Healthy,
-    /// Fixes wait in memory because the disk cannot be written.
-    Degraded,
-    /// A corrupt file was moved aside at startup: raise an alarm until restart.
-    Unhealthy,
-}
-
-/// The last error, as `/health` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastError {
-    pub code: &'static str,
-    pub class: ErrorClass,
-    pub message: String,
-    /// Host time, RFC 3339.
-    pub at: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct BufferHealth {
-    pub status: BufferStatus,
-    pub last_error: Option<LastError>,
 }
 
 /// Numbers that move with each write; a copy as of the last commit is restored on rollback.
@@ -163,6 +139,8 @@ pub struct Buffer {
     /// `buffer requeue` CLI next to the running daemon).
     data_version: i64,
     next_outside_check: Instant,
+    /// Stamps `last_error` (the wall clock of the agent's one clock).
+    clock: Clock,
 }
 
 /// How often [`Buffer::tick`] asks SQLite whether another process changed the file.
@@ -174,10 +152,6 @@ fn secs(s: f64) -> Duration {
     } else {
         Duration::ZERO
     }
-}
-
-fn now_rfc3339() -> String {
-    crate::fix::format_time_ms(chrono::Utc::now().timestamp_millis())
 }
 
 impl Buffer {
@@ -237,6 +211,7 @@ impl Buffer {
         };
         let data_version = data_version(&conn).map_err(io("read data_version"))?;
         info!(path = %path.display(), stream = %stream, depth, last_seq, "buffer open");
+        let clock = Clock::system();
         let last_error = report.corrupt_reason.as_ref().map(|reason| LastError {
             code: "BUFFER_CORRUPT",
             class: ErrorClass::Critical,
@@ -248,7 +223,7 @@ impl Buffer {
                     .unwrap_or(Path::new(""))
                     .display()
             ),
-            at: now_rfc3339(),
+            at_ms: clock.wall_ms(),
         });
         let buffer = Buffer {
             conn,
@@ -274,8 +249,15 @@ impl Buffer {
             last_error,
             data_version,
             next_outside_check: Instant::now(),
+            clock,
         };
         Ok((buffer, report))
+    }
+
+    /// Stamp errors with the agent's clock (the daemon's, or a test's).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The stream id of this file (32 hex chars).
@@ -580,16 +562,35 @@ impl Buffer {
         Ok(s)
     }
 
-    pub fn health(&self) -> BufferHealth {
-        let status = if self.moved_aside {
-            BufferStatus::Unhealthy
+    /// What the buffer publishes on the status board: its condition, the counts it keeps,
+    /// the oldest waiting fix's time (one rowid lookup) and the file's size (two `stat`s).
+    pub fn status(&self) -> BufferStatus {
+        let condition = if self.moved_aside {
+            Status::Unhealthy
         } else if self.disk != Disk::Writable || !self.ring.is_empty() {
-            BufferStatus::Degraded
+            Status::Degraded
         } else {
-            BufferStatus::Healthy
+            Status::Healthy
         };
-        BufferHealth {
-            status,
+        let oldest_on_disk = self
+            .conn
+            .prepare_cached("SELECT time_ms FROM fixes ORDER BY seq LIMIT 1")
+            .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)).optional());
+        let oldest_time_ms = match oldest_on_disk {
+            Ok(on_disk) => on_disk.or_else(|| self.ring.front().map(|f| f.time_ms)),
+            Err(e) => {
+                debug!(component = "buffer", error = %e, "oldest fix unreadable");
+                self.ring.front().map(|f| f.time_ms)
+            }
+        };
+        BufferStatus {
+            condition,
+            depth: self.current.depth + self.ring.len() as u64,
+            in_memory: self.ring.len() as u64,
+            oldest_time_ms,
+            evicted: self.current.evicted,
+            dead_letters: self.current.dead_letters,
+            bytes: file_ops::file_bytes(&self.path),
             last_error: self.last_error.clone(),
         }
     }
@@ -795,12 +796,7 @@ impl Buffer {
         };
         warn!(code = err.code(), path = %self.path.display(), held = self.ring.len(), error = %err,
             "buffer write failed; fixes held in memory until the disk works again");
-        self.last_error = Some(LastError {
-            code: err.code(),
-            class: err.class(),
-            message: err.to_string(),
-            at: now_rfc3339(),
-        });
+        self.last_error = Some(LastError::new(&err, self.clock.wall_ms()));
         err
     }
 

@@ -9,6 +9,7 @@
 pub mod buffer;
 pub mod check_config;
 pub mod parse;
+pub mod run;
 
 use crate::config::{self, Config, ConfigError};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -110,7 +111,7 @@ pub fn main() -> i32 {
             Ok(cfg) => buffer::run(args, &cfg.buffer.path),
             Err(code) => code,
         },
-        Command::Run => crate::app::main(&config_path),
+        Command::Run => run::run(&config_path),
         #[cfg(feature = "demo")]
         Command::Demo(args) => crate::demo::run(&args),
         #[cfg(not(feature = "demo"))]

@@ -1,23 +1,24 @@
 //! Prometheus metrics of the agent (`GET /metrics`), every name prefixed `gps_agent_`.
 //!
-//! In: the stages call small counting methods on a shared `Arc<Metrics>` (`sentence`,
-//! `fix_accepted`, `fix_rejected`, `set_buffer`, `published`, `message_acked`, ...). Out:
-//! [`Metrics::encode`] renders the OpenMetrics text exposition. Every method is a few atomic
-//! operations (the latency histogram takes a short lock): safe on the hot path, never
-//! blocking on a scrape. Label values are `&'static str` so a counter bump never allocates and
-//! the set of series stays bounded.
+//! Two kinds of series. Events are counted by the stage where they happen, through small
+//! methods on a shared `Arc<Metrics>` (`sentences`, `fix_accepted`, `fix_rejected`,
+//! `published`, `message_acked`): a few atomic operations each (the latency histogram takes a
+//! short lock), safe on the hot path. States and totals the stages already publish on the
+//! [`StatusBoard`] (buffer depth and size, evictions, dead letters, reconnects, receiver
+//! outages, the breaker, the age of the last ack) are read from the board at scrape time, so
+//! there is one source of truth and nothing to keep in step. Label values are `&'static str`
+//! so a counter bump never allocates and the set of series stays bounded.
 
-use super::snapshot::{BreakerState, Clock, SystemClock};
 use crate::rejection::Reason;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use crate::status::{BreakerState, StatusBoard};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Content type of [`Metrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -42,24 +43,12 @@ struct FixLabels {
 /// The agent's metrics. Share it as `Arc<Metrics>`.
 pub struct Metrics {
     registry: Registry,
-    clock: Arc<dyn Clock>,
-    started: Instant,
     sentences: Family<SentenceLabels, Counter>,
     fixes: Family<FixLabels, Counter>,
-    buffer_depth: Gauge,
-    buffer_bytes: Gauge,
-    buffer_evicted: Counter,
-    dead_letters: Counter,
     published_fixes: Counter,
     published_messages: Counter,
     acks: Counter,
-    reconnects: Counter,
-    source_outages: Counter,
-    source_dropped: Counter,
-    breaker: Gauge,
-    last_ack_age: Gauge<f64, AtomicU64>,
     fix_to_ack: Histogram,
-    last_ack: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,33 +57,110 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+/// The series read from the board at each scrape.
+#[derive(Debug)]
+struct BoardSeries {
+    board: StatusBoard,
+}
+
+impl Collector for BoardSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let cells = self.board.read();
+        let now = self.board.clock().now();
+        let (gnss, buffer, mqtt) = (&cells.gnss, &cells.buffer, &cells.mqtt);
+        let counters: [(&str, &str, Option<Unit>, u64); 5] = [
+            (
+                "gnss_outages",
+                "Times the receiver went away (unplugged, read errors, stuck and reopened)",
+                None,
+                gnss.outages,
+            ),
+            (
+                "gnss_dropped_chunks",
+                "Receiver byte chunks dropped because ingest was not keeping up (256 bytes each)",
+                None,
+                gnss.dropped_chunks,
+            ),
+            (
+                "buffer_evicted",
+                "Fixes evicted from a full buffer (file or memory), since the file was made",
+                None,
+                buffer.evicted,
+            ),
+            (
+                "buffer_dead_letters",
+                "Fixes set aside as undeliverable, now in the file",
+                None,
+                buffer.dead_letters,
+            ),
+            (
+                "mqtt_reconnects",
+                "Reconnections to the broker",
+                None,
+                mqtt.reconnects,
+            ),
+        ];
+        for (name, help, unit, value) in counters {
+            let c = ConstCounter::new(value);
+            c.encode(encoder.encode_descriptor(name, help, unit.as_ref(), c.metric_type())?)?;
+        }
+        let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let breaker = match mqtt.breaker {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open => 2,
+        };
+        let gauges: [(&str, &str, Option<Unit>, i64); 4] = [
+            (
+                "buffer_depth",
+                "Fixes stored and not yet acknowledged (file and memory)",
+                None,
+                to_i64(buffer.depth),
+            ),
+            (
+                "buffer_in_memory",
+                "Fixes held in memory while the disk cannot be written",
+                None,
+                to_i64(buffer.in_memory),
+            ),
+            (
+                "buffer",
+                "Size of the buffer database file and its WAL",
+                Some(Unit::Bytes),
+                to_i64(buffer.bytes),
+            ),
+            (
+                "mqtt_breaker_state",
+                "Circuit breaker: 0 closed, 1 half_open, 2 open",
+                None,
+                breaker,
+            ),
+        ];
+        for (name, help, unit, value) in gauges {
+            let g = ConstGauge::new(value);
+            g.encode(encoder.encode_descriptor(name, help, unit.as_ref(), g.metric_type())?)?;
+        }
+        let since = mqtt.last_ack_at.unwrap_or(cells.started);
+        let age = ConstGauge::new(now.saturating_duration_since(since).as_secs_f64());
+        age.encode(encoder.encode_descriptor(
+            "mqtt_last_ack_age",
+            "Time since the broker last acknowledged a message (since start before the first)",
+            Some(&Unit::Seconds),
+            age.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+    /// Metrics whose state series come from `board`.
+    pub fn new(board: StatusBoard) -> Self {
         let mut registry = Registry::with_prefix("gps_agent");
         let sentences = Family::<SentenceLabels, Counter>::default();
         let fixes = Family::<FixLabels, Counter>::default();
-        let buffer_depth = Gauge::default();
-        let buffer_bytes = Gauge::default();
-        let buffer_evicted = Counter::default();
-        let dead_letters = Counter::default();
         let published_fixes = Counter::default();
         let published_messages = Counter::default();
         let acks = Counter::default();
-        let reconnects = Counter::default();
-        let source_outages = Counter::default();
-        let source_dropped = Counter::default();
-        let breaker = Gauge::default();
-        let last_ack_age = Gauge::<f64, AtomicU64>::default();
         let fix_to_ack = Histogram::new(LATENCY_BUCKETS);
 
         registry.register(
@@ -106,37 +172,6 @@ impl Metrics {
             "fixes",
             "Epochs validated, by outcome (accepted|rejected) and rejection reason",
             fixes.clone(),
-        );
-        registry.register(
-            "gnss_outages",
-            "Times the receiver went away (unplugged, read errors, stuck and reopened)",
-            source_outages.clone(),
-        );
-        registry.register(
-            "gnss_dropped_chunks",
-            "Receiver byte chunks dropped because ingest was not keeping up (256 bytes each)",
-            source_dropped.clone(),
-        );
-        registry.register(
-            "buffer_depth",
-            "Fixes stored and not yet acknowledged",
-            buffer_depth.clone(),
-        );
-        registry.register_with_unit(
-            "buffer",
-            "Size of the buffer database file",
-            Unit::Bytes,
-            buffer_bytes.clone(),
-        );
-        registry.register(
-            "buffer_evicted",
-            "Fixes evicted from a full buffer",
-            buffer_evicted.clone(),
-        );
-        registry.register(
-            "buffer_dead_letters",
-            "Fixes set aside as undeliverable",
-            dead_letters.clone(),
         );
         registry.register(
             "published_fixes",
@@ -153,28 +188,13 @@ impl Metrics {
             "MQTT messages acknowledged by the broker (PUBACK)",
             acks.clone(),
         );
-        registry.register(
-            "mqtt_reconnects",
-            "Reconnections to the broker",
-            reconnects.clone(),
-        );
-        registry.register(
-            "mqtt_breaker_state",
-            "Circuit breaker: 0 closed, 1 half_open, 2 open",
-            breaker.clone(),
-        );
-        registry.register_with_unit(
-            "mqtt_last_ack_age",
-            "Time since the broker last acknowledged a message (since start before the first)",
-            Unit::Seconds,
-            last_ack_age.clone(),
-        );
         registry.register_with_unit(
             "fix_to_ack_latency",
             "From the fix's receiver time to the broker acknowledging it (on the receiver clock when the system clock is off)",
             Unit::Seconds,
             fix_to_ack.clone(),
         );
+        registry.register_collector(Box::new(BoardSeries { board }));
 
         // Pre-create every fix series so `rate()` sees zeros rather than missing series.
         drop(fixes.get_or_create(&FixLabels {
@@ -188,39 +208,19 @@ impl Metrics {
             }));
         }
 
-        let started = clock.now();
         Metrics {
             registry,
-            clock,
-            started,
             sentences,
             fixes,
-            buffer_depth,
-            buffer_bytes,
-            buffer_evicted,
-            dead_letters,
             published_fixes,
             published_messages,
             acks,
-            reconnects,
-            source_outages,
-            source_dropped,
-            breaker,
-            last_ack_age,
             fix_to_ack,
-            last_ack: Mutex::new(None),
         }
     }
 
-    /// One NMEA sentence read, by result (`ok`, `checksum`, `unsupported`, ... as the GNSS
+    /// `n` more sentences with this result (`ok`, `checksum`, `unsupported`, ... as the GNSS
     /// stage names them; keep the set small and static).
-    pub fn sentence(&self, result: &'static str) {
-        self.sentences
-            .get_or_create(&SentenceLabels { result })
-            .inc();
-    }
-
-    /// `n` more sentences with this result (the decoder counts; the agent reports deltas).
     pub fn sentences(&self, result: &'static str, n: u64) {
         if n > 0 {
             self.sentences
@@ -247,22 +247,6 @@ impl Metrics {
             .inc();
     }
 
-    /// The buffer's current depth (fixes) and file size (bytes).
-    pub fn set_buffer(&self, depth: u64, bytes: u64) {
-        self.buffer_depth
-            .set(i64::try_from(depth).unwrap_or(i64::MAX));
-        self.buffer_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
-    pub fn buffer_evicted(&self, fixes: u64) {
-        self.buffer_evicted.inc_by(fixes);
-    }
-
-    pub fn dead_lettered(&self, fixes: u64) {
-        self.dead_letters.inc_by(fixes);
-    }
-
     /// One message carrying `fixes` fixes was published.
     pub fn published(&self, fixes: u64) {
         self.published_messages.inc();
@@ -270,47 +254,16 @@ impl Metrics {
     }
 
     /// The broker acknowledged one message; `latencies` are, for each fix it carried, the time
-    /// from acceptance to this acknowledgement.
+    /// from the fix's receiver UTC to this acknowledgement.
     pub fn message_acked(&self, latencies: impl IntoIterator<Item = Duration>) {
         self.acks.inc();
         for latency in latencies {
             self.fix_to_ack.observe(latency.as_secs_f64());
         }
-        let now = self.clock.now();
-        *self
-            .last_ack
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
     }
 
-    /// `n` more receiver outages and `dropped` more chunks dropped (deltas).
-    pub fn source(&self, outages: u64, dropped: u64) {
-        self.source_outages.inc_by(outages);
-        self.source_dropped.inc_by(dropped);
-    }
-
-    pub fn reconnected(&self) {
-        self.reconnects.inc();
-    }
-
-    pub fn set_breaker(&self, state: BreakerState) {
-        self.breaker.set(match state {
-            BreakerState::Closed => 0,
-            BreakerState::HalfOpen => 1,
-            BreakerState::Open => 2,
-        });
-    }
-
-    /// The OpenMetrics text exposition (ends with `# EOF`). Ages are computed now.
+    /// The OpenMetrics text exposition (ends with `# EOF`). Board series are read now.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let now = self.clock.now();
-        let since = self
-            .last_ack
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .unwrap_or(self.started);
-        self.last_ack_age
-            .set(now.saturating_duration_since(since).as_secs_f64());
         let mut out = String::with_capacity(8 * 1024);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -320,18 +273,18 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::snapshot::ManualClock;
-    use chrono::DateTime;
+    use crate::clock::Clock;
 
     #[test]
     fn counters_show_up_with_the_prefix_and_labels() {
-        let m = Metrics::new();
-        m.sentence("ok");
-        m.sentence("ok");
+        let board = StatusBoard::default();
+        let m = Metrics::new(board.clone());
+        m.sentences("ok", 2);
         m.fix_accepted();
         m.fix_rejected(Reason::Hdop);
         m.published(3);
-        m.set_breaker(BreakerState::Open);
+        board.mqtt(|s| s.breaker = BreakerState::Open);
+        board.buffer(|b| b.evicted = 7);
         let text = m.encode().unwrap();
         assert!(text.contains("gps_agent_nmea_sentences_total{result=\"ok\"} 2"));
         assert!(text.contains("gps_agent_fixes_total{outcome=\"accepted\",reason=\"none\"} 1"));
@@ -339,6 +292,7 @@ mod tests {
         assert!(text.contains("gps_agent_fixes_total{outcome=\"rejected\",reason=\"checksum\"} 0"));
         assert!(text.contains("gps_agent_published_fixes_total 3"));
         assert!(text.contains("gps_agent_mqtt_breaker_state 2"));
+        assert!(text.contains("gps_agent_buffer_evicted_total 7"));
         assert!(text.ends_with("# EOF\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("gps_agent_"), "unprefixed: {line}");
@@ -347,10 +301,13 @@ mod tests {
 
     #[test]
     fn latency_lands_in_its_bucket_and_ack_age_is_computed_at_scrape() {
-        let clock = Arc::new(ManualClock::new(DateTime::from_timestamp(0, 0).unwrap()));
-        let m = Metrics::with_clock(clock.clone());
+        let (clock, hand) = Clock::manual(0);
+        let board = StatusBoard::new(clock);
+        let m = Metrics::new(board.clone());
         m.message_acked([Duration::from_millis(700), Duration::from_secs(7200)]);
-        clock.advance(Duration::from_secs(42));
+        let at = board.clock().now();
+        board.mqtt(|s| s.last_ack_at = Some(at));
+        hand.advance(Duration::from_secs(42));
         let text = m.encode().unwrap();
         assert!(text.contains("gps_agent_fix_to_ack_latency_seconds_bucket{le=\"1.0\"} 1"));
         assert!(text.contains("gps_agent_fix_to_ack_latency_seconds_bucket{le=\"21600.0\"} 2"));

@@ -1,15 +1,15 @@
 //! The local health endpoint, its snapshot and the Prometheus metrics.
 //!
-//! Stages never talk to the endpoint: they publish their state into a shared
-//! [`HealthState`] (`set_gnss`, `set_buffer`, `set_mqtt`, `record_error`, `heartbeat`) and
-//! count events on a shared [`Metrics`]. The server ([`serve`]) only reads those two and
+//! Stages never talk to the endpoint: they publish their state on the shared
+//! [`StatusBoard`](crate::status::StatusBoard) and count events on a shared [`Metrics`]. The
+//! server ([`serve`]) only reads those two and
 //! answers `GET /health`, `/health/stream`, `/live` and `/metrics`
 //! (`../shared/spec/INTERFACE.md`, "Health endpoint"). Nothing here may block a stage: every
 //! publication is a short lock and a watch-channel bump, and a stuck or hostile HTTP client
 //! can only cost its own connection.
 //!
-//! Layout: [`snapshot`] (the JSON contract and the shared state), [`server`] (hyper 1 HTTP/1.1
-//! with bounded connections and timeouts), [`metrics`] (prometheus-client registry).
+//! Layout: [`snapshot`] (the JSON contract, a pure function of the board), [`server`] (hyper 1
+//! HTTP/1.1 with bounded connections and timeouts), [`metrics`] (prometheus-client registry).
 
 pub mod metrics;
 pub mod server;
@@ -17,7 +17,4 @@ pub mod snapshot;
 
 pub use metrics::Metrics;
 pub use server::{serve, serve_with, ServeOptions};
-pub use snapshot::{
-    BreakerState, BufferHealth, Clock, Component, FixState, GnssHealth, HealthState, ManualClock,
-    MqttHealth, Snapshot, Status, SystemClock,
-};
+pub use snapshot::{snapshot, Snapshot};

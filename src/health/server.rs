@@ -1,6 +1,6 @@
 //! The health endpoint: HTTP/1.1 on hyper 1, local only (127.0.0.1:8470 by default).
 //!
-//! In: a bound `TcpListener`, the shared [`HealthState`] and [`Metrics`], a shutdown token.
+//! In: a bound `TcpListener`, the shared [`StatusBoard`] and [`Metrics`], a shutdown token.
 //! Out: `GET /health` (snapshot, 200 healthy / 503 otherwise), `/health/stream` (JSON Lines,
 //! one per `stream_interval` and on every change), `/live` (200 while the main loop
 //! heartbeats), `/metrics` (OpenMetrics text). Only `GET` and `HEAD`: anything else is 405;
@@ -16,8 +16,9 @@
 //! connections get `shutdown_grace` to finish before they are dropped.
 
 use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
-use super::snapshot::{HealthState, Status};
+use super::snapshot::snapshot;
 use crate::error::{Classified, ErrorClass};
+use crate::status::{Status, StatusBoard};
 
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, Incoming};
@@ -130,7 +131,7 @@ impl Default for ServeOptions {
 
 /// What every connection needs.
 struct Shared {
-    state: HealthState,
+    state: StatusBoard,
     metrics: Arc<Metrics>,
     options: ServeOptions,
     streams: Arc<Semaphore>,
@@ -140,7 +141,7 @@ struct Shared {
 /// Serves the endpoint with default options until `shutdown` is cancelled.
 pub async fn serve(
     listener: TcpListener,
-    state: HealthState,
+    state: StatusBoard,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
@@ -151,7 +152,7 @@ pub async fn serve(
 /// `shutdown_grace`) for open connections to finish.
 pub async fn serve_with(
     listener: TcpListener,
-    state: HealthState,
+    state: StatusBoard,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     options: ServeOptions,
@@ -354,7 +355,7 @@ fn route(
 }
 
 fn health(shared: &Shared) -> Response<HealthBody> {
-    let snapshot = shared.state.snapshot();
+    let snapshot = snapshot(&shared.state.read(), shared.state.clock());
     let code = if snapshot.status == Status::Healthy {
         StatusCode::OK
     } else {
@@ -365,7 +366,8 @@ fn health(shared: &Shared) -> Response<HealthBody> {
 }
 
 fn live(shared: &Shared) -> Response<HealthBody> {
-    let since = shared.state.since_heartbeat();
+    let now = shared.state.clock().now();
+    let since = now.saturating_duration_since(shared.state.read().heartbeat);
     let live = since <= shared.options.live_timeout;
     let body = serde_json::json!({
         "live": live,
@@ -434,7 +436,7 @@ fn stream(
 /// Writes a snapshot line now, then at every change and at least every `stream_interval`,
 /// until the client leaves, stalls, or the agent shuts down.
 async fn produce_lines(
-    state: HealthState,
+    state: StatusBoard,
     lines: mpsc::Sender<Bytes>,
     options: ServeOptions,
     shutdown: CancellationToken,
@@ -461,7 +463,8 @@ async fn produce_lines(
             _ = tick.tick() => {}
         }
         changes.borrow_and_update();
-        let mut line = serde_json::to_vec(&state.snapshot()).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&snapshot(&state.read(), state.clock())).unwrap_or_default();
         line.push(b'\n');
         match tokio::time::timeout(options.stream_stall_timeout, lines.send(Bytes::from(line)))
             .await

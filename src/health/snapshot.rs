@@ -1,258 +1,43 @@
-//! The health snapshot (the JSON of `GET /health`) and [`HealthState`], the shared handle the
-//! stages publish into.
+//! The health snapshot: the JSON of `GET /health`, a pure function of what the stages
+//! published on the [`StatusBoard`](crate::status::StatusBoard) and of the [`Clock`].
 //!
-//! In: each stage calls its setter (`set_gnss`, `set_buffer`, `set_mqtt`) with plain facts and
-//! monotonic instants, `record_error` with any [`Classified`] error, and the main loop calls
-//! `heartbeat`. Out: [`HealthState::snapshot`] builds a [`Snapshot`] with ages computed at
-//! that moment from the injected [`Clock`], and [`HealthState::subscribe`] tells
-//! `/health/stream` when something an operator would notice changed. This module must never
-//! block a stage: setters take one short, uncontended lock and never wait for a reader.
+//! Ages are computed at the moment of the snapshot: monotonic ones (`uptime_s`,
+//! `last_fix_age_s`, `last_ack_age_s`) from the clock's instant, `oldest_age_s` from the
+//! receiver-checked UTC ([`Clock::utc_ms`]) because the oldest fix may predate this process,
+//! `time` and `last_error.at` from the wall clock.
 //!
-//! Status rule (worst wins): each stage decides its own component `status`; the overall
-//! `status` is the worst of the three: any `unhealthy` component makes the agent `unhealthy`,
-//! else any `degraded` makes it `degraded`, else it is `healthy`. Before a stage has published
-//! anything its component starts as: gnss `degraded` (no fix yet: a cold start is normal,
-//! not a failure), buffer `healthy` (empty), mqtt `degraded` (not connected yet).
+//! Status rule (worst wins): gnss is `healthy` while the receiver is connected and a fix was
+//! accepted in the last [`FIX_STALE_AFTER`], else `degraded` (a cold start is normal, not a
+//! failure); buffer is what the buffer judged itself (`degraded` while fixes wait in memory,
+//! `unhealthy` after a damaged file was moved aside); mqtt is `healthy` while connected, else
+//! `degraded`. The overall `status` is the worst of the three.
 
-use crate::error::Classified;
+use crate::clock::Clock;
 use crate::rejection::{Reason, ReasonCounts};
-use chrono::{DateTime, Utc};
+use crate::status::{BreakerState, Cells, FixState, LastError, Status};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
-use std::collections::VecDeque;
-use std::fmt::Display;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
-/// Longest `last_error.message` kept: error texts can embed peer data (paths, broker
-/// replies); the endpoint must stay small.
-const MAX_ERROR_MESSAGE: usize = 256;
-/// Samples of `acked_seq` kept to estimate the drain rate (one per second at most).
-const DRAIN_SAMPLES: usize = 16;
-/// The drain rate is estimated over at most this much recent history, so an old burst does
-/// not promise a fast drain after the link went quiet.
-const DRAIN_WINDOW: Duration = Duration::from_secs(60);
-/// Minimum spacing of drain samples; stages may publish far more often.
-const DRAIN_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// A receiver with no accepted fix for this long is reported degraded, its fix `none`.
+pub const FIX_STALE_AFTER: Duration = Duration::from_secs(30);
 
-/// Time as the health module sees it: monotonic for ages, wall clock for `time` and
-/// `last_error.at`. Injectable so tests control ages without sleeping.
-pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Instant;
-    fn wall(&self) -> DateTime<Utc>;
-}
-
-/// The host's clocks.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-    fn wall(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// A clock that moves only when told to (tests).
-#[derive(Debug)]
-pub struct ManualClock {
-    base: Instant,
-    wall_base: DateTime<Utc>,
-    offset_ms: AtomicU64,
-}
-
-impl ManualClock {
-    pub fn new(wall_base: DateTime<Utc>) -> Self {
-        ManualClock {
-            base: Instant::now(),
-            wall_base,
-            offset_ms: AtomicU64::new(0),
-        }
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.offset_ms.fetch_add(ms, Ordering::SeqCst);
-    }
-
-    fn offset(&self) -> Duration {
-        Duration::from_millis(self.offset_ms.load(Ordering::SeqCst))
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        self.base.checked_add(self.offset()).unwrap_or(self.base)
-    }
-    fn wall(&self) -> DateTime<Utc> {
-        chrono::Duration::from_std(self.offset())
-            .ok()
-            .and_then(|d| self.wall_base.checked_add_signed(d))
-            .unwrap_or(self.wall_base)
-    }
-}
-
-/// A component's (and the agent's) health. Ordered from best to worst, so the overall status
-/// is the maximum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Healthy,
-    Degraded,
-    Unhealthy,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Healthy => "healthy",
-            Status::Degraded => "degraded",
-            Status::Unhealthy => "unhealthy",
-        }
-    }
-}
-
-/// The receiver's current fix, as the spec spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum FixState {
-    #[serde(rename = "none")]
-    None,
-    #[serde(rename = "2d")]
-    TwoD,
-    #[serde(rename = "3d")]
-    ThreeD,
-}
-
-impl From<crate::fix::FixMode> for FixState {
-    fn from(mode: crate::fix::FixMode) -> Self {
-        match mode {
-            crate::fix::FixMode::TwoD => FixState::TwoD,
-            crate::fix::FixMode::ThreeD => FixState::ThreeD,
-        }
-    }
-}
-
-/// The uplink's circuit breaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BreakerState {
-    Closed,
-    Open,
-    HalfOpen,
-}
-
-impl BreakerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BreakerState::Closed => "closed",
-            BreakerState::Open => "open",
-            BreakerState::HalfOpen => "half_open",
-        }
-    }
-}
-
-/// The three components of the snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Component {
-    Gnss,
-    Buffer,
-    Mqtt,
-}
-
-impl Component {
-    fn slot(self) -> usize {
-        match self {
-            Component::Gnss => 0,
-            Component::Buffer => 1,
-            Component::Mqtt => 2,
-        }
-    }
-}
-
-/// What the GNSS stage publishes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GnssHealth {
-    pub status: Status,
-    pub fix: FixState,
-    /// When the last fix was accepted (host monotonic clock); `None` before the first.
-    pub last_fix_at: Option<Instant>,
-    /// Rejected epochs since start, by reason.
-    pub rejected: ReasonCounts,
-}
-
-impl Default for GnssHealth {
-    fn default() -> Self {
-        GnssHealth {
-            status: Status::Degraded,
-            fix: FixState::None,
-            last_fix_at: None,
-            rejected: ReasonCounts::default(),
-        }
-    }
-}
-
-/// What the buffer stage publishes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BufferHealth {
-    pub status: Status,
-    /// Fixes stored and not yet acknowledged.
-    pub depth: u64,
-    /// Receiver time (ms since the Unix epoch) of the oldest stored fix. Receiver time, not an
-    /// `Instant`, because the oldest fix may predate this process (kept across restarts).
-    pub oldest_time_ms: Option<i64>,
-    /// Highest `seq` the broker acknowledged; 0 before the first (seqs start at 1).
-    pub acked_seq: u64,
-    pub evicted: u64,
-    pub dead_letters: u64,
-}
-
-impl Default for BufferHealth {
-    fn default() -> Self {
-        BufferHealth {
-            status: Status::Healthy,
-            depth: 0,
-            oldest_time_ms: None,
-            acked_seq: 0,
-            evicted: 0,
-            dead_letters: 0,
-        }
-    }
-}
-
-/// What the MQTT uplink publishes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct MqttHealth {
-    pub status: Status,
-    pub connected: bool,
-    pub breaker: BreakerState,
-    /// Reconnections since start (the first connection is not one).
-    pub reconnects: u64,
-    /// When the broker last acknowledged a message (host monotonic clock).
-    pub last_ack_at: Option<Instant>,
-}
-
-impl Default for MqttHealth {
-    fn default() -> Self {
-        MqttHealth {
-            status: Status::Degraded,
-            connected: false,
-            breaker: BreakerState::Closed,
-            reconnects: 0,
-            last_ack_at: None,
-        }
-    }
-}
-
-/// A component's most recent error: stable code, human message, wall time (RFC 3339).
+/// `last_error` as the snapshot shows it: code, message, RFC 3339 time it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct LastError {
+pub struct ErrorView {
     pub code: &'static str,
     pub message: String,
     pub at: String,
+}
+
+impl From<&LastError> for ErrorView {
+    fn from(e: &LastError) -> Self {
+        ErrorView {
+            code: e.code,
+            message: e.message.clone(),
+            at: crate::fix::format_time_ms(e.at_ms),
+        }
+    }
 }
 
 /// `components.gnss` of the snapshot.
@@ -264,16 +49,19 @@ pub struct GnssSnapshot {
     pub last_fix_age_s: Option<f64>,
     pub rejected: RejectedCounts,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<LastError>,
+    pub last_error: Option<ErrorView>,
 }
 
 /// `components.buffer` of the snapshot. `oldest_age_s` is left out when the buffer is empty,
-/// `drain_eta_s` when no drain rate is known yet (no acknowledgements in the last minute
-/// while fixes wait); it is 0 when the buffer is empty.
+/// `drain_eta_s` when no drain rate is known (no acknowledgements in the last minute while
+/// fixes wait, or the uplink is down: an estimate would promise what cannot happen); it is 0
+/// when the buffer is empty.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BufferSnapshot {
     pub status: Status,
     pub depth: u64,
+    /// Of `depth`, fixes held in memory while the disk cannot be written.
+    pub in_memory: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_age_s: Option<f64>,
     pub acked_seq: u64,
@@ -282,7 +70,7 @@ pub struct BufferSnapshot {
     pub evicted: u64,
     pub dead_letters: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<LastError>,
+    pub last_error: Option<ErrorView>,
 }
 
 /// `components.mqtt` of the snapshot.
@@ -295,7 +83,7 @@ pub struct MqttSnapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_ack_age_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<LastError>,
+    pub last_error: Option<ErrorView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -316,8 +104,8 @@ pub struct Snapshot {
     pub components: Components,
 }
 
-/// Rejections by reason code: every code of the spec is present (0 when none), in the stable
-/// order of [`Reason::ALL`], so dashboards see a fixed set of keys.
+/// Rejections by reason code: every code is present (0 when none), in the stable order of
+/// [`Reason::ALL`], so dashboards see a fixed set of keys.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RejectedCounts(pub ReasonCounts);
 
@@ -331,301 +119,93 @@ impl Serialize for RejectedCounts {
     }
 }
 
-/// What counts as a change for `/health/stream`: what an operator watching would notice.
-/// Counters and ages are left out on purpose; they move all the time and the once-a-second
-/// line shows them anyway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ChangeKey {
-    statuses: [Status; 3],
-    fix: FixState,
-    connected: bool,
-    breaker: BreakerState,
-    errors: [Option<(&'static str, String)>; 3],
-}
+/// The snapshot of `cells` now.
+pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
+    let now = clock.now();
+    let (gnss, buffer, mqtt) = (&cells.gnss, &cells.buffer, &cells.mqtt);
+    let age = |at: Option<Instant>| at.map(|at| seconds(now.saturating_duration_since(at)));
 
-/// Recent `(when, acked_seq)` samples, to turn acknowledgements into a drain rate.
-#[derive(Debug, Default)]
-struct DrainRate {
-    samples: VecDeque<(Instant, u64)>,
-}
+    let fresh = gnss
+        .last_fix
+        .filter(|f| now.saturating_duration_since(f.at) < FIX_STALE_AFTER);
+    let gnss_status = if gnss.connected && fresh.is_some() {
+        Status::Healthy
+    } else {
+        Status::Degraded
+    };
+    let mqtt_status = if mqtt.connected {
+        Status::Healthy
+    } else {
+        Status::Degraded
+    };
 
-impl DrainRate {
-    fn record(&mut self, now: Instant, acked_seq: u64) {
-        if let Some(&(at, seq)) = self.samples.back() {
-            if acked_seq < seq {
-                // A new stream (buffer file recreated): the old history says nothing.
-                self.samples.clear();
-            } else if now.saturating_duration_since(at) < DRAIN_SAMPLE_EVERY {
-                return;
-            }
-        }
-        self.samples.push_back((now, acked_seq));
-        while self.samples.len() > DRAIN_SAMPLES {
-            self.samples.pop_front();
-        }
-        while self.samples.len() > 2
-            && self
-                .samples
-                .front()
-                .is_some_and(|&(at, _)| now.saturating_duration_since(at) > DRAIN_WINDOW)
-        {
-            self.samples.pop_front();
-        }
-    }
-
-    /// Fixes acknowledged per second over the recent window, counting the silence since the
-    /// newest sample (acks that stopped are a rate going to zero, not a frozen one).
-    fn per_second(&self, now: Instant) -> Option<f64> {
-        let (first_at, first_seq) = *self.samples.front()?;
-        let (_, last_seq) = *self.samples.back()?;
-        let span = now.saturating_duration_since(first_at).as_secs_f64();
-        let acked = last_seq.saturating_sub(first_seq) as f64;
-        if span <= 0.0 || acked <= 0.0 {
-            return None;
-        }
-        Some(acked / span)
-    }
-}
-
-#[derive(Debug)]
-struct Cells {
-    gnss: GnssHealth,
-    buffer: BufferHealth,
-    mqtt: MqttHealth,
-    errors: [Option<LastError>; 3],
-    drain: DrainRate,
-    heartbeat: Instant,
-}
-
-impl Cells {
-    fn change_key(&self) -> ChangeKey {
-        ChangeKey {
-            statuses: [self.gnss.status, self.buffer.status, self.mqtt.status],
-            fix: self.gnss.fix,
-            connected: self.mqtt.connected,
-            breaker: self.mqtt.breaker,
-            errors: self.errors.clone().map(|e| e.map(|e| (e.code, e.at))),
-        }
-    }
-}
-
-struct Inner {
-    clock: Arc<dyn Clock>,
-    started: Instant,
-    cells: Mutex<Cells>,
-    /// Bumped on every change (see [`ChangeKey`]); `/health/stream` waits on it.
-    changes: watch::Sender<u64>,
-}
-
-/// The shared health handle: cheap to clone, one per stage.
-#[derive(Clone)]
-pub struct HealthState {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for HealthState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HealthState").finish_non_exhaustive()
-    }
-}
-
-impl Default for HealthState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl HealthState {
-    /// A state on the host's clocks.
-    pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        let now = clock.now();
-        let (changes, _) = watch::channel(0);
-        HealthState {
-            inner: Arc::new(Inner {
-                clock,
-                started: now,
-                cells: Mutex::new(Cells {
-                    gnss: GnssHealth::default(),
-                    buffer: BufferHealth::default(),
-                    mqtt: MqttHealth::default(),
-                    errors: [None, None, None],
-                    drain: DrainRate::default(),
-                    heartbeat: now,
-                }),
-                changes,
-            }),
-        }
-    }
-
-    /// The state's clock, for stages that want instants on the same time base.
-    pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
-    }
-
-    /// The current instant on the state's clock (use it for `last_fix_at`, `last_ack_at`).
-    pub fn now(&self) -> Instant {
-        self.inner.clock.now()
-    }
-
-    fn cells(&self) -> MutexGuard<'_, Cells> {
-        // A panic elsewhere while holding the lock leaves plain data behind, still readable;
-        // health must keep answering rather than propagate the poison.
-        self.inner
-            .cells
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn update(&self, f: impl FnOnce(&mut Cells, Instant)) {
-        let now = self.inner.clock.now();
-        let changed = {
-            let mut cells = self.cells();
-            let before = cells.change_key();
-            f(&mut cells, now);
-            cells.change_key() != before
-        };
-        if changed {
-            self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
-        }
-    }
-
-    pub fn set_gnss(&self, gnss: GnssHealth) {
-        self.update(|c, _| c.gnss = gnss);
-    }
-
-    pub fn set_buffer(&self, buffer: BufferHealth) {
-        self.update(|c, now| {
-            c.drain.record(now, buffer.acked_seq);
-            c.buffer = buffer;
-        });
-    }
-
-    pub fn set_mqtt(&self, mqtt: MqttHealth) {
-        self.update(|c, _| c.mqtt = mqtt);
-    }
-
-    /// Remember `error` as the component's `last_error` (code, message, now).
-    pub fn record_error<E: Classified + Display + ?Sized>(&self, component: Component, error: &E) {
-        let at = crate::fix::format_time_ms(self.inner.clock.wall().timestamp_millis());
-        let last = LastError {
-            code: error.code(),
-            message: bounded_message(&error.to_string()),
-            at,
-        };
-        self.update(|c, _| {
-            if let Some(slot) = c.errors.get_mut(component.slot()) {
-                *slot = Some(last);
-            }
-        });
-    }
-
-    /// Set the component's `last_error` from one a stage already recorded (its own code,
-    /// message and time), e.g. the buffer's or the serial source's.
-    pub fn set_error(&self, component: Component, code: &'static str, message: &str, at: String) {
-        let last = LastError {
-            code,
-            message: bounded_message(message),
-            at,
-        };
-        self.update(|c, _| {
-            if let Some(slot) = c.errors.get_mut(component.slot()) {
-                if slot.as_ref() != Some(&last) {
-                    *slot = Some(last);
-                }
-            }
-        });
-    }
-
-    /// Forget the component's `last_error` (e.g. after a sustained recovery).
-    pub fn clear_error(&self, component: Component) {
-        self.update(|c, _| {
-            if let Some(slot) = c.errors.get_mut(component.slot()) {
-                *slot = None;
-            }
-        });
-    }
-
-    /// The main loop is alive. `/live` answers 200 while the last heartbeat is recent.
-    pub fn heartbeat(&self) {
-        let now = self.inner.clock.now();
-        self.cells().heartbeat = now;
-    }
-
-    /// Time since the last heartbeat (or since start, before the first).
-    pub fn since_heartbeat(&self) -> Duration {
-        let now = self.inner.clock.now();
-        now.saturating_duration_since(self.cells().heartbeat)
-    }
-
-    /// A receiver that sees a new value whenever the snapshot changed in a way an operator
-    /// would notice (statuses, fix, connection, breaker, a new error).
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.changes.subscribe()
-    }
-
-    /// The snapshot now, ages computed from the clock.
-    pub fn snapshot(&self) -> Snapshot {
-        let now = self.inner.clock.now();
-        let wall = self.inner.clock.wall();
-        let (gnss, buffer, mqtt, errors, rate) = {
-            let c = self.cells();
-            (
-                c.gnss,
-                c.buffer,
-                c.mqtt,
-                c.errors.clone(),
-                c.drain.per_second(now),
-            )
-        };
-        let [gnss_error, buffer_error, mqtt_error] = errors;
-        let age = |at: Option<Instant>| at.map(|at| seconds(now.saturating_duration_since(at)));
-        let oldest_age_s = buffer.oldest_time_ms.map(|t| {
-            let ms = wall.timestamp_millis().saturating_sub(t).max(0);
-            round_ms(ms as f64 / 1000.0)
-        });
-        let drain_eta_s = if buffer.depth == 0 {
-            Some(0.0)
-        } else {
-            rate.map(|r| round_ms(buffer.depth as f64 / r))
-        };
-        Snapshot {
-            status: gnss.status.max(buffer.status).max(mqtt.status),
-            time: crate::fix::format_time_ms(wall.timestamp_millis()),
-            uptime_s: seconds(now.saturating_duration_since(self.inner.started)),
-            version: env!("CARGO_PKG_VERSION"),
-            components: Components {
-                gnss: GnssSnapshot {
-                    status: gnss.status,
-                    fix: gnss.fix,
-                    last_fix_age_s: age(gnss.last_fix_at),
-                    rejected: RejectedCounts(gnss.rejected),
-                    last_error: gnss_error,
-                },
-                buffer: BufferSnapshot {
-                    status: buffer.status,
-                    depth: buffer.depth,
-                    oldest_age_s,
-                    acked_seq: buffer.acked_seq,
-                    drain_eta_s,
-                    evicted: buffer.evicted,
-                    dead_letters: buffer.dead_letters,
-                    last_error: buffer_error,
-                },
-                mqtt: MqttSnapshot {
-                    status: mqtt.status,
-                    connected: mqtt.connected,
-                    breaker: mqtt.breaker,
-                    reconnects: mqtt.reconnects,
-                    last_ack_age_s: age(mqtt.last_ack_at),
-                    last_error: mqtt_error,
-                },
+    let oldest_age_s = buffer.oldest_time_ms.filter(|_| buffer.depth > 0).map(|t| {
+        let ms = clock.utc_ms().saturating_sub(t).max(0);
+        round_ms(ms as f64 / 1000.0)
+    });
+    let drain_eta_s = if buffer.depth == 0 {
+        Some(0.0)
+    } else if !mqtt.connected {
+        None
+    } else {
+        cells
+            .drain
+            .per_second(now)
+            .map(|r| round_ms(buffer.depth as f64 / r))
+    };
+    Snapshot {
+        status: gnss_status.max(buffer.condition).max(mqtt_status),
+        time: crate::fix::format_time_ms(clock.wall_ms()),
+        uptime_s: seconds(now.saturating_duration_since(cells.started)),
+        version: env!("CARGO_PKG_VERSION"),
+        components: Components {
+            gnss: GnssSnapshot {
+                status: gnss_status,
+                fix: fresh.map_or(FixState::None, |f| f.mode.into()),
+                last_fix_age_s: age(gnss.last_fix.map(|f| f.at)),
+                rejected: RejectedCounts(gnss.rejected),
+                last_error: gnss.last_error.as_ref().map(ErrorView::from),
             },
-        }
+            buffer: BufferSnapshot {
+                status: buffer.condition,
+                depth: buffer.depth,
+                in_memory: buffer.in_memory,
+                oldest_age_s,
+                acked_seq: mqtt.acked_seq,
+                drain_eta_s,
+                evicted: buffer.evicted,
+                dead_letters: buffer.dead_letters,
+                last_error: buffer.last_error.as_ref().map(ErrorView::from),
+            },
+            mqtt: MqttSnapshot {
+                status: mqtt_status,
+                connected: mqtt.connected,
+                breaker: mqtt.breaker,
+                reconnects: mqtt.reconnects,
+                last_ack_age_s: age(mqtt.last_ack_at),
+                last_error: mqtt.last_error.as_ref().map(ErrorView::from),
+            },
+        },
     }
+}
+
+/// One line for systemd's `STATUS=`: what an operator running `systemctl status` wants.
+pub fn status_line(cells: &Cells, clock: &Clock) -> String {
+    let s = snapshot(cells, clock);
+    format!(
+        "{}: fix {}, {} accepted, {} rejected; buffer {} pending; mqtt {}, acked seq {}",
+        s.status.as_str(),
+        s.components.gnss.fix.as_str(),
+        cells.gnss.accepted,
+        cells.gnss.rejected.total(),
+        s.components.buffer.depth,
+        if s.components.mqtt.connected {
+            "connected"
+        } else {
+            "disconnected"
+        },
+        s.components.buffer.acked_seq
+    )
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -637,17 +217,12 @@ fn round_ms(s: f64) -> f64 {
     (s * 1000.0).round() / 1000.0
 }
 
-fn bounded_message(message: &str) -> String {
-    match message.char_indices().nth(MAX_ERROR_MESSAGE) {
-        Some((cut, _)) => format!("{}…", message.get(..cut).unwrap_or(message)),
-        None => message.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorClass;
+    use crate::error::{Classified, ErrorClass};
+    use crate::fix::FixMode;
+    use crate::status::{LastFix, StatusBoard};
 
     #[derive(Debug, thiserror::Error)]
     #[error("broker refused: {0}")]
@@ -662,142 +237,145 @@ mod tests {
         }
     }
 
-    fn manual() -> (Arc<ManualClock>, HealthState) {
-        let wall = DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-        let clock = Arc::new(ManualClock::new(wall));
-        let state = HealthState::with_clock(clock.clone());
-        (clock, state)
+    const WALL: i64 = 1_700_000_000_000;
+
+    fn manual() -> (std::sync::Arc<crate::clock::ManualTime>, StatusBoard) {
+        let (clock, hand) = Clock::manual(WALL);
+        (hand, StatusBoard::new(clock))
+    }
+
+    fn snap(board: &StatusBoard) -> Snapshot {
+        snapshot(&board.read(), board.clock())
+    }
+
+    fn healthy(board: &StatusBoard) {
+        let at = board.clock().now();
+        board.gnss(|g| {
+            g.connected = true;
+            g.last_fix = Some(LastFix {
+                at,
+                mode: FixMode::ThreeD,
+            });
+        });
+        board.mqtt(|m| m.connected = true);
     }
 
     #[test]
     fn worst_component_decides_the_overall_status() {
-        let (_, state) = manual();
-        state.set_gnss(GnssHealth {
-            status: Status::Healthy,
-            ..Default::default()
-        });
-        state.set_mqtt(MqttHealth {
-            status: Status::Healthy,
-            ..Default::default()
-        });
-        assert_eq!(state.snapshot().status, Status::Healthy);
-        state.set_buffer(BufferHealth {
-            status: Status::Degraded,
-            ..Default::default()
-        });
-        assert_eq!(state.snapshot().status, Status::Degraded);
-        state.set_mqtt(MqttHealth {
-            status: Status::Unhealthy,
-            ..Default::default()
-        });
-        assert_eq!(state.snapshot().status, Status::Unhealthy);
+        let (_, board) = manual();
+        healthy(&board);
+        assert_eq!(snap(&board).status, Status::Healthy);
+        board.buffer(|b| b.condition = Status::Degraded);
+        assert_eq!(snap(&board).status, Status::Degraded);
+        board.buffer(|b| b.condition = Status::Unhealthy);
+        assert_eq!(snap(&board).status, Status::Unhealthy);
     }
 
     #[test]
     fn a_fresh_state_is_degraded_until_a_fix_and_a_connection() {
-        let (_, state) = manual();
-        let snap = state.snapshot();
-        assert_eq!(snap.status, Status::Degraded);
-        assert_eq!(snap.components.gnss.fix, FixState::None);
-        assert!(snap.components.gnss.last_fix_age_s.is_none());
+        let (_, board) = manual();
+        let s = snap(&board);
+        assert_eq!(s.status, Status::Degraded);
+        assert_eq!(s.components.gnss.fix, FixState::None);
+        assert!(s.components.gnss.last_fix_age_s.is_none());
+    }
+
+    #[test]
+    fn a_fix_older_than_the_stale_limit_degrades_the_receiver() {
+        let (hand, board) = manual();
+        healthy(&board);
+        hand.advance(FIX_STALE_AFTER - Duration::from_millis(1));
+        assert_eq!(snap(&board).components.gnss.fix, FixState::ThreeD);
+        hand.advance(Duration::from_millis(1));
+        let s = snap(&board);
+        assert_eq!(s.components.gnss.fix, FixState::None);
+        assert_eq!(s.components.gnss.status, Status::Degraded);
     }
 
     #[test]
     fn ages_grow_with_the_clock() {
-        let (clock, state) = manual();
-        state.set_gnss(GnssHealth {
-            status: Status::Healthy,
-            fix: FixState::ThreeD,
-            last_fix_at: Some(state.now()),
-            rejected: ReasonCounts::default(),
-        });
-        state.set_mqtt(MqttHealth {
-            last_ack_at: Some(state.now()),
-            ..Default::default()
-        });
-        clock.advance(Duration::from_millis(2_500));
-        let snap = state.snapshot();
-        assert_eq!(snap.components.gnss.last_fix_age_s, Some(2.5));
-        assert_eq!(snap.components.mqtt.last_ack_age_s, Some(2.5));
-        assert_eq!(snap.uptime_s, 2.5);
-        assert_eq!(snap.time, "2023-11-14T22:13:22.500Z");
+        let (hand, board) = manual();
+        healthy(&board);
+        let at = board.clock().now();
+        board.mqtt(|m| m.last_ack_at = Some(at));
+        hand.advance(Duration::from_millis(2_500));
+        let s = snap(&board);
+        assert_eq!(s.components.gnss.last_fix_age_s, Some(2.5));
+        assert_eq!(s.components.mqtt.last_ack_age_s, Some(2.5));
+        assert_eq!(s.uptime_s, 2.5);
+        assert_eq!(s.time, "2023-11-14T22:13:22.500Z");
     }
 
     #[test]
     fn oldest_age_comes_from_the_receiver_time_of_the_oldest_fix() {
-        let (_, state) = manual();
-        state.set_buffer(BufferHealth {
-            depth: 3,
-            oldest_time_ms: Some(1_700_000_000_000 - 90_000),
-            ..Default::default()
+        let (_, board) = manual();
+        board.buffer(|b| {
+            b.depth = 3;
+            b.oldest_time_ms = Some(WALL - 90_000);
         });
-        assert_eq!(state.snapshot().components.buffer.oldest_age_s, Some(90.0));
+        assert_eq!(snap(&board).components.buffer.oldest_age_s, Some(90.0));
     }
 
     #[test]
-    fn drain_eta_follows_the_acknowledgement_rate() {
-        let (clock, state) = manual();
-        let mut buffer = BufferHealth {
-            depth: 100,
-            ..Default::default()
-        };
-        state.set_buffer(buffer);
-        assert_eq!(state.snapshot().components.buffer.drain_eta_s, None);
+    fn oldest_age_follows_the_receiver_when_the_host_clock_is_wrong() {
+        let (hand, board) = manual();
+        // A gateway that booted in 1970: the receiver says it is WALL.
+        hand.set_wall_ms(0);
+        board.clock().note_fix(WALL);
+        board.buffer(|b| {
+            b.depth = 3;
+            b.oldest_time_ms = Some(WALL - 90_000);
+        });
+        assert_eq!(snap(&board).components.buffer.oldest_age_s, Some(90.0));
+    }
+
+    #[test]
+    fn drain_eta_follows_the_acknowledgement_rate_while_connected() {
+        let (hand, board) = manual();
+        board.buffer(|b| b.depth = 100);
+        board.mqtt(|m| m.connected = true);
+        assert_eq!(snap(&board).components.buffer.drain_eta_s, None);
         for _ in 0..10 {
-            clock.advance(Duration::from_secs(1));
-            buffer.acked_seq += 10;
-            state.set_buffer(buffer);
+            hand.advance(Duration::from_secs(1));
+            board.mqtt(|m| m.acked_seq += 10);
         }
         // 100 acked in 10 s, 100 waiting: about 10 s to drain.
-        assert_eq!(state.snapshot().components.buffer.drain_eta_s, Some(10.0));
-        buffer.depth = 0;
-        state.set_buffer(buffer);
-        assert_eq!(state.snapshot().components.buffer.drain_eta_s, Some(0.0));
+        assert_eq!(snap(&board).components.buffer.drain_eta_s, Some(10.0));
+        board.mqtt(|m| m.connected = false);
+        assert_eq!(
+            snap(&board).components.buffer.drain_eta_s,
+            None,
+            "no promise while the broker is away"
+        );
+        board.buffer(|b| b.depth = 0);
+        assert_eq!(snap(&board).components.buffer.drain_eta_s, Some(0.0));
     }
 
     #[test]
-    fn a_recorded_error_carries_code_message_and_time_until_cleared() {
-        let (_, state) = manual();
-        state.record_error(Component::Mqtt, &Refused("x".repeat(1000)));
-        let snap = state.snapshot();
-        let err = snap.components.mqtt.last_error.unwrap();
+    fn an_error_shows_code_message_and_the_time_it_happened() {
+        let (hand, board) = manual();
+        let e = board.error_now(&Refused("x".repeat(1000)));
+        board.mqtt(|m| m.last_error = Some(e));
+        hand.advance(Duration::from_secs(5));
+        let s = snap(&board);
+        let err = s.components.mqtt.last_error.unwrap();
         assert_eq!(err.code, "MQTT_REFUSED");
         assert!(err.message.starts_with("broker refused: x"));
-        assert!(err.message.chars().count() <= MAX_ERROR_MESSAGE + 1);
         assert_eq!(err.at, "2023-11-14T22:13:20.000Z");
-        assert!(snap.components.gnss.last_error.is_none());
-        state.clear_error(Component::Mqtt);
-        assert!(state.snapshot().components.mqtt.last_error.is_none());
-    }
-
-    #[test]
-    fn only_noticeable_changes_wake_the_stream() {
-        let (_, state) = manual();
-        let rx = state.subscribe();
-        state.set_buffer(BufferHealth {
-            depth: 5,
-            ..Default::default()
-        });
-        assert!(
-            !rx.has_changed().unwrap(),
-            "a depth change alone is not news"
-        );
-        state.set_mqtt(MqttHealth {
-            connected: true,
-            ..Default::default()
-        });
-        assert!(rx.has_changed().unwrap(), "a connection is news");
+        assert!(s.components.gnss.last_error.is_none());
     }
 
     #[test]
     fn json_has_the_spec_keys_and_omits_unknown_ages() {
-        let (_, state) = manual();
-        let v = serde_json::to_value(state.snapshot()).unwrap();
+        let (_, board) = manual();
+        let v = serde_json::to_value(snap(&board)).unwrap();
         assert_eq!(v["status"], "degraded");
         assert_eq!(v["components"]["gnss"]["fix"], "none");
         assert_eq!(v["components"]["gnss"]["rejected"]["checksum"], 0);
         assert_eq!(v["components"]["mqtt"]["breaker"], "closed");
+        assert_eq!(v["components"]["buffer"]["acked_seq"], 0);
         assert!(v["components"]["gnss"].get("last_fix_age_s").is_none());
         assert!(v["components"]["gnss"].get("last_error").is_none());
+        assert!(v["components"]["buffer"].get("oldest_age_s").is_none());
     }
 }

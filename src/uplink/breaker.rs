@@ -1,10 +1,10 @@
 //! The circuit breaker in front of the broker: stops connection attempts after repeated
 //! failures, then lets exactly one probe through after a pause.
 //!
-//! It owns only its state ([`BreakerState`]); the publisher reports outcomes (`on_success`,
+//! It owns only its state ([`State`]); the publisher reports outcomes (`on_success`,
 //! `on_failure(now)`) and asks `try_acquire(now)` before each connection attempt. Time is
 //! passed in. It never sleeps and never decides how long to back off inside the closed state
-//! (that is [`super::backoff`]); it only gates attempts. Its state name is what `/health`
+//! (that is [`super::backoff`]); it only gates attempts. [`Breaker::status`] is what `/health`
 //! shows as `components.mqtt.breaker`.
 
 use std::num::NonZeroU32;
@@ -38,7 +38,7 @@ impl Default for BreakerPolicy {
 ///   HalfOpen --(probe failed)--> Open
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub enum State {
     /// Attempts go through; counting consecutive failures.
     Closed { failures: u32 },
     /// No attempts until `since + open_for`.
@@ -47,13 +47,13 @@ pub enum BreakerState {
     HalfOpen,
 }
 
-impl BreakerState {
+impl State {
     /// The name `/health` and metrics use.
-    pub fn as_str(&self) -> &'static str {
+    pub fn status(&self) -> crate::status::BreakerState {
         match self {
-            BreakerState::Closed { .. } => "closed",
-            BreakerState::Open { .. } => "open",
-            BreakerState::HalfOpen => "half_open",
+            State::Closed { .. } => crate::status::BreakerState::Closed,
+            State::Open { .. } => crate::status::BreakerState::Open,
+            State::HalfOpen => crate::status::BreakerState::HalfOpen,
         }
     }
 }
@@ -61,36 +61,41 @@ impl BreakerState {
 #[derive(Debug, Clone)]
 pub struct Breaker {
     policy: BreakerPolicy,
-    state: BreakerState,
+    state: State,
 }
 
 impl Breaker {
     pub fn new(policy: BreakerPolicy) -> Self {
         Breaker {
             policy,
-            state: BreakerState::Closed { failures: 0 },
+            state: State::Closed { failures: 0 },
         }
     }
 
-    pub fn state(&self) -> BreakerState {
+    pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Where it stands, in the status vocabulary (`/health`, metrics).
+    pub fn status(&self) -> crate::status::BreakerState {
+        self.state.status()
     }
 
     /// May a connection attempt be made now? In the open state, once `open_for` has passed,
     /// the first caller gets the probe and the breaker goes half-open.
     pub fn try_acquire(&mut self, now: Instant) -> bool {
         match self.state {
-            BreakerState::Closed { .. } => true,
-            BreakerState::Open { since } => {
+            State::Closed { .. } => true,
+            State::Open { since } => {
                 if now.saturating_duration_since(since) >= self.policy.open_for {
-                    self.go(BreakerState::HalfOpen);
+                    self.go(State::HalfOpen);
                     true
                 } else {
                     false
                 }
             }
             // The probe is already out.
-            BreakerState::HalfOpen => false,
+            State::HalfOpen => false,
         }
     }
 
@@ -98,24 +103,22 @@ impl Breaker {
     /// out, the end of the pause when open.
     pub fn next_attempt_at(&self, now: Instant) -> Option<Instant> {
         match self.state {
-            BreakerState::Closed { .. } => Some(now),
-            BreakerState::Open { since } => Some((since + self.policy.open_for).max(now)),
-            BreakerState::HalfOpen => None,
+            State::Closed { .. } => Some(now),
+            State::Open { since } => Some((since + self.policy.open_for).max(now)),
+            State::HalfOpen => None,
         }
     }
 
     /// The attempt succeeded (connected and, for a probe, the link carried traffic).
     pub fn on_success(&mut self) {
         match self.state {
-            BreakerState::Closed { .. } | BreakerState::HalfOpen => {
-                self.go(BreakerState::Closed { failures: 0 })
-            }
+            State::Closed { .. } | State::HalfOpen => self.go(State::Closed { failures: 0 }),
             // Nothing may succeed while open: no attempt was allowed. Stay open rather than
             // trust an outcome the breaker never let through.
-            BreakerState::Open { .. } => {
+            State::Open { .. } => {
                 tracing::warn!(
                     code = "MQTT_BREAKER_MISUSE",
-                    state = self.state.as_str(),
+                    state = self.state.status().as_str(),
                     "success reported while the breaker is open; ignored"
                 );
             }
@@ -125,24 +128,24 @@ impl Breaker {
     /// The attempt failed (connect failure, PUBACK timeout, link broke).
     pub fn on_failure(&mut self, now: Instant) {
         match self.state {
-            BreakerState::Closed { failures } => {
+            State::Closed { failures } => {
                 let failures = failures.saturating_add(1);
                 if failures >= self.policy.failure_threshold.get() {
-                    self.go(BreakerState::Open { since: now });
+                    self.go(State::Open { since: now });
                 } else {
-                    self.go(BreakerState::Closed { failures });
+                    self.go(State::Closed { failures });
                 }
             }
-            BreakerState::HalfOpen => self.go(BreakerState::Open { since: now }),
+            State::HalfOpen => self.go(State::Open { since: now }),
             // A late failure of an attempt made before opening: the pause already runs.
-            BreakerState::Open { .. } => {}
+            State::Open { .. } => {}
         }
     }
 
     /// Every state change goes through here, so an impossible transition is caught in tests
     /// (debug builds) and merely logged in the field.
-    fn go(&mut self, next: BreakerState) {
-        use BreakerState::*;
+    fn go(&mut self, next: State) {
+        use State::*;
         let allowed = matches!(
             (self.state, next),
             (Closed { .. }, Closed { .. })
@@ -155,13 +158,17 @@ impl Breaker {
         if !allowed {
             tracing::warn!(
                 code = "MQTT_BREAKER_MISUSE",
-                from = self.state.as_str(),
-                to = next.as_str(),
+                from = self.state.status().as_str(),
+                to = next.status().as_str(),
                 "unexpected breaker transition"
             );
         }
-        if self.state.as_str() != next.as_str() {
-            tracing::info!(from = self.state.as_str(), to = next.as_str(), "breaker");
+        if self.state.status() != next.status() {
+            tracing::info!(
+                from = self.state.status().as_str(),
+                to = next.status().as_str(),
+                "breaker"
+            );
         }
         self.state = next;
     }
@@ -185,9 +192,9 @@ mod tests {
     #[test]
     fn a_new_breaker_is_closed_and_lets_attempts_through() {
         let mut b = breaker(3, 10);
-        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+        assert_eq!(b.state(), State::Closed { failures: 0 });
         assert!(b.try_acquire(Instant::now()));
-        assert_eq!(b.state().as_str(), "closed");
+        assert_eq!(b.state().status().as_str(), "closed");
     }
 
     #[test]
@@ -196,11 +203,11 @@ mod tests {
         let t0 = Instant::now();
         b.on_failure(t0);
         b.on_failure(t0);
-        assert_eq!(b.state(), BreakerState::Closed { failures: 2 });
+        assert_eq!(b.state(), State::Closed { failures: 2 });
         assert!(b.try_acquire(t0));
         b.on_failure(t0);
-        assert_eq!(b.state(), BreakerState::Open { since: t0 });
-        assert_eq!(b.state().as_str(), "open");
+        assert_eq!(b.state(), State::Open { since: t0 });
+        assert_eq!(b.state().status().as_str(), "open");
     }
 
     #[test]
@@ -212,7 +219,7 @@ mod tests {
         b.on_success();
         b.on_failure(t0);
         b.on_failure(t0);
-        assert_eq!(b.state(), BreakerState::Closed { failures: 2 });
+        assert_eq!(b.state(), State::Closed { failures: 2 });
     }
 
     #[test]
@@ -222,7 +229,7 @@ mod tests {
         b.on_failure(t0);
         assert!(!b.try_acquire(t0));
         assert!(!b.try_acquire(t0 + secs(9)));
-        assert_eq!(b.state(), BreakerState::Open { since: t0 });
+        assert_eq!(b.state(), State::Open { since: t0 });
         assert_eq!(b.next_attempt_at(t0 + secs(3)), Some(t0 + secs(10)));
     }
 
@@ -232,8 +239,8 @@ mod tests {
         let t0 = Instant::now();
         b.on_failure(t0);
         assert!(b.try_acquire(t0 + secs(10)));
-        assert_eq!(b.state(), BreakerState::HalfOpen);
-        assert_eq!(b.state().as_str(), "half_open");
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.state().status().as_str(), "half_open");
         assert!(!b.try_acquire(t0 + secs(10)));
         assert!(!b.try_acquire(t0 + secs(1000)));
         assert_eq!(b.next_attempt_at(t0 + secs(11)), None);
@@ -247,7 +254,7 @@ mod tests {
         b.on_failure(t0);
         assert!(b.try_acquire(t0 + secs(10)));
         b.on_success();
-        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+        assert_eq!(b.state(), State::Closed { failures: 0 });
         assert!(b.try_acquire(t0 + secs(10)));
     }
 
@@ -260,7 +267,7 @@ mod tests {
         let probe_at = t0 + secs(12);
         assert!(b.try_acquire(probe_at));
         b.on_failure(probe_at);
-        assert_eq!(b.state(), BreakerState::Open { since: probe_at });
+        assert_eq!(b.state(), State::Open { since: probe_at });
         assert!(!b.try_acquire(probe_at + secs(9)));
         assert!(b.try_acquire(probe_at + secs(10)));
     }
@@ -271,6 +278,6 @@ mod tests {
         let t0 = Instant::now();
         b.on_failure(t0);
         b.on_failure(t0 + secs(5));
-        assert_eq!(b.state(), BreakerState::Open { since: t0 });
+        assert_eq!(b.state(), State::Open { since: t0 });
     }
 }

@@ -16,6 +16,7 @@ pub mod acks;
 pub mod backoff;
 pub mod breaker;
 pub mod error;
+pub mod link;
 pub mod payload;
 pub mod publisher;
 pub mod tls;

@@ -15,6 +15,7 @@
 use crate::config::MqttConfig;
 use crate::error::Classified;
 use crate::fix::Fix;
+use crate::status::StatusBoard;
 use crate::uplink::acks::AckWindow;
 use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
 use crate::uplink::breaker::{Breaker, BreakerPolicy};
@@ -30,7 +31,7 @@ use std::future::Future;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -240,21 +241,6 @@ struct Suspect {
     disconnects: u32,
 }
 
-/// What `/health` shows of the uplink (`components.mqtt`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UplinkStatus {
-    pub connected: bool,
-    /// `closed`, `open` or `half_open`.
-    pub breaker: &'static str,
-    /// Connections made after the first.
-    pub reconnects: u64,
-    pub last_ack_at: Option<Instant>,
-    /// Highest seq acknowledged so far.
-    pub acked_seq: Option<u64>,
-    /// `(code, message)` of the last failure.
-    pub last_error: Option<(&'static str, String)>,
-}
-
 /// How one connection ended.
 enum SessionEnd {
     Shutdown,
@@ -267,7 +253,8 @@ pub struct Publisher<S: FixSource> {
     topics: Topics,
     backoff: Backoff,
     breaker: Breaker,
-    status: watch::Sender<UplinkStatus>,
+    /// Where the uplink publishes its state (`components.mqtt`).
+    board: StatusBoard,
     connections: u64,
     /// The head message under suspicion of being one the broker never takes.
     suspect: Option<Suspect>,
@@ -304,19 +291,17 @@ fn from_settings(settings: &PublisherSettings) -> (Topics, Backoff, Breaker, usi
 }
 
 impl<S: FixSource> Publisher<S> {
-    pub fn new(settings: PublisherSettings, source: S) -> Self {
+    pub fn new(settings: PublisherSettings, source: S, board: StatusBoard) -> Self {
         let (topics, backoff, breaker, batch_cap) = from_settings(&settings);
-        let (status, _) = watch::channel(UplinkStatus {
-            breaker: breaker.state().as_str(),
-            ..UplinkStatus::default()
-        });
+        let state = breaker.status();
+        board.mqtt(|m| m.breaker = state);
         Publisher {
             settings,
             source,
             topics,
             backoff,
             breaker,
-            status,
+            board,
             connections: 0,
             suspect: None,
             batch_cap,
@@ -332,10 +317,10 @@ impl<S: FixSource> Publisher<S> {
         self.settings = settings;
         self.suspect = None;
         self.acked_at_cap = 0;
-        let breaker = self.breaker.state().as_str();
-        self.status.send_modify(|s| {
-            s.breaker = breaker;
-            s.last_error = None;
+        let breaker = self.breaker.status();
+        self.board.mqtt(|m| {
+            m.breaker = breaker;
+            m.last_error = None;
         });
     }
 
@@ -347,11 +332,6 @@ impl<S: FixSource> Publisher<S> {
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.backoff = Backoff::new(self.settings.backoff, jitter);
         self
-    }
-
-    /// Follow the uplink's state (for `/health`).
-    pub fn status(&self) -> watch::Receiver<UplinkStatus> {
-        self.status.subscribe()
     }
 
     /// Publish until `shutdown` is cancelled; returns the source (nothing left in flight).
@@ -401,14 +381,15 @@ impl<S: FixSource> Publisher<S> {
                         class = err.class().as_str(),
                         broker = %self.settings.url,
                         retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        breaker = self.breaker.state().as_str(),
+                        breaker = self.breaker.status().as_str(),
                         error = %err,
                         "uplink failed"
                     );
-                    self.status.send_modify(|s| {
-                        s.connected = false;
-                        s.breaker = self.breaker.state().as_str();
-                        s.last_error = Some((err.code(), err.to_string()));
+                    let (breaker, error) = (self.breaker.status(), self.board.error_now(&err));
+                    self.board.mqtt(|m| {
+                        m.connected = false;
+                        m.breaker = breaker;
+                        m.last_error = Some(error);
                     });
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -420,12 +401,8 @@ impl<S: FixSource> Publisher<S> {
     }
 
     fn publish_breaker(&self) {
-        let name = self.breaker.state().as_str();
-        self.status.send_if_modified(|s| {
-            let changed = s.breaker != name;
-            s.breaker = name;
-            changed
-        });
+        let state = self.breaker.status();
+        self.board.mqtt(|m| m.breaker = state);
     }
 
     fn mqtt_options(&self) -> Result<MqttOptions, UplinkError> {
@@ -598,9 +575,9 @@ impl<S: FixSource> Publisher<S> {
         self.backoff.on_connected(now);
         self.connections += 1;
         let reconnects = self.connections.saturating_sub(1);
-        self.status.send_modify(|s| {
-            s.connected = true;
-            s.reconnects = reconnects;
+        self.board.mqtt(|m| {
+            m.connected = true;
+            m.reconnects = reconnects;
         });
         info!(broker = %self.settings.url, reconnects, "uplink connected");
 
@@ -693,12 +670,11 @@ impl<S: FixSource> Publisher<S> {
                         warn!(code = e.code(), error = %e, "buffer refused ack");
                     }
                 }
-                let newest = seqs.iter().max().copied();
-                self.status.send_modify(|s| {
-                    s.last_ack_at = Some(Instant::now());
-                    if newest > s.acked_seq {
-                        s.acked_seq = newest;
-                    }
+                let newest = seqs.iter().max().copied().unwrap_or(0);
+                let at = self.board.clock().now();
+                self.board.mqtt(|m| {
+                    m.last_ack_at = Some(at);
+                    m.acked_seq = m.acked_seq.max(newest);
                 });
                 Ok(Some(seqs))
             }
@@ -872,7 +848,7 @@ impl<S: FixSource> Publisher<S> {
         }
         // Without a clean DISCONNECT the broker publishes the last will: `offline` either way.
         info!(offline_acked, "uplink shut down");
-        self.status.send_modify(|s| s.connected = false);
+        self.board.mqtt(|m| m.connected = false);
         SessionEnd::Shutdown
     }
 }

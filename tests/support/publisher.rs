@@ -2,12 +2,12 @@
 //! [`MemSource`](super::source::MemSource) with waits that fail the test instead of hanging.
 
 use super::source::MemSource;
+use gps_agent::status::{MqttStatus, StatusBoard};
 use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
 use gps_agent::uplink::breaker::BreakerPolicy;
-use gps_agent::uplink::publisher::{Publisher, PublisherSettings, UplinkStatus};
+use gps_agent::uplink::publisher::{Publisher, PublisherSettings};
 use std::num::NonZeroU32;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -35,20 +35,22 @@ pub fn fast_settings(url: &str, device: &str, topic_prefix: &str) -> PublisherSe
 
 pub struct Running {
     pub source: MemSource,
-    pub status: watch::Receiver<UplinkStatus>,
+    /// Where the publisher publishes its state.
+    pub board: StatusBoard,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<MemSource>,
 }
 
 /// Start a publisher over `source`, jitter off.
 pub fn start(settings: PublisherSettings, source: MemSource) -> Running {
-    let publisher = Publisher::new(settings, source.clone()).with_jitter(Jitter::Off);
-    let status = publisher.status();
+    let board = StatusBoard::default();
+    let publisher =
+        Publisher::new(settings, source.clone(), board.clone()).with_jitter(Jitter::Off);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(publisher.run(shutdown.clone()));
     Running {
         source,
-        status,
+        board,
         shutdown,
         task,
     }
@@ -63,15 +65,24 @@ impl Running {
             .unwrap()
     }
 
-    pub async fn wait_status(&mut self, what: &str, pred: impl Fn(&UplinkStatus) -> bool) {
-        let reached = timeout(Duration::from_secs(10), self.status.wait_for(|s| pred(s)))
-            .await
-            .is_ok();
-        assert!(
-            reached,
-            "status never became {what}: {:?}",
-            *self.status.borrow()
-        );
+    /// The uplink's state as last published.
+    pub fn status(&self) -> MqttStatus {
+        self.board.read().mqtt
+    }
+
+    /// Until the published state satisfies `pred` (checked at every publication, and every
+    /// 20 ms for counters that do not wake subscribers); fails after 10 s.
+    pub async fn wait_status(&mut self, what: &str, pred: impl Fn(&MqttStatus) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut changes = self.board.subscribe();
+        while !pred(&self.status()) {
+            assert!(
+                Instant::now() < deadline,
+                "status never became {what}: {:?}",
+                self.status()
+            );
+            let _ = timeout(Duration::from_millis(20), changes.changed()).await;
+        }
     }
 
     /// Until `n` fixes are acked; `context` adds to the failure message (a broker log).
@@ -82,7 +93,7 @@ impl Running {
                 Instant::now() < deadline,
                 "only {} of {n} acked; status {:?}{}",
                 self.source.acked_count(),
-                *self.status.borrow(),
+                self.status(),
                 context()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -95,16 +106,12 @@ impl Running {
     }
 
     /// Until the status's last error has `code`; returns that status.
-    pub async fn wait_error(&mut self, code: &str) -> UplinkStatus {
-        let reached = timeout(
-            Duration::from_secs(10),
-            self.status
-                .wait_for(|s| s.last_error.as_ref().map(|e| e.0) == Some(code)),
-        )
-        .await
-        .is_ok();
-        let status = self.status.borrow().clone();
-        assert!(reached, "last_error never became {code}: {status:?}");
-        status
+    pub async fn wait_error(&mut self, code: &str) -> MqttStatus {
+        let what = format!("last_error {code}");
+        self.wait_status(&what, |s| {
+            s.last_error.as_ref().map(|e| e.code) == Some(code)
+        })
+        .await;
+        self.status()
     }
 }

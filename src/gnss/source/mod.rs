@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use super::error::{ErrorCounts, GnssError};
+use crate::clock::Clock;
 use crate::error::Classified;
+use crate::status::LastError;
 
 /// Bytes per chunk: a couple of sentences, small enough to keep latency low.
 pub const CHUNK_LEN: usize = 256;
@@ -33,14 +35,6 @@ pub const CHANNEL_CAPACITY: usize = 64;
 /// How long a blocked source waits between attempts to hand over a chunk; also the
 /// granularity at which it notices the stop flag.
 const POLL: Duration = Duration::from_millis(10);
-
-/// The most recent source failure, for `/health` `last_error`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LastError {
-    pub code: &'static str,
-    pub message: String,
-    pub at: SystemTime,
-}
 
 /// Sentinel for "no epoch time reported yet".
 const NO_TIME: u32 = u32::MAX;
@@ -62,6 +56,8 @@ pub struct SourceStatus {
     last_epoch_time: AtomicU32,
     /// When (ms since `origin`) the reported epoch time last changed.
     epoch_advanced_at_ms: AtomicU64,
+    /// Stamps `last_error` when it happens.
+    clock: Clock,
 }
 
 impl Default for SourceStatus {
@@ -77,6 +73,7 @@ impl Default for SourceStatus {
             origin: Instant::now(),
             last_epoch_time: AtomicU32::new(NO_TIME),
             epoch_advanced_at_ms: AtomicU64::new(0),
+            clock: Clock::system(),
         }
     }
 }
@@ -170,11 +167,7 @@ impl SourceStatus {
         self.errors.record(error);
         tracing::warn!(code = error.code(), class = error.class().as_str(), error = %error, "gnss source");
         if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(LastError {
-                code: error.code(),
-                message: error.to_string(),
-                at: SystemTime::now(),
-            });
+            *last = Some(LastError::new(error, self.clock.wall_ms()));
         }
     }
 }

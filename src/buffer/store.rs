@@ -1,0 +1,236 @@
+//! The buffer as the running agent shares it: one [`Store`] behind a mutex, written by the
+//! ingest thread and drained by the uplink (`crate::uplink::link::Link`).
+//!
+//! The store also covers a disk that cannot be opened at all at startup (read-only file
+//! system, missing mount): accepted fixes then wait in a bounded queue in memory
+//! (`memory_ring` fixes, oldest dropped and counted when full) and the open is retried every
+//! `disk_retry_s`; nothing is published before it is written to the buffer file.
+//!
+//! The store publishes the buffer's [`BufferStatus`](crate::status::BufferStatus) on the
+//! status board after every change (an append, a commit, an ack, an open): whoever changed it
+//! calls [`Store::publish`], under the lock it already holds; nobody polls it.
+
+use super::{Buffer, BufferError};
+use crate::config::BufferConfig;
+use crate::error::Classified;
+use crate::fix::Fix;
+use crate::status::{LastError, Status, StatusBoard};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
+
+/// The buffer file, or the queue that waits for it.
+pub struct Store {
+    cfg: BufferConfig,
+    buffer: Option<Buffer>,
+    /// Fixes accepted while the file could not be opened; bounded by `memory_ring`.
+    waiting: VecDeque<Fix>,
+    /// Fixes dropped from `waiting` because it was full.
+    dropped_waiting: u64,
+    next_open_at: Instant,
+    /// The last failure to open the file, stamped when it happened.
+    open_error: Option<LastError>,
+    board: StatusBoard,
+    /// Something changed since the last [`Store::publish`].
+    changed: bool,
+}
+
+impl Store {
+    /// Opens the buffer file, or starts without it (and keeps trying) when it cannot be
+    /// opened. Never fails: an agent without a disk still collects fixes.
+    pub fn open(cfg: BufferConfig, board: StatusBoard, now: Instant) -> Store {
+        let mut store = Store {
+            cfg,
+            buffer: None,
+            waiting: VecDeque::new(),
+            dropped_waiting: 0,
+            next_open_at: now,
+            open_error: None,
+            board,
+            changed: true,
+        };
+        store.try_open(now);
+        store.publish();
+        store
+    }
+
+    fn try_open(&mut self, now: Instant) {
+        match Buffer::open(&self.cfg) {
+            Ok((buffer, report)) => {
+                if let Some(moved) = &report.moved_aside {
+                    error!(
+                        component = "buffer",
+                        code = "BUFFER_CORRUPT",
+                        class = "critical",
+                        moved_to = %moved.display(),
+                        reason = report.corrupt_reason.as_deref().unwrap_or(""),
+                        "damaged buffer file moved aside; a new stream begins"
+                    );
+                }
+                info!(
+                    component = "buffer",
+                    path = %self.cfg.path.display(),
+                    stream = buffer.stream(),
+                    "buffer open"
+                );
+                self.buffer = Some(buffer.with_clock(self.board.clock().clone()));
+                self.open_error = None;
+                self.flush_waiting(now);
+            }
+            Err(e) => {
+                warn!(
+                    component = "buffer",
+                    code = e.code(),
+                    class = e.class().as_str(),
+                    path = %self.cfg.path.display(),
+                    error = %e,
+                    "buffer file cannot be opened; holding fixes in memory"
+                );
+                self.open_error = Some(self.board.error_now(&e));
+                self.next_open_at = now + self.cfg.disk_retry();
+            }
+        }
+        self.changed = true;
+    }
+
+    fn flush_waiting(&mut self, now: Instant) {
+        let Some(buffer) = self.buffer.as_mut() else {
+            return;
+        };
+        while let Some(fix) = self.waiting.pop_front() {
+            if let Err(e) = buffer.append(&fix, now) {
+                // The buffer keeps such fixes in its own ring; only log.
+                warn!(component = "buffer", code = e.code(), error = %e, "append failed");
+            }
+        }
+    }
+
+    /// Store an accepted fix (or queue it while there is no file). Returns the seq committed
+    /// up to when this call committed.
+    pub fn append(&mut self, fix: &Fix, now: Instant) -> Result<Option<u64>, BufferError> {
+        self.changed = true;
+        match self.buffer.as_mut() {
+            Some(buffer) => buffer.append(fix, now).map(|a| a.committed_upto),
+            None => {
+                let cap = usize::try_from(self.cfg.memory_ring)
+                    .unwrap_or(usize::MAX)
+                    .max(1);
+                if self.waiting.len() >= cap {
+                    self.waiting.pop_front();
+                    self.dropped_waiting += 1;
+                }
+                self.waiting.push_back(*fix);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Group commit when due, retries of a failing disk or a missing file.
+    pub fn tick(&mut self, now: Instant) -> Result<Option<u64>, BufferError> {
+        if self.buffer.is_none() && now >= self.next_open_at {
+            self.try_open(now);
+        }
+        let ticked = match self.buffer.as_mut() {
+            Some(b) => b.tick(now),
+            None => Ok(None),
+        };
+        if !matches!(ticked, Ok(None)) {
+            self.changed = true;
+        }
+        ticked
+    }
+
+    /// Commit everything now (shutdown).
+    pub fn commit(&mut self) -> Result<Option<u64>, BufferError> {
+        self.changed = true;
+        match self.buffer.as_mut() {
+            Some(b) => b.commit(),
+            None => Ok(None),
+        }
+    }
+
+    /// The buffer, for the uplink's batches, acks and dead letters.
+    pub fn buffer_mut(&mut self) -> Option<&mut Buffer> {
+        self.buffer.as_mut()
+    }
+
+    /// What is waiting changed outside the store's own calls (an ack, a dead letter): the
+    /// next [`Store::publish`] sends it.
+    pub fn mark_changed(&mut self) {
+        self.changed = true;
+    }
+
+    pub fn stream(&self) -> Option<String> {
+        self.buffer.as_ref().map(|b| b.stream().to_owned())
+    }
+
+    /// Fixes waiting (file and memory), for the log line at shutdown.
+    pub fn depth(&self) -> u64 {
+        match &self.buffer {
+            Some(b) => b.status().depth,
+            None => self.waiting.len() as u64,
+        }
+    }
+
+    /// Publish the buffer's status on the board if anything changed since the last time.
+    pub fn publish(&mut self) {
+        if !std::mem::take(&mut self.changed) {
+            return;
+        }
+        let status = match &self.buffer {
+            Some(b) => b.status(),
+            None => crate::status::BufferStatus {
+                condition: Status::Degraded,
+                depth: self.waiting.len() as u64,
+                in_memory: self.waiting.len() as u64,
+                oldest_time_ms: self.waiting.front().map(|f| f.time_ms),
+                evicted: self.dropped_waiting,
+                dead_letters: 0,
+                bytes: 0,
+                last_error: self.open_error.clone(),
+            },
+        };
+        let dropped = self.dropped_waiting;
+        self.board.buffer(|b| {
+            *b = status;
+            if self.buffer.is_some() {
+                b.evicted += dropped;
+            }
+        });
+    }
+}
+
+/// The store, shared between the ingest thread and the uplink.
+#[derive(Clone)]
+pub struct SharedStore {
+    inner: Arc<Mutex<Store>>,
+    /// Woken when fixes were committed (the uplink may have something new).
+    committed: Arc<Notify>,
+}
+
+impl SharedStore {
+    pub fn new(store: Store) -> Self {
+        SharedStore {
+            inner: Arc::new(Mutex::new(store)),
+            committed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The store. A panic elsewhere while holding the lock leaves SQLite's own state
+    /// consistent (transactions), so a poisoned lock is used as it is.
+    pub fn lock(&self) -> MutexGuard<'_, Store> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tell the uplink that new fixes may be ready.
+    pub fn notify_committed(&self) {
+        self.committed.notify_one();
+    }
+
+    /// Resolves when fixes were committed since the last call (or spuriously).
+    pub async fn committed(&self) {
+        self.committed.notified().await;
+    }
+}

@@ -1,0 +1,72 @@
+//! `gps-agent run`: load the configuration, start the runtime, run the agent
+//! (`crate::app::run`) until SIGTERM or SIGINT.
+
+use crate::app::{self, recv_signal, signal_stream, RunOptions};
+use crate::config::ConfigError;
+use crate::error::Classified;
+use std::path::Path;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Runs the daemon; returns the process exit code (78 for a configuration that cannot be
+/// used, before anything starts).
+pub fn run(config_path: &Path) -> i32 {
+    let cfg = match crate::config::load(config_path) {
+        Ok(cfg) => cfg,
+        Err(ConfigError::Invalid { problems }) => {
+            for p in &problems {
+                error!(component = "config", code = "CONFIG_INVALID", problem = %p,
+                    path = %config_path.display(), "configuration invalid");
+                eprintln!("{}: {}", config_path.display(), p);
+            }
+            return super::EXIT_CONFIG;
+        }
+        Err(e) => {
+            error!(component = "config", code = e.code(), error = %e, "configuration unreadable");
+            eprintln!("{}: {}", config_path.display(), e);
+            return super::EXIT_CONFIG;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("gps-agent")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            error!(component = "agent", error = %e, "cannot start the async runtime");
+            return 1;
+        }
+    };
+    let opts = RunOptions {
+        config_path: Some(config_path.to_path_buf()),
+        ..RunOptions::default()
+    };
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let signals = tokio::spawn(cancel_on_terminate(shutdown.clone()));
+        let result = app::run(cfg, opts, shutdown).await;
+        signals.abort();
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                error!(component = "agent", error = %e, "agent could not start");
+                1
+            }
+        }
+    })
+}
+
+/// SIGTERM or SIGINT cancel `token` (a second one is left to the default: the agent is
+/// already stopping within bounded time).
+async fn cancel_on_terminate(token: CancellationToken) {
+    use tokio::signal::unix::SignalKind;
+    let mut term = signal_stream(SignalKind::terminate());
+    let mut int = signal_stream(SignalKind::interrupt());
+    tokio::select! {
+        Some(()) = recv_signal(&mut term) => info!(component = "agent", signal = "SIGTERM", "shutdown requested"),
+        Some(()) = recv_signal(&mut int) => info!(component = "agent", signal = "SIGINT", "shutdown requested"),
+    }
+    token.cancel();
+}
