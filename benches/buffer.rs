@@ -8,6 +8,14 @@ use gps_agent::config::BufferConfig;
 use gps_agent::fix::{Fix, FixMode};
 use std::time::Instant;
 
+/// The raw `[buffer]` section as an operator writes it, checked as the agent checks it.
+fn checked(raw: &gps_agent::config::BufferConfig) -> gps_agent::config::BufferSettings {
+    let mut problems = Vec::new();
+    let settings = raw.check(&mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    settings
+}
+
 const BACKLOG: i64 = 1_000_000;
 const MEASURED: i64 = 200_000;
 
@@ -49,7 +57,7 @@ fn main() {
         "group commit: every {} s or {} fixes, synchronous=FULL, WAL",
         cfg.commit_interval_s, cfg.commit_max
     );
-    let (mut buf, _) = Buffer::open(&cfg).expect("open");
+    let (mut buf, _) = Buffer::open(&checked(&cfg)).expect("open");
     let rss0 = rss_kib();
 
     let t = Instant::now();

@@ -162,7 +162,7 @@ async fn run_ours(url: &str) -> Duration {
         acked: acked.clone(),
         all_acked: all_acked.clone(),
     };
-    let mut settings = PublisherSettings::new(url, DEVICE);
+    let mut settings = PublisherSettings::new(url, DEVICE).unwrap();
     settings.client_id = "bench-ours".into();
     let publisher = Publisher::new(settings, source, gps_agent::status::StatusBoard::default())
         .with_jitter(Jitter::Off);
@@ -271,7 +271,7 @@ fn main() {
         println!("uplink bench: no tokio runtime");
         return;
     };
-    let settings = PublisherSettings::new("mqtt://unused", DEVICE);
+    let settings = PublisherSettings::new("mqtt://unused", DEVICE).unwrap();
     let topics = Topics::new(&settings.topic_prefix, DEVICE);
     let fixes: Vec<(u64, Fix)> = (1..=FIXES as u64).map(|i| (i, fix(i))).collect();
     let mut payloads = Vec::new();

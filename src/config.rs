@@ -1,15 +1,26 @@
 //! Configuration: the TOML file, its documented defaults, and the checks `check-config` runs.
 //!
 //! Stages: the text is parsed into a spanned TOML table (syntax errors, with their lines);
-//! serde reads that table into these structs (unknown keys and wrong types rejected); then
-//! [`Config::check`] checks ranges and paths and reports every problem with its key. Every
-//! problem found is returned at once, each naming its dotted key and 1-based line, so an
-//! operator fixes the file in one pass. This module only reads: it never creates the buffer
-//! directory, opens the device or resolves host names.
+//! serde reads that table into the raw structs below (unknown keys and wrong types
+//! rejected); then [`Config::settings`] checks ranges and paths and builds the typed
+//! [`Settings`] the agent runs on, reporting every problem with its key. Every problem found
+//! is returned at once, each naming its dotted key and 1-based line, so an operator fixes the
+//! file in one pass. `check-config` and `run` use this one check. This module only reads: it
+//! never creates the buffer directory, opens the device or resolves host names.
+
+mod broker;
+mod settings;
+
+pub use broker::BrokerUrl;
+pub use settings::{
+    BufferSettings, DeviceSettings, GnssSettings, GnssSource, HealthSettings, MqttSettings,
+    Settings,
+};
 
 use serde::Deserialize;
 use std::fmt;
 use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -301,7 +312,7 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 const MAX_PROBLEMS: usize = 64;
 
 /// Read, parse and check a config file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     use std::io::Read;
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -321,9 +332,20 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     parse_str(&text)
 }
 
+/// Check a raw configuration built in code (the demo's): the settings, or every problem.
+pub fn check(raw: &Config) -> Result<Settings, ConfigError> {
+    let mut problems = Vec::new();
+    let settings = raw.settings(&mut problems);
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError::Invalid { problems })
+    }
+}
+
 /// Parse and check config text. Returns every problem found (syntax errors alone when the
 /// text is not TOML; otherwise type and unknown-key errors together with range problems).
-pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+pub fn parse_str(text: &str) -> Result<Settings, ConfigError> {
     let (table, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         let problems = syntax_errors
@@ -351,7 +373,9 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
     // With a bad `gnss.source` the check would judge path and baud against the default
     // source ("serial"): a second, misleading problem. Report the source alone.
     let source_unknown = problems.iter().any(|p| p.key == "gnss.source");
-    for mut problem in config.check() {
+    let mut checks = Vec::new();
+    let settings = config.settings(&mut checks);
+    for mut problem in checks {
         if source_unknown && matches!(problem.key.as_str(), "gnss.path" | "gnss.baud") {
             continue;
         }
@@ -360,7 +384,7 @@ pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
     }
     problems.truncate(MAX_PROBLEMS);
     if problems.is_empty() {
-        Ok(config)
+        Ok(settings)
     } else {
         Err(ConfigError::Invalid { problems })
     }
@@ -539,13 +563,18 @@ fn check_positive(out: &mut Vec<Problem>, key: &str, value: f64, unit: &str) {
 }
 
 /// A duration key: positive and at most `max` seconds (past that it is a typo, and a timer
-/// that never fires hides the failure it is there to catch).
-fn check_seconds(out: &mut Vec<Problem>, key: &str, value: f64, max: f64) {
-    if !value.is_finite() || value <= 0.0 || value > max {
-        out.push(Problem::new(
-            key,
-            format!("{value} must be a number of seconds above 0 and at most {max}"),
-        ));
+/// that never fires hides the failure it is there to catch). On a problem the value returned
+/// is a placeholder: settings with problems are never handed out.
+fn check_seconds(out: &mut Vec<Problem>, key: &str, value: f64, max: f64) -> Duration {
+    match Duration::try_from_secs_f64(value) {
+        Ok(d) if value > 0.0 && value <= max && !d.is_zero() => d,
+        _ => {
+            out.push(Problem::new(
+                key,
+                format!("{value} must be a number of seconds above 0 and at most {max}"),
+            ));
+            Duration::ZERO
+        }
     }
 }
 
@@ -558,13 +587,17 @@ fn check_at_least(out: &mut Vec<Problem>, key: &str, value: u64, min: u64, what:
     }
 }
 
-/// A duration from a checked `_s` key; the fallback only guards a config that skipped
-/// [`Config::check`], so a bad value never panics at run time.
-fn seconds(value: f64, fallback: Duration) -> Duration {
-    Duration::try_from_secs_f64(value)
+/// A count that must be at least 1 (the problem is pushed by the range check beside it;
+/// the placeholder never leaves a failed check).
+fn non_zero(value: u64) -> NonZeroU64 {
+    NonZeroU64::new(value).unwrap_or(NonZeroU64::MIN)
+}
+
+fn non_zero_usize(value: u64) -> NonZeroUsize {
+    usize::try_from(value)
         .ok()
-        .filter(|d| !d.is_zero())
-        .unwrap_or(fallback)
+        .and_then(NonZeroUsize::new)
+        .unwrap_or(NonZeroUsize::MIN)
 }
 
 impl Config {
@@ -572,13 +605,23 @@ impl Config {
     /// ([`parse_str`] fills it from the file).
     pub fn check(&self) -> Vec<Problem> {
         let mut out = Vec::new();
-        self.device.check(&mut out);
-        self.gnss.check(&mut out);
-        self.validate.check(&mut out);
-        self.buffer.check(&mut out);
-        self.mqtt.check(&mut out);
-        self.health.check(&mut out);
+        self.settings(&mut out);
         out
+    }
+
+    /// The checked settings, with every problem pushed to `out`. Only when `out` stays empty
+    /// are the settings real: on a problem, the offending value is a placeholder.
+    pub fn settings(&self, out: &mut Vec<Problem>) -> Settings {
+        self.validate.check(out);
+        Settings {
+            device: self.device.check(out),
+            gnss: self.gnss.check(out),
+            validate: self.validate.clone(),
+            report: self.report.clone(),
+            buffer: self.buffer.check(out),
+            mqtt: self.mqtt.check(&self.device, out),
+            health: self.health.check(out),
+        }
     }
 }
 
@@ -586,7 +629,7 @@ impl DeviceConfig {
     /// Longest device id accepted: it goes into every topic and payload.
     pub const MAX_ID_LEN: usize = 128;
 
-    pub fn check(&self, out: &mut Vec<Problem>) {
+    pub fn check(&self, out: &mut Vec<Problem>) -> DeviceSettings {
         let id = &self.id;
         if id.is_empty() {
             out.push(Problem::new("device.id", "must not be empty".into()));
@@ -610,11 +653,12 @@ impl DeviceConfig {
                 ),
             ));
         }
+        DeviceSettings { id: id.clone() }
     }
 }
 
 impl GnssConfig {
-    pub fn check(&self, out: &mut Vec<Problem>) {
+    pub fn check(&self, out: &mut Vec<Problem>) -> GnssSettings {
         if self.path.as_os_str().is_empty() {
             out.push(Problem::new("gnss.path", "must not be empty".into()));
         } else if self.source == SourceKind::Serial && !self.path.is_absolute() {
@@ -633,12 +677,22 @@ impl GnssConfig {
                 format!("{} is not a standard baud rate ({list})", self.baud),
             ));
         }
-        check_seconds(out, "gnss.stuck_after_s", self.stuck_after_s, 3_600.0);
-    }
-
-    /// `stuck_after_s` as a duration.
-    pub fn stuck_after(&self) -> Duration {
-        seconds(self.stuck_after_s, Duration::from_secs(10))
+        let stuck_after = check_seconds(out, "gnss.stuck_after_s", self.stuck_after_s, 3_600.0);
+        let path = self.path.clone();
+        GnssSettings {
+            source: match self.source {
+                SourceKind::Serial => GnssSource::Serial {
+                    path,
+                    baud: self.baud,
+                },
+                SourceKind::File => GnssSource::File {
+                    path,
+                    pace: self.pace,
+                },
+            },
+            stuck_after,
+            require_checksum: self.require_checksum,
+        }
     }
 }
 
@@ -681,12 +735,12 @@ impl BufferConfig {
     /// Largest `memory_ring`: it is RAM on a small gateway (a fix is under 100 bytes).
     pub const MAX_MEMORY_RING: u32 = 1_000_000;
 
-    pub fn check(&self, out: &mut Vec<Problem>) {
+    pub fn check(&self, out: &mut Vec<Problem>) -> BufferSettings {
         if let Some(message) = implausible_file_path(&self.path) {
             out.push(Problem::new("buffer.path", message));
         }
         // The loss window on a power cut: an hour is already far past any sane choice.
-        check_seconds(
+        let commit_interval = check_seconds(
             out,
             "buffer.commit_interval_s",
             self.commit_interval_s,
@@ -718,17 +772,17 @@ impl BufferConfig {
                 ),
             ));
         }
-        check_seconds(out, "buffer.disk_retry_s", self.disk_retry_s, MAX_TIMER_S);
-    }
-
-    /// `commit_interval_s` as a duration.
-    pub fn commit_interval(&self) -> Duration {
-        seconds(self.commit_interval_s, Duration::from_secs(1))
-    }
-
-    /// `disk_retry_s` as a duration.
-    pub fn disk_retry(&self) -> Duration {
-        seconds(self.disk_retry_s, Duration::from_secs(30))
+        let disk_retry = check_seconds(out, "buffer.disk_retry_s", self.disk_retry_s, MAX_TIMER_S);
+        BufferSettings {
+            path: self.path.clone(),
+            commit_interval,
+            commit_max: non_zero_usize(self.commit_max.into()),
+            max_fixes: non_zero(self.max_fixes),
+            max_bytes: self.max_bytes,
+            eviction: self.eviction,
+            memory_ring: non_zero_usize(self.memory_ring.into()),
+            disk_retry,
+        }
     }
 }
 
@@ -756,22 +810,16 @@ fn implausible_file_path(path: &Path) -> Option<String> {
     }
 }
 
-/// Where the broker is, from `mqtt.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Broker {
-    /// `mqtts://`.
-    pub tls: bool,
-    /// Host name or IP address (IPv6 without brackets).
-    pub host: String,
-    /// From the URL, else 1883 (`mqtt://`) or 8883 (`mqtts://`).
-    pub port: u16,
-}
-
 impl MqttConfig {
-    pub fn check(&self, out: &mut Vec<Problem>) {
-        if let Err(message) = self.broker() {
+    pub fn check(&self, device: &DeviceConfig, out: &mut Vec<Problem>) -> MqttSettings {
+        let broker = BrokerUrl::parse(&self.url).unwrap_or_else(|message| {
             out.push(Problem::new("mqtt.url", message));
-        }
+            BrokerUrl {
+                tls: false,
+                host: String::new(),
+                port: 1883,
+            }
+        });
         let prefix = &self.topic_prefix;
         let problem = if prefix.is_empty() {
             Some("must not be empty".to_string())
@@ -793,8 +841,30 @@ impl MqttConfig {
         if let Some(message) = problem {
             out.push(Problem::new("mqtt.topic_prefix", message));
         }
-        self.check_limits(out);
-        self.check_identity(out);
+        let timers = self.check_limits(out);
+        self.check_identity(broker.tls, out);
+        MqttSettings {
+            broker,
+            topic_prefix: prefix.clone(),
+            client_id: self.client_id.clone().unwrap_or_else(|| device.id.clone()),
+            batch_max: non_zero_usize(self.batch_max.into()),
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            inflight: NonZeroU16::new(self.inflight).unwrap_or(NonZeroU16::MIN),
+            puback_timeout: timers[0],
+            backoff_initial: timers[1],
+            backoff_max: timers[2],
+            backoff_reset_after: timers[3],
+            failure_threshold: NonZeroU32::new(self.failure_threshold).unwrap_or(NonZeroU32::MIN),
+            open_for: timers[4],
+            permanent_retry: timers[5],
+            keep_alive: Duration::from_secs(self.keep_alive_s.into()),
+            username: self.username.clone(),
+            password_file: self.password_file.clone(),
+            ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+            server_name: self.server_name.clone(),
+        }
     }
 
     /// Largest `batch_max`: one message of fixes stays well under any broker's limit.
@@ -810,7 +880,10 @@ impl MqttConfig {
     /// Longest client id MQTT 3.1.1 brokers must accept is 23; most take far more.
     pub const MAX_CLIENT_ID_LEN: usize = 256;
 
-    fn check_limits(&self, out: &mut Vec<Problem>) {
+    /// Ranges of the numbers and timers; returns the timers in the order
+    /// puback_timeout, backoff_initial, backoff_max, backoff_reset_after, open_for,
+    /// permanent_retry.
+    fn check_limits(&self, out: &mut Vec<Problem>) -> [Duration; 6] {
         if !(1..=Self::MAX_BATCH).contains(&self.batch_max) {
             out.push(Problem::new(
                 "mqtt.batch_max",
@@ -842,16 +915,15 @@ impl MqttConfig {
                 ),
             ));
         }
-        for (key, value) in [
+        let timers = [
             ("mqtt.puback_timeout_s", self.puback_timeout_s),
             ("mqtt.backoff_initial_s", self.backoff_initial_s),
             ("mqtt.backoff_max_s", self.backoff_max_s),
             ("mqtt.backoff_reset_after_s", self.backoff_reset_after_s),
             ("mqtt.open_for_s", self.open_for_s),
             ("mqtt.permanent_retry_s", self.permanent_retry_s),
-        ] {
-            check_seconds(out, key, value, MAX_TIMER_S);
-        }
+        ]
+        .map(|(key, value)| check_seconds(out, key, value, MAX_TIMER_S));
         if self.backoff_max_s.is_finite()
             && self.backoff_initial_s.is_finite()
             && self.backoff_max_s < self.backoff_initial_s
@@ -882,9 +954,11 @@ impl MqttConfig {
                 ),
             ));
         }
+        timers
     }
 
-    fn check_identity(&self, out: &mut Vec<Problem>) {
+    /// Client id, credentials and TLS files; `tls` when the broker URL is `mqtts://`.
+    fn check_identity(&self, tls: bool, out: &mut Vec<Problem>) {
         if let Some(id) = &self.client_id {
             if id.is_empty() || id.len() > Self::MAX_CLIENT_ID_LEN {
                 out.push(Problem::new(
@@ -914,7 +988,7 @@ impl MqttConfig {
                 "needs mqtt.username (MQTT sends no password without a user name)".into(),
             ));
         }
-        let tls = self.broker().is_ok_and(|b| b.tls);
+        let url_ok = BrokerUrl::parse(&self.url).is_ok();
         for (key, path) in [
             ("mqtt.password_file", &self.password_file),
             ("mqtt.ca_file", &self.ca_file),
@@ -922,7 +996,7 @@ impl MqttConfig {
             ("mqtt.client_key", &self.client_key),
         ] {
             let Some(path) = path else { continue };
-            if key != "mqtt.password_file" && !tls && self.broker().is_ok() {
+            if key != "mqtt.password_file" && !tls && url_ok {
                 out.push(Problem::new(
                     key,
                     format!("is only used with mqtts:// but mqtt.url is {:?}", self.url),
@@ -946,7 +1020,7 @@ impl MqttConfig {
             _ => {}
         }
         if let Some(name) = &self.server_name {
-            if !tls && self.broker().is_ok() {
+            if !tls && url_ok {
                 out.push(Problem::new(
                     "mqtt.server_name",
                     format!("is only used with mqtts:// but mqtt.url is {:?}", self.url),
@@ -959,100 +1033,15 @@ impl MqttConfig {
             }
         }
     }
-
-    /// `puback_timeout_s` as a duration.
-    pub fn puback_timeout(&self) -> Duration {
-        seconds(self.puback_timeout_s, Duration::from_secs(30))
-    }
-
-    /// `backoff_initial_s`, `backoff_max_s`, `backoff_reset_after_s` as durations.
-    pub fn backoff(&self) -> (Duration, Duration, Duration) {
-        (
-            seconds(self.backoff_initial_s, Duration::from_secs(1)),
-            seconds(self.backoff_max_s, Duration::from_secs(300)),
-            seconds(self.backoff_reset_after_s, Duration::from_secs(60)),
-        )
-    }
-
-    /// `open_for_s` as a duration.
-    pub fn open_for(&self) -> Duration {
-        seconds(self.open_for_s, Duration::from_secs(60))
-    }
-
-    /// `permanent_retry_s` as a duration.
-    pub fn permanent_retry(&self) -> Duration {
-        seconds(self.permanent_retry_s, Duration::from_secs(600))
-    }
-
-    /// Parse `url`: `mqtt://host[:port]` or `mqtts://host[:port]`, an optional trailing `/`,
-    /// nothing else (no path, query or credentials: nothing would use them).
-    pub fn broker(&self) -> Result<Broker, String> {
-        let url = self.url.as_str();
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            format!("{url:?} is not a URL; expected mqtt://host:port or mqtts://host:port")
-        })?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "mqtt" => false,
-            "mqtts" => true,
-            _ => return Err(format!("scheme {scheme:?} must be mqtt:// or mqtts://")),
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains(['/', '?', '#', '@']) || authority.chars().any(char::is_whitespace) {
-            return Err(format!(
-                "{url:?}: only {scheme}://host[:port] is supported (no path, query, credentials or spaces)"
-            ));
-        }
-        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| format!("{url:?}: unclosed [ in IPv6 address"))?;
-            match after {
-                "" => (host, None),
-                _ => match after.strip_prefix(':') {
-                    Some(port) => (host, Some(port)),
-                    None => return Err(format!("{url:?}: unexpected text after ]")),
-                },
-            }
-        } else {
-            match authority.split_once(':') {
-                Some((_, port)) if port.contains(':') => {
-                    return Err(format!(
-                        "{url:?}: put an IPv6 address in brackets, [::1]:1883"
-                    ))
-                }
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("{url:?} has no host"));
-        }
-        let port = match port {
-            None => {
-                if tls {
-                    8883
-                } else {
-                    1883
-                }
-            }
-            Some(text) => match text.parse::<u16>() {
-                Ok(port) if port > 0 => port,
-                _ => return Err(format!("{url:?}: port {text:?} must be 1-65535")),
-            },
-        };
-        Ok(Broker {
-            tls,
-            host: host.to_string(),
-            port,
-        })
-    }
 }
 
 impl HealthConfig {
-    pub fn check(&self, out: &mut Vec<Problem>) {
-        if let Err(message) = self.listen_addr() {
+    pub fn check(&self, out: &mut Vec<Problem>) -> HealthSettings {
+        let listen = self.listen_addr().unwrap_or_else(|message| {
             out.push(Problem::new("health.listen", message));
-        }
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        });
+        HealthSettings { listen }
     }
 
     /// `listen` as a socket address (an IP and a port: no host names, nothing is resolved).

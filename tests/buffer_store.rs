@@ -9,6 +9,14 @@ use gps_agent::status::Status;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// The raw `[buffer]` section as an operator writes it, checked as the agent checks it.
+fn checked(raw: &gps_agent::config::BufferConfig) -> gps_agent::config::BufferSettings {
+    let mut problems = Vec::new();
+    let settings = raw.check(&mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    settings
+}
+
 fn fix(i: i64) -> Fix {
     Fix {
         time_ms: 1_584_538_100_600 + i * 1000,
@@ -54,7 +62,7 @@ fn all_seqs(path: &Path) -> Vec<u64> {
 #[test]
 fn a_fix_round_trips_with_its_seq_and_the_payload_precision() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut buf, report) = Buffer::open(&cfg(dir.path())).unwrap();
+    let (mut buf, report) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
     assert_eq!(report.moved_aside, None);
     assert_eq!(buf.stream().len(), 32);
     assert!(buf.stream().chars().all(|c| c.is_ascii_hexdigit()));
@@ -83,7 +91,7 @@ fn a_fix_round_trips_with_its_seq_and_the_payload_precision() {
 #[test]
 fn fixes_are_not_handed_out_before_their_group_is_committed() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut buf, _) = Buffer::open(&cfg(dir.path())).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
     let t0 = Instant::now();
     assert_eq!(buf.append(&fix(0), t0).unwrap().committed_upto, None);
     let mut out = Vec::new();
@@ -101,7 +109,7 @@ fn the_group_commits_at_commit_max_fixes_even_before_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
     c.commit_max = 3;
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     let t0 = Instant::now();
     let r: Vec<_> = (0..4)
         .map(|i| buf.append(&fix(i), t0).unwrap().committed_upto)
@@ -113,7 +121,7 @@ fn the_group_commits_at_commit_max_fixes_even_before_the_interval() {
 #[test]
 fn next_batch_goes_oldest_first_and_skips_fixes_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut buf, _) = Buffer::open(&cfg(dir.path())).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
     fill(&mut buf, 0, 10, Instant::now());
     let mut a = Vec::new();
     let mut b = Vec::new();
@@ -136,7 +144,7 @@ fn next_batch_goes_oldest_first_and_skips_fixes_in_flight() {
 fn ack_removes_release_returns_and_restart_makes_in_flight_pending_again() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 6, Instant::now());
     let mut out = Vec::new();
     buf.next_batch(4, &mut out).unwrap();
@@ -151,7 +159,7 @@ fn ack_removes_release_returns_and_restart_makes_in_flight_pending_again() {
         (4, Some(3), 6)
     );
     drop(buf);
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     buf.next_batch(10, &mut out).unwrap();
     assert_eq!(seqs(&out), vec![3, 4, 5, 6]);
 }
@@ -160,12 +168,12 @@ fn ack_removes_release_returns_and_restart_makes_in_flight_pending_again() {
 fn acking_the_newest_fixes_never_lets_their_seqs_be_reused() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 3, Instant::now());
     buf.ack(&[1, 2, 3]).unwrap();
     buf.commit().unwrap();
     drop(buf);
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     assert_eq!(buf.stats().unwrap().last_seq, 3);
     assert_eq!(buf.append(&fix(3), Instant::now()).unwrap().seq, Some(4));
 }
@@ -173,7 +181,7 @@ fn acking_the_newest_fixes_never_lets_their_seqs_be_reused() {
 #[test]
 fn dead_letters_leave_the_queue_are_listed_and_requeue_with_their_seqs() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut buf, _) = Buffer::open(&cfg(dir.path())).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
     fill(&mut buf, 0, 4, Instant::now());
     let mut out = Vec::new();
     buf.next_batch(2, &mut out).unwrap();
@@ -213,14 +221,14 @@ fn capped(dir: &Path, n: u64, policy: EvictionPolicy) -> BufferConfig {
 fn drop_oldest_evicts_exactly_one_fix_on_the_append_after_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let c = capped(dir.path(), 8, EvictionPolicy::DropOldest);
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 8, Instant::now());
     assert_eq!(buf.stats().unwrap().evicted, 0, "N fixes fit");
     fill(&mut buf, 8, 1, Instant::now());
     assert_eq!(all_seqs(&c.path), (2..=9).collect::<Vec<_>>());
     assert_eq!(buf.stats().unwrap().evicted, 1);
     drop(buf);
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     assert_eq!(
         buf.stats().unwrap().evicted,
         1,
@@ -232,7 +240,7 @@ fn drop_oldest_evicts_exactly_one_fix_on_the_append_after_the_limit() {
 fn thin_drops_every_second_fix_of_the_oldest_half_on_the_append_after_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let c = capped(dir.path(), 8, EvictionPolicy::Thin);
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 8, Instant::now());
     assert_eq!(all_seqs(&c.path), (1..=8).collect::<Vec<_>>());
     fill(&mut buf, 8, 1, Instant::now());
@@ -244,7 +252,7 @@ fn thin_drops_every_second_fix_of_the_oldest_half_on_the_append_after_the_limit(
 fn thin_with_too_few_fixes_to_halve_drops_the_oldest() {
     let dir = tempfile::tempdir().unwrap();
     let c = capped(dir.path(), 2, EvictionPolicy::Thin);
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 3, Instant::now());
     assert_eq!(all_seqs(&c.path), vec![2, 3]);
     assert_eq!(buf.stats().unwrap().evicted, 1);
@@ -257,7 +265,7 @@ fn the_byte_limit_evicts_oldest_fixes_when_the_file_outgrows_it() {
         max_bytes: 64 * 1024,
         ..cfg(dir.path())
     };
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     for k in 0..10 {
         fill(&mut buf, k * 1000, 1000, Instant::now());
     }
@@ -275,7 +283,7 @@ fn a_full_disk_keeps_fixes_in_memory_and_writes_them_with_contiguous_seqs_when_i
         disk_retry_s: 30.0,
         ..cfg(dir.path())
     };
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     let t0 = Instant::now();
     fill(&mut buf, 0, 5, t0);
     // Clamped to the current size: the file may not grow, so the group that needs a new
@@ -321,7 +329,7 @@ fn the_memory_ring_drops_its_oldest_fix_when_full_and_counts_it() {
         commit_max: 1,
         ..cfg(dir.path())
     };
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     let t0 = Instant::now();
     fill(&mut buf, 0, 1, t0);
     buf.set_max_page_count(1).unwrap();
@@ -343,7 +351,7 @@ fn assert_moved_aside(dir: &Path, make: impl FnOnce(&Path)) {
     let c = cfg(dir);
     make(&c.path);
     let original = std::fs::read(&c.path).unwrap();
-    let (mut buf, report) = Buffer::open(&c).unwrap();
+    let (mut buf, report) = Buffer::open(&checked(&c)).unwrap();
     let moved: PathBuf = report.moved_aside.clone().expect("moved aside");
     let name = moved.file_name().unwrap().to_string_lossy().into_owned();
     assert!(name.starts_with("buffer.db.corrupt-"), "{name}");
@@ -395,7 +403,7 @@ fn a_zero_length_file_is_moved_aside() {
 fn a_truncated_file_is_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 5000, Instant::now());
     drop(buf); // the last connection checkpoints the WAL into the main file
     let bytes = std::fs::read(&c.path).unwrap();
@@ -408,7 +416,7 @@ fn a_truncated_file_is_moved_aside() {
         .unwrap()
     };
     write_file(&c.path, &bytes[..bytes.len() / 2]);
-    let (buf, report) = Buffer::open(&c).unwrap();
+    let (buf, report) = Buffer::open(&checked(&c)).unwrap();
     assert!(report.moved_aside.is_some(), "{report:?}");
     assert_ne!(buf.stream(), old_stream);
 }
@@ -444,7 +452,7 @@ fn a_version_1_file_is_migrated_keeping_its_stream_and_fixes() {
         ))
         .unwrap();
     }
-    let (mut buf, report) = Buffer::open(&c).unwrap();
+    let (mut buf, report) = Buffer::open(&checked(&c)).unwrap();
     assert_eq!(report.moved_aside, None);
     assert_eq!(buf.stream(), "00112233445566778899aabbccddeeff");
     let mut out = Vec::new();
@@ -475,7 +483,7 @@ fn a_file_from_a_newer_agent_is_refused_and_left_alone() {
         ))
         .unwrap();
     }
-    let err = Buffer::open(&c).err().expect("refused");
+    let err = Buffer::open(&checked(&c)).err().expect("refused");
     assert_eq!(err.code(), "BUFFER_SCHEMA");
     assert!(c.path.exists());
 }
@@ -484,7 +492,7 @@ fn a_file_from_a_newer_agent_is_refused_and_left_alone() {
 fn cli_stats_prints_the_spec_keys_while_the_daemon_holds_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 5, Instant::now());
     buf.ack(&[1]).unwrap();
     buf.dead_letter(&[2], "X", "test").unwrap();
@@ -528,7 +536,7 @@ fn cli_stats_prints_the_spec_keys_while_the_daemon_holds_the_file() {
 fn cli_lists_and_requeues_dead_letters_and_fails_with_a_json_line_on_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 3, Instant::now());
     buf.dead_letter(&[1, 3], "MQTT_REJECTED", "bad topic")
         .unwrap();
@@ -570,7 +578,7 @@ fn cli_lists_and_requeues_dead_letters_and_fails_with_a_json_line_on_a_missing_f
 fn a_requeue_by_another_process_shows_in_the_open_stores_depth_at_the_next_tick() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    let (mut buf, _) = Buffer::open(&c).unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     fill(&mut buf, 0, 5, Instant::now());
     buf.dead_letter(&[2, 4], "MQTT_REJECTED", "bad topic")
         .unwrap();
@@ -609,6 +617,6 @@ fn a_requeue_by_another_process_shows_in_the_open_stores_depth_at_the_next_tick(
     let s = buf.stats().unwrap();
     assert_eq!((s.depth, s.dead_letters), (0, 0));
     drop(buf);
-    let (mut again, _) = Buffer::open(&c).unwrap();
+    let (mut again, _) = Buffer::open(&checked(&c)).unwrap();
     assert_eq!(again.stats().unwrap().depth, 0, "the counts were true");
 }

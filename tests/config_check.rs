@@ -1,7 +1,7 @@
 //! `config::parse_str` / `config::load`: every kind of problem names the right key and line,
 //! all problems of a file come out in one pass, the example file is the defaults.
 
-use gps_agent::config::{self, Config, ConfigError, Problem, SourceKind};
+use gps_agent::config::{self, Config, ConfigError, GnssSource, Problem, Settings};
 use gps_agent::error::{Classified, ErrorClass};
 
 fn problems(text: &str) -> Vec<Problem> {
@@ -33,7 +33,7 @@ fn assert_problem(text: &str, key: &str, line: Option<usize>, message_part: &str
 fn the_example_file_checks_clean_and_shows_exactly_the_defaults() {
     let text = include_str!("../config/example.toml");
     let cfg = config::parse_str(text).unwrap();
-    assert_eq!(cfg, Config::default());
+    assert_eq!(cfg, Settings::default());
 }
 
 #[test]
@@ -53,10 +53,10 @@ fn the_example_file_mentions_every_key_of_every_section() {
 
 #[test]
 fn an_empty_file_gives_all_defaults() {
-    assert_eq!(config::parse_str("").unwrap(), Config::default());
+    assert_eq!(config::parse_str("").unwrap(), Settings::default());
     assert_eq!(
         config::parse_str("# only a comment\n\n").unwrap(),
-        Config::default()
+        Settings::default()
     );
 }
 
@@ -209,7 +209,7 @@ fn every_standard_baud_rate_passes_and_neighbours_do_not() {
 fn the_baud_rate_is_not_checked_when_reading_a_file() {
     let cfg =
         config::parse_str("[gnss]\nsource = \"file\"\npath = \"log.nmea\"\nbaud = 1\n").unwrap();
-    assert_eq!(cfg.gnss.source, SourceKind::File);
+    assert!(matches!(cfg.gnss.source, GnssSource::File { .. }));
 }
 
 #[test]
@@ -276,7 +276,7 @@ fn timers_have_a_ceiling_so_a_typo_cannot_switch_them_off() {
 #[test]
 fn integer_seconds_are_accepted_for_float_keys() {
     let cfg = config::parse_str("[gnss]\nstuck_after_s = 5\n").unwrap();
-    assert_eq!(cfg.gnss.stuck_after(), std::time::Duration::from_secs(5));
+    assert_eq!(cfg.gnss.stuck_after, std::time::Duration::from_secs(5));
 }
 
 #[test]
@@ -398,7 +398,7 @@ fn the_broker_url_must_be_mqtt_or_mqtts_with_a_host_and_a_valid_port() {
 fn a_broker_url_gives_host_port_and_tls() {
     let broker = |url: &str| {
         let cfg = config::parse_str(&format!("[mqtt]\nurl = \"{url}\"\n")).unwrap();
-        let b = cfg.mqtt.broker().unwrap();
+        let b = cfg.mqtt.broker;
         (b.tls, b.host, b.port)
     };
     assert_eq!(broker("mqtt://10.0.0.1"), (false, "10.0.0.1".into(), 1883));
@@ -454,7 +454,7 @@ fn the_health_listen_address_must_be_ip_and_port() {
         );
     }
     let cfg = config::parse_str("[health]\nlisten = \"[::1]:8470\"\n").unwrap();
-    assert_eq!(cfg.health.listen_addr().unwrap().port(), 8470);
+    assert_eq!(cfg.health.listen.port(), 8470);
 }
 
 #[test]
@@ -502,8 +502,11 @@ fn loading_a_good_file_returns_its_values() {
     .unwrap();
     let cfg = config::load(&path).unwrap();
     assert_eq!(cfg.device.id, "truck-042");
-    assert_eq!(cfg.gnss.baud, 115_200);
-    assert_eq!(cfg.buffer, Config::default().buffer);
+    assert!(matches!(
+        cfg.gnss.source,
+        GnssSource::Serial { baud: 115_200, .. }
+    ));
+    assert_eq!(cfg.buffer, Settings::default().buffer);
 }
 
 #[test]

@@ -190,7 +190,7 @@ fn a_checked_section_with_credentials_maps_onto_publisher_settings() {
         pw.display().to_string()
     );
     let cfg = config::parse_str(&text).unwrap();
-    let s = PublisherSettings::from_config(&cfg.mqtt, &cfg.device.id).unwrap();
+    let s = PublisherSettings::from_settings(&cfg.mqtt, &cfg.device.id).unwrap();
     assert_eq!(s.client_id, "truck-9");
     assert_eq!(s.window, 3);
     assert_eq!(s.batch_max, 10);
@@ -203,12 +203,12 @@ fn a_checked_section_with_credentials_maps_onto_publisher_settings() {
 
 #[test]
 fn an_unreadable_ca_file_at_start_up_is_permanent_mqtt_tls_config() {
-    let mqtt = MqttConfig {
-        url: "mqtts://127.0.0.1:8883".into(),
-        ca_file: Some("/nonexistent/ca.pem".into()),
-        ..MqttConfig::default()
-    };
-    let e = PublisherSettings::from_config(&mqtt, "truck-9").unwrap_err();
+    // The file was there at check-config and is gone when the uplink starts.
+    let mut mqtt = config::parse_str("[mqtt]\nurl = \"mqtts://127.0.0.1:8883\"\n")
+        .unwrap()
+        .mqtt;
+    mqtt.ca_file = Some("/nonexistent/ca.pem".into());
+    let e = PublisherSettings::from_settings(&mqtt, "truck-9").unwrap_err();
     assert_eq!(e.code(), "MQTT_TLS_CONFIG");
     assert_eq!(e.class(), gps_agent::error::ErrorClass::Permanent);
 }

@@ -501,7 +501,7 @@ async fn dead_letters_requeued_by_the_cli_while_it_runs_are_delivered_and_counte
     let dir = tempfile::tempdir().unwrap();
     // A buffer left with three dead letters by an earlier run.
     {
-        let cfg = gps_agent::config::BufferConfig {
+        let cfg = gps_agent::config::BufferSettings {
             path: dir.path().join("buffer.db"),
             ..Default::default()
         };

@@ -158,11 +158,11 @@ async fn a_server_name_override_lets_the_agent_dial_an_ip_and_check_the_real_nam
 /// `code`, and within two seconds there is exactly one attempt (permanent_retry is 30 s).
 async fn refused_permanently(broker: &Mosquitto, mut s: PublisherSettings, code: &str) {
     let proxy = FaultProxy::start(broker.agent_addr).await;
-    let port = proxy.url().rsplit(':').next().unwrap().to_owned();
-    s.url = if s.url.starts_with("mqtts://") {
-        format!("mqtts://localhost:{port}")
+    s.broker.port = proxy.url().rsplit(':').next().unwrap().parse().unwrap();
+    s.broker.host = if s.broker.tls {
+        "localhost".into()
     } else {
-        proxy.url()
+        "127.0.0.1".into()
     };
     let source = MemSource::default();
     source.push((1..=3).map(fix));

@@ -20,6 +20,14 @@ use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 use tokio_util::sync::CancellationToken;
 
+/// The raw `[buffer]` section as an operator writes it, checked as the agent checks it.
+fn checked(raw: &gps_agent::config::BufferConfig) -> gps_agent::config::BufferSettings {
+    let mut problems = Vec::new();
+    let settings = raw.check(&mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    settings
+}
+
 fn fix(i: u64) -> Fix {
     Fix {
         time_ms: 1_790_000_000_000 + i as i64 * 1000,
@@ -40,7 +48,7 @@ fn backlog(dir: &Path, n: u64) -> SharedStore {
         path: dir.join("buffer.db"),
         ..BufferConfig::default()
     };
-    let mut store = Store::open(cfg, StatusBoard::default(), Instant::now());
+    let mut store = Store::open(checked(&cfg), StatusBoard::default(), Instant::now());
     for i in 1..=n {
         store.append(&fix(i), Instant::now()).unwrap();
     }
@@ -59,7 +67,7 @@ fn link_over(store: &SharedStore) -> (Link, StatusBoard) {
 }
 
 fn settings(url: &str, device: &str) -> PublisherSettings {
-    let mut s = PublisherSettings::new(url, device);
+    let mut s = PublisherSettings::new(url, device).unwrap();
     s.client_id = support::unique("agent");
     s.puback_timeout = Duration::from_secs(3);
     s.backoff = BackoffPolicy {

@@ -62,7 +62,7 @@ async fn a_fix_the_broker_always_drops_the_link_over_is_dead_lettered_and_the_re
     source.push([fix(5)]);
     source.push((6..=8).map(small));
 
-    let mut s = PublisherSettings::new(&broker.url(), &device);
+    let mut s = PublisherSettings::new(&broker.url(), &device).unwrap();
     s.client_id = support::unique("agent");
     s.topic_prefix = "test".into();
     s.batch_max = 4;

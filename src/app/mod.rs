@@ -27,7 +27,7 @@ pub mod ingest;
 
 use crate::buffer::store::{SharedStore, Store};
 use crate::clock::Clock;
-use crate::config::{Config, SourceKind};
+use crate::config::{GnssSource, MqttSettings, Settings, ValidateConfig};
 use crate::error::Classified;
 use crate::gnss::source::{file, serial, SourceHandle};
 use crate::health::metrics::Metrics;
@@ -73,11 +73,11 @@ async fn run_uplink(
     link: Link,
     board: StatusBoard,
     stop: CancellationToken,
-    mut reload: watch::Receiver<crate::config::MqttConfig>,
+    mut reload: watch::Receiver<MqttSettings>,
 ) {
     let mut mqtt = reload.borrow_and_update().clone();
     let settings = loop {
-        match PublisherSettings::from_config(&mqtt, &device) {
+        match PublisherSettings::from_settings(&mqtt, &device) {
             Ok(settings) => break settings,
             Err(e) => {
                 error!(component = "mqtt", code = e.code(), class = e.class().as_str(), error = %e,
@@ -86,7 +86,7 @@ async fn run_uplink(
                 board.mqtt(|m| m.last_error = Some(error));
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(mqtt.permanent_retry()) => {}
+                    _ = tokio::time::sleep(mqtt.permanent_retry) => {}
                     Ok(()) = reload.changed() => mqtt = reload.borrow_and_update().clone(),
                 }
             }
@@ -105,10 +105,10 @@ async fn run_uplink(
                     () = &mut serve => break,
                     Ok(()) = reload.changed(), if next.is_none() => {
                         let new = reload.borrow_and_update().clone();
-                        match PublisherSettings::from_config(&new, &device) {
+                        match PublisherSettings::from_settings(&new, &device) {
                             Ok(settings) if settings == current => {}
                             Ok(settings) => {
-                                info!(component = "mqtt", broker = %new.url,
+                                info!(component = "mqtt", broker = %new.broker,
                                     "SIGHUP: [mqtt] changed; reconnecting with the new settings");
                                 next = Some(settings);
                                 session_stop.cancel();
@@ -138,14 +138,18 @@ async fn run_uplink(
 
 /// Runs the agent until `shutdown` is cancelled; returns when everything is committed and
 /// the uplink has said goodbye. Errors only for what cannot start at all.
-pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn run(
+    cfg: Settings,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
     let started = Instant::now();
     let board = StatusBoard::new(opts.clock.clone().unwrap_or_default());
     let metrics = Arc::new(Metrics::new(board.clone()));
     let server_stop = CancellationToken::new();
 
     // Health endpoint first, so operators see the agent come up.
-    let server_task = match server::bind(&cfg.health.listen).await {
+    let server_task = match server::bind(cfg.health.listen).await {
         Ok(listener) => {
             info!(component = "health", listen = %cfg.health.listen, "health endpoint listening");
             let (b, m, t) = (board.clone(), Arc::clone(&metrics), server_stop.clone());
@@ -286,10 +290,19 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     Ok(())
 }
 
-fn spawn_source(cfg: &Config, stop: Arc<AtomicBool>) -> Result<SourceHandle, String> {
-    let spawned = match cfg.gnss.source {
-        SourceKind::Serial => serial::spawn(serial::SerialSettings::from_config(&cfg.gnss), stop),
-        SourceKind::File => file::spawn(file::FileSettings::from_config(&cfg.gnss), stop),
+fn spawn_source(cfg: &Settings, stop: Arc<AtomicBool>) -> Result<SourceHandle, String> {
+    let spawned = match &cfg.gnss.source {
+        GnssSource::Serial { path, baud } => serial::spawn(
+            serial::SerialSettings::new(path.clone(), *baud, cfg.gnss.stuck_after),
+            stop,
+        ),
+        GnssSource::File { path, pace } => file::spawn(
+            file::FileSettings {
+                path: path.clone(),
+                pace: *pace,
+            },
+            stop,
+        ),
     };
     spawned.map_err(|e| format!("cannot start the GNSS source thread: {e}"))
 }
@@ -316,15 +329,15 @@ pub(crate) async fn recv_signal(s: &mut SignalStream) -> Option<()> {
 /// Where a SIGHUP reload sends what can change without a restart.
 struct Reloads {
     /// Validation thresholds, to the ingest thread.
-    validate: std::sync::mpsc::Sender<crate::config::ValidateConfig>,
+    validate: std::sync::mpsc::Sender<ValidateConfig>,
     /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
     /// have changed under the same settings; the uplink reconnects only when they differ.
-    mqtt: watch::Sender<crate::config::MqttConfig>,
+    mqtt: watch::Sender<MqttSettings>,
 }
 
 /// Re-read the configuration file: validation thresholds apply now, `[mqtt]` at a
 /// reconnect made for it, the rest is logged as needing a restart.
-fn reload(opts: &RunOptions, current: &mut Config, to: &Reloads) {
+fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
     let Some(path) = &opts.config_path else {
         info!(
             component = "agent",

@@ -44,7 +44,7 @@ pub use file_ops::{file_stats, list_dead_letters, requeue_dead_letters, BufferSt
 pub use schema::{open_existing, open_read_only, APPLICATION_ID, SCHEMA_VERSION};
 
 use crate::clock::Clock;
-use crate::config::{BufferConfig, EvictionPolicy};
+use crate::config::{BufferSettings, EvictionPolicy};
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
 use crate::status::{BufferStatus, LastError, Status};
@@ -146,18 +146,10 @@ pub struct Buffer {
 /// How often [`Buffer::tick`] asks SQLite whether another process changed the file.
 const OUTSIDE_CHECK: Duration = Duration::from_secs(1);
 
-fn secs(s: f64) -> Duration {
-    if s.is_finite() && s > 0.0 {
-        Duration::try_from_secs_f64(s).unwrap_or(Duration::MAX)
-    } else {
-        Duration::ZERO
-    }
-}
-
 impl Buffer {
     /// Opens (or creates) the buffer at `cfg.path`, migrating an older file and moving a
     /// damaged one aside.
-    pub fn open(cfg: &BufferConfig) -> Result<(Buffer, OpenReport), BufferError> {
+    pub fn open(cfg: &BufferSettings) -> Result<(Buffer, OpenReport), BufferError> {
         let path = cfg.path.clone();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| BufferError::File {
@@ -228,13 +220,13 @@ impl Buffer {
         let buffer = Buffer {
             conn,
             path,
-            commit_interval: secs(cfg.commit_interval_s),
-            commit_max: (cfg.commit_max as usize).max(1),
-            max_fixes: cfg.max_fixes.max(1),
+            commit_interval: cfg.commit_interval,
+            commit_max: cfg.commit_max.get(),
+            max_fixes: cfg.max_fixes.get(),
             max_bytes: cfg.max_bytes,
             eviction: cfg.eviction,
-            memory_ring: (cfg.memory_ring as usize).max(1),
-            disk_retry: secs(cfg.disk_retry_s),
+            memory_ring: cfg.memory_ring.get(),
+            disk_retry: cfg.disk_retry,
             stream,
             committed: counters,
             current: counters,

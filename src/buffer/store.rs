@@ -11,7 +11,7 @@
 //! calls [`Store::publish`], under the lock it already holds; nobody polls it.
 
 use super::{Buffer, BufferError};
-use crate::config::BufferConfig;
+use crate::config::BufferSettings;
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::status::{LastError, Status, StatusBoard};
@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 /// The buffer file, or the queue that waits for it.
 pub struct Store {
-    cfg: BufferConfig,
+    cfg: BufferSettings,
     buffer: Option<Buffer>,
     /// Fixes accepted while the file could not be opened; bounded by `memory_ring`.
     waiting: VecDeque<Fix>,
@@ -40,7 +40,7 @@ pub struct Store {
 impl Store {
     /// Opens the buffer file, or starts without it (and keeps trying) when it cannot be
     /// opened. Never fails: an agent without a disk still collects fixes.
-    pub fn open(cfg: BufferConfig, board: StatusBoard, now: Instant) -> Store {
+    pub fn open(cfg: BufferSettings, board: StatusBoard, now: Instant) -> Store {
         let mut store = Store {
             cfg,
             buffer: None,
@@ -89,7 +89,7 @@ impl Store {
                     "buffer file cannot be opened; holding fixes in memory"
                 );
                 self.open_error = Some(self.board.error_now(&e));
-                self.next_open_at = now + self.cfg.disk_retry();
+                self.next_open_at = now + self.cfg.disk_retry;
             }
         }
         self.changed = true;
@@ -114,10 +114,7 @@ impl Store {
         match self.buffer.as_mut() {
             Some(buffer) => buffer.append(fix, now).map(|a| a.committed_upto),
             None => {
-                let cap = usize::try_from(self.cfg.memory_ring)
-                    .unwrap_or(usize::MAX)
-                    .max(1);
-                if self.waiting.len() >= cap {
+                if self.waiting.len() >= self.cfg.memory_ring.get() {
                     self.waiting.pop_front();
                     self.dropped_waiting += 1;
                 }

@@ -7,11 +7,12 @@
 //! Exit codes: 0 done, 1 error (one JSON line on stderr: `{"error": CODE, "message": ...}`).
 
 use crate::buffer::{self, Buffer, BufferError};
-use crate::config::BufferConfig;
+use crate::config::BufferSettings;
 use crate::error::Classified;
 use crate::fix::{Fix, FixMode};
 use clap::{Args, Subcommand};
 use std::io::Write;
+use std::num::{NonZeroU64, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -125,14 +126,17 @@ fn crash_writer(
     ack_every: u64,
     ack_batch: usize,
 ) -> Result<(), BufferError> {
-    let cfg = BufferConfig {
+    let cfg = BufferSettings {
         path: db,
-        commit_interval_s: commit_ms as f64 / 1000.0,
-        commit_max,
+        commit_interval: std::time::Duration::from_millis(commit_ms.max(1)),
+        commit_max: usize::try_from(commit_max)
+            .ok()
+            .and_then(NonZeroUsize::new)
+            .unwrap_or(NonZeroUsize::MIN),
         // No eviction: the crash test counts every seq from 1.
-        max_fixes: u64::MAX / 2,
+        max_fixes: NonZeroU64::MAX,
         max_bytes: u64::MAX / 2,
-        ..BufferConfig::default()
+        ..BufferSettings::default()
     };
     let (mut buf, _) = Buffer::open(&cfg)?;
     let mut time_ms: i64 = 1_700_000_000_000 + buf.committed_seq() as i64 * 100;

@@ -11,7 +11,7 @@ pub mod check_config;
 pub mod parse;
 pub mod run;
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::{self, ConfigError, Settings};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 
@@ -125,13 +125,13 @@ pub fn main() -> i32 {
 /// The configuration for the offline subcommands (`parse`, `buffer`): the file named by
 /// `--config`/`GPS_AGENT_CONFIG` (which must be valid), else `/etc/gps-agent/config.toml`
 /// when it exists, else the defaults. Problems are printed; the error is the exit code.
-pub fn config_or_default(explicit: Option<&Path>) -> Result<Config, i32> {
+pub fn config_or_default(explicit: Option<&Path>) -> Result<Settings, i32> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => {
             let default = PathBuf::from(DEFAULT_CONFIG_PATH);
             if !default.exists() {
-                return Ok(Config::default());
+                return Ok(Settings::default());
             }
             default
         }

@@ -5,7 +5,7 @@
 //! `/etc/gps-agent/config.toml` when it exists, else from the defaults. A summary line goes to
 //! stderr at the end; stdout carries only fixes (and rejections with `--all`).
 
-use crate::config::Config;
+use crate::config::Settings;
 use crate::fix::{format_time_ms, Numbered};
 use crate::gnss::{Decoded, Decoder};
 use crate::rejection::{Reason, Rejection};
@@ -120,7 +120,7 @@ impl std::fmt::Display for ParseSummary {
 pub fn parse_stream(
     mut input: impl Read,
     out: &mut impl Write,
-    cfg: &Config,
+    cfg: &Settings,
     all: bool,
 ) -> Result<ParseSummary, ParseStreamError> {
     let mut decoder = Decoder::new(cfg.gnss.require_checksum);

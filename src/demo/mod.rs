@@ -127,6 +127,8 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> Result<i32, String> {
     cfg.mqtt.url = format!("mqtt://{}", link.addr);
     cfg.mqtt.backoff_max_s = 2.0;
     cfg.health.listen = health_addr.to_string();
+    let buffer_path = cfg.buffer.path.clone();
+    let cfg = crate::config::check(&cfg).map_err(|e| format!("demo configuration: {e}"))?;
 
     println!("gps-agent demo: a simulated drive, the real agent, an embedded broker");
     println!(
@@ -139,7 +141,7 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> Result<i32, String> {
     println!("  broker      mqtt://{broker_addr} (embedded rumqttd), reached through a link the demo cuts");
     println!(
         "  agent       health http://{health_addr}/health, buffer {}",
-        cfg.buffer.path.display()
+        buffer_path.display()
     );
     println!("  subscriber  fleet/{DEVICE}/#");
     println!();

@@ -86,12 +86,12 @@ impl Classified for HealthError {
     }
 }
 
-/// Binds the endpoint's listener (`HealthConfig::listen`, e.g. `127.0.0.1:8470`).
-pub async fn bind(listen: &str) -> Result<TcpListener, HealthError> {
+/// Binds the endpoint's listener (`[health] listen`, e.g. `127.0.0.1:8470`).
+pub async fn bind(listen: std::net::SocketAddr) -> Result<TcpListener, HealthError> {
     TcpListener::bind(listen)
         .await
         .map_err(|source| HealthError::Bind {
-            listen: listen.to_owned(),
+            listen: listen.to_string(),
             source,
         })
 }

@@ -80,7 +80,7 @@ pub enum UplinkError {
 
     /// The broker URL in the config cannot be used.
     #[error("broker URL {url:?}: {why}")]
-    BadUrl { url: String, why: &'static str },
+    BadUrl { url: String, why: String },
 
     /// A CA, client certificate, key or password file cannot be read or holds nothing usable:
     /// a deployment problem that retrying will not fix.

@@ -12,7 +12,7 @@
 //! It never acknowledges a fix without its PUBACK, never holds more than `window` messages,
 //! and never exits on a link failure: only the shutdown token ends [`Publisher::run`].
 
-use crate::config::MqttConfig;
+use crate::config::{BrokerUrl, MqttSettings};
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::status::StatusBoard;
@@ -28,7 +28,6 @@ use rumqttc::{
 };
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -120,12 +119,11 @@ impl fmt::Debug for Password {
     }
 }
 
-/// Everything the publisher needs to know. [`PublisherSettings::new`] fills the documented
-/// defaults; [`PublisherSettings::from_config`] takes them from `[mqtt]`.
+/// Everything the publisher needs to know: the checked `[mqtt]` settings
+/// ([`PublisherSettings::from_settings`]) with the password and TLS material read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublisherSettings {
-    /// `mqtt://host:port` or `mqtts://host:port`.
-    pub url: String,
+    pub broker: BrokerUrl,
     pub client_id: String,
     pub device: String,
     pub topic_prefix: String,
@@ -156,76 +154,68 @@ pub struct PublisherSettings {
 }
 
 impl PublisherSettings {
-    pub fn new(url: &str, device: &str) -> Self {
-        PublisherSettings {
+    /// The defaults of `[mqtt]` for a device named `device` talking to `url` (tests, tools);
+    /// the password and TLS files of the defaults are none, so only the URL can fail.
+    pub fn new(url: &str, device: &str) -> Result<Self, UplinkError> {
+        let broker = BrokerUrl::parse(url).map_err(|why| UplinkError::BadUrl {
             url: url.to_owned(),
-            client_id: format!("gps-agent-{device}"),
-            device: device.to_owned(),
-            topic_prefix: "fleet".into(),
-            credentials: None,
-            tls: TlsSettings::default(),
-            tls_files: 0,
-            batch_max: 50,
-            max_message_bytes: 64 * 1024,
-            window: 10,
-            puback_timeout: Duration::from_secs(30),
-            keep_alive: Duration::from_secs(30),
-            backoff: BackoffPolicy::default(),
-            breaker: BreakerPolicy::default(),
-            permanent_retry: Duration::from_secs(10 * 60),
-            shutdown_grace: Duration::from_secs(5),
-            idle_poll: Duration::from_secs(1),
-        }
+            why,
+        })?;
+        Self::from_settings(&MqttSettings::for_broker(broker, device), device)
     }
 
-    /// Settings from a checked `[mqtt]` section. Reads the password file and builds the TLS
+    /// From checked `[mqtt]` settings. Reads the password file and builds the TLS
     /// configuration once, so a missing or broken file is reported at start-up
     /// (`MQTT_TLS_CONFIG`, permanent) rather than on every reconnect.
-    pub fn from_config(mqtt: &MqttConfig, device_id: &str) -> Result<Self, UplinkError> {
-        let broker = mqtt.broker().map_err(|_| UplinkError::BadUrl {
-            url: mqtt.url.clone(),
-            why: "not mqtt://host[:port] or mqtts://host[:port]",
-        })?;
-        let mut s = PublisherSettings::new(&mqtt.url, device_id);
-        s.client_id = mqtt
-            .client_id
-            .clone()
-            .unwrap_or_else(|| device_id.to_owned());
-        s.topic_prefix = mqtt.topic_prefix.clone();
-        s.credentials = match (&mqtt.username, &mqtt.password_file) {
+    pub fn from_settings(mqtt: &MqttSettings, device: &str) -> Result<Self, UplinkError> {
+        let credentials = match (&mqtt.username, &mqtt.password_file) {
             (Some(user), Some(path)) => Some((user.clone(), Password::from_file(path)?)),
             (Some(user), None) => Some((user.clone(), Password::new(""))),
             (None, _) => None,
         };
-        s.tls = TlsSettings {
+        let tls = TlsSettings {
             ca_file: mqtt.ca_file.clone(),
             client_cert: mqtt.client_cert.clone(),
             client_key: mqtt.client_key.clone(),
             server_name: mqtt.server_name.clone(),
         };
-        if broker.tls {
-            client_config(&s.tls)?;
+        if mqtt.broker.tls {
+            client_config(&tls)?;
         }
-        s.tls_files = s.tls.files_fingerprint();
-        s.batch_max = usize::try_from(mqtt.batch_max.max(1)).unwrap_or(50);
-        s.max_message_bytes = usize::try_from(mqtt.max_message_bytes).unwrap_or(64 * 1024);
-        s.window = mqtt.inflight.max(1);
-        s.puback_timeout = mqtt.puback_timeout();
-        let (initial, max, reset_after) = mqtt.backoff();
-        s.backoff = BackoffPolicy {
-            initial,
-            max: max.max(initial),
-            reset_after,
-        };
-        s.breaker = BreakerPolicy {
-            failure_threshold: NonZeroU32::new(mqtt.failure_threshold).unwrap_or(NonZeroU32::MIN),
-            open_for: mqtt.open_for(),
-        };
-        s.permanent_retry = mqtt.permanent_retry();
-        s.keep_alive = Duration::from_secs(u64::from(mqtt.keep_alive_s.max(1)));
-        Ok(s)
+        Ok(PublisherSettings {
+            broker: mqtt.broker.clone(),
+            client_id: mqtt.client_id.clone(),
+            device: device.to_owned(),
+            topic_prefix: mqtt.topic_prefix.clone(),
+            credentials,
+            tls_files: tls.files_fingerprint(),
+            tls,
+            batch_max: mqtt.batch_max.get(),
+            max_message_bytes: mqtt.max_message_bytes,
+            window: mqtt.inflight.get(),
+            puback_timeout: mqtt.puback_timeout,
+            keep_alive: mqtt.keep_alive,
+            backoff: BackoffPolicy {
+                initial: mqtt.backoff_initial,
+                max: mqtt.backoff_max.max(mqtt.backoff_initial),
+                reset_after: mqtt.backoff_reset_after,
+            },
+            breaker: BreakerPolicy {
+                failure_threshold: mqtt.failure_threshold,
+                open_for: mqtt.open_for,
+            },
+            permanent_retry: mqtt.permanent_retry,
+            shutdown_grace: SHUTDOWN_GRACE,
+            idle_poll: IDLE_POLL,
+        })
     }
 }
+
+/// At shutdown, how long to wait for PUBACKs of messages in flight (and for `offline`).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How often to ask the buffer again when it said nothing is pending (a wake-up is also
+/// sent after every commit).
+const IDLE_POLL: Duration = Duration::from_secs(1);
 
 /// Consecutive sessions that ended with the broker dropping the link right after the same
 /// first message, before that message is declared one the broker will never take. Three:
@@ -379,7 +369,7 @@ impl<S: FixSource> Publisher<S> {
                     warn!(
                         code = err.code(),
                         class = err.class().as_str(),
-                        broker = %self.settings.url,
+                        broker = %self.settings.broker,
                         retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                         breaker = self.breaker.status().as_str(),
                         error = %err,
@@ -406,9 +396,13 @@ impl<S: FixSource> Publisher<S> {
     }
 
     fn mqtt_options(&self) -> Result<MqttOptions, UplinkError> {
-        let (host, port, tls) = parse_url(&self.settings.url)?;
-        let mut o = MqttOptions::new(self.settings.client_id.clone(), host, port);
-        if tls {
+        let broker = &self.settings.broker;
+        let mut o = MqttOptions::new(
+            self.settings.client_id.clone(),
+            broker.host.clone(),
+            broker.port,
+        );
+        if broker.tls {
             // Built per connection: a renewed certificate on disk is used at the next
             // reconnect without a restart.
             let config = client_config(&self.settings.tls)?;
@@ -563,7 +557,7 @@ impl<S: FixSource> Publisher<S> {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     return SessionEnd::Failed(UplinkError::from_connection(
-                        &self.settings.url,
+                        &self.settings.broker.to_string(),
                         Phase::Connecting,
                         e,
                     ))
@@ -579,7 +573,7 @@ impl<S: FixSource> Publisher<S> {
             m.connected = true;
             m.reconnects = reconnects;
         });
-        info!(broker = %self.settings.url, reconnects, "uplink connected");
+        info!(broker = %self.settings.broker, reconnects, "uplink connected");
 
         if let Err(e) = self.submit_status(client, window, LinkState::Online) {
             return SessionEnd::Failed(e);
@@ -614,7 +608,7 @@ impl<S: FixSource> Publisher<S> {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
                             return SessionEnd::Failed(UplinkError::from_connection(
-                                &self.settings.url,
+                                &self.settings.broker.to_string(),
                                 Phase::Connected,
                                 e,
                             ))
@@ -873,65 +867,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883) into host, port
-/// and whether TLS is used.
-pub fn parse_url(url: &str) -> Result<(String, u16, bool), UplinkError> {
-    let bad = |why: &'static str| UplinkError::BadUrl {
-        url: url.to_owned(),
-        why,
-    };
-    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtt://") {
-        (rest, false)
-    } else if let Some(rest) = url.strip_prefix("mqtts://") {
-        (rest, true)
-    } else {
-        return Err(bad("expected mqtt://host:port or mqtts://host:port"));
-    };
-    let default_port = if tls { 8883 } else { 1883 };
-    let rest = rest.trim_end_matches('/');
-    let (host, port) = match rest.rsplit_once(':') {
-        // An IPv6 literal without port: `[::1]`.
-        Some((h, p)) if !p.ends_with(']') => {
-            let port = p.parse::<u16>().map_err(|_| bad("port is not a number"))?;
-            (h, port)
-        }
-        _ => (rest, default_port),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(bad("no host"));
-    }
-    Ok((host.to_owned(), port, tls))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::parse_str;
 
-    #[test]
-    fn urls_give_host_port_and_tls_with_the_scheme_default_port() {
-        assert_eq!(
-            parse_url("mqtt://broker.example:1884").unwrap(),
-            ("broker.example".into(), 1884, false)
-        );
-        assert_eq!(
-            parse_url("mqtt://10.0.0.1").unwrap(),
-            ("10.0.0.1".into(), 1883, false)
-        );
-        assert_eq!(
-            parse_url("mqtt://[::1]:1883").unwrap(),
-            ("::1".into(), 1883, false)
-        );
-        assert_eq!(
-            parse_url("mqtts://broker.example").unwrap(),
-            ("broker.example".into(), 8883, true)
-        );
+    fn mqtt(section: &str) -> MqttSettings {
+        parse_str(&format!("[device]\nid = \"truck-7\"\n[mqtt]\n{section}"))
+            .unwrap()
+            .mqtt
     }
 
     #[test]
-    fn other_schemes_and_bad_ports_are_permanent_url_errors() {
+    fn a_bad_url_is_a_permanent_url_error() {
         for url in ["http://b", "mqtt://:1883", "mqtt://b:x", "mqtts://b:99999"] {
-            let e = parse_url(url).unwrap_err();
+            let e = PublisherSettings::new(url, "truck-1").unwrap_err();
             assert_eq!(e.code(), "MQTT_URL", "{url}");
             assert_eq!(e.class(), crate::error::ErrorClass::Permanent);
         }
@@ -939,7 +889,7 @@ mod tests {
 
     #[test]
     fn a_password_never_shows_in_debug_output() {
-        let mut s = PublisherSettings::new("mqtt://b", "truck-1");
+        let mut s = PublisherSettings::new("mqtt://b", "truck-1").unwrap();
         s.credentials = Some(("truck-1".into(), Password::new("hunter2")));
         let shown = format!("{s:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
@@ -958,24 +908,16 @@ mod tests {
     }
 
     #[test]
-    fn from_config_maps_every_key_and_defaults_the_client_id_to_the_device_id() {
-        let mqtt = MqttConfig {
-            batch_max: 20,
-            max_message_bytes: 4096,
-            inflight: 4,
-            puback_timeout_s: 7.5,
-            backoff_initial_s: 2.0,
-            backoff_max_s: 90.0,
-            backoff_reset_after_s: 30.0,
-            failure_threshold: 9,
-            open_for_s: 12.0,
-            permanent_retry_s: 120.0,
-            keep_alive_s: 45,
-            ..MqttConfig::default()
-        };
-        let s = PublisherSettings::from_config(&mqtt, "truck-7").unwrap();
+    fn settings_map_every_key_and_the_client_id_defaults_to_the_device_id() {
+        let m = mqtt(
+            "batch_max = 20\nmax_message_bytes = 4096\ninflight = 4\npuback_timeout_s = 7.5
+backoff_initial_s = 2.0\nbackoff_max_s = 90.0\nbackoff_reset_after_s = 30.0
+failure_threshold = 9\nopen_for_s = 12.0\npermanent_retry_s = 120.0\nkeep_alive_s = 45\n",
+        );
+        let s = PublisherSettings::from_settings(&m, "truck-7").unwrap();
         assert_eq!(s.client_id, "truck-7");
         assert_eq!(s.device, "truck-7");
+        assert_eq!(s.broker.to_string(), "mqtt://127.0.0.1:1883");
         assert_eq!(s.batch_max, 20);
         assert_eq!(s.max_message_bytes, 4096);
         assert_eq!(s.window, 4);
@@ -989,26 +931,20 @@ mod tests {
         assert_eq!(s.keep_alive, Duration::from_secs(45));
         assert!(s.credentials.is_none());
 
-        let named = MqttConfig {
-            client_id: Some("custom".into()),
-            ..MqttConfig::default()
-        };
-        assert_eq!(
-            PublisherSettings::from_config(&named, "truck-7")
-                .unwrap()
-                .client_id,
-            "custom"
-        );
+        let named = mqtt("client_id = \"custom\"\n");
+        let s = PublisherSettings::from_settings(&named, "truck-7").unwrap();
+        assert_eq!(s.client_id, "custom");
+        // The tools' defaults are the file's defaults.
+        let tools = PublisherSettings::new("mqtt://127.0.0.1", "truck-7").unwrap();
+        let file = PublisherSettings::from_settings(&mqtt(""), "truck-7").unwrap();
+        assert_eq!(tools, file);
     }
 
     #[test]
-    fn from_config_reports_an_unreadable_password_file_as_tls_config() {
-        let mqtt = MqttConfig {
-            username: Some("truck-7".into()),
-            password_file: Some("/nonexistent/password".into()),
-            ..MqttConfig::default()
-        };
-        let e = PublisherSettings::from_config(&mqtt, "truck-7").unwrap_err();
+    fn an_unreadable_password_file_is_tls_config() {
+        let mut m = mqtt("username = \"truck-7\"\n");
+        m.password_file = Some("/nonexistent/password".into());
+        let e = PublisherSettings::from_settings(&m, "truck-7").unwrap_err();
         assert_eq!(e.code(), "MQTT_TLS_CONFIG");
     }
 }

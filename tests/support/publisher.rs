@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Settings for tests: short timers, a breaker that stays out of the way, unique client id.
 pub fn fast_settings(url: &str, device: &str, topic_prefix: &str) -> PublisherSettings {
-    let mut s = PublisherSettings::new(url, device);
+    let mut s = PublisherSettings::new(url, device).unwrap();
     s.client_id = super::unique("agent");
     s.topic_prefix = topic_prefix.into();
     s.puback_timeout = Duration::from_secs(2);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use super::{
     deliver, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY, CHUNK_LEN,
 };
-use crate::config::{GnssConfig, Pace};
+use crate::config::Pace;
 use crate::gnss::error::GnssError;
 use crate::gnss::sentence::{self, Parsed};
 
@@ -30,15 +30,6 @@ const DAY_MS: u32 = 86_400_000;
 pub struct FileSettings {
     pub path: PathBuf,
     pub pace: Pace,
-}
-
-impl FileSettings {
-    pub fn from_config(config: &GnssConfig) -> Self {
-        FileSettings {
-            path: config.path.clone(),
-            pace: config.pace,
-        }
-    }
 }
 
 /// Start the replay thread. The file is opened in the thread; a failure to open is

@@ -21,7 +21,6 @@ use super::{
     deliver_or_drop, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY,
     CHUNK_LEN,
 };
-use crate::config::GnssConfig;
 use crate::gnss::error::GnssError;
 
 /// How long one read waits for bytes: short, so the stop flag and the stuck check are
@@ -45,17 +44,20 @@ pub struct SerialSettings {
     pub backoff_max: Duration,
 }
 
+/// First reconnect delay of a receiver that cannot be opened; doubled per failure.
+const REOPEN_INITIAL: Duration = Duration::from_millis(500);
+/// Longest reconnect delay: a receiver plugged back in is read within this.
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
 impl SerialSettings {
-    pub fn from_config(config: &GnssConfig) -> Self {
+    /// The device at `path`, read at `baud`; stuck after `stuck_after` without a new epoch.
+    pub fn new(path: PathBuf, baud: u32, stuck_after: Duration) -> Self {
         SerialSettings {
-            path: config.path.clone(),
-            baud: config.baud,
-            // A non-finite or negative value cannot come out of a checked config; fall back
-            // to the default rather than panic in Duration::from_secs_f64.
-            stuck_after: Duration::try_from_secs_f64(config.stuck_after_s)
-                .unwrap_or(Duration::from_secs(10)),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
+            path,
+            baud,
+            stuck_after,
+            backoff_initial: REOPEN_INITIAL,
+            backoff_max: REOPEN_MAX,
         }
     }
 }

@@ -1,0 +1,131 @@
+//! Checked settings: what the agent runs on. Built once, by [`super::check`], from the raw
+//! TOML structs; every value already has its real type (`Duration`, `NonZero*`, a parsed
+//! [`BrokerUrl`], a `SocketAddr`), so no stage re-checks, falls back or parses again.
+//! Defaults live in one place, the raw structs' `Default`: [`Settings::default`] is the
+//! checked form of an empty file.
+
+use super::{BrokerUrl, EvictionPolicy, Pace, ReportConfig, ValidateConfig};
+use std::net::SocketAddr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub device: DeviceSettings,
+    pub gnss: GnssSettings,
+    /// Thresholds of `crate::validate`: plain numbers, range-checked.
+    pub validate: ValidateConfig,
+    /// The reporting policy (`crate::report`), range-checked.
+    pub report: ReportConfig,
+    pub buffer: BufferSettings,
+    pub mqtt: MqttSettings,
+    pub health: HealthSettings,
+}
+
+impl Default for Settings {
+    /// The checked form of an empty file (a unit test proves the defaults check clean).
+    fn default() -> Self {
+        super::Config::default().settings(&mut Vec::new())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceSettings {
+    /// Device id in MQTT topics and payloads.
+    pub id: String,
+}
+
+/// Where NMEA comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GnssSource {
+    /// A receiver on a serial device.
+    Serial { path: PathBuf, baud: u32 },
+    /// A replayed NMEA log.
+    File { path: PathBuf, pace: Pace },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GnssSettings {
+    pub source: GnssSource,
+    /// Without a new epoch time (or bytes) this long the receiver is stuck.
+    pub stuck_after: Duration,
+    /// Sentences without a checksum are dropped.
+    pub require_checksum: bool,
+}
+
+impl Default for GnssSettings {
+    fn default() -> Self {
+        Settings::default().gnss
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferSettings {
+    pub path: PathBuf,
+    /// Group commit: at most this long between commits.
+    pub commit_interval: Duration,
+    /// Group commit: at most this many fixes per commit.
+    pub commit_max: NonZeroUsize,
+    /// Capacity in fixes.
+    pub max_fixes: NonZeroU64,
+    /// Capacity in bytes of the file.
+    pub max_bytes: u64,
+    pub eviction: EvictionPolicy,
+    /// Fixes held in memory while the disk cannot be written.
+    pub memory_ring: NonZeroUsize,
+    /// Between attempts to write to a failing disk again.
+    pub disk_retry: Duration,
+}
+
+impl Default for BufferSettings {
+    fn default() -> Self {
+        Settings::default().buffer
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttSettings {
+    pub broker: BrokerUrl,
+    /// Topics are `{topic_prefix}/{device}/fixes` and `.../status`.
+    pub topic_prefix: String,
+    /// The configured one, else the device id.
+    pub client_id: String,
+    /// Fixes taken from the buffer per message (before splitting by size).
+    pub batch_max: NonZeroUsize,
+    /// Largest payload of one message, bytes.
+    pub max_message_bytes: usize,
+    /// Messages between publish and PUBACK.
+    pub inflight: NonZeroU16,
+    pub puback_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub backoff_reset_after: Duration,
+    pub failure_threshold: NonZeroU32,
+    pub open_for: Duration,
+    pub permanent_retry: Duration,
+    pub keep_alive: Duration,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+impl MqttSettings {
+    /// The defaults, for a device named `device` talking to `broker` (tests, tools).
+    pub fn for_broker(broker: BrokerUrl, device: &str) -> Self {
+        let mut raw = super::Config::default();
+        raw.device.id = device.to_owned();
+        let mut m = raw.settings(&mut Vec::new()).mqtt;
+        m.broker = broker;
+        m
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub listen: SocketAddr,
+}
