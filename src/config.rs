@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Classified, ErrorClass};
+use crate::uplink::error::UplinkError;
+use crate::uplink::publisher::PublisherSettings;
 
 /// The whole file. Every section may be left out; each key has a documented default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -332,6 +334,64 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
     parse_str(&text)
 }
 
+/// Something legal that exposes the agent or its secrets: `check-config` prints it (and still
+/// exits 0), `run` logs it at start with its code. Never a reason to refuse a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    pub key: &'static str,
+    /// Stable code: `CONFIG_HEALTH_EXPOSED`, `CONFIG_SECRET_READABLE`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "warning {}: {}: {}", self.code, self.key, self.message)
+    }
+}
+
+/// What an operator should know about checked settings before running them: a health
+/// endpoint reachable from other hosts (it has no authentication), and secret files other
+/// users can read.
+pub fn warnings(settings: &Settings) -> Vec<Warning> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let listen = settings.health.listen;
+    if !listen.ip().is_loopback() {
+        out.push(Warning {
+            key: "health.listen",
+            code: "CONFIG_HEALTH_EXPOSED",
+            message: format!(
+                "{listen} is reachable from other hosts and the endpoint has no \
+                 authentication; listen on 127.0.0.1 and tunnel to it"
+            ),
+        });
+    }
+    let mqtt = &settings.mqtt;
+    for (key, path) in [
+        ("mqtt.password_file", &mqtt.password_file),
+        ("mqtt.client_key", &mqtt.client_key),
+    ] {
+        let Some(path) = path else { continue };
+        let Ok(meta) = std::fs::metadata(path) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o004 != 0 {
+            out.push(Warning {
+                key,
+                code: "CONFIG_SECRET_READABLE",
+                message: format!(
+                    "{} can be read by every user (mode {:o}); chmod 0600 or 0640",
+                    path.display(),
+                    mode & 0o777
+                ),
+            });
+        }
+    }
+    out
+}
+
 /// Check a raw configuration built in code (the demo's): the settings, or every problem.
 pub fn check(raw: &Config) -> Result<Settings, ConfigError> {
     let mut problems = Vec::new();
@@ -578,6 +638,25 @@ fn check_seconds(out: &mut Vec<Problem>, key: &str, value: f64, max: f64) -> Dur
     }
 }
 
+/// MQTT's limit on a topic name, bytes of UTF-8 (a two-byte length prefix).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Characters a topic name must not contain (MQTT 3.1.1 section 1.5.3): NUL, other control
+/// characters, and the Unicode non-characters.
+fn forbidden_in_topic(c: char) -> bool {
+    c.is_control() || matches!(c as u32, 0xFDD0..=0xFDEF) || (c as u32 & 0xFFFE) == 0xFFFE
+}
+
+/// A value as a problem line shows it: quoted, and cut short, so a mistaken 80 KB value
+/// does not become an 80 KB line.
+fn shown(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
+    }
+}
+
 /// Longest accepted value of the `_s` timer keys: a day.
 const MAX_TIMER_S: f64 = 86_400.0;
 
@@ -636,12 +715,12 @@ impl DeviceConfig {
         } else if id.contains(['+', '#', '/']) {
             out.push(Problem::new(
                 "device.id",
-                format!("{id:?} contains an MQTT topic character (+ # /)"),
+                format!("{} contains an MQTT topic character (+ # /)", shown(id)),
             ));
         } else if id.chars().any(char::is_control) {
             out.push(Problem::new(
                 "device.id",
-                format!("{id:?} contains control characters"),
+                format!("{} contains control characters", shown(id)),
             ));
         } else if id.len() > Self::MAX_ID_LEN {
             out.push(Problem::new(
@@ -820,21 +899,31 @@ impl MqttConfig {
                 port: 1883,
             }
         });
+        let before = out.len();
         let prefix = &self.topic_prefix;
+        let shown = shown(prefix);
+        // The longest topic the agent builds: `{prefix}/{device}/status`.
+        let longest = prefix.len() + 1 + device.id.len() + "/status".len();
         let problem = if prefix.is_empty() {
             Some("must not be empty".to_string())
-        } else if prefix.contains(['+', '#']) {
-            Some(format!("{prefix:?} contains an MQTT wildcard (+ #)"))
-        } else if prefix.starts_with('$') {
+        } else if longest > MAX_TOPIC_BYTES {
             Some(format!(
-                "{prefix:?} starts with $, reserved for broker topics"
+                "is {} bytes long: the topic {{prefix}}/{{device.id}}/status would be {longest} \
+                 bytes, and MQTT allows {MAX_TOPIC_BYTES}",
+                prefix.len()
             ))
+        } else if prefix.contains(['+', '#']) {
+            Some(format!("{shown} contains an MQTT wildcard (+ #)"))
+        } else if prefix.starts_with('$') {
+            Some(format!("{shown} starts with $, reserved for broker topics"))
         } else if prefix.split('/').any(str::is_empty) {
             Some(format!(
-                "{prefix:?} has an empty topic level (leading, trailing or double /)"
+                "{shown} has an empty topic level (leading, trailing or double /)"
             ))
-        } else if prefix.chars().any(char::is_control) {
-            Some(format!("{prefix:?} contains control characters"))
+        } else if prefix.chars().any(forbidden_in_topic) {
+            Some(format!(
+                "{shown} contains control or non-characters, which MQTT topics must not hold"
+            ))
         } else {
             None
         };
@@ -843,7 +932,7 @@ impl MqttConfig {
         }
         let timers = self.check_limits(out);
         self.check_identity(broker.tls, out);
-        MqttSettings {
+        let settings = MqttSettings {
             broker,
             topic_prefix: prefix.clone(),
             client_id: self.client_id.clone().unwrap_or_else(|| device.id.clone()),
@@ -864,7 +953,32 @@ impl MqttConfig {
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
             server_name: self.server_name.clone(),
+        };
+        // What the uplink will do with the files at start (read the password, parse the
+        // certificates and key), done here too: check-config passes only what run can use.
+        if out.len() == before {
+            if let Err(e) = PublisherSettings::from_settings(&settings, &device.id) {
+                out.push(self.credential_problem(&e));
+            }
         }
+        settings
+    }
+
+    /// The key a failure to read or parse a credential file belongs to.
+    fn credential_problem(&self, e: &UplinkError) -> Problem {
+        let key = match e {
+            UplinkError::TlsConfig { path, .. } => [
+                ("mqtt.password_file", &self.password_file),
+                ("mqtt.client_cert", &self.client_cert),
+                ("mqtt.client_key", &self.client_key),
+                ("mqtt.ca_file", &self.ca_file),
+            ]
+            .into_iter()
+            .find(|(_, p)| p.as_deref() == Some(path.as_path()))
+            .map_or("mqtt.ca_file", |(key, _)| key),
+            _ => "mqtt.url",
+        };
+        Problem::new(key, format!("{e} ({})", e.code()))
     }
 
     /// Largest `batch_max`: one message of fixes stays well under any broker's limit.

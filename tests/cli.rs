@@ -228,3 +228,149 @@ fn environment_variable_names_the_config_file() {
         .unwrap();
     assert_eq!(out.status.code(), Some(78));
 }
+
+/// `check-config` on `text` (written to a file in `dir`): exit code and stdout.
+fn check_config(dir: &tempfile::TempDir, text: &str) -> (Option<i32>, String) {
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = bin()
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_refuses_what_run_refuses_an_empty_password_file_or_a_broken_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "").unwrap();
+    let text = format!(
+        "[mqtt]\nusername = \"truck\"\npassword_file = \"{}\"\n",
+        pw.display()
+    );
+    let (code, out) = check_config(&dir, &text);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(
+        out.contains("mqtt.password_file") && out.contains("MQTT_TLS_CONFIG"),
+        "{out}"
+    );
+    // `run` uses the same check: it refuses the file before anything starts.
+    let run = bin()
+        .args(["run", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(78));
+
+    // A client key that is not a key.
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    std::fs::write(&key, "not a key\n").unwrap();
+    let text = format!(
+        "[mqtt]\nurl = \"mqtts://127.0.0.1\"\nca_file = \"{0}\"\nclient_cert = \"{0}\"\nclient_key = \"{1}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let (code, out) = check_config(&dir, &text);
+    assert_eq!(code, Some(78), "{out}");
+    assert!(out.contains("MQTT_TLS_CONFIG"), "{out}");
+}
+
+#[test]
+fn check_config_refuses_topics_over_the_mqtt_limit_or_with_forbidden_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = "a".repeat(80 * 1024);
+    let (code, out) = check_config(&dir, &format!("[mqtt]\ntopic_prefix = \"{huge}\"\n"));
+    assert_eq!(code, Some(78), "{}", &out[..out.len().min(300)]);
+    assert!(
+        out.contains("mqtt.topic_prefix") && out.contains("65535"),
+        "{}",
+        &out[..out.len().min(300)]
+    );
+    assert!(
+        out.len() < 1024,
+        "the line names the problem, not the value"
+    );
+    // Just at the limit: `{prefix}/{device}/status` is 65,535 bytes.
+    let fits = "a".repeat(65_535 - 1 - "gps-agent".len() - "/status".len());
+    let (code, out) = check_config(&dir, &format!("[mqtt]\ntopic_prefix = \"{fits}\"\n"));
+    assert_eq!(code, Some(0), "{}", &out[..out.len().min(300)]);
+    let (code, _) = check_config(&dir, &format!("[mqtt]\ntopic_prefix = \"{fits}a\"\n"));
+    assert_eq!(code, Some(78));
+    for bad in ["fleet\\u0000x", "fleet\\u0085x", "fleet\\uFFFFx", "fleet/#"] {
+        let (code, out) = check_config(&dir, &format!("[mqtt]\ntopic_prefix = \"{bad}\"\n"));
+        assert_eq!(code, Some(78), "{bad}: {out}");
+        assert!(out.contains("mqtt.topic_prefix"), "{out}");
+    }
+}
+
+#[test]
+fn check_config_and_run_warn_where_the_endpoint_or_a_secret_is_exposed() {
+    use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = format!(
+        "[gnss]\nsource = \"file\"\npath = \"{}\"\n[buffer]\npath = \"{}\"\n\
+         [mqtt]\nusername = \"truck\"\npassword_file = \"{}\"\n[health]\nlisten = \"0.0.0.0:{port}\"\n",
+        dir.path().join("none.nmea").display(),
+        dir.path().join("buffer.db").display(),
+        pw.display()
+    );
+    let (code, out) = check_config(&dir, &text);
+    assert_eq!(code, Some(0), "warnings do not refuse the file: {out}");
+    assert!(
+        out.contains("CONFIG_HEALTH_EXPOSED") && out.contains("health.listen"),
+        "{out}"
+    );
+    assert!(
+        out.contains("CONFIG_SECRET_READABLE") && out.contains("mqtt.password_file"),
+        "{out}"
+    );
+    assert!(!out.contains("s3cret"), "{out}");
+
+    // The daemon says the same, with the codes, when it starts.
+    let mut child = bin()
+        .args(["run", "--log-format", "json", "--config"])
+        .arg(dir.path().join("config.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut codes = Vec::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.contains("agent started") {
+            break;
+        }
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            if let Some(code) = v["code"].as_str() {
+                codes.push(code.to_owned());
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        codes.iter().any(|c| c == "CONFIG_HEALTH_EXPOSED"),
+        "{codes:?}"
+    );
+    assert!(
+        codes.iter().any(|c| c == "CONFIG_SECRET_READABLE"),
+        "{codes:?}"
+    );
+}

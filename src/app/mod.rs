@@ -151,7 +151,6 @@ pub async fn run(
     // Health endpoint first, so operators see the agent come up.
     let server_task = match server::bind(cfg.health.listen).await {
         Ok(listener) => {
-            info!(component = "health", listen = %cfg.health.listen, "health endpoint listening");
             let (b, m, t) = (board.clone(), Arc::clone(&metrics), server_stop.clone());
             let options = opts.serve.clone().unwrap_or_default();
             Some(tokio::spawn(server::serve_with(listener, b, m, t, options)))

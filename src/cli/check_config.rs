@@ -1,11 +1,16 @@
-//! `gps-agent check-config`: exit 0 when the file is valid, 78 with one line per problem.
+//! `gps-agent check-config`: exit 0 when the file is valid (printing any warning), 78 with
+//! one line per problem. The unit's `ExecStartPre=` and `ExecReload=` run it, and `run`
+//! checks with the same code: what passes here, the daemon can use.
 
 use crate::config::{self, ConfigError};
 use std::path::Path;
 
 pub fn run(path: &Path) -> i32 {
     match config::load(path) {
-        Ok(_) => {
+        Ok(settings) => {
+            for w in config::warnings(&settings) {
+                println!("{}: {w}", path.display());
+            }
             println!("{}: ok", path.display());
             0
         }

@@ -6,7 +6,7 @@ use crate::config::ConfigError;
 use crate::error::Classified;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Runs the daemon; returns the process exit code (78 for a configuration that cannot be
 /// used, before anything starts).
@@ -27,6 +27,10 @@ pub fn run(config_path: &Path) -> i32 {
             return super::EXIT_CONFIG;
         }
     };
+    for w in crate::config::warnings(&cfg) {
+        warn!(component = "config", code = w.code, key = w.key, warning = %w.message,
+            "configuration exposes the agent");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
