@@ -374,3 +374,44 @@ fn check_config_and_run_warn_where_the_endpoint_or_a_secret_is_exposed() {
         "{codes:?}"
     );
 }
+
+#[test]
+fn status_help_says_what_url_and_watch_do() {
+    let out = bin().args(["status", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--url", "--watch", "--config"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("no {flag} in {help}"));
+        assert!(
+            line.trim().len() > flag.len() + 8 || help.contains(&format!("{flag} <")),
+            "{flag} has no help text: {help}"
+        );
+    }
+    assert!(help.contains("health") && help.contains("Ctrl-C"), "{help}");
+}
+
+#[test]
+fn status_without_an_agent_at_the_configured_address_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, format!("[health]\nlisten = \"127.0.0.1:{port}\"\n")).unwrap();
+    let out = bin()
+        .args(["status", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")),
+        "asked the configured port: {err}"
+    );
+}

@@ -87,9 +87,10 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
     assert_eq!(seqs, want, "every seq from 1 to {expected} arrives");
     assert!(statuses.iter().any(|s| s == "online"), "{statuses:?}");
 
-    // Health as the spec names it, once the report loop has seen the acks.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, h) = agent.get("/health");
+    // Health as the spec names it; the uplink publishes each ack as it comes.
+    let (code, h) = agent.wait_health("every ack", Duration::from_secs(10), |_, h| {
+        h["components"]["buffer"]["acked_seq"] == expected
+    });
     for key in ["status", "time", "uptime_s", "version"] {
         assert!(h.get(key).is_some(), "missing {key}: {h}");
     }
@@ -113,6 +114,21 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
     assert!(code == 200 || code == 503);
     let (live, _) = agent.get("/live");
     assert_eq!(live, 200);
+
+    // `status --config` finds the agent through the file's `[health] listen`.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["status", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(if code == 200 { 0 } else { 1 }),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("acked seq"), "{text}");
 
     // Metrics: the stages' counters under the gps_agent_ prefix.
     let metrics = agent.raw("/metrics");

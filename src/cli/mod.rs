@@ -61,8 +61,11 @@ pub enum Command {
     Parse(parse::ParseArgs),
     /// One health snapshot from a running agent; --watch tails the stream.
     Status {
-        #[arg(long, default_value = "http://127.0.0.1:8470")]
-        url: String,
+        /// The agent's health endpoint, e.g. http://127.0.0.1:8470 (default: `[health] listen`
+        /// of the configuration, else 127.0.0.1:8470).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Follow the agent: one line per snapshot until interrupted (Ctrl-C).
         #[arg(long)]
         watch: bool,
     },
@@ -106,7 +109,17 @@ pub fn main() -> i32 {
     match cli.command {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Parse(args) => parse::run(&args, cli.config.as_deref()),
-        Command::Status { url, watch } => status::run(&url, watch),
+        Command::Status { url, watch } => {
+            let url = match url {
+                Some(url) => url,
+                // A configuration that cannot be read leaves the agent unfindable: exit 2.
+                None => match config_or_default(cli.config.as_deref()) {
+                    Ok(cfg) => status::url_for(cfg.health.listen),
+                    Err(_) => return status::EXIT_UNHEALTHY,
+                },
+            };
+            status::run(&url, watch)
+        }
         Command::Buffer(args) => match config_or_default(cli.config.as_deref()) {
             Ok(cfg) => buffer::run(args, &cfg.buffer.path),
             Err(code) => code,

@@ -3,16 +3,24 @@
 //! In: the endpoint's base URL (`http://127.0.0.1:8470` by default; a trailing `/health` or
 //! `/health/stream` is accepted too). Out: a one-screen summary of `GET /health` on stdout,
 //! or with `--watch` one line per snapshot of `/health/stream` until interrupted; the exit
-//! code says the status (0 healthy, 1 degraded, 2 unhealthy or unreachable). A tiny HTTP/1.1
-//! client (one `GET`, `Connection: close`, chunked bodies understood) keeps the binary small;
-//! every read is bounded in size and time so a wedged agent cannot wedge its own `status`.
+//! code says the status (0 healthy, 1 degraded, 2 unhealthy or unreachable). The request
+//! goes through hyper's HTTP/1.1 client (the server's own crate); every read is bounded in
+//! size and time so a wedged agent cannot wedge its own `status`.
+//!
+//! Which agent: `--url`, else the `[health] listen` of the configuration (`--config`,
+//! `GPS_AGENT_CONFIG`, or `/etc/gps-agent/config.toml` when it exists), else the default
+//! `127.0.0.1:8470`. An agent listening on every address (`0.0.0.0`) is asked on loopback.
 
 use crate::error::{Classified, ErrorClass};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Exit codes of `status` (`../shared/spec/INTERFACE.md`, "Command line").
@@ -24,9 +32,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// For one snapshot: the whole answer. For `--watch`: between two lines (the agent sends one
 /// a second; ten seconds of silence means it is gone or wedged).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-const MAX_LINE: u64 = 8 * 1024;
-const MAX_HEADERS: usize = 64;
 const MAX_BODY: usize = 1024 * 1024;
+
+/// The URL of the agent whose endpoint listens at `listen`: loopback for an agent that
+/// listens on every address.
+pub fn url_for(listen: SocketAddr) -> String {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}")
+}
 
 /// Why a status request failed. All of them mean "unreachable" (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -40,11 +59,6 @@ pub enum StatusError {
     },
     #[error("no answer from {addr} within {seconds} s")]
     Timeout { addr: String, seconds: u64 },
-    #[error("reading from {addr} failed: {source}")]
-    Io {
-        addr: String,
-        source: std::io::Error,
-    },
     #[error("unexpected answer from {addr}: {detail}")]
     Protocol { addr: String, detail: String },
 }
@@ -55,7 +69,6 @@ impl Classified for StatusError {
             StatusError::Url { .. } => "STATUS_URL",
             StatusError::Connect { .. } => "STATUS_CONNECT",
             StatusError::Timeout { .. } => "STATUS_TIMEOUT",
-            StatusError::Io { .. } => "STATUS_IO",
             StatusError::Protocol { .. } => "STATUS_PROTOCOL",
         }
     }
@@ -186,32 +199,31 @@ struct Target {
 }
 
 impl Target {
+    /// `http://host:port[/prefix][/health[/stream]]`, the scheme optional, port 80 when left
+    /// out; parsed by hyper's `Uri`.
     fn parse(url: &str) -> Result<Self, StatusError> {
         let bad = || StatusError::Url {
             url: url.to_owned(),
         };
-        let rest = match url.split_once("://") {
-            Some(("http", rest)) => rest,
-            Some(_) => return Err(bad()),
-            None => url,
+        let with_scheme = if url.contains("://") {
+            url.to_owned()
+        } else {
+            format!("http://{url}")
         };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => rest.split_at(i),
-            None => (rest, ""),
-        };
-        if authority.is_empty() || authority.contains('@') {
+        let uri: Uri = with_scheme.parse().map_err(|_| bad())?;
+        if uri.scheme_str() != Some("http") {
             return Err(bad());
         }
-        // A port is needed; `]` keeps an IPv6 literal's colons from counting as one.
-        let has_port = authority
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| !port.contains(']') && !port.is_empty());
-        let authority = if has_port {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        let path = path.trim_end_matches('/');
+        let authority = uri.authority().ok_or_else(bad)?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(bad());
+        }
+        let authority = format!(
+            "{}:{}",
+            authority.host(),
+            authority.port_u16().unwrap_or(80)
+        );
+        let path = uri.path().trim_end_matches('/');
         let base = path
             .strip_suffix("/health/stream")
             .or_else(|| path.strip_suffix("/health"))
@@ -236,14 +248,7 @@ impl Target {
         }
     }
 
-    fn io(&self, source: std::io::Error) -> StatusError {
-        StatusError::Io {
-            addr: self.authority.clone(),
-            source,
-        }
-    }
-
-    /// Sends `GET` and reads the status line and headers.
+    /// Sends `GET` and waits for the status line and headers.
     async fn get(&self, path: &str) -> Result<ResponseBody, StatusError> {
         let connect = TcpStream::connect(self.authority.as_str());
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -256,48 +261,27 @@ impl Target {
             }
             Err(_) => return Err(self.timeout()),
         };
-        let mut reader = BufReader::new(stream);
-        let request = format!(
-            "GET {}{} HTTP/1.1\r\nHost: {}\r\nUser-Agent: gps-agent-status\r\n\
-             Accept: application/json\r\nConnection: close\r\n\r\n",
-            self.base, path, self.authority
-        );
         let head = async {
-            reader
-                .get_mut()
-                .write_all(request.as_bytes())
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| self.protocol(e.to_string()))?;
+            // The connection is driven beside the request; it ends with the response.
+            tokio::spawn(connection);
+            let request = Request::get(format!("{}{path}", self.base))
+                .header(hyper::header::HOST, self.authority.as_str())
+                .header(hyper::header::USER_AGENT, "gps-agent-status")
+                .header(hyper::header::ACCEPT, "application/json")
+                .body(Empty::<Bytes>::new())
+                .map_err(|e| self.protocol(e.to_string()))?;
+            let response = sender
+                .send_request(request)
                 .await
-                .map_err(|e| self.io(e))?;
-            let status_line = read_line(&mut reader).await.map_err(|e| self.io(e))?;
-            let status = parse_status_line(&status_line)
-                .ok_or_else(|| self.protocol(format!("bad status line {status_line:?}")))?;
-            let mut chunked = false;
-            let mut length = None;
-            for _ in 0..MAX_HEADERS {
-                let line = read_line(&mut reader).await.map_err(|e| self.io(e))?;
-                if line.is_empty() {
-                    return Ok(ResponseBody {
-                        reader,
-                        status,
-                        framing: if chunked {
-                            Framing::Chunked { done: false }
-                        } else if let Some(n) = length {
-                            Framing::Length { left: n }
-                        } else {
-                            Framing::UntilClose { done: false }
-                        },
-                    });
-                }
-                if let Some((name, value)) = line.split_once(':') {
-                    let value = value.trim();
-                    if name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = value.eq_ignore_ascii_case("chunked");
-                    } else if name.eq_ignore_ascii_case("content-length") {
-                        length = value.parse::<usize>().ok();
-                    }
-                }
-            }
-            Err(self.protocol("too many headers".into()))
+                .map_err(|e| self.protocol(e.to_string()))?;
+            Ok(ResponseBody {
+                status: response.status().as_u16(),
+                body: response.into_body(),
+            })
         };
         match tokio::time::timeout(READ_TIMEOUT, head).await {
             Ok(result) => result,
@@ -306,99 +290,26 @@ impl Target {
     }
 }
 
-/// One line without its CRLF, at most [`MAX_LINE`] bytes; EOF before a line is an error.
-async fn read_line(reader: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    let mut line = String::new();
-    let n = reader.take(MAX_LINE).read_line(&mut line).await?;
-    if n == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
-}
-
-fn parse_status_line(line: &str) -> Option<u16> {
-    let mut parts = line.split_whitespace();
-    let version = parts.next()?;
-    if !version.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.parse().ok()
-}
-
-enum Framing {
-    Chunked { done: bool },
-    Length { left: usize },
-    UntilClose { done: bool },
-}
-
 struct ResponseBody {
-    reader: BufReader<TcpStream>,
     status: u16,
-    framing: Framing,
+    body: hyper::body::Incoming,
 }
 
 impl ResponseBody {
     /// The next piece of the body, `None` at its end. Each read is bounded by
     /// [`READ_TIMEOUT`].
-    async fn next_chunk(&mut self, target: &Target) -> Result<Option<Vec<u8>>, StatusError> {
-        match tokio::time::timeout(READ_TIMEOUT, self.read_piece()).await {
-            Ok(Ok(piece)) => Ok(piece),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
-                Err(target.protocol(e.to_string()))
-            }
-            Ok(Err(e)) => Err(target.io(e)),
-            Err(_) => Err(target.timeout()),
-        }
-    }
-
-    async fn read_piece(&mut self) -> std::io::Result<Option<Vec<u8>>> {
-        match &mut self.framing {
-            Framing::Chunked { done: true } | Framing::UntilClose { done: true } => Ok(None),
-            Framing::Length { left: 0 } => Ok(None),
-            Framing::Length { left } => {
-                let mut buf = vec![0u8; (*left).min(64 * 1024)];
-                let n = self.reader.read(&mut buf).await?;
-                if n == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+    async fn next_chunk(&mut self, target: &Target) -> Result<Option<Bytes>, StatusError> {
+        loop {
+            match tokio::time::timeout(READ_TIMEOUT, self.body.frame()).await {
+                Err(_) => return Err(target.timeout()),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(target.protocol(e.to_string())),
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
+                    // Trailers: nothing for us; read on.
                 }
-                *left = left.saturating_sub(n);
-                buf.truncate(n);
-                Ok(Some(buf))
-            }
-            Framing::UntilClose { done } => {
-                let mut buf = vec![0u8; 64 * 1024];
-                let n = self.reader.read(&mut buf).await?;
-                if n == 0 {
-                    *done = true;
-                    return Ok(None);
-                }
-                buf.truncate(n);
-                Ok(Some(buf))
-            }
-            Framing::Chunked { done } => {
-                let size_line = read_line(&mut self.reader).await?;
-                let size_hex = size_line.split(';').next().unwrap_or_default().trim();
-                let size = usize::from_str_radix(size_hex, 16).map_err(|_| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("bad chunk size {size_line:?}"),
-                    )
-                })?;
-                if size > MAX_BODY {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        "chunk too large",
-                    ));
-                }
-                if size == 0 {
-                    *done = true;
-                    return Ok(None);
-                }
-                let mut buf = vec![0u8; size];
-                self.reader.read_exact(&mut buf).await?;
-                // The CRLF after the chunk data.
-                read_line(&mut self.reader).await?;
-                Ok(Some(buf))
             }
         }
     }
@@ -567,8 +478,26 @@ mod tests {
             assert_eq!(t.base, "", "{url}");
         }
         assert_eq!(Target::parse("http://[::1]").unwrap().authority, "[::1]:80");
+        assert_eq!(
+            Target::parse("http://h:1/agent/health").unwrap().base,
+            "/agent"
+        );
         assert!(Target::parse("https://127.0.0.1:8470").is_err());
         assert!(Target::parse("http://").is_err());
+        assert!(Target::parse("http://user@h:1").is_err());
+    }
+
+    #[test]
+    fn the_agent_is_asked_where_its_config_says_it_listens() {
+        assert_eq!(
+            url_for("127.0.0.1:9001".parse().unwrap()),
+            "http://127.0.0.1:9001"
+        );
+        assert_eq!(
+            url_for("0.0.0.0:8470".parse().unwrap()),
+            "http://127.0.0.1:8470"
+        );
+        assert_eq!(url_for("[::]:8470".parse().unwrap()), "http://[::1]:8470");
     }
 
     #[test]
