@@ -44,8 +44,25 @@ fn corpus() -> Vec<u8> {
                 "/../shared/nmea-corpus"
             ))
         });
-    let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .expect("corpus directory")
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        // A clone without the corpus: measure on the simulator's drive instead, and say so.
+        println!(
+            "no gpsd corpus at {}: measuring on a simulated 10 Hz drive (set GPS_AGENT_CORPUS)",
+            dir.display()
+        );
+        let spec = gps_agent::sim::DriveSpec {
+            rate_hz: 10,
+            epochs: 6_000,
+            corrupt_every: Some(200),
+            ..gps_agent::sim::DriveSpec::default()
+        };
+        let mut all = Vec::new();
+        if let Ok(drive) = gps_agent::sim::Drive::new(spec) {
+            let _ = gps_agent::sim::write_log(drive, &mut all);
+        }
+        return all;
+    };
+    let mut names: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();

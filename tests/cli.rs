@@ -11,16 +11,21 @@ fn bin() -> Command {
     c
 }
 
-fn corpus(name: &str) -> PathBuf {
-    let dir = std::env::var_os("GPS_AGENT_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../shared/nmea-corpus"
-            ))
-        });
-    dir.join(name)
+#[path = "support/corpus.rs"]
+mod corpus;
+
+/// A simulated drive (with a tunnel and damaged lines) written to `dir`.
+fn drive_log(dir: &tempfile::TempDir) -> PathBuf {
+    let spec = gps_agent::sim::DriveSpec {
+        epochs: 240,
+        tunnel: Some((100, 20)),
+        corrupt_every: Some(60),
+        ..gps_agent::sim::DriveSpec::default()
+    };
+    let path = dir.path().join("drive.nmea");
+    let file = std::fs::File::create(&path).unwrap();
+    gps_agent::sim::write_log(gps_agent::sim::Drive::new(spec).unwrap(), file).unwrap();
+    path
 }
 
 /// A config that takes the corpus's historical dates as real.
@@ -43,7 +48,7 @@ fn parse_prints_accepted_fixes_with_the_spec_keys_numbered_from_zero() {
     let out = bin()
         .args(["parse", "--config"])
         .arg(historical_config(&dir))
-        .arg(corpus("quectel-L70.log"))
+        .arg(drive_log(&dir))
         .output()
         .unwrap();
     assert!(
@@ -52,7 +57,8 @@ fn parse_prints_accepted_fixes_with_the_spec_keys_numbered_from_zero() {
         String::from_utf8_lossy(&out.stderr)
     );
     let fixes = json_lines(&out.stdout);
-    assert!(fixes.len() >= 16, "only {} fixes", fixes.len());
+    // 240 epochs, 20 in the tunnel, a few with a damaged line.
+    assert!((200..=220).contains(&fixes.len()), "{} fixes", fixes.len());
     for (i, f) in fixes.iter().enumerate() {
         assert_eq!(f["seq"], i as u64);
         for key in ["time", "lat", "lon", "mode"] {
@@ -84,12 +90,35 @@ fn parse_prints_accepted_fixes_with_the_spec_keys_numbered_from_zero() {
 }
 
 #[test]
+fn parse_all_adds_the_tunnel_and_the_damaged_lines_as_rejections() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_log(&dir);
+    let fixes = bin().arg("parse").arg(&log).output().unwrap();
+    let all = bin().args(["parse", "--all"]).arg(&log).output().unwrap();
+    assert!(fixes.status.success() && all.status.success());
+    let (fixes, all) = (json_lines(&fixes.stdout), json_lines(&all.stdout));
+    let accepted: Vec<&serde_json::Value> =
+        all.iter().filter(|l| l.get("rejected").is_none()).collect();
+    assert_eq!(accepted.len(), fixes.len(), "--all adds, never drops");
+    let reasons: Vec<&str> = all.iter().filter_map(|l| l["rejected"].as_str()).collect();
+    assert_eq!(
+        reasons.iter().filter(|r| **r == "no_fix").count(),
+        20,
+        "the tunnel: {reasons:?}"
+    );
+    assert!(reasons.contains(&"checksum"), "{reasons:?}");
+}
+
+#[test]
 fn parse_all_adds_rejections_with_spec_reason_codes() {
+    let Some(corpus) = corpus::dir("parse_all_adds_rejections_with_spec_reason_codes") else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
         .args(["parse", "--all", "--config"])
         .arg(historical_config(&dir))
-        .arg(corpus("GPSmap-76S.log"))
+        .arg(corpus.join("GPSmap-76S.log"))
         .output()
         .unwrap();
     assert!(out.status.success());

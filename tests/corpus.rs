@@ -13,7 +13,9 @@ use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::rejection::Reason;
 use gps_agent::validate::Validator;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+
+#[path = "support/corpus.rs"]
+mod corpus;
 
 /// Agreement reached by this project (matched + rejected-with-reason, over gpsd's valid
 /// epochs), in tenths of a percent. Raise it when the code gets better; never lower it to pass.
@@ -29,16 +31,6 @@ const MS_PER_DAY: i64 = 86_400_000;
 /// Logs whose gpsd dates are known to be wrong (gpsd's week-rollover guess shifted them by
 /// 1024 weeks, or it took the host's date): compare by time of day only.
 const COMPARE_TIME_OF_DAY_ONLY: &[&str] = &["neo-m8n.log", "rst39.log"];
-
-fn corpus_dir() -> PathBuf {
-    match std::env::var_os("GPS_AGENT_CORPUS") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../shared/nmea-corpus"
-        )),
-    }
-}
 
 /// Validation thresholds for historical captures: the default config, but dates from 2000 on
 /// are taken as real (the captures are from 2001-2023; the 2020 floor and the week-rollover
@@ -179,13 +171,9 @@ fn compare(name: &str, gpsd: &BTreeMap<i64, Vec<GpsdFix>>, ours: &Ours) -> LogRe
 
 #[test]
 fn our_fixes_agree_with_gpsd_over_the_corpus() {
-    let dir = corpus_dir();
-    let mut logs: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("corpus at {} not readable: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect();
-    logs.sort();
+    let Some(logs) = corpus::logs("our_fixes_agree_with_gpsd_over_the_corpus") else {
+        return;
+    };
     assert!(
         logs.len() >= 60,
         "expected the gpsd corpus, found {} logs",

@@ -2,7 +2,8 @@
 //!
 //! The data's way: a source (`source`: serial port or log file) yields bytes; `framer` cuts
 //! them into checksummed sentences in a fixed buffer; `sentence` parses each with the `nmea`
-//! crate into a small, copyable observation; `epoch` groups the observations of one UTC time.
+//! crate into a small, copyable observation (`observation`); `epoch` groups the
+//! observations of one UTC time.
 //! [`Decoder`] ties framer, parser and assembler together: bytes in, [`Decoded`] out, with
 //! no heap allocation per sentence. Validation of an epoch is `crate::validate`'s job, not
 //! this module's; this module never drops an epoch for being implausible.
@@ -10,6 +11,7 @@
 pub mod epoch;
 pub mod error;
 pub mod framer;
+pub mod observation;
 pub mod sentence;
 pub mod source;
 

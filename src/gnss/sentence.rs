@@ -13,7 +13,9 @@ use chrono::{NaiveDate, NaiveTime, Timelike};
 use nmea::sentences::{self as s, FixType};
 use nmea::{NmeaSentence, SentenceType};
 
-use super::epoch::{FaaMode, GgaObs, GllObs, GnsObs, GnssSystem, GsaObs, RmcObs, UsedSats, VtgObs};
+use super::observation::{
+    FaaMode, GgaObs, GllObs, GnsObs, GnssSystem, GsaObs, RmcObs, UsedSats, VtgObs,
+};
 
 /// What one sentence said, reduced to what the epoch needs.
 #[derive(Debug, Clone, Copy, PartialEq)]
