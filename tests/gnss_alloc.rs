@@ -88,7 +88,7 @@ fn assert_no_allocation_per_sentence(name: &str, bytes: &[u8]) {
                 *epochs += 1;
             }
         };
-        decoder.feed(&bytes, &mut sink);
+        decoder.feed(bytes, &mut sink);
         decoder.finish(&mut sink);
     };
     run(&mut epochs);
