@@ -106,7 +106,10 @@ async fn run_uplink(
                     Ok(()) = reload.changed(), if next.is_none() => {
                         let new = reload.borrow_and_update().clone();
                         match PublisherSettings::from_settings(&new, &device) {
-                            Ok(settings) if settings == current => {}
+                            Ok(settings) if settings == current => {
+                                info!(component = "mqtt",
+                                    "SIGHUP: [mqtt] unchanged; the connection stays");
+                            }
                             Ok(settings) => {
                                 info!(component = "mqtt", broker = %new.broker,
                                     "SIGHUP: [mqtt] changed; reconnecting with the new settings");
