@@ -22,11 +22,14 @@ pub const THROTTLE_INTERVAL: Duration = Duration::from_secs(60);
 const MAX_CODES: usize = 64;
 
 /// Where logs go: `run` writes to stdout (journald takes it); the offline subcommands to
-/// stderr, so their stdout stays data.
+/// stderr, so their stdout stays data; the demo to a file, so its terminal tells only the
+/// demo's story.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Output {
+pub enum Output<'a> {
     Stdout,
     Stderr,
+    /// Appended to this file, as text; stderr when it cannot be opened.
+    File(&'a std::path::Path),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +40,30 @@ pub enum Format {
 
 /// Install the global subscriber. `level` is a level or an `EnvFilter` directive; a bad one
 /// falls back to `info`. A second call is ignored.
-pub fn init(output: Output, format: Option<Format>, level: &str) {
+pub fn init(output: Output<'_>, format: Option<Format>, level: &str) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Output::File(path) = output {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path);
+        if let Ok(file) = file {
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(ThrottleLayer::global())
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(false)
+                        .with_writer(Mutex::new(file)),
+                )
+                .try_init();
+            return;
+        }
+        return init(Output::Stderr, format, level);
+    }
     let is_terminal = match output {
         Output::Stdout => std::io::stdout().is_terminal(),
-        Output::Stderr => std::io::stderr().is_terminal(),
+        Output::Stderr | Output::File(_) => std::io::stderr().is_terminal(),
     };
     let format = format.unwrap_or(if is_terminal {
         Format::Text
@@ -61,8 +83,11 @@ pub fn init(output: Output, format: Option<Format>, level: &str) {
         (Format::Text, Output::Stdout) => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
             .try_init(),
-        (Format::Text, Output::Stderr) => registry
+        (Format::Text, Output::Stderr | Output::File(_)) => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        (Format::Json, Output::File(_)) => registry
+            .with(json_layer().with_writer(std::io::stderr))
             .try_init(),
     };
 }

@@ -49,4 +49,40 @@ fn the_demo_runs_a_drive_through_an_outage_and_reports_nothing_lost() {
         stdout.contains("checksum"),
         "corrupt lines show as checksum: {stdout}"
     );
+    assert!(
+        stdout.contains("blind"),
+        "the time blind after the outage: {stdout}"
+    );
+
+    // Only the demo's own story on the terminal; the logs in a file named at both ends.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "nothing on stderr: {stderr}");
+    for line in stdout.lines() {
+        assert!(
+            !line.starts_with('{')
+                && !line.contains(" INFO ")
+                && !line.contains(" WARN ")
+                && !line.contains(" ERROR "),
+            "a log line on the demo's terminal: {line}"
+        );
+    }
+    let named: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.split_once("logs ").map(|(_, rest)| rest))
+        .filter_map(|rest| rest.split_whitespace().last())
+        .map(|p| p.trim_end_matches(')'))
+        .collect();
+    assert_eq!(
+        named.len(),
+        2,
+        "the log file named at the start and the end: {stdout}"
+    );
+    assert_eq!(named[0], named[1]);
+    let log = std::fs::read_to_string(named[0]).expect("the named log file");
+    let _ = std::fs::remove_file(named[0]);
+    assert!(log.contains("agent started"), "{log}");
+    assert!(
+        !log.contains("SIM_WRITE"),
+        "a normal start has no write warning: {log}"
+    );
 }

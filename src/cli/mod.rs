@@ -91,11 +91,14 @@ pub fn main() -> i32 {
             return e.exit_code();
         }
     };
-    // `run` logs to stdout (journald); the offline subcommands keep stdout for their data.
-    let output = if matches!(cli.command, Command::Run) {
-        crate::logging::Output::Stdout
-    } else {
-        crate::logging::Output::Stderr
+    // `run` logs to stdout (journald); the offline subcommands keep stdout for their data;
+    // the demo's terminal is for the demo: the agent's and the broker's logs go to a file.
+    let demo_log =
+        (cfg!(feature = "demo") && matches!(cli.command, Command::Demo { .. })).then(demo_log_path);
+    let output = match (&cli.command, &demo_log) {
+        (_, Some(path)) => crate::logging::Output::File(path),
+        (Command::Run, None) => crate::logging::Output::Stdout,
+        _ => crate::logging::Output::Stderr,
     };
     let format = cli.log_format.map(|f| match f {
         LogFormat::Text => crate::logging::Format::Text,
@@ -126,13 +129,19 @@ pub fn main() -> i32 {
         },
         Command::Run => run::run(&config_path),
         #[cfg(feature = "demo")]
-        Command::Demo(args) => crate::demo::run(&args),
+        Command::Demo(args) => crate::demo::run(&args, demo_log.as_deref()),
         #[cfg(not(feature = "demo"))]
         Command::Demo => {
             eprintln!("gps-agent: this build has no demo (built without the `demo` feature)");
             EXIT_UNAVAILABLE
         }
     }
+}
+
+/// Where `demo` writes the agent's and the broker's logs: a file in the temporary directory
+/// that outlives the demo, named on its terminal at the start and the end.
+fn demo_log_path() -> PathBuf {
+    std::env::temp_dir().join(format!("gps-agent-demo-{}.log", std::process::id()))
 }
 
 /// The configuration for the offline subcommands (`parse`, `buffer`): the file named by

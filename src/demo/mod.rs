@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -53,10 +53,15 @@ struct Received {
     /// seq -> times received
     seqs: BTreeMap<u64, u32>,
     messages: u64,
+    /// When the demo gave the link back, and when the first fixes arrived after that: the
+    /// time the fleet's dispatch was blind although the link was up.
+    restored_at: Option<Instant>,
+    first_after_restore: Option<Instant>,
 }
 
-/// Runs the demo; returns the exit code (0 when nothing was lost).
-pub fn run(args: &DemoArgs) -> i32 {
+/// Runs the demo; returns the exit code (0 when nothing was lost). `log` is where the
+/// agent's and the broker's logs go (set up by the caller), named on the terminal.
+pub fn run(args: &DemoArgs, log: Option<&std::path::Path>) -> i32 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -69,6 +74,12 @@ pub fn run(args: &DemoArgs) -> i32 {
         }
     };
     let dir = std::env::temp_dir().join(format!("gps-agent-demo-{}", std::process::id()));
+    if let Some(log) = log {
+        println!(
+            "(the agent's and the broker's logs go to {})",
+            log.display()
+        );
+    }
     let code = runtime.block_on(async {
         match tokio::time::timeout(HARD_CAP, demo(args, &dir)).await {
             Ok(Ok(code)) => code,
@@ -83,6 +94,12 @@ pub fn run(args: &DemoArgs) -> i32 {
         }
     });
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(log) = log {
+        println!(
+            "(the agent's and the broker's logs are in {})",
+            log.display()
+        );
+    }
     code
 }
 
@@ -154,7 +171,8 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> Result<i32, String> {
     let agent_stop = CancellationToken::new();
     let agent = tokio::spawn(app::run(cfg, RunOptions::default(), agent_stop.clone()));
 
-    // The receiver starts sending (it retries until the agent has opened its end).
+    // The receiver starts sending once the agent has opened its end.
+    receiver_open(health_addr).await;
     let feeding = Arc::new(AtomicBool::new(true));
     let stop_feeder = Arc::new(AtomicBool::new(false));
     let feeder = {
@@ -167,7 +185,7 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> Result<i32, String> {
     let watcher = tokio::spawn(watch_health(health_addr, watcher_stop.clone()));
     let outage_at = Duration::from_secs_f64(drive_s * 0.45);
     let interrupted = tokio::select! {
-        _ = outage(&link, outage_at, Duration::from_secs(args.outage_s)) => false,
+        _ = outage(&link, outage_at, Duration::from_secs(args.outage_s), &received) => false,
         _ = tokio::signal::ctrl_c() => true,
     };
     // Until the drive ends.
@@ -234,7 +252,7 @@ async fn wait_flag_clear(flag: &AtomicBool) {
     }
 }
 
-async fn outage(link: &link::Link, at: Duration, length: Duration) {
+async fn outage(link: &link::Link, at: Duration, length: Duration, received: &Mutex<Received>) {
     tokio::time::sleep(at).await;
     link.cut();
     println!(
@@ -243,7 +261,25 @@ async fn outage(link: &link::Link, at: Duration, length: Duration) {
     );
     tokio::time::sleep(length).await;
     link.restore();
+    received
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restored_at = Some(Instant::now());
     println!("!! broker link restored: the backlog drains, the newest fix first");
+}
+
+/// Until the agent's health says the receiver is open (at most 10 s): a simulated receiver
+/// that talks into a terminal nobody has opened gets only write errors.
+async fn receiver_open(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(v) = get_health(addr).await {
+            if v["components"]["gnss"]["connected"] == true {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn subscribe(
@@ -274,6 +310,9 @@ async fn subscribe(
                     let fixes = v["fixes"].as_array().cloned().unwrap_or_default();
                     let mut r = received.lock().unwrap_or_else(|e| e.into_inner());
                     r.messages += 1;
+                    if r.restored_at.is_some() && r.first_after_restore.is_none() {
+                        r.first_after_restore = Some(Instant::now());
+                    }
                     for f in &fixes {
                         if let Some(seq) = f["seq"].as_u64() {
                             *r.seqs.entry(seq).or_insert(0) += 1;
@@ -400,6 +439,14 @@ fn summary(
         r.messages
     );
     println!("  lost        {missing}");
+    match (r.restored_at, r.first_after_restore) {
+        (Some(restored), Some(first)) => println!(
+            "  blind       {:.1} s from the link's return to the first fix received",
+            first.saturating_duration_since(restored).as_secs_f64()
+        ),
+        (Some(_), None) => println!("  blind       no fix arrived after the link returned"),
+        _ => {}
+    }
     if missing == 0 && accepted > 0 {
         0
     } else {

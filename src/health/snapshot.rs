@@ -44,6 +44,8 @@ impl From<&LastError> for ErrorView {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GnssSnapshot {
     pub status: Status,
+    /// The receiver is open (serial) or its log is being read.
+    pub connected: bool,
     pub fix: FixState,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fix_age_s: Option<f64>,
@@ -161,6 +163,7 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
         components: Components {
             gnss: GnssSnapshot {
                 status: gnss_status,
+                connected: gnss.connected,
                 fix: fresh.map_or(FixState::None, |f| f.mode.into()),
                 last_fix_age_s: age(gnss.last_fix.map(|f| f.at)),
                 rejected: RejectedCounts(gnss.rejected),
