@@ -182,6 +182,8 @@ pub struct MqttStatus {
     pub last_ack_at: Option<Instant>,
     /// Highest seq acknowledged; 0 before the first (seqs start at 1).
     pub acked_seq: u64,
+    /// While not connected: when the next connection attempt is due (monotonic).
+    pub retry_at: Option<Instant>,
     pub last_error: Option<LastError>,
 }
 

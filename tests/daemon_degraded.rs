@@ -56,8 +56,11 @@ async fn with_no_receiver_and_no_broker_it_is_degraded_then_healthy_when_both_ap
     );
 
     // Nothing there: degraded (503), and it says why.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (code, h) = agent.get("/health");
+    let (code, h) = agent.wait_health("the missing receiver", Duration::from_secs(10), |_, h| {
+        h["components"]["gnss"]["last_error"]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("GNSS_"))
+    });
     assert_eq!(code, 503, "{h}");
     assert_eq!(h["status"], "degraded", "{h}");
     assert_eq!(h["components"]["gnss"]["fix"], "none", "{h}");
@@ -288,4 +291,61 @@ async fn the_last_fix_before_the_receiver_falls_silent_is_stored_and_delivered()
         std::thread::sleep(Duration::from_millis(100));
     }
     drop(master);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_repeating_one_epoch_ten_times_a_second_is_reported_stuck_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("gps0");
+    let mut master = receiver_at(&link);
+    let gnss = format!(
+        "[gnss]\nsource = \"serial\"\npath = \"{}\"\nstuck_after_s = 2",
+        link.display()
+    );
+    let broker = TestBroker::start();
+    let agent = Agent::start(
+        dir.path(),
+        &support::unique("truck"),
+        &gnss,
+        &broker.url(),
+        &[],
+    );
+    // Frozen firmware: the same epoch (same time, same place) every 0.1 s.
+    let epoch = {
+        let body = "GPRMC,120005.00,A,4807.03800,N,01131.00000,E,9.5,54.7,140326,,,A";
+        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+        format!("${body}*{sum:02X}\r\n")
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = master.write_all(epoch.as_bytes());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let (_, h) = agent.wait_health("GNSS_STUCK", Duration::from_secs(30), |_, h| {
+        h["components"]["gnss"]["last_error"]["code"] == "GNSS_STUCK"
+    });
+    assert!(
+        h["components"]["gnss"]["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("time not advancing")),
+        "{h}"
+    );
+    assert_eq!(h["components"]["gnss"]["status"], "degraded", "{h}");
+    // Reported stuck means reopened: counted with the receiver's outages.
+    let metrics = agent.raw("/metrics");
+    let outages: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gps_agent_gnss_outages_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(outages >= 1, "{metrics}");
+    stop.store(true, Ordering::Relaxed);
+    feeder.join().unwrap();
+    let (exit, _) = agent.terminate();
+    assert_eq!(exit, 0);
 }

@@ -257,29 +257,28 @@ async fn stream_sends_a_line_per_interval_and_at_once_on_change() {
     assert_eq!(lines.len(), 5, "five lines at 200 ms intervals");
     let elapsed = lines[4].0 - started;
     assert!(
-        elapsed >= Duration::from_millis(700) && elapsed < Duration::from_millis(2500),
+        elapsed >= Duration::from_millis(700),
         "periodic, not flooding: {elapsed:?}"
     );
     assert_eq!(lines[0].1["status"], "degraded");
 
-    // Slow interval: a change must not wait for the next tick.
+    // An hour between periodic lines: a line after a change can only be the change's.
     let server = start(ServeOptions {
-        stream_interval: Duration::from_secs(5),
+        stream_interval: Duration::from_secs(3600),
         ..fast_options()
     })
     .await;
     let mut s = open_stream(server.addr).await;
-    let first = read_stream_lines(&mut s, 1, Duration::from_secs(2)).await;
+    let first = read_stream_lines(&mut s, 1, Duration::from_secs(10)).await;
     assert_eq!(first.len(), 1, "the first line comes at once");
-    let changed_at = Instant::now();
     server.state.mqtt(|m| m.connected = true);
-    let next = read_stream_lines(&mut s, 1, Duration::from_secs(2)).await;
-    assert_eq!(next.len(), 1);
-    assert_eq!(next[0].1["components"]["mqtt"]["connected"], true);
-    assert!(
-        next[0].0 - changed_at < Duration::from_secs(1),
-        "well before the 5 s tick"
+    let next = read_stream_lines(&mut s, 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        next.len(),
+        1,
+        "a change sends a line without waiting for the tick"
     );
+    assert_eq!(next[0].1["components"]["mqtt"]["connected"], true);
     server.shutdown.cancel();
 }
 
@@ -449,7 +448,25 @@ async fn a_thousand_requests_from_fifty_clients_are_all_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_client_is_dropped_after_the_header_timeout_without_blocking_others() {
+async fn a_silent_client_does_not_hold_up_others() {
+    let server = start(ServeOptions {
+        header_timeout: Duration::from_secs(60),
+        ..fast_options()
+    })
+    .await;
+    let silent = TcpStream::connect(server.addr).await.unwrap();
+    // Answered while the silent client still holds its connection open.
+    assert_eq!(request(server.addr, "GET", "/live", "").await.status, 200);
+    let mut probe = [0u8; 1];
+    match silent.try_read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the silent connection should still be open: {other:?}"),
+    }
+    server.shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_dropped_at_the_header_timeout() {
     let server = start(ServeOptions {
         header_timeout: Duration::from_secs(1),
         ..fast_options()
@@ -457,13 +474,8 @@ async fn a_silent_client_is_dropped_after_the_header_timeout_without_blocking_ot
     .await;
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
     let started = Instant::now();
-    assert_eq!(request(server.addr, "GET", "/live", "").await.status, 200);
-    assert!(
-        started.elapsed() < Duration::from_millis(800),
-        "others are not held up"
-    );
     let mut rest = Vec::new();
-    tokio::time::timeout(Duration::from_secs(3), silent.read_to_end(&mut rest))
+    tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut rest))
         .await
         .expect("the silent connection is closed by the server")
         .ok();

@@ -58,7 +58,9 @@ fn feed_until_epoch(
         while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(100)) {
             decoder.feed(&chunk, &mut |d| {
                 if let Decoded::Epoch(e) = d {
-                    source.status.note_epoch_time(e.time_of_day_ms.unwrap_or(0));
+                    source
+                        .status
+                        .note_receiver_time(e.time_of_day_ms.unwrap_or(0));
                     if e.time_of_day_ms == Some(want_ms) {
                         assert!(
                             (e.rmc.and_then(|r| r.lat).unwrap_or(0.0) - (48.0 + 7.03800001 / 60.0))
@@ -134,13 +136,16 @@ fn fixes_are_read_through_the_port_and_a_vanished_receiver_is_survived() {
             >= 1
     );
 
+    // The reader notices the stop flag within one read timeout; joining must not hang.
     stop.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    source.join();
+    let (done_tx, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        source.join();
+        let _ = done_tx.send(());
+    });
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "stop took {:?}",
-        started.elapsed()
+        done.recv_timeout(Duration::from_secs(30)).is_ok(),
+        "the serial thread did not stop"
     );
 }
 
@@ -189,21 +194,22 @@ fn a_receiver_repeating_the_same_epoch_time_is_reported_stuck() {
     )
     .unwrap();
     let mut decoder = Decoder::new(true);
-    // The same second over and over: bytes flow, the time stands still.
-    let deadline = Instant::now() + Duration::from_secs(6);
+    // The same second ten times a second: bytes flow, the time stands still, and since no
+    // sentence of a later time comes, no epoch is ever completed.
+    let deadline = Instant::now() + Duration::from_secs(10);
     while source.status.stuck_events() == 0 {
         assert!(Instant::now() < deadline, "frozen receiver not reported");
         let _ = master.write_all(rmc(5).as_bytes());
-        while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(50)) {
+        while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(100)) {
             decoder.feed(&chunk, &mut |_| {});
+            if let Some(t) = decoder.latest_time_of_day_ms() {
+                source.status.note_receiver_time(t);
+            }
         }
-        // The time the receiver keeps sending.
-        source.status.note_epoch_time((12 * 3600 + 5) * 1000);
     }
-    assert_eq!(
-        source.status.last_error().map(|e| e.code),
-        Some("GNSS_STUCK")
-    );
+    let error = source.status.last_error().unwrap();
+    assert_eq!(error.code, "GNSS_STUCK");
+    assert!(error.message.contains("time not advancing"), "{error:?}");
     stop.store(true, Ordering::Relaxed);
     source.join();
 }
@@ -212,49 +218,40 @@ fn a_receiver_repeating_the_same_epoch_time_is_reported_stuck() {
 fn a_receiver_that_stays_stuck_is_reopened_ever_less_often_until_its_time_advances() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("gps0");
-    let _master = receiver_at(&link);
+    let mut master = receiver_at(&link);
     let stop = Arc::new(AtomicBool::new(false));
     let stuck_after = Duration::from_millis(200);
     let source = serial::spawn(settings(link.clone(), stuck_after), Arc::clone(&stop)).unwrap();
 
-    // Silent for 2.8 s. Reopening every 200 ms would be 14 reports; with the wait doubling
-    // (0.2, 0.4, 0.8, 1.6 s) they come at about 0.2, 0.6 and 1.4 s, and the next at 3.0 s.
-    std::thread::sleep(Duration::from_millis(2_800));
-    let reports = source.status.stuck_events();
-    assert!(
-        (2..=3).contains(&reports),
-        "{reports} stuck reports in 2.8 s"
+    // Silent: each reopen allows the next session twice as long (the arithmetic has its
+    // unit tests in gnss::source::stuck; here, that the source lives by it).
+    wait_for(
+        "the limit to grow to 800 ms",
+        Duration::from_secs(20),
+        || source.status.stuck_limit() == Duration::from_millis(800),
     );
+    assert!(source.status.stuck_events() >= 2);
     assert_eq!(
         source.status.last_error().map(|e| e.code),
         Some("GNSS_STUCK")
     );
 
-    // Its time advances (the consumer reports new epochs): the next stuck spell is
-    // reported after stuck_after again, not after the grown wait.
-    wait_for("the next reopen", Duration::from_secs(5), || {
-        source.status.stuck_events() > reports
-    });
-    let after_reopen = source.status.stuck_events();
-    for second in 0..3u32 {
-        source.status.note_epoch_time((12 * 3600 + second) * 1000);
-        std::thread::sleep(Duration::from_millis(50));
+    // Its time advances in this session: the next session is back at stuck_after.
+    let before = source.status.stuck_events();
+    let mut decoder = Decoder::new(true);
+    for second in 10..14 {
+        let _ = master.write_all(rmc(second).as_bytes());
+        while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(50)) {
+            decoder.feed(&chunk, &mut |_| {});
+            if let Some(t) = decoder.latest_time_of_day_ms() {
+                source.status.note_receiver_time(t);
+            }
+        }
     }
-    let progressed_at = Instant::now();
-    // The session that saw the progress runs into its (grown) limit once; the one after it
-    // is back at stuck_after.
-    wait_for("the reopen after progress", Duration::from_secs(10), || {
-        source.status.stuck_events() > after_reopen
-    });
-    let reset_at = Instant::now();
-    wait_for("a report after stuck_after", Duration::from_secs(2), || {
-        source.status.stuck_events() > after_reopen + 1
-    });
-    assert!(
-        reset_at.elapsed() < Duration::from_millis(1_500),
-        "waited {:?} after the reset (progress {:?} ago)",
-        reset_at.elapsed(),
-        progressed_at.elapsed()
+    wait_for(
+        "a session back at stuck_after",
+        Duration::from_secs(20),
+        || source.status.stuck_events() > before && source.status.stuck_limit() == stuck_after,
     );
     stop.store(true, Ordering::Relaxed);
     source.join();

@@ -286,12 +286,16 @@ async fn a_device_the_broker_refuses_is_reported_as_mqtt_auth_and_not_retried_in
     source.push((1..=3).map(fix));
     let mut run = start(s, source);
 
-    run.wait_status("refused", |s| {
-        s.last_error.as_ref().map(|e| e.code) == Some("MQTT_AUTH")
-    })
-    .await;
-    // Backoff alone would have retried within 50 ms; a permanent failure waits 30 s.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let status = run.wait_error("MQTT_AUTH").await;
+    // Backoff alone would retry within 50 ms; a permanent failure waits permanent_retry,
+    // the very wait the publisher sleeps and reports.
+    let retry_in = status
+        .retry_at
+        .map(|at| at.saturating_duration_since(std::time::Instant::now()));
+    assert!(
+        retry_in.is_some_and(|r| r > Duration::from_secs(25)),
+        "{retry_in:?}"
+    );
     assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(run.source.acked().is_empty());
     assert_eq!(run.source.in_flight(), 0);

@@ -64,7 +64,15 @@ async fn refused_permanently(front: &TlsFront, s: PublisherSettings) {
     let mut run = start(s, source);
     let status = run.wait_error("MQTT_TLS").await;
     assert!(!status.connected, "{status:?}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not retried before permanent_retry: the wait the publisher reports is the one it
+    // sleeps, and so far there was one attempt.
+    let retry_in = status
+        .retry_at
+        .map(|at| at.saturating_duration_since(std::time::Instant::now()));
+    assert!(
+        retry_in.is_some_and(|r| r > Duration::from_secs(20)),
+        "{retry_in:?}"
+    );
     assert_eq!(
         front.connections(),
         1,

@@ -91,6 +91,9 @@ impl Ingest {
                 match source.chunks.recv_timeout(IDLE_TICK) {
                     Ok(chunk) => {
                         decoder.feed(&chunk, &mut |e| events.push(e));
+                        if let Some(t) = decoder.latest_time_of_day_ms() {
+                            source.status.note_receiver_time(t);
+                        }
                         last_bytes_at = Instant::now();
                         quiet_flushed = false;
                     }
@@ -172,9 +175,6 @@ impl Stage<'_> {
                 return false;
             }
         };
-        if let Some(t) = epoch.time_of_day_ms {
-            self.source.status.note_epoch_time(t);
-        }
         match self.validator.check(&epoch) {
             Ok(fix) => {
                 self.metrics.fix_accepted();

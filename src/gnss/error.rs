@@ -38,11 +38,11 @@ pub enum GnssError {
         #[source]
         source: io::Error,
     },
-    /// Bytes or epochs stopped advancing for longer than `stuck_after`.
+    /// No bytes, or the receiver's time not advancing, for longer than the session's limit.
     #[error("GNSS receiver on {path} stuck: {what} for {silent:?}")]
     Stuck {
         path: PathBuf,
-        /// What stopped: `"no bytes"` or `"epoch time not advancing"`.
+        /// What stopped: `"no bytes"` or `"receiver time not advancing"`.
         what: &'static str,
         silent: Duration,
     },

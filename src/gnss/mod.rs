@@ -70,6 +70,8 @@ pub struct Decoder {
     framer: Framer,
     assembler: Assembler,
     stats: SentenceStats,
+    /// The UTC time of day of the newest sentence that carried one.
+    latest_time: Option<u32>,
 }
 
 impl Decoder {
@@ -78,6 +80,7 @@ impl Decoder {
             framer: Framer::new(require_checksum),
             assembler: Assembler::new(),
             stats: SentenceStats::default(),
+            latest_time: None,
         }
     }
 
@@ -86,7 +89,13 @@ impl Decoder {
     pub fn feed(&mut self, bytes: &[u8], sink: &mut impl FnMut(Decoded)) {
         for &byte in bytes {
             if let Some(framed) = self.framer.push(byte) {
-                handle(framed, &mut self.assembler, &mut self.stats, sink);
+                handle(
+                    framed,
+                    &mut self.assembler,
+                    &mut self.stats,
+                    &mut self.latest_time,
+                    sink,
+                );
             }
         }
     }
@@ -94,7 +103,13 @@ impl Decoder {
     /// End of input: emit the epoch being assembled, if any.
     pub fn finish(&mut self, sink: &mut impl FnMut(Decoded)) {
         if let Some(framed) = self.framer.flush() {
-            handle(framed, &mut self.assembler, &mut self.stats, sink);
+            handle(
+                framed,
+                &mut self.assembler,
+                &mut self.stats,
+                &mut self.latest_time,
+                sink,
+            );
         }
         let stats = &mut self.stats;
         self.assembler.finish(&mut |epoch| {
@@ -117,6 +132,12 @@ impl Decoder {
     pub fn stats(&self) -> &SentenceStats {
         &self.stats
     }
+
+    /// The UTC time of day (ms) of the newest sentence that carried one, whether or not it
+    /// completed an epoch: how a stuck receiver is told from a live one.
+    pub fn latest_time_of_day_ms(&self) -> Option<u32> {
+        self.latest_time
+    }
 }
 
 /// One framing result through parser and assembler. A free function so the framer's borrow
@@ -125,6 +146,7 @@ fn handle(
     framed: Framed<'_>,
     assembler: &mut Assembler,
     stats: &mut SentenceStats,
+    latest_time: &mut Option<u32>,
     sink: &mut impl FnMut(Decoded),
 ) {
     let text = match framed {
@@ -174,6 +196,9 @@ fn handle(
     match sentence::parse(text) {
         Parsed::Observation(observation) => {
             stats.ok += 1;
+            if let Some(t) = observation.time_of_day_ms() {
+                *latest_time = Some(t);
+            }
             assembler.push(observation, &mut |epoch| {
                 stats.epochs += 1;
                 sink(Decoded::Epoch(epoch));

@@ -84,6 +84,9 @@ pub struct MqttSnapshot {
     pub reconnects: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_ack_age_s: Option<f64>,
+    /// While not connected: seconds until the next connection attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_in_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ErrorView>,
 }
@@ -186,6 +189,10 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
                 breaker: mqtt.breaker,
                 reconnects: mqtt.reconnects,
                 last_ack_age_s: age(mqtt.last_ack_at),
+                retry_in_s: mqtt
+                    .retry_at
+                    .filter(|_| !mqtt.connected)
+                    .map(|at| seconds(at.saturating_duration_since(now))),
                 last_error: mqtt.last_error.as_ref().map(ErrorView::from),
             },
         },

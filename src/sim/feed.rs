@@ -15,7 +15,7 @@ use super::{Drive, SimError, LINE_CAPACITY, SENTENCES_PER_EPOCH};
 use crate::error::Classified;
 
 /// Longest single sleep while pacing, so a stop request is seen within this.
-const STOP_POLL: Duration = Duration::from_millis(20);
+pub const STOP_POLL: Duration = Duration::from_millis(20);
 
 /// Write the whole drive to `out` without waiting (an NMEA log for `parse` or a file source).
 /// Returns the number of epochs written.
@@ -38,6 +38,26 @@ pub fn write_log(drive: Drive, mut out: impl Write) -> Result<u32, SimError> {
     Ok(written)
 }
 
+/// The time a paced feed runs on: the host's monotonic clock, or a test's.
+pub trait Pacer {
+    fn now(&self) -> Instant;
+    /// Wait `d` (at most [`STOP_POLL`] at a time: the feed asks for no more).
+    fn sleep(&self, d: Duration);
+}
+
+/// The host's monotonic clock: really waits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RealTime;
+
+impl Pacer for RealTime {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+    fn sleep(&self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
+
 /// Write the drive to `out` at its rate: epoch `k` goes out `k / rate_hz` seconds after the
 /// first, on a fixed schedule (a slow write does not shift the ones after it). Returns the
 /// number of epochs written when the drive ends or `stop` is set (checked at least every
@@ -45,13 +65,19 @@ pub fn write_log(drive: Drive, mut out: impl Write) -> Result<u32, SimError> {
 ///
 /// For a pseudo-terminal, pass the master by `&mut` and keep it open after the drive ends:
 /// closing the master hangs up the terminal, and bytes the reader has not read yet are lost.
-pub fn write_realtime(
+pub fn write_realtime(drive: Drive, out: impl Write, stop: &AtomicBool) -> Result<u32, SimError> {
+    write_paced(drive, out, stop, &RealTime)
+}
+
+/// [`write_realtime`] on the time of `pacer` (tests drive a clock of their own).
+pub fn write_paced(
     drive: Drive,
     mut out: impl Write,
     stop: &AtomicBool,
+    pacer: &impl Pacer,
 ) -> Result<u32, SimError> {
     let period = Duration::from_millis(drive.spec().period_ms().unsigned_abs());
-    let started = Instant::now();
+    let started = pacer.now();
     let mut bytes = Vec::with_capacity(LINE_CAPACITY * SENTENCES_PER_EPOCH);
     let mut written = 0u32;
     for epoch in drive {
@@ -67,11 +93,11 @@ pub fn write_realtime(
                 debug!(epochs = written, "simulated receiver stopped");
                 return Ok(written);
             }
-            let now = Instant::now();
+            let now = pacer.now();
             if now >= due {
                 break;
             }
-            std::thread::sleep((due - now).min(STOP_POLL));
+            pacer.sleep((due - now).min(STOP_POLL));
         }
         bytes.clear();
         epoch.write_nmea(&mut bytes);

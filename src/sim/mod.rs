@@ -23,7 +23,7 @@ use tracing::error;
 
 use crate::error::{Classified, ErrorClass};
 
-pub use feed::{write_log, write_realtime};
+pub use feed::{write_log, write_paced, write_realtime, Pacer, RealTime, STOP_POLL};
 pub use sentences::{checksum, Corruption, Line, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT};
 
 use motion::{Car, Sky};

@@ -346,6 +346,7 @@ impl<S: FixSource> Publisher<S> {
                     .breaker
                     .next_attempt_at(now)
                     .unwrap_or(now + self.settings.breaker.open_for);
+                self.publish_retry(until.saturating_duration_since(now));
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep_until(until) => continue,
@@ -376,10 +377,12 @@ impl<S: FixSource> Publisher<S> {
                         "uplink failed"
                     );
                     let (breaker, error) = (self.breaker.status(), self.board.error_now(&err));
+                    let retry_at = self.board.clock().now() + wait;
                     self.board.mqtt(|m| {
                         m.connected = false;
                         m.breaker = breaker;
                         m.last_error = Some(error);
+                        m.retry_at = Some(retry_at);
                     });
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -393,6 +396,13 @@ impl<S: FixSource> Publisher<S> {
     fn publish_breaker(&self) {
         let state = self.breaker.status();
         self.board.mqtt(|m| m.breaker = state);
+    }
+
+    /// The next connection attempt is `wait` from now: `/health` shows it, and it is the
+    /// very wait the loop then sleeps.
+    fn publish_retry(&self, wait: Duration) {
+        let at = self.board.clock().now() + wait;
+        self.board.mqtt(|m| m.retry_at = Some(at));
     }
 
     fn mqtt_options(&self) -> Result<MqttOptions, UplinkError> {
@@ -572,6 +582,7 @@ impl<S: FixSource> Publisher<S> {
         self.board.mqtt(|m| {
             m.connected = true;
             m.reconnects = reconnects;
+            m.retry_at = None;
         });
         info!(broker = %self.settings.broker, reconnects, "uplink connected");
 

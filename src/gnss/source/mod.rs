@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod serial;
+pub mod stuck;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
@@ -36,7 +37,7 @@ pub const CHANNEL_CAPACITY: usize = 64;
 /// granularity at which it notices the stop flag.
 const POLL: Duration = Duration::from_millis(10);
 
-/// Sentinel for "no epoch time reported yet".
+/// Sentinel for "no receiver time reported yet".
 const NO_TIME: u32 = u32::MAX;
 
 /// A source's condition, shared between its thread and the rest of the agent.
@@ -50,12 +51,11 @@ pub struct SourceStatus {
     dropped_chunks: AtomicU64,
     errors: ErrorCounts,
     last_error: Mutex<Option<LastError>>,
-    /// Reference point for the millisecond timestamps below.
-    origin: Instant,
-    /// Last epoch time of day the consumer reported ([`NO_TIME`] before the first).
-    last_epoch_time: AtomicU32,
-    /// When (ms since `origin`) the reported epoch time last changed.
-    epoch_advanced_at_ms: AtomicU64,
+    /// The newest receiver time of day (ms) the consumer's decoder has seen ([`NO_TIME`]
+    /// before the first): the serial source's stuck watch reads it.
+    receiver_time: AtomicU32,
+    /// How long the current session may be stuck before the port is reopened (ms).
+    stuck_limit_ms: AtomicU64,
     /// Stamps `last_error` when it happens.
     clock: Clock,
 }
@@ -70,9 +70,8 @@ impl Default for SourceStatus {
             dropped_chunks: AtomicU64::new(0),
             errors: ErrorCounts::default(),
             last_error: Mutex::new(None),
-            origin: Instant::now(),
-            last_epoch_time: AtomicU32::new(NO_TIME),
-            epoch_advanced_at_ms: AtomicU64::new(0),
+            receiver_time: AtomicU32::new(NO_TIME),
+            stuck_limit_ms: AtomicU64::new(0),
             clock: Clock::system(),
         }
     }
@@ -107,43 +106,29 @@ impl SourceStatus {
         self.last_error.lock().ok().and_then(|g| g.clone())
     }
 
-    /// The consumer reports the time of each decoded epoch, so the serial source can tell a
-    /// receiver that keeps talking but repeats the same epoch (frozen firmware) from a
-    /// healthy one. Consumers that never call this only get the silence check.
-    pub fn note_epoch_time(&self, time_of_day_ms: u32) {
-        let previous = self.last_epoch_time.swap(time_of_day_ms, Ordering::Relaxed);
-        if previous != time_of_day_ms {
-            self.epoch_advanced_at_ms
-                .store(self.elapsed_ms(), Ordering::Relaxed);
-        }
+    /// The consumer reports the newest receiver time its decoder has seen (any sentence's,
+    /// whether or not it completed an epoch), so the serial source can tell a receiver that
+    /// keeps talking but repeats the same time (frozen firmware) from a healthy one.
+    /// Consumers that never call this only get the silence check.
+    pub fn note_receiver_time(&self, time_of_day_ms: u32) {
+        self.receiver_time.store(time_of_day_ms, Ordering::Relaxed);
     }
 
-    /// Epoch times were reported, but none new for longer than `limit`.
-    fn epoch_stalled(&self, limit: Duration) -> bool {
-        if self.last_epoch_time.load(Ordering::Relaxed) == NO_TIME {
-            return false;
-        }
-        let since = self
-            .elapsed_ms()
-            .saturating_sub(self.epoch_advanced_at_ms.load(Ordering::Relaxed));
-        Duration::from_millis(since) > limit
+    /// How long the current session may be stuck before the port is reopened: `stuck_after`,
+    /// or more while a receiver stays stuck.
+    pub fn stuck_limit(&self) -> Duration {
+        Duration::from_millis(self.stuck_limit_ms.load(Ordering::Relaxed))
     }
 
-    /// Restart the epoch-progress clock (after a reopen the receiver gets a fresh period);
-    /// returns the restart's mark for [`SourceStatus::epoch_advanced_since`].
-    fn restart_epoch_clock(&self) -> u64 {
-        let now = self.elapsed_ms();
-        self.epoch_advanced_at_ms.store(now, Ordering::Relaxed);
-        now
+    fn set_stuck_limit(&self, limit: Duration) {
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        self.stuck_limit_ms.store(ms, Ordering::Relaxed);
     }
 
-    /// The epoch time advanced after the restart that returned `mark`.
-    fn epoch_advanced_since(&self, mark: u64) -> bool {
-        self.epoch_advanced_at_ms.load(Ordering::Relaxed) > mark
-    }
-
-    fn elapsed_ms(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// The newest receiver time reported, if any.
+    pub fn receiver_time(&self) -> Option<u32> {
+        let t = self.receiver_time.load(Ordering::Relaxed);
+        (t != NO_TIME).then_some(t)
     }
 
     fn set_connected(&self, connected: bool) {

@@ -17,6 +17,7 @@ use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::stuck::StuckWatch;
 use super::{
     deliver_or_drop, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY,
     CHUNK_LEN,
@@ -27,10 +28,7 @@ use crate::gnss::error::GnssError;
 /// looked at several times a second.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
-/// The longest a stuck receiver is left before the port is reopened again: a receiver that
-/// stays stuck (a frozen firmware, a line with nothing on it) is retried every few minutes,
-/// not every `stuck_after` all night.
-pub const STUCK_LIMIT_MAX: Duration = Duration::from_secs(300);
+pub use super::stuck::STUCK_LIMIT_MAX;
 
 /// What the serial source needs to know.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,9 +110,8 @@ enum SessionEnd {
     Finish,
     /// The device failed: an outage, reconnect with backoff.
     Gone,
-    /// Stuck: reopen at once. `progressed`: the epoch time advanced in this session before
-    /// it got stuck (a fresh fault, not the same one going on).
-    Stuck { progressed: bool },
+    /// Stuck: reopen at once, and allow the next session this long.
+    Stuck { next_limit: Duration },
 }
 
 fn run(
@@ -146,20 +143,15 @@ fn run(
         };
         in_outage = false;
         status.set_connected(true);
-        tracing::info!(port = %settings.path.display(), baud = settings.baud, "gnss device open");
+        status.set_stuck_limit(stuck_limit);
+        tracing::info!(port = %settings.path.display(), baud = settings.baud,
+            stuck_limit_ms = u64::try_from(stuck_limit.as_millis()).unwrap_or(u64::MAX),
+            "gnss device open");
         let end = session(settings, stuck_limit, port, stop, tx, status, &mut backoff);
         status.set_connected(false);
         match end {
             SessionEnd::Finish => break,
-            SessionEnd::Stuck { progressed } => {
-                stuck_limit = if progressed {
-                    settings.stuck_after
-                } else {
-                    stuck_limit
-                        .saturating_mul(2)
-                        .min(STUCK_LIMIT_MAX.max(settings.stuck_after))
-                };
-            }
+            SessionEnd::Stuck { next_limit } => stuck_limit = next_limit,
             SessionEnd::Gone => {
                 status.count_outage();
                 in_outage = true;
@@ -200,8 +192,7 @@ fn session(
     backoff: &mut Backoff,
 ) -> SessionEnd {
     let mut buf = [0u8; CHUNK_LEN];
-    let mut last_bytes = Instant::now();
-    let started = status.restart_epoch_clock();
+    let mut watch = StuckWatch::new(stuck_limit, Instant::now());
     loop {
         if stop.load(Ordering::Relaxed) {
             return SessionEnd::Finish;
@@ -215,7 +206,7 @@ fn session(
                 );
             }
             Ok(n) => {
-                last_bytes = Instant::now();
+                watch.bytes(Instant::now());
                 // Data flowing again: the next outage starts its backoff afresh.
                 backoff.reset();
                 status.add_bytes(n);
@@ -233,23 +224,17 @@ fn session(
                 ) => {}
             Err(e) => return gone(settings, status, e),
         }
-        let silent = last_bytes.elapsed();
-        let what = if silent > stuck_limit {
-            Some("no bytes")
-        } else if status.epoch_stalled(stuck_limit) {
-            Some("epoch time not advancing")
-        } else {
-            None
-        };
-        if let Some(what) = what {
+        let now = Instant::now();
+        watch.receiver_time(status.receiver_time(), now);
+        if let Some(stuck) = watch.verdict(now) {
             status.record(&GnssError::Stuck {
                 path: settings.path.clone(),
-                what,
-                silent: stuck_limit,
+                what: stuck.as_str(),
+                silent: watch.limit(),
             });
             status.count_stuck();
             return SessionEnd::Stuck {
-                progressed: status.epoch_advanced_since(started),
+                next_limit: watch.next_limit(settings.stuck_after),
             };
         }
     }
