@@ -35,6 +35,11 @@ struct SentenceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DropLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FixLabels {
     outcome: &'static str,
     reason: &'static str,
@@ -49,6 +54,7 @@ pub struct Metrics {
     published_messages: Counter,
     acks: Counter,
     fix_to_ack: Histogram,
+    health_dropped: Family<DropLabels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -162,6 +168,7 @@ impl Metrics {
         let published_messages = Counter::default();
         let acks = Counter::default();
         let fix_to_ack = Histogram::new(LATENCY_BUCKETS);
+        let health_dropped = Family::<DropLabels, Counter>::default();
 
         registry.register(
             "nmea_sentences",
@@ -194,6 +201,12 @@ impl Metrics {
             Unit::Seconds,
             fix_to_ack.clone(),
         );
+        registry.register(
+            "health_connections_dropped",
+            "Health endpoint connections refused or closed while every slot was taken, by reason \
+             (slow_head, busy, waiting_room_full, evicted_idle)",
+            health_dropped.clone(),
+        );
         registry.register_collector(Box::new(BoardSeries { board }));
 
         // Pre-create every fix series so `rate()` sees zeros rather than missing series.
@@ -216,6 +229,7 @@ impl Metrics {
             published_messages,
             acks,
             fix_to_ack,
+            health_dropped,
         }
     }
 
@@ -260,6 +274,14 @@ impl Metrics {
         for latency in latencies {
             self.fix_to_ack.observe(latency.as_secs_f64());
         }
+    }
+
+    /// A health connection refused or closed for want of a slot (`reason` from a small fixed
+    /// set: see `health::admission`).
+    pub fn health_dropped(&self, reason: &'static str) {
+        self.health_dropped
+            .get_or_create(&DropLabels { reason })
+            .inc();
     }
 
     /// The OpenMetrics text exposition (ends with `# EOF`). Board series are read now.

@@ -11,6 +11,7 @@
 //! Layout: [`snapshot`] (the JSON contract, a pure function of the board), [`server`] (hyper 1
 //! HTTP/1.1 with bounded connections and timeouts), [`metrics`] (prometheus-client registry).
 
+mod admission;
 pub mod metrics;
 pub mod server;
 pub mod snapshot;

@@ -15,6 +15,7 @@
 //! reading for `stream_stall_timeout` is cut. On shutdown, streams end at once and
 //! connections get `shutdown_grace` to finish before they are dropped.
 
+use super::admission::{Lease, Slots, SCREEN_BUDGET};
 use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use super::snapshot::snapshot;
 use crate::error::{Classified, ErrorClass};
@@ -30,7 +31,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -47,8 +48,10 @@ const MAX_REFUSALS_IN_FLIGHT: usize = 64;
 /// Bytes of a refused connection's request read before answering (so closing does not reset
 /// the connection under the client before it reads the 503).
 const REFUSAL_READ_LIMIT: usize = 8 * 1024;
-/// How long a refused client gets to send its head and take the answer.
-const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a refused client gets to take the answer.
+const REFUSAL_TIMEOUT: Duration = Duration::from_millis(250);
+/// While a waiting connection's head is incomplete, look again this often.
+const HEAD_POLL: Duration = Duration::from_millis(10);
 /// hyper's read buffer: request heads larger than this are refused by hyper.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
@@ -120,7 +123,7 @@ impl Default for ServeOptions {
         ServeOptions {
             max_connections: 32,
             max_streams: 8,
-            header_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(2),
             stream_interval: Duration::from_secs(1),
             stream_stall_timeout: Duration::from_secs(30),
             live_timeout: Duration::from_secs(30),
@@ -162,7 +165,7 @@ pub async fn serve_with(
         .map(|a| a.to_string())
         .unwrap_or_default();
     info!(listen = %local, "health endpoint listening");
-    let connections = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let slots = Slots::new(options.max_connections);
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let grace = options.shutdown_grace;
     let shared = Arc::new(Shared {
@@ -192,20 +195,19 @@ pub async fn serve_with(
         };
         // Small answers: Nagle would only delay them.
         let _ = stream.set_nodelay(true);
-        match connections.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tracker.spawn(connection(stream, permit, shared.clone(), tracker.clone()));
+        match slots.try_lease(Instant::now()) {
+            Some(lease) => {
+                tracker.spawn(connection(stream, lease, shared.clone(), tracker.clone()));
             }
-            Err(_) => match refusals.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    debug!(
-                        code = "HEALTH_BUSY",
-                        "health connection refused: limit reached"
-                    );
-                    tracker.spawn(refuse(stream, permit));
-                }
-                Err(_) => drop(stream),
-            },
+            None => {
+                tracker.spawn(admit(
+                    stream,
+                    Arc::clone(&slots),
+                    Arc::clone(&refusals),
+                    shared.clone(),
+                    tracker.clone(),
+                ));
+            }
         }
     }
 
@@ -216,22 +218,89 @@ pub async fn serve_with(
     info!(listen = %local, "health endpoint stopped");
 }
 
-/// One accepted connection, holding its slot until it ends.
-async fn connection(
+/// A connection that arrived while every slot was taken (see [`super::admission`]): it
+/// waits for its whole request head, then for a slot (taken from the longest-idle
+/// connection if need be); refused with a 503 when its head does not come within the
+/// budget, when no slot frees, or when newer arrivals push it out of a full waiting room.
+async fn admit(
     stream: TcpStream,
-    permit: OwnedSemaphorePermit,
+    slots: Arc<Slots>,
+    refusals: Arc<Semaphore>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
 ) {
-    let _permit = permit;
+    let waiting = slots.wait();
+    let outcome = tokio::select! {
+        _ = waiting.refused.cancelled() => Err("waiting_room_full"),
+        _ = shared.shutdown.cancelled() => return,
+        outcome = async {
+            if !head_complete(&stream, SCREEN_BUDGET).await {
+                return Err("slow_head");
+            }
+            waiting.head_complete();
+            slots.lease_for_complete_head(SCREEN_BUDGET).await.ok_or("busy")
+        } => outcome,
+    };
+    drop(waiting);
+    match outcome {
+        Ok(lease) => connection(stream, lease, shared, tracker).await,
+        Err(reason) => {
+            shared.metrics.health_dropped(reason);
+            warn!(
+                code = "HEALTH_BUSY",
+                reason, "health connection refused: every slot taken"
+            );
+            match refusals.try_acquire_owned() {
+                Ok(permit) => refuse(stream, permit).await,
+                Err(_) => drop(stream),
+            }
+        }
+    }
+}
+
+/// Whether the client sent a whole request head (or more than a head may hold, which hyper
+/// then refuses) within `budget`; false if it closed or dribbles.
+async fn head_complete(stream: &TcpStream, budget: Duration) -> bool {
+    let mut buf = vec![0u8; MAX_HEAD_BYTES];
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        match peeked {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(n)) => {
+                let seen = buf.get(..n).unwrap_or_default();
+                if n == buf.len() || seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    return true;
+                }
+            }
+        }
+        // The bytes stay in the socket until read: look again when more may have come.
+        if tokio::time::Instant::now() + HEAD_POLL >= deadline {
+            return false;
+        }
+        tokio::time::sleep(HEAD_POLL).await;
+    }
+}
+
+/// One accepted connection, holding its slot until it ends (or the slot is given to a
+/// connection with a complete request while this one idles).
+async fn connection(stream: TcpStream, lease: Lease, shared: Arc<Shared>, tracker: TaskTracker) {
+    let lease = Arc::new(lease);
     // Cancelled by a stream whose client stopped reading: hyper would otherwise wait on the
     // socket forever.
     let cut = CancellationToken::new();
     let service = {
         let shared = shared.clone();
         let cut = cut.clone();
+        let lease = Arc::clone(&lease);
         hyper::service::service_fn(move |req: Request<Incoming>| {
+            lease.busy();
             let response = route(&shared, &req, &cut, &tracker);
+            if req.uri().path() == "/health/stream" && response.status() == StatusCode::OK {
+                lease.streaming();
+            } else {
+                lease.idle();
+            }
             async move { Ok::<_, Infallible>(response) }
         })
     };
@@ -250,6 +319,10 @@ async fn connection(
             }
         }
         _ = cut.cancelled() => {}
+        _ = lease.evicted().cancelled() => {
+            shared.metrics.health_dropped("evicted_idle");
+            debug!(code = "HEALTH_BUSY", "idle health connection closed for a waiting request");
+        }
         _ = shared.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
@@ -305,14 +378,9 @@ fn route(
     let request_id = request_id(req.headers());
     let path = req.uri().path();
     let known = matches!(path, "/health" | "/health/stream" | "/live" | "/metrics");
-    let mut response = if !known {
-        error_response(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such path; try /health, /health/stream, /live or /metrics",
-            &request_id,
-        )
-    } else if req.method() != Method::GET && req.method() != Method::HEAD {
+    // The method first: `OPTIONS *` and `CONNECT host:port` name no path of ours, and are
+    // still a method this endpoint does not take.
+    let mut response = if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = error_response(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
@@ -322,6 +390,13 @@ fn route(
         r.headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         r
+    } else if !known {
+        error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such path; try /health, /health/stream, /live or /metrics",
+            &request_id,
+        )
     } else if req.uri().query().is_some_and(|q| !q.is_empty()) {
         error_response(
             StatusCode::BAD_REQUEST,
