@@ -19,6 +19,7 @@ fn fix(i: i64) -> Fix {
         hdop: Some(1.2),
         sats: Some(9),
         mode: FixMode::ThreeD,
+        event: None,
     }
 }
 
