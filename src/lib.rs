@@ -26,6 +26,7 @@ pub mod health;
 pub mod logging;
 pub mod notify;
 pub mod rejection;
+pub mod report;
 pub mod sim;
 pub mod uplink;
 pub mod validate;
