@@ -2,12 +2,14 @@
 //! logging set-up here, one file per subcommand; each returns the process exit code.
 //!
 //! Exit codes: 0 success; 1 failure at run time (or `status`: degraded); 2 usage error
-//! (clap) or `status`: unhealthy/unreachable; 66 input file missing (`EX_NOINPUT`);
+//! (clap) or `status`: unhealthy/unreachable; 65 input that is not a fixes message
+//! (`decode`, `EX_DATAERR`); 66 input file missing (`EX_NOINPUT`);
 //! 69 `demo` in a build without the `demo` feature (`EX_UNAVAILABLE`); 78 configuration invalid
 //! (`EX_CONFIG`, also listed in the unit's `RestartPreventExitStatus`).
 
 pub mod buffer;
 pub mod check_config;
+pub mod decode;
 pub mod parse;
 
 use crate::config::{self, Config, ConfigError};
@@ -58,6 +60,8 @@ pub enum Command {
     CheckConfig,
     /// Offline: NMEA log in, accepted fixes out as JSON Lines on stdout.
     Parse(parse::ParseArgs),
+    /// Offline: captured fixes messages (v2 CBOR or v1 JSON) in, their fixes out as JSON Lines.
+    Decode(decode::DecodeArgs),
     /// One health snapshot from a running agent; --watch tails the stream.
     Status {
         #[arg(long, default_value = "http://127.0.0.1:8470")]
@@ -105,6 +109,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Parse(args) => parse::run(&args, cli.config.as_deref()),
+        Command::Decode(args) => decode::run(&args),
         Command::Status { url, watch } => status::run(&url, watch),
         Command::Buffer(args) => match config_or_default(cli.config.as_deref()) {
             Ok(cfg) => buffer::run(args, &cfg.buffer.path),

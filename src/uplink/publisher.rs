@@ -12,12 +12,13 @@
 //! It never acknowledges a fix without its PUBACK, never holds more than `window` messages,
 //! and never exits on a link failure: only the shutdown token ends [`Publisher::run`].
 
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, PayloadFormat};
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::uplink::acks::AckWindow;
 use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
 use crate::uplink::breaker::{Breaker, BreakerPolicy};
+use crate::uplink::cbor;
 use crate::uplink::error::{Phase, UplinkError};
 use crate::uplink::payload::{encode, status_payload, FixBatch, LinkState, Topics};
 use crate::uplink::tls::{client_config, TlsSettings};
@@ -139,6 +140,8 @@ pub struct PublisherSettings {
     pub batch_max: usize,
     /// Largest payload of one message.
     pub max_message_bytes: usize,
+    /// JSON (`v` 1) or the compact CBOR (`v` 2).
+    pub payload: PayloadFormat,
     /// Messages between publish and PUBACK.
     pub window: u16,
     /// A message without PUBACK this long means the link is broken.
@@ -166,6 +169,7 @@ impl PublisherSettings {
             tls_files: 0,
             batch_max: 50,
             max_message_bytes: 64 * 1024,
+            payload: PayloadFormat::Json,
             window: 10,
             puback_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(30),
@@ -208,6 +212,7 @@ impl PublisherSettings {
         s.tls_files = s.tls.files_fingerprint();
         s.batch_max = usize::try_from(mqtt.batch_max.max(1)).unwrap_or(50);
         s.max_message_bytes = usize::try_from(mqtt.max_message_bytes).unwrap_or(64 * 1024);
+        s.payload = mqtt.payload;
         s.window = mqtt.inflight.max(1);
         s.puback_timeout = mqtt.puback_timeout();
         let (initial, max, reset_after) = mqtt.backoff();
@@ -730,14 +735,15 @@ impl<S: FixSource> Publisher<S> {
             if batch.is_empty() {
                 return Ok(true);
             }
-            let encoded = encode(
-                &FixBatch {
-                    device: &self.settings.device,
-                    stream: &stream,
-                    fixes: &batch,
-                },
-                self.settings.max_message_bytes,
-            );
+            let fixes = FixBatch {
+                device: &self.settings.device,
+                stream: &stream,
+                fixes: &batch,
+            };
+            let encoded = match self.settings.payload {
+                PayloadFormat::Json => encode(&fixes, self.settings.max_message_bytes),
+                PayloadFormat::Cbor => cbor::encode(&fixes, self.settings.max_message_bytes),
+            };
             for (seq, why) in &encoded.dead_letters {
                 warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
                 if let Err(e) = self.source.dead_letter(*seq, why).await {
@@ -995,9 +1001,11 @@ mod tests {
             open_for_s: 12.0,
             permanent_retry_s: 120.0,
             keep_alive_s: 45,
+            payload: PayloadFormat::Cbor,
             ..MqttConfig::default()
         };
         let s = PublisherSettings::from_config(&mqtt, "truck-7").unwrap();
+        assert_eq!(s.payload, PayloadFormat::Cbor);
         assert_eq!(s.client_id, "truck-7");
         assert_eq!(s.device, "truck-7");
         assert_eq!(s.batch_max, 20);
