@@ -75,6 +75,7 @@ fn make_healthy(state: &HealthState) {
         fix: FixState::ThreeD,
         last_fix_at: Some(state.now()),
         rejected,
+        ..GnssHealth::default()
     });
     state.set_buffer(BufferHealth {
         depth: 2,

@@ -1,8 +1,9 @@
 //! The ingest thread: receiver bytes to stored fixes.
 //!
-//! In: byte chunks from the GNSS source's bounded channel. Out: accepted fixes appended to
-//! the [`Store`](super::store::Store), rejections counted, the uplink woken after each
-//! commit, and a [`GnssView`] for health. One blocking thread, because decoding is cheap and
+//! In: byte chunks from the GNSS source's bounded channel. Out: the accepted fixes the report
+//! stage keeps ([`crate::report`]) appended to the [`Store`](super::store::Store), rejections
+//! and dropped fixes counted, the uplink woken after each commit, and a [`GnssView`] for
+//! health. One blocking thread, because decoding is cheap and
 //! the buffer's commit is a blocking fsync.
 //!
 //! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
@@ -12,13 +13,14 @@
 //! stop flag is raised (then the decoder is flushed and the buffer committed).
 
 use super::store::SharedStore;
-use crate::config::ValidateConfig;
+use crate::config::{ReportConfig, ValidateConfig};
 use crate::error::Classified;
-use crate::fix::FixMode;
+use crate::fix::{Fix, FixMode};
 use crate::gnss::source::SourceHandle;
 use crate::gnss::{Decoded, Decoder, SentenceStats};
 use crate::health::metrics::Metrics;
 use crate::rejection::{Reason, ReasonCounts};
+use crate::report::{Kept, Policy};
 use crate::validate::Validator;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -47,6 +49,9 @@ pub struct GnssView {
     pub last_fix_utc_ms: Option<i64>,
     pub last_fix_mode: Option<FixMode>,
     pub last_seq_appended: u64,
+    /// Accepted fixes the report stage kept (buffered) and dropped (never buffered).
+    pub kept: u64,
+    pub dropped_by_policy: u64,
     pub sentences: SentenceStats,
     /// Append failures (the buffer keeps the fix in memory; counted for health).
     pub append_errors: u64,
@@ -64,6 +69,102 @@ pub struct Ingest {
     pub validate: ValidateConfig,
     /// New validation thresholds (SIGHUP reload).
     pub reload: Receiver<ValidateConfig>,
+    pub report: ReportConfig,
+    /// A new `[report]` (SIGHUP reload).
+    pub report_reload: Receiver<ReportConfig>,
+}
+
+/// The report stage as this thread drives it: which accepted fixes go to the buffer.
+struct Reporting {
+    policy: Policy,
+    kept: Kept,
+    /// Decided by the policies replaced on reloads (the counters run on across them).
+    before: crate::report::Counts,
+    /// When the last accepted fix came (host clock): after [`crate::report::GAP_MS`] of
+    /// silence the fixes still pending are kept, as the last ones before a gap.
+    last_fix_at: Option<Instant>,
+}
+
+impl Reporting {
+    fn new(cfg: &ReportConfig) -> Self {
+        Reporting {
+            policy: Policy::from_config(cfg),
+            kept: Kept::new(),
+            before: crate::report::Counts::default(),
+            last_fix_at: None,
+        }
+    }
+
+    /// An accepted fix in; what the policy keeps goes to the buffer.
+    fn push(&mut self, fix: &Fix, to: &Sinks<'_>, now: Instant) -> bool {
+        self.last_fix_at = Some(now);
+        self.policy.push(fix, &mut self.kept);
+        self.store(to, now)
+    }
+
+    /// No accepted fix for a gap's length: keep what is pending (the last fix before it).
+    fn tick(&mut self, to: &Sinks<'_>, now: Instant) -> bool {
+        let quiet = self.last_fix_at.is_some_and(|t| {
+            now.saturating_duration_since(t) >= Duration::from_millis(crate::report::GAP_MS as u64)
+        });
+        if !quiet || self.policy.pending() == 0 {
+            return false;
+        }
+        self.policy.silence(&mut self.kept);
+        self.store(to, now)
+    }
+
+    /// New settings (SIGHUP) or shutdown: nothing pending is lost.
+    fn finish(&mut self, to: &Sinks<'_>, now: Instant, next: Option<&ReportConfig>) -> bool {
+        self.policy.finish(&mut self.kept);
+        let committed = self.store(to, now);
+        if let Some(cfg) = next {
+            let c = self.policy.counts();
+            self.before.kept += c.kept;
+            self.before.dropped += c.dropped;
+            self.policy = Policy::from_config(cfg);
+        }
+        committed
+    }
+
+    /// Buffer what the policy kept; count what it decided. True when the buffer committed.
+    fn store(&mut self, to: &Sinks<'_>, now: Instant) -> bool {
+        let mut committed = false;
+        let mut failed: Option<(u64, &'static str, String)> = None;
+        if !self.kept.is_empty() {
+            let mut store = to.store.lock();
+            for fix in &self.kept {
+                match store.append(fix, now) {
+                    Ok(c) => committed |= c.is_some(),
+                    Err(e) => {
+                        let n = failed.as_ref().map_or(0, |f| f.0);
+                        failed = Some((n + 1, e.code(), e.to_string()));
+                    }
+                }
+            }
+        }
+        self.kept.clear();
+        let c = self.policy.counts();
+        let (kept, dropped) = (self.before.kept + c.kept, self.before.dropped + c.dropped);
+        let mut v = to.view.lock().unwrap_or_else(|p| p.into_inner());
+        to.metrics.report_decided(
+            kept.saturating_sub(v.kept),
+            dropped.saturating_sub(v.dropped_by_policy),
+        );
+        (v.kept, v.dropped_by_policy) = (kept, dropped);
+        if let Some((n, code, message)) = failed {
+            v.append_errors += n;
+            v.last_append_error = Some((code, message));
+        }
+        committed
+    }
+}
+
+/// Where the ingest thread's results go.
+struct Sinks<'a> {
+    store: &'a SharedStore,
+    metrics: &'a Metrics,
+    view: &'a Mutex<GnssView>,
 }
 
 impl Ingest {
@@ -79,7 +180,10 @@ impl Ingest {
             require_checksum,
             validate,
             reload,
+            report,
+            report_reload,
         } = self;
+        let mut reporting = Reporting::new(&report);
         let mut decoder = Decoder::new(require_checksum);
         let mut validator = Validator::new(validate);
         let mut reported = SentenceStats::default();
@@ -94,6 +198,17 @@ impl Ingest {
             if let Ok(cfg) = reload.try_recv() {
                 // Thresholds change; the track of earlier fixes starts afresh.
                 validator = Validator::new(cfg);
+            }
+            let sinks = Sinks {
+                store: &store,
+                metrics: &metrics,
+                view: &view,
+            };
+            if let Ok(cfg) = report_reload.try_recv() {
+                // Fixes pending under the old rules are kept; the new ones start afresh.
+                if reporting.finish(&sinks, Instant::now(), Some(&cfg)) {
+                    store.notify_committed();
+                }
             }
             if source_done {
                 std::thread::sleep(IDLE_TICK);
@@ -120,8 +235,9 @@ impl Ingest {
             let now = Instant::now();
             let mut committed = false;
             for event in events.drain(..) {
-                committed |= handle(event, &mut validator, &source, &store, &metrics, &view, now);
+                committed |= handle(event, &mut validator, &mut reporting, &source, &sinks, now);
             }
+            committed |= reporting.tick(&sinks, now);
             match store.lock().tick(now) {
                 Ok(Some(_)) => committed = true,
                 Ok(None) => {}
@@ -132,12 +248,19 @@ impl Ingest {
             }
             report_sentences(&decoder, &mut reported, &metrics, &view);
         }
-        // Shutdown: what the decoder holds, then one last commit.
+        // Shutdown: what the decoder holds, what the report stage has not decided yet, then
+        // one last commit.
         decoder.finish(&mut |e| events.push(e));
         let now = Instant::now();
+        let sinks = Sinks {
+            store: &store,
+            metrics: &metrics,
+            view: &view,
+        };
         for event in events.drain(..) {
-            handle(event, &mut validator, &source, &store, &metrics, &view, now);
+            handle(event, &mut validator, &mut reporting, &source, &sinks, now);
         }
+        reporting.finish(&sinks, now, None);
         report_sentences(&decoder, &mut reported, &metrics, &view);
         if let Err(e) = store.lock().commit() {
             warn!(component = "buffer", code = e.code(), error = %e, "final commit failed");
@@ -152,12 +275,12 @@ impl Ingest {
 fn handle(
     event: Decoded,
     validator: &mut Validator,
+    reporting: &mut Reporting,
     source: &SourceHandle,
-    store: &SharedStore,
-    metrics: &Metrics,
-    view: &Mutex<GnssView>,
+    to: &Sinks<'_>,
     now: Instant,
 ) -> bool {
+    let (metrics, view) = (to.metrics, to.view);
     let epoch = match event {
         Decoded::Epoch(epoch) => epoch,
         Decoded::BadChecksum => {
@@ -175,20 +298,14 @@ fn handle(
     match validator.check(&epoch) {
         Ok(fix) => {
             metrics.fix_accepted();
-            let result = store.lock().append(&fix, now);
-            let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
-            v.accepted += 1;
-            v.last_fix_at = Some(now);
-            v.last_fix_utc_ms = Some(fix.time_ms);
-            v.last_fix_mode = Some(fix.mode);
-            match result {
-                Ok(committed) => committed.is_some(),
-                Err(e) => {
-                    v.append_errors += 1;
-                    v.last_append_error = Some((e.code(), e.to_string()));
-                    false
-                }
+            {
+                let mut v = view.lock().unwrap_or_else(|p| p.into_inner());
+                v.accepted += 1;
+                v.last_fix_at = Some(now);
+                v.last_fix_utc_ms = Some(fix.time_ms);
+                v.last_fix_mode = Some(fix.mode);
             }
+            reporting.push(&fix, to, now)
         }
         Err(rejection) => {
             metrics.fix_rejected(rejection.reason);

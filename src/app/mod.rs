@@ -17,7 +17,7 @@
 //! Shutdown (SIGTERM/SIGINT, or the caller's token): stop reading, flush the decoder, commit
 //! the buffer, then let the uplink wait (bounded, `shutdown_grace`) for in-flight acks and
 //! publish `offline`, then exit 0. SIGHUP reloads the configuration file: validation
-//! thresholds apply at once; a changed `[mqtt]` (broker, credentials, timers, or a
+//! thresholds and `[report]` apply at once; a changed `[mqtt]` (broker, credentials, timers, or a
 //! certificate or password file replaced under the same path) makes the uplink finish its
 //! connection as at shutdown and reconnect with the new settings; other changes are logged
 //! as needing a restart.
@@ -172,14 +172,6 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         }
     };
 
-    if cfg.report.mode == crate::config::ReportMode::Adaptive {
-        warn!(
-            component = "agent",
-            code = "CONFIG_UNSUPPORTED",
-            "report.mode = \"adaptive\" is not implemented in this version; every accepted fix is sent"
-        );
-    }
-
     // The buffer (or the memory queue that waits for it).
     let store = SharedStore::new(Store::open(cfg.buffer.clone(), Instant::now()));
 
@@ -191,6 +183,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     // Ingest: decode, validate, append.
     let gnss_view = Arc::new(Mutex::new(GnssView::default()));
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
+    let (report_reload_tx, report_reload_rx) = std::sync::mpsc::channel();
     let ingest = Ingest {
         source,
         store: store.clone(),
@@ -200,6 +193,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
         require_checksum: cfg.gnss.require_checksum,
         validate: cfg.validate.clone(),
         reload: reload_rx,
+        report: cfg.report.clone(),
+        report_reload: report_reload_rx,
     };
     let ingest_thread = std::thread::Builder::new()
         .name("ingest".into())
@@ -223,6 +218,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     ));
     let reloads = Reloads {
         validate: reload_tx,
+        report: report_reload_tx,
         mqtt: mqtt_reload_tx,
     };
 
@@ -339,13 +335,15 @@ async fn recv_signal(s: &mut SignalStream) -> Option<()> {
 struct Reloads {
     /// Validation thresholds, to the ingest thread.
     validate: std::sync::mpsc::Sender<crate::config::ValidateConfig>,
+    /// `[report]`, to the ingest thread.
+    report: std::sync::mpsc::Sender<crate::config::ReportConfig>,
     /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
     /// have changed under the same settings; the uplink reconnects only when they differ.
     mqtt: watch::Sender<crate::config::MqttConfig>,
 }
 
-/// Re-read the configuration file: validation thresholds apply now, `[mqtt]` at a
-/// reconnect made for it, the rest is logged as needing a restart.
+/// Re-read the configuration file: validation thresholds and `[report]` apply now, `[mqtt]`
+/// at a reconnect made for it, the rest is logged as needing a restart.
 fn reload(opts: &RunOptions, current: &mut Config, to: &Reloads) {
     let Some(path) = &opts.config_path else {
         info!(
@@ -363,11 +361,15 @@ fn reload(opts: &RunOptions, current: &mut Config, to: &Reloads) {
                     "SIGHUP: validation thresholds reloaded"
                 );
             }
+            if new.report != current.report {
+                let _ = to.report.send(new.report.clone());
+                info!(component = "agent", mode = ?new.report.mode,
+                    "SIGHUP: [report] reloaded; fixes pending under the old rules are kept");
+            }
             to.mqtt.send_replace(new.mqtt.clone());
             for (name, changed) in [
                 ("device", new.device != current.device),
                 ("gnss", new.gnss != current.gnss),
-                ("report", new.report != current.report),
                 ("buffer", new.buffer != current.buffer),
                 ("health", new.health != current.health),
             ] {
@@ -426,6 +428,8 @@ fn report(r: &Running, reported: &mut Reported) -> String {
         fix,
         last_fix_at: gnss.last_fix_at,
         rejected: gnss.rejected,
+        kept: gnss.kept,
+        dropped_by_policy: gnss.dropped_by_policy,
     });
     let (outages, dropped) = (
         r.source_status.outages() + r.source_status.stuck_events(),

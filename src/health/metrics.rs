@@ -34,6 +34,11 @@ struct SentenceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportLabels {
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FixLabels {
     outcome: &'static str,
     reason: &'static str,
@@ -46,6 +51,7 @@ pub struct Metrics {
     started: Instant,
     sentences: Family<SentenceLabels, Counter>,
     fixes: Family<FixLabels, Counter>,
+    report: Family<ReportLabels, Counter>,
     buffer_depth: Gauge,
     buffer_bytes: Gauge,
     buffer_evicted: Counter,
@@ -83,6 +89,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gps_agent");
         let sentences = Family::<SentenceLabels, Counter>::default();
         let fixes = Family::<FixLabels, Counter>::default();
+        let report = Family::<ReportLabels, Counter>::default();
         let buffer_depth = Gauge::default();
         let buffer_bytes = Gauge::default();
         let buffer_evicted = Counter::default();
@@ -106,6 +113,11 @@ impl Metrics {
             "fixes",
             "Epochs validated, by outcome (accepted|rejected) and rejection reason",
             fixes.clone(),
+        );
+        registry.register(
+            "report_fixes",
+            "Accepted fixes by the report stage's decision: kept (buffered and sent) or dropped (by [report], never buffered)",
+            report.clone(),
         );
         registry.register(
             "gnss_outages",
@@ -188,6 +200,10 @@ impl Metrics {
             }));
         }
 
+        for decision in ["kept", "dropped"] {
+            drop(report.get_or_create(&ReportLabels { decision }));
+        }
+
         let started = clock.now();
         Metrics {
             registry,
@@ -195,6 +211,7 @@ impl Metrics {
             started,
             sentences,
             fixes,
+            report,
             buffer_depth,
             buffer_bytes,
             buffer_evicted,
@@ -245,6 +262,17 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// `kept` and `dropped` more accepted fixes decided by the report stage (deltas).
+    pub fn report_decided(&self, kept: u64, dropped: u64) {
+        for (decision, n) in [("kept", kept), ("dropped", dropped)] {
+            if n > 0 {
+                self.report
+                    .get_or_create(&ReportLabels { decision })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// The buffer's current depth (fixes) and file size (bytes).
@@ -337,6 +365,10 @@ mod tests {
         assert!(text.contains("gps_agent_fixes_total{outcome=\"accepted\",reason=\"none\"} 1"));
         assert!(text.contains("gps_agent_fixes_total{outcome=\"rejected\",reason=\"hdop\"} 1"));
         assert!(text.contains("gps_agent_fixes_total{outcome=\"rejected\",reason=\"checksum\"} 0"));
+        m.report_decided(3, 40);
+        let text = m.encode().unwrap();
+        assert!(text.contains("gps_agent_report_fixes_total{decision=\"kept\"} 3"));
+        assert!(text.contains("gps_agent_report_fixes_total{decision=\"dropped\"} 40"));
         assert!(text.contains("gps_agent_published_fixes_total 3"));
         assert!(text.contains("gps_agent_mqtt_breaker_state 2"));
         assert!(text.ends_with("# EOF\n"));

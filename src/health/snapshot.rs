@@ -182,6 +182,9 @@ pub struct GnssHealth {
     pub last_fix_at: Option<Instant>,
     /// Rejected epochs since start, by reason.
     pub rejected: ReasonCounts,
+    /// Accepted fixes the report stage kept (buffered) and dropped (`[report]`), since start.
+    pub kept: u64,
+    pub dropped_by_policy: u64,
 }
 
 impl Default for GnssHealth {
@@ -191,6 +194,8 @@ impl Default for GnssHealth {
             fix: FixState::None,
             last_fix_at: None,
             rejected: ReasonCounts::default(),
+            kept: 0,
+            dropped_by_policy: 0,
         }
     }
 }
@@ -263,6 +268,9 @@ pub struct GnssSnapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fix_age_s: Option<f64>,
     pub rejected: RejectedCounts,
+    /// Accepted fixes kept by `[report]` (buffered and sent) and dropped by it, since start.
+    pub kept: u64,
+    pub dropped_by_policy: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<LastError>,
 }
@@ -603,6 +611,8 @@ impl HealthState {
                     fix: gnss.fix,
                     last_fix_age_s: age(gnss.last_fix_at),
                     rejected: RejectedCounts(gnss.rejected),
+                    kept: gnss.kept,
+                    dropped_by_policy: gnss.dropped_by_policy,
                     last_error: gnss_error,
                 },
                 buffer: BufferSnapshot {
@@ -710,6 +720,8 @@ mod tests {
             fix: FixState::ThreeD,
             last_fix_at: Some(state.now()),
             rejected: ReasonCounts::default(),
+            kept: 4,
+            dropped_by_policy: 56,
         });
         state.set_mqtt(MqttHealth {
             last_ack_at: Some(state.now()),
@@ -718,6 +730,13 @@ mod tests {
         clock.advance(Duration::from_millis(2_500));
         let snap = state.snapshot();
         assert_eq!(snap.components.gnss.last_fix_age_s, Some(2.5));
+        assert_eq!(
+            (
+                snap.components.gnss.kept,
+                snap.components.gnss.dropped_by_policy
+            ),
+            (4, 56)
+        );
         assert_eq!(snap.components.mqtt.last_ack_age_s, Some(2.5));
         assert_eq!(snap.uptime_s, 2.5);
         assert_eq!(snap.time, "2023-11-14T22:13:22.500Z");
