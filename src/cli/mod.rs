@@ -11,6 +11,7 @@ pub mod buffer;
 pub mod check_config;
 pub mod decode;
 pub mod parse;
+pub mod report;
 
 use crate::config::{self, Config, ConfigError};
 use clap::{Parser, Subcommand, ValueEnum};

@@ -121,6 +121,65 @@ impl Run {
     }
 }
 
+/// How kept fixes are grouped into messages, for [`payload_bytes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Batching {
+    /// Up to this many fixes a message, as the uplink takes a backlog (`batch_max`).
+    Count(usize),
+    /// One message per this many milliseconds of receiver time: what a live fix waiting
+    /// that long for company makes.
+    Every(i64),
+}
+
+/// Payload bytes of `fixes` (numbered 1, 2, ... as the buffer would) in the JSON (`v` 1)
+/// and the compact (`v` 2) encodings, and the number of messages; `device` and a 32-character
+/// stream id in each, as the daemon sends them.
+pub fn payload_bytes(fixes: &[Fix], device: &str, batching: Batching) -> (usize, usize, usize) {
+    use crate::uplink::{cbor, payload};
+    let numbered: Vec<(u64, Fix)> = fixes
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (i as u64 + 1, *f))
+        .collect();
+    let mut groups: Vec<&[(u64, Fix)]> = Vec::new();
+    match batching {
+        Batching::Count(n) => groups.extend(numbered.chunks(n.max(1))),
+        Batching::Every(ms) => {
+            let mut start = 0;
+            for i in 1..=numbered.len() {
+                let split = numbered.get(i).is_none_or(|(_, f)| {
+                    (f.time_ms - numbered[start].1.time_ms) >= ms.max(1)
+                        || f.time_ms < numbered[start].1.time_ms
+                });
+                if split {
+                    groups.push(&numbered[start..i]);
+                    start = i;
+                }
+            }
+        }
+    }
+    const STREAM: &str = "00000000000000000000000000000000";
+    let (mut v1, mut v2, mut messages) = (0, 0, 0);
+    for g in groups {
+        let batch = payload::FixBatch {
+            device,
+            stream: STREAM,
+            fixes: g,
+        };
+        let max = crate::config::MqttConfig::MAX_MESSAGE_BYTES as usize;
+        let json = payload::encode(&batch, max);
+        let compact = cbor::encode(&batch, max);
+        v1 += json.messages.iter().map(|m| m.payload.len()).sum::<usize>();
+        v2 += compact
+            .messages
+            .iter()
+            .map(|m| m.payload.len())
+            .sum::<usize>();
+        messages += compact.messages.len();
+    }
+    (v1, v2, messages)
+}
+
 /// Synchronized Euclidean distance of `fix` from the segment `a`-`b` (by time).
 pub fn sed(fix: &Fix, a: &Fix, b: &Fix) -> f64 {
     let span = b.time_ms - a.time_ms;
