@@ -21,14 +21,7 @@ use support::pty::receiver_at;
 const ADAPTIVE: &str = "[report]\nmode = \"adaptive\"\nmax_error_m = 10.0\n";
 
 fn settings() -> Settings {
-    Settings {
-        adaptive: true,
-        max_error_m: 10.0,
-        max_interval_ms: 60_000,
-        parked_interval_ms: 900_000,
-        stop_speed_mps: 0.8,
-        stop_after_ms: 30_000,
-    }
+    Settings::adaptive(10.0)
 }
 
 /// Fixes received (decoded from v2) until `n` distinct seqs came or `within` passed.

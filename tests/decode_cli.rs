@@ -7,25 +7,17 @@ mod support;
 use gps_agent::fix::{Fix, Numbered};
 use gps_agent::report::measure::run;
 use gps_agent::report::Settings;
-use gps_agent::sim::DriveSpec;
 use gps_agent::uplink::payload::FixBatch;
 use gps_agent::uplink::{cbor, payload};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use support::drives::{accepted, noisy, Noise};
+use support::drives::tour;
 
 /// The kept fixes of the tour (adaptive, 10 m), numbered as the buffer would number them.
 fn kept() -> Vec<(u64, Fix)> {
-    let fixes = noisy(&accepted(DriveSpec::tour()), Noise::OPEN_SKY, 1);
-    let s = Settings {
-        adaptive: true,
-        max_error_m: 10.0,
-        max_interval_ms: 60_000,
-        parked_interval_ms: 900_000,
-        stop_speed_mps: 0.8,
-        stop_after_ms: 30_000,
-    };
+    let fixes = tour(1);
+    let s = Settings::adaptive(10.0);
     run(s, &fixes)
         .sent
         .into_iter()

@@ -12,18 +12,10 @@ use gps_agent::fix::Fix;
 use gps_agent::report::cone::distance_m;
 use gps_agent::report::measure::{max_and_p95, payload_bytes, run, Batching, Run};
 use gps_agent::report::{Counts, Settings};
-use gps_agent::sim::DriveSpec;
-use support::drives::{accepted, noisy, Noise};
+use support::drives::tour;
 
 fn adaptive(max_error_m: f64) -> Settings {
-    Settings {
-        adaptive: true,
-        max_error_m,
-        max_interval_ms: 60_000,
-        parked_interval_ms: 900_000,
-        stop_speed_mps: 0.8,
-        stop_after_ms: 30_000,
-    }
+    Settings::adaptive(max_error_m)
 }
 
 /// Indices of the fixes fixed rules keep: 30 s since the last kept, 100 m from it, or the
@@ -103,14 +95,7 @@ fn adaptive_reporting_beats_fixed_rules_on_error_and_bytes() {
     };
     let (mut all, mut fixed, mut a10, mut a25) = (zero(), zero(), zero(), zero());
     for seed in [2026u64, 1, 2, 3] {
-        let fixes = noisy(
-            &accepted(DriveSpec {
-                seed,
-                ..DriveSpec::tour()
-            }),
-            Noise::OPEN_SKY,
-            seed,
-        );
+        let fixes = tour(seed);
         let hours = (fixes[fixes.len() - 1].time_ms - fixes[0].time_ms) as f64 / 3_600_000.0;
         let adaptive10 = run(adaptive(10.0), &fixes);
         // Errors are compared while moving: parked wander is nobody's track.

@@ -14,14 +14,7 @@ use proptest::prelude::*;
 use support::drives::{accepted, noisy, Noise};
 
 fn settings(max_error_m: f64) -> Settings {
-    Settings {
-        adaptive: true,
-        max_error_m,
-        max_interval_ms: 60_000,
-        parked_interval_ms: 900_000,
-        stop_speed_mps: 0.8,
-        stop_after_ms: 30_000,
-    }
+    Settings::adaptive(max_error_m)
 }
 
 /// Every kept gap is within the interval of its state, unless the receiver itself was

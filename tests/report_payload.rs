@@ -12,27 +12,12 @@ mod support;
 use gps_agent::fix::Fix;
 use gps_agent::report::measure::{payload_bytes, run, Batching};
 use gps_agent::report::Settings;
-use gps_agent::sim::DriveSpec;
-use support::drives::{accepted, noisy, Noise};
+use support::drives::tour;
 
 /// The kept fixes of the tour (seed).
 fn kept(seed: u64) -> Vec<Fix> {
-    let fixes = noisy(
-        &accepted(DriveSpec {
-            seed,
-            ..DriveSpec::tour()
-        }),
-        Noise::OPEN_SKY,
-        seed,
-    );
-    let s = Settings {
-        adaptive: true,
-        max_error_m: 10.0,
-        max_interval_ms: 60_000,
-        parked_interval_ms: 900_000,
-        stop_speed_mps: 0.8,
-        stop_after_ms: 30_000,
-    };
+    let fixes = tour(seed);
+    let s = Settings::adaptive(10.0);
     run(s, &fixes).sent
 }
 

@@ -336,14 +336,7 @@ mod tests {
             .map(|t| at(f64::from(t), 10.0 * f64::from(t), 0.0))
             .collect();
         fixes.extend((1..=20).map(|t| at(20.0 + f64::from(t), 200.0, 10.0 * f64::from(t))));
-        let s = Settings {
-            adaptive: true,
-            max_error_m: 5.0,
-            max_interval_ms: 60_000,
-            parked_interval_ms: 900_000,
-            stop_speed_mps: 0.8,
-            stop_after_ms: 30_000,
-        };
+        let s = Settings::adaptive(5.0);
         let r = run(s, &fixes);
         assert_eq!(r.optimum(), 3);
         assert_eq!(r.kept.len(), 3, "{:?}", r.kept);

@@ -70,6 +70,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// `mode = "adaptive"` with this bound and the other keys at their documented defaults.
+    pub fn adaptive(max_error_m: f64) -> Settings {
+        Settings::from_config(&ReportConfig {
+            mode: ReportMode::Adaptive,
+            max_error_m,
+            ..ReportConfig::default()
+        })
+    }
+
     pub fn from_config(cfg: &ReportConfig) -> Settings {
         let ms = |s: f64| {
             if s.is_finite() && s > 0.0 {
@@ -393,16 +402,14 @@ impl Policy {
         if fix.time_ms - anchor.time_ms <= self.s.parked_interval_ms {
             return;
         }
-        if let Motion::Stopped {
-            departure: Some(d), ..
-        } = &mut self.motion
-        {
-            if !d.sent {
-                d.sent = true;
-                let start = d.fix;
-                // The cone keeps its origin: it is this fix.
-                self.emit(start, None, out);
+        if matches!(
+            self.motion,
+            Motion::Stopped {
+                departure: Some(_),
+                ..
             }
+        ) {
+            self.send_departure(out);
             // Only a receiver slower than the intervals gets here; the window's fix then
             // goes too, which confirms the start.
             let since_kept = fix.time_ms - self.anchor.map_or(fix.time_ms, |a| a.time_ms);
@@ -488,6 +495,16 @@ impl Policy {
     /// Keep everything pending, without deciding a start: the fixes before a gap, at
     /// shutdown, on a reload.
     fn flush(&mut self, out: &mut Kept) {
+        self.send_departure(out);
+        if let Some(c) = self.candidate.take() {
+            self.emit(c, None, out);
+            self.restart_cone_at(&c);
+        }
+    }
+
+    /// Send the first fix of a start being confirmed, if not sent yet, without an event (the
+    /// start is not decided). The cone keeps its origin: it is this fix.
+    fn send_departure(&mut self, out: &mut Kept) {
         if let Motion::Stopped {
             departure: Some(d), ..
         } = &mut self.motion
@@ -497,10 +514,6 @@ impl Policy {
                 let start = d.fix;
                 self.emit(start, None, out);
             }
-        }
-        if let Some(c) = self.candidate.take() {
-            self.emit(c, None, out);
-            self.restart_cone_at(&c);
         }
     }
 

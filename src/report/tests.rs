@@ -6,14 +6,7 @@ use super::*;
 use crate::fix::FixMode;
 
 fn settings() -> Settings {
-    Settings {
-        adaptive: true,
-        max_error_m: 10.0,
-        max_interval_ms: 60_000,
-        parked_interval_ms: 900_000,
-        stop_speed_mps: 0.8,
-        stop_after_ms: 30_000,
-    }
+    Settings::adaptive(10.0)
 }
 
 /// A fix `east`, `north` metres from a point in Munich, at `t_ms`, with a speed.

@@ -41,6 +41,16 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
     fixes
 }
 
+/// The accepted fixes of the simulator's half-hour tour (seed) as a good receiver under an
+/// open sky reports them.
+pub fn tour(seed: u64) -> Vec<Fix> {
+    let clean = accepted(DriveSpec {
+        seed,
+        ..DriveSpec::tour()
+    });
+    noisy(&clean, Noise::OPEN_SKY, seed)
+}
+
 /// How noisy a receiver is.
 #[derive(Debug, Clone, Copy)]
 pub struct Noise {
