@@ -267,10 +267,9 @@ fn write(batch: &FixBatch<'_>, members: &[usize], size: usize) -> Message {
         }
     }
     debug_assert_eq!(payload.len(), size, "the sizer and the writer agree");
-    Message {
-        seqs: fixes().map(|(seq, _)| *seq).collect(),
-        payload,
-    }
+    let mut seqs = Vec::with_capacity(members.len());
+    seqs.extend(fixes().map(|(seq, _)| *seq));
+    Message { seqs, payload }
 }
 
 /// A v2 message read back.
