@@ -30,6 +30,7 @@ fn fix(i: i64) -> Fix {
         hdop: Some(0.9),
         sats: Some(11),
         mode: FixMode::ThreeD,
+        event: None,
     }
 }
 

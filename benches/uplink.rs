@@ -102,6 +102,7 @@ fn fix(i: u64) -> Fix {
         hdop: Some(0.8),
         sats: Some(11),
         mode: FixMode::ThreeD,
+        event: None,
     }
 }
 

@@ -143,20 +143,38 @@ impl Default for ValidateConfig {
 pub enum ReportMode {
     /// Every accepted fix is buffered and sent.
     All,
-    /// Reporting policy (later issue).
+    /// Only the fixes `crate::report` keeps: the track within `max_error_m`, at least one
+    /// fix per interval, stop and start events.
     Adaptive,
 }
 
+/// `[report]`: which accepted fixes are kept (buffered and sent). The keys after `mode` are
+/// used with `mode = "adaptive"` only, and checked always.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReportConfig {
     pub mode: ReportMode,
+    /// Every accepted fix lies within this many metres of the track rebuilt from the kept
+    /// fixes, interpolated linearly in time between them.
+    pub max_error_m: f64,
+    /// A kept fix at least this often while moving (seconds).
+    pub max_interval_s: f64,
+    /// ... and while stopped.
+    pub parked_interval_s: f64,
+    /// Below this speed (m/s) for `stop_after_s`, the vehicle has stopped.
+    pub stop_speed_mps: f64,
+    pub stop_after_s: f64,
 }
 
 impl Default for ReportConfig {
     fn default() -> Self {
         ReportConfig {
             mode: ReportMode::All,
+            max_error_m: 10.0,
+            max_interval_s: 60.0,
+            parked_interval_s: 900.0,
+            stop_speed_mps: 0.8,
+            stop_after_s: 30.0,
         }
     }
 }
@@ -205,11 +223,23 @@ impl Default for BufferConfig {
     }
 }
 
+/// How the fixes message is encoded (`[mqtt] payload`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    /// `{"v":1,...}`, the JSON of the spec.
+    Json,
+    /// The compact CBOR form, `v` 2 (`crate::uplink::cbor`).
+    Cbor,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
+    /// Encoding of the fixes messages.
+    pub payload: PayloadFormat,
     /// Topic prefix: topics are `{prefix}/{device_id}/fixes` and `.../status`.
     pub topic_prefix: String,
     /// Fixes taken from the buffer per message (before splitting by size).
@@ -258,6 +288,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             url: "mqtt://127.0.0.1:1883".into(),
+            payload: PayloadFormat::Json,
             topic_prefix: "fleet".into(),
             batch_max: 50,
             max_message_bytes: 64 * 1024,
@@ -692,6 +723,7 @@ impl Config {
     /// are the settings real: on a problem, the offending value is a placeholder.
     pub fn settings(&self, out: &mut Vec<Problem>) -> Settings {
         self.validate.check(out);
+        self.report.check(out);
         Settings {
             device: self.device.check(out),
             gnss: self.gnss.check(out),
@@ -802,6 +834,62 @@ impl ValidateConfig {
                     self.not_before_year,
                     Self::YEAR_RANGE.start(),
                     Self::YEAR_RANGE.end()
+                ),
+            ));
+        }
+    }
+}
+
+impl ReportConfig {
+    /// Largest `max_error_m`: past 10 km a "track" is a handful of heartbeats; a typo.
+    pub const MAX_ERROR_M: f64 = 10_000.0;
+    /// Largest `stop_speed_mps` (36 km/h): above it a slow street counts as a stop.
+    pub const MAX_STOP_SPEED_MPS: f64 = 10.0;
+
+    pub fn check(&self, out: &mut Vec<Problem>) {
+        let e = self.max_error_m;
+        if !e.is_finite() || e <= 0.0 || e > Self::MAX_ERROR_M {
+            out.push(Problem::new(
+                "report.max_error_m",
+                format!(
+                    "{e} must be a number of metres above 0 and at most {}",
+                    Self::MAX_ERROR_M
+                ),
+            ));
+        }
+        check_seconds(
+            out,
+            "report.max_interval_s",
+            self.max_interval_s,
+            MAX_TIMER_S,
+        );
+        check_seconds(
+            out,
+            "report.parked_interval_s",
+            self.parked_interval_s,
+            MAX_TIMER_S,
+        );
+        check_seconds(out, "report.stop_after_s", self.stop_after_s, 3_600.0);
+        let v = self.stop_speed_mps;
+        if !v.is_finite() || v <= 0.0 || v > Self::MAX_STOP_SPEED_MPS {
+            out.push(Problem::new(
+                "report.stop_speed_mps",
+                format!(
+                    "{v} must be a speed in m/s above 0 and at most {}",
+                    Self::MAX_STOP_SPEED_MPS
+                ),
+            ));
+        }
+        // A parked vehicle reporting more often than a moving one is a swapped pair.
+        if self.parked_interval_s.is_finite()
+            && self.max_interval_s.is_finite()
+            && self.parked_interval_s < self.max_interval_s
+        {
+            out.push(Problem::new(
+                "report.parked_interval_s",
+                format!(
+                    "{} is below max_interval_s ({})",
+                    self.parked_interval_s, self.max_interval_s
                 ),
             ));
         }
@@ -938,6 +1026,7 @@ impl MqttConfig {
             client_id: self.client_id.clone().unwrap_or_else(|| device.id.clone()),
             batch_max: non_zero_usize(self.batch_max.into()),
             max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            payload: self.payload,
             inflight: NonZeroU16::new(self.inflight).unwrap_or(NonZeroU16::MIN),
             puback_timeout: timers[0],
             backoff_initial: timers[1],

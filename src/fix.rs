@@ -36,6 +36,49 @@ impl FixMode {
     }
 }
 
+/// What the vehicle did at a kept fix (adaptive reporting, `crate::report`): the fix JSON's
+/// `event` key, the compact payload's `e` column, the buffer's `event` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// The vehicle has come to rest (below `stop_speed_mps` for `stop_after_s`).
+    Stop,
+    /// The vehicle moves again.
+    Start,
+}
+
+impl Event {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::Stop => "stop",
+            Event::Start => "start",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "stop" => Some(Event::Stop),
+            "start" => Some(Event::Start),
+            _ => None,
+        }
+    }
+
+    /// The compact payload's and the buffer's integer: 1 stop, 2 start (0 is "none").
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Event::Stop => 1,
+            Event::Start => 2,
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Event::Stop),
+            2 => Some(Event::Start),
+            _ => None,
+        }
+    }
+}
+
 /// An accepted fix. Plain data, `Copy`, no heap: it travels through bounded queues and the
 /// in-memory ring without allocating.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,6 +98,9 @@ pub struct Fix {
     /// Satellites used in the fix.
     pub sats: Option<u8>,
     pub mode: FixMode,
+    /// Set on kept fixes by the report stage when the vehicle stops or starts; `None` for
+    /// every fix as validation makes it.
+    pub event: Option<Event>,
 }
 
 /// A fix with its place in the output: the buffer's `seq` in payloads, the 0-based index of
@@ -163,8 +209,52 @@ impl Serialize for Numbered<'_> {
             m.serialize_entry("sats", &v)?;
         }
         m.serialize_entry("mode", f.mode.as_str())?;
+        if let Some(e) = f.event {
+            m.serialize_entry("event", e.as_str())?;
+        }
         m.end()
     }
+}
+
+/// Reads back one fix of the JSON form above (`Numbered`'s output): the fix and its `seq`
+/// when it has one. For dead letters being requeued and for `gps-agent decode` reading a v1
+/// message; unknown keys are ignored, as the spec lets producers add keys.
+pub fn fix_from_json(v: &serde_json::Value) -> Result<(Option<u64>, Fix), String> {
+    use serde_json::Value;
+    let num = |k: &str| v.get(k).and_then(Value::as_f64);
+    let time = v.get("time").and_then(Value::as_str).ok_or("no time")?;
+    let time_ms = DateTime::parse_from_rfc3339(time)
+        .map_err(|e| format!("time {time:?}: {e}"))?
+        .timestamp_millis();
+    let mode = match v.get("mode").and_then(Value::as_str) {
+        Some("3d") => FixMode::ThreeD,
+        Some("2d") => FixMode::TwoD,
+        other => return Err(format!("mode {other:?}")),
+    };
+    let event = match v.get("event") {
+        None => None,
+        Some(e) => Some(
+            e.as_str()
+                .and_then(Event::from_name)
+                .ok_or_else(|| format!("event {e}"))?,
+        ),
+    };
+    let fix = Fix {
+        time_ms,
+        lat: num("lat").ok_or("no lat")?,
+        lon: num("lon").ok_or("no lon")?,
+        alt_m: num("alt_m"),
+        speed_mps: num("speed_mps"),
+        course_deg: num("course_deg"),
+        hdop: num("hdop"),
+        sats: v
+            .get("sats")
+            .and_then(Value::as_u64)
+            .and_then(|s| u8::try_from(s).ok()),
+        mode,
+        event,
+    };
+    Ok((v.get("seq").and_then(Value::as_u64), fix))
 }
 
 #[cfg(test)]
@@ -182,6 +272,7 @@ mod tests {
             hdop: Some(1.0),
             sats: Some(9),
             mode: FixMode::ThreeD,
+            event: None,
         }
     }
 
@@ -230,6 +321,37 @@ mod tests {
             None,
             "year 10000"
         );
+    }
+
+    #[test]
+    fn an_event_is_printed_only_when_there_is_one_and_reads_back() {
+        let plain = sample();
+        let v = serde_json::to_value(Numbered {
+            seq: 1,
+            fix: &plain,
+        })
+        .unwrap();
+        assert!(v.get("event").is_none(), "no event: the key is omitted");
+        for event in [Event::Stop, Event::Start] {
+            let fix = Fix {
+                event: Some(event),
+                ..sample()
+            };
+            let v = serde_json::to_value(Numbered { seq: 9, fix: &fix }).unwrap();
+            assert_eq!(v["event"], event.as_str());
+            let (seq, back) = fix_from_json(&v).unwrap();
+            assert_eq!(seq, Some(9));
+            assert_eq!(back.event, Some(event));
+            assert_eq!(back.time_ms, fix.time_ms);
+            assert_eq!(Event::from_u8(event.as_u8()), Some(event));
+        }
+        let mut v = serde_json::to_value(Numbered {
+            seq: 1,
+            fix: &plain,
+        })
+        .unwrap();
+        v["event"] = "parked".into();
+        assert!(fix_from_json(&v).is_err(), "an unknown event is refused");
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod health;
 pub mod logging;
 pub mod notify;
 pub mod rejection;
+pub mod report;
 pub mod sim;
 pub mod status;
 pub mod uplink;

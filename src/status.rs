@@ -143,6 +143,9 @@ pub struct GnssStatus {
     pub accepted: u64,
     /// Rejected epochs since start, by reason.
     pub rejected: ReasonCounts,
+    /// Accepted fixes the report policy kept (buffered) and dropped (never buffered).
+    pub kept: u64,
+    pub dropped_by_policy: u64,
     pub last_fix: Option<LastFix>,
     /// Times the receiver went away (unplugged, read errors, stuck and reopened).
     pub outages: u64,

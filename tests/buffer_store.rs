@@ -28,6 +28,7 @@ fn fix(i: i64) -> Fix {
         hdop: Some(1.2),
         sats: Some(9),
         mode: FixMode::ThreeD,
+        event: None,
     }
 }
 

@@ -545,6 +545,7 @@ async fn dead_letters_requeued_by_the_cli_while_it_runs_are_delivered_and_counte
                 hdop: Some(0.9),
                 sats: Some(9),
                 mode: gps_agent::fix::FixMode::ThreeD,
+                event: None,
             };
             buf.append(&fix, now).unwrap();
         }

@@ -31,6 +31,7 @@ fn fix(seq: u64) -> Fix {
         hdop: Some(0.9),
         sats: Some(8),
         mode: FixMode::ThreeD,
+        event: None,
     }
 }
 

@@ -1,9 +1,10 @@
 //! The ingest thread: receiver bytes to stored fixes.
 //!
-//! In: byte chunks from the GNSS source's bounded channel. Out: accepted fixes appended to
-//! the [`Store`](crate::buffer::store::Store), rejections counted, the uplink woken after each
-//! commit, and the GNSS and buffer status published on the board whenever they change. One
-//! blocking thread, because decoding is cheap and the buffer's commit is a blocking fsync.
+//! In: byte chunks from the GNSS source's bounded channel. Out: the accepted fixes the report
+//! stage keeps ([`crate::report`]) appended to the [`Store`](crate::buffer::store::Store),
+//! rejections and dropped fixes counted, the uplink woken after each commit, and the GNSS and
+//! buffer status published on the board whenever they change. One blocking thread, because
+//! decoding is cheap and the buffer's commit is a blocking fsync.
 //!
 //! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
 //! source's channel (64 chunks of 256 bytes, ~1.7 s at 9600 baud) absorbs it; the serial
@@ -12,12 +13,14 @@
 //! stop flag is raised (then the decoder is flushed and the buffer committed).
 
 use crate::buffer::store::SharedStore;
-use crate::config::ValidateConfig;
+use crate::config::{ReportConfig, ValidateConfig};
 use crate::error::Classified;
+use crate::fix::Fix;
 use crate::gnss::source::SourceHandle;
 use crate::gnss::{Decoded, Decoder, SentenceStats};
 use crate::health::metrics::Metrics;
 use crate::rejection::Reason;
+use crate::report::{Kept, Policy};
 use crate::status::{GnssStatus, LastFix, StatusBoard};
 use crate::validate::Validator;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +50,9 @@ pub struct Ingest {
     pub validate: ValidateConfig,
     /// New validation thresholds (SIGHUP reload).
     pub reload: Receiver<ValidateConfig>,
+    pub report: ReportConfig,
+    /// A new `[report]` (SIGHUP reload).
+    pub report_reload: Receiver<ReportConfig>,
 }
 
 impl Ingest {
@@ -62,10 +68,13 @@ impl Ingest {
             require_checksum,
             validate,
             reload,
+            report,
+            report_reload,
         } = self;
         let mut decoder = Decoder::new(require_checksum);
         let mut stage = Stage {
             validator: Validator::new(validate),
+            reporting: Reporting::new(&report),
             source: &source,
             store: &store,
             metrics: &metrics,
@@ -84,6 +93,10 @@ impl Ingest {
             if let Ok(cfg) = reload.try_recv() {
                 // Thresholds change; the track of earlier fixes starts afresh.
                 stage.validator = Validator::new(cfg);
+            }
+            if let Ok(cfg) = report_reload.try_recv() {
+                // Fixes pending under the old rules are kept; the new ones start afresh.
+                stage.report_reload(&cfg, Instant::now());
             }
             if source_done {
                 std::thread::sleep(IDLE_TICK);
@@ -122,9 +135,39 @@ impl Ingest {
     }
 }
 
-/// The stage: validation and what it publishes, and the handles it writes to.
+/// The report stage as this thread drives it: which accepted fixes go to the buffer.
+struct Reporting {
+    policy: Policy,
+    kept: Kept,
+    /// Decided by the policies replaced on reloads (the counters run on across them).
+    before: crate::report::Counts,
+    /// When the last accepted fix came (host clock): after [`crate::report::GAP_MS`] of
+    /// silence the fixes still pending are kept, as the last ones before a gap.
+    last_fix_at: Option<Instant>,
+}
+
+impl Reporting {
+    fn new(cfg: &ReportConfig) -> Self {
+        Reporting {
+            policy: Policy::from_config(cfg),
+            kept: Kept::new(),
+            before: crate::report::Counts::default(),
+            last_fix_at: None,
+        }
+    }
+
+    /// Kept and dropped so far, across reloads.
+    fn totals(&self) -> (u64, u64) {
+        let c = self.policy.counts();
+        (self.before.kept + c.kept, self.before.dropped + c.dropped)
+    }
+}
+
+/// The stage: validation, the report policy and what they publish, and the handles they
+/// write to.
 struct Stage<'a> {
     validator: Validator,
+    reporting: Reporting,
     source: &'a SourceHandle,
     store: &'a SharedStore,
     metrics: &'a Metrics,
@@ -143,6 +186,12 @@ impl Stage<'_> {
         for event in events.drain(..) {
             committed |= self.handle(event, now);
         }
+        committed |= if last {
+            self.reporting.policy.finish(&mut self.reporting.kept);
+            self.store_kept(now)
+        } else {
+            self.report_silence(now)
+        };
         {
             let mut store = self.store.lock();
             let result = if last {
@@ -184,9 +233,7 @@ impl Stage<'_> {
                     at: self.board.clock().now(),
                     mode: fix.mode,
                 });
-                // An append that fails keeps the fix in the buffer's memory ring; the
-                // buffer's status says so.
-                matches!(self.store.lock().append(&fix, now), Ok(Some(_)))
+                self.report(&fix, now)
             }
             Err(rejection) => {
                 self.metrics.fix_rejected(rejection.reason);
@@ -200,6 +247,61 @@ impl Stage<'_> {
                 false
             }
         }
+    }
+
+    /// An accepted fix to the report policy; what it keeps goes to the buffer. True when the
+    /// buffer committed.
+    fn report(&mut self, fix: &Fix, now: Instant) -> bool {
+        self.reporting.last_fix_at = Some(now);
+        self.reporting.policy.push(fix, &mut self.reporting.kept);
+        self.store_kept(now)
+    }
+
+    /// No accepted fix for a gap's length: keep what is pending (the last fix before it).
+    fn report_silence(&mut self, now: Instant) -> bool {
+        let gap = Duration::from_millis(u64::try_from(crate::report::GAP_MS).unwrap_or(0));
+        let quiet = self
+            .reporting
+            .last_fix_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= gap);
+        if !quiet || self.reporting.policy.pending() == 0 {
+            return false;
+        }
+        self.reporting.policy.silence(&mut self.reporting.kept);
+        self.store_kept(now)
+    }
+
+    /// New `[report]` settings (SIGHUP): what is pending under the old ones is kept.
+    fn report_reload(&mut self, cfg: &ReportConfig, now: Instant) {
+        self.reporting.policy.finish(&mut self.reporting.kept);
+        if self.store_kept(now) {
+            self.store.notify_committed();
+        }
+        let c = self.reporting.policy.counts();
+        self.reporting.before.kept += c.kept;
+        self.reporting.before.dropped += c.dropped;
+        self.reporting.policy = Policy::from_config(cfg);
+    }
+
+    /// Buffer what the policy kept, count what it decided. True when the buffer committed. An
+    /// append that fails keeps the fix in the buffer's memory ring; the buffer's status says
+    /// so.
+    fn store_kept(&mut self, now: Instant) -> bool {
+        let mut committed = false;
+        if !self.reporting.kept.is_empty() {
+            let mut store = self.store.lock();
+            for fix in &self.reporting.kept {
+                committed |= matches!(store.append(fix, now), Ok(Some(_)));
+            }
+        }
+        self.reporting.kept.clear();
+        let (kept, dropped) = self.reporting.totals();
+        self.metrics.report_decided(
+            kept.saturating_sub(self.gnss.kept),
+            dropped.saturating_sub(self.gnss.dropped_by_policy),
+        );
+        (self.gnss.kept, self.gnss.dropped_by_policy) = (kept, dropped);
+        committed
     }
 
     /// The source's condition joins what ingest counted; published when it changed.

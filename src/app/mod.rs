@@ -18,8 +18,8 @@
 //! Shutdown (SIGTERM/SIGINT, or the caller's token): stop reading, flush the decoder, commit
 //! the buffer, then let the uplink wait (bounded, `shutdown_grace`) for in-flight acks and
 //! publish `offline`, then exit 0. SIGHUP reloads the configuration file: validation
-//! thresholds apply at once; a changed `[mqtt]` (broker, credentials, timers, or a
-//! certificate or password file replaced under the same path) makes the uplink finish its
+//! thresholds and `[report]` apply at once; a changed `[mqtt]` (broker, credentials, timers,
+//! or a certificate or password file replaced under the same path) makes the uplink finish its
 //! connection as at shutdown and reconnect with the new settings; other changes are logged
 //! as needing a restart.
 
@@ -27,7 +27,7 @@ pub mod ingest;
 
 use crate::buffer::store::{SharedStore, Store};
 use crate::clock::Clock;
-use crate::config::{GnssSource, MqttSettings, Settings, ValidateConfig};
+use crate::config::{GnssSource, MqttSettings, ReportConfig, Settings, ValidateConfig};
 use crate::error::Classified;
 use crate::gnss::source::{file, serial, SourceHandle};
 use crate::health::metrics::Metrics;
@@ -165,14 +165,6 @@ pub async fn run(
         }
     };
 
-    if cfg.report.mode == crate::config::ReportMode::Adaptive {
-        warn!(
-            component = "agent",
-            code = "CONFIG_UNSUPPORTED",
-            "report.mode = \"adaptive\" is not implemented in this version; every accepted fix is sent"
-        );
-    }
-
     // The buffer (or the memory queue that waits for it).
     let store = SharedStore::new(Store::open(
         cfg.buffer.clone(),
@@ -186,6 +178,7 @@ pub async fn run(
 
     // Ingest: decode, validate, append.
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
+    let (report_reload_tx, report_reload_rx) = std::sync::mpsc::channel();
     let ingest = Ingest {
         source,
         store: store.clone(),
@@ -195,6 +188,8 @@ pub async fn run(
         require_checksum: cfg.gnss.require_checksum,
         validate: cfg.validate.clone(),
         reload: reload_rx,
+        report: cfg.report.clone(),
+        report_reload: report_reload_rx,
     };
     let ingest_thread = std::thread::Builder::new()
         .name("ingest".into())
@@ -214,6 +209,7 @@ pub async fn run(
     ));
     let reloads = Reloads {
         validate: reload_tx,
+        report: report_reload_tx,
         mqtt: mqtt_reload_tx,
     };
 
@@ -332,13 +328,15 @@ pub(crate) async fn recv_signal(s: &mut SignalStream) -> Option<()> {
 struct Reloads {
     /// Validation thresholds, to the ingest thread.
     validate: std::sync::mpsc::Sender<ValidateConfig>,
+    /// `[report]`, to the ingest thread.
+    report: std::sync::mpsc::Sender<ReportConfig>,
     /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
     /// have changed under the same settings; the uplink reconnects only when they differ.
     mqtt: watch::Sender<MqttSettings>,
 }
 
-/// Re-read the configuration file: validation thresholds apply now, `[mqtt]` at a
-/// reconnect made for it, the rest is logged as needing a restart.
+/// Re-read the configuration file: validation thresholds and `[report]` apply now, `[mqtt]`
+/// at a reconnect made for it, the rest is logged as needing a restart.
 fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
     let Some(path) = &opts.config_path else {
         info!(
@@ -356,11 +354,15 @@ fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
                     "SIGHUP: validation thresholds reloaded"
                 );
             }
+            if new.report != current.report {
+                let _ = to.report.send(new.report.clone());
+                info!(component = "agent", mode = ?new.report.mode,
+                    "SIGHUP: [report] reloaded; fixes pending under the old rules are kept");
+            }
             to.mqtt.send_replace(new.mqtt.clone());
             for (name, changed) in [
                 ("device", new.device != current.device),
                 ("gnss", new.gnss != current.gnss),
-                ("report", new.report != current.report),
                 ("buffer", new.buffer != current.buffer),
                 ("health", new.health != current.health),
             ] {

@@ -5,7 +5,7 @@
 
 use super::error::{classify, BufferError};
 use super::schema::{read_meta_u64, read_stream, row_to_fix, FIX_COLUMNS};
-use crate::fix::{format_time_ms, Fix, FixMode, Numbered};
+use crate::fix::{format_time_ms, Fix, Numbered};
 use rusqlite::{Connection, OptionalExtension};
 use serde::Serialize;
 use std::path::Path;
@@ -229,31 +229,5 @@ pub(crate) fn requeue_in_tx(conn: &Connection, path: &Path) -> Result<u64, Buffe
 /// Reads back the fix JSON this module wrote (`Numbered`'s form).
 fn fix_from_payload(payload: &str) -> Result<Fix, String> {
     let v: serde_json::Value = serde_json::from_str(payload).map_err(|e| e.to_string())?;
-    let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64);
-    let time = v
-        .get("time")
-        .and_then(serde_json::Value::as_str)
-        .ok_or("no time")?;
-    let time_ms = chrono::DateTime::parse_from_rfc3339(time)
-        .map_err(|e| format!("time {time:?}: {e}"))?
-        .timestamp_millis();
-    let mode = match v.get("mode").and_then(serde_json::Value::as_str) {
-        Some("3d") => FixMode::ThreeD,
-        Some("2d") => FixMode::TwoD,
-        other => return Err(format!("mode {other:?}")),
-    };
-    Ok(Fix {
-        time_ms,
-        lat: num("lat").ok_or("no lat")?,
-        lon: num("lon").ok_or("no lon")?,
-        alt_m: num("alt_m"),
-        speed_mps: num("speed_mps"),
-        course_deg: num("course_deg"),
-        hdop: num("hdop"),
-        sats: v
-            .get("sats")
-            .and_then(serde_json::Value::as_u64)
-            .and_then(|s| u8::try_from(s).ok()),
-        mode,
-    })
+    crate::fix::fix_from_json(&v).map(|(_, fix)| fix)
 }

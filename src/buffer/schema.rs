@@ -3,18 +3,20 @@
 //! the file must be moved aside. Never deletes a file; never opens a file of a newer version
 //! for writing.
 //!
-//! Layout (version 2):
+//! Layout (version 3):
 //! - `meta(key, value)`: `stream` (32 hex chars, random, made with the file), `last_seq`
 //!   (written whenever rows are deleted, so a seq is never reused after its row left), and
 //!   `evicted` (total fixes dropped by the capacity policy).
 //! - `fixes`: one row per pending fix; `seq` is the rowid. Time in integer ms, lat/lon REAL
 //!   (exact round trip of the sentence's digits), optionals as scaled integers in the units
 //!   the payload rounds to (mm, mm/s, milli-degrees, centi-HDOP; 1-3 bytes each instead of 8)
-//!   or NULL when the receiver did not say.
+//!   or NULL when the receiver did not say. `event` is 1 (stop) or 2 (start) on a fix the
+//!   report stage marked, NULL otherwise.
 //! - `dead_letters(seq, code, reason, time_ms, payload)`: fixes the broker will never take;
 //!   `time_ms` is when they were set aside (host clock), `payload` the fix's JSON.
 //!
-//! Version history: 1 had no `dead_letters` table and no `evicted` counter.
+//! Version history: 1 had no `dead_letters` table and no `evicted` counter; 2 had no
+//! `fixes.event` column (a dead letter keeps its event in its JSON payload in every version).
 
 use super::error::{classify, failure_of, BufferError, Failure};
 use crate::fix::{Fix, FixMode};
@@ -26,7 +28,7 @@ use std::time::Duration;
 /// SQLite databases that happen to sit at the configured path.
 pub const APPLICATION_ID: i32 = 0x4750_5342;
 /// `PRAGMA user_version` this build writes; older files are migrated forward.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a reader or writer waits for the other process's lock (CLI next to the daemon).
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,7 +36,7 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The WAL is truncated back to this after a checkpoint, so it never holds on to space.
 const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
-const CREATE_V2: &str = "
+const CREATE_V3: &str = "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
     CREATE TABLE fixes (
         seq INTEGER PRIMARY KEY,
@@ -46,7 +48,8 @@ const CREATE_V2: &str = "
         course_mdeg INTEGER,
         hdop_c INTEGER,
         sats INTEGER,
-        mode INTEGER NOT NULL
+        mode INTEGER NOT NULL,
+        event INTEGER
     );
     CREATE TABLE dead_letters (
         seq INTEGER PRIMARY KEY,
@@ -159,7 +162,7 @@ fn create(conn: &Connection, path: &Path) -> Result<(), BufferError> {
     })?;
     let sql = format!(
         "BEGIN IMMEDIATE;
-         {CREATE_V2}
+         {CREATE_V3}
          INSERT INTO meta VALUES ('stream', '{stream}'), ('last_seq', 0), ('evicted', 0);
          PRAGMA application_id = {APPLICATION_ID};
          PRAGMA user_version = {SCHEMA_VERSION};
@@ -172,45 +175,65 @@ fn create(conn: &Connection, path: &Path) -> Result<(), BufferError> {
     Ok(())
 }
 
-/// Forward migrations, each in its own transaction with its version bump.
+/// Forward migrations, each in its own transaction with its version bump, applied one after
+/// the other (a v1 file goes to 2, then to 3).
 fn migrate(conn: &Connection, path: &Path) -> Result<(), Unusable> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(|e| Unusable::Fatal(classify(path, "user_version", e)))?;
-    match version {
-        SCHEMA_VERSION => Ok(()),
-        1 => {
-            let sql = "BEGIN IMMEDIATE;
-                CREATE TABLE dead_letters (
-                    seq INTEGER PRIMARY KEY,
-                    code TEXT NOT NULL,
-                    reason TEXT NOT NULL,
-                    time_ms INTEGER NOT NULL,
-                    payload TEXT NOT NULL
-                );
-                INSERT OR IGNORE INTO meta VALUES ('evicted', 0);
-                PRAGMA user_version = 2;
-                COMMIT;";
-            if let Err(e) = conn.execute_batch(sql) {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(match failure_of(&e) {
-                    // v1 without a meta table is not a v1 file.
-                    Failure::Other | Failure::Corrupt => {
-                        Unusable::Corrupt(format!("migration 1 -> 2: {e}"))
-                    }
-                    Failure::Disk => Unusable::Fatal(classify(path, "migrate", e)),
-                });
-            }
-            tracing::info!(path = %path.display(), from = 1, to = SCHEMA_VERSION, "buffer schema migrated");
-            Ok(())
-        }
-        v if v > SCHEMA_VERSION => Err(Unusable::Fatal(BufferError::Schema {
+    if version > SCHEMA_VERSION {
+        return Err(Unusable::Fatal(BufferError::Schema {
             path: path.to_path_buf(),
-            detail: format!("schema version {v} is newer than this agent's {SCHEMA_VERSION}"),
-        })),
-        v => Err(Unusable::Corrupt(format!("unknown schema version {v}"))),
+            detail: format!("schema version {version} is newer than this agent's {SCHEMA_VERSION}"),
+        }));
     }
+    if version < 1 {
+        return Err(Unusable::Corrupt(format!(
+            "unknown schema version {version}"
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().skip((version - 1) as usize) {
+        if let Err(e) = conn.execute_batch(sql) {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(match failure_of(&e) {
+                // A file claiming our version without the tables it names is not ours.
+                Failure::Other | Failure::Corrupt => {
+                    Unusable::Corrupt(format!("migration {from} -> {}: {e}", from + 1))
+                }
+                Failure::Disk => Unusable::Fatal(classify(path, "migrate", e)),
+            });
+        }
+        tracing::info!(path = %path.display(), from, to = from + 1, "buffer schema migrated");
+    }
+    Ok(())
 }
+
+/// `(from version, SQL)`: each step takes a file from `from` to `from + 1`.
+const MIGRATIONS: [(i64, &str); 2] = [
+    (
+        1,
+        "BEGIN IMMEDIATE;
+        CREATE TABLE dead_letters (
+            seq INTEGER PRIMARY KEY,
+            code TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            time_ms INTEGER NOT NULL,
+            payload TEXT NOT NULL
+        );
+        INSERT OR IGNORE INTO meta VALUES ('evicted', 0);
+        PRAGMA user_version = 2;
+        COMMIT;",
+    ),
+    (
+        2,
+        // Nullable, no default: existing rows read as "no event", and SQLite adds such a
+        // column without rewriting the table (a large backlog migrates at once).
+        "BEGIN IMMEDIATE;
+        ALTER TABLE fixes ADD COLUMN event INTEGER;
+        PRAGMA user_version = 3;
+        COMMIT;",
+    ),
+];
 
 pub(crate) fn read_stream(conn: &Connection) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = 'stream'", [], |r| {
@@ -337,7 +360,7 @@ fn check_ours(conn: &Connection, path: &Path) -> Result<(), BufferError> {
 
 /// Column list of `fixes`, in the order [`row_to_fix`] reads (after `seq`).
 pub(crate) const FIX_COLUMNS: &str =
-    "time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode";
+    "time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode, event";
 
 /// Scaled integer for an optional value: the payload rounds to these decimals anyway.
 fn scaled(v: Option<f64>, scale: f64) -> Option<i64> {
@@ -347,8 +370,8 @@ fn scaled(v: Option<f64>, scale: f64) -> Option<i64> {
 
 pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO fixes (seq, time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO fixes (seq, time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode, event)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     stmt.execute(rusqlite::params![
         seq as i64,
@@ -361,6 +384,7 @@ pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Re
         scaled(fix.hdop, 100.0),
         fix.sats,
         fix.mode.as_u8(),
+        fix.event.map(crate::fix::Event::as_u8),
     ])?;
     Ok(())
 }
@@ -370,6 +394,7 @@ pub(crate) fn row_to_fix(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Fix)> 
     let seq: i64 = r.get(0)?;
     let unscale = |v: Option<i64>, scale: f64| v.map(|x| x as f64 / scale);
     let mode: u8 = r.get(9)?;
+    let event: Option<u8> = r.get(10)?;
     let fix = Fix {
         time_ms: r.get(1)?,
         lat: r.get(2)?,
@@ -381,6 +406,8 @@ pub(crate) fn row_to_fix(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Fix)> 
         sats: r.get(8)?,
         // Only 2 and 3 are ever written; anything else is the weaker claim.
         mode: FixMode::from_u8(mode).unwrap_or(FixMode::TwoD),
+        // Only 1 and 2 are ever written; anything else is read as no event.
+        event: event.and_then(crate::fix::Event::from_u8),
     };
     Ok((seq.max(0) as u64, fix))
 }

@@ -158,6 +158,7 @@ fn crash_writer(
             hdop: Some(1.0),
             sats: Some(9),
             mode: FixMode::ThreeD,
+            event: None,
         };
         let appended = buf.append(&fix, Instant::now())?;
         let Some(seq) = appended.committed_upto else {

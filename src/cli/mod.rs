@@ -2,13 +2,16 @@
 //! logging set-up here, one file per subcommand; each returns the process exit code.
 //!
 //! Exit codes: 0 success; 1 failure at run time (or `status`: degraded); 2 usage error
-//! (clap) or `status`: unhealthy/unreachable; 66 input file missing (`EX_NOINPUT`);
+//! (clap) or `status`: unhealthy/unreachable; 65 input that is not a fixes message
+//! (`decode`, `EX_DATAERR`); 66 input file missing (`EX_NOINPUT`);
 //! 69 `demo` in a build without the `demo` feature (`EX_UNAVAILABLE`); 78 configuration invalid
 //! (`EX_CONFIG`, also listed in the unit's `RestartPreventExitStatus`).
 
 pub mod buffer;
 pub mod check_config;
+pub mod decode;
 pub mod parse;
+pub mod report;
 pub mod run;
 
 use crate::config::{self, ConfigError, Settings};
@@ -59,6 +62,8 @@ pub enum Command {
     CheckConfig,
     /// Offline: NMEA log in, accepted fixes out as JSON Lines on stdout.
     Parse(parse::ParseArgs),
+    /// Offline: captured fixes messages (v2 CBOR or v1 JSON) in, their fixes out as JSON Lines.
+    Decode(decode::DecodeArgs),
     /// One health snapshot from a running agent; --watch tails the stream.
     Status {
         /// The agent's health endpoint, e.g. http://127.0.0.1:8470 (default: `[health] listen`
@@ -112,6 +117,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::CheckConfig => check_config::run(&config_path),
         Command::Parse(args) => parse::run(&args, cli.config.as_deref()),
+        Command::Decode(args) => decode::run(&args),
         Command::Status { url, watch } => {
             let url = match url {
                 Some(url) => url,

@@ -4,9 +4,12 @@
 //! Thresholds come from `--config` (or `GPS_AGENT_CONFIG`) when given, else from
 //! `/etc/gps-agent/config.toml` when it exists, else from the defaults. A summary line goes to
 //! stderr at the end; stdout carries only fixes (and rejections with `--all`).
+//!
+//! `--report` prints instead what the configuration's `[report]` would make of the capture
+//! ([`super::report`]): to tune the policy on a real drive before deploying it.
 
 use crate::config::Settings;
-use crate::fix::{format_time_ms, Numbered};
+use crate::fix::{format_time_ms, Fix, Numbered};
 use crate::gnss::{Decoded, Decoder};
 use crate::rejection::{Reason, Rejection};
 use crate::validate::Validator;
@@ -19,8 +22,12 @@ pub struct ParseArgs {
     /// NMEA log to read, or `-` for standard input.
     pub input: PathBuf,
     /// Also print each rejected epoch with its reason.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "report")]
     pub all: bool,
+    /// Print what `[report]` keeps of the accepted fixes (kept share, track error, gaps,
+    /// payload bytes) instead of the fixes.
+    #[arg(long)]
+    pub report: bool,
 }
 
 pub fn run(args: &ParseArgs, config_path: Option<&Path>) -> i32 {
@@ -41,6 +48,22 @@ pub fn run(args: &ParseArgs, config_path: Option<&Path>) -> i32 {
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
+    if args.report {
+        return match super::report::run(input, &mut out, &cfg) {
+            Ok(summary) => match out.flush() {
+                Ok(()) => {
+                    eprintln!("{summary}");
+                    0
+                }
+                Err(e) => output_error(&e),
+            },
+            Err(ParseStreamError::Read(e)) => {
+                eprintln!("gps-agent parse: read error: {e}");
+                1
+            }
+            Err(ParseStreamError::Write(e)) => output_error(&e),
+        };
+    }
     match parse_stream(input, &mut out, &cfg, args.all) {
         Ok(summary) => {
             if let Err(e) = out.flush() {
@@ -116,12 +139,37 @@ impl std::fmt::Display for ParseSummary {
     }
 }
 
+/// What became of one epoch (or a line that failed its checksum).
+pub enum Outcome<'a> {
+    Accepted(&'a Fix),
+    Rejected(&'a Rejection),
+}
+
 /// Decode and validate a whole stream, writing JSON Lines to `out`.
 pub fn parse_stream(
-    mut input: impl Read,
+    input: impl Read,
     out: &mut impl Write,
     cfg: &Settings,
     all: bool,
+) -> Result<ParseSummary, ParseStreamError> {
+    parse_events(input, cfg, &mut |outcome, seq| {
+        let line = match outcome {
+            Outcome::Accepted(fix) => serde_json::to_string(&Numbered { seq, fix }).ok(),
+            Outcome::Rejected(rej) => all.then(|| rejection_json(rej)),
+        };
+        match line {
+            Some(line) => writeln!(out, "{line}"),
+            None => Ok(()),
+        }
+    })
+}
+
+/// Decode and validate a whole stream; each outcome goes to `sink` with the number of fixes
+/// accepted before it.
+pub fn parse_events(
+    mut input: impl Read,
+    cfg: &Settings,
+    sink: &mut impl FnMut(Outcome<'_>, u64) -> io::Result<()>,
 ) -> Result<ParseSummary, ParseStreamError> {
     let mut decoder = Decoder::new(cfg.gnss.require_checksum);
     let mut validator = Validator::new(cfg.validate.clone());
@@ -131,29 +179,26 @@ pub fn parse_stream(
     // output; bounded by what one chunk can hold (at most one event per 4 input bytes).
     let mut events: Vec<Decoded> = Vec::new();
     let mut handle = |event: Decoded, summary: &mut ParseSummary| -> io::Result<()> {
-        let line = match event {
+        match event {
             Decoded::Epoch(epoch) => {
                 summary.epochs += 1;
                 match validator.check(&epoch) {
                     Ok(fix) => {
                         let seq = summary.accepted;
                         summary.accepted += 1;
-                        serde_json::to_string(&Numbered { seq, fix: &fix }).ok()
+                        sink(Outcome::Accepted(&fix), seq)
                     }
                     Err(rej) => {
                         summary.rejected.add(rej.reason);
-                        all.then(|| rejection_json(&rej))
+                        sink(Outcome::Rejected(&rej), summary.accepted)
                     }
                 }
             }
             Decoded::BadChecksum => {
                 summary.rejected.add(Reason::Checksum);
-                all.then(|| rejection_json(&Rejection::new(Reason::Checksum, "bad checksum")))
+                let rej = Rejection::new(Reason::Checksum, "bad checksum");
+                sink(Outcome::Rejected(&rej), summary.accepted)
             }
-        };
-        match line {
-            Some(line) => writeln!(out, "{line}"),
-            None => Ok(()),
         }
     };
     loop {

@@ -4,7 +4,7 @@
 //! Defaults live in one place, the raw structs' `Default`: [`Settings::default`] is the
 //! checked form of an empty file.
 
-use super::{BrokerUrl, EvictionPolicy, Pace, ReportConfig, ValidateConfig};
+use super::{BrokerUrl, EvictionPolicy, Pace, PayloadFormat, ReportConfig, ValidateConfig};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
@@ -96,6 +96,8 @@ pub struct MqttSettings {
     pub batch_max: NonZeroUsize,
     /// Largest payload of one message, bytes.
     pub max_message_bytes: usize,
+    /// JSON (v 1) or the compact CBOR (v 2).
+    pub payload: PayloadFormat,
     /// Messages between publish and PUBACK.
     pub inflight: NonZeroU16,
     pub puback_timeout: Duration,

@@ -40,6 +40,11 @@ struct DropLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReportLabels {
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FixLabels {
     outcome: &'static str,
     reason: &'static str,
@@ -50,6 +55,7 @@ pub struct Metrics {
     registry: Registry,
     sentences: Family<SentenceLabels, Counter>,
     fixes: Family<FixLabels, Counter>,
+    report: Family<ReportLabels, Counter>,
     published_fixes: Counter,
     published_messages: Counter,
     acks: Counter,
@@ -164,6 +170,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("gps_agent");
         let sentences = Family::<SentenceLabels, Counter>::default();
         let fixes = Family::<FixLabels, Counter>::default();
+        let report = Family::<ReportLabels, Counter>::default();
         let published_fixes = Counter::default();
         let published_messages = Counter::default();
         let acks = Counter::default();
@@ -179,6 +186,11 @@ impl Metrics {
             "fixes",
             "Epochs validated, by outcome (accepted|rejected) and rejection reason",
             fixes.clone(),
+        );
+        registry.register(
+            "report_fixes",
+            "Accepted fixes by the report stage's decision: kept (buffered and sent) or dropped (by [report], never buffered)",
+            report.clone(),
         );
         registry.register(
             "published_fixes",
@@ -221,10 +233,15 @@ impl Metrics {
             }));
         }
 
+        for decision in ["kept", "dropped"] {
+            drop(report.get_or_create(&ReportLabels { decision }));
+        }
+
         Metrics {
             registry,
             sentences,
             fixes,
+            report,
             published_fixes,
             published_messages,
             acks,
@@ -259,6 +276,17 @@ impl Metrics {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// `kept` and `dropped` more accepted fixes decided by the report stage (deltas).
+    pub fn report_decided(&self, kept: u64, dropped: u64) {
+        for (decision, n) in [("kept", kept), ("dropped", dropped)] {
+            if n > 0 {
+                self.report
+                    .get_or_create(&ReportLabels { decision })
+                    .inc_by(n);
+            }
+        }
     }
 
     /// One message carrying `fixes` fixes was published.
@@ -312,6 +340,10 @@ mod tests {
         assert!(text.contains("gps_agent_fixes_total{outcome=\"accepted\",reason=\"none\"} 1"));
         assert!(text.contains("gps_agent_fixes_total{outcome=\"rejected\",reason=\"hdop\"} 1"));
         assert!(text.contains("gps_agent_fixes_total{outcome=\"rejected\",reason=\"checksum\"} 0"));
+        m.report_decided(3, 40);
+        let text = m.encode().unwrap();
+        assert!(text.contains("gps_agent_report_fixes_total{decision=\"kept\"} 3"));
+        assert!(text.contains("gps_agent_report_fixes_total{decision=\"dropped\"} 40"));
         assert!(text.contains("gps_agent_published_fixes_total 3"));
         assert!(text.contains("gps_agent_mqtt_breaker_state 2"));
         assert!(text.contains("gps_agent_buffer_evicted_total 7"));

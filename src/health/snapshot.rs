@@ -50,6 +50,9 @@ pub struct GnssSnapshot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_fix_age_s: Option<f64>,
     pub rejected: RejectedCounts,
+    /// Accepted fixes kept by `[report]` (buffered and sent) and dropped by it, since start.
+    pub kept: u64,
+    pub dropped_by_policy: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ErrorView>,
 }
@@ -170,6 +173,8 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
                 fix: fresh.map_or(FixState::None, |f| f.mode.into()),
                 last_fix_age_s: age(gnss.last_fix.map(|f| f.at)),
                 rejected: RejectedCounts(gnss.rejected),
+                kept: gnss.kept,
+                dropped_by_policy: gnss.dropped_by_policy,
                 last_error: gnss.last_error.as_ref().map(ErrorView::from),
             },
             buffer: BufferSnapshot {
@@ -306,11 +311,16 @@ mod tests {
     fn ages_grow_with_the_clock() {
         let (hand, board) = manual();
         healthy(&board);
+        board.gnss(|g| (g.kept, g.dropped_by_policy) = (4, 56));
         let at = board.clock().now();
         board.mqtt(|m| m.last_ack_at = Some(at));
         hand.advance(Duration::from_millis(2_500));
         let s = snap(&board);
         assert_eq!(s.components.gnss.last_fix_age_s, Some(2.5));
+        assert_eq!(
+            (s.components.gnss.kept, s.components.gnss.dropped_by_policy),
+            (4, 56)
+        );
         assert_eq!(s.components.mqtt.last_ack_age_s, Some(2.5));
         assert_eq!(s.uptime_s, 2.5);
         assert_eq!(s.time, "2023-11-14T22:13:22.500Z");

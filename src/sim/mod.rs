@@ -24,6 +24,7 @@ use tracing::error;
 use crate::error::{Classified, ErrorClass};
 
 pub use feed::{write_log, write_paced, write_realtime, Pacer, RealTime, STOP_POLL};
+pub use motion::{Scene, SceneKind};
 pub use sentences::{checksum, Corruption, Line, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT};
 
 use motion::{Car, Sky};
@@ -71,6 +72,9 @@ pub struct DriveSpec {
     /// Decimals of minutes in latitude and longitude: 4 for ordinary receivers, up to 8 for
     /// RTK-like ones.
     pub precision_decimals: u8,
+    /// Roundabouts, highway stretches and parked spells at set times; empty (city blocks
+    /// only, the drive as it always was) by default.
+    pub scenes: Vec<Scene>,
 }
 
 impl Default for DriveSpec {
@@ -88,6 +92,7 @@ impl Default for DriveSpec {
             corrupt_every: None,
             talker: *b"GP",
             precision_decimals: 4,
+            scenes: Vec::new(),
         }
     }
 }
@@ -99,6 +104,23 @@ impl DriveSpec {
         DriveSpec {
             tunnel: Some((300, 25)),
             corrupt_every: Some(200),
+            ..DriveSpec::default()
+        }
+    }
+
+    /// Half an hour of everything a fleet vehicle meets, at 1 Hz: city blocks with lights
+    /// and junction turns, a roundabout taken straight on, a highway stretch of ten minutes,
+    /// a roundabout taken left, a five-minute parked spell, city again.
+    pub fn tour() -> Self {
+        let scene = |at_s, kind| Scene { at_s, kind };
+        DriveSpec {
+            epochs: 1800,
+            scenes: vec![
+                scene(240, SceneKind::Roundabout { exit_deg: 180 }),
+                scene(420, SceneKind::Highway { secs: 600 }),
+                scene(1080, SceneKind::Roundabout { exit_deg: 270 }),
+                scene(1260, SceneKind::Parked { secs: 300 }),
+            ],
             ..DriveSpec::default()
         }
     }
@@ -144,6 +166,17 @@ impl DriveSpec {
         if self.corrupt_every == Some(0) {
             return Err(SimError::CorruptEvery);
         }
+        for scene in &self.scenes {
+            let ok = match scene.kind {
+                SceneKind::Roundabout { exit_deg } => {
+                    SceneKind::ROUNDABOUT_EXITS.contains(&exit_deg)
+                }
+                SceneKind::Highway { secs } | SceneKind::Parked { secs } => secs > 0,
+            };
+            if !ok || self.scenes.len() > MAX_SCENES {
+                return Err(SimError::Scene { scene: *scene });
+            }
+        }
         let last = i64::from(self.epochs.saturating_sub(1))
             .checked_mul(self.period_ms())
             .and_then(|span| self.start_time_ms.checked_add(span));
@@ -160,6 +193,9 @@ impl DriveSpec {
     }
 }
 
+/// Most scenes one drive takes.
+pub const MAX_SCENES: usize = 256;
+
 /// Why a drive cannot be simulated or fed.
 #[derive(Debug, Error)]
 pub enum SimError {
@@ -175,6 +211,8 @@ pub enum SimError {
     Altitude { alt_m: f64 },
     #[error("corrupt_every = 0 damages nothing; use None for a clean drive")]
     CorruptEvery,
+    #[error("scene {scene:?} cannot be driven (roundabout exits 90/180/270/360, durations above 0, at most 256 scenes)")]
+    Scene { scene: Scene },
     #[error(
         "a drive of {epochs} epochs from {start_time_ms} ms leaves the years 2000-2099 that ddmmyy can say"
     )]
@@ -196,6 +234,7 @@ impl Classified for SimError {
             SimError::Start { .. } => "SIM_START",
             SimError::Altitude { .. } => "SIM_ALTITUDE",
             SimError::CorruptEvery => "SIM_CORRUPT_EVERY",
+            SimError::Scene { .. } => "SIM_SCENE",
             SimError::Time { .. } => "SIM_TIME",
             SimError::Write { .. } => "SIM_WRITE",
         }
@@ -280,11 +319,12 @@ impl Drive {
     /// Check the spec and park the car at its start.
     pub fn new(spec: DriveSpec) -> Result<Drive, SimError> {
         spec.check()?;
-        let car = Car::parked(
+        let car = Car::parked_with(
             spec.start.0,
             spec.start.1,
             spec.start_alt_m,
             SplitMix64::new(spec.seed, STREAM_MOTION),
+            &spec.scenes,
         );
         let sky = Sky::open(SplitMix64::new(spec.seed, STREAM_SKY));
         Ok(Drive {

@@ -7,6 +7,12 @@
 //! (acceleration, braking and lateral acceleration limits). Position integrates speed and
 //! course on the WGS84 ellipsoid, locally (fine for a city). Never prints anything, never
 //! reads a clock.
+//!
+//! Beyond city blocks, a drive may have [`Scene`]s at set times (opt-in: a drive without
+//! them takes exactly the steps, and random draws, it always took): a roundabout (slow to
+//! roundabout speed, veer right, round the island to the left, veer right out), a highway
+//! stretch (100-130 km/h, no lights, no junctions), and a parked spell (brake, stand with
+//! the engine off for minutes while the receiver keeps reporting, pull away).
 
 use super::rng::SplitMix64;
 
@@ -27,6 +33,55 @@ const YAW_RATE_MAX: f64 = 18.0;
 const APPROACH_PER_S: f64 = 0.4;
 /// The car does not drive off the map: past this latitude it turns back.
 const LAT_LIMIT: f64 = 85.0;
+/// Highway speeds, m/s (100 and 130 km/h).
+const HIGHWAY_MIN_MPS: f64 = 100.0 / 3.6;
+const HIGHWAY_MAX_MPS: f64 = 130.0 / 3.6;
+/// Speed round a roundabout, m/s (about 22 km/h): the lateral limit then allows a radius of
+/// about 19 m, a town roundabout's.
+const ROUNDABOUT_MPS: f64 = 6.0;
+/// Veer right into the roundabout and out of it, degrees.
+const ROUNDABOUT_VEER_DEG: f64 = 60.0;
+
+/// Something other than city blocks, at a time into the drive.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scene {
+    /// Seconds after the first epoch when it begins (the car first finishes braking or
+    /// turning if it is).
+    pub at_s: u32,
+    pub kind: SceneKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SceneKind {
+    /// Leave by the exit this many degrees round the island, counted from the entry: 90
+    /// (first, right), 180 (straight on), 270 (left), 360 (back the way it came).
+    Roundabout { exit_deg: u16 },
+    /// Highway speeds for this long, then back to the city.
+    Highway { secs: u32 },
+    /// Brake, stand this long (engine off; the receiver keeps its fix), pull away.
+    Parked { secs: u32 },
+}
+
+impl SceneKind {
+    /// Exits a roundabout has.
+    pub const ROUNDABOUT_EXITS: [u16; 4] = [90, 180, 270, 360];
+}
+
+/// The scene under way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Active {
+    /// Slowing to roundabout speed; then the turns.
+    Roundabout {
+        exit_deg: u16,
+        turning: bool,
+    },
+    Highway {
+        until_s: f64,
+    },
+    Parked {
+        secs: u32,
+    },
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
@@ -59,11 +114,33 @@ pub(crate) struct Car {
     /// Slow bends of the road, °/s, a bounded, mean-reverting random walk.
     bend_dps: f64,
     rng: SplitMix64,
+    /// Scenes still to come, the next last (empty: city blocks only).
+    scenes: Vec<Scene>,
+    active: Option<Active>,
+    /// Turns queued after the current one (a roundabout's right-left-right).
+    queued_turns: heapless::Deque<f64, 3>,
+    elapsed_s: f64,
 }
 
 impl Car {
     /// A car parked at `(lat, lon)`, about to pull away, pointing a seeded direction.
-    pub(crate) fn parked(lat: f64, lon: f64, alt_m: f64, mut rng: SplitMix64) -> Car {
+    #[cfg(test)]
+    pub(crate) fn parked(lat: f64, lon: f64, alt_m: f64, rng: SplitMix64) -> Car {
+        Car::parked_with(lat, lon, alt_m, rng, &[])
+    }
+
+    /// A car parked at `(lat, lon)`, about to pull away, pointing a seeded direction, with
+    /// scenes to drive through.
+    pub(crate) fn parked_with(
+        lat: f64,
+        lon: f64,
+        alt_m: f64,
+        mut rng: SplitMix64,
+        scenes: &[Scene],
+    ) -> Car {
+        let mut scenes = scenes.to_vec();
+        // Next scene last, so it is popped.
+        scenes.sort_by_key(|s| std::cmp::Reverse(s.at_s));
         let course_deg = rng.range(0.0, 360.0);
         Car {
             lat,
@@ -79,6 +156,10 @@ impl Car {
             turn_left_deg: 0.0,
             bend_dps: 0.0,
             rng,
+            scenes,
+            active: None,
+            queued_turns: heapless::Deque::new(),
+            elapsed_s: 0.0,
         }
     }
 
@@ -124,6 +205,10 @@ impl Car {
 
     /// The driver's decisions: when to pull away, cruise, brake, turn.
     fn plan(&mut self, dt: f64, in_tunnel: bool) {
+        if !self.scenes.is_empty() || self.active.is_some() {
+            self.elapsed_s += dt;
+            self.scene(in_tunnel);
+        }
         if in_tunnel && matches!(self.phase, Phase::Brake | Phase::Stopped) {
             self.pull_away(false);
         }
@@ -142,21 +227,119 @@ impl Car {
             }
             Phase::Cruise => {
                 // The traffic ahead nudges the speed a little.
-                self.target_mps = (self.target_mps + self.rng.range(-0.3, 0.3) * dt)
-                    .clamp(CRUISE_MIN_MPS, CRUISE_MAX_MPS);
+                let (low, high) = self.speed_range();
+                self.target_mps =
+                    (self.target_mps + self.rng.range(-0.3, 0.3) * dt).clamp(low, high);
+                if matches!(self.active, Some(Active::Roundabout { .. })) {
+                    return;
+                }
                 if self.phase_left_s <= 0.0 {
-                    if !in_tunnel && self.rng.chance(0.55) {
+                    let lights = !matches!(self.active, Some(Active::Highway { .. }));
+                    if lights && !in_tunnel && self.rng.chance(0.55) {
                         self.phase = Phase::Brake;
                     } else {
                         self.phase = Phase::Accelerate;
-                        self.target_mps = self.rng.range(CRUISE_MIN_MPS, CRUISE_MAX_MPS);
+                        self.target_mps = self.rng.range(low, high);
                     }
                 }
             }
             Phase::Brake => {
                 if self.speed_mps <= 0.0 {
                     self.phase = Phase::Stopped;
-                    self.phase_left_s = self.rng.range(8.0, 35.0);
+                    self.phase_left_s = match self.active {
+                        Some(Active::Parked { secs }) => f64::from(secs),
+                        _ => self.rng.range(8.0, 35.0),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Cruise speeds of the road the car is on.
+    fn speed_range(&self) -> (f64, f64) {
+        match self.active {
+            Some(Active::Highway { .. }) => (HIGHWAY_MIN_MPS, HIGHWAY_MAX_MPS),
+            Some(Active::Roundabout { .. }) => (ROUNDABOUT_MPS, ROUNDABOUT_MPS),
+            _ => (CRUISE_MIN_MPS, CRUISE_MAX_MPS),
+        }
+    }
+
+    /// Start the next scene when its time has come, and end the one under way when it is
+    /// done. Only for drives with scenes.
+    fn scene(&mut self, in_tunnel: bool) {
+        match self.active {
+            None => {
+                let due = self
+                    .scenes
+                    .last()
+                    .is_some_and(|s| f64::from(s.at_s) <= self.elapsed_s);
+                // A scene waits for the car to be on its way, straight, out of a tunnel.
+                let ready = !in_tunnel
+                    && self.turn_left_deg == 0.0
+                    && matches!(self.phase, Phase::Accelerate | Phase::Cruise);
+                if !(due && ready) {
+                    return;
+                }
+                let Some(next) = self.scenes.pop() else {
+                    return;
+                };
+                match next.kind {
+                    SceneKind::Roundabout { exit_deg } => {
+                        self.active = Some(Active::Roundabout {
+                            exit_deg,
+                            turning: false,
+                        });
+                        self.phase = Phase::Accelerate;
+                        self.target_mps = ROUNDABOUT_MPS;
+                    }
+                    SceneKind::Highway { secs } => {
+                        self.active = Some(Active::Highway {
+                            until_s: self.elapsed_s + f64::from(secs),
+                        });
+                        self.phase = Phase::Accelerate;
+                        self.target_mps = self.rng.range(HIGHWAY_MIN_MPS, HIGHWAY_MAX_MPS);
+                    }
+                    SceneKind::Parked { secs } => {
+                        self.active = Some(Active::Parked { secs });
+                        self.phase = Phase::Brake;
+                    }
+                }
+            }
+            Some(Active::Roundabout { exit_deg, turning }) => {
+                if !turning && (self.speed_mps - ROUNDABOUT_MPS).abs() < 0.3 {
+                    // Right-positive: veer right, round the island left, veer right out;
+                    // the heading changes by 180 - exit_deg in all.
+                    let round = ROUNDABOUT_VEER_DEG * 2.0 + f64::from(exit_deg) - 180.0;
+                    self.turn_left_deg = ROUNDABOUT_VEER_DEG;
+                    self.queued_turns.clear();
+                    let _ = self.queued_turns.push_back(-round);
+                    let _ = self.queued_turns.push_back(ROUNDABOUT_VEER_DEG);
+                    self.active = Some(Active::Roundabout {
+                        exit_deg,
+                        turning: true,
+                    });
+                } else if turning && self.turn_left_deg == 0.0 {
+                    match self.queued_turns.pop_front() {
+                        Some(next) => self.turn_left_deg = next,
+                        None => {
+                            self.active = None;
+                            self.phase = Phase::Accelerate;
+                            self.target_mps = self.rng.range(CRUISE_MIN_MPS, CRUISE_MAX_MPS);
+                        }
+                    }
+                }
+            }
+            Some(Active::Highway { until_s }) => {
+                if self.elapsed_s >= until_s {
+                    self.active = None;
+                    self.phase = Phase::Accelerate;
+                    self.target_mps = self.rng.range(CRUISE_MIN_MPS, CRUISE_MAX_MPS);
+                }
+            }
+            Some(Active::Parked { .. }) => {
+                if self.phase == Phase::Accelerate {
+                    // Pulled away: the spell is over.
+                    self.active = None;
                 }
             }
         }
@@ -165,7 +348,7 @@ impl Car {
     fn pull_away(&mut self, may_turn: bool) {
         self.phase = Phase::Accelerate;
         self.target_mps = self.rng.range(CRUISE_MIN_MPS, CRUISE_MAX_MPS);
-        if may_turn && self.rng.chance(0.5) {
+        if may_turn && self.active.is_none() && self.rng.chance(0.5) {
             self.turn_left_deg = if self.rng.chance(0.5) { 90.0 } else { -90.0 };
         }
     }
@@ -184,7 +367,8 @@ impl Car {
         if self.phase == Phase::Brake && next < 0.05 {
             0.0
         } else {
-            next.clamp(0.0, CRUISE_MAX_MPS)
+            // Leaving the highway the car slows at the braking limit, not at once.
+            next.clamp(0.0, self.speed_range().1.max(CRUISE_MAX_MPS).max(v))
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod acks;
 pub mod backoff;
 pub mod breaker;
+pub mod cbor;
 pub mod error;
 pub mod link;
 pub mod payload;

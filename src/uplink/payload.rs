@@ -170,6 +170,7 @@ mod tests {
             hdop: Some(1.0),
             sats: Some(9),
             mode: FixMode::ThreeD,
+            event: None,
         }
     }
 

@@ -12,13 +12,14 @@
 //! It never acknowledges a fix without its PUBACK, never holds more than `window` messages,
 //! and never exits on a link failure: only the shutdown token ends [`Publisher::run`].
 
-use crate::config::{BrokerUrl, MqttSettings};
+use crate::config::{BrokerUrl, MqttSettings, PayloadFormat};
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::status::StatusBoard;
 use crate::uplink::acks::AckWindow;
 use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
 use crate::uplink::breaker::{Breaker, BreakerPolicy};
+use crate::uplink::cbor;
 use crate::uplink::error::{Phase, UplinkError};
 use crate::uplink::payload::{encode, status_payload, FixBatch, LinkState, Topics};
 use crate::uplink::tls::{client_config, TlsSettings};
@@ -138,6 +139,8 @@ pub struct PublisherSettings {
     pub batch_max: usize,
     /// Largest payload of one message.
     pub max_message_bytes: usize,
+    /// JSON (`v` 1) or the compact CBOR (`v` 2).
+    pub payload: PayloadFormat,
     /// Messages between publish and PUBACK.
     pub window: u16,
     /// A message without PUBACK this long means the link is broken.
@@ -192,6 +195,7 @@ impl PublisherSettings {
             tls,
             batch_max: mqtt.batch_max.get(),
             max_message_bytes: mqtt.max_message_bytes,
+            payload: mqtt.payload,
             window: mqtt.inflight.get(),
             puback_timeout: mqtt.puback_timeout,
             keep_alive: mqtt.keep_alive,
@@ -711,14 +715,15 @@ impl<S: FixSource> Publisher<S> {
             if batch.is_empty() {
                 return Ok(true);
             }
-            let encoded = encode(
-                &FixBatch {
-                    device: &self.settings.device,
-                    stream: &stream,
-                    fixes: &batch,
-                },
-                self.settings.max_message_bytes,
-            );
+            let fixes = FixBatch {
+                device: &self.settings.device,
+                stream: &stream,
+                fixes: &batch,
+            };
+            let encoded = match self.settings.payload {
+                PayloadFormat::Json => encode(&fixes, self.settings.max_message_bytes),
+                PayloadFormat::Cbor => cbor::encode(&fixes, self.settings.max_message_bytes),
+            };
             for (seq, why) in &encoded.dead_letters {
                 warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
                 if let Err(e) = self.source.dead_letter(*seq, why).await {
@@ -923,9 +928,11 @@ mod tests {
         let m = mqtt(
             "batch_max = 20\nmax_message_bytes = 4096\ninflight = 4\npuback_timeout_s = 7.5
 backoff_initial_s = 2.0\nbackoff_max_s = 90.0\nbackoff_reset_after_s = 30.0
-failure_threshold = 9\nopen_for_s = 12.0\npermanent_retry_s = 120.0\nkeep_alive_s = 45\n",
+failure_threshold = 9\nopen_for_s = 12.0\npermanent_retry_s = 120.0\nkeep_alive_s = 45
+payload = \"cbor\"\n",
         );
         let s = PublisherSettings::from_settings(&m, "truck-7").unwrap();
+        assert_eq!(s.payload, PayloadFormat::Cbor);
         assert_eq!(s.client_id, "truck-7");
         assert_eq!(s.device, "truck-7");
         assert_eq!(s.broker.to_string(), "mqtt://127.0.0.1:1883");

@@ -473,5 +473,6 @@ fn build_fix(e: &Epoch, time_ms: i64, lat: f64, lon: f64) -> Fix {
             // A GSA listing no satellites says nothing about how many were used.
             .or(e.gsa.map(|s| s.sats_used()).filter(|n| *n > 0)),
         mode,
+        event: None,
     }
 }

@@ -133,10 +133,18 @@ pub struct Received {
 }
 
 impl Received {
-    /// The seqs a fixes message carries; none for any other topic.
+    /// The seqs a fixes message carries (JSON or the compact CBOR); none for any other topic.
     pub fn fix_seqs(&self) -> Vec<u64> {
         if !self.topic.ends_with("/fixes") {
             return Vec::new();
+        }
+        if self
+            .payload
+            .first()
+            .is_some_and(|b| (0xa0..=0xbf).contains(b))
+        {
+            let m = gps_agent::uplink::cbor::decode(&self.payload).unwrap();
+            return m.fixes.iter().map(|(seq, _)| *seq).collect();
         }
         let v: serde_json::Value = serde_json::from_slice(&self.payload).unwrap();
         v["fixes"]

@@ -1,7 +1,8 @@
 //! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
 //! a TCP fault proxy ([`proxy`]) to put between the agent and the broker; a real mosquitto
 //! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
-//! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]).
+//! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]);
+//! simulated drives as accepted fixes, with receiver noise ([`drives`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -12,6 +13,7 @@
 pub mod agent;
 pub mod broker;
 pub mod certs;
+pub mod drives;
 pub mod mosquitto;
 pub mod proxy;
 pub mod pty;

@@ -143,5 +143,6 @@ pub fn fix(i: u64) -> Fix {
         hdop: Some(0.8),
         sats: Some(11),
         mode: FixMode::ThreeD,
+        event: None,
     }
 }
