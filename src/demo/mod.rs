@@ -374,15 +374,19 @@ async fn get_health(addr: SocketAddr) -> Option<Value> {
 }
 
 /// Until the buffer is empty and the subscriber has every acknowledged seq.
+/// Until the agent has stored the drive's last fix (an epoch is complete only when the next
+/// begins, or after a second of silence: the last one is stored that second after the drive
+/// ends), its buffer is empty and the subscriber has every fix it kept.
 async fn drained(addr: SocketAddr, received: &Mutex<Received>) {
+    tokio::time::sleep(Duration::from_secs(2)).await;
     loop {
         if let Some(v) = get_health(addr).await {
             let depth = v["components"]["buffer"]["depth"]
                 .as_u64()
                 .unwrap_or(u64::MAX);
-            let acked = v["components"]["buffer"]["acked_seq"].as_u64().unwrap_or(0);
+            let kept = v["components"]["gnss"]["kept"].as_u64().unwrap_or(0);
             let have = received.lock().map(|r| r.seqs.len() as u64).unwrap_or(0);
-            if depth == 0 && acked > 0 && have >= acked {
+            if depth == 0 && kept > 0 && have >= kept {
                 return;
             }
         }

@@ -321,7 +321,8 @@ async fn connection(stream: TcpStream, lease: Lease, shared: Arc<Shared>, tracke
         _ = cut.cancelled() => {}
         _ = lease.evicted().cancelled() => {
             shared.metrics.health_dropped("evicted_idle");
-            debug!(code = "HEALTH_BUSY", "idle health connection closed for a waiting request");
+            warn!(code = "HEALTH_BUSY", reason = "evicted_idle",
+                "idle health connection closed for a waiting request: every slot taken");
         }
         _ = shared.shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
