@@ -125,36 +125,23 @@ pub fn parse_stream(
 ) -> Result<ParseSummary, ParseStreamError> {
     let mut decoder = Decoder::new(cfg.gnss.require_checksum);
     let mut validator = Validator::new(cfg.validate.clone());
-    let mut summary = ParseSummary::default();
+    let mut printer = Printer {
+        out,
+        all,
+        summary: ParseSummary::default(),
+        held_checksums: 0,
+        error: None,
+    };
     let mut buf = [0u8; 8192];
     // Events of one chunk, collected so the decoder's borrow ends before validation and
     // output; bounded by what one chunk can hold (at most one event per 4 input bytes).
     let mut events: Vec<Decoded> = Vec::new();
-    let mut handle = |event: Decoded, summary: &mut ParseSummary| -> io::Result<()> {
-        let line = match event {
-            Decoded::Epoch(epoch) => {
-                summary.epochs += 1;
-                match validator.check(&epoch) {
-                    Ok(fix) => {
-                        let seq = summary.accepted;
-                        summary.accepted += 1;
-                        serde_json::to_string(&Numbered { seq, fix: &fix }).ok()
-                    }
-                    Err(rej) => {
-                        summary.rejected.add(rej.reason);
-                        all.then(|| rejection_json(&rej))
-                    }
-                }
-            }
-            Decoded::BadChecksum => {
-                summary.rejected.add(Reason::Checksum);
-                all.then(|| rejection_json(&Rejection::new(Reason::Checksum, "bad checksum")))
-            }
-        };
-        match line {
-            Some(line) => writeln!(out, "{line}"),
-            None => Ok(()),
+    let mut handle = |event: Decoded, printer: &mut Printer<'_, _>| match event {
+        Decoded::Epoch(epoch) => {
+            printer.summary.epochs += 1;
+            validator.push(&epoch, &mut |verdict| printer.verdict(verdict));
         }
+        Decoded::BadChecksum => printer.checksum(validator.is_holding()),
     };
     loop {
         let n = match input.read(&mut buf) {
@@ -163,19 +150,88 @@ pub fn parse_stream(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ParseStreamError::Read(e)),
         };
-        summary.bytes += n as u64;
+        printer.summary.bytes += n as u64;
         let chunk = buf.get(..n).unwrap_or(&[]);
         decoder.feed(chunk, &mut |ev| events.push(ev));
         for ev in events.drain(..) {
-            handle(ev, &mut summary).map_err(ParseStreamError::Write)?;
+            handle(ev, &mut printer);
+        }
+        if let Some(e) = printer.error.take() {
+            return Err(ParseStreamError::Write(e));
         }
     }
     decoder.finish(&mut |ev| events.push(ev));
     for ev in events.drain(..) {
-        handle(ev, &mut summary).map_err(ParseStreamError::Write)?;
+        handle(ev, &mut printer);
     }
+    validator.finish(&mut |verdict| printer.verdict(verdict));
+    if let Some(e) = printer.error.take() {
+        return Err(ParseStreamError::Write(e));
+    }
+    let mut summary = printer.summary;
     summary.sentences = Some(*decoder.stats());
     Ok(summary)
+}
+
+/// Verdicts to JSON Lines, in receiver order.
+struct Printer<'a, W: Write> {
+    out: &'a mut W,
+    all: bool,
+    summary: ParseSummary,
+    /// Checksum rejections that arrived while the validator held an epoch for its
+    /// successor's verdict: they came after that epoch, so they are printed after its
+    /// verdict. All alike (no time, no position), so a count is enough.
+    held_checksums: u64,
+    /// The first write error; later output is skipped.
+    error: Option<io::Error>,
+}
+
+impl<W: Write> Printer<'_, W> {
+    fn verdict(&mut self, verdict: crate::validate::Verdict) {
+        let line = match verdict {
+            Ok(fix) => {
+                let seq = self.summary.accepted;
+                self.summary.accepted += 1;
+                serde_json::to_string(&Numbered { seq, fix: &fix }).ok()
+            }
+            Err(rej) => {
+                self.summary.rejected.add(rej.reason);
+                self.all.then(|| rejection_json(&rej))
+            }
+        };
+        if let Some(line) = line {
+            self.line(&line);
+        }
+        // Whatever was held back came after the held epoch: its verdict is this one (the
+        // held epoch's is always the first a push or finish hands out).
+        for _ in 0..std::mem::take(&mut self.held_checksums) {
+            self.line(&checksum_json());
+        }
+    }
+
+    fn checksum(&mut self, validator_holding: bool) {
+        self.summary.rejected.add(Reason::Checksum);
+        if !self.all {
+            return;
+        }
+        if validator_holding {
+            self.held_checksums += 1;
+        } else {
+            self.line(&checksum_json());
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        if self.error.is_none() {
+            if let Err(e) = writeln!(self.out, "{line}") {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+fn checksum_json() -> String {
+    rejection_json(&Rejection::new(Reason::Checksum, "bad checksum"))
 }
 
 /// `{"rejected": "<reason>", "time": ..., "lat": ..., "lon": ...}` with what was known.
