@@ -77,6 +77,8 @@ enum Slot {
 ///   repeat with the same time and another position is a second solution for that instant
 ///   (a receiver that repeated its time while moving on, two receivers on one line): it
 ///   starts an epoch of its own, never silently dropped, and validation says what it is.
+///   A cycle sent twice keeps its GSA and VTG with it. A sentence without time or position
+///   (the tail of a cut no-fix cycle) gives way to one of the epoch's time.
 /// - The date comes from the epoch's own RMC or ZDA (ZDA preferred: four-digit year). An
 ///   epoch without one carries the date of the last dated epoch, rolled to the next day when
 ///   its time of day fell back by more than half a day (midnight), with `date_from_epoch`
@@ -481,6 +483,66 @@ mod tests {
         let out = assemble(&[gga(Some(1000)), second]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].gga.and_then(|g| g.quality), Some(1));
+    }
+
+    /// RMC at time `t` and latitude `lat` (`None`: empty position).
+    fn rmc_at(t: Option<u32>, lat: Option<f64>, valid: bool) -> Observation {
+        Observation::Rmc {
+            time_of_day_ms: t,
+            date: day(1),
+            obs: RmcObs {
+                valid,
+                lat,
+                lon: lat.map(|_| 2.0),
+                ..RmcObs::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_same_time_with_another_position_is_an_epoch_of_its_own() {
+        // A second receiver (or a repeated time while moving on): nothing silently dropped.
+        let out = assemble(&[
+            rmc_at(Some(1000), Some(1.0), true),
+            gga(Some(1000)),
+            rmc_at(Some(1000), Some(1.05), true),
+            rmc_at(Some(2000), Some(1.0), true),
+        ]);
+        let times: Vec<_> = out.iter().map(|e| e.time_of_day_ms).collect();
+        assert_eq!(times, [Some(1000), Some(1000), Some(2000)]);
+        assert_eq!(out[1].rmc.and_then(|r| r.lat), Some(1.05));
+        assert!(out[1].gga.is_none());
+    }
+
+    #[test]
+    fn a_cycle_sent_twice_stays_one_epoch_and_keeps_its_gsa_and_vtg() {
+        let cycle = [
+            rmc_at(Some(1000), Some(1.0), true),
+            gga(Some(1000)),
+            gsa(3, 6),
+            vtg(10.0),
+        ];
+        let next = [rmc_at(Some(2000), Some(1.0), true), gsa(3, 5), vtg(20.0)];
+        let all: Vec<Observation> = cycle.iter().chain(&cycle).chain(&next).copied().collect();
+        let out = assemble(&all);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].vtg.and_then(|v| v.course_deg), Some(10.0));
+        assert_eq!(out[1].vtg.and_then(|v| v.course_deg), Some(20.0));
+        assert_eq!(out[1].gsa.map(|g| g.sats_used()), Some(5));
+    }
+
+    #[test]
+    fn an_empty_untimed_sentence_gives_way_to_one_of_the_epochs_time() {
+        // The tail of a cut no-fix cycle (status V, no time, no position) glued to the
+        // next epoch must not speak for it once that epoch's own sentence arrives.
+        let out = assemble(&[
+            rmc_at(None, None, false),
+            gga(Some(1000)),
+            rmc_at(Some(1000), Some(1.0), true),
+        ]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].rmc.map(|r| r.valid), Some(true));
+        assert_eq!(out[0].rmc.and_then(|r| r.lat), Some(1.0));
     }
 
     #[test]

@@ -564,6 +564,35 @@ mod tests {
     }
 
     #[test]
+    fn sixty_minutes_or_more_make_a_coordinate_nan_in_every_positioned_sentence() {
+        let lat_of = |o: Observation| match o {
+            Observation::Rmc { obs, .. } => (obs.lat, obs.lon),
+            Observation::Gga { obs, .. } => (obs.lat, obs.lon),
+            Observation::Gll { obs, .. } => (obs.lat, obs.lon),
+            Observation::Gns { obs, .. } => (obs.lat, obs.lon),
+            other => panic!("{other:?}"),
+        };
+        let is_nan = |v: Option<f64>| v.is_some_and(f64::is_nan);
+        for body in [
+            "GPRMC,080000.00,A,4860.0000,N,01134.5000,E,0.0,,180324,,,A",
+            "GPGGA,080000.00,4860.0000,N,01134.5000,E,1,09,1.0,520.0,M,47.0,M,,",
+            "GPGLL,4860.0000,N,01134.5000,E,080000.00,A,A",
+            "GNGNS,080000.00,4860.0000,N,01134.5000,E,AA,09,1.0,520.0,47.0,,",
+        ] {
+            let (lat, lon) = lat_of(obs(body));
+            assert!(is_nan(lat) && !is_nan(lon), "{body}: {lat:?} {lon:?}");
+        }
+        let (lat, lon) = lat_of(obs(
+            "GPRMC,080000.00,A,4859.9999,N,01160.5,E,0.0,,180324,,,A",
+        ));
+        assert!(
+            lat.is_some_and(|v| (v - 48.999_998).abs() < 1e-6),
+            "{lat:?}"
+        );
+        assert!(is_nan(lon), "{lon:?}");
+    }
+
+    #[test]
     fn gga_gives_quality_satellites_hdop_and_altitude() {
         let o = obs("GPGGA,092750.000,5321.6802,N,00630.3372,W,1,8,1.03,61.7,M,55.2,M,,");
         let Observation::Gga {

@@ -42,10 +42,15 @@
 //!   an anchor that was itself off) is followed by fixes that agree with each other, so
 //!   the agent re-anchors at once and is never locked out; smoothness alone also carries a
 //!   receiver whose Doppler is biased;
-//! - rejected if `N` informatively contradicts it on both counts (an isolated outlier: the
-//!   track goes on as if it never happened);
-//! - otherwise (no usable `N`: the next epoch failed another check, or the input ended or
-//!   fell quiet) accepted unless the anchor contradicted it.
+//! - rejected if `N` agrees on neither count and informatively contradicts it on one (an
+//!   isolated outlier: the track goes on as if it never happened);
+//! - otherwise (no usable `N`: the next epoch failed another check, jumped away from both
+//!   the held fix and the anchor's track, or the input ended or fell quiet) accepted unless
+//!   the anchor contradicted it.
+//!
+//! A held fix the anchor contradicted and `N` rescued leaves `N` to wait for its own
+//! successor rather than be accepted on the word of the fix it vouched for: two outliers in
+//! a row that happen to agree would otherwise carry each other.
 //!
 //! **Frozen** needs no look-ahead: the position printed is the previous one to the last
 //! digit while the Doppler speeds guarantee a movement the print would show. The print's
