@@ -11,9 +11,11 @@
 use std::collections::BTreeMap;
 
 use gps_agent::config::ValidateConfig;
-use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::sim::{Drive, DriveSpec, FaultKind, FaultSpec, NoiseSpec, SentenceKind, SimEpoch};
-use gps_agent::validate::{Validator, Verdict};
+use gps_agent::validate::Verdict;
+
+#[path = "support/verdicts.rs"]
+mod verdicts;
 
 #[derive(Debug, Default)]
 struct Score {
@@ -50,19 +52,7 @@ fn verdicts(epochs: &[SimEpoch], cfg: &ValidateConfig) -> Vec<Verdict> {
     for e in epochs {
         e.write_nmea(&mut bytes);
     }
-    let mut decoder = Decoder::new(true);
-    let mut validator = Validator::new(cfg.clone());
-    let mut out = Vec::new();
-    let mut events = Vec::new();
-    decoder.feed(&bytes, &mut |e| events.push(e));
-    decoder.finish(&mut |e| events.push(e));
-    for e in events {
-        if let Decoded::Epoch(epoch) = e {
-            validator.push(&epoch, &mut |v| out.push(v));
-        }
-    }
-    validator.finish(&mut |v| out.push(v));
-    out
+    verdicts::of(&bytes, true, cfg)
 }
 
 /// The fields of the epoch's RMC as printed (0 is the address).

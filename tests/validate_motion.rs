@@ -8,9 +8,11 @@ use chrono::NaiveDate;
 use gps_agent::config::ValidateConfig;
 use gps_agent::fix::Fix;
 use gps_agent::gnss::epoch::{Epoch, FaaMode, GgaObs, GsaObs, RmcObs, UsedSats};
-use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::rejection::Reason;
 use gps_agent::validate::{Validator, Verdict};
+
+#[path = "support/verdicts.rs"]
+mod verdicts;
 
 const LAT: f64 = 48.137;
 const LON: f64 = 11.575;
@@ -386,19 +388,7 @@ fn the_knobs_widen_or_switch_off_the_check() {
 // ---- one time, two positions (issue 14) ----------------------------------------------------
 
 fn decode_all(text: &str) -> Vec<Verdict> {
-    let mut decoder = Decoder::new(false);
-    let mut validator = Validator::new(ValidateConfig::default());
-    let mut out = Vec::new();
-    let mut events = Vec::new();
-    decoder.feed(text.as_bytes(), &mut |e| events.push(e));
-    decoder.finish(&mut |e| events.push(e));
-    for e in events {
-        if let Decoded::Epoch(epoch) = e {
-            validator.push(&epoch, &mut |v| out.push(v));
-        }
-    }
-    validator.finish(&mut |v| out.push(v));
-    out
+    verdicts::of(text.as_bytes(), false, &ValidateConfig::default())
 }
 
 fn reasons(out: &[Verdict]) -> Vec<Option<Reason>> {
