@@ -122,6 +122,17 @@ pub struct ValidateConfig {
     pub not_before_year: i32,
     /// Correct GPS week-rollover dates by 1024 weeks (true) or reject them (false).
     pub rollover_fix: bool,
+    /// Judge each fix against its neighbours, the receiver's Doppler speed and course and
+    /// the vehicle's limits (`frozen`, `inconsistent`; see `crate::validate::kinematics`).
+    pub motion_check: bool,
+    /// Largest acceleration of the vehicle in any direction (braking, pulling away,
+    /// cornering), m/s².
+    pub max_accel_mps2: f64,
+    /// Largest rate at which the vehicle's heading turns, degrees per second.
+    pub max_yaw_rate_dps: f64,
+    /// How far a fix may stray from where its neighbours put it from noise alone, metres at
+    /// HDOP 1 (scaled by the HDOP above 1).
+    pub position_noise_m: f64,
 }
 
 impl Default for ValidateConfig {
@@ -134,6 +145,10 @@ impl Default for ValidateConfig {
             disagree_m: 50.0,
             not_before_year: 2020,
             rollover_fix: true,
+            motion_check: true,
+            max_accel_mps2: 10.0,
+            max_yaw_rate_dps: 60.0,
+            position_noise_m: 12.0,
         }
     }
 }
@@ -811,11 +826,44 @@ impl ValidateConfig {
     /// Earliest and latest `not_before_year` accepted: GPS time starts in 1980; a later
     /// year than this is a typo that would reject every fix.
     pub const YEAR_RANGE: std::ops::RangeInclusive<i32> = 1980..=2100;
+    /// Motion limits: positive, and at most these (past them the check can reject nothing,
+    /// which `motion_check = false` says plainly).
+    pub const MAX_ACCEL_MPS2: f64 = 100.0;
+    pub const MAX_YAW_RATE_DPS: f64 = 720.0;
+    pub const MAX_POSITION_NOISE_M: f64 = 1_000.0;
 
     pub fn check(&self, out: &mut Vec<Problem>) {
         check_positive(out, "validate.max_hdop", self.max_hdop, "HDOP");
         check_positive(out, "validate.max_speed_kmh", self.max_speed_kmh, "km/h");
         check_positive(out, "validate.disagree_m", self.disagree_m, "metres");
+        let motion = [
+            (
+                "validate.max_accel_mps2",
+                self.max_accel_mps2,
+                Self::MAX_ACCEL_MPS2,
+                "m/s²",
+            ),
+            (
+                "validate.max_yaw_rate_dps",
+                self.max_yaw_rate_dps,
+                Self::MAX_YAW_RATE_DPS,
+                "degrees per second",
+            ),
+            (
+                "validate.position_noise_m",
+                self.position_noise_m,
+                Self::MAX_POSITION_NOISE_M,
+                "metres",
+            ),
+        ];
+        for (key, value, max, unit) in motion {
+            if !value.is_finite() || value <= 0.0 || value > max {
+                out.push(Problem::new(
+                    key,
+                    format!("{value} must be a positive number of {unit}, at most {max}"),
+                ));
+            }
+        }
         let track = crate::validate::JUMP_TRACK_CAPACITY;
         if !(2..=track).contains(&usize::from(self.jump_confirm)) {
             out.push(Problem::new(

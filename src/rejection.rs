@@ -5,7 +5,9 @@
 
 use serde::Serialize;
 
-/// Reason codes of `../shared/spec/INTERFACE.md`.
+/// Reason codes of `../shared/spec/INTERFACE.md`, and those the README's validation section
+/// adds to its list (`frozen`, `inconsistent`). New codes go at the end: the order is the
+/// stable order of metrics and health maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -17,7 +19,7 @@ pub enum Reason {
     Estimated,
     /// Sentences of one epoch contradict each other (positions or status apart).
     Disagree,
-    /// Latitude/longitude out of range, NaN or infinite.
+    /// A value outside its physical range (`crate::validate::ranges`), NaN or infinite.
     OutOfRange,
     /// 0,0: a receiver's way of saying nothing.
     NullIsland,
@@ -33,11 +35,16 @@ pub enum Reason {
     DuplicateTime,
     /// Not enough in the epoch to make a fix (no position, no time or no date).
     Incomplete,
+    /// The position repeats the previous epoch's while the receiver's speed says it moved.
+    Frozen,
+    /// The position is off the track its neighbours, the receiver's speed and course and
+    /// the vehicle's limits allow.
+    Inconsistent,
 }
 
 impl Reason {
     /// Every reason, in a stable order (for metrics and health maps).
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 14] = [
         Reason::Checksum,
         Reason::NoFix,
         Reason::Estimated,
@@ -50,6 +57,8 @@ impl Reason {
         Reason::TimeInvalid,
         Reason::DuplicateTime,
         Reason::Incomplete,
+        Reason::Frozen,
+        Reason::Inconsistent,
     ];
 
     /// The stable code, as in the spec.
@@ -67,6 +76,8 @@ impl Reason {
             Reason::TimeInvalid => "time_invalid",
             Reason::DuplicateTime => "duplicate_time",
             Reason::Incomplete => "incomplete",
+            Reason::Frozen => "frozen",
+            Reason::Inconsistent => "inconsistent",
         }
     }
 

@@ -46,9 +46,9 @@ fn the_example_file_mentions_every_key_of_every_section() {
         .filter_map(|v| v.as_table())
         .map(|t| t.len())
         .sum();
-    // device 1, gnss 6, validate 7, report 6, buffer 8, mqtt 14, health 1 (the optional
+    // device 1, gnss 6, validate 11, report 6, buffer 8, mqtt 14, health 1 (the optional
     // mqtt keys are shown commented out).
-    assert_eq!(counted, 43);
+    assert_eq!(counted, 47);
 }
 
 #[test]
@@ -235,6 +235,9 @@ fn thresholds_and_durations_must_be_positive_and_finite() {
         ("validate", "max_hdop", "positive"),
         ("validate", "max_speed_kmh", "positive"),
         ("validate", "disagree_m", "positive"),
+        ("validate", "max_accel_mps2", "positive"),
+        ("validate", "max_yaw_rate_dps", "positive"),
+        ("validate", "position_noise_m", "positive"),
         ("buffer", "commit_interval_s", "above 0"),
         ("buffer", "disk_retry_s", "above 0"),
         ("mqtt", "puback_timeout_s", "above 0"),
@@ -251,6 +254,25 @@ fn thresholds_and_durations_must_be_positive_and_finite() {
         // The smallest sensible value passes.
         config::parse_str(&format!("[{section}]\n{key} = 0.001\n")).unwrap();
     }
+}
+
+#[test]
+fn motion_limits_have_a_ceiling_past_which_the_check_could_reject_nothing() {
+    for (key, max) in [
+        ("max_accel_mps2", "100"),
+        ("max_yaw_rate_dps", "720"),
+        ("position_noise_m", "1000"),
+    ] {
+        config::parse_str(&format!("[validate]\n{key} = {max}\n")).unwrap();
+        assert_problem(
+            &format!("[validate]\n{key} = {max}.5\n"),
+            &format!("validate.{key}"),
+            Some(2),
+            "at most",
+        );
+    }
+    let cfg = config::parse_str("[validate]\nmotion_check = false\n").unwrap();
+    assert!(!cfg.validate.motion_check);
 }
 
 #[test]

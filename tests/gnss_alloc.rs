@@ -1,11 +1,14 @@
-//! Zero heap allocation per sentence: decoding a log a second time (once the test's own
-//! buffers exist) allocates nothing at all. Allocations are counted per thread, so tests
+//! Zero heap allocation per sentence: decoding and validating a log a second time (once the
+//! test's own buffers exist) allocates nothing at all, one-epoch-late verdicts of the motion
+//! check included. Allocations are counted per thread, so tests
 //! running side by side do not count each other's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use gps_agent::config::ValidateConfig;
 use gps_agent::gnss::{Decoded, Decoder};
+use gps_agent::validate::Validator;
 
 struct Counting;
 
@@ -47,12 +50,15 @@ mod corpus;
 
 #[test]
 fn decoding_a_simulated_drive_allocates_nothing_per_sentence() {
-    // Ten minutes at 10 Hz with a tunnel and damaged lines.
+    // Ten minutes at 10 Hz with a tunnel, damaged lines, receiver noise and faults (held
+    // and late-decided fixes).
     let spec = gps_agent::sim::DriveSpec {
         rate_hz: 10,
         epochs: 6_000,
         tunnel: Some((2_000, 300)),
         corrupt_every: Some(97),
+        noise: Some(gps_agent::sim::NoiseSpec::default()),
+        faults: Some(gps_agent::sim::FaultSpec::default()),
         ..gps_agent::sim::DriveSpec::default()
     };
     let mut bytes = Vec::new();
@@ -78,23 +84,37 @@ fn decoding_a_log_allocates_nothing_per_sentence() {
     }
 }
 
-/// Decoding `bytes` a second time (buffers warm) allocates nothing, and yields epochs.
+/// Decoding and validating `bytes` a second time (buffers warm) allocates nothing, and
+/// yields epochs and fixes.
 fn assert_no_allocation_per_sentence(name: &str, bytes: &[u8]) {
+    let cfg = ValidateConfig {
+        // The captures are from 2001-2023: let their dates count, so fixes are made.
+        not_before_year: 2000,
+        ..ValidateConfig::default()
+    };
     let mut epochs = 0u64;
-    let run = |epochs: &mut u64| {
+    let mut fixes = 0u64;
+    let mut run = |epochs: &mut u64| {
         let mut decoder = Decoder::new(true);
+        let mut validator = Validator::new(cfg.clone());
         let mut sink = |d: Decoded| {
-            if let Decoded::Epoch(_) = d {
+            if let Decoded::Epoch(epoch) = d {
                 *epochs += 1;
+                validator.push(&epoch, &mut |v| fixes += u64::from(v.is_ok()));
             }
         };
         decoder.feed(bytes, &mut sink);
         decoder.finish(&mut sink);
+        validator.finish(&mut |v| fixes += u64::from(v.is_ok()));
     };
     run(&mut epochs);
     let before = allocations();
     run(&mut epochs);
     let during = allocations() - before;
     assert!(epochs > 0, "{name}");
-    assert_eq!(during, 0, "{name}: {during} allocations while decoding");
+    assert!(fixes > 0, "{name}: the validator made fixes");
+    assert_eq!(
+        during, 0,
+        "{name}: {during} allocations while decoding and validating"
+    );
 }

@@ -6,7 +6,7 @@
 
 use gps_agent::config::ValidateConfig;
 use gps_agent::gnss::{Decoded, Decoder};
-use gps_agent::validate::Validator;
+use gps_agent::validate::{Validator, Verdict};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,18 +18,27 @@ fuzz_target!(|data: &[u8]| {
     let chunk = usize::from(head % 64) + 1;
     let mut decoder = Decoder::new(head & 0x80 == 0);
     let mut validator = Validator::new(ValidateConfig::default());
+    let promises = |verdict: Verdict| {
+        if let Ok(fix) = verdict {
+            assert!(fix.lat.is_finite() && fix.lon.is_finite());
+            assert!((-90.0..=90.0).contains(&fix.lat));
+            assert!((-180.0..=180.0).contains(&fix.lon));
+            assert!(!(fix.lat == 0.0 && fix.lon == 0.0));
+            // Every field within its physical range (`validate::ranges`).
+            assert!(fix.speed_mps.is_none_or(|v| (0.0..=200.0).contains(&v)));
+            assert!(fix.course_deg.is_none_or(|v| (0.0..360.0).contains(&v)));
+            assert!(fix.alt_m.is_none_or(|v| (-1_000.0..=20_000.0).contains(&v)));
+            assert!(fix.hdop.is_none_or(|v| v >= 0.1 && v.is_finite()));
+        }
+    };
     let mut check = |ev: Decoded| {
         if let Decoded::Epoch(epoch) = ev {
-            if let Ok(fix) = validator.check(&epoch) {
-                assert!(fix.lat.is_finite() && fix.lon.is_finite());
-                assert!((-90.0..=90.0).contains(&fix.lat));
-                assert!((-180.0..=180.0).contains(&fix.lon));
-                assert!(!(fix.lat == 0.0 && fix.lon == 0.0));
-            }
+            validator.push(&epoch, &mut |v| promises(v));
         }
     };
     for piece in rest.chunks(chunk) {
         decoder.feed(piece, &mut check);
     }
     decoder.finish(&mut check);
+    validator.finish(&mut |v| promises(v));
 });

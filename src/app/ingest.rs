@@ -22,7 +22,7 @@ use crate::health::metrics::Metrics;
 use crate::rejection::Reason;
 use crate::report::{Kept, Policy};
 use crate::status::{GnssStatus, LastFix, StatusBoard};
-use crate::validate::Validator;
+use crate::validate::{Validator, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
@@ -91,13 +91,20 @@ impl Ingest {
                 break;
             }
             if let Ok(cfg) = reload.try_recv() {
-                // Thresholds change; the track of earlier fixes starts afresh.
+                // Thresholds change; the track of earlier fixes starts afresh, once a fix
+                // held for its successor's verdict has had one.
+                if stage.settle(Instant::now()) {
+                    store.notify_committed();
+                }
                 stage.validator = Validator::new(cfg);
             }
             if let Ok(cfg) = report_reload.try_recv() {
                 // Fixes pending under the old rules are kept; the new ones start afresh.
                 stage.report_reload(&cfg, Instant::now());
             }
+            // The receiver fell silent or the log ended: no successor will come to judge a
+            // fix the validator holds, so it is decided now (and stored before a power cut).
+            let mut quiet = false;
             if source_done {
                 std::thread::sleep(IDLE_TICK);
             } else {
@@ -113,21 +120,23 @@ impl Ingest {
                     Err(RecvTimeoutError::Timeout) => {
                         if !quiet_flushed && last_bytes_at.elapsed() >= EPOCH_QUIET {
                             decoder.line_quiet(&mut |e| events.push(e));
+                            quiet = true;
                             quiet_flushed = true;
                         }
                     }
                     Err(RecvTimeoutError::Disconnected) => {
                         // A replayed log ended: keep the agent running (it still drains).
                         decoder.finish(&mut |e| events.push(e));
+                        quiet = true;
                         source_done = true;
                     }
                 }
             }
-            stage.pass(&mut events, &decoder, Instant::now(), false);
+            stage.pass(&mut events, &decoder, Instant::now(), quiet, false);
         }
         // Shutdown: what the decoder holds, then one last commit.
         decoder.finish(&mut |e| events.push(e));
-        stage.pass(&mut events, &decoder, Instant::now(), true);
+        stage.pass(&mut events, &decoder, Instant::now(), true, true);
         let accepted = stage.validator.accepted();
         drop(stage);
         drop(source.chunks);
@@ -179,12 +188,23 @@ struct Stage<'a> {
 }
 
 impl Stage<'_> {
-    /// Judge and store the decoder's events, tick the buffer (group commit, disk retries;
-    /// at the end a final commit), wake the uplink after a commit, and publish what changed.
-    fn pass(&mut self, events: &mut Vec<Decoded>, decoder: &Decoder, now: Instant, last: bool) {
+    /// Judge and store the decoder's events (and with `settle` the fix the validator holds),
+    /// tick the buffer (group commit, disk retries; at the end a final commit), wake the
+    /// uplink after a commit, and publish what changed.
+    fn pass(
+        &mut self,
+        events: &mut Vec<Decoded>,
+        decoder: &Decoder,
+        now: Instant,
+        settle: bool,
+        last: bool,
+    ) {
         let mut committed = false;
         for event in events.drain(..) {
             committed |= self.handle(event, now);
+        }
+        if settle {
+            committed |= self.settle(now);
         }
         committed |= if last {
             self.reporting.policy.finish(&mut self.reporting.kept);
@@ -224,7 +244,29 @@ impl Stage<'_> {
                 return false;
             }
         };
-        match self.validator.check(&epoch) {
+        // At most two verdicts: the held fix's, then this epoch's.
+        let mut verdicts: heapless::Vec<Verdict, 2> = heapless::Vec::new();
+        self.validator.push(&epoch, &mut |v| {
+            let _ = verdicts.push(v);
+        });
+        let mut committed = false;
+        for verdict in verdicts {
+            committed |= self.record(verdict, now);
+        }
+        committed
+    }
+
+    /// Decide the fix the validator holds, if any; true when the buffer committed.
+    fn settle(&mut self, now: Instant) -> bool {
+        let mut held: Option<Verdict> = None;
+        self.validator.finish(&mut |v| held = Some(v));
+        held.is_some_and(|v| self.record(v, now))
+    }
+
+    /// One verdict: an accepted fix stored, a rejection counted; true when the buffer
+    /// committed.
+    fn record(&mut self, verdict: Verdict, now: Instant) -> bool {
+        match verdict {
             Ok(fix) => {
                 self.metrics.fix_accepted();
                 self.board.clock().note_fix(fix.time_ms);

@@ -164,8 +164,8 @@ pub fn parse_stream(
     })
 }
 
-/// Decode and validate a whole stream; each outcome goes to `sink` with the number of fixes
-/// accepted before it.
+/// Decode and validate a whole stream; each outcome goes to `sink`, in receiver order, with
+/// the number of fixes accepted before it.
 pub fn parse_events(
     mut input: impl Read,
     cfg: &Settings,
@@ -173,33 +173,22 @@ pub fn parse_events(
 ) -> Result<ParseSummary, ParseStreamError> {
     let mut decoder = Decoder::new(cfg.gnss.require_checksum);
     let mut validator = Validator::new(cfg.validate.clone());
-    let mut summary = ParseSummary::default();
+    let mut verdicts = Verdicts {
+        sink,
+        summary: ParseSummary::default(),
+        held_checksums: 0,
+        error: None,
+    };
     let mut buf = [0u8; 8192];
     // Events of one chunk, collected so the decoder's borrow ends before validation and
     // output; bounded by what one chunk can hold (at most one event per 4 input bytes).
     let mut events: Vec<Decoded> = Vec::new();
-    let mut handle = |event: Decoded, summary: &mut ParseSummary| -> io::Result<()> {
-        match event {
-            Decoded::Epoch(epoch) => {
-                summary.epochs += 1;
-                match validator.check(&epoch) {
-                    Ok(fix) => {
-                        let seq = summary.accepted;
-                        summary.accepted += 1;
-                        sink(Outcome::Accepted(&fix), seq)
-                    }
-                    Err(rej) => {
-                        summary.rejected.add(rej.reason);
-                        sink(Outcome::Rejected(&rej), summary.accepted)
-                    }
-                }
-            }
-            Decoded::BadChecksum => {
-                summary.rejected.add(Reason::Checksum);
-                let rej = Rejection::new(Reason::Checksum, "bad checksum");
-                sink(Outcome::Rejected(&rej), summary.accepted)
-            }
+    let mut handle = |event: Decoded, verdicts: &mut Verdicts<'_, _>| match event {
+        Decoded::Epoch(epoch) => {
+            verdicts.summary.epochs += 1;
+            validator.push(&epoch, &mut |verdict| verdicts.verdict(verdict));
         }
+        Decoded::BadChecksum => verdicts.checksum(validator.is_holding()),
     };
     loop {
         let n = match input.read(&mut buf) {
@@ -208,19 +197,82 @@ pub fn parse_events(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(ParseStreamError::Read(e)),
         };
-        summary.bytes += n as u64;
+        verdicts.summary.bytes += n as u64;
         let chunk = buf.get(..n).unwrap_or(&[]);
         decoder.feed(chunk, &mut |ev| events.push(ev));
         for ev in events.drain(..) {
-            handle(ev, &mut summary).map_err(ParseStreamError::Write)?;
+            handle(ev, &mut verdicts);
+        }
+        if let Some(e) = verdicts.error.take() {
+            return Err(ParseStreamError::Write(e));
         }
     }
     decoder.finish(&mut |ev| events.push(ev));
     for ev in events.drain(..) {
-        handle(ev, &mut summary).map_err(ParseStreamError::Write)?;
+        handle(ev, &mut verdicts);
     }
+    validator.finish(&mut |verdict| verdicts.verdict(verdict));
+    if let Some(e) = verdicts.error.take() {
+        return Err(ParseStreamError::Write(e));
+    }
+    let mut summary = verdicts.summary;
     summary.sentences = Some(*decoder.stats());
     Ok(summary)
+}
+
+/// Verdicts to the sink, in receiver order.
+struct Verdicts<'s, S> {
+    sink: &'s mut S,
+    summary: ParseSummary,
+    /// Checksum rejections that arrived while the validator held an epoch for its
+    /// successor's verdict: they came after that epoch, so they go out after its verdict.
+    /// All alike (no time, no position), so a count is enough.
+    held_checksums: u64,
+    /// The first error of the sink; later outcomes are skipped.
+    error: Option<io::Error>,
+}
+
+impl<S: FnMut(Outcome<'_>, u64) -> io::Result<()>> Verdicts<'_, S> {
+    fn verdict(&mut self, verdict: crate::validate::Verdict) {
+        match verdict {
+            Ok(fix) => {
+                let seq = self.summary.accepted;
+                self.summary.accepted += 1;
+                self.emit(Outcome::Accepted(&fix), seq);
+            }
+            Err(rej) => {
+                self.summary.rejected.add(rej.reason);
+                self.emit(Outcome::Rejected(&rej), self.summary.accepted);
+            }
+        }
+        // Whatever was held back came after the held epoch: its verdict is this one (the
+        // held epoch's is always the first a push or finish hands out).
+        for _ in 0..std::mem::take(&mut self.held_checksums) {
+            self.emit_checksum();
+        }
+    }
+
+    fn checksum(&mut self, validator_holding: bool) {
+        self.summary.rejected.add(Reason::Checksum);
+        if validator_holding {
+            self.held_checksums += 1;
+        } else {
+            self.emit_checksum();
+        }
+    }
+
+    fn emit_checksum(&mut self) {
+        let rej = Rejection::new(Reason::Checksum, "bad checksum");
+        self.emit(Outcome::Rejected(&rej), self.summary.accepted);
+    }
+
+    fn emit(&mut self, outcome: Outcome<'_>, seq: u64) {
+        if self.error.is_none() {
+            if let Err(e) = (self.sink)(outcome, seq) {
+                self.error = Some(e);
+            }
+        }
+    }
 }
 
 /// `{"rejected": "<reason>", "time": ..., "lat": ..., "lon": ...}` with what was known.

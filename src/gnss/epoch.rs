@@ -72,8 +72,13 @@ enum Slot {
 ///   LC79D: GSA x6, VTG, RMC, GGA, GLL) come out right, as well as those that send them
 ///   after (u-blox: RMC, VTG, GGA, GSA...). Only the first epoch of a stream that starts
 ///   mid-cycle may get its neighbour's GSA/VTG.
-/// - Within one epoch, the first sentence of a type wins; a repeat with the same time (a
-///   second talker) is ignored, not mixed in.
+/// - Within one epoch, the first sentence of a type wins; a repeat with the same time and the
+///   same position (a second talker of one solution) or none is ignored, not mixed in. A
+///   repeat with the same time and another position is a second solution for that instant
+///   (a receiver that repeated its time while moving on, two receivers on one line): it
+///   starts an epoch of its own, never silently dropped, and validation says what it is.
+///   A cycle sent twice keeps its GSA and VTG with it. A sentence without time or position
+///   (the tail of a cut no-fix cycle) gives way to one of the epoch's time.
 /// - The date comes from the epoch's own RMC or ZDA (ZDA preferred: four-digit year). An
 ///   epoch without one carries the date of the last dated epoch, rolled to the next day when
 ///   its time of day fell back by more than half a day (midnight), with `date_from_epoch`
@@ -90,6 +95,13 @@ pub struct Assembler {
     has_zda: bool,
     /// The slot the last observation filled, to tell a run of GSAs from a new one.
     last_slot: Option<Slot>,
+    /// A timed sentence of `current`'s time and position came again: the receiver sent
+    /// the cycle twice (or a second talker repeats it). The repeat's untimed GSA and VTG
+    /// belong to it too and are dropped with it, instead of starting an epoch of their own
+    /// that would shift every later epoch's GSA and VTG by one.
+    repeating: bool,
+    /// Slots of `current` filled by a sentence without a time (bit `Slot as u8`).
+    untimed: u8,
     /// Date and time of day of the last emitted epoch that had both: the anchor for
     /// carrying the date forward.
     anchor: Option<(NaiveDate, u32)>,
@@ -104,21 +116,45 @@ impl Assembler {
     pub fn push(&mut self, observation: Observation, emit: &mut impl FnMut(Epoch)) {
         let slot = slot_of(&observation);
         let occupied = self.is_occupied(slot);
+        let same_time = matches!(
+            (observation.time_of_day_ms(), self.current.time_of_day_ms),
+            (Some(t), Some(current)) if t == current
+        );
+        // A sentence of this epoch's time takes the place of one of its type that had no
+        // time and no position: a leftover of a cut no-fix cycle (a capture restarted
+        // mid-cycle), which would otherwise speak for this epoch's status.
+        let replaces = occupied && same_time && self.holds_nothing(slot);
         let starts_next = match (observation.time_of_day_ms(), self.current.time_of_day_ms) {
-            (Some(t), Some(current)) => t != current,
-            // Same time and type: a second talker of the same sentence, ignored below.
+            // Same time and type with another position: a second solution for one instant
+            // (a receiver repeating its time, a second receiver on the line). It becomes an
+            // epoch of its own, which validation judges (`duplicate_time`, `disagree`).
+            (Some(t), Some(current)) => {
+                t != current || (occupied && !replaces && self.another_position(&observation))
+            }
+            // An untimed sentence of a cycle sent twice stays with it (see `repeating`).
+            _ if self.repeating => false,
             _ if slot == Slot::Gsa => occupied && self.last_slot != Some(Slot::Gsa),
             _ => occupied,
         };
         if starts_next {
             self.close(emit);
-        } else if occupied && slot != Slot::Gsa {
-            // Same epoch, same type again: first one wins.
+        } else if occupied && slot != Slot::Gsa && !replaces {
+            // Same epoch, same type again (a second talker of one solution, or the cycle
+            // sent twice): first one wins.
+            if observation.time_of_day_ms().is_some() {
+                self.repeating = true;
+            }
             self.last_slot = Some(slot);
             return;
         }
         if let (Some(t), None) = (observation.time_of_day_ms(), self.current.time_of_day_ms) {
             self.current.time_of_day_ms = Some(t);
+        }
+        let bit = 1u8 << slot as u8;
+        if observation.time_of_day_ms().is_some() {
+            self.untimed &= !bit;
+        } else {
+            self.untimed |= bit;
         }
         self.fill(observation);
         self.has_observations = true;
@@ -133,6 +169,49 @@ impl Assembler {
     /// End of input: emit the epoch being assembled, if it holds anything.
     pub fn finish(&mut self, emit: &mut impl FnMut(Epoch)) {
         self.close(emit);
+    }
+
+    /// `slot` holds a sentence that had no time and no position.
+    fn holds_nothing(&self, slot: Slot) -> bool {
+        let e = &self.current;
+        let no_position = match slot {
+            Slot::Rmc => e.rmc.is_some_and(|o| o.lat.is_none() || o.lon.is_none()),
+            Slot::Gga => e.gga.is_some_and(|o| o.lat.is_none() || o.lon.is_none()),
+            Slot::Gns => e.gns.is_some_and(|o| o.lat.is_none() || o.lon.is_none()),
+            Slot::Gll => e.gll.is_some_and(|o| o.lat.is_none() || o.lon.is_none()),
+            _ => false,
+        };
+        no_position && self.untimed & (1u8 << slot as u8) != 0
+    }
+
+    /// `observation` gives a position, and not the one its slot already holds.
+    fn another_position(&self, observation: &Observation) -> bool {
+        let e = &self.current;
+        let both = |lat: Option<f64>, lon: Option<f64>| lat.zip(lon);
+        let (new, held) = match observation {
+            Observation::Rmc { obs, .. } => (
+                both(obs.lat, obs.lon),
+                e.rmc.and_then(|o| both(o.lat, o.lon)),
+            ),
+            Observation::Gga { obs, .. } => (
+                both(obs.lat, obs.lon),
+                e.gga.and_then(|o| both(o.lat, o.lon)),
+            ),
+            Observation::Gns { obs, .. } => (
+                both(obs.lat, obs.lon),
+                e.gns.and_then(|o| both(o.lat, o.lon)),
+            ),
+            Observation::Gll { obs, .. } => (
+                both(obs.lat, obs.lon),
+                e.gll.and_then(|o| both(o.lat, o.lon)),
+            ),
+            _ => (None, None),
+        };
+        match (new, held) {
+            (Some(n), Some(h)) => n != h,
+            (Some(_), None) => true,
+            _ => false,
+        }
     }
 
     fn is_occupied(&self, slot: Slot) -> bool {
@@ -197,6 +276,8 @@ impl Assembler {
         let had_observations = core::mem::replace(&mut self.has_observations, false);
         self.last_slot = None;
         self.has_zda = false;
+        self.repeating = false;
+        self.untimed = 0;
         if !had_observations {
             // Only dropped sentences: they stay counted for the next epoch instead.
             self.current.dropped_sentences = epoch.dropped_sentences;
@@ -402,6 +483,66 @@ mod tests {
         let out = assemble(&[gga(Some(1000)), second]);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].gga.and_then(|g| g.quality), Some(1));
+    }
+
+    /// RMC at time `t` and latitude `lat` (`None`: empty position).
+    fn rmc_at(t: Option<u32>, lat: Option<f64>, valid: bool) -> Observation {
+        Observation::Rmc {
+            time_of_day_ms: t,
+            date: day(1),
+            obs: RmcObs {
+                valid,
+                lat,
+                lon: lat.map(|_| 2.0),
+                ..RmcObs::default()
+            },
+        }
+    }
+
+    #[test]
+    fn the_same_time_with_another_position_is_an_epoch_of_its_own() {
+        // A second receiver (or a repeated time while moving on): nothing silently dropped.
+        let out = assemble(&[
+            rmc_at(Some(1000), Some(1.0), true),
+            gga(Some(1000)),
+            rmc_at(Some(1000), Some(1.05), true),
+            rmc_at(Some(2000), Some(1.0), true),
+        ]);
+        let times: Vec<_> = out.iter().map(|e| e.time_of_day_ms).collect();
+        assert_eq!(times, [Some(1000), Some(1000), Some(2000)]);
+        assert_eq!(out[1].rmc.and_then(|r| r.lat), Some(1.05));
+        assert!(out[1].gga.is_none());
+    }
+
+    #[test]
+    fn a_cycle_sent_twice_stays_one_epoch_and_keeps_its_gsa_and_vtg() {
+        let cycle = [
+            rmc_at(Some(1000), Some(1.0), true),
+            gga(Some(1000)),
+            gsa(3, 6),
+            vtg(10.0),
+        ];
+        let next = [rmc_at(Some(2000), Some(1.0), true), gsa(3, 5), vtg(20.0)];
+        let all: Vec<Observation> = cycle.iter().chain(&cycle).chain(&next).copied().collect();
+        let out = assemble(&all);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].vtg.and_then(|v| v.course_deg), Some(10.0));
+        assert_eq!(out[1].vtg.and_then(|v| v.course_deg), Some(20.0));
+        assert_eq!(out[1].gsa.map(|g| g.sats_used()), Some(5));
+    }
+
+    #[test]
+    fn an_empty_untimed_sentence_gives_way_to_one_of_the_epochs_time() {
+        // The tail of a cut no-fix cycle (status V, no time, no position) glued to the
+        // next epoch must not speak for it once that epoch's own sentence arrives.
+        let out = assemble(&[
+            rmc_at(None, None, false),
+            gga(Some(1000)),
+            rmc_at(Some(1000), Some(1.0), true),
+        ]);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0].rmc.map(|r| r.valid), Some(true));
+        assert_eq!(out[0].rmc.and_then(|r| r.lat), Some(1.0));
     }
 
     #[test]

@@ -129,6 +129,26 @@ pub fn time_of_day_ms(t: NaiveTime) -> u32 {
     t.num_seconds_from_midnight() * 1000 + ms
 }
 
+/// Index of the latitude field among a sentence's data fields (after the address); the
+/// longitude is two further on.
+const RMC_LAT: usize = 2;
+const GGA_LAT: usize = 1;
+const GLL_LAT: usize = 0;
+const GNS_LAT: usize = 1;
+
+/// The coordinate `value` parsed from field `index` of `data`, or NaN when that field's
+/// minutes are 60 or more: the crate reads `4860.000` as 49°, a place the receiver never
+/// named. Validation rejects a NaN coordinate as `out_of_range` with every other impossible
+/// value (`crate::validate::ranges`); this is only where the digits are still at hand.
+fn minutes_checked(data: &str, index: usize, value: Option<f64>) -> Option<f64> {
+    let sixty = data
+        .split(',')
+        .nth(index)
+        .and_then(|field| field.parse::<f64>().ok())
+        .is_some_and(|v| v.abs() % 100.0 >= 60.0);
+    value.map(|v| if sixty { f64::NAN } else { v })
+}
+
 fn time(t: Option<NaiveTime>) -> Option<u32> {
     t.map(time_of_day_ms)
 }
@@ -211,8 +231,8 @@ fn rmc(sentence: &NmeaSentence<'_>) -> Option<Observation> {
         date: d.fix_date,
         obs: RmcObs {
             valid: !matches!(d.status_of_fix, s::rmc::RmcStatusOfFix::Invalid),
-            lat: d.lat,
-            lon: d.lon,
+            lat: minutes_checked(sentence.data, RMC_LAT, d.lat),
+            lon: minutes_checked(sentence.data, RMC_LAT + 2, d.lon),
             speed_knots: f64_of(d.speed_over_ground),
             course_deg: f64_of(d.true_course),
             faa_mode: d.faa_mode.map(faa),
@@ -234,8 +254,8 @@ fn gga(sentence: &NmeaSentence<'_>) -> Option<Observation> {
         time_of_day_ms: time(d.fix_time),
         obs: GgaObs {
             quality: d.fix_type.map(gga_quality).filter(|_| quality_given),
-            lat: d.latitude,
-            lon: d.longitude,
+            lat: minutes_checked(sentence.data, GGA_LAT, d.latitude),
+            lon: minutes_checked(sentence.data, GGA_LAT + 2, d.longitude),
             sats: d.fix_satellites.map(|n| u8::try_from(n).unwrap_or(u8::MAX)),
             hdop: f64_of(d.hdop),
             alt_m: f64_of(d.altitude),
@@ -264,8 +284,8 @@ fn gll(sentence: &NmeaSentence<'_>) -> Option<Observation> {
         time_of_day_ms: time(d.fix_time),
         obs: GllObs {
             valid: d.valid,
-            lat: d.latitude,
-            lon: d.longitude,
+            lat: minutes_checked(sentence.data, GLL_LAT, d.latitude),
+            lon: minutes_checked(sentence.data, GLL_LAT + 2, d.longitude),
             faa_mode: d.faa_mode.map(faa),
         },
     })
@@ -383,8 +403,8 @@ fn gns(data: &str) -> Option<Observation> {
         time_of_day_ms,
         obs: GnsObs {
             mode,
-            lat,
-            lon,
+            lat: minutes_checked(data, GNS_LAT, lat),
+            lon: minutes_checked(data, GNS_LAT + 2, lon),
             sats,
             hdop,
             alt_m,
@@ -541,6 +561,35 @@ mod tests {
         assert!(close(obs.speed_knots, 0.025, 1e-6));
         assert!(close(obs.course_deg, 12.5, 1e-6));
         assert_eq!(obs.faa_mode, Some(FaaMode::Autonomous));
+    }
+
+    #[test]
+    fn sixty_minutes_or_more_make_a_coordinate_nan_in_every_positioned_sentence() {
+        let lat_of = |o: Observation| match o {
+            Observation::Rmc { obs, .. } => (obs.lat, obs.lon),
+            Observation::Gga { obs, .. } => (obs.lat, obs.lon),
+            Observation::Gll { obs, .. } => (obs.lat, obs.lon),
+            Observation::Gns { obs, .. } => (obs.lat, obs.lon),
+            other => panic!("{other:?}"),
+        };
+        let is_nan = |v: Option<f64>| v.is_some_and(f64::is_nan);
+        for body in [
+            "GPRMC,080000.00,A,4860.0000,N,01134.5000,E,0.0,,180324,,,A",
+            "GPGGA,080000.00,4860.0000,N,01134.5000,E,1,09,1.0,520.0,M,47.0,M,,",
+            "GPGLL,4860.0000,N,01134.5000,E,080000.00,A,A",
+            "GNGNS,080000.00,4860.0000,N,01134.5000,E,AA,09,1.0,520.0,47.0,,",
+        ] {
+            let (lat, lon) = lat_of(obs(body));
+            assert!(is_nan(lat) && !is_nan(lon), "{body}: {lat:?} {lon:?}");
+        }
+        let (lat, lon) = lat_of(obs(
+            "GPRMC,080000.00,A,4859.9999,N,01160.5,E,0.0,,180324,,,A",
+        ));
+        assert!(
+            lat.is_some_and(|v| (v - 48.999_998).abs() < 1e-6),
+            "{lat:?}"
+        );
+        assert!(is_nan(lon), "{lon:?}");
     }
 
     #[test]

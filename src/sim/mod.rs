@@ -2,7 +2,8 @@
 //! sentences a GPS receiver would send, for `gps-agent demo` and for tests of the daemon.
 //!
 //! In: a [`DriveSpec`] (start time and place, length, rate, seed, an optional tunnel, an
-//! optional rate of damaged lines, talker, precision). Out: a [`Drive`], an iterator of
+//! optional rate of damaged lines, talker, precision, and opt-in receiver noise
+//! ([`noise`]) and labelled faults ([`faults`])). Out: a [`Drive`], an iterator of
 //! [`SimEpoch`]s; each carries the truth (where the car really was, how fast, which way, how
 //! many satellites) beside the NMEA lines printed for it, so a test downstream can check that
 //! every good epoch became a fix and every damaged or no-fix one did not. [`write_log`] and
@@ -12,8 +13,10 @@
 //! the host clock or the OS. The simulator never reads the agent's code (decoder, validator):
 //! it is an independent witness of what a receiver says.
 
+pub mod faults;
 mod feed;
 mod motion;
+pub mod noise;
 mod rng;
 mod sentences;
 
@@ -23,8 +26,10 @@ use tracing::error;
 
 use crate::error::{Classified, ErrorClass};
 
+pub use faults::{FaultKind, FaultSpec};
 pub use feed::{write_log, write_paced, write_realtime, Pacer, RealTime, STOP_POLL};
 pub use motion::{Scene, SceneKind};
+pub use noise::NoiseSpec;
 pub use sentences::{checksum, Corruption, Line, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT};
 
 use motion::{Car, Sky};
@@ -45,6 +50,8 @@ const COURSE_MIN_SPEED_MPS: f64 = 0.1;
 const STREAM_MOTION: u64 = 1;
 const STREAM_SKY: u64 = 2;
 const STREAM_CORRUPTION: u64 = 3;
+const STREAM_NOISE: u64 = 4;
+const STREAM_FAULTS: u64 = 5;
 
 /// What drive to simulate.
 #[derive(Debug, Clone, PartialEq)]
@@ -75,6 +82,10 @@ pub struct DriveSpec {
     /// Roundabouts, highway stretches and parked spells at set times; empty (city blocks
     /// only, the drive as it always was) by default.
     pub scenes: Vec<Scene>,
+    /// Receiver noise (`None`: the receiver prints the truth, as every drive did before).
+    pub noise: Option<NoiseSpec>,
+    /// Labelled faults (`None`: none).
+    pub faults: Option<FaultSpec>,
 }
 
 impl Default for DriveSpec {
@@ -93,6 +104,8 @@ impl Default for DriveSpec {
             talker: *b"GP",
             precision_decimals: 4,
             scenes: Vec::new(),
+            noise: None,
+            faults: None,
         }
     }
 }
@@ -177,6 +190,12 @@ impl DriveSpec {
                 return Err(SimError::Scene { scene: *scene });
             }
         }
+        if self.noise.is_some_and(|n| !n.is_valid()) {
+            return Err(SimError::Noise);
+        }
+        if self.faults.is_some_and(|f| !f.is_valid()) {
+            return Err(SimError::Faults);
+        }
         let last = i64::from(self.epochs.saturating_sub(1))
             .checked_mul(self.period_ms())
             .and_then(|span| self.start_time_ms.checked_add(span));
@@ -213,6 +232,10 @@ pub enum SimError {
     CorruptEvery,
     #[error("scene {scene:?} cannot be driven (roundabout exits 90/180/270/360, durations above 0, at most 256 scenes)")]
     Scene { scene: Scene },
+    #[error("noise figures must be finite and not negative, the correlation time positive")]
+    Noise,
+    #[error("fault rate must be within 0..=0.25, with at least one kind")]
+    Faults,
     #[error(
         "a drive of {epochs} epochs from {start_time_ms} ms leaves the years 2000-2099 that ddmmyy can say"
     )]
@@ -235,6 +258,8 @@ impl Classified for SimError {
             SimError::Altitude { .. } => "SIM_ALTITUDE",
             SimError::CorruptEvery => "SIM_CORRUPT_EVERY",
             SimError::Scene { .. } => "SIM_SCENE",
+            SimError::Noise => "SIM_NOISE",
+            SimError::Faults => "SIM_FAULTS",
             SimError::Time { .. } => "SIM_TIME",
             SimError::Write { .. } => "SIM_WRITE",
         }
@@ -264,7 +289,8 @@ pub struct SimSentence {
 pub struct SimEpoch {
     /// 0-based position in the drive.
     pub index: u32,
-    /// UTC, milliseconds since the Unix epoch: exactly the time the sentences print.
+    /// UTC, milliseconds since the Unix epoch: exactly the time the sentences print (but for
+    /// a [`FaultKind::RepeatedTime`], which prints the time the previous epoch printed).
     pub time_ms: i64,
     /// Where the car truly was, WGS84 degrees (in a tunnel too, though nothing says so).
     pub lat: f64,
@@ -280,6 +306,8 @@ pub struct SimEpoch {
     pub hdop: f64,
     /// The receiver had a 3D fix (false in the tunnel).
     pub fix: bool,
+    /// The fault injected into this epoch's lines, if any.
+    pub fault: Option<FaultKind>,
     pub sentences: heapless::Vec<SimSentence, SENTENCES_PER_EPOCH>,
 }
 
@@ -289,9 +317,9 @@ impl SimEpoch {
         self.sentences.iter().any(|s| s.corruption.is_some())
     }
 
-    /// A fix, and every line intact: the agent must accept it.
+    /// A fix, every line intact and no fault the agent must catch: it must accept it.
     pub fn is_good(&self) -> bool {
-        self.fix && !self.is_corrupted()
+        self.fix && !self.is_corrupted() && self.fault.is_none_or(|f| f.caught_as().is_empty())
     }
 
     /// Append the epoch's lines, as sent, to `out`.
@@ -313,6 +341,8 @@ pub struct Drive {
     damage: SplitMix64,
     /// Sentences printed so far, for `corrupt_every`.
     printed: u64,
+    noise: Option<noise::ReceiverNoise>,
+    faults: Option<faults::Injector>,
 }
 
 impl Drive {
@@ -334,6 +364,12 @@ impl Drive {
             sky,
             damage: SplitMix64::new(spec.seed, STREAM_CORRUPTION),
             printed: 0,
+            noise: spec
+                .noise
+                .map(|n| noise::ReceiverNoise::new(n, SplitMix64::new(spec.seed, STREAM_NOISE))),
+            faults: spec
+                .faults
+                .map(|f| faults::Injector::new(f, SplitMix64::new(spec.seed, STREAM_FAULTS))),
             spec,
         })
     }
@@ -348,7 +384,7 @@ impl Drive {
         let sats = if fix { self.sky.sats } else { 0 };
         let hdop = if fix { self.sky.hdop() } else { 99.99 };
         let car = &self.car;
-        let reading = Reading {
+        let mut reading = Reading {
             time_ms,
             fix,
             lat: car.lat,
@@ -363,9 +399,31 @@ impl Drive {
             talker: self.spec.talker,
             precision: self.spec.precision_decimals,
         };
+        if let (Some(noise), true) = (&mut self.noise, fix) {
+            let seen = noise.observe(
+                noise::Observed {
+                    lat: reading.lat,
+                    lon: reading.lon,
+                    alt_m: reading.alt_m,
+                    speed_mps: reading.speed_mps,
+                    course_deg: self.car.course_deg,
+                },
+                hdop,
+            );
+            (reading.lat, reading.lon, reading.alt_m) = (seen.lat, seen.lon, seen.alt_m);
+            reading.speed_mps = seen.speed_mps;
+            reading.course_deg =
+                (seen.speed_mps >= COURSE_MIN_SPEED_MPS).then_some(seen.course_deg);
+        }
+        let fault = self.faults.as_mut().and_then(|f| f.choose(index, &reading));
+        let car = &self.car;
         let mut printed = heapless::Vec::new();
         for kind in SentenceKind::ALL {
-            let Ok(line) = sentences::sentence(kind, &reading) else {
+            let line = match (&self.faults, &fault) {
+                (Some(injector), Some(fault)) => injector.print(kind, &reading, fault),
+                _ => sentences::sentence(kind, &reading),
+            };
+            let Ok(line) = line else {
                 // Cannot happen for a checked spec (a unit test prints the widest lines);
                 // losing one line is better than stopping the drive.
                 error!(
@@ -418,6 +476,7 @@ impl Drive {
             sats,
             hdop,
             fix,
+            fault: fault.map(|f| f.kind),
             sentences: printed,
         }
     }
@@ -437,6 +496,9 @@ impl Iterator for Drive {
         let in_tunnel = self.spec.in_tunnel(index + 1);
         self.car.step(dt, in_tunnel);
         self.sky.step(dt, in_tunnel);
+        if let Some(noise) = &mut self.noise {
+            noise.step(dt);
+        }
         Some(epoch)
     }
 

@@ -1,10 +1,12 @@
 //! Validation: an [`Epoch`] becomes an accepted [`Fix`] or a [`Rejection`] with a reason.
 //!
-//! In: epochs from `crate::gnss`, in receiver order. Out: a `Fix` (to the buffer) or a
-//! `Rejection` (counted, logged, printed by `parse --all`). State kept between epochs: the last
-//! accepted fix (for `duplicate_time` and `speed_jump`) and a small fixed-size track of jump
-//! candidates; counters by reason. Never reads the host clock, never does I/O, never
-//! allocates on the way through.
+//! In: epochs from `crate::gnss`, in receiver order ([`Validator::push`]). Out: one verdict
+//! per epoch, in the same order, handed to a sink: at once for most, one epoch late for a
+//! fix whose motion only its successor can judge ([`kinematics`]); [`Validator::finish`]
+//! decides a fix still held when the input ends or falls quiet. State kept between epochs:
+//! the last accepted fix (for `duplicate_time`, `speed_jump` and the motion check), a small
+//! fixed-size track of jump candidates, at most one held fix; counters by reason. Never
+//! reads the host clock, never does I/O, never allocates on the way through.
 //!
 //! # Order of the checks
 //!
@@ -19,25 +21,39 @@
 //! 4. `estimated`: FAA mode N on RMC, GLL or VTG while the statuses say fix (the spec counts N
 //!    as estimated; when nothing claims a fix it is plainly `no_fix`, step 2).
 //! 5. `incomplete`: no sentence gives both latitude and longitude.
-//! 6. `out_of_range`: any reported latitude/longitude NaN, infinite or beyond ±90/±180, or a
-//!    NaN/infinite/negative HDOP, or a NaN/infinite altitude, speed or course.
+//! 6. `out_of_range`: any reported value outside its physical range ([`ranges`]): latitude
+//!    or longitude (NaN, infinite, beyond ±90/±180, 60 minutes or more), altitude outside
+//!    -1,000..20,000 m, speed negative or above 200 m/s, course outside 0..360°, HDOP NaN,
+//!    infinite or negative. (An HDOP under 0.1 or a satellite count over 99 is dropped from
+//!    the fix instead: it stands without them.)
 //! 7. `null_island`: the position is within 1e-6° of 0,0.
 //! 8. `disagree` (position): two sentences' positions further apart than `disagree_m`.
 //! 9. `incomplete`: no time of day, or no date.
 //! 10. `time_invalid`: date before `not_before_year` and not rollover-corrected (see
 //!     [`time`]).
-//! 11. `duplicate_time`: time not after the last accepted fix's. An earlier time is taken
+//! 11. `duplicate_time`: time not after the last accepted (or held) fix's, or the same as
+//!     the epoch before's (whatever its verdict: a receiver repeating its time is at fault
+//!     either way); `disagree` instead when the last fix's time comes with a position further
+//!     than `disagree_m` from that fix's (two receivers, or two solutions, for one instant). An earlier time is taken
 //!     as a new timeline once `jump_confirm` otherwise-good epochs in a row agree on it
 //!     (a receiver clock reset must not lock the agent out until the old time comes back).
 //! 12. `hdop`: HDOP above `max_hdop` (equal passes).
 //! 13. `satellites`: fewer than `min_sats` satellites, when the receiver says (equal passes).
-//! 14. `speed_jump`: implied speed from the last accepted fix above `max_speed_kmh` (equal
+//! 14. `frozen` (with `motion_check`): the position printed is the previous epoch's to the
+//!     last digit while the receiver's speed guarantees a movement the print would show.
+//! 15. `speed_jump`: implied speed from the last accepted fix above `max_speed_kmh` (equal
 //!     passes), unless confirmed by the candidate track (see [`track`]).
+//! 16. `inconsistent` (with `motion_check`): the position is off the track that the
+//!     neighbouring fixes, the receiver's Doppler speed and course and the vehicle's limits
+//!     allow, by more than GPS noise, and the next fix does not vouch for it (decided one
+//!     epoch late; see [`kinematics`]).
 //!
-//! Position, time and quality come before the speed check so that only an otherwise good
-//! fix can become the anchor or a jump candidate.
+//! Position, time and quality come before the motion checks so that only an otherwise good
+//! fix can become the anchor, a jump candidate or a witness for its neighbours.
 
 pub mod geo;
+pub mod kinematics;
+pub mod ranges;
 pub mod time;
 pub mod track;
 
@@ -49,7 +65,8 @@ use crate::config::ValidateConfig;
 use crate::fix::{Fix, FixMode};
 use crate::gnss::epoch::{Epoch, FaaMode};
 use crate::rejection::{Reason, ReasonCounts, Rejection};
-use track::{JumpTrack, Point, Verdict};
+use kinematics::{Limits, Motion};
+use track::{JumpTrack, Point, Verdict as JumpVerdict};
 
 /// Knots to metres per second (1852 m / 3600 s, to the precision the issue fixes).
 const KNOTS_TO_MPS: f64 = 0.514444;
@@ -57,18 +74,31 @@ const KNOTS_TO_MPS: f64 = 0.514444;
 /// Latitude and longitude both within this of zero: a receiver reporting nothing as 0,0.
 pub const NULL_ISLAND_DEG: f64 = 1e-6;
 
-/// Judges epochs; keeps what the speed and time checks need from earlier ones.
+fn point(fix: &Fix) -> Point {
+    Point {
+        time_ms: fix.time_ms,
+        lat: fix.lat,
+        lon: fix.lon,
+    }
+}
+
+/// One epoch's outcome.
+pub type Verdict = Result<Fix, Rejection>;
+
+/// Judges epochs; keeps what the time, speed and motion checks need from earlier ones.
 #[derive(Debug, Clone)]
 pub struct Validator {
     cfg: ValidateConfig,
-    /// Time of the last accepted fix.
-    last_time_ms: Option<i64>,
+    limits: Limits,
     /// Otherwise-good epochs in a row that were earlier than the last accepted fix, each
     /// later than the one before: (time of the newest, how many). A receiver whose clock
     /// was reset, or a wrong future date accepted once, must not lock the agent out until
     /// the clock catches up: after `jump_confirm` of them the new timeline is taken.
     rewind: Option<(i64, u8)>,
+    /// Date and time of day of the epoch before, as the receiver printed them.
+    previous_stamp: Option<(chrono::NaiveDate, u32)>,
     track: JumpTrack,
+    motion: Motion,
     counts: ReasonCounts,
     accepted: u64,
 }
@@ -89,6 +119,14 @@ struct Known {
 }
 
 impl Known {
+    fn of(fix: &Fix) -> Known {
+        Known {
+            time_ms: Some(fix.time_ms),
+            lat: Some(fix.lat),
+            lon: Some(fix.lon),
+        }
+    }
+
     fn reject(&self, reason: Reason, detail: &'static str) -> Rejection {
         Rejection {
             reason,
@@ -101,35 +139,94 @@ impl Known {
     }
 }
 
+/// An epoch that passed every check of a single epoch (1-13).
+struct Screened {
+    fix: Fix,
+    /// Its time is earlier than the last fix's and `jump_confirm` such epochs agree: the
+    /// receiver's clock was reset and every earlier fix is on the abandoned timeline.
+    new_timeline: bool,
+}
+
 impl Validator {
     pub fn new(cfg: ValidateConfig) -> Self {
         Validator {
+            limits: Limits::of(&cfg),
             cfg,
-            last_time_ms: None,
             rewind: None,
+            previous_stamp: None,
             track: JumpTrack::default(),
+            motion: Motion::default(),
             counts: ReasonCounts::default(),
             accepted: 0,
         }
     }
 
-    /// Judge one epoch. Keeps state (last accepted fix, jump candidates) for speed and time
-    /// checks; counts the outcome.
-    pub fn check(&mut self, epoch: &Epoch) -> Result<Fix, Rejection> {
-        let outcome = self.judge(epoch);
-        match &outcome {
-            Ok(_) => self.accepted += 1,
+    /// Judge one epoch. `out` receives, in receiver order, the verdict on the fix held from
+    /// the previous epoch (if this epoch decides it) and then this epoch's verdict (unless it
+    /// is held in turn): zero, one or two calls. Counts every verdict.
+    pub fn push(&mut self, epoch: &Epoch, out: &mut impl FnMut(Verdict)) {
+        let screened = match self.screen(epoch) {
+            Ok(s) => s,
             Err(rejection) => {
-                self.counts.add(rejection.reason);
-                debug!(
-                    reason = rejection.reason.as_str(),
-                    detail = rejection.detail,
-                    time_ms = rejection.time_ms,
-                    "epoch rejected"
-                );
+                // This epoch cannot vouch for the held fix, nor speak against it.
+                self.settle(None, out);
+                self.deliver(Err(rejection), out);
+                return;
+            }
+        };
+        let fix = screened.fix;
+        if screened.new_timeline {
+            self.settle(None, out);
+            // The old anchor is on the abandoned timeline: start the tracks afresh.
+            self.track = JumpTrack::default();
+            self.motion.reset();
+        }
+        let motion_check = self.cfg.motion_check;
+        if motion_check && self.motion.frozen(&fix, &self.limits) {
+            self.settle(None, out);
+            let detail = "position repeated while the receiver's speed says it moved";
+            self.deliver(Err(Known::of(&fix).reject(Reason::Frozen, detail)), out);
+            return;
+        }
+        // The held fix is judged by this one, unless this one jumped away from it: a far
+        // jump says nothing about its neighbours. But if it lies where the last accepted fix
+        // and its Doppler put it, it is no jump; the held fix is the odd one out.
+        let max_speed = self.cfg.max_speed_kmh;
+        let p = point(&fix);
+        let witness = self.motion.held().is_some_and(|held| {
+            point(held).speed_to(&p) <= max_speed || self.motion.on_track(&fix, &self.limits)
+        });
+        self.settle(witness.then_some(&fix), out);
+
+        match self.track.judge(&p, max_speed, self.cfg.jump_confirm) {
+            JumpVerdict::Jump => {
+                self.track.hold(p, max_speed);
+                let detail = "implied speed above max_speed_kmh";
+                self.deliver(Err(Known::of(&fix).reject(Reason::SpeedJump, detail)), out);
+            }
+            JumpVerdict::Confirmed => {
+                self.motion.restart_at(&fix);
+                self.accept(fix, out);
+            }
+            JumpVerdict::Consistent => {
+                if !motion_check || self.motion.arrive(&fix, &self.limits) {
+                    self.accept(fix, out);
+                }
+                // Otherwise held: the next epoch (or `finish`) decides it.
             }
         }
-        outcome
+    }
+
+    /// The input ended or fell quiet: decide the held fix, if any, without a successor. The
+    /// state stays: later epochs are judged against the same anchor.
+    pub fn finish(&mut self, out: &mut impl FnMut(Verdict)) {
+        self.settle(None, out);
+    }
+
+    /// A fix is held for the next epoch's verdict (so output that must keep receiver order,
+    /// like `parse --all`'s checksum lines, waits for it).
+    pub fn is_holding(&self) -> bool {
+        self.motion.held().is_some()
     }
 
     /// Rejections by reason.
@@ -142,7 +239,52 @@ impl Validator {
         self.accepted
     }
 
-    fn judge(&mut self, epoch: &Epoch) -> Result<Fix, Rejection> {
+    /// Decide the held fix, if any, with `next` as its witness.
+    fn settle(&mut self, next: Option<&Fix>, out: &mut impl FnMut(Verdict)) {
+        let Some((fix, accepted)) = self.motion.decide(next, &self.limits) else {
+            return;
+        };
+        if accepted {
+            self.accept(fix, out);
+        } else {
+            let detail = "off the track its neighbours and Doppler speed allow";
+            self.deliver(
+                Err(Known::of(&fix).reject(Reason::Inconsistent, detail)),
+                out,
+            );
+        }
+    }
+
+    fn accept(&mut self, fix: Fix, out: &mut impl FnMut(Verdict)) {
+        self.track.accept(point(&fix));
+        self.rewind = None;
+        self.deliver(Ok(fix), out);
+    }
+
+    fn deliver(&mut self, verdict: Verdict, out: &mut impl FnMut(Verdict)) {
+        match &verdict {
+            Ok(_) => self.accepted += 1,
+            Err(rejection) => {
+                self.counts.add(rejection.reason);
+                debug!(
+                    reason = rejection.reason.as_str(),
+                    detail = rejection.detail,
+                    time_ms = rejection.time_ms,
+                    "epoch rejected"
+                );
+            }
+        }
+        out(verdict);
+    }
+
+    /// Checks 1-13: everything one epoch shows on its own, and its time against the last
+    /// accepted or held fix.
+    fn screen(&mut self, epoch: &Epoch) -> Result<Screened, Rejection> {
+        // The receiver's own date and time, uncorrected, of this epoch and the one before
+        // (whatever its verdict): a receiver repeating its time is at fault either way.
+        let stamp = epoch.date.zip(epoch.time_of_day_ms);
+        let repeated =
+            stamp.is_some() && core::mem::replace(&mut self.previous_stamp, stamp) == stamp;
         let position = primary_position(epoch);
         let mut known = Known {
             time_ms: match (epoch.date, epoch.time_of_day_ms) {
@@ -194,11 +336,22 @@ impl Validator {
         let time_ms = time::unix_ms(date, time_of_day_ms)
             .ok_or_else(|| known.reject(Reason::TimeInvalid, "date out of range"))?;
         known.time_ms = Some(time_ms);
-        let earlier = match self.last_time_ms {
-            Some(last) if time_ms == last => {
-                return Err(known.reject(Reason::DuplicateTime, "same time as the last fix"))
+        let earlier = match self.latest() {
+            Some((last, last_lat, last_lon)) if time_ms == last => {
+                return Err(
+                    if geo::distance_m(lat, lon, last_lat, last_lon) > self.cfg.disagree_m {
+                        known.reject(Reason::Disagree, "two positions apart for one time")
+                    } else {
+                        known.reject(Reason::DuplicateTime, "same time as the last fix")
+                    },
+                );
             }
-            Some(last) => time_ms < last,
+            // The epoch before was rejected, but a receiver repeating its time is at fault
+            // whatever became of the first one.
+            _ if repeated => {
+                return Err(known.reject(Reason::DuplicateTime, "same time as the epoch before"));
+            }
+            Some((last, _, _)) => time_ms < last,
             None => false,
         };
 
@@ -213,6 +366,7 @@ impl Validator {
 
         // 11 (continued): an earlier time is rejected, unless `jump_confirm` good epochs in
         // a row agree on the new timeline (checked after quality, so only good fixes count).
+        let mut new_timeline = false;
         if earlier {
             let run = match self.rewind {
                 Some((newest, n)) if time_ms > newest => n.saturating_add(1),
@@ -222,24 +376,18 @@ impl Validator {
             if run < self.cfg.jump_confirm.max(1) {
                 return Err(known.reject(Reason::DuplicateTime, "earlier than the last fix"));
             }
-            // The old anchor is on the abandoned timeline: start the track afresh.
-            self.track = JumpTrack::default();
+            new_timeline = true;
         }
+        Ok(Screened { fix, new_timeline })
+    }
 
-        // 14: movement since the last accepted fix.
-        let point = Point { time_ms, lat, lon };
-        let max_speed = self.cfg.max_speed_kmh;
-        match self.track.judge(&point, max_speed, self.cfg.jump_confirm) {
-            Verdict::Consistent | Verdict::Confirmed => {
-                self.track.accept(point);
-                self.last_time_ms = Some(time_ms);
-                self.rewind = None;
-                Ok(fix)
-            }
-            Verdict::Jump => {
-                self.track.hold(point, max_speed);
-                Err(known.reject(Reason::SpeedJump, "implied speed above max_speed_kmh"))
-            }
+    /// Time and position of the newest fix accepted or held.
+    fn latest(&self) -> Option<(i64, f64, f64)> {
+        let accepted = self.track.anchor().map(|p| (p.time_ms, p.lat, p.lon));
+        let held = self.motion.held().map(|f| (f.time_ms, f.lat, f.lon));
+        match (accepted, held) {
+            (Some(a), Some(h)) => Some(if h.0 >= a.0 { h } else { a }),
+            (a, h) => a.or(h),
         }
     }
 }
@@ -377,36 +525,44 @@ fn not_valid_mode(e: &Epoch) -> Option<&'static str> {
     }
 }
 
-/// Step 6: values no receiver can mean.
+/// Step 6: values no receiver on a road vehicle can mean, in any sentence of the epoch
+/// (the ranges and their reasons are [`ranges`]'s).
 fn out_of_range(e: &Epoch) -> Option<&'static str> {
-    let bad_lat = |v: &f64| !v.is_finite() || v.abs() > 90.0;
-    let bad_lon = |v: &f64| !v.is_finite() || v.abs() > 180.0;
-    if lats(e).iter().flatten().any(bad_lat) {
-        return Some("latitude NaN, infinite or beyond ±90");
-    }
-    if lons(e).iter().flatten().any(bad_lon) {
-        return Some("longitude NaN, infinite or beyond ±180");
-    }
     let hdops = [
         e.gga.and_then(|s| s.hdop),
         e.gns.and_then(|s| s.hdop),
         e.gsa.and_then(|s| s.hdop),
     ];
-    if hdops.iter().flatten().any(|h| !h.is_finite() || *h < 0.0) {
-        return Some("HDOP NaN, infinite or negative");
-    }
-    let others = [
-        e.gga.and_then(|s| s.alt_m),
-        e.gns.and_then(|s| s.alt_m),
+    let alts = [e.gga.and_then(|s| s.alt_m), e.gns.and_then(|s| s.alt_m)];
+    let speeds = [
         e.rmc.and_then(|s| s.speed_knots),
-        e.rmc.and_then(|s| s.course_deg),
         e.vtg.and_then(|s| s.speed_knots),
+    ];
+    let courses = [
+        e.rmc.and_then(|s| s.course_deg),
         e.vtg.and_then(|s| s.course_deg),
     ];
-    if others.iter().flatten().any(|v| !v.is_finite()) {
-        return Some("altitude, speed or course NaN or infinite");
-    }
-    None
+    let hdop = hdops
+        .into_iter()
+        .flatten()
+        .find_map(|h| ranges::hdop(h).err());
+    first_err(lats(e).into_iter().flatten().map(ranges::latitude))
+        .or_else(|| first_err(lons(e).into_iter().flatten().map(ranges::longitude)))
+        .or(hdop)
+        .or_else(|| first_err(alts.into_iter().flatten().map(ranges::altitude)))
+        .or_else(|| {
+            first_err(
+                speeds
+                    .into_iter()
+                    .flatten()
+                    .map(|k| ranges::speed_knots(k, KNOTS_TO_MPS)),
+            )
+        })
+        .or_else(|| first_err(courses.into_iter().flatten().map(ranges::course)))
+}
+
+fn first_err(values: impl IntoIterator<Item = Result<f64, &'static str>>) -> Option<&'static str> {
+    values.into_iter().find_map(Result::err)
 }
 
 /// Step 8: two sentences of the epoch placing the receiver further apart than `limit_m`.
@@ -436,9 +592,10 @@ fn pair_detail(a: &Option<(&str, f64, f64)>, b: &Option<(&str, f64, f64)>) -> &'
     }
 }
 
-/// The fix, each field from the first sentence that has it:
+/// The fix, each field from the first sentence that has it (in range: step 6 rejected the
+/// epoch for any value [`ranges`] refuses; what it drops is skipped here):
 /// position GGA > GNS > RMC > GLL; speed/course RMC > VTG; HDOP GGA > GNS > GSA;
-/// satellites GGA > GNS > GSA; altitude GGA > GNS).
+/// satellites GGA > GNS > GSA; altitude GGA > GNS.
 fn build_fix(e: &Epoch, time_ms: i64, lat: f64, lon: f64) -> Fix {
     let alt_m = e.gga.and_then(|s| s.alt_m).or(e.gns.and_then(|s| s.alt_m));
     let mode = match e.gsa.map(|s| s.fix_mode) {
@@ -460,16 +617,21 @@ fn build_fix(e: &Epoch, time_ms: i64, lat: f64, lon: f64) -> Fix {
         course_deg: e
             .rmc
             .and_then(|s| s.course_deg)
-            .or(e.vtg.and_then(|s| s.course_deg)),
-        hdop: e
-            .gga
-            .and_then(|s| s.hdop)
-            .or(e.gns.and_then(|s| s.hdop))
-            .or(e.gsa.and_then(|s| s.hdop)),
+            .or(e.vtg.and_then(|s| s.course_deg))
+            .and_then(|c| ranges::course(c).ok()),
+        hdop: [
+            e.gga.and_then(|s| s.hdop),
+            e.gns.and_then(|s| s.hdop),
+            e.gsa.and_then(|s| s.hdop),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|h| ranges::hdop(h).ok().flatten()),
         sats: e
             .gga
             .and_then(|s| s.sats)
-            .or(e.gns.and_then(|s| s.sats))
+            .and_then(ranges::sats)
+            .or(e.gns.and_then(|s| s.sats).and_then(ranges::sats))
             // A GSA listing no satellites says nothing about how many were used.
             .or(e.gsa.map(|s| s.sats_used()).filter(|n| *n > 0)),
         mode,

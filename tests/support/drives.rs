@@ -20,9 +20,7 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
     let mut bytes = Vec::new();
     let mut take = |e: Decoded, fixes: &mut Vec<Fix>| {
         if let Decoded::Epoch(epoch) = e {
-            if let Ok(fix) = validator.check(&epoch) {
-                fixes.push(fix);
-            }
+            validator.push(&epoch, &mut |verdict| fixes.extend(verdict.ok()));
         }
     };
     let mut events = Vec::new();
@@ -38,6 +36,7 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
     for e in events.drain(..) {
         take(e, &mut fixes);
     }
+    validator.finish(&mut |verdict| fixes.extend(verdict.ok()));
     fixes
 }
 
