@@ -1,5 +1,5 @@
 //! Power cut, as near as a test gets: a real `gps-agent buffer crash-writer` process appends
-//! at full speed with group commit and is killed with SIGKILL at random moments. After each
+//! at full speed, a commit per fix, and is killed with SIGKILL at random moments. After each
 //! kill the file must open and pass `quick_check`; the seqs acknowledged and the seqs left must
 //! together run from 1 without a gap (the writer drains the oldest as an uplink would); every
 //! seq reported committed is there or was acknowledged; no seq whose ack was committed comes
@@ -36,6 +36,9 @@ struct Reported {
     acked_durable: u64,
     /// Highest seq acknowledged at all (`i N`): a seq may be gone only if acknowledged.
     acked_issued: u64,
+    /// Synced (`s N`, `A N`): a SIGKILL does not need them; parsed to keep the protocol whole.
+    synced: u64,
+    acked_synced: u64,
 }
 
 /// Kills one writer between 20 and 150 ms after its first commit.
@@ -71,6 +74,8 @@ fn run_and_kill(db: &Path, delay: Duration) -> Reported {
                 "c" => &mut r.committed,
                 "a" => &mut r.acked_durable,
                 "i" => &mut r.acked_issued,
+                "s" => &mut r.synced,
+                "A" => &mut r.acked_synced,
                 other => panic!("unknown line {other:?}"),
             };
             assert!(seq >= *slot, "{kind} seqs only grow: {seq} after {slot}");

@@ -3,7 +3,7 @@
 //! In: byte chunks from the GNSS source's bounded channel. Out: accepted fixes appended to
 //! the [`Store`](super::store::Store), rejections counted, the uplink woken after each
 //! commit, and a [`GnssView`] for health. One blocking thread, because decoding is cheap and
-//! the buffer's commit is a blocking fsync.
+//! the buffer's sync is a blocking fsync.
 //!
 //! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
 //! source's channel (64 chunks of 256 bytes, ~1.7 s at 9600 baud) absorbs it; the serial
@@ -139,8 +139,13 @@ impl Ingest {
             handle(event, &mut validator, &source, &store, &metrics, &view, now);
         }
         report_sentences(&decoder, &mut reported, &metrics, &view);
-        if let Err(e) = store.lock().commit() {
-            warn!(component = "buffer", code = e.code(), error = %e, "final commit failed");
+        let closed = store.lock().close(Instant::now());
+        if closed.lost > 0 {
+            // A code of its own: the cause's code was logged (and throttled) long before.
+            let (cause, error) = closed.cause.unwrap_or(("BUFFER_IO", String::new()));
+            warn!(component = "buffer", code = "BUFFER_LOST", cause, lost = closed.lost,
+                error = %error,
+                "fixes held only in memory are lost: the buffer file could not be written at shutdown");
         }
         store.notify_committed();
         drop(source.chunks);

@@ -249,6 +249,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
 
     // The main loop: report, and react to SIGHUP, until told to stop.
     let mut hup = signal_stream(tokio::signal::unix::SignalKind::hangup());
+    // SIGPWR: a UPS or supercap power-fail daemon says the power is going.
+    let mut pwr = signal_stream(tokio::signal::unix::SignalKind::from_raw(libc::SIGPWR));
     let mut interval = tokio::time::interval(REPORT_EVERY);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut current = cfg;
@@ -278,6 +280,16 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
             Some(()) = recv_signal(&mut hup) => {
                 reload(&opts, &mut current, &reloads);
             }
+            Some(()) = recv_signal(&mut pwr) => {
+                let s = store.clone();
+                let synced = tokio::task::spawn_blocking(move || s.lock().power_fail(Instant::now()))
+                    .await
+                    .ok()
+                    .flatten();
+                store.notify_committed();
+                warn!(component = "buffer", signal = "SIGPWR", synced_seq = synced,
+                    "power failing: buffer synced, and every fix is synced at once for 30 s");
+            }
         }
     }
 
@@ -303,8 +315,15 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: CancellationToken) -> 
     if let Some(t) = server_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
     }
-    let depth = store.lock().view().stats.map(|s| s.depth).unwrap_or(0);
-    info!(component = "agent", accepted, buffered = depth, "stopped");
+    let view = store.lock().view();
+    let depth = view.stats.map(|s| s.depth).unwrap_or(0);
+    info!(
+        component = "agent",
+        accepted,
+        buffered = depth,
+        lost = view.lost,
+        "stopped"
+    );
     Ok(())
 }
 
@@ -392,6 +411,8 @@ fn reload(opts: &RunOptions, current: &mut Config, to: &Reloads) {
 #[derive(Debug, Default)]
 struct Reported {
     evicted: u64,
+    lost: u64,
+    rescues: crate::buffer::Rescues,
     reconnects: u64,
     outages: u64,
     dropped_chunks: u64,
@@ -477,7 +498,7 @@ fn report(r: &Running, reported: &mut Reported) -> String {
         }
     }
     if let Some((code, message)) = &view.open_error {
-        status = Status::Degraded;
+        status = status.max(Status::Degraded);
         depth = view.waiting;
         let at = crate::fix::format_time_ms(chrono::Utc::now().timestamp_millis());
         r.health.set_error(Component::Buffer, code, message, at);
@@ -490,12 +511,29 @@ fn report(r: &Running, reported: &mut Reported) -> String {
         acked_seq: uplink.acked_seq.unwrap_or(0),
         evicted: evicted + view.dropped_waiting,
         dead_letters: dead,
+        in_memory: view.in_memory(),
     });
     r.metrics.set_buffer(depth, bytes);
     let all_evicted = evicted + view.dropped_waiting;
     r.metrics
         .buffer_evicted(all_evicted.saturating_sub(reported.evicted));
     reported.evicted = all_evicted.max(reported.evicted);
+    r.metrics
+        .buffer_lost(view.lost.saturating_sub(reported.lost));
+    reported.lost = view.lost.max(reported.lost);
+    let (now_r, was) = (view.rescues, reported.rescues);
+    for (code, n, before) in [
+        ("BUFFER_FILE_GONE", now_r.restored, was.restored),
+        ("BUFFER_CORRUPT", now_r.quarantined, was.quarantined),
+        (
+            "BUFFER_CORRUPT_RECORD",
+            now_r.corrupt_records,
+            was.corrupt_records,
+        ),
+    ] {
+        r.metrics.buffer_rescued(code, n.saturating_sub(before));
+    }
+    reported.rescues = now_r;
 
     // MQTT.
     let breaker = match uplink.breaker {

@@ -35,6 +35,18 @@ pub struct Store {
     next_open_at: Instant,
     /// The last failure to open the file: (code, message).
     open_error: Option<(&'static str, String)>,
+    /// Fixes of `waiting` given up at shutdown.
+    lost_waiting: u64,
+}
+
+/// What [`Store::close`] could not keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Closed {
+    /// Fixes held only in memory (or in a file no longer at its path) when the agent
+    /// stopped: gone with the process. Counted in `lost`.
+    pub lost: u64,
+    /// Why they could not be written: (code, message).
+    pub cause: Option<(&'static str, String)>,
 }
 
 /// What the rest of the agent sees of the store.
@@ -46,6 +58,17 @@ pub struct StoreView {
     pub open_error: Option<(&'static str, String)>,
     pub waiting: u64,
     pub dropped_waiting: u64,
+    /// Fixes lost for good: the buffer's (damaged file, memory at shutdown) and the queue's.
+    pub lost: u64,
+    /// How often the buffer file was rescued while running.
+    pub rescues: crate::buffer::Rescues,
+}
+
+impl StoreView {
+    /// Fixes held in memory only: the buffer's ring, or the queue while there is no file.
+    pub fn in_memory(&self) -> u64 {
+        self.stats.as_ref().and_then(|s| s.in_memory).unwrap_or(0) + self.waiting
+    }
 }
 
 impl Store {
@@ -59,6 +82,7 @@ impl Store {
             dropped_waiting: 0,
             next_open_at: now,
             open_error: None,
+            lost_waiting: 0,
         };
         store.try_open(now);
         store
@@ -97,7 +121,7 @@ impl Store {
                     "buffer file cannot be opened; holding fixes in memory"
                 );
                 self.open_error = Some((e.code(), e.to_string()));
-                self.next_open_at = now + retry_interval(&self.cfg);
+                self.next_open_at = now + self.cfg.disk_retry();
             }
         }
     }
@@ -114,11 +138,11 @@ impl Store {
         }
     }
 
-    /// Store an accepted fix (or queue it while there is no file). Returns the seq committed
-    /// up to when this call committed.
+    /// Store an accepted fix (or queue it while there is no file). Returns the seq synced up
+    /// to when this call synced (fixes up to it may be published).
     pub fn append(&mut self, fix: &Fix, now: Instant) -> Result<Option<u64>, BufferError> {
         match self.buffer.as_mut() {
-            Some(buffer) => buffer.append(fix, now).map(|a| a.committed_upto),
+            Some(buffer) => buffer.append(fix, now).map(|a| a.synced_upto),
             None => {
                 let cap = usize::try_from(self.cfg.memory_ring)
                     .unwrap_or(usize::MAX)
@@ -133,7 +157,7 @@ impl Store {
         }
     }
 
-    /// Group commit when due, retries of a failing disk or a missing file.
+    /// Sync when due, retries of a failing disk or a missing file.
     pub fn tick(&mut self, now: Instant) -> Result<Option<u64>, BufferError> {
         if self.buffer.is_none() && now >= self.next_open_at {
             self.try_open(now);
@@ -144,11 +168,44 @@ impl Store {
         }
     }
 
-    /// Commit everything now (shutdown).
+    /// Make everything durable now (acknowledgements, a sync); errors if fixes are left in
+    /// memory only.
     pub fn commit(&mut self) -> Result<Option<u64>, BufferError> {
         match self.buffer.as_mut() {
             Some(b) => b.commit(),
             None => Ok(None),
+        }
+    }
+
+    /// Power is failing (SIGPWR): sync now and every fix for a while. Returns the synced seq.
+    pub fn power_fail(&mut self, now: Instant) -> Option<u64> {
+        self.buffer.as_mut().and_then(|b| b.power_fail(now))
+    }
+
+    /// Shutdown: one more try of the file (open it, or write the memory ring to it), then
+    /// make everything durable. What is still only in memory is lost with the process:
+    /// counted and returned.
+    pub fn close(&mut self, now: Instant) -> Closed {
+        if self.buffer.is_none() {
+            self.try_open(now);
+        }
+        match self.buffer.as_mut() {
+            Some(b) => match b.commit() {
+                Ok(_) => Closed::default(),
+                Err(e) => Closed {
+                    lost: b.abandon(),
+                    cause: Some((e.code(), e.to_string())),
+                },
+            },
+            None => {
+                let lost = self.waiting.len() as u64;
+                self.waiting.clear();
+                self.lost_waiting += lost;
+                Closed {
+                    lost,
+                    cause: self.open_error.clone(),
+                }
+            }
         }
     }
 
@@ -174,21 +231,21 @@ impl Store {
             }
             None => (None, None),
         };
+        // After the stats: reading them may have found the file damaged and rescued it.
+        let (lost, rescues) = self
+            .buffer
+            .as_ref()
+            .map(|b| (b.lost(), b.rescues()))
+            .unwrap_or_default();
         StoreView {
             stats,
             health,
             open_error: self.open_error.clone(),
             waiting: self.waiting.len() as u64,
             dropped_waiting: self.dropped_waiting,
+            lost: lost + self.lost_waiting,
+            rescues,
         }
-    }
-}
-
-fn retry_interval(cfg: &BufferConfig) -> Duration {
-    if cfg.disk_retry_s.is_finite() && cfg.disk_retry_s > 0.0 {
-        Duration::try_from_secs_f64(cfg.disk_retry_s).unwrap_or(Duration::from_secs(30))
-    } else {
-        Duration::from_secs(30)
     }
 }
 
@@ -249,6 +306,10 @@ impl Classified for LinkError {
 pub struct Link {
     store: SharedStore,
     metrics: Arc<Metrics>,
+    /// The stream last told to the uplink: fixes of another one (the buffer started a new
+    /// stream after a damaged file) wait until the uplink has asked again, so they never
+    /// go out under the old stream's id.
+    told_stream: Arc<Mutex<String>>,
     /// Newest seq already sent ahead of the backlog.
     live_seq: u64,
     /// Receiver time of each fix in flight, for the fix-to-ack latency. Bounded by what the
@@ -264,6 +325,7 @@ impl Link {
         Link {
             store,
             metrics,
+            told_stream: Arc::new(Mutex::new(String::new())),
             live_seq: 0,
             in_flight_times: HashMap::new(),
             gnss: None,
@@ -307,16 +369,22 @@ impl FixSource for Link {
     type Error = LinkError;
 
     fn stream(&self) -> String {
-        self.store.lock().stream().unwrap_or_default()
+        let stream = self.store.lock().stream().unwrap_or_default();
+        stream.clone_into(&mut self.told_stream.lock().unwrap_or_else(|p| p.into_inner()));
+        stream
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Vec<(u64, Fix)>, LinkError> {
         let live_seq = self.live_seq;
+        let told = Arc::clone(&self.told_stream);
         let batch: Vec<StoredFix> = self
             .with_store(move |store| {
                 let Some(buffer) = store.buffer_mut() else {
                     return Ok(Vec::new());
                 };
+                if *told.lock().unwrap_or_else(|p| p.into_inner()) != buffer.stream() {
+                    return Ok(Vec::new());
+                }
                 // Live first: a newer fix than the last sent ahead, while older ones wait.
                 if let Some(newest) = buffer.newest_pending()? {
                     let mut oldest = Vec::with_capacity(1);

@@ -34,6 +34,11 @@ struct SentenceLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FixLabels {
     outcome: &'static str,
     reason: &'static str,
@@ -49,6 +54,8 @@ pub struct Metrics {
     buffer_depth: Gauge,
     buffer_bytes: Gauge,
     buffer_evicted: Counter,
+    buffer_lost: Counter,
+    buffer_rescues: Family<CodeLabels, Counter>,
     dead_letters: Counter,
     published_fixes: Counter,
     published_messages: Counter,
@@ -86,6 +93,8 @@ impl Metrics {
         let buffer_depth = Gauge::default();
         let buffer_bytes = Gauge::default();
         let buffer_evicted = Counter::default();
+        let buffer_lost = Counter::default();
+        let buffer_rescues = Family::<CodeLabels, Counter>::default();
         let dead_letters = Counter::default();
         let published_fixes = Counter::default();
         let published_messages = Counter::default();
@@ -132,6 +141,16 @@ impl Metrics {
             "buffer_evicted",
             "Fixes evicted from a full buffer",
             buffer_evicted.clone(),
+        );
+        registry.register(
+            "buffer_lost",
+            "Fixes lost for good: held only in memory when the agent stopped, or unreadable in a buffer file damaged while running",
+            buffer_lost.clone(),
+        );
+        registry.register(
+            "buffer_rescues",
+            "Buffer file rescued while running, by code: BUFFER_FILE_GONE (deleted or replaced, written back), BUFFER_CORRUPT (damaged or truncated, moved aside, new stream), BUFFER_CORRUPT_RECORD (unreadable rows set aside)",
+            buffer_rescues.clone(),
         );
         registry.register(
             "buffer_dead_letters",
@@ -198,6 +217,8 @@ impl Metrics {
             buffer_depth,
             buffer_bytes,
             buffer_evicted,
+            buffer_lost,
+            buffer_rescues,
             dead_letters,
             published_fixes,
             published_messages,
@@ -257,6 +278,18 @@ impl Metrics {
 
     pub fn buffer_evicted(&self, fixes: u64) {
         self.buffer_evicted.inc_by(fixes);
+    }
+
+    /// `fixes` more fixes lost for good (a delta).
+    pub fn buffer_lost(&self, fixes: u64) {
+        self.buffer_lost.inc_by(fixes);
+    }
+
+    /// The buffer file was rescued `n` more times for `code` (a delta; 0 registers the series).
+    pub fn buffer_rescued(&self, code: &'static str, n: u64) {
+        self.buffer_rescues
+            .get_or_create(&CodeLabels { code })
+            .inc_by(n);
     }
 
     pub fn dead_lettered(&self, fixes: u64) {

@@ -208,6 +208,8 @@ pub struct BufferHealth {
     pub acked_seq: u64,
     pub evicted: u64,
     pub dead_letters: u64,
+    /// Fixes held in memory only (disk failing, file not open), part of `depth`.
+    pub in_memory: u64,
 }
 
 impl Default for BufferHealth {
@@ -219,6 +221,7 @@ impl Default for BufferHealth {
             acked_seq: 0,
             evicted: 0,
             dead_letters: 0,
+            in_memory: 0,
         }
     }
 }
@@ -281,6 +284,7 @@ pub struct BufferSnapshot {
     pub drain_eta_s: Option<f64>,
     pub evicted: u64,
     pub dead_letters: u64,
+    pub in_memory: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<LastError>,
 }
@@ -613,6 +617,7 @@ impl HealthState {
                     drain_eta_s,
                     evicted: buffer.evicted,
                     dead_letters: buffer.dead_letters,
+                    in_memory: buffer.in_memory,
                     last_error: buffer_error,
                 },
                 mqtt: MqttSnapshot {
