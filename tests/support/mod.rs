@@ -2,7 +2,7 @@
 //! a TCP fault proxy ([`proxy`]) to put between the agent and the broker; a real mosquitto
 //! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
 //! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
-//! that pauses around agent restarts ([`relay`]).
+//! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod pty;
 pub mod publisher;
 pub mod relay;
+pub mod shim;
 pub mod source;
 pub mod tls_front;
 
