@@ -26,7 +26,7 @@
 //! 1,800 `fdatasync`s, 5 checkpoints, 5.4 MiB handed to the kernel (12.5 MiB of 4 KiB pages
 //! written out); at 10 Hz 36,000 commits, about 3,300 `fdatasync`s, 38 checkpoints, 39 MiB (52
 //! MiB). The group commit before this wrote 28 MiB (42 MiB) at either rate with 3,600 fsyncs.
-//! A file made with 4 KiB pages by an earlier version writes about four times as much per
+//! A file made with 4 KiB pages by an earlier version writes two to four times as much per
 //! fix. `cargo bench --bench buffer` prints these figures. **Loss windows:** SIGKILL: none of
 //! what was appended; power cut: at most `commit_interval_s` of fixes (or `commit_max`, if
 //! fewer).
@@ -43,7 +43,7 @@
 //! cannot be read back is set aside as a dead letter (`BUFFER_CORRUPT_RECORD`) and the queue
 //! flows on.
 //!
-//! **The file under the agent's feet** (see [`files`] and [`rescue`]). A file that is damaged
+//! **The file under the agent's feet** (see `files.rs` and `rescue.rs`). A file that is damaged
 //! or not ours at startup is renamed to `<path>.corrupt-<utc>` and a new stream begins
 //! (`BUFFER_CORRUPT`, unhealthy until restart). While running, after each commit the path is
 //! compared with the open file: deleted or replaced (`BUFFER_FILE_GONE`), the open file is
@@ -860,7 +860,7 @@ impl Buffer {
         self.current.depth.saturating_sub(self.acked.len() as u64) + self.ring.len() as u64
     }
 
-    /// Fixes lost for good so far (see [`Buffer::discard_ring`] and the rescue of a damaged
+    /// Fixes lost for good so far (see [`Buffer::abandon`] and the rescue of a damaged
     /// file).
     pub fn lost(&self) -> u64 {
         self.lost
