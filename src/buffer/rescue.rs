@@ -132,7 +132,7 @@ impl Buffer {
             .map_err(|e| super::classify(&path, "copy back", e))?;
         files::sync_file(&tmp).map_err(file_err(&tmp))?;
         let displaced = schema::move_aside_as(&path, "displaced")?;
-        let linked = std::fs::hard_link(&tmp, &path).map_err(file_err(&path));
+        let linked = schema::link_into_place(&tmp, &path).map_err(file_err(&path));
         let _ = std::fs::remove_file(&tmp);
         linked?;
         files::sync_dir(&path).map_err(file_err(&path))?;

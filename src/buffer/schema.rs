@@ -191,7 +191,7 @@ fn create_new(path: &Path) -> Result<(), BufferError> {
     let linked = made
         .and(closed)
         .and_then(|()| super::files::sync_file(&tmp).map_err(file_err(&tmp)))
-        .and_then(|()| match std::fs::hard_link(&tmp, path) {
+        .and_then(|()| match link_into_place(&tmp, path) {
             // Another process made it meanwhile: that one is opened and checked.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             other => other.map_err(file_err(path)),
@@ -201,6 +201,20 @@ fn create_new(path: &Path) -> Result<(), BufferError> {
         let _ = std::fs::remove_file(super::files::with_suffix(&tmp, suffix));
     }
     linked
+}
+
+/// Gives `tmp` the name `path` without ever replacing a file there (`AlreadyExists` then):
+/// a hard link, or on a file system without them (vfat) a rename after a look.
+pub(crate) fn link_into_place(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    match std::fs::hard_link(tmp, path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(std::io::ErrorKind::AlreadyExists.into());
+            }
+            std::fs::rename(tmp, path)
+        }
+        other => other,
+    }
 }
 
 /// Pragmas of every read-write connection. WAL: appends never rewrite the main file and
