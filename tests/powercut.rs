@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use support::agent::{stored_rows, Agent};
 use support::relay::Relay;
@@ -357,8 +358,9 @@ impl Rig {
         self.dir.path().join("state").join("buffer.db")
     }
 
-    /// The agent with the power on, reading the feed.
-    fn start(&self) -> Agent {
+    /// The agent with the power on, reading the feed; returns it with the count of lines
+    /// fed before it started.
+    fn start(&self) -> (Agent, u64) {
         std::fs::write(&self.ctl, "ok").unwrap();
         let env = [
             ("LD_PRELOAD", powercut_shim().display().to_string()),
@@ -378,15 +380,35 @@ impl Rig {
             &env,
         );
         agent.wait_log("gnss device open", |v| v["message"] == "gnss device open");
+        let lines = self.relay.lines.load(Ordering::SeqCst);
         self.relay.resume();
-        agent
+        (agent, lines)
     }
 
-    /// Cuts the power under `agent`: returns the receiver time of the newest epoch the agent
-    /// had read in full before the cut.
-    fn cut(&self, agent: Agent) -> i64 {
+    /// Cuts the power under `agent` once it has handled every sentence it was fed (so what
+    /// the cut costs is the buffer's doing, not a busy machine's lag): returns the receiver
+    /// time of the newest epoch the agent had read in full.
+    fn cut(&self, (agent, lines_before): (Agent, u64)) -> i64 {
         self.relay.quiesce();
-        let fed = self.relay.written.load(std::sync::atomic::Ordering::SeqCst) as usize;
+        let fed = self.relay.written.load(Ordering::SeqCst) as usize;
+        let lines = self.relay.lines.load(Ordering::SeqCst) - lines_before;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let handled: f64 = agent
+                .raw("/metrics")
+                .lines()
+                .filter(|l| l.starts_with("gps_agent_nmea_sentences_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if handled as u64 >= lines {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the agent handled {handled} of {lines} sentences"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         std::fs::write(&self.ctl, "cut").unwrap();
         let code = agent.wait_exit(Duration::from_secs(10));
         assert_eq!(code, Some(137), "the daemon ended at the cut");
@@ -401,9 +423,9 @@ fn power_cuts_under_the_daemon_cost_at_most_the_sync_interval_each() {
     let mut prng = Prng(0xF00D);
     let mut worst_ms = 0;
     for k in 0..cuts {
-        let agent = rig.start();
+        let running = rig.start();
         std::thread::sleep(Duration::from_millis(1500 + prng.next() % 1500));
-        let newest_fed = rig.cut(agent);
+        let newest_fed = rig.cut(running);
         let kept = stored_rows(&rig.db());
         let seqs: Vec<u64> = kept.iter().map(|r| r.0).collect();
         assert_eq!(
@@ -434,7 +456,8 @@ fn power_cuts_under_the_daemon_cost_at_most_the_sync_interval_each() {
 #[test]
 fn after_sigpwr_a_power_cut_costs_only_the_epoch_being_assembled() {
     let rig = Rig::new(120);
-    let agent = rig.start();
+    let running = rig.start();
+    let agent = &running.0;
     std::thread::sleep(Duration::from_millis(1500));
     agent.signal("-PWR");
     let line = agent.wait_log("the SIGPWR sync", |v| v["signal"] == "SIGPWR");
@@ -444,7 +467,7 @@ fn after_sigpwr_a_power_cut_costs_only_the_epoch_being_assembled() {
     assert!(synced > 0, "{line}");
     // A long sync interval would lose a second; after SIGPWR every fix is synced at once.
     std::thread::sleep(Duration::from_millis(1200));
-    let newest_fed = rig.cut(agent);
+    let newest_fed = rig.cut(running);
     let kept = stored_rows(&rig.db());
     assert!(
         kept.len() as u64 >= synced,

@@ -15,7 +15,7 @@ use serialport::{SerialPort, TTYPort};
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub struct Relay {
     stop: Arc<AtomicBool>,
     /// Epochs written in full so far.
     pub written: Arc<AtomicU32>,
+    /// Lines (sentences) written so far.
+    pub lines: Arc<AtomicU64>,
     slave: std::fs::File,
     thread: Option<JoinHandle<TTYPort>>,
 }
@@ -49,11 +51,13 @@ impl Relay {
         let paused = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let written = Arc::new(AtomicU32::new(0));
-        let (p, pd, st, w) = (
+        let lines_written = Arc::new(AtomicU64::new(0));
+        let (p, pd, st, w, lw) = (
             Arc::clone(&pause),
             Arc::clone(&paused),
             Arc::clone(&stop),
             Arc::clone(&written),
+            Arc::clone(&lines_written),
         );
         let thread = std::thread::spawn(move || {
             let period = Duration::from_millis(spec.period_ms().unsigned_abs());
@@ -105,6 +109,8 @@ impl Relay {
                     }
                     master.write_all(part).expect("write to the pty");
                     master.flush().expect("flush the pty");
+                    let n = part.iter().filter(|b| **b == b'\n').count();
+                    lw.fetch_add(n as u64, Ordering::SeqCst);
                 }
                 w.fetch_add(1, Ordering::SeqCst);
                 next_due += period;
@@ -116,6 +122,7 @@ impl Relay {
             paused,
             stop,
             written,
+            lines: lines_written,
             slave: held,
             thread: Some(thread),
         }
