@@ -207,10 +207,11 @@ pub enum EvictionPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
     pub path: PathBuf,
-    /// Group commit: at most this long between commits (seconds). The loss window on a
+    /// Every fix is committed at once (it survives a crash); at most this long later
+    /// (seconds) the WAL is synced, so it survives a power cut too: the loss window on a
     /// power cut.
     pub commit_interval_s: f64,
-    /// Group commit: commit after this many fixes even if the interval has not passed.
+    /// Sync after this many fixes even if the interval has not passed.
     pub commit_max: u32,
     /// Capacity in fixes.
     pub max_fixes: u64,
@@ -219,7 +220,8 @@ pub struct BufferConfig {
     pub eviction: EvictionPolicy,
     /// Fixes held in memory while the disk cannot be written (disk full, read-only).
     pub memory_ring: u32,
-    /// Seconds between attempts to write to the disk again after a failure.
+    /// Seconds between attempts to write to the disk again after a failure. Short: fixes
+    /// flow again at most this long after the disk is back.
     pub disk_retry_s: f64,
 }
 
@@ -233,7 +235,7 @@ impl Default for BufferConfig {
             max_bytes: 256 * 1024 * 1024,
             eviction: EvictionPolicy::DropOldest,
             memory_ring: 4096,
-            disk_retry_s: 30.0,
+            disk_retry_s: 5.0,
         }
     }
 }

@@ -110,10 +110,15 @@ pub struct LastError {
 impl LastError {
     /// `error`, as it happened at `at_ms` (wall clock, Unix ms).
     pub fn new<E: Classified + Display + ?Sized>(error: &E, at_ms: i64) -> Self {
+        Self::from_parts(error.code(), error.class(), &error.to_string(), at_ms)
+    }
+
+    /// An error known by its code, class and message, as it happened at `at_ms`.
+    pub fn from_parts(code: &'static str, class: ErrorClass, message: &str, at_ms: i64) -> Self {
         LastError {
-            code: error.code(),
-            class: error.class(),
-            message: bounded_message(&error.to_string()),
+            code,
+            class,
+            message: bounded_message(message),
             at_ms,
         }
     }
@@ -171,7 +176,24 @@ pub struct BufferStatus {
     pub dead_letters: u64,
     /// Size of the file plus its WAL.
     pub bytes: u64,
+    /// Fixes gone for good: unreadable in a damaged file, or held only in memory when the
+    /// agent stopped.
+    pub lost: u64,
+    /// How often the file had to be rescued while the agent ran.
+    pub rescues: Rescues,
     pub last_error: Option<LastError>,
+}
+
+/// How the buffer's file was rescued while the agent ran, counted for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rescues {
+    /// The path no longer named the open file; it was written back (`BUFFER_FILE_GONE`).
+    pub restored: u64,
+    /// The file was damaged or truncated; moved aside, new stream (`BUFFER_CORRUPT`).
+    pub quarantined: u64,
+    /// Rows set aside as dead letters because they could not be read back
+    /// (`BUFFER_CORRUPT_RECORD`).
+    pub corrupt_records: u64,
 }
 
 /// What the MQTT uplink publishes.

@@ -1,28 +1,28 @@
-//! Power cut, as near as a test gets: a real `gps-agent buffer crash-writer` process appends
-//! at full speed with group commit and is killed with SIGKILL at random moments. After each
-//! kill the file must open and pass `quick_check`; the seqs acknowledged and the seqs left must
-//! together run from 1 without a gap (the writer drains the oldest as an uplink would); every
-//! seq reported committed is there or was acknowledged; no seq whose ack was committed comes
-//! back. The same file is reused, so each run also proves that numbering continues after
-//! recovery.
+//! Crashes, as near as a test gets without pulling the plug (that is `tests/powercut.rs`).
+//!
+//! 1. A real `gps-agent buffer crash-writer` process appends at full speed, a commit per fix,
+//!    and is killed with SIGKILL at random moments. After each kill the file must open and
+//!    pass `quick_check`; the seqs acknowledged and the seqs left must together run from 1
+//!    without a gap (the writer drains the oldest as an uplink would); every seq reported
+//!    committed is there or was acknowledged; no seq whose ack was committed comes back. The
+//!    same file is reused, so each run also proves that numbering continues after recovery.
+//! 2. The real daemon (`gps-agent run`) on a pty at 10 Hz is killed with SIGKILL a dozen
+//!    times and started again; at the end its buffer is compared with `gps-agent parse` of the
+//!    same feed: a kill may cost the epoch being assembled, nothing more
+//!    (`GPS_AGENT_KILLS=N` for more kills).
 
+mod support;
+
+use gps_agent::sim::DriveSpec;
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// xorshift64*: reproducible kill moments without another crate.
-struct Prng(u64);
-
-impl Prng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-}
+use support::agent::{parse_times, stored_rows, Agent};
+use support::relay::Relay;
+use support::Prng;
 
 const SEED: u64 = 0x005E_ED0F_C4A5_u64;
 const KILLS: usize = 50;
@@ -36,6 +36,9 @@ struct Reported {
     acked_durable: u64,
     /// Highest seq acknowledged at all (`i N`): a seq may be gone only if acknowledged.
     acked_issued: u64,
+    /// Synced (`s N`, `A N`): a SIGKILL does not need them; parsed to keep the protocol whole.
+    synced: u64,
+    acked_synced: u64,
 }
 
 /// Kills one writer between 20 and 150 ms after its first commit.
@@ -71,6 +74,8 @@ fn run_and_kill(db: &Path, delay: Duration) -> Reported {
                 "c" => &mut r.committed,
                 "a" => &mut r.acked_durable,
                 "i" => &mut r.acked_issued,
+                "s" => &mut r.synced,
+                "A" => &mut r.acked_synced,
                 other => panic!("unknown line {other:?}"),
             };
             assert!(seq >= *slot, "{kind} seqs only grow: {seq} after {slot}");
@@ -158,4 +163,71 @@ fn every_committed_fix_survives_sigkill_and_seqs_stay_contiguous_from_one() {
     }
     assert!(last_max > 1000, "the writers appended at speed: {last_max}");
     assert!(acked_durable > 100, "the writers drained: {acked_durable}");
+}
+
+#[test]
+fn sigkill_of_the_daemon_loses_at_most_the_epoch_being_assembled_per_kill() {
+    let kills: u32 = std::env::var("GPS_AGENT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DriveSpec {
+        rate_hz: 10,
+        epochs: 12 * kills + 40,
+        ..DriveSpec::default()
+    };
+    let log = support::agent::drive_log(dir.path(), spec.clone());
+    let expected = parse_times(&log);
+    let link = dir.path().join("gps0");
+    let relay = Relay::start(&link, spec, SEED);
+    let gnss = format!("[gnss]\nsource = \"serial\"\npath = \"{}\"", link.display());
+    // The default sync interval: a SIGKILL must not need the sync.
+    let db = dir.path().join("buffer.db");
+    let buffer = format!("[buffer]\npath = \"{}\"", db.display());
+    // No broker: everything stays in the buffer, where the test counts it.
+    let nowhere = format!("mqtt://{}", support::broker::free_port());
+    let device = support::unique("truck");
+    let start = || {
+        let agent = Agent::start_with_buffer(dir.path(), &device, &gnss, &buffer, &nowhere, &[]);
+        agent.wait_log("gnss device open", |v| v["message"] == "gnss device open");
+        relay.resume();
+        agent
+    };
+    let mut prng = Prng(SEED ^ 0xDAE0);
+    for _ in 0..kills {
+        let agent = start();
+        std::thread::sleep(Duration::from_millis(300 + prng.next() % 900));
+        relay.quiesce();
+        agent.signal("-KILL");
+        drop(agent);
+    }
+    let agent = start();
+    relay.drain(Duration::from_secs(120));
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+
+    let rows = stored_rows(&db);
+    let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
+    assert_eq!(
+        seqs,
+        (1..=rows.len() as u64).collect::<Vec<_>>(),
+        "seqs run from 1 without a gap over {kills} kills"
+    );
+    let stored: BTreeSet<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(stored.len(), rows.len(), "no fix stored twice");
+    let extra: Vec<_> = stored.difference(&expected).collect();
+    assert!(extra.is_empty(), "fixes parse does not make: {extra:?}");
+    let lost: Vec<_> = expected.difference(&stored).collect();
+    println!(
+        "{kills} SIGKILLs: {} of {} fixes stored, {} lost",
+        stored.len(),
+        expected.len(),
+        lost.len()
+    );
+    assert!(
+        lost.len() <= kills as usize,
+        "{} fixes lost over {kills} kills (at most the epoch being assembled each): {lost:?}",
+        lost.len()
+    );
 }

@@ -53,6 +53,15 @@ fn seqs(v: &[StoredFix]) -> Vec<u64> {
     v.iter().map(|s| s.seq).collect()
 }
 
+/// The names in `dir` that start with `prefix`.
+fn names(dir: &Path, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
 fn all_seqs(path: &Path) -> Vec<u64> {
     let conn = rusqlite::Connection::open(path).unwrap();
     let mut stmt = conn.prepare("SELECT seq FROM fixes ORDER BY seq").unwrap();
@@ -90,33 +99,58 @@ fn a_fix_round_trips_with_its_seq_and_the_payload_precision() {
 }
 
 #[test]
-fn fixes_are_not_handed_out_before_their_group_is_committed() {
+fn a_fix_is_committed_at_once_and_handed_out_only_once_synced() {
     let dir = tempfile::tempdir().unwrap();
     let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
     let t0 = Instant::now();
-    assert_eq!(buf.append(&fix(0), t0).unwrap().committed_upto, None);
+    let a = buf.append(&fix(0), t0).unwrap();
+    assert_eq!((a.seq, a.synced_upto), (Some(1), None));
+    assert_eq!(buf.committed_seq(), 1, "survives the process at once");
+    assert_eq!(
+        all_seqs(&dir.path().join("buffer.db")),
+        vec![1],
+        "another connection sees it: it is in the file"
+    );
     let mut out = Vec::new();
     buf.next_batch(10, &mut out).unwrap();
-    assert!(out.is_empty(), "uncommitted fix must not be published");
+    assert!(
+        out.is_empty(),
+        "a fix a power cut could take is not published"
+    );
     assert_eq!(buf.newest_pending().unwrap(), None);
     assert_eq!(buf.tick(t0 + Duration::from_millis(999)).unwrap(), None);
     assert_eq!(buf.tick(t0 + Duration::from_secs(1)).unwrap(), Some(1));
+    assert_eq!(buf.synced_seq(), 1);
     buf.next_batch(10, &mut out).unwrap();
     assert_eq!(seqs(&out), vec![1]);
 }
 
 #[test]
-fn the_group_commits_at_commit_max_fixes_even_before_the_interval() {
+fn a_sync_comes_after_commit_max_fixes_even_before_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());
     c.commit_max = 3;
     let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
     let t0 = Instant::now();
     let r: Vec<_> = (0..4)
-        .map(|i| buf.append(&fix(i), t0).unwrap().committed_upto)
+        .map(|i| buf.append(&fix(i), t0).unwrap().synced_upto)
         .collect();
     assert_eq!(r, vec![None, None, Some(3), None]);
-    assert_eq!(buf.committed_seq(), 3);
+    assert_eq!((buf.committed_seq(), buf.synced_seq()), (4, 3));
+}
+
+#[test]
+fn after_a_power_fail_signal_every_fix_is_synced_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
+    let t0 = Instant::now();
+    buf.append(&fix(0), t0).unwrap();
+    assert_eq!(buf.power_fail(t0), Some(1), "synced at once");
+    let a = buf.append(&fix(1), t0).unwrap();
+    assert_eq!(a.synced_upto, Some(2), "and each fix after it");
+    let later = t0 + Duration::from_secs(31);
+    let b = buf.append(&fix(2), later).unwrap();
+    assert_eq!(b.synced_upto, None, "the window ends");
 }
 
 #[test]
@@ -620,4 +654,140 @@ fn a_requeue_by_another_process_shows_in_the_open_stores_depth_at_the_next_tick(
     drop(buf);
     let (mut again, _) = Buffer::open(&checked(&c)).unwrap();
     assert_eq!(again.stats().unwrap().depth, 0, "the counts were true");
+}
+
+#[test]
+fn a_file_deleted_under_the_open_buffer_is_written_back_with_its_stream_and_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
+    let t0 = Instant::now();
+    fill(&mut buf, 0, 300, t0);
+    let stream = buf.stream().to_string();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = c.path.clone().into_os_string();
+        p.push(suffix);
+        std::fs::remove_file(PathBuf::from(p)).unwrap();
+    }
+    // The next commit notices.
+    assert_eq!(buf.append(&fix(300), t0).unwrap().seq, Some(301));
+    let h = buf.status();
+    assert_eq!(h.condition, Status::Degraded);
+    assert_eq!(h.last_error.unwrap().code, "BUFFER_FILE_GONE");
+    assert_eq!(buf.rescues().restored, 1);
+    buf.commit().unwrap();
+    assert_eq!(all_seqs(&c.path), (1..=301).collect::<Vec<_>>());
+    drop(buf);
+    let (again, report) = Buffer::open(&checked(&c)).unwrap();
+    assert_eq!(report.moved_aside, None);
+    assert_eq!(again.stream(), stream, "the same stream goes on");
+}
+
+#[test]
+fn a_file_replaced_under_the_open_buffer_is_moved_aside_not_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
+    let t0 = Instant::now();
+    fill(&mut buf, 0, 10, t0);
+    let other = dir.path().join("other");
+    write_file(&other, b"someone else's file");
+    std::fs::rename(&other, &c.path).unwrap();
+    buf.append(&fix(10), t0).unwrap();
+    assert_eq!(buf.status().last_error.unwrap().code, "BUFFER_FILE_GONE");
+    let displaced = names(dir.path(), "buffer.db.displaced-");
+    assert!(
+        displaced
+            .iter()
+            .any(|n| std::fs::read(dir.path().join(n)).unwrap() == b"someone else's file"),
+        "kept: {displaced:?}"
+    );
+    assert_eq!(all_seqs(&c.path), (1..=11).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_file_truncated_under_the_open_buffer_is_quarantined_and_what_it_held_is_salvaged() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
+    let t0 = Instant::now();
+    fill(&mut buf, 0, 3000, t0);
+    let mut out = Vec::new();
+    buf.next_batch(5, &mut out).unwrap();
+    buf.ack(&[1, 2]).unwrap();
+    // 3..=5 are in flight at the uplink when the file goes.
+    let old_stream = buf.stream().to_string();
+    buf.tick(t0 + Duration::from_secs(2)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&c.path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    buf.append(&fix(3000), t0 + Duration::from_secs(2)).unwrap();
+    let h = buf.status();
+    assert_eq!(h.condition, Status::Unhealthy);
+    assert_eq!(h.last_error.unwrap().code, "BUFFER_CORRUPT");
+    assert_ne!(buf.stream(), old_stream, "a new stream");
+    let s = buf.stats().unwrap();
+    assert_eq!(
+        s.depth, 2999,
+        "acknowledged ones left out, nothing lost: {s:?}"
+    );
+    assert_eq!(s.lost, Some(0));
+    // The uplink's late acks of the old stream's 3..=5 must not hit the new stream's 3..=5,
+    // so nothing is handed out until they are resolved.
+    buf.commit().unwrap();
+    buf.next_batch(10, &mut out).unwrap();
+    assert!(out.is_empty(), "held back while old seqs are in flight");
+    buf.ack(&[3, 4]).unwrap();
+    buf.release(&[5]);
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), (1..=10).collect::<Vec<_>>());
+    assert_eq!(out[0].fix, fix(2), "oldest first, renumbered");
+    assert_eq!(all_seqs(&c.path).len(), 2999, "in the new file");
+    assert!(
+        !names(dir.path(), "buffer.db.corrupt-").is_empty(),
+        "the damaged file is kept"
+    );
+}
+
+#[test]
+fn a_row_that_does_not_read_back_is_set_aside_and_the_queue_flows_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
+    fill(&mut buf, 0, 5, Instant::now());
+    {
+        let conn = rusqlite::Connection::open(&c.path).unwrap();
+        conn.execute("UPDATE fixes SET lat = 'garbage' WHERE seq = 2", [])
+            .unwrap();
+    }
+    let mut out = Vec::new();
+    buf.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1, 3, 4, 5]);
+    let h = buf.status();
+    assert_eq!(h.last_error.unwrap().code, "BUFFER_CORRUPT_RECORD");
+    assert_eq!(buf.stats().unwrap().dead_letters, 1);
+    let conn = gps_agent::buffer::open_read_only(&c.path).unwrap();
+    let letters = gps_agent::buffer::list_dead_letters(&conn, &c.path, 10).unwrap();
+    assert_eq!(
+        (letters[0].seq, letters[0].code.as_str()),
+        (2, "BUFFER_CORRUPT_RECORD")
+    );
+    assert_eq!(letters[0].fix["corrupt_row"][1], "'garbage'");
+    // There is no fix to send again: requeue leaves it.
+    assert_eq!(buf.requeue_dead_letters().unwrap(), 0);
+}
+
+#[test]
+fn a_creation_cut_short_leaves_nothing_at_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    // What a power cut during an earlier creation left: our temporary file, not the path.
+    write_file(&dir.path().join(".buffer.db.new-4242"), b"");
+    let (buf, report) = Buffer::open(&checked(&c)).unwrap();
+    assert_eq!(report.moved_aside, None);
+    assert_eq!(buf.status().condition, Status::Healthy);
+    assert_eq!(names(dir.path(), ".buffer.db.new-"), Vec::<String>::new());
 }

@@ -4,7 +4,7 @@
 //! stage keeps ([`crate::report`]) appended to the [`Store`](crate::buffer::store::Store),
 //! rejections and dropped fixes counted, the uplink woken after each commit, and the GNSS and
 //! buffer status published on the board whenever they change. One blocking thread, because
-//! decoding is cheap and the buffer's commit is a blocking fsync.
+//! decoding is cheap and the buffer's sync is a blocking fsync.
 //!
 //! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
 //! source's channel (64 chunks of 256 bytes, ~1.7 s at 9600 baud) absorbs it; the serial
@@ -214,16 +214,26 @@ impl Stage<'_> {
         };
         {
             let mut store = self.store.lock();
-            let result = if last {
-                store.commit()
+            if last {
+                // One more try of the file, then everything durable; what is still only in
+                // memory is gone with the process, and said so.
+                let closed = store.close(now);
+                if closed.lost > 0 {
+                    // A code of its own: the cause's code was logged (and throttled) long
+                    // before.
+                    let (cause, error) = closed.cause.unwrap_or(("BUFFER_IO", String::new()));
+                    warn!(component = "buffer", code = "BUFFER_LOST", cause, lost = closed.lost,
+                        error = %error,
+                        "fixes held only in memory are lost: the buffer file could not be written at shutdown");
+                }
             } else {
-                store.tick(now)
-            };
-            match result {
-                Ok(Some(_)) => committed = true,
-                Ok(None) => {}
-                Err(e) => warn!(component = "buffer", code = e.code(), error = %e,
-                    final_commit = last, "buffer commit failed"),
+                match store.tick(now) {
+                    Ok(Some(_)) => committed = true,
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(component = "buffer", code = e.code(), error = %e, "buffer tick failed")
+                    }
+                }
             }
             store.publish();
         }

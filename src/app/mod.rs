@@ -233,6 +233,8 @@ pub async fn run(
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut changes = board.subscribe();
+    // SIGPWR: a UPS or supercap power-fail daemon says the power is going.
+    let mut pwr = signal_stream(tokio::signal::unix::SignalKind::from_raw(libc::SIGPWR));
     let mut current = cfg;
     let mut ingest_dead_reported = false;
     loop {
@@ -259,6 +261,16 @@ pub async fn run(
             Some(()) = recv_signal(&mut hup) => {
                 reload(&opts, &mut current, &reloads);
             }
+            Some(()) = recv_signal(&mut pwr) => {
+                let s = store.clone();
+                let synced = tokio::task::spawn_blocking(move || s.lock().power_fail(Instant::now()))
+                    .await
+                    .ok()
+                    .flatten();
+                store.notify_committed();
+                warn!(component = "buffer", signal = "SIGPWR", synced_seq = synced,
+                    "power failing: buffer synced, and every fix is synced at once for 30 s");
+            }
         }
     }
 
@@ -283,8 +295,17 @@ pub async fn run(
     if let Some(t) = server_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
     }
-    let depth = store.lock().depth();
-    info!(component = "agent", accepted, buffered = depth, "stopped");
+    let (depth, lost) = {
+        let store = store.lock();
+        (store.depth(), store.lost())
+    };
+    info!(
+        component = "agent",
+        accepted,
+        buffered = depth,
+        lost,
+        "stopped"
+    );
     Ok(())
 }
 

@@ -26,13 +26,22 @@ pub enum BufferError {
     /// The file is damaged while the agent runs (found at startup it is moved aside instead).
     #[error("buffer {path} is corrupt: {detail}")]
     Corrupt { path: PathBuf, detail: String },
-    /// No space left, or the file system became read-only: fixes wait in the memory ring.
-    #[error("buffer {path} cannot be written ({detail}); {held} fixes held in memory")]
-    DiskFull {
+    /// No space left, or the file system became read-only: fixes wait in the memory ring
+    /// (how many, `/health` shows as `in_memory`; a count here would go stale).
+    #[error("buffer {path} cannot be written ({detail}); fixes are held in memory")]
+    DiskFull { path: PathBuf, detail: String },
+    /// `fdatasync` of the WAL failed: what was committed since the last sync may not be on
+    /// the disk; fixes are held in memory until a retry syncs.
+    #[error("buffer {path}: sync failed: {source}")]
+    Sync {
         path: PathBuf,
-        detail: String,
-        held: usize,
+        #[source]
+        source: std::io::Error,
     },
+    /// The path no longer names the open file (deleted or replaced) and it could not be
+    /// written back there: the fixes are safe only while the agent runs.
+    #[error("buffer {path} is no longer at its path: {detail}")]
+    FileGone { path: PathBuf, detail: String },
     /// Any other SQLite failure while reading or writing.
     #[error("buffer {path}: {op} failed: {source}")]
     Io {
@@ -59,7 +68,8 @@ impl Classified for BufferError {
             BufferError::Open { .. } | BufferError::File { .. } => "BUFFER_OPEN",
             BufferError::Corrupt { .. } => "BUFFER_CORRUPT",
             BufferError::DiskFull { .. } => "BUFFER_DISK_FULL",
-            BufferError::Io { .. } => "BUFFER_IO",
+            BufferError::Io { .. } | BufferError::Sync { .. } => "BUFFER_IO",
+            BufferError::FileGone { .. } => "BUFFER_FILE_GONE",
             BufferError::Schema { .. } => "BUFFER_SCHEMA",
             BufferError::Payload { .. } => "BUFFER_PAYLOAD",
         }
@@ -68,8 +78,10 @@ impl Classified for BufferError {
     fn class(&self) -> ErrorClass {
         match self {
             BufferError::Open { .. } | BufferError::File { .. } => ErrorClass::Transient,
-            BufferError::DiskFull { .. } | BufferError::Io { .. } => ErrorClass::Transient,
-            BufferError::Corrupt { .. } => ErrorClass::Critical,
+            BufferError::DiskFull { .. } | BufferError::Io { .. } | BufferError::Sync { .. } => {
+                ErrorClass::Transient
+            }
+            BufferError::Corrupt { .. } | BufferError::FileGone { .. } => ErrorClass::Critical,
             BufferError::Schema { .. } | BufferError::Payload { .. } => ErrorClass::Permanent,
         }
     }
@@ -104,10 +116,17 @@ pub(crate) fn classify(
     e: rusqlite::Error,
 ) -> BufferError {
     match failure_of(&e) {
+        // The device failed (EIO): the same handling as a full disk, its own code.
+        Failure::Disk if e.sqlite_error_code() == Some(ErrorCode::SystemIoFailure) => {
+            BufferError::Io {
+                path: path.to_path_buf(),
+                op,
+                source: e,
+            }
+        }
         Failure::Disk => BufferError::DiskFull {
             path: path.to_path_buf(),
             detail: format!("{op}: {e}"),
-            held: 0,
         },
         Failure::Corrupt => BufferError::Corrupt {
             path: path.to_path_buf(),

@@ -33,6 +33,10 @@ pub struct BufferStats {
     /// Fixes held in the memory ring, without a seq yet (daemon only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_memory: Option<u64>,
+    /// Fixes lost for good since start: unreadable in a damaged file, or held in memory only
+    /// when the agent stopped (daemon only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
 }
 
 /// Stats read from the file alone (exact depth by counting).
@@ -87,6 +91,7 @@ pub(crate) fn stats_with_depth(
         dead_letters: dead_letters.max(0) as u64,
         in_flight: None,
         in_memory: None,
+        lost: None,
     })
 }
 
@@ -180,7 +185,37 @@ pub(crate) fn move_to_dead_letters(
     Ok(moved)
 }
 
+/// Code of a dead letter made from a row that could not be read back into a fix.
+pub(crate) const CORRUPT_RECORD: &str = "BUFFER_CORRUPT_RECORD";
+
+/// Moves row `seq`, which does not read back as a fix, to `dead_letters` with its raw columns
+/// (SQL literals, as `quote()` prints them) for an operator to look at, in the caller's
+/// transaction. Returns 1 if it moved.
+pub(crate) fn set_aside_corrupt_row(
+    conn: &Connection,
+    seq: u64,
+    why: &str,
+    now_ms: i64,
+) -> rusqlite::Result<u64> {
+    let seq = seq.min(i64::MAX as u64) as i64;
+    let moved = conn
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO dead_letters (seq, code, reason, time_ms, payload)
+             SELECT seq, '{CORRUPT_RECORD}', ?2, ?3,
+                    json_object('seq', seq, 'corrupt_row',
+                        json_array(quote(time_ms), quote(lat), quote(lon), quote(alt_mm),
+                            quote(speed_mmps), quote(course_mdeg), quote(hdop_c), quote(sats),
+                            quote(mode), quote(event)))
+             FROM fixes WHERE seq = ?1"
+        ))?
+        .execute(rusqlite::params![seq, why, now_ms])?;
+    conn.prepare_cached("DELETE FROM fixes WHERE seq = ?1")?
+        .execute([seq])?;
+    Ok(moved as u64)
+}
+
 /// Dead letters back to pending, with their own seqs, in one transaction. Returns how many.
+/// Rows set aside as unreadable (`BUFFER_CORRUPT_RECORD`) stay: there is no fix to send.
 pub fn requeue_dead_letters(conn: &Connection, path: &Path) -> Result<u64, BufferError> {
     let io = |op| move |e| classify(path, op, e);
     conn.execute_batch("BEGIN IMMEDIATE")
@@ -205,7 +240,9 @@ pub(crate) fn requeue_in_tx(conn: &Connection, path: &Path) -> Result<u64, Buffe
     let io = |op| move |e| classify(path, op, e);
     let letters: Vec<(i64, String)> = {
         let mut stmt = conn
-            .prepare("SELECT seq, payload FROM dead_letters ORDER BY seq")
+            .prepare(&format!(
+                "SELECT seq, payload FROM dead_letters WHERE code != '{CORRUPT_RECORD}' ORDER BY seq"
+            ))
             .map_err(io("read dead letters"))?;
         let rows = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))

@@ -35,6 +35,21 @@ pub struct Store {
     board: StatusBoard,
     /// Something changed since the last [`Store::publish`].
     changed: bool,
+    /// The buffer's status key as last published: a change the store did not cause (a
+    /// rescue found by a tick, acknowledgements written with the next fix) shows in it.
+    published_key: Option<super::StatusKey>,
+    /// Fixes of `waiting` given up at shutdown.
+    lost_waiting: u64,
+}
+
+/// What [`Store::close`] could not keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Closed {
+    /// Fixes held only in memory (or in a file no longer at its path) when the agent
+    /// stopped: gone with the process. Counted in `lost`.
+    pub lost: u64,
+    /// Why they could not be written: (code, message).
+    pub cause: Option<(&'static str, String)>,
 }
 
 impl Store {
@@ -50,6 +65,8 @@ impl Store {
             open_error: None,
             board,
             changed: true,
+            published_key: None,
+            lost_waiting: 0,
         };
         store.try_open(now);
         store.publish();
@@ -107,12 +124,12 @@ impl Store {
         }
     }
 
-    /// Store an accepted fix (or queue it while there is no file). Returns the seq committed
-    /// up to when this call committed.
+    /// Store an accepted fix (or queue it while there is no file). Returns the seq synced up
+    /// to when this call synced (fixes up to it may be published).
     pub fn append(&mut self, fix: &Fix, now: Instant) -> Result<Option<u64>, BufferError> {
         self.changed = true;
         match self.buffer.as_mut() {
-            Some(buffer) => buffer.append(fix, now).map(|a| a.committed_upto),
+            Some(buffer) => buffer.append(fix, now).map(|a| a.synced_upto),
             None => {
                 if self.waiting.len() >= self.cfg.memory_ring.get() {
                     self.waiting.pop_front();
@@ -124,7 +141,7 @@ impl Store {
         }
     }
 
-    /// Group commit when due, retries of a failing disk or a missing file.
+    /// Sync when due, retries of a failing disk or a missing file.
     pub fn tick(&mut self, now: Instant) -> Result<Option<u64>, BufferError> {
         if self.buffer.is_none() && now >= self.next_open_at {
             self.try_open(now);
@@ -139,13 +156,56 @@ impl Store {
         ticked
     }
 
-    /// Commit everything now (shutdown).
+    /// Make everything durable now (acknowledgements, a sync); errors if fixes are left in
+    /// memory only.
     pub fn commit(&mut self) -> Result<Option<u64>, BufferError> {
         self.changed = true;
         match self.buffer.as_mut() {
             Some(b) => b.commit(),
             None => Ok(None),
         }
+    }
+
+    /// Power is failing (SIGPWR): sync now and every fix for a while. Returns the synced seq.
+    pub fn power_fail(&mut self, now: Instant) -> Option<u64> {
+        self.changed = true;
+        self.buffer.as_mut().and_then(|b| b.power_fail(now))
+    }
+
+    /// Shutdown: one more try of the file (open it, or write the memory ring to it), then
+    /// make everything durable. What is still only in memory is lost with the process:
+    /// counted and returned.
+    pub fn close(&mut self, now: Instant) -> Closed {
+        self.changed = true;
+        if self.buffer.is_none() {
+            self.try_open(now);
+        }
+        match self.buffer.as_mut() {
+            Some(b) => match b.commit() {
+                Ok(_) => Closed::default(),
+                Err(e) => Closed {
+                    lost: b.abandon(),
+                    cause: Some((e.code(), e.to_string())),
+                },
+            },
+            None => {
+                let lost = self.waiting.len() as u64;
+                self.waiting.clear();
+                self.lost_waiting += lost;
+                Closed {
+                    lost,
+                    cause: self
+                        .open_error
+                        .as_ref()
+                        .map(|e| (e.code, e.message.clone())),
+                }
+            }
+        }
+    }
+
+    /// Fixes lost for good: the buffer's (damaged file, memory at shutdown) and the queue's.
+    pub fn lost(&self) -> u64 {
+        self.buffer.as_ref().map_or(0, Buffer::lost) + self.lost_waiting
     }
 
     /// The buffer, for the uplink's batches, acks and dead letters.
@@ -173,9 +233,12 @@ impl Store {
 
     /// Publish the buffer's status on the board if anything changed since the last time.
     pub fn publish(&mut self) {
-        if !std::mem::take(&mut self.changed) {
+        let key = self.buffer.as_ref().map(Buffer::status_key);
+        let moved = key != self.published_key;
+        if !std::mem::take(&mut self.changed) && !moved {
             return;
         }
+        self.published_key = key;
         let status = match &self.buffer {
             Some(b) => b.status(),
             None => crate::status::BufferStatus {
@@ -184,17 +247,18 @@ impl Store {
                 in_memory: self.waiting.len() as u64,
                 oldest_time_ms: self.waiting.front().map(|f| f.time_ms),
                 evicted: self.dropped_waiting,
-                dead_letters: 0,
-                bytes: 0,
                 last_error: self.open_error.clone(),
+                ..Default::default()
             },
         };
-        let dropped = self.dropped_waiting;
+        let (dropped, lost_waiting) = (self.dropped_waiting, self.lost_waiting);
+        let has_file = self.buffer.is_some();
         self.board.buffer(|b| {
             *b = status;
-            if self.buffer.is_some() {
+            if has_file {
                 b.evicted += dropped;
             }
+            b.lost += lost_waiting;
         });
     }
 }

@@ -44,25 +44,29 @@ pub enum BufferCommand {
         #[arg(long)]
         db: Option<PathBuf>,
     },
-    /// Test tool for the crash test: appends fixes at full speed with group commit until
-    /// killed (or stdout closes), and drains the oldest like an uplink would. Prints, each
-    /// on its own line: `i N` when it acknowledged every seq up to N (not yet durable),
-    /// `a N` once a commit made those acks durable, `c N` once seqs up to N are committed.
+    /// Test tool for the crash and power-cut tests: appends fixes at full speed until killed
+    /// (or stdout closes), and drains the oldest like an uplink would. Prints, each on its own
+    /// line: `c N` once seqs up to N are committed (they survive the process), `s N` once
+    /// they are synced (they survive a power cut), `i N` when it acknowledged every seq up to
+    /// N, `a N` once those acknowledgements are committed, `A N` once they are synced.
     #[command(hide = true)]
     CrashWriter {
         #[arg(long)]
         db: PathBuf,
-        /// Group commit interval in milliseconds.
+        /// Sync interval in milliseconds (`commit_interval_s`).
         #[arg(long, default_value_t = 5)]
         commit_ms: u64,
-        /// Group commit size.
+        /// Sync after this many fixes (`commit_max`).
         #[arg(long, default_value_t = 200)]
         commit_max: u32,
-        /// Acknowledge the oldest `ack_batch` fixes after every this many commits (0: never).
+        /// Acknowledge the oldest `ack_batch` fixes after every this many syncs (0: never).
         #[arg(long, default_value_t = 0)]
         ack_every: u64,
         #[arg(long, default_value_t = 50)]
         ack_batch: usize,
+        /// Checkpoint at a sync once the WAL holds this many frames (default: the buffer's).
+        #[arg(long)]
+        checkpoint_frames: Option<i32>,
     },
 }
 
@@ -79,7 +83,14 @@ pub fn run(args: BufferArgs, default_db: &Path) -> i32 {
             commit_max,
             ack_every,
             ack_batch,
-        } => crash_writer(db, commit_ms, commit_max, ack_every, ack_batch),
+            checkpoint_frames,
+        } => crash_writer(
+            db,
+            commit_ms,
+            commit_max,
+            (ack_every, ack_batch),
+            checkpoint_frames,
+        ),
     };
     match result {
         Ok(()) => 0,
@@ -123,8 +134,8 @@ fn crash_writer(
     db: PathBuf,
     commit_ms: u64,
     commit_max: u32,
-    ack_every: u64,
-    ack_batch: usize,
+    (ack_every, ack_batch): (u64, usize),
+    checkpoint_frames: Option<i32>,
 ) -> Result<(), BufferError> {
     let cfg = BufferSettings {
         path: db,
@@ -139,11 +150,14 @@ fn crash_writer(
         ..BufferSettings::default()
     };
     let (mut buf, _) = Buffer::open(&cfg)?;
+    if let Some(frames) = checkpoint_frames {
+        buf.set_checkpoint_frames(frames);
+    }
     let mut time_ms: i64 = 1_700_000_000_000 + buf.committed_seq() as i64 * 100;
     let mut out = std::io::stdout().lock();
-    let mut commits = 0u64;
-    // Acked in the open group: durable with its commit.
-    let mut acked_in_group: Option<u64> = None;
+    let mut syncs = 0u64;
+    // Acknowledged, not yet in a commit; committed, not yet synced.
+    let (mut acked_issued, mut acked_committed): (Option<u64>, Option<u64>) = (None, None);
     let mut batch = Vec::with_capacity(ack_batch);
     let mut seqs = Vec::with_capacity(ack_batch);
     loop {
@@ -161,34 +175,52 @@ fn crash_writer(
             event: None,
         };
         let appended = buf.append(&fix, Instant::now())?;
-        let Some(seq) = appended.committed_upto else {
-            continue;
-        };
-        // Printed only after COMMIT returned: the parent may rely on it being durable.
-        let printed = match acked_in_group.take() {
-            Some(acked) => writeln!(out, "a {acked}\nc {seq}"),
-            None => writeln!(out, "c {seq}"),
-        };
-        if printed.and_then(|()| out.flush()).is_err() {
-            return Ok(());
+        // Printed only after the call returned: the parent may rely on each line.
+        let mut lines = String::new();
+        if let Some(seq) = appended.seq {
+            // This append's transaction wrote the acknowledgements issued before it.
+            if let Some(acked) = acked_issued.take() {
+                lines.push_str(&format!("a {acked}\n"));
+                acked_committed = Some(acked);
+            }
+            lines.push_str(&format!("c {seq}\n"));
         }
-        commits += 1;
-        if ack_every == 0 || !commits.is_multiple_of(ack_every) {
-            continue;
-        }
-        buf.next_batch(ack_batch, &mut batch)?;
-        let Some(last) = batch.last().map(|s| s.seq) else {
+        let Some(synced) = appended.synced_upto else {
+            if write_lines(&mut out, &lines).is_err() {
+                return Ok(());
+            }
             continue;
         };
-        seqs.clear();
-        seqs.extend(batch.iter().map(|s| s.seq));
-        buf.ack(&seqs)?;
-        acked_in_group = Some(last);
-        if writeln!(out, "i {last}")
-            .and_then(|()| out.flush())
-            .is_err()
-        {
+        if let Some(acked) = acked_committed.take() {
+            lines.push_str(&format!("A {acked}\n"));
+        }
+        lines.push_str(&format!("s {synced}\n"));
+        syncs += 1;
+        if ack_every > 0 && syncs.is_multiple_of(ack_every) {
+            buf.next_batch(ack_batch, &mut batch)?;
+            if let Some(last) = batch.last().map(|s| s.seq) {
+                seqs.clear();
+                seqs.extend(batch.iter().map(|s| s.seq));
+                // Said before the call: `ack` may already write the deletes, and the power
+                // may go inside it.
+                lines.push_str(&format!("i {last}\n"));
+                if write_lines(&mut out, &std::mem::take(&mut lines)).is_err() {
+                    return Ok(());
+                }
+                buf.ack(&seqs)?;
+                acked_issued = Some(last);
+            }
+        }
+        if write_lines(&mut out, &lines).is_err() {
             return Ok(());
         }
     }
+}
+
+fn write_lines(out: &mut impl Write, lines: &str) -> std::io::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    out.write_all(lines.as_bytes())?;
+    out.flush()
 }

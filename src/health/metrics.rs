@@ -17,6 +17,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use std::time::Duration;
 
@@ -32,6 +33,11 @@ const LATENCY_BUCKETS: [f64; 14] = [
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SentenceLabels {
     result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,7 +86,7 @@ impl Collector for BoardSeries {
         let cells = self.board.read();
         let now = self.board.clock().now();
         let (gnss, buffer, mqtt) = (&cells.gnss, &cells.buffer, &cells.mqtt);
-        let counters: [(&str, &str, Option<Unit>, u64); 5] = [
+        let counters: [(&str, &str, Option<Unit>, u64); 6] = [
             (
                 "gnss_outages",
                 "Times the receiver went away (unplugged, read errors, stuck and reopened)",
@@ -111,10 +117,33 @@ impl Collector for BoardSeries {
                 None,
                 mqtt.reconnects,
             ),
+            (
+                "buffer_lost",
+                "Fixes lost for good: held only in memory when the agent stopped, or unreadable \
+                 in a buffer file damaged while running",
+                None,
+                buffer.lost,
+            ),
         ];
         for (name, help, unit, value) in counters {
             let c = ConstCounter::new(value);
             c.encode(encoder.encode_descriptor(name, help, unit.as_ref(), c.metric_type())?)?;
+        }
+        let rescues = buffer.rescues;
+        let mut family = encoder.encode_descriptor(
+            "buffer_rescues",
+            "Buffer file rescued while running, by code: BUFFER_FILE_GONE (deleted or replaced, \
+             written back), BUFFER_CORRUPT (damaged or truncated, moved aside, new stream), \
+             BUFFER_CORRUPT_RECORD (unreadable rows set aside)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (code, n) in [
+            ("BUFFER_FILE_GONE", rescues.restored),
+            ("BUFFER_CORRUPT", rescues.quarantined),
+            ("BUFFER_CORRUPT_RECORD", rescues.corrupt_records),
+        ] {
+            ConstCounter::new(n).encode(family.encode_family(&CodeLabels { code })?)?;
         }
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let breaker = match mqtt.breaker {

@@ -18,7 +18,7 @@ use crate::health::metrics::Metrics;
 use crate::uplink::error::UplinkError;
 use crate::uplink::publisher::FixSource;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Error for [`Link`]: the buffer's, or the blocking task that ran it died.
@@ -51,6 +51,10 @@ pub struct Link {
     metrics: Arc<Metrics>,
     /// "Now" for fix ages: the receiver-checked UTC of the agent's clock.
     clock: Clock,
+    /// The stream last told to the uplink: fixes of another one (the buffer started a new
+    /// stream after a damaged file) wait until the uplink has asked again, so they never
+    /// go out under the old stream's id.
+    told_stream: Arc<Mutex<String>>,
     /// Newest seq already sent ahead of the backlog.
     live_seq: u64,
     /// Receiver time of each fix in flight, for the fix-to-ack latency. Bounded by what the
@@ -64,6 +68,7 @@ impl Link {
             store,
             metrics,
             clock,
+            told_stream: Arc::new(Mutex::new(String::new())),
             live_seq: 0,
             in_flight_times: HashMap::new(),
         }
@@ -99,16 +104,22 @@ impl FixSource for Link {
     type Error = LinkError;
 
     fn stream(&self) -> String {
-        self.store.lock().stream().unwrap_or_default()
+        let stream = self.store.lock().stream().unwrap_or_default();
+        stream.clone_into(&mut self.told_stream.lock().unwrap_or_else(|p| p.into_inner()));
+        stream
     }
 
     async fn next_batch(&mut self, max: usize) -> Result<Vec<(u64, Fix)>, LinkError> {
         let live_seq = self.live_seq;
+        let told = Arc::clone(&self.told_stream);
         let batch: Vec<StoredFix> = self
             .with_store(false, move |store| {
                 let Some(buffer) = store.buffer_mut() else {
                     return Ok(Vec::new());
                 };
+                if *told.lock().unwrap_or_else(|p| p.into_inner()) != buffer.stream() {
+                    return Ok(Vec::new());
+                }
                 // Live first: a newer fix than the last sent ahead, while older ones wait.
                 if let Some(newest) = buffer.newest_pending()? {
                     let mut oldest = Vec::with_capacity(1);

@@ -80,6 +80,18 @@ impl Agent {
         Self::launch(dir, device, gnss, &buffer, mqtt, env)
     }
 
+    /// As [`Agent::start`], with the `[buffer]` section and the body of `[mqtt]` given.
+    pub fn start_with_sections(
+        dir: &Path,
+        device: &str,
+        gnss: &str,
+        buffer: &str,
+        mqtt: &str,
+        env: &[(&str, String)],
+    ) -> Agent {
+        Self::launch(dir, device, gnss, buffer, mqtt, env)
+    }
+
     fn launch(
         dir: &Path,
         device: &str,
@@ -219,11 +231,7 @@ impl Agent {
 
     /// The agent's log so far, as JSON values (lines that are not JSON are skipped).
     pub fn log_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        read_log(&self.log)
     }
 
     /// Log lines so far whose `message` contains `text`.
@@ -273,6 +281,22 @@ impl Agent {
         }
     }
 
+    /// Waits for the agent to end by itself (a simulated power cut ends it): its exit code,
+    /// `None` if a signal ended it. Panics after `within`.
+    pub fn wait_exit(mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running after {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGTERM, then the exit code (within 15 s).
     pub fn terminate(mut self) -> (i32, PathBuf) {
         let pid = self.child.id().to_string();
@@ -310,9 +334,8 @@ pub fn drive_log(dir: &Path, spec: gps_agent::sim::DriveSpec) -> PathBuf {
     path
 }
 
-/// How many fixes `gps-agent parse` accepts from `log`: the daemon must deliver exactly
-/// these seqs.
-pub fn expected_fixes(log: &Path) -> u64 {
+/// The JSON lines `gps-agent parse` prints for `log`: one per accepted fix.
+fn parse(log: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
         .env_remove("GPS_AGENT_CONFIG")
         .arg("parse")
@@ -320,5 +343,52 @@ pub fn expected_fixes(log: &Path) -> u64 {
         .output()
         .unwrap();
     assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).lines().count() as u64
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many fixes `gps-agent parse` accepts from `log`: the daemon must deliver exactly
+/// these seqs.
+pub fn expected_fixes(log: &Path) -> u64 {
+    parse(log).lines().count() as u64
+}
+
+/// Receiver times (ms) of the fixes `gps-agent parse` accepts from `log`.
+pub fn parse_times(log: &Path) -> std::collections::BTreeSet<i64> {
+    parse(log)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            chrono::DateTime::parse_from_rfc3339(v["time"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis()
+        })
+        .collect()
+}
+
+/// (seq, receiver time in ms) of every fix in a buffer file, in seq order, after checking
+/// the file's integrity.
+pub fn stored_rows(db: &Path) -> Vec<(u64, i64)> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok", "{}", db.display());
+    let mut stmt = conn
+        .prepare("SELECT seq, time_ms FROM fixes ORDER BY seq")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    rows
+}
+
+/// The JSON lines of an agent's log file (for after the agent has stopped).
+pub fn read_log(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

@@ -1,8 +1,9 @@
 //! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
 //! a TCP fault proxy ([`proxy`]) to put between the agent and the broker; a real mosquitto
 //! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
-//! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]);
-//! simulated drives as accepted fixes, with receiver noise ([`drives`]).
+//! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
+//! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]); simulated
+//! drives as accepted fixes, with receiver noise ([`drives`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -18,6 +19,8 @@ pub mod mosquitto;
 pub mod proxy;
 pub mod pty;
 pub mod publisher;
+pub mod relay;
+pub mod shim;
 pub mod source;
 pub mod tls_front;
 
@@ -29,4 +32,16 @@ pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{prefix}-{}-{n}", std::process::id())
+}
+
+/// xorshift64*: reproducible random choices (kill moments, cut points) without another crate.
+pub struct Prng(pub u64);
+
+impl Prng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
 }

@@ -1,0 +1,149 @@
+//! The buffer's three files as the file system sees them, beside SQLite's view: whether the
+//! path still names the file the agent holds open, whether the main file shrank under it,
+//! and the syncs SQLite does not do by itself under `synchronous = NORMAL`.
+//!
+//! In: the buffer's path. Out: a [`Verdict`] after each look, and `fdatasync`s of the WAL,
+//! the main file and the directory. It never writes, renames or deletes anything.
+//!
+//! Why a look of our own: an unlinked file stays readable and writable through the
+//! descriptors that hold it, so SQLite does not notice `rm buffer.db` and would go on storing
+//! fixes in a file that vanishes at exit; and a file truncated to zero bytes under it reads
+//! as zeros only once a page is not in SQLite's cache any more. One `stat` of the main file
+//! per commit catches both: another inode (or none) at the path, or a size smaller than
+//! seen before (the main file never shrinks: no `VACUUM`, no `auto_vacuum`, and a checkpoint
+//! only grows it). The `-wal` and `-shm` are compared at each sync.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// A file's identity: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(meta: &std::fs::Metadata) -> FileId {
+        FileId {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// What a look at the paths found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Fine,
+    /// The path (`which` of the three) no longer names the open file: deleted, renamed or
+    /// replaced.
+    Gone {
+        which: &'static str,
+    },
+    /// The main file is shorter than it was: truncated under the agent.
+    Shrunk {
+        was: u64,
+        now: u64,
+    },
+}
+
+/// The open files' identities and the handle the WAL is synced through.
+#[derive(Debug)]
+pub(crate) struct Watch {
+    db: FileId,
+    /// Largest size of the main file seen.
+    db_len: u64,
+    /// Our own descriptor of the WAL SQLite writes: `fdatasync` on it flushes the same inode.
+    wal: File,
+    wal_id: FileId,
+    shm: Option<FileId>,
+}
+
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_os_string();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+impl Watch {
+    /// Takes the identities of the files SQLite just opened at `path` (the WAL exists once a
+    /// WAL-mode file has been read).
+    pub(crate) fn new(path: &Path) -> io::Result<Watch> {
+        let meta = std::fs::metadata(path)?;
+        let wal = File::open(with_suffix(path, "-wal"))?;
+        let wal_id = FileId::of(&wal.metadata()?);
+        let shm = std::fs::metadata(with_suffix(path, "-shm"))
+            .ok()
+            .map(|m| FileId::of(&m));
+        Ok(Watch {
+            db: FileId::of(&meta),
+            db_len: meta.len(),
+            wal,
+            wal_id,
+            shm,
+        })
+    }
+
+    /// The main file: still at `path`, and not shorter than before. One `stat`.
+    pub(crate) fn check_db(&mut self, path: &Path) -> Verdict {
+        match std::fs::metadata(path) {
+            Ok(meta) if FileId::of(&meta) == self.db => {
+                if meta.len() < self.db_len {
+                    return Verdict::Shrunk {
+                        was: self.db_len,
+                        now: meta.len(),
+                    };
+                }
+                self.db_len = meta.len();
+                Verdict::Fine
+            }
+            Ok(_) => Verdict::Gone { which: "db" },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Verdict::Gone { which: "db" },
+            // Cannot look (permissions changed, I/O error): the writes will tell.
+            Err(_) => Verdict::Fine,
+        }
+    }
+
+    /// All three files.
+    pub(crate) fn check_all(&mut self, path: &Path) -> Verdict {
+        let verdict = self.check_db(path);
+        if verdict != Verdict::Fine {
+            return verdict;
+        }
+        let same = |suffix: &str, id: FileId| match std::fs::metadata(with_suffix(path, suffix)) {
+            Ok(meta) => FileId::of(&meta) == id,
+            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        };
+        if !same("-wal", self.wal_id) {
+            return Verdict::Gone { which: "wal" };
+        }
+        if let Some(shm) = self.shm {
+            if !same("-shm", shm) {
+                return Verdict::Gone { which: "shm" };
+            }
+        }
+        Verdict::Fine
+    }
+
+    /// Makes every frame SQLite has written to the WAL durable.
+    pub(crate) fn sync_wal(&self) -> io::Result<()> {
+        self.wal.sync_data()
+    }
+}
+
+/// `fsync` of a file by path (the main file after it was created or copied).
+pub(crate) fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// `fsync` of the directory holding `path`: makes a created, renamed or linked name durable.
+pub(crate) fn sync_dir(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
