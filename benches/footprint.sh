@@ -4,9 +4,10 @@
 #
 #   bash benches/footprint.sh              # 30 s side by side, then the drain scenario
 #   FOOTPRINT_SECS=120 bash benches/footprint.sh
+#   FOOTPRINT_SCENARIOS=side FOOTPRINT_AGENT=/path/to/gps-agent bash benches/footprint.sh
 #
 # 1. Side by side: the project's simulator writes one clean 10 Hz drive to two
-#    pseudo-terminals at once (benches/footprint_feed.rs). gpsd 3.22 (Debian's) reads one,
+#    pseudo-terminals at once (benches/footprint/feed.rs). gpsd 3.22 (Debian's) reads one,
 #    with one watching client (`gpspipe -w`); the agent (release build as packaged, without
 #    the demo) reads the other with its SQLite buffer and MQTT to a local mosquitto. After
 #    FOOTPRINT_WARMUP s (5) both are measured over FOOTPRINT_SECS s (30): CPU as % of one
@@ -38,8 +39,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-cargo build --release --quiet --no-default-features --bin gps-agent --example footprint_feed
-agent_bin=$PWD/target/release/gps-agent
+# Two builds: an example brings in the dev-dependencies' features, and the agent measured must
+# be the binary as packaged.
+cargo build --release --quiet --no-default-features --bin gps-agent
+cargo build --release --quiet --no-default-features --example footprint_feed
+# FOOTPRINT_AGENT: another build of the agent to measure (e.g. to compare two commits).
+agent_bin=${FOOTPRINT_AGENT:-$PWD/target/release/gps-agent}
 feed_bin=$PWD/target/release/examples/footprint_feed
 
 work=$(mktemp -d)
@@ -177,7 +182,18 @@ baud = 115200" "mqtt://127.0.0.1:$mqtt_port" "$health_port"
   a0=$(ticks $agent_pid); g0=$(ticks $gpsd_pid); t0=$(now_s)
   tpv0=$(grep -c '"class":"TPV"' "$work/gpspipe.out" || true)
   acked0=$(health "$health_port" | jq '.components.buffer.acked_seq // 0')
+  # Where perf can count (software events need no privileges beyond the default), the same
+  # window to the microsecond (task-clock) and the context switches (wakeups) of each.
+  local perf_pids=()
+  if perf stat -e task-clock true >/dev/null 2>&1; then
+    for who in agent:$agent_pid gpsd:$gpsd_pid; do
+      perf stat -x, -e task-clock,context-switches -p "${who#*:}" -o "$work/perf.${who%%:*}" \
+        -- sleep "$secs" &
+      perf_pids+=($!)
+    done
+  fi
   sleep "$secs"
+  for p in "${perf_pids[@]}"; do wait "$p" || true; done
   a1=$(ticks $agent_pid); g1=$(ticks $gpsd_pid); t1=$(now_s)
   tpv1=$(grep -c '"class":"TPV"' "$work/gpspipe.out" || true)
   acked1=$(health "$health_port" | jq '.components.buffer.acked_seq // 0')
@@ -195,6 +211,14 @@ baud = 115200" "mqtt://127.0.0.1:$mqtt_port" "$health_port"
   awk -v a="$((a1 - a0))" -v g="$((g1 - g0))" -v ah="$a_hwm" -v gh="$g_hwm" 'BEGIN {
     if (g > 0) printf "agent / gpsd: CPU %.2fx", a / g; else printf "agent / gpsd: CPU (gpsd 0 ticks)";
     printf ", VmHWM %.2fx\n", ah / gh }'
+  if [ ${#perf_pids[@]} -gt 0 ]; then
+    for who in gpsd agent; do
+      awk -F, -v who="$who" -v w="$secs" '
+        $3 == "task-clock" { ms = $1 } $3 == "context-switches" { cs = $1 }
+        END { printf "perf, %s: task-clock %.1f ms = %.3f%% of a core; %d context switches (%.1f/s)\n",
+              who, ms, ms / 10 / w, cs, cs / w }' "$work/perf.$who"
+    done
+  fi
   echo "targets: agent CPU <= gpsd's; agent VmHWM <= 8 MiB"
   if [ $((tpv1 - tpv0)) -lt $((secs * 5)) ] || [ $((acked1 - acked0)) -lt $((secs * 5)) ]; then
     fail "one of them did not keep up with the stream (see above)"
