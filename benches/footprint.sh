@@ -12,7 +12,8 @@
 #    the demo) reads the other with its SQLite buffer and MQTT to a local mosquitto. After
 #    FOOTPRINT_WARMUP s (5) both are measured over FOOTPRINT_SECS s (30): CPU as % of one
 #    core from utime+stime in /proc/PID/stat (all threads; clock ticks, so a longer run
-#    resolves smaller figures), and VmHWM (peak resident set) from /proc/PID/status.
+#    resolves smaller figures), where perf can count also task-clock and context switches
+#    over the same window, and VmHWM (peak resident set) from /proc/PID/status.
 # 2. Drain: a day at 1 Hz (FOOTPRINT_BACKLOG fixes, 86,400) is buffered by an agent whose
 #    broker is away; a fresh agent then starts on that buffer with the broker up and the 10 Hz
 #    drive still coming in. Measured until the backlog is gone: its VmHWM, CPU, and time.
