@@ -7,7 +7,7 @@
 //! decoding is cheap and the buffer's sync is a blocking fsync.
 //!
 //! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
-//! source's channel (64 chunks of 256 bytes, ~1.7 s at 9600 baud) absorbs it; the serial
+//! source's channel (32 chunks of up to 1 KiB, ~34 s at 9600 baud) absorbs it; the serial
 //! reader never blocks on it: when the channel is full it drops the chunk and counts it in
 //! the source's status, which `/health` shows. It never exits on bad data; it ends when the
 //! stop flag is raised (then the decoder is flushed and the buffer committed).

@@ -103,6 +103,17 @@ pub struct Appended {
     pub synced_upto: Option<u64>,
 }
 
+/// The oldest fix's time and the file's size as last looked up (see [`Buffer::status`]).
+#[derive(Debug, Clone, Copy)]
+struct LookedUp {
+    at: Instant,
+    oldest_time_ms: Option<i64>,
+    bytes: u64,
+}
+
+/// How often [`Buffer::status`] looks up the oldest fix and the file's size at most.
+const LOOK_UP_EVERY: Duration = Duration::from_secs(1);
+
 /// The parts of the buffer's status that a change of shows (see [`Buffer::status_key`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StatusKey {
@@ -221,6 +232,7 @@ pub struct Buffer {
     io: IoCounts,
     /// Stamps `last_error` (the wall clock of the agent's one clock).
     clock: Clock,
+    looked_up: std::cell::Cell<Option<LookedUp>>,
 }
 
 /// What the buffer asked of the disk so far (the wear bench prints it).
@@ -414,6 +426,7 @@ impl Buffer {
             rescues: Rescues::default(),
             io: IoCounts::default(),
             clock,
+            looked_up: std::cell::Cell::new(None),
         };
         Ok((buffer, report))
     }
@@ -885,26 +898,44 @@ impl Buffer {
 
     /// What the buffer publishes on the status board: its condition, the counts it keeps,
     /// the oldest waiting fix's time (one rowid lookup) and the file's size (two `stat`s).
+    ///
+    /// A 10 Hz receiver changes the status ten times a second; the oldest fix's time and the
+    /// file's size are looked up again at most once a second (sooner when the buffer fills
+    /// from empty): ages in `/health` are in seconds anyway.
     pub fn status(&self) -> BufferStatus {
-        let oldest_on_disk = self
-            .conn
-            .prepare_cached("SELECT time_ms FROM fixes ORDER BY seq LIMIT 1")
-            .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)).optional());
-        let oldest_time_ms = match oldest_on_disk {
-            Ok(on_disk) => on_disk.or_else(|| self.ring.front().map(|f| f.time_ms)),
-            Err(e) => {
-                debug!(component = "buffer", error = %e, "oldest fix unreadable");
-                self.ring.front().map(|f| f.time_ms)
-            }
-        };
+        let depth = self.depth();
+        let fresh = self.looked_up.get().filter(|l| {
+            self.last_now.saturating_duration_since(l.at) < LOOK_UP_EVERY
+                && (l.oldest_time_ms.is_some() || depth == 0)
+        });
+        let looked = fresh.unwrap_or_else(|| {
+            let oldest_on_disk = self
+                .conn
+                .prepare_cached("SELECT time_ms FROM fixes ORDER BY seq LIMIT 1")
+                .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)).optional());
+            let oldest_time_ms = match oldest_on_disk {
+                Ok(on_disk) => on_disk.or_else(|| self.ring.front().map(|f| f.time_ms)),
+                Err(e) => {
+                    debug!(component = "buffer", error = %e, "oldest fix unreadable");
+                    self.ring.front().map(|f| f.time_ms)
+                }
+            };
+            let looked = LookedUp {
+                at: self.last_now,
+                oldest_time_ms,
+                bytes: file_ops::file_bytes(&self.path),
+            };
+            self.looked_up.set(Some(looked));
+            looked
+        });
         BufferStatus {
             condition: self.condition(),
-            depth: self.depth(),
+            depth,
             in_memory: self.ring.len() as u64,
-            oldest_time_ms,
+            oldest_time_ms: looked.oldest_time_ms.filter(|_| depth > 0),
             evicted: self.current.evicted,
             dead_letters: self.current.dead_letters,
-            bytes: file_ops::file_bytes(&self.path),
+            bytes: looked.bytes,
             lost: self.lost,
             rescues: self.rescues,
             last_error: self.last_error.clone(),
@@ -1055,13 +1086,15 @@ impl Buffer {
     }
 
     fn used_bytes(&self) -> rusqlite::Result<u64> {
-        let (pages, free, size): (i64, i64, i64) = self.conn.query_row(
-            "SELECT (SELECT page_count FROM pragma_page_count),
+        // At every sync: kept prepared.
+        let (pages, free, size): (i64, i64, i64) = self
+            .conn
+            .prepare_cached(
+                "SELECT (SELECT page_count FROM pragma_page_count),
                     (SELECT freelist_count FROM pragma_freelist_count),
                     (SELECT page_size FROM pragma_page_size)",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+            )?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok((pages - free).max(0) as u64 * size.max(0) as u64)
     }
 

@@ -357,8 +357,10 @@ pub(crate) fn read_stream(conn: &Connection) -> rusqlite::Result<Option<String>>
 }
 
 /// SQLite's counter of commits made by other connections to this file.
+/// Asked once a second by the daemon: the statement is kept prepared.
 pub(crate) fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("PRAGMA data_version", [], |r| r.get(0))
+    conn.prepare_cached("PRAGMA data_version")?
+        .query_row([], |r| r.get(0))
 }
 
 pub(crate) fn read_meta_u64(conn: &Connection, key: &str) -> rusqlite::Result<u64> {

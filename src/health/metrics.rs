@@ -95,7 +95,7 @@ impl Collector for BoardSeries {
             ),
             (
                 "gnss_dropped_chunks",
-                "Receiver byte chunks dropped because ingest was not keeping up (256 bytes each)",
+                "Receiver byte chunks dropped because ingest was not keeping up (a burst of up to 1 KiB each)",
                 None,
                 gnss.dropped_chunks,
             ),

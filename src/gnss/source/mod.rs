@@ -23,15 +23,17 @@ use crate::clock::Clock;
 use crate::error::Classified;
 use crate::status::LastError;
 
-/// Bytes per chunk: a couple of sentences, small enough to keep latency low.
-pub const CHUNK_LEN: usize = 256;
+/// Bytes per chunk: a whole epoch of a busy multi-constellation receiver (a dozen sentences),
+/// so the consumer wakes once an epoch.
+pub const CHUNK_LEN: usize = 1024;
 
 /// A piece of the byte stream. Fixed capacity, `Clone`, never on the heap.
 pub type Chunk = heapless::Vec<u8, CHUNK_LEN>;
 
-/// Chunks in flight between a source and its consumer: 64 x 256 bytes is about 1.7 s of a
-/// 9600-baud receiver, enough to ride out a slow consumer without unbounded memory.
-pub const CHANNEL_CAPACITY: usize = 64;
+/// Chunks in flight between a source and its consumer: 32 x 1 KiB is about 34 s of a
+/// 9600-baud receiver and 3 s of a 115200-baud one sending flat out (a 10 Hz receiver sends
+/// a few KiB a second), enough to ride out a slow disk without unbounded memory.
+pub const CHANNEL_CAPACITY: usize = 32;
 
 /// How long a blocked source waits between attempts to hand over a chunk; also the
 /// granularity at which it notices the stop flag.

@@ -10,7 +10,7 @@
 //! The port stays open and read all along: a receiver that recovers is seen at once. It never
 //! exits on its own: only the stop flag or a consumer that hung up end it.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender};
@@ -197,7 +197,7 @@ fn session(
         if stop.load(Ordering::Relaxed) {
             return SessionEnd::Finish;
         }
-        match port.read(&mut buf) {
+        match read_burst(port.as_mut(), &mut buf) {
             Ok(0) => {
                 return gone(
                     settings,
@@ -238,6 +238,30 @@ fn session(
             };
         }
     }
+}
+
+/// One read as it comes (up to [`READ_TIMEOUT`]), then whatever else the port already holds:
+/// a receiver's burst (an epoch's sentences, often arriving as several USB packets) is handed
+/// on as one chunk where it can be, so the ingest thread wakes once an epoch rather than once a
+/// packet, without any further wait. Returns the bytes read (0: end of file, the device is
+/// gone).
+fn read_burst(port: &mut dyn serialport::SerialPort, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = port.read(buf)?;
+    if filled == 0 {
+        return Ok(0);
+    }
+    // Bounded: each round reads at least one byte into a buffer of fixed size.
+    while port.bytes_to_read().is_ok_and(|n| n > 0) {
+        let Some(free) = buf.get_mut(filled..).filter(|b| !b.is_empty()) else {
+            break;
+        };
+        match port.read(free) {
+            Ok(n) if n > 0 => filled += n,
+            // The bytes already read are handed on; an error comes back at the next read.
+            _ => break,
+        }
+    }
+    Ok(filled)
 }
 
 fn gone(settings: &SerialSettings, status: &SourceStatus, source: io::Error) -> SessionEnd {
