@@ -1,10 +1,12 @@
 //! No heap allocation per fix: the report stage deciding a whole drive, and the compact
 //! encoder writing a batch (one allocation for each message and its seq list, none per fix).
+//! Allocations are counted per thread, so the two tests running side by side do not count
+//! each other's.
 
 mod support;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use gps_agent::fix::Fix;
 use gps_agent::report::{Kept, Policy, Settings};
@@ -13,11 +15,22 @@ use gps_agent::uplink::payload::FixBatch;
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    // Const-initialised: reading it never allocates, so the allocator may use it.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    ALLOCATIONS.with(|n| n.set(n.get() + 1));
+}
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.alloc(layout) }
     }
@@ -26,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: forwarded unchanged to the system allocator.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -41,14 +54,14 @@ fn deciding_a_drive_allocates_nothing() {
     let mut policy = Policy::new(Settings::adaptive(10.0));
     let mut out = Kept::new();
     let mut kept = 0;
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for fix in &fixes {
         policy.push(fix, &mut out);
         kept += out.len();
     }
     policy.finish(&mut out);
     kept += out.len();
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     assert!(kept > 20);
     assert_eq!(allocations, 0, "{} fixes", fixes.len());
 }
@@ -66,9 +79,9 @@ fn encoding_allocates_per_message_not_per_fix() {
         stream: "0123456789abcdef0123456789abcdef",
         fixes: &fixes,
     };
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     let enc = cbor::encode(&batch, 4096);
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     let messages = enc.messages.len() as u64;
     assert!(messages > 3);
     // Each message: its payload and its seqs; the message list and the list of members

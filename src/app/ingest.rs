@@ -29,15 +29,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-/// How long the thread waits for bytes before it ticks the buffer (group commit, disk
-/// retries) anyway.
-const IDLE_TICK: Duration = Duration::from_millis(100);
+/// Longest wait for bytes before the thread looks around anyway (the stop flag, reloads):
+/// otherwise it sleeps until the next thing falls due (a sync, a retry, the quiet end of an
+/// epoch), so an idle agent is not woken ten times a second.
+const MAX_IDLE: Duration = Duration::from_secs(1);
 
 /// A line quiet this long ends the epoch being assembled (see [`Decoder::line_quiet`]).
 /// Longer than any pause inside one receiver's burst and than the gap between bursts of a
 /// 1 Hz receiver, so a regular stream is never cut by it: it fires when the receiver stops
 /// sending, so the last fix before it stopped is stored too.
 const EPOCH_QUIET: Duration = Duration::from_secs(1);
+
+/// The report stage's gap: after this much silence its pending fixes are kept.
+fn report_gap() -> Duration {
+    Duration::from_millis(u64::try_from(crate::report::GAP_MS).unwrap_or(0))
+}
 
 /// Everything the thread needs.
 pub struct Ingest {
@@ -105,10 +111,23 @@ impl Ingest {
             // The receiver fell silent or the log ended: no successor will come to judge a
             // fix the validator holds, so it is decided now (and stored before a power cut).
             let mut quiet = false;
+            let wait = {
+                let now = Instant::now();
+                let mut until = store.lock().next_wake().min(now + MAX_IDLE);
+                if !quiet_flushed {
+                    until = until.min(last_bytes_at + EPOCH_QUIET);
+                }
+                if let Some(due) = stage.report_due() {
+                    until = until.min(due);
+                }
+                until
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1))
+            };
             if source_done {
-                std::thread::sleep(IDLE_TICK);
+                std::thread::sleep(wait);
             } else {
-                match source.chunks.recv_timeout(IDLE_TICK) {
+                match source.chunks.recv_timeout(wait) {
                     Ok(chunk) => {
                         decoder.feed(&chunk, &mut |e| events.push(e));
                         if let Some(t) = decoder.latest_time_of_day_ms() {
@@ -309,9 +328,17 @@ impl Stage<'_> {
         self.store_kept(now)
     }
 
+    /// When the report stage's silence rule next falls due, if fixes are pending.
+    fn report_due(&self) -> Option<Instant> {
+        if self.reporting.policy.pending() == 0 {
+            return None;
+        }
+        self.reporting.last_fix_at.map(|t| t + report_gap())
+    }
+
     /// No accepted fix for a gap's length: keep what is pending (the last fix before it).
     fn report_silence(&mut self, now: Instant) -> bool {
-        let gap = Duration::from_millis(u64::try_from(crate::report::GAP_MS).unwrap_or(0));
+        let gap = report_gap();
         let quiet = self
             .reporting
             .last_fix_at

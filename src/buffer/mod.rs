@@ -539,6 +539,30 @@ impl Buffer {
         Ok(None)
     }
 
+    /// When [`Buffer::tick`] next has something to do: a sync or an acknowledgement flush
+    /// falling due, a disk or rescue retry, the once-a-second look at the file, an old
+    /// stream's wait running out. The caller may sleep until then (an idle agent stays
+    /// asleep between them).
+    pub fn next_wake(&self) -> Instant {
+        let mut at = self.next_outside_check;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                at = at.min(t);
+            }
+        };
+        consider(self.dirty_since.map(|t| t + self.sync_interval));
+        consider(self.ack_since.map(|t| t + self.sync_interval));
+        consider(self.stale_since.map(|t| t + STALE_WAIT));
+        consider(self.restore_retry);
+        if let Disk::Failing { next_retry } = self.disk {
+            consider(Some(next_retry));
+        }
+        if self.power_fail_until.is_some() && self.dirty_since.is_some() {
+            consider(Some(self.last_now));
+        }
+        at
+    }
+
     /// Power is failing (SIGPWR): sync now, and every commit for the next 30 s. Returns the
     /// synced seq.
     pub fn power_fail(&mut self, now: Instant) -> Option<u64> {

@@ -156,6 +156,15 @@ impl Store {
         ticked
     }
 
+    /// When [`Store::tick`] next has something to do (see [`Buffer::next_wake`]); without a
+    /// file, when opening it is tried again.
+    pub fn next_wake(&self) -> Instant {
+        match &self.buffer {
+            Some(b) => b.next_wake(),
+            None => self.next_open_at,
+        }
+    }
+
     /// Make everything durable now (acknowledgements, a sync); errors if fixes are left in
     /// memory only.
     pub fn commit(&mut self) -> Result<Option<u64>, BufferError> {
