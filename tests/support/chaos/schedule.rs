@@ -142,7 +142,8 @@ impl Schedule {
         }
     }
 
-    /// How long the drive runs: every calm, every hold and the tail.
+    /// How long the drive runs: every calm, every hold and the tail (and, in a run, the
+    /// waits for the agent to recover after each fault).
     pub fn length(&self) -> Duration {
         self.faults
             .iter()
