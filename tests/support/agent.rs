@@ -111,29 +111,59 @@ impl Agent {
             ),
         )
         .unwrap();
+        let log = dir.join("agent.log");
+        std::fs::File::create(&log).unwrap();
+        Self::spawn(&config, health, &db, &log, env)
+    }
+
+    /// The agent of `config` started again after it died, as systemd restarts it: the same
+    /// configuration, buffer file and health port; its log is appended to `log`.
+    pub fn restart(config: &Path, health: SocketAddr, db: &Path, log: &Path) -> Agent {
+        Self::spawn(config, health, db, log, &[])
+    }
+
+    /// Start the binary on `config`, appending its log to `log`; returns once its health
+    /// endpoint answers.
+    fn spawn(
+        config: &Path,
+        health: SocketAddr,
+        db: &Path,
+        log: &Path,
+        env: &[(&str, String)],
+    ) -> Agent {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
             .args(["run", "--log-format", "json", "--config"])
-            .arg(&config)
+            .arg(config)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::from(
-                std::fs::File::create(dir.join("agent.log")).unwrap(),
-            ))
+            .stdout(Stdio::from(out))
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let agent = Agent {
             child,
             health,
-            db,
-            config,
-            log: dir.join("agent.log"),
+            db: db.to_path_buf(),
+            config: config.to_path_buf(),
+            log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A hang guard only: a busy machine may take a while to start a debug build.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(agent.health).is_err() {
             assert!(Instant::now() < deadline, "health endpoint did not come up");
             std::thread::sleep(Duration::from_millis(50));
         }
         agent
+    }
+
+    /// SIGKILL (an OOM kill, a watchdog, a crash), then reaped.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// (HTTP status, JSON body) of `GET path`.

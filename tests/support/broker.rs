@@ -130,6 +130,16 @@ pub struct Received {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// When the subscriber's event loop handed it over.
+    pub at: Instant,
+}
+
+/// One fix of a fixes message, as the back end would file it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedFix {
+    pub stream: String,
+    pub seq: u64,
+    pub fix: gps_agent::fix::Fix,
 }
 
 impl Received {
@@ -138,11 +148,7 @@ impl Received {
         if !self.topic.ends_with("/fixes") {
             return Vec::new();
         }
-        if self
-            .payload
-            .first()
-            .is_some_and(|b| (0xa0..=0xbf).contains(b))
-        {
+        if self.is_cbor() {
             let m = gps_agent::uplink::cbor::decode(&self.payload).unwrap();
             return m.fixes.iter().map(|(seq, _)| *seq).collect();
         }
@@ -152,6 +158,48 @@ impl Received {
             .unwrap()
             .iter()
             .map(|f| f["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    /// A v2 payload: a CBOR map (v1 is a JSON object, `{`).
+    fn is_cbor(&self) -> bool {
+        self.payload
+            .first()
+            .is_some_and(|b| (0xa0..=0xbf).contains(b))
+    }
+
+    /// The fixes a fixes message carries (JSON v1 or CBOR v2), in the message's order; none
+    /// for any other topic.
+    pub fn fixes(&self) -> Vec<ReceivedFix> {
+        if !self.topic.ends_with("/fixes") {
+            return Vec::new();
+        }
+        if self.is_cbor() {
+            let m = gps_agent::uplink::cbor::decode(&self.payload).unwrap();
+            return m
+                .fixes
+                .into_iter()
+                .map(|(seq, fix)| ReceivedFix {
+                    stream: m.stream.clone(),
+                    seq,
+                    fix,
+                })
+                .collect();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&self.payload).unwrap();
+        let stream = v["stream"].as_str().unwrap().to_string();
+        v["fixes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let (seq, fix) = gps_agent::fix::fix_from_json(f).unwrap();
+                ReceivedFix {
+                    stream: stream.clone(),
+                    seq: seq.unwrap(),
+                    fix,
+                }
+            })
             .collect()
     }
 }
@@ -176,43 +224,79 @@ impl Subscriber {
         filter: &str,
         credentials: Option<(&str, &str)>,
     ) -> Subscriber {
-        let mut options = MqttOptions::new(
-            super::unique("sub"),
-            broker.addr.ip().to_string(),
-            broker.addr.port(),
-        );
+        Self::connect(broker.addr, filter, credentials, None).await
+    }
+
+    /// A subscriber whose session outlives its connection (clean session off, client id
+    /// `id`), for brokers that restart: one that keeps sessions (mosquitto with persistence)
+    /// hands over what arrived meanwhile; one that lost the session is subscribed again.
+    pub async fn start_persistent(broker: &TestBroker, filter: &str, id: &str) -> Subscriber {
+        Self::connect(broker.addr, filter, None, Some(id)).await
+    }
+
+    async fn connect(
+        addr: SocketAddr,
+        filter: &str,
+        credentials: Option<(&str, &str)>,
+        persistent_id: Option<&str>,
+    ) -> Subscriber {
+        let id = persistent_id.map_or_else(|| super::unique("sub"), str::to_string);
+        let mut options = MqttOptions::new(id, addr.ip().to_string(), addr.port());
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        options.set_clean_session(persistent_id.is_none());
         if let Some((user, password)) = credentials {
             options.set_credentials(user, password);
         }
         let (client, mut eventloop) = AsyncClient::new(options, 16);
-        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
         let (tx, rx) = mpsc::channel(1024);
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let mut subscribed = Some(subscribed_tx);
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                        if let Some(s) = subscribed.take() {
-                            let _ = s.send(());
+        let task = tokio::spawn({
+            let client = client.clone();
+            let filter = filter.to_string();
+            async move {
+                let mut subscribed = Some(subscribed_tx);
+                // The last error said, so a broker that is away for a while is one line.
+                let mut last_error = String::new();
+                loop {
+                    match eventloop.poll().await {
+                        Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                            last_error.clear();
+                            // Each connection without a session (the first, and any after
+                            // the broker lost its state) subscribes: the event loop sends it
+                            // next.
+                            if ack.session_present {
+                                continue;
+                            }
+                            if let Err(e) = client.try_subscribe(&filter, QoS::AtLeastOnce) {
+                                eprintln!("test subscriber: subscribe: {e}");
+                            }
                         }
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let msg = Received {
-                            topic: p.topic.clone(),
-                            payload: p.payload.to_vec(),
-                            retain: p.retain,
-                        };
-                        if tx.send(msg).await.is_err() {
-                            return;
+                        Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                            if let Some(s) = subscribed.take() {
+                                let _ = s.send(());
+                            }
                         }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("test subscriber: {e}");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Ok(Event::Incoming(Incoming::Publish(p))) => {
+                            let msg = Received {
+                                topic: p.topic.clone(),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                                at: Instant::now(),
+                            };
+                            if tx.send(msg).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let e = e.to_string();
+                            if e != last_error {
+                                eprintln!("test subscriber: {e}");
+                                last_error = e;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
                     }
                 }
             }

@@ -3,7 +3,8 @@
 //! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
 //! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
 //! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]); simulated
-//! drives as accepted fixes, with receiver noise ([`drives`]).
+//! drives as accepted fixes, with receiver noise ([`drives`]); the chaos run of the real
+//! daemon under seeded faults ([`chaos`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -14,6 +15,7 @@
 pub mod agent;
 pub mod broker;
 pub mod certs;
+pub mod chaos;
 pub mod drives;
 pub mod mosquitto;
 pub mod proxy;

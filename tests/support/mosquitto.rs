@@ -44,10 +44,16 @@ pub struct MosquittoOptions {
     pub users: Vec<(String, String)>,
     /// Largest packet mosquitto takes; a client sending a larger one is disconnected.
     pub max_packet_size: Option<u32>,
+    /// Keep sessions and queued messages across [`Mosquitto::stop`] and
+    /// [`Mosquitto::start_again`] (saved to the broker's temp dir when it stops), with no
+    /// limit on what is queued for a subscriber that is away meanwhile.
+    pub persistence: bool,
 }
 
 pub struct Mosquitto {
-    child: Child,
+    /// `None` between [`Mosquitto::stop`] and [`Mosquitto::start_again`].
+    child: Option<Child>,
+    conf: std::path::PathBuf,
     /// The agent's listener.
     pub agent_addr: SocketAddr,
     /// A plain anonymous listener for subscribers.
@@ -62,7 +68,15 @@ impl Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let agent_addr = free_port();
         let sub_addr = free_port();
-        let mut conf = String::from("per_listener_settings true\npersistence false\n");
+        let mut conf = String::from("per_listener_settings true\n");
+        if options.persistence {
+            conf += &format!(
+                "persistence true\npersistence_location {}/\nmax_queued_messages 0\n",
+                dir.path().display()
+            );
+        } else {
+            conf += "persistence false\n";
+        }
         conf += "log_dest stderr\nlog_type error\nlog_type warning\n";
         if running_as_root() {
             // As root mosquitto drops to user `mosquitto`, who cannot read the temp dir.
@@ -100,29 +114,69 @@ impl Mosquitto {
         }
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let log = std::fs::File::create(dir.path().join("mosquitto.log")).unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start mosquitto");
         let mut broker = Mosquitto {
-            child,
+            child: None,
+            conf: conf_path,
             agent_addr,
             sub_addr,
             _dir: dir,
         };
-        let up = wait_accepting(agent_addr, Duration::from_secs(5))
-            && wait_accepting(sub_addr, Duration::from_secs(5));
-        if !up {
-            let _ = broker.child.kill();
-            let log = std::fs::read_to_string(broker._dir.path().join("mosquitto.log"))
-                .unwrap_or_default();
-            panic!("mosquitto did not start listening:\n{log}");
-        }
+        broker.start_again();
         broker
+    }
+
+    /// Start the broker (again, after [`Mosquitto::stop`]) on the same ports and
+    /// configuration; returns once both listeners accept TCP connections.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "mosquitto is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self._dir.path().join("mosquitto.log"))
+            .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start mosquitto");
+        self.child = Some(child);
+        let up = wait_accepting(self.agent_addr, Duration::from_secs(5))
+            && wait_accepting(self.sub_addr, Duration::from_secs(5));
+        if !up {
+            self.kill();
+            panic!("mosquitto did not start listening:\n{}", self.log());
+        }
+    }
+
+    /// Stop the broker as an operator's restart does (SIGTERM: with `persistence`, sessions
+    /// and queued messages are saved); returns once it has exited.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let stopped = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while stopped && std::time::Instant::now() < deadline {
+            if child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("mosquitto did not stop within 30 s of SIGTERM");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The agent's URL: `mqtt://127.0.0.1:PORT`, or `mqtts://localhost:PORT` with TLS.
@@ -149,8 +203,7 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
@@ -172,7 +225,8 @@ fn write_passwords(path: &Path, users: &[(String, String)]) {
     }
 }
 
-fn running_as_root() -> bool {
+/// Whether this process runs as root.
+pub fn running_as_root() -> bool {
     use std::os::unix::fs::MetadataExt;
     // /proc/self belongs to the process's effective user.
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)

@@ -5,13 +5,15 @@
 //! - [`FaultProxy::stall`]: keep connections open but swallow every byte both ways, for
 //!   existing and new connections: a link that hangs without closing.
 //! - [`FaultProxy::delay`]: hold every chunk this long before forwarding it.
+//! - [`FaultProxy::redirect`]: forward new connections to another upstream (a broker that
+//!   came back on another port).
 //!
 //! Runs on the test's tokio runtime. Each connection is two pump tasks; the proxy keeps no
 //! queue of its own (a chunk is at most 16 KiB, read, then written or dropped).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -34,6 +36,7 @@ pub struct FaultProxy {
     /// Whether the listening socket is open, as the accept task last set it.
     listening: watch::Receiver<bool>,
     accepted: Arc<AtomicU64>,
+    upstream: Arc<Mutex<SocketAddr>>,
     listener_task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,10 +48,11 @@ impl FaultProxy {
         let (control, _) = watch::channel(Control::default());
         let accepted = Arc::new(AtomicU64::new(0));
         let (listening_tx, listening) = watch::channel(true);
+        let upstream = Arc::new(Mutex::new(upstream));
         let listener_task = tokio::spawn(serve(
             listener,
             addr,
-            upstream,
+            upstream.clone(),
             control.subscribe(),
             listening_tx,
             accepted.clone(),
@@ -58,8 +62,14 @@ impl FaultProxy {
             control,
             listening,
             accepted,
+            upstream,
             listener_task,
         }
+    }
+
+    /// Forward connections accepted from now on to `upstream`.
+    pub fn redirect(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
     }
 
     /// `mqtt://127.0.0.1:PORT` of the proxy.
@@ -124,7 +134,7 @@ impl Drop for FaultProxy {
 async fn serve(
     listener: TcpListener,
     addr: SocketAddr,
-    upstream: SocketAddr,
+    upstream: Arc<Mutex<SocketAddr>>,
     mut control: watch::Receiver<Control>,
     listening: watch::Sender<bool>,
     accepted: Arc<AtomicU64>,
@@ -149,7 +159,8 @@ async fn serve(
             changed = control.changed() => if changed.is_err() { return },
             conn = l.accept() => {
                 let Ok((client, _)) = conn else { continue };
-                let Ok(server) = TcpStream::connect(upstream).await else { continue };
+                let to = *upstream.lock().unwrap();
+                let Ok(server) = TcpStream::connect(to).await else { continue };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
