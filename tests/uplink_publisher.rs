@@ -150,7 +150,7 @@ async fn a_stalled_link_is_dropped_after_the_puback_timeout_and_its_fixes_go_out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_good_probe() {
+async fn a_refused_port_is_probed_without_full_attempts_and_never_opens_the_breaker() {
     let broker = TestBroker::start();
     let proxy = FaultProxy::start(broker.addr).await;
     proxy.cut().await;
@@ -158,7 +158,46 @@ async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_go
     let mut s = settings(&proxy.url(), &device);
     s.breaker = BreakerPolicy {
         failure_threshold: NonZeroU32::new(3).unwrap(),
+        open_for: Duration::from_secs(60),
+        open_max: Duration::from_secs(60),
+    };
+    let source = MemSource::default();
+    source.push((1..=5).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("ten failed probes", |s| s.probes_failed >= 10)
+        .await;
+    {
+        let st = run.status();
+        assert_eq!(st.last_error.clone().unwrap().code, "MQTT_CONNECT");
+        assert!(!st.connected);
+        assert_eq!(st.path.as_str(), "down");
+        assert_eq!(st.breaker.as_str(), "closed", "{st:?}");
+        assert_eq!(st.connect_attempts, 1, "only probes while the port refuses");
+    }
+    proxy.restore().await;
+    run.wait_acked(5).await;
+    let st = run.status();
+    assert!(st.connected && st.path.as_str() == "up", "{st:?}");
+    assert_eq!(
+        st.connect_attempts, 2,
+        "one full attempt, after a probe got through"
+    );
+    assert_eq!(st.breaker.as_str(), "closed");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_closes_every_connection_opens_the_breaker_and_a_good_trial_closes_it() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    proxy.slam();
+    let device = support::unique("dev");
+    let mut s = settings(&proxy.url(), &device);
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(3).unwrap(),
         open_for: Duration::from_millis(700),
+        open_max: Duration::from_millis(1400),
     };
     let source = MemSource::default();
     source.push((1..=5).map(fix));
@@ -168,9 +207,9 @@ async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_go
         .await;
     {
         let st = run.status();
-        let code = st.last_error.clone().unwrap().code;
-        assert_eq!(code, "MQTT_CONNECT");
         assert!(!st.connected);
+        assert_eq!(st.path.as_str(), "up", "the port answers: {st:?}");
+        assert_eq!(st.connect_attempts, 3, "{st:?}");
     }
     proxy.restore().await;
     run.wait_acked(5).await;

@@ -5,6 +5,8 @@
 //! - [`FaultProxy::stall`]: keep connections open but swallow every byte both ways, for
 //!   existing and new connections: a link that hangs without closing.
 //! - [`FaultProxy::delay`]: hold every chunk this long before forwarding it.
+//! - [`FaultProxy::slam`]: accept new connections and close them at once: the path works,
+//!   the broker (or a load balancer before it) will not talk.
 //!
 //! Runs on the test's tokio runtime. Each connection is two pump tasks; the proxy keeps no
 //! queue of its own (a chunk is at most 16 KiB, read, then written or dropped).
@@ -25,6 +27,8 @@ struct Control {
     /// Refusing connections (between `cut()` and `restore()`).
     refusing: bool,
     stalled: bool,
+    /// Accepting and closing at once.
+    slamming: bool,
     delay_ms: u64,
 }
 
@@ -87,6 +91,7 @@ impl FaultProxy {
         self.control.send_modify(|c| {
             c.refusing = false;
             c.stalled = false;
+            c.slamming = false;
             c.delay_ms = 0;
         });
         self.wait_listening(true).await;
@@ -100,6 +105,14 @@ impl FaultProxy {
             matches!(reached, Ok(Ok(_))),
             "fault proxy listening={want} not reached"
         );
+    }
+
+    /// Close every connection and accept new ones only to close them at once.
+    pub fn slam(&self) {
+        self.control.send_modify(|c| {
+            c.cut_epoch += 1;
+            c.slamming = true;
+        });
     }
 
     /// Keep connections open but drop every byte, both ways.
@@ -149,6 +162,10 @@ async fn serve(
             changed = control.changed() => if changed.is_err() { return },
             conn = l.accept() => {
                 let Ok((client, _)) = conn else { continue };
+                if control.borrow().slamming {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream).await else { continue };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = client.set_nodelay(true);
