@@ -11,9 +11,9 @@
 //! that was dropped when the drop could only have been that message, and keeps a cap on the
 //! payload of the messages the publisher builds:
 //!
-//! - a drop with unacknowledged messages larger than anything acknowledged: the cap halves
-//!   (from the first such message, in the order sent) and the window narrows to one
-//!   message, so the next drop, if any, names its message;
+//! - a drop with several unacknowledged messages larger than anything acknowledged: the cap
+//!   halves from the largest of them and the window narrows to one message, so the next
+//!   drop, if any, names its message;
 //! - a drop that can only have been one message (a window of one, or the only one larger
 //!   than what got through): that size is dropped for good, the cap halves below it;
 //! - a single fix that alone is larger than anything that got through, and dropped
@@ -159,14 +159,15 @@ impl MessageLimit {
         let Some(first) = candidates.next().copied() else {
             return Verdict::NotSize;
         };
-        let alone = candidates.next().is_none();
-        if !alone {
-            // Several could have been it: halve from the first, one message at a time until
-            // a drop names its message.
+        if let Some(largest) = candidates.map(|m| m.bytes).max() {
+            // Several could have been it. The largest is the likeliest (a small one before
+            // it was probably taken, its PUBACK lost in the reset): halve from it, then one
+            // message at a time until a drop names its message.
+            let largest = largest.max(first.bytes);
             self.narrowing = true;
-            self.lower_to(first.bytes / 2);
+            self.lower_to(largest / 2);
             return Verdict::Narrowed {
-                bytes: first.bytes,
+                bytes: largest,
                 cap: self.cap,
             };
         }
@@ -225,10 +226,12 @@ mod tests {
     }
 
     #[test]
-    fn a_full_window_dropped_narrows_to_one_message_at_half_the_first_suspect() {
+    fn a_full_window_dropped_narrows_to_one_message_at_half_the_largest_suspect() {
         let mut l = MessageLimit::new(65_536);
         l.on_acked(250);
-        let window: Vec<Unacked> = (0..10).map(|i| msg(i * 50 + 1, 50, 9_000)).collect();
+        // A live fix alone ahead of the backlog, its PUBACK lost in the broker's reset.
+        let mut window = vec![msg(600, 1, 270)];
+        window.extend((0..9).map(|i| msg(i * 50 + 1, 50, 9_000)));
         assert_eq!(
             l.on_dropped(&window),
             Verdict::Narrowed {

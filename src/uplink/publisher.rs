@@ -823,6 +823,11 @@ impl<S: FixSource> Publisher<S> {
             if !source_empty || self.held_is_due(Instant::now()) {
                 match self.fill(client, window, &mut flush_all).await {
                     Ok(empty) => source_empty = empty,
+                    Err(UplinkError::ClientClosed) => {
+                        // rumqttc's event loop ended: the reason is in its last event.
+                        let e = self.last_event_error(events, window, facts).await;
+                        return failed(e, facts, reset_after);
+                    }
                     Err(e) => return failed(e, facts, reset_after),
                 }
             }
@@ -925,6 +930,40 @@ impl<S: FixSource> Publisher<S> {
                 }
             }
         }
+    }
+
+    /// Why rumqttc's event loop ended, from the events it sent before it did (PUBACKs among
+    /// them still acknowledge their fixes); `ClientClosed` when it said nothing.
+    async fn last_event_error(
+        &mut self,
+        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+        window: &mut AckWindow,
+        facts: &mut SessionFacts,
+    ) -> UplinkError {
+        // Bounded: the pump has ended or is ending, its channel holds at most 64 events.
+        for _ in 0..=64 {
+            let event = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+            match event {
+                Ok(Some(Ok(e))) => {
+                    if let Ok(Some(acked)) = self.on_event(e, window).await {
+                        if !facts.proven {
+                            facts.proven = true;
+                            self.reconnect.on_proven();
+                        }
+                        facts.delivered |= !acked.seqs.is_empty();
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return UplinkError::from_connection(
+                        &self.settings.broker.to_string(),
+                        Phase::Connected,
+                        e,
+                    )
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        UplinkError::ClientClosed
     }
 
     /// Feed rumqttc an event; returns the message a PUBACK acknowledged.
