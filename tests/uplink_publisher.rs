@@ -340,3 +340,65 @@ async fn a_device_the_broker_refuses_is_reported_as_mqtt_auth_and_not_retried_in
     assert_eq!(run.source.in_flight(), 0);
     run.stop().await;
 }
+
+/// A fix taken now, by the host's clock (the board's clock in these tests).
+fn live(i: u64) -> Fix {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    Fix {
+        time_ms: now_ms,
+        ..fix(i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_fixes_linger_for_company_a_backlog_does_not_and_nothing_else_is_published() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut sub = Subscriber::start(&broker, &format!("test/{device}/#")).await;
+    let mut s = settings(&broker.url(), &device);
+    s.linger = Duration::from_secs(2);
+    let run = start(s, MemSource::default());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Five live fixes, 100 ms apart: one message, sent once the first has waited `linger`.
+    let first_at = Instant::now();
+    for i in 1..=5 {
+        run.source.push([live(i)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.wait_acked(5).await;
+    assert!(
+        first_at.elapsed() >= Duration::from_millis(1900),
+        "the first fix waited for company: {:?}",
+        first_at.elapsed()
+    );
+    assert_eq!(run.source.published(), [5], "one message for the five");
+
+    // A backlog (fixes older than `linger`) goes at once, taking the lingering one along.
+    run.source.push([live(6)]);
+    run.source.push((7..=26).map(fix));
+    run.wait_acked(26).await;
+    assert_eq!(
+        run.source.published()[1..].iter().sum::<usize>(),
+        21,
+        "{:?}",
+        run.source.published()
+    );
+    let source = run.stop().await;
+    assert_eq!(source.in_flight(), 0);
+
+    // Over the uplink: fixes and the retained status (online, then offline at the stop),
+    // nothing else.
+    let mut topics = Vec::new();
+    while let Some(msg) = sub.next(Duration::from_millis(300)).await {
+        topics.push(msg.topic.rsplit('/').next().unwrap().to_owned());
+    }
+    let statuses = topics.iter().filter(|t| *t == "status").count();
+    let fixes = topics.iter().filter(|t| *t == "fixes").count();
+    assert_eq!(statuses, 2, "{topics:?}");
+    assert_eq!(fixes + statuses, topics.len(), "{topics:?}");
+    assert_eq!(fixes, source.published().len(), "{topics:?}");
+}
