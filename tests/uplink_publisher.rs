@@ -402,3 +402,32 @@ async fn live_fixes_linger_for_company_a_backlog_does_not_and_nothing_else_is_pu
     assert_eq!(fixes + statuses, topics.len(), "{topics:?}");
     assert_eq!(fixes, source.published().len(), "{topics:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_path_vanished_under_is_replaced_once_probes_see_it_back() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    let device = support::unique("dev");
+    let mut s = settings(&proxy.url(), &device);
+    // Only the stall watch can end the stalled session within the test's waits.
+    s.puback_timeout = Duration::from_secs(60);
+    s.keep_alive = Duration::from_secs(60);
+    let source = MemSource::default();
+    source.push((1..=10).map(fix));
+    let mut run = start(s, source);
+    run.wait_acked(10).await;
+
+    // The path vanishes without a reset (a tunnel): nothing acknowledged, new connects
+    // refused; the old connection stays silent even after the path is back.
+    proxy.blackhole().await;
+    run.source.push((11..=30).map(fix));
+    run.wait_status("the path seen down", |s| s.path.as_str() == "down")
+        .await;
+    assert!(run.status().connected, "the session itself does not know");
+    proxy.restore().await;
+    run.wait_acked(30).await;
+    let st = run.wait_error("MQTT_STALLED").await;
+    assert!(st.reconnects >= 1, "{st:?}");
+    assert_eq!(st.breaker.as_str(), "closed", "{st:?}");
+    run.stop().await;
+}
