@@ -280,8 +280,17 @@ pub struct MqttConfig {
     pub open_for_s: f64,
     /// Wait after a permanent failure (bad credentials, TLS certificate refused).
     pub permanent_retry_s: f64,
-    /// MQTT keep-alive: a ping after this long without traffic.
+    /// MQTT keep-alive: rumqttc pings this often, traffic or not; the broker drops the
+    /// client (and publishes `offline`) after 1.5 times this without a packet.
     pub keep_alive_s: u32,
+    /// A live fix waits at most this long to share a message with later ones (0 = at once);
+    /// a backlog, and whatever is pending when a connection comes up, go at once.
+    pub linger_s: f64,
+    /// Reachability probes while the path to the broker is down: ceiling of the first
+    /// interval (it grows by a twentieth of the outage so far)...
+    pub probe_interval_s: f64,
+    /// ... up to this.
+    pub probe_max_s: f64,
     /// MQTT client id; the device id when left out.
     pub client_id: Option<String>,
     /// User name sent in CONNECT.
@@ -317,7 +326,10 @@ impl Default for MqttConfig {
             failure_threshold: 5,
             open_for_s: 60.0,
             permanent_retry_s: 600.0,
-            keep_alive_s: 30,
+            keep_alive_s: 240,
+            linger_s: 60.0,
+            probe_interval_s: 1.0,
+            probe_max_s: 60.0,
             client_id: None,
             username: None,
             password_file: None,
@@ -1069,6 +1081,7 @@ impl MqttConfig {
             out.push(Problem::new("mqtt.topic_prefix", message));
         }
         let timers = self.check_limits(out);
+        let cellular = self.check_cellular(out);
         self.check_identity(broker.tls, out);
         let settings = MqttSettings {
             broker,
@@ -1086,6 +1099,9 @@ impl MqttConfig {
             open_for: timers[4],
             permanent_retry: timers[5],
             keep_alive: Duration::from_secs(self.keep_alive_s.into()),
+            linger: cellular[0],
+            probe_interval: cellular[1],
+            probe_max: cellular[2],
             username: self.username.clone(),
             password_file: self.password_file.clone(),
             ca_file: self.ca_file.clone(),
@@ -1208,6 +1224,48 @@ impl MqttConfig {
             ));
         }
         timers
+    }
+
+    /// Longest `linger_s`: a fix an hour late is no longer "live".
+    pub const MAX_LINGER_S: f64 = 3_600.0;
+
+    /// `linger_s` (0 allowed: at once), `probe_interval_s`, `probe_max_s`; returned in that
+    /// order.
+    fn check_cellular(&self, out: &mut Vec<Problem>) -> [Duration; 3] {
+        let linger = match Duration::try_from_secs_f64(self.linger_s) {
+            Ok(d) if self.linger_s <= Self::MAX_LINGER_S => d,
+            _ => {
+                out.push(Problem::new(
+                    "mqtt.linger_s",
+                    format!(
+                        "{} must be a number of seconds from 0 to {}",
+                        self.linger_s,
+                        Self::MAX_LINGER_S
+                    ),
+                ));
+                Duration::ZERO
+            }
+        };
+        let interval = check_seconds(
+            out,
+            "mqtt.probe_interval_s",
+            self.probe_interval_s,
+            MAX_TIMER_S,
+        );
+        let max = check_seconds(out, "mqtt.probe_max_s", self.probe_max_s, MAX_TIMER_S);
+        if self.probe_max_s.is_finite()
+            && self.probe_interval_s.is_finite()
+            && self.probe_max_s < self.probe_interval_s
+        {
+            out.push(Problem::new(
+                "mqtt.probe_max_s",
+                format!(
+                    "{} is below probe_interval_s ({})",
+                    self.probe_max_s, self.probe_interval_s
+                ),
+            ));
+        }
+        [linger, interval, max]
     }
 
     /// Client id, credentials and TLS files; `tls` when the broker URL is `mqtts://`.

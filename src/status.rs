@@ -62,6 +62,28 @@ impl BreakerState {
     }
 }
 
+/// Whether the network path to the broker works, as the uplink last saw it: a connection or a
+/// reachability probe got through (`up`), or a probe or connect found the broker's port
+/// unreachable (`down`); `unknown` before either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PathState {
+    #[default]
+    Unknown,
+    Up,
+    Down,
+}
+
+impl PathState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PathState::Unknown => "unknown",
+            PathState::Up => "up",
+            PathState::Down => "down",
+        }
+    }
+}
+
 /// The receiver's current fix, as the spec spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
 pub enum FixState {
@@ -207,8 +229,20 @@ pub struct MqttStatus {
     pub last_ack_at: Option<Instant>,
     /// Highest seq acknowledged; 0 before the first (seqs start at 1).
     pub acked_seq: u64,
-    /// While not connected: when the next connection attempt is due (monotonic).
+    /// While not connected: when the next connection attempt or reachability probe is due
+    /// (monotonic).
     pub retry_at: Option<Instant>,
+    /// The network path to the broker, as the last connection or probe saw it.
+    pub path: PathState,
+    /// Reachability probes (TCP connects to the broker's port) that got through, and that
+    /// did not.
+    pub probes_ok: u64,
+    pub probes_failed: u64,
+    /// Full connection attempts (TCP, TLS, MQTT CONNECT) since start.
+    pub connect_attempts: u64,
+    /// The largest message payload the uplink sends now, when it learned that the broker
+    /// drops larger ones (below `max_message_bytes`); `None` while no limit was learned.
+    pub message_limit: Option<usize>,
     pub last_error: Option<LastError>,
 }
 
@@ -295,6 +329,7 @@ struct ChangeKey {
     buffer: Status,
     connected: bool,
     breaker: BreakerState,
+    path: PathState,
     errors: [Option<(&'static str, i64)>; 3],
 }
 
@@ -307,6 +342,7 @@ impl Cells {
             buffer: self.buffer.condition,
             connected: self.mqtt.connected,
             breaker: self.mqtt.breaker,
+            path: self.mqtt.path,
             errors: [
                 error(&self.gnss.last_error),
                 error(&self.buffer.last_error),

@@ -8,38 +8,12 @@
 
 mod support;
 
-use gps_agent::fix::Fix;
-use gps_agent::report::cone::distance_m;
 use gps_agent::report::measure::{max_and_p95, payload_bytes, run, Batching, Run};
 use gps_agent::report::{Counts, Settings};
-use support::drives::tour;
+use support::drives::{decode, fixed_rules, nmea, tour};
 
 fn adaptive(max_error_m: f64) -> Settings {
     Settings::adaptive(max_error_m)
-}
-
-/// Indices of the fixes fixed rules keep: 30 s since the last kept, 100 m from it, or the
-/// course 10 degrees off it above 10 km/h; the first and the last fix too.
-fn fixed_rules(fixes: &[Fix]) -> Vec<usize> {
-    let mut kept = vec![0];
-    for (i, f) in fixes.iter().enumerate().skip(1) {
-        let last = &fixes[*kept.last().unwrap_or(&0)];
-        let turned = match (f.course_deg, last.course_deg) {
-            (Some(a), Some(b)) if f.speed_mps.unwrap_or(0.0) > 10.0 / 3.6 => {
-                let d = (a - b).rem_euclid(360.0);
-                d.min(360.0 - d) >= 10.0
-            }
-            _ => false,
-        };
-        if f.time_ms - last.time_ms >= 30_000
-            || distance_m(last.lat, last.lon, f.lat, f.lon) >= 100.0
-            || turned
-            || i == fixes.len() - 1
-        {
-            kept.push(i);
-        }
-    }
-    kept
 }
 
 struct Row {
@@ -149,4 +123,22 @@ fn adaptive_reporting_beats_fixed_rules_on_error_and_bytes() {
         "adaptive bounds the error, fixed rules do not"
     );
     assert!(a10.cbor_50 < fixed.cbor_50, "and sends fewer bytes");
+}
+
+/// The wire bench (benches/wire.rs) feeds the daemon these fixes as NMEA: what the agent
+/// reads back must be the drive, to the printed precision.
+#[test]
+fn the_nmea_printed_for_a_drive_reads_back_as_the_same_fixes() {
+    let fixes = tour(7);
+    let back = decode(nmea(&fixes).as_bytes());
+    assert_eq!(back.len(), fixes.len());
+    for (a, b) in fixes.iter().zip(&back) {
+        assert_eq!(a.time_ms, b.time_ms);
+        assert!(
+            (a.lat - b.lat).abs() < 1e-7 && (a.lon - b.lon).abs() < 1e-7,
+            "{a:?} {b:?}"
+        );
+        assert!((a.speed_mps.unwrap_or(0.0) - b.speed_mps.unwrap_or(0.0)).abs() < 0.001);
+        assert_eq!(a.sats, b.sats);
+    }
 }

@@ -150,7 +150,7 @@ async fn a_stalled_link_is_dropped_after_the_puback_timeout_and_its_fixes_go_out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_good_probe() {
+async fn a_refused_port_is_probed_without_full_attempts_and_never_opens_the_breaker() {
     let broker = TestBroker::start();
     let proxy = FaultProxy::start(broker.addr).await;
     proxy.cut().await;
@@ -158,7 +158,46 @@ async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_go
     let mut s = settings(&proxy.url(), &device);
     s.breaker = BreakerPolicy {
         failure_threshold: NonZeroU32::new(3).unwrap(),
+        open_for: Duration::from_secs(60),
+        open_max: Duration::from_secs(60),
+    };
+    let source = MemSource::default();
+    source.push((1..=5).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("ten failed probes", |s| s.probes_failed >= 10)
+        .await;
+    {
+        let st = run.status();
+        assert_eq!(st.last_error.clone().unwrap().code, "MQTT_CONNECT");
+        assert!(!st.connected);
+        assert_eq!(st.path.as_str(), "down");
+        assert_eq!(st.breaker.as_str(), "closed", "{st:?}");
+        assert_eq!(st.connect_attempts, 1, "only probes while the port refuses");
+    }
+    proxy.restore().await;
+    run.wait_acked(5).await;
+    let st = run.status();
+    assert!(st.connected && st.path.as_str() == "up", "{st:?}");
+    assert_eq!(
+        st.connect_attempts, 2,
+        "one full attempt, after a probe got through"
+    );
+    assert_eq!(st.breaker.as_str(), "closed");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_closes_every_connection_opens_the_breaker_and_a_good_trial_closes_it() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    proxy.slam();
+    let device = support::unique("dev");
+    let mut s = settings(&proxy.url(), &device);
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(3).unwrap(),
         open_for: Duration::from_millis(700),
+        open_max: Duration::from_millis(1400),
     };
     let source = MemSource::default();
     source.push((1..=5).map(fix));
@@ -168,9 +207,9 @@ async fn the_breaker_opens_after_repeated_connect_failures_and_closes_after_a_go
         .await;
     {
         let st = run.status();
-        let code = st.last_error.clone().unwrap().code;
-        assert_eq!(code, "MQTT_CONNECT");
         assert!(!st.connected);
+        assert_eq!(st.path.as_str(), "up", "the port answers: {st:?}");
+        assert_eq!(st.connect_attempts, 3, "{st:?}");
     }
     proxy.restore().await;
     run.wait_acked(5).await;
@@ -299,5 +338,96 @@ async fn a_device_the_broker_refuses_is_reported_as_mqtt_auth_and_not_retried_in
     assert_eq!(attempts.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert!(run.source.acked().is_empty());
     assert_eq!(run.source.in_flight(), 0);
+    run.stop().await;
+}
+
+/// A fix taken now, by the host's clock (the board's clock in these tests).
+fn live(i: u64) -> Fix {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    Fix {
+        time_ms: now_ms,
+        ..fix(i)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_fixes_linger_for_company_a_backlog_does_not_and_nothing_else_is_published() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut sub = Subscriber::start(&broker, &format!("test/{device}/#")).await;
+    let mut s = settings(&broker.url(), &device);
+    s.linger = Duration::from_secs(2);
+    let run = start(s, MemSource::default());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Five live fixes, 100 ms apart: one message, sent once the first has waited `linger`.
+    let first_at = Instant::now();
+    for i in 1..=5 {
+        run.source.push([live(i)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    run.wait_acked(5).await;
+    assert!(
+        first_at.elapsed() >= Duration::from_millis(1900),
+        "the first fix waited for company: {:?}",
+        first_at.elapsed()
+    );
+    assert_eq!(run.source.published(), [5], "one message for the five");
+
+    // A backlog (fixes older than `linger`) goes at once, taking the lingering one along.
+    run.source.push([live(6)]);
+    run.source.push((7..=26).map(fix));
+    run.wait_acked(26).await;
+    assert_eq!(
+        run.source.published()[1..].iter().sum::<usize>(),
+        21,
+        "{:?}",
+        run.source.published()
+    );
+    let source = run.stop().await;
+    assert_eq!(source.in_flight(), 0);
+
+    // Over the uplink: fixes and the retained status (online, then offline at the stop),
+    // nothing else.
+    let mut topics = Vec::new();
+    while let Some(msg) = sub.next(Duration::from_millis(300)).await {
+        topics.push(msg.topic.rsplit('/').next().unwrap().to_owned());
+    }
+    let statuses = topics.iter().filter(|t| *t == "status").count();
+    let fixes = topics.iter().filter(|t| *t == "fixes").count();
+    assert_eq!(statuses, 2, "{topics:?}");
+    assert_eq!(fixes + statuses, topics.len(), "{topics:?}");
+    assert_eq!(fixes, source.published().len(), "{topics:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_path_vanished_under_is_replaced_once_probes_see_it_back() {
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    let device = support::unique("dev");
+    let mut s = settings(&proxy.url(), &device);
+    // Only the stall watch can end the stalled session within the test's waits.
+    s.puback_timeout = Duration::from_secs(60);
+    s.keep_alive = Duration::from_secs(60);
+    let source = MemSource::default();
+    source.push((1..=10).map(fix));
+    let mut run = start(s, source);
+    run.wait_acked(10).await;
+
+    // The path vanishes without a reset (a tunnel): nothing acknowledged, new connects
+    // refused; the old connection stays silent even after the path is back.
+    proxy.blackhole().await;
+    run.source.push((11..=30).map(fix));
+    run.wait_status("the path seen down", |s| s.path.as_str() == "down")
+        .await;
+    assert!(run.status().connected, "the session itself does not know");
+    proxy.restore().await;
+    run.wait_acked(30).await;
+    let st = run.wait_error("MQTT_STALLED").await;
+    assert!(st.reconnects >= 1, "{st:?}");
+    assert_eq!(st.breaker.as_str(), "closed", "{st:?}");
     run.stop().await;
 }

@@ -101,7 +101,8 @@ async fn tls_checked_against_our_ca_delivers_every_fix_and_sends_the_broker_name
             h,
             Handshake {
                 sni: Some("localhost".into()),
-                client_cert: false
+                client_cert: false,
+                resumed: false,
             }
         );
     }
@@ -222,4 +223,37 @@ async fn a_link_cut_in_the_middle_of_a_mutual_tls_drain_loses_nothing() {
         "a second TLS session: {handshakes:?}"
     );
     assert!(handshakes.iter().all(|h| h.client_cert));
+    // The client configuration is kept across connections: the new session resumes the
+    // first (no certificate chains on the wire, one round trip less).
+    assert!(!handshakes[0].resumed);
+    assert!(handshakes[1..].iter().all(|h| h.resumed), "{handshakes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_resumes_the_tls_session_instead_of_a_full_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::create(dir.path());
+    let broker = TestBroker::start();
+    let front = TlsFront::start(broker.addr, &pki, ClientAuth::None).await;
+    let proxy = FaultProxy::start(front.addr).await;
+    let device = support::unique("dev");
+    let mut s = settings(&format!("mqtts://localhost:{}", proxy.addr.port()), &device);
+    s.tls = trusting(&pki);
+    let source = MemSource::default();
+    source.push((1..=10).map(fix));
+    let run = start(s, source);
+    run.wait_acked(10).await;
+    for round in 1..=2u64 {
+        proxy.cut().await;
+        proxy.restore().await;
+        run.source.push((1..=10).map(|i| fix(round * 10 + i)));
+        run.wait_acked(10 * (round as usize + 1)).await;
+    }
+    run.stop().await;
+    let handshakes = front.handshakes();
+    assert_eq!(handshakes.len(), 3, "{handshakes:?}");
+    assert_eq!(
+        handshakes.iter().map(|h| h.resumed).collect::<Vec<_>>(),
+        [false, true, true]
+    );
 }

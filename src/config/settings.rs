@@ -108,6 +108,11 @@ pub struct MqttSettings {
     pub open_for: Duration,
     pub permanent_retry: Duration,
     pub keep_alive: Duration,
+    /// How long a live fix may wait for company (zero: sent at once).
+    pub linger: Duration,
+    /// Reachability probes while the path is down: first ceiling, and the largest.
+    pub probe_interval: Duration,
+    pub probe_max: Duration,
     pub username: Option<String>,
     pub password_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,

@@ -142,7 +142,9 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> Result<i32, String> {
     cfg.buffer.path = dir.join("buffer.db");
     cfg.buffer.commit_interval_s = 0.2;
     cfg.mqtt.url = format!("mqtt://{}", link.addr);
-    cfg.mqtt.backoff_max_s = 2.0;
+    // Every fix on its own message, as it comes: the demo shows live tracking (a fleet on
+    // a data plan lets fixes linger for company instead, see `[mqtt] linger_s`).
+    cfg.mqtt.linger_s = 0.0;
     cfg.health.listen = health_addr.to_string();
     let buffer_path = cfg.buffer.path.clone();
     let cfg = crate::config::check(&cfg).map_err(|e| format!("demo configuration: {e}"))?;

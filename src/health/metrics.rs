@@ -10,7 +10,7 @@
 //! so a counter bump never allocates and the set of series stays bounded.
 
 use crate::rejection::Reason;
-use crate::status::{BreakerState, StatusBoard};
+use crate::status::{BreakerState, PathState, StatusBoard};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -51,6 +51,11 @@ struct ReportLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProbeLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FixLabels {
     outcome: &'static str,
     reason: &'static str,
@@ -86,7 +91,7 @@ impl Collector for BoardSeries {
         let cells = self.board.read();
         let now = self.board.clock().now();
         let (gnss, buffer, mqtt) = (&cells.gnss, &cells.buffer, &cells.mqtt);
-        let counters: [(&str, &str, Option<Unit>, u64); 6] = [
+        let counters: [(&str, &str, Option<Unit>, u64); 7] = [
             (
                 "gnss_outages",
                 "Times the receiver went away (unplugged, read errors, stuck and reopened)",
@@ -124,6 +129,12 @@ impl Collector for BoardSeries {
                 None,
                 buffer.lost,
             ),
+            (
+                "mqtt_connect_attempts",
+                "Full connection attempts to the broker (TCP, TLS, MQTT CONNECT)",
+                None,
+                mqtt.connect_attempts,
+            ),
         ];
         for (name, help, unit, value) in counters {
             let c = ConstCounter::new(value);
@@ -145,13 +156,30 @@ impl Collector for BoardSeries {
         ] {
             ConstCounter::new(n).encode(family.encode_family(&CodeLabels { code })?)?;
         }
+        {
+            let probes = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(
+                "mqtt_probes",
+                "Reachability probes of the broker's port (TCP connect, closed at once) while the path was down or a connection stalled, by result",
+                None,
+                probes.metric_type(),
+            )?;
+            for (result, n) in [("ok", mqtt.probes_ok), ("failed", mqtt.probes_failed)] {
+                ConstCounter::new(n).encode(family.encode_family(&ProbeLabels { result })?)?;
+            }
+        }
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let breaker = match mqtt.breaker {
             BreakerState::Closed => 0,
             BreakerState::HalfOpen => 1,
             BreakerState::Open => 2,
         };
-        let gauges: [(&str, &str, Option<Unit>, i64); 4] = [
+        let path = match mqtt.path {
+            PathState::Unknown => 0,
+            PathState::Up => 1,
+            PathState::Down => 2,
+        };
+        let gauges: [(&str, &str, Option<Unit>, i64); 6] = [
             (
                 "buffer_depth",
                 "Fixes stored and not yet acknowledged (file and memory)",
@@ -175,6 +203,18 @@ impl Collector for BoardSeries {
                 "Circuit breaker: 0 closed, 1 half_open, 2 open",
                 None,
                 breaker,
+            ),
+            (
+                "mqtt_path_state",
+                "Network path to the broker: 0 unknown, 1 up, 2 down",
+                None,
+                path,
+            ),
+            (
+                "mqtt_message_limit",
+                "Largest message payload sent, when a broker limit below max_message_bytes was learned (0: none)",
+                Some(Unit::Bytes),
+                i64::try_from(mqtt.message_limit.unwrap_or(0)).unwrap_or(i64::MAX),
             ),
         ];
         for (name, help, unit, value) in gauges {
@@ -375,6 +415,20 @@ mod tests {
         assert!(text.contains("gps_agent_report_fixes_total{decision=\"dropped\"} 40"));
         assert!(text.contains("gps_agent_published_fixes_total 3"));
         assert!(text.contains("gps_agent_mqtt_breaker_state 2"));
+        board.mqtt(|s| {
+            s.probes_ok = 3;
+            s.probes_failed = 9;
+            s.connect_attempts = 4;
+            s.path = PathState::Down;
+        });
+        let text = m.encode().unwrap();
+        assert!(
+            text.contains("gps_agent_mqtt_probes_total{result=\"ok\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("gps_agent_mqtt_probes_total{result=\"failed\"} 9"));
+        assert!(text.contains("gps_agent_mqtt_connect_attempts_total 4"));
+        assert!(text.contains("gps_agent_mqtt_path_state 2"));
         assert!(text.contains("gps_agent_buffer_evicted_total 7"));
         assert!(text.ends_with("# EOF\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

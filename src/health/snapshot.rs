@@ -14,7 +14,7 @@
 
 use crate::clock::Clock;
 use crate::rejection::{Reason, ReasonCounts};
-use crate::status::{BreakerState, Cells, FixState, LastError, Status};
+use crate::status::{BreakerState, Cells, FixState, LastError, PathState, Status};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -87,9 +87,21 @@ pub struct MqttSnapshot {
     pub reconnects: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_ack_age_s: Option<f64>,
-    /// While not connected: seconds until the next connection attempt.
+    /// While not connected: seconds until the next connection attempt or reachability
+    /// probe.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_in_s: Option<f64>,
+    /// The network path to the broker as the last connection or probe found it: `up`,
+    /// `down` (the broker's port unreachable: probing), `unknown` before either.
+    pub path: PathState,
+    /// Reachability probes made since start (TCP connects to the broker's port).
+    pub probes: u64,
+    /// Full connection attempts (TCP, TLS, MQTT CONNECT) since start.
+    pub connect_attempts: u64,
+    /// The largest message payload sent now, when the broker was found to drop larger ones
+    /// (below `max_message_bytes`); left out otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_limit_bytes: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ErrorView>,
 }
@@ -198,6 +210,10 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
                     .retry_at
                     .filter(|_| !mqtt.connected)
                     .map(|at| seconds(at.saturating_duration_since(now))),
+                path: mqtt.path,
+                probes: mqtt.probes_ok.saturating_add(mqtt.probes_failed),
+                connect_attempts: mqtt.connect_attempts,
+                message_limit_bytes: mqtt.message_limit,
                 last_error: mqtt.last_error.as_ref().map(ErrorView::from),
             },
         },
@@ -393,6 +409,9 @@ mod tests {
         assert_eq!(v["components"]["gnss"]["fix"], "none");
         assert_eq!(v["components"]["gnss"]["rejected"]["checksum"], 0);
         assert_eq!(v["components"]["mqtt"]["breaker"], "closed");
+        assert_eq!(v["components"]["mqtt"]["path"], "unknown");
+        assert_eq!(v["components"]["mqtt"]["probes"], 0);
+        assert!(v["components"]["mqtt"].get("message_limit_bytes").is_none());
         assert_eq!(v["components"]["buffer"]["acked_seq"], 0);
         assert!(v["components"]["gnss"].get("last_fix_age_s").is_none());
         assert!(v["components"]["gnss"].get("last_error").is_none());

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 #[derive(Debug)]
 struct Submitted {
     seqs: Vec<u64>,
+    bytes: usize,
     at: Instant,
 }
 
@@ -39,7 +40,15 @@ struct Submitted {
 struct InFlight {
     pkid: u16,
     seqs: Vec<u64>,
+    bytes: usize,
     sent_at: Instant,
+}
+
+/// A message the broker acknowledged: the seqs it carried and its payload size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acked {
+    pub seqs: Vec<u64>,
+    pub bytes: usize,
 }
 
 /// Messages between `publish` and PUBACK, in publish order.
@@ -74,6 +83,11 @@ impl AckWindow {
         self.len() == 0
     }
 
+    /// Messages it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.window
+    }
+
     /// May another message be published now?
     pub fn has_room(&self) -> bool {
         self.len() < self.window
@@ -82,10 +96,25 @@ impl AckWindow {
     /// Record a message just handed to `AsyncClient::publish`, with the seqs it carries (none
     /// for a status message). Refused (returns the seqs back) when the window is full.
     pub fn submit(&mut self, seqs: Vec<u64>, now: Instant) -> Result<(), Vec<u64>> {
+        self.submit_sized(seqs, 0, now)
+    }
+
+    /// As [`AckWindow::submit`], remembering the payload size (for learning the broker's
+    /// packet limit, see `super::limit`).
+    pub fn submit_sized(
+        &mut self,
+        seqs: Vec<u64>,
+        bytes: usize,
+        now: Instant,
+    ) -> Result<(), Vec<u64>> {
         if !self.has_room() {
             return Err(seqs);
         }
-        self.submitted.push_back(Submitted { seqs, at: now });
+        self.submitted.push_back(Submitted {
+            seqs,
+            bytes,
+            at: now,
+        });
         Ok(())
     }
 
@@ -106,6 +135,7 @@ impl AckWindow {
         self.in_flight.push_back(InFlight {
             pkid,
             seqs: next.seqs,
+            bytes: next.bytes,
             sent_at: now,
         });
         Ok(())
@@ -114,8 +144,32 @@ impl AckWindow {
     /// The broker acknowledged packet `pkid`: the seqs it carried are delivered. `None` for an
     /// id that is not in flight (nothing is acknowledged on a guess).
     pub fn on_puback(&mut self, pkid: u16) -> Option<Vec<u64>> {
+        self.on_puback_message(pkid).map(|m| m.seqs)
+    }
+
+    /// As [`AckWindow::on_puback`], with the message's payload size.
+    pub fn on_puback_message(&mut self, pkid: u16) -> Option<Acked> {
         let at = self.in_flight.iter().position(|m| m.pkid == pkid)?;
-        self.in_flight.remove(at).map(|m| m.seqs)
+        self.in_flight.remove(at).map(|m| Acked {
+            seqs: m.seqs,
+            bytes: m.bytes,
+        })
+    }
+
+    /// The messages not yet acknowledged, in the order they were submitted: the seqs each
+    /// carries and its payload size.
+    pub fn unacked(&self) -> impl Iterator<Item = (&[u64], usize)> {
+        self.in_flight
+            .iter()
+            .map(|m| (m.seqs.as_slice(), m.bytes))
+            .chain(self.submitted.iter().map(|m| (m.seqs.as_slice(), m.bytes)))
+    }
+
+    /// Since when the oldest unacknowledged message waits (submitted or sent), if any.
+    pub fn oldest_since(&self) -> Option<Instant> {
+        let sent = self.in_flight.front().map(|m| m.sent_at);
+        let queued = self.submitted.front().map(|m| m.at);
+        [sent, queued].into_iter().flatten().min()
     }
 
     /// The connection is gone: every seq not acknowledged is pending again, oldest first.
@@ -248,6 +302,30 @@ mod tests {
         w.submit(vec![1], t).unwrap();
         w.on_outgoing_publish(1, t).unwrap();
         assert_eq!(w.on_puback(1), Some(vec![1]));
+    }
+
+    #[test]
+    fn sizes_come_back_with_the_ack_and_the_unacked_list_keeps_the_order_sent() {
+        let t = Instant::now();
+        let mut w = window(4);
+        w.submit(vec![], t).unwrap();
+        w.submit_sized(vec![1, 2], 900, t).unwrap();
+        w.submit_sized(vec![3], 400, t + Duration::from_secs(1))
+            .unwrap();
+        w.on_outgoing_publish(1, t).unwrap();
+        w.on_outgoing_publish(2, t).unwrap();
+        assert_eq!(w.oldest_since(), Some(t));
+        let unacked: Vec<(Vec<u64>, usize)> = w.unacked().map(|(s, b)| (s.to_vec(), b)).collect();
+        assert_eq!(unacked, [(vec![], 0), (vec![1, 2], 900), (vec![3], 400)]);
+        assert_eq!(
+            w.on_puback_message(2),
+            Some(Acked {
+                seqs: vec![1, 2],
+                bytes: 900
+            })
+        );
+        w.on_puback(1).unwrap();
+        assert_eq!(w.oldest_since(), Some(t + Duration::from_secs(1)));
     }
 
     #[test]

@@ -88,6 +88,29 @@ pub enum Jitter {
     Off,
 }
 
+impl Jitter {
+    /// An extra delay uniform in `0..=max`; none with jitter off.
+    pub fn spread(&mut self, max: Duration) -> Duration {
+        match self {
+            Jitter::Off => Duration::ZERO,
+            Jitter::Full(_) => self.between(Duration::ZERO, max),
+        }
+    }
+
+    /// A delay uniform in `lo..=hi` (millisecond steps); exactly `hi` with jitter off, so tests
+    /// and logs see the ceiling. `lo` above `hi` is taken as `hi`.
+    pub fn between(&mut self, lo: Duration, hi: Duration) -> Duration {
+        let lo = lo.min(hi);
+        match self {
+            Jitter::Off => hi,
+            Jitter::Full(rng) => {
+                let span = u64::try_from((hi - lo).as_millis()).unwrap_or(u64::MAX);
+                lo + Duration::from_millis(rng.up_to(span))
+            }
+        }
+    }
+}
+
 /// Exponential backoff state: how many attempts failed in a row and since when the link is up.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -245,6 +268,19 @@ mod tests {
         let b = rng.next_u64();
         assert_ne!(a, b);
         assert_ne!(a, 0);
+    }
+
+    #[test]
+    fn between_stays_in_its_range_and_is_the_ceiling_without_jitter() {
+        let mut j = Jitter::Full(Xorshift64::seeded(9));
+        let draws: Vec<Duration> = (0..500).map(|_| j.between(secs(2), secs(4))).collect();
+        assert!(draws.iter().all(|d| (secs(2)..=secs(4)).contains(d)));
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(2100)));
+        assert!(draws.iter().any(|d| *d > Duration::from_millis(3900)));
+        assert_eq!(Jitter::Off.between(secs(2), secs(4)), secs(4));
+        assert_eq!(Jitter::Off.between(secs(5), secs(4)), secs(4));
+        assert_eq!(Jitter::Off.spread(secs(4)), Duration::ZERO);
+        assert!(Jitter::Full(Xorshift64::seeded(1)).spread(secs(4)) <= secs(4));
     }
 
     #[test]

@@ -104,6 +104,19 @@ pub enum UplinkError {
     )]
     Rejected { bytes: usize, disconnects: u32 },
 
+    /// The broker dropped the link right after a message larger than any it had taken, the
+    /// path to it still working: over its packet limit, which an MQTT 3.1.1 broker does not
+    /// announce. Messages are capped at `cap` bytes from now on (`super::limit`).
+    #[error(
+        "broker dropped the link after a message of {bytes} bytes (over its packet limit); messages are capped at {cap} bytes now"
+    )]
+    BrokerLimit { bytes: usize, cap: usize },
+
+    /// No PUBACK came while the path to the broker went down and came back: the connection
+    /// is abandoned for a new one rather than left to TCP's growing retransmission timer.
+    #[error("no PUBACK for {waited:?} while the path to the broker went down and came back")]
+    Stalled { waited: Duration },
+
     /// A fix could not be encoded as JSON (a non-finite number slipped through validation).
     #[error("cannot encode fix seq {seq}: {source}")]
     Encode { seq: u64, source: serde_json::Error },
@@ -118,7 +131,8 @@ impl Classified for UplinkError {
             UplinkError::Auth { .. } => "MQTT_AUTH",
             UplinkError::Refused { .. } => "MQTT_REFUSED",
             UplinkError::Unavailable { .. } => "MQTT_UNAVAILABLE",
-            UplinkError::TooLarge { .. } => "MQTT_TOO_LARGE",
+            UplinkError::TooLarge { .. } | UplinkError::BrokerLimit { .. } => "MQTT_TOO_LARGE",
+            UplinkError::Stalled { .. } => "MQTT_STALLED",
             UplinkError::AckTimeout { .. } => "MQTT_ACK_TIMEOUT",
             UplinkError::AckMismatch { .. } => "MQTT_ACK_MISMATCH",
             UplinkError::Protocol { .. } => "MQTT_PROTOCOL",
@@ -138,6 +152,8 @@ impl Classified for UplinkError {
             | UplinkError::Timeout { .. }
             | UplinkError::Unavailable { .. }
             | UplinkError::AckTimeout { .. }
+            | UplinkError::BrokerLimit { .. }
+            | UplinkError::Stalled { .. }
             | UplinkError::AckMismatch { .. }
             | UplinkError::Protocol { .. }
             | UplinkError::ClientClosed => ErrorClass::Transient,
@@ -395,6 +411,25 @@ mod tests {
         assert_eq!(
             classify(Phase::Connected, err),
             ("MQTT_TOO_LARGE", ErrorClass::Permanent)
+        );
+    }
+
+    #[test]
+    fn a_learned_broker_limit_is_too_large_but_transient_and_a_returned_path_is_stalled() {
+        let e = UplinkError::BrokerLimit {
+            bytes: 9_000,
+            cap: 4_500,
+        };
+        assert_eq!(
+            (e.code(), e.class()),
+            ("MQTT_TOO_LARGE", ErrorClass::Transient)
+        );
+        let e = UplinkError::Stalled {
+            waited: Duration::from_secs(9),
+        };
+        assert_eq!(
+            (e.code(), e.class()),
+            ("MQTT_STALLED", ErrorClass::Transient)
         );
     }
 

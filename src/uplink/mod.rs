@@ -7,17 +7,22 @@
 //! (the broker will never take them). The uplink never deletes or reorders buffered fixes
 //! itself and never acknowledges a fix on anything but a PUBACK.
 //!
-//! Layout: [`backoff`] and [`breaker`] pace reconnects (pure state machines, `now` passed
-//! in); [`acks`] maps rumqttc's packet ids back to the fixes a message carried; [`payload`]
-//! builds topics and size-bounded messages; [`error`] classifies failures; [`publisher`] is
-//! the async loop that drives one connection at a time over a [`publisher::FixSource`].
+//! Layout: [`reconnect`] decides when to probe the network path and when to connect
+//! (following the path, not a timer), with [`backoff`] and [`breaker`] for a broker that
+//! refuses (pure state machines, `now` passed in); [`limit`] learns the broker's packet
+//! limit; [`acks`] maps rumqttc's packet ids back to the fixes a message carried;
+//! [`payload`] and [`cbor`] build topics and size-bounded messages; [`tls`] the rustls
+//! configuration; [`error`] classifies failures; [`publisher`] is the async loop that
+//! drives one connection at a time over a [`publisher::FixSource`] ([`link`], the buffer).
 
 pub mod acks;
 pub mod backoff;
 pub mod breaker;
 pub mod cbor;
 pub mod error;
+pub mod limit;
 pub mod link;
 pub mod payload;
 pub mod publisher;
+pub mod reconnect;
 pub mod tls;

@@ -4,24 +4,37 @@
 //! One connection at a time. For each connection a fresh rumqttc client and event loop are
 //! made (clean session) and dropped when the link breaks, so rumqttc never replays its own
 //! copies of messages behind the [`AckWindow`]; the window releases every unacknowledged fix
-//! back to the source instead. Between connections it waits as [`Backoff`] (transient
-//! failures) or `permanent_retry` (permanent ones) says, and never while the [`Breaker`] is
-//! open. It publishes a retained `online` status after connecting; `offline` is the last
-//! will and is published on a clean shutdown.
+//! back to the source instead. When to connect, and when to probe the network path instead,
+//! is [`Reconnect`]'s decision: reachability probes while the path is down, backoff and the
+//! breaker while the broker refuses; a stalled connection whose path went away and came back
+//! is replaced at once ([`StallWatch`]). It publishes a retained `online` status after
+//! connecting; `offline` is the last will and is published on a clean shutdown. Nothing else
+//! goes over the uplink: no periodic status, no metrics.
+//!
+//! **Linger**: a live fix waits up to `linger` to share a message with later ones (on a
+//! cellular link a message costs about 230 bytes of MQTT, TLS and TCP/IP on top of its
+//! payload). Whatever is pending when a connection comes up, and any fix older than `linger`
+//! by the receiver's clock (a backlog), goes at once. **Size**: messages are capped at what
+//! the broker was seen to take ([`MessageLimit`]), learned from the links it drops.
 //!
 //! It never acknowledges a fix without its PUBACK, never holds more than `window` messages,
 //! and never exits on a link failure: only the shutdown token ends [`Publisher::run`].
 
 use crate::config::{BrokerUrl, MqttSettings, PayloadFormat};
-use crate::error::Classified;
+use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
-use crate::status::StatusBoard;
-use crate::uplink::acks::AckWindow;
-use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
-use crate::uplink::breaker::{Breaker, BreakerPolicy};
+use crate::status::{PathState, StatusBoard};
+use crate::uplink::acks::{AckWindow, Acked};
+use crate::uplink::backoff::{BackoffPolicy, Jitter, Xorshift64};
+use crate::uplink::breaker::BreakerPolicy;
 use crate::uplink::cbor;
 use crate::uplink::error::{Phase, UplinkError};
-use crate::uplink::payload::{encode, status_payload, FixBatch, LinkState, Topics};
+use crate::uplink::limit::{MessageLimit, Unacked, Verdict};
+use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState, Topics};
+use crate::uplink::reconnect::{
+    Ending, ProbePolicy, Reconnect, ReconnectPolicy, StallWatch, Step, Watch, PROBE_TIMEOUT,
+    STALL_AFTER,
+};
 use crate::uplink::tls::{client_config, TlsSettings};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
@@ -30,11 +43,15 @@ use rumqttc::{
 use std::fmt;
 use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+pub use crate::uplink::limit::REJECTED_AFTER_DISCONNECTS;
 
 /// Where fixes come from and where their fate goes: the buffer implements this.
 ///
@@ -120,6 +137,35 @@ impl fmt::Debug for Password {
     }
 }
 
+/// The rustls client configuration built once from the settings' TLS files. Reused by every
+/// connection, so rustls' session cache lets a reconnect resume the last TLS session (no
+/// certificate chain on the wire, one round trip less). Always equal in comparisons: what it
+/// is made of is `TlsSettings` and `tls_files`.
+#[derive(Clone, Default)]
+pub struct TlsClient(Option<Arc<rustls::ClientConfig>>);
+
+impl TlsClient {
+    pub fn config(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.0.as_ref()
+    }
+}
+
+impl PartialEq for TlsClient {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "TlsClient(built)"
+        } else {
+            "TlsClient(none)"
+        })
+    }
+}
+
 /// Everything the publisher needs to know: the checked `[mqtt]` settings
 /// ([`PublisherSettings::from_settings`]) with the password and TLS material read.
 #[derive(Debug, Clone, PartialEq)]
@@ -132,9 +178,11 @@ pub struct PublisherSettings {
     pub credentials: Option<(String, Password)>,
     /// CA, client certificate and server name for `mqtts://`; ignored for `mqtt://`.
     pub tls: TlsSettings,
-    /// [`TlsSettings::files_fingerprint`] when the settings were made: the files are read at
-    /// each connection, so settings equal but for this mean a file was replaced under its path.
+    /// [`TlsSettings::files_fingerprint`] when the settings were made: settings equal but
+    /// for this mean a file was replaced under its path.
     pub tls_files: u64,
+    /// The client configuration built from `tls` (for `mqtts://`).
+    pub tls_client: TlsClient,
     /// Fixes taken from the source per message (before splitting by size).
     pub batch_max: usize,
     /// Largest payload of one message.
@@ -146,6 +194,10 @@ pub struct PublisherSettings {
     /// A message without PUBACK this long means the link is broken.
     pub puback_timeout: Duration,
     pub keep_alive: Duration,
+    /// How long a live fix may wait for company; zero sends each at once.
+    pub linger: Duration,
+    /// Reachability probes while the path to the broker is down.
+    pub probe: ProbePolicy,
     pub backoff: BackoffPolicy,
     pub breaker: BreakerPolicy,
     /// Wait after a permanent failure (bad credentials, refused client id).
@@ -182,9 +234,12 @@ impl PublisherSettings {
             client_key: mqtt.client_key.clone(),
             server_name: mqtt.server_name.clone(),
         };
-        if mqtt.broker.tls {
-            client_config(&tls)?;
-        }
+        let tls_client = if mqtt.broker.tls {
+            TlsClient(Some(client_config(&tls)?))
+        } else {
+            TlsClient(None)
+        };
+        let backoff_max = mqtt.backoff_max.max(mqtt.backoff_initial);
         Ok(PublisherSettings {
             broker: mqtt.broker.clone(),
             client_id: mqtt.client_id.clone(),
@@ -193,25 +248,43 @@ impl PublisherSettings {
             credentials,
             tls_files: tls.files_fingerprint(),
             tls,
+            tls_client,
             batch_max: mqtt.batch_max.get(),
             max_message_bytes: mqtt.max_message_bytes,
             payload: mqtt.payload,
             window: mqtt.inflight.get(),
             puback_timeout: mqtt.puback_timeout,
             keep_alive: mqtt.keep_alive,
+            linger: mqtt.linger,
+            probe: ProbePolicy {
+                interval: mqtt.probe_interval,
+                max: mqtt.probe_max.max(mqtt.probe_interval),
+            },
             backoff: BackoffPolicy {
                 initial: mqtt.backoff_initial,
-                max: mqtt.backoff_max.max(mqtt.backoff_initial),
+                max: backoff_max,
                 reset_after: mqtt.backoff_reset_after,
             },
+            // The breaker's pause grows to the backoff's ceiling: a broker that keeps
+            // refusing is tried at most 3600 / backoff_max_s times an hour.
             breaker: BreakerPolicy {
                 failure_threshold: mqtt.failure_threshold,
                 open_for: mqtt.open_for,
+                open_max: backoff_max,
             },
             permanent_retry: mqtt.permanent_retry,
             shutdown_grace: SHUTDOWN_GRACE,
             idle_poll: IDLE_POLL,
         })
+    }
+
+    fn reconnect_policy(&self) -> ReconnectPolicy {
+        ReconnectPolicy {
+            probe: self.probe,
+            backoff: self.backoff,
+            breaker: self.breaker,
+            permanent_retry: self.permanent_retry,
+        }
     }
 }
 
@@ -221,100 +294,151 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// sent after every commit).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// Consecutive sessions that ended with the broker dropping the link right after the same
-/// first message, before that message is declared one the broker will never take. Three:
-/// one drop is a flaky link, three in a row with the same message at the head is the message.
-pub const REJECTED_AFTER_DISCONNECTS: u32 = 3;
+/// A reachability probe: a TCP connection to the broker's port, closed at once with a reset
+/// (no TLS, no MQTT, no FIN exchange: four segments, about 220 bytes on the wire, none when the
+/// path is down). True when some address of the host accepted it within [`PROBE_TIMEOUT`];
+/// a name that does not resolve is a path that is down.
+pub async fn probe(host: String, port: u16) -> bool {
+    let attempt = async move {
+        let addrs = tokio::net::lookup_host((host.as_str(), port)).await.ok()?;
+        for addr in addrs {
+            if let Ok(stream) = tokio::net::TcpStream::connect(addr).await {
+                // A reset rather than a FIN: the broker learns nothing but a closed socket
+                // either way, and the exchange is two segments shorter.
+                let _ = stream.set_zero_linger();
+                return Some(());
+            }
+        }
+        None
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Some(()))
+    )
+}
 
-/// The message at the head of the queue that the broker keeps dropping the link over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Suspect {
-    /// Seqs the message carried.
-    seqs: Vec<u64>,
-    bytes: usize,
-    disconnects: u32,
+/// What one session was like, for pacing the next.
+#[derive(Debug, Default, Clone, Copy)]
+struct SessionFacts {
+    /// When CONNACK came.
+    connected_at: Option<Instant>,
+    /// A fixes message was acknowledged.
+    delivered: bool,
+    /// Any message (the status too) was acknowledged.
+    proven: bool,
+}
+
+/// How a session failed, and what that means for the next attempt.
+#[derive(Debug)]
+struct Failure {
+    error: UplinkError,
+    ending: Ending,
 }
 
 /// How one connection ended.
 enum SessionEnd {
     Shutdown,
-    Failed(UplinkError),
+    Failed(Failure),
+}
+
+/// What pacing makes of an error that ended an attempt or a session.
+fn ending_of(error: &UplinkError, facts: &SessionFacts, reset_after: Duration) -> Ending {
+    if error.class() == ErrorClass::Permanent {
+        return Ending::Permanent;
+    }
+    match error {
+        // TCP never got through (refused, unreachable, DNS, timed out in the kernel); a
+        // connection the peer closed or reset after it was accepted is the broker's doing.
+        UplinkError::Connect { source, .. } => {
+            use std::io::ErrorKind as K;
+            match source.kind() {
+                K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe => {
+                    Ending::Broker
+                }
+                _ => Ending::Unreachable,
+            }
+        }
+        UplinkError::Timeout { .. } | UplinkError::AckTimeout { .. } => Ending::Stalled,
+        UplinkError::Io { .. } => {
+            let lasted = facts.connected_at.map_or(Duration::ZERO, |at| {
+                Instant::now().saturating_duration_since(at)
+            });
+            if facts.delivered || lasted >= reset_after {
+                Ending::Dropped
+            } else {
+                // Closed right after connecting, nothing delivered: the broker is refusing.
+                Ending::Broker
+            }
+        }
+        UplinkError::Stalled { .. } => Ending::PathReturned,
+        UplinkError::BrokerLimit { .. } => Ending::Narrowed,
+        _ => Ending::Broker,
+    }
 }
 
 pub struct Publisher<S: FixSource> {
     settings: PublisherSettings,
     source: S,
     topics: Topics,
-    backoff: Backoff,
-    breaker: Breaker,
+    reconnect: Reconnect,
+    /// What the broker was seen to take: caps each message's payload.
+    limit: MessageLimit,
+    /// The TLS client configuration and the fingerprint of the files it was made from:
+    /// reused by every connection (session resumption), made again when a file changed.
+    tls: Option<(u64, Arc<rustls::ClientConfig>)>,
     /// Where the uplink publishes its state (`components.mqtt`).
     board: StatusBoard,
     connections: u64,
-    /// The head message under suspicion of being one the broker never takes.
-    suspect: Option<Suspect>,
-    /// Fixes per message now: `batch_max`, or less while a message the broker keeps
-    /// dropping the link over is narrowed down to the one fix that it cannot take.
-    batch_cap: usize,
-    /// Fixes messages acknowledged since `batch_cap` was last lowered or raised.
-    acked_at_cap: u32,
-}
-
-/// What one session learned about the first fixes message it sent.
-#[derive(Debug, Default)]
-struct HeadMessage {
-    /// Seqs and payload size of the first fixes message submitted in the session.
-    first: Option<(Vec<u64>, usize)>,
-    /// Whether it (or any fixes message) got its PUBACK: then the broker takes it.
-    acked: bool,
-}
-
-/// Fixes messages acknowledged at a lowered `batch_cap` before it is doubled again: a broker
-/// limit that was real keeps pushing it down, a run of bad luck on the link does not keep
-/// the agent on small messages for good.
-const ACKS_BEFORE_RAISING_CAP: u32 = 1000;
-
-/// What a publisher derives from its settings: topics, reconnect pacing, the breaker and the
-/// fixes per message.
-fn from_settings(settings: &PublisherSettings) -> (Topics, Backoff, Breaker, usize) {
-    (
-        Topics::new(&settings.topic_prefix, &settings.device),
-        Backoff::new(settings.backoff, Jitter::Full(Xorshift64::from_entropy())),
-        Breaker::new(settings.breaker),
-        settings.batch_max.max(1),
-    )
+    /// Live fixes taken from the source and waiting for company (in flight for the source
+    /// until published or released).
+    held: Vec<(u64, Fix)>,
+    /// When the first of `held` has waited `linger`.
+    held_due: Option<Instant>,
+    /// The stream the source was last asked about: the source hands out only fixes of the
+    /// stream it last told, and every message is labelled with it.
+    stream: String,
 }
 
 impl<S: FixSource> Publisher<S> {
     pub fn new(settings: PublisherSettings, source: S, board: StatusBoard) -> Self {
-        let (topics, backoff, breaker, batch_cap) = from_settings(&settings);
-        let state = breaker.status();
-        board.mqtt(|m| m.breaker = state);
-        Publisher {
+        let reconnect = Reconnect::new(
+            settings.reconnect_policy(),
+            Jitter::Full(Xorshift64::from_entropy()),
+        );
+        let p = Publisher {
+            topics: Topics::new(&settings.topic_prefix, &settings.device),
+            limit: MessageLimit::new(settings.max_message_bytes),
+            tls: tls_of(&settings),
             settings,
             source,
-            topics,
-            backoff,
-            breaker,
+            reconnect,
             board,
             connections: 0,
-            suspect: None,
-            batch_cap,
-            acked_at_cap: 0,
-        }
+            held: Vec::new(),
+            held_due: None,
+            stream: String::new(),
+        };
+        p.publish_pacing();
+        p
     }
 
     /// New settings for the next [`Publisher::serve`] (a SIGHUP reload): topics, pacing, the
-    /// breaker and the message size start afresh from them, as in [`Publisher::new`]; the
-    /// connection count and the acks go on, and the last error is cleared.
+    /// breaker and the learned message limit start afresh from them, as in
+    /// [`Publisher::new`]; the connection count and the acks go on, and the last error is
+    /// cleared.
     pub fn reconfigure(&mut self, settings: PublisherSettings) {
-        (self.topics, self.backoff, self.breaker, self.batch_cap) = from_settings(&settings);
+        self.topics = Topics::new(&settings.topic_prefix, &settings.device);
+        self.reconnect = Reconnect::new(
+            settings.reconnect_policy(),
+            Jitter::Full(Xorshift64::from_entropy()),
+        );
+        self.limit = MessageLimit::new(settings.max_message_bytes);
+        self.tls = tls_of(&settings);
         self.settings = settings;
-        self.suspect = None;
-        self.acked_at_cap = 0;
-        let breaker = self.breaker.status();
+        self.publish_pacing();
         self.board.mqtt(|m| {
-            m.breaker = breaker;
             m.last_error = None;
+            m.message_limit = None;
         });
     }
 
@@ -324,7 +448,7 @@ impl<S: FixSource> Publisher<S> {
 
     /// Replace the jitter source (tests turn it off or seed it).
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
-        self.backoff = Backoff::new(self.settings.backoff, jitter);
+        self.reconnect = Reconnect::new(self.settings.reconnect_policy(), jitter);
         self
     }
 
@@ -337,89 +461,150 @@ impl<S: FixSource> Publisher<S> {
     /// As [`Publisher::run`], keeping the publisher, so that it can be
     /// [reconfigured](Publisher::reconfigure) and served again.
     pub async fn serve(&mut self, shutdown: &CancellationToken) {
+        let mut step = self.reconnect.first(Instant::now());
         loop {
             if shutdown.is_cancelled() {
                 return;
             }
-            let now = Instant::now();
-            if !self.breaker.try_acquire(now) {
-                self.publish_breaker();
-                // Open: wait for the end of the pause (half-open never reaches here: the probe
-                // is the session that just ended and reported back).
-                let until = self
-                    .breaker
-                    .next_attempt_at(now)
-                    .unwrap_or(now + self.settings.breaker.open_for);
-                self.publish_retry(until.saturating_duration_since(now));
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(until) => continue,
-                }
+            self.publish_retry(step);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(step.at()) => {}
             }
-            self.publish_breaker();
-            match self.session(shutdown).await {
-                SessionEnd::Shutdown => return,
-                SessionEnd::Failed(err) => {
-                    let now = Instant::now();
-                    self.breaker.on_failure(now);
-                    let wait = match err.class() {
-                        crate::error::ErrorClass::Permanent => {
-                            // Permanent failures still count, so the breaker and backoff
-                            // stay honest, but the wait is the long one.
-                            self.backoff.on_failure(now);
-                            self.settings.permanent_retry
-                        }
-                        _ => self.backoff.on_failure(now),
-                    };
-                    warn!(
-                        code = err.code(),
-                        class = err.class().as_str(),
-                        broker = %self.settings.broker,
-                        retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        breaker = self.breaker.status().as_str(),
-                        error = %err,
-                        "uplink failed"
-                    );
-                    let (breaker, error) = (self.breaker.status(), self.board.error_now(&err));
-                    let retry_at = self.board.clock().now() + wait;
-                    self.board.mqtt(|m| {
-                        m.connected = false;
-                        m.breaker = breaker;
-                        m.last_error = Some(error);
-                        m.retry_at = Some(retry_at);
-                    });
-                    tokio::select! {
+            step = match step {
+                Step::Probe { .. } => {
+                    let reachable = tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(wait) => {}
+                        r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
+                    };
+                    let before = self.reconnect.path();
+                    let outage = self.reconnect.outage_since();
+                    let next = self.reconnect.on_probe(Instant::now(), reachable);
+                    self.count_probe(reachable);
+                    match (before, self.reconnect.path()) {
+                        (PathState::Down, PathState::Up) => info!(
+                            broker = %self.settings.broker,
+                            outage_ms = outage.map_or(0, |since| millis(since.elapsed())),
+                            "broker reachable again; connecting"
+                        ),
+                        (b, PathState::Down) if b != PathState::Down => info!(
+                            broker = %self.settings.broker,
+                            "broker unreachable; probing its port until it answers"
+                        ),
+                        _ => debug!(reachable, "probe"),
                     }
+                    next
                 }
-            }
+                Step::Connect { .. } => match self.reconnect.attempt(Instant::now()) {
+                    Some(later) => later,
+                    None => {
+                        let breaker = self.reconnect.breaker();
+                        self.board.mqtt(|m| {
+                            m.connect_attempts += 1;
+                            m.breaker = breaker;
+                        });
+                        match self.session(shutdown).await {
+                            SessionEnd::Shutdown => return,
+                            SessionEnd::Failed(failure) => self.after_failure(failure),
+                        }
+                    }
+                },
+            };
         }
     }
 
-    fn publish_breaker(&self) {
-        let state = self.breaker.status();
-        self.board.mqtt(|m| m.breaker = state);
+    /// Pace the next step after a failed attempt or session, say so in the log and on the
+    /// board.
+    fn after_failure(&mut self, failure: Failure) -> Step {
+        let now = Instant::now();
+        let step = self.reconnect.on_end(now, failure.ending);
+        let err = &failure.error;
+        warn!(
+            code = err.code(),
+            class = err.class().as_str(),
+            broker = %self.settings.broker,
+            ending = ?failure.ending,
+            next = match step { Step::Probe { .. } => "probe", Step::Connect { .. } => "connect" },
+            retry_in_ms = millis(step.at().saturating_duration_since(now)),
+            breaker = self.reconnect.breaker().as_str(),
+            error = %err,
+            "uplink failed"
+        );
+        let error = self.board.error_now(err);
+        // One update: a reader never sees the new error beside the old retry time.
+        let retry_at = self.board.clock().now() + step.at().saturating_duration_since(now);
+        self.publish_pacing_with(|m| {
+            m.connected = false;
+            m.last_error = Some(error);
+            m.retry_at = Some(retry_at);
+        });
+        step
     }
 
-    /// The next connection attempt is `wait` from now: `/health` shows it, and it is the
-    /// very wait the loop then sleeps.
-    fn publish_retry(&self, wait: Duration) {
+    /// Breaker and path as the reconnect policy sees them, and the learned limit.
+    fn publish_pacing(&self) {
+        self.publish_pacing_with(|_| {});
+    }
+
+    /// As [`Publisher::publish_pacing`], with more changes in the same update.
+    fn publish_pacing_with(&self, more: impl FnOnce(&mut crate::status::MqttStatus)) {
+        let (breaker, path, limit) = (
+            self.reconnect.breaker(),
+            self.reconnect.path(),
+            self.limit.learned(),
+        );
+        self.board.mqtt(|m| {
+            m.breaker = breaker;
+            m.path = path;
+            m.message_limit = limit;
+            more(m);
+        });
+    }
+
+    /// The next step is due at `step.at()`: `/health` shows it, and it is the very wait the
+    /// loop then sleeps.
+    fn publish_retry(&self, step: Step) {
+        let wait = step.at().saturating_duration_since(Instant::now());
         let at = self.board.clock().now() + wait;
         self.board.mqtt(|m| m.retry_at = Some(at));
     }
 
-    fn mqtt_options(&self) -> Result<MqttOptions, UplinkError> {
-        let broker = &self.settings.broker;
+    fn count_probe(&self, reachable: bool) {
+        let path = self.reconnect.path();
+        self.board.mqtt(|m| {
+            if reachable {
+                m.probes_ok += 1;
+            } else {
+                m.probes_failed += 1;
+            }
+            m.path = path;
+        });
+    }
+
+    /// The TLS configuration for the next connection: the one made before, unless a CA,
+    /// certificate or key file changed since (a renewed certificate is used at the next
+    /// reconnect without a restart).
+    fn tls_config(&mut self) -> Result<Arc<rustls::ClientConfig>, UplinkError> {
+        let files = self.settings.tls.files_fingerprint();
+        if let Some((made_from, config)) = &self.tls {
+            if *made_from == files {
+                return Ok(Arc::clone(config));
+            }
+        }
+        let config = client_config(&self.settings.tls)?;
+        self.tls = Some((files, Arc::clone(&config)));
+        Ok(config)
+    }
+
+    fn mqtt_options(&mut self) -> Result<MqttOptions, UplinkError> {
+        let broker = self.settings.broker.clone();
         let mut o = MqttOptions::new(
             self.settings.client_id.clone(),
             broker.host.clone(),
             broker.port,
         );
         if broker.tls {
-            // Built per connection: a renewed certificate on disk is used at the next
-            // reconnect without a restart.
-            let config = client_config(&self.settings.tls)?;
+            let config = self.tls_config()?;
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         }
         o.set_clean_session(true);
@@ -440,14 +625,18 @@ impl<S: FixSource> Publisher<S> {
         Ok(o)
     }
 
-    /// One connection, from CONNECT to its end. Everything unacknowledged is released before
-    /// this returns.
+    /// One connection, from CONNECT to its end. Everything unacknowledged (and every fix
+    /// still lingering) is released before this returns.
     async fn session(&mut self, shutdown: &CancellationToken) -> SessionEnd {
+        let mut facts = SessionFacts::default();
         let options = match self.mqtt_options() {
             Ok(o) => o,
-            Err(e) => return SessionEnd::Failed(e),
+            Err(e) => {
+                let ending = ending_of(&e, &facts, self.settings.backoff.reset_after);
+                return SessionEnd::Failed(Failure { error: e, ending });
+            }
         };
-        let window_size = usize::from(self.settings.window.max(1));
+        let window_size = self.limit.window(usize::from(self.settings.window.max(1)));
         // Room for the window, the status message and the DISCONNECT: try_publish never
         // finds the channel full.
         let (client, mut eventloop) = AsyncClient::new(options, window_size + 2);
@@ -467,20 +656,39 @@ impl<S: FixSource> Publisher<S> {
         let _abort_pump = AbortOnDrop(pump);
 
         let mut window = AckWindow::new(window_size, self.settings.puback_timeout);
-        let mut head = HeadMessage::default();
         let end = self
-            .drive(&client, &mut events, &mut window, &mut head, shutdown)
+            .drive(&client, &mut events, &mut window, &mut facts, shutdown)
             .await;
+        drop(_abort_pump);
+        let unacked: Vec<Unacked> = window
+            .unacked()
+            .filter_map(|(seqs, bytes)| {
+                Some(Unacked {
+                    first_seq: *seqs.first()?,
+                    fixes: seqs.len(),
+                    bytes,
+                })
+            })
+            .collect();
         let mut released = window.on_disconnect();
-        if let Some((seqs, why)) = self.judge_head(&head, &end) {
-            released.retain(|seq| !seqs.contains(seq));
-            for seq in seqs {
-                warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
-                if let Err(e) = self.source.dead_letter(seq, &why).await {
-                    warn!(code = e.code(), error = %e, "buffer refused dead letter");
+        released.extend(self.held.drain(..).map(|(seq, _)| seq));
+        self.held_due = None;
+        let end = match end {
+            SessionEnd::Failed(mut failure) => {
+                if let Some((seq, why)) = self
+                    .judge_drop(&mut failure, &unacked, &facts, shutdown)
+                    .await
+                {
+                    released.retain(|s| *s != seq);
+                    warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
+                    if let Err(e) = self.source.dead_letter(seq, &why).await {
+                        warn!(code = e.code(), error = %e, "buffer refused dead letter");
+                    }
                 }
+                SessionEnd::Failed(failure)
             }
-        }
+            shutdown => shutdown,
+        };
         if !released.is_empty() {
             debug!(count = released.len(), "releasing unacknowledged fixes");
             if let Err(e) = self.source.release(&released).await {
@@ -490,66 +698,70 @@ impl<S: FixSource> Publisher<S> {
         end
     }
 
-    /// After a session: did the broker drop the link over the first fixes message again?
-    /// Returns the seqs to dead-letter, and why, once the same single-fix message was dropped
-    /// [`REJECTED_AFTER_DISCONNECTS`] times in a row. A multi-fix message is not given up:
-    /// the batch is halved until the one fix the broker cannot take stands alone.
-    fn judge_head(
+    /// After the broker closed an established link: was it over a message's size? Only
+    /// when some unacknowledged message was larger than anything acknowledged, and only if
+    /// the path still works (a probe), since a cut link leaves messages unacknowledged too.
+    /// Returns a single fix to dead-letter, and why, when it alone is more than the broker
+    /// takes.
+    async fn judge_drop(
         &mut self,
-        head: &HeadMessage,
-        end: &SessionEnd,
-    ) -> Option<(Vec<u64>, UplinkError)> {
-        if head.acked {
-            self.suspect = None;
-            let full = self.settings.batch_max.max(1);
-            if self.batch_cap < full && self.acked_at_cap >= ACKS_BEFORE_RAISING_CAP {
-                self.batch_cap = self.batch_cap.saturating_mul(2).min(full);
-                self.acked_at_cap = 0;
-                info!(batch_cap = self.batch_cap, "fixes per message raised again");
+        failure: &mut Failure,
+        unacked: &[Unacked],
+        facts: &SessionFacts,
+        shutdown: &CancellationToken,
+    ) -> Option<(u64, UplinkError)> {
+        if facts.connected_at.is_none()
+            || !matches!(failure.error, UplinkError::Io { .. })
+            || !self.limit.blames_size(unacked)
+        {
+            return None;
+        }
+        let reachable = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
+        };
+        self.count_probe(reachable);
+        if !reachable {
+            failure.ending = Ending::Unreachable;
+            return None;
+        }
+        let verdict = self.limit.on_dropped(unacked);
+        let learned = self.limit.learned();
+        self.board.mqtt(|m| m.message_limit = learned);
+        match verdict {
+            Verdict::NotSize => None,
+            Verdict::Narrowed { bytes, cap } => {
+                warn!(
+                    code = "MQTT_TOO_LARGE",
+                    bytes,
+                    cap,
+                    largest_ok = self.limit.largest_ok(),
+                    window = self.limit.window(usize::from(self.settings.window)),
+                    "broker dropped the link after a message larger than any it took; sending smaller messages (check mqtt.max_message_bytes against the broker's limit)"
+                );
+                failure.error = UplinkError::BrokerLimit { bytes, cap };
+                failure.ending = Ending::Narrowed;
+                None
             }
-            return None;
-        }
-        // Only a link the broker closed counts: a refused connect, a timeout or a shutdown
-        // says nothing about the message.
-        let SessionEnd::Failed(err) = end else {
-            return None;
-        };
-        if err.code() != "MQTT_IO" {
-            return None;
-        }
-        let (seqs, bytes) = head.first.as_ref()?;
-        let disconnects = match &self.suspect {
-            Some(s) if s.seqs == *seqs => s.disconnects.saturating_add(1),
-            _ => 1,
-        };
-        self.suspect = Some(Suspect {
-            seqs: seqs.clone(),
-            bytes: *bytes,
-            disconnects,
-        });
-        if disconnects < REJECTED_AFTER_DISCONNECTS {
-            return None;
-        }
-        self.suspect = None;
-        if seqs.len() > 1 {
-            self.batch_cap = (seqs.len() / 2).max(1);
-            self.acked_at_cap = 0;
-            warn!(
-                code = "MQTT_REJECTED",
+            Verdict::Reject {
+                first_seq,
                 bytes,
-                disconnects,
-                batch_cap = self.batch_cap,
-                "broker keeps dropping the link after the same message; sending fewer fixes per message (check mqtt.max_message_bytes against the broker's limit)"
-            );
-            return None;
+                drops,
+            } => {
+                failure.error = UplinkError::Rejected {
+                    bytes,
+                    disconnects: drops,
+                };
+                failure.ending = Ending::Narrowed;
+                Some((
+                    first_seq,
+                    UplinkError::Rejected {
+                        bytes,
+                        disconnects: drops,
+                    },
+                ))
+            }
         }
-        Some((
-            seqs.clone(),
-            UplinkError::Rejected {
-                bytes: *bytes,
-                disconnects,
-            },
-        ))
     }
 
     async fn drive(
@@ -557,9 +769,14 @@ impl<S: FixSource> Publisher<S> {
         client: &AsyncClient,
         events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
         window: &mut AckWindow,
-        head: &mut HeadMessage,
+        facts: &mut SessionFacts,
         shutdown: &CancellationToken,
     ) -> SessionEnd {
+        let failed = |error: UplinkError, facts: &SessionFacts, reset_after| {
+            let ending = ending_of(&error, facts, reset_after);
+            SessionEnd::Failed(Failure { error, ending })
+        };
+        let reset_after = self.settings.backoff.reset_after;
         // Until CONNACK.
         loop {
             let event = tokio::select! {
@@ -570,50 +787,103 @@ impl<S: FixSource> Publisher<S> {
                 Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => break,
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    return SessionEnd::Failed(UplinkError::from_connection(
+                    let e = UplinkError::from_connection(
                         &self.settings.broker.to_string(),
                         Phase::Connecting,
                         e,
-                    ))
+                    );
+                    return failed(e, facts, reset_after);
                 }
-                None => return SessionEnd::Failed(UplinkError::ClientClosed),
+                None => return failed(UplinkError::ClientClosed, facts, reset_after),
             }
         }
         let now = Instant::now();
-        self.backoff.on_connected(now);
+        self.reconnect.on_connected(now);
+        facts.connected_at = Some(now);
         self.connections += 1;
         let reconnects = self.connections.saturating_sub(1);
         self.board.mqtt(|m| {
             m.connected = true;
             m.reconnects = reconnects;
             m.retry_at = None;
+            m.path = PathState::Up;
         });
-        info!(broker = %self.settings.broker, reconnects, "uplink connected");
+        info!(broker = %self.settings.broker, reconnects, window = window.capacity(),
+            "uplink connected");
 
         if let Err(e) = self.submit_status(client, window, LinkState::Online) {
-            return SessionEnd::Failed(e);
+            return failed(e, facts, reset_after);
         }
-        let mut proven = false;
+        // Whatever is pending now goes at once: the link was away (or the agent was).
+        let mut flush_all = true;
         let mut source_empty = false;
+        // The last sign of progress: CONNACK, then each PUBACK.
+        let mut progress = now;
+        let mut stall: Option<StallWatch> = None;
+        let mut stall_next: Option<Instant> = None;
+        let mut stall_probe: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
 
         loop {
-            if !source_empty {
-                match self.fill(client, window, head).await {
+            if !source_empty || self.held_is_due(Instant::now()) {
+                match self.fill(client, window, &mut flush_all).await {
                     Ok(empty) => source_empty = empty,
-                    Err(e) => return SessionEnd::Failed(e),
+                    Err(UplinkError::ClientClosed) => {
+                        // rumqttc's event loop ended: the reason is in its last event.
+                        let e = self.last_event_error(events, window, facts).await;
+                        return failed(e, facts, reset_after);
+                    }
+                    Err(e) => return failed(e, facts, reset_after),
+                }
+            }
+            // No PUBACK for STALL_AFTER while messages wait: watch the path.
+            let waiting = window.oldest_since().map(|since| since.max(progress));
+            let stall_check = match (stall, waiting) {
+                (None, Some(since)) => Some(since + STALL_AFTER),
+                _ => None,
+            };
+            if let (Some(at), Some(since)) = (stall_check, waiting) {
+                if at <= Instant::now() {
+                    stall = Some(StallWatch::new(since));
+                    stall_next = Some(Instant::now());
+                    continue;
                 }
             }
             let deadline = window.next_deadline();
             let wait_source = source_empty && window.has_room();
+            let held_due = self.held_due.filter(|_| window.has_room());
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     return self.shut_down(client, events, window).await;
                 }
                 _ = sleep_until_opt(deadline) => {
                     if let Some(e) = window.overdue(Instant::now()) {
-                        return SessionEnd::Failed(e);
+                        return failed(e, facts, reset_after);
                     }
                 }
+                _ = sleep_until_opt(stall_check) => {}
+                _ = sleep_until_opt(stall_next), if stall_probe.is_none() => {
+                    stall_next = None;
+                    let (host, port) = (self.settings.broker.host.clone(), self.settings.broker.port);
+                    stall_probe = Some(Box::pin(probe(host, port)));
+                }
+                reachable = poll_opt(&mut stall_probe) => {
+                    stall_probe = None;
+                    self.count_probe(reachable);
+                    let now = Instant::now();
+                    let Some(watch) = stall.as_mut() else { continue };
+                    match watch.on_probe(now, reachable, &mut self.reconnect) {
+                        Watch::ProbeAt(at) => stall_next = Some(at),
+                        Watch::Stop => {}
+                        Watch::Reconnect => {
+                            let waited = now.saturating_duration_since(watch.since);
+                            info!(broker = %self.settings.broker, waited_ms = millis(waited),
+                                "the path to the broker went down and came back under a stalled connection; reconnecting");
+                            return failed(UplinkError::Stalled { waited }, facts, reset_after);
+                        }
+                    }
+                    self.publish_pacing();
+                }
+                _ = sleep_until_opt(held_due) => {}
                 _ = self.source.fixes_pending(), if wait_source => source_empty = false,
                 _ = tokio::time::sleep(self.settings.idle_poll), if wait_source => {
                     source_empty = false
@@ -622,28 +892,40 @@ impl<S: FixSource> Publisher<S> {
                     let event = match event {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
-                            return SessionEnd::Failed(UplinkError::from_connection(
+                            let e = UplinkError::from_connection(
                                 &self.settings.broker.to_string(),
                                 Phase::Connected,
                                 e,
-                            ))
+                            );
+                            return failed(e, facts, reset_after);
                         }
-                        None => return SessionEnd::Failed(UplinkError::ClientClosed),
+                        None => return failed(UplinkError::ClientClosed, facts, reset_after),
                     };
-                    let result = self.on_event(event, window).await;
-                    if matches!(&result, Ok(Some(seqs)) if !seqs.is_empty()) {
-                        head.acked = true;
-                        self.acked_at_cap = self.acked_at_cap.saturating_add(1);
-                    }
-                    match result {
-                        Ok(Some(_acked)) if !proven => {
-                            // The link carried a message both ways: a probe succeeded.
-                            proven = true;
-                            self.breaker.on_success();
-                            self.publish_breaker();
+                    match self.on_event(event, window).await {
+                        Ok(Some(acked)) => {
+                            progress = Instant::now();
+                            stall = None;
+                            stall_next = None;
+                            stall_probe = None;
+                            if !acked.seqs.is_empty() && !facts.delivered {
+                                facts.delivered = true;
+                                // The moment dispatch sees fixes again after a connect: what
+                                // outage-recovery is measured by.
+                                info!(
+                                    since_connect_ms = millis(progress.saturating_duration_since(now)),
+                                    acked_seq = acked.seqs.iter().max().copied().unwrap_or(0),
+                                    "first fixes acknowledged on this connection"
+                                );
+                            }
+                            if !facts.proven {
+                                // The link carried a message both ways: the broker works.
+                                facts.proven = true;
+                                self.reconnect.on_proven();
+                                self.publish_pacing();
+                            }
                         }
-                        Ok(_) => {}
-                        Err(e) => return SessionEnd::Failed(e),
+                        Ok(None) => {}
+                        Err(e) => return failed(e, facts, reset_after),
                     }
                     // An ack freed room: ask the source again.
                     if window.has_room() {
@@ -654,58 +936,137 @@ impl<S: FixSource> Publisher<S> {
         }
     }
 
-    /// Feed rumqttc an event; returns the seqs a PUBACK acknowledged.
+    /// Why rumqttc's event loop ended, from the events it sent before it did (PUBACKs among
+    /// them still acknowledge their fixes); `ClientClosed` when it said nothing.
+    async fn last_event_error(
+        &mut self,
+        events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
+        window: &mut AckWindow,
+        facts: &mut SessionFacts,
+    ) -> UplinkError {
+        // Bounded: the pump has ended or is ending, its channel holds at most 64 events.
+        for _ in 0..=64 {
+            let event = tokio::time::timeout(Duration::from_secs(1), events.recv()).await;
+            match event {
+                Ok(Some(Ok(e))) => {
+                    if let Ok(Some(acked)) = self.on_event(e, window).await {
+                        if !facts.proven {
+                            facts.proven = true;
+                            self.reconnect.on_proven();
+                        }
+                        facts.delivered |= !acked.seqs.is_empty();
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return UplinkError::from_connection(
+                        &self.settings.broker.to_string(),
+                        Phase::Connected,
+                        e,
+                    )
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        UplinkError::ClientClosed
+    }
+
+    /// Feed rumqttc an event; returns the message a PUBACK acknowledged.
     async fn on_event(
         &mut self,
         event: Event,
         window: &mut AckWindow,
-    ) -> Result<Option<Vec<u64>>, UplinkError> {
+    ) -> Result<Option<Acked>, UplinkError> {
         match event {
             Event::Outgoing(Outgoing::Publish(pkid)) => {
                 window.on_outgoing_publish(pkid, Instant::now())?;
                 Ok(None)
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
-                let Some(seqs) = window.on_puback(ack.pkid) else {
+                let Some(acked) = window.on_puback_message(ack.pkid) else {
                     return Err(UplinkError::AckMismatch {
                         detail: "PUBACK for a packet not in flight",
                         pkid: ack.pkid,
                     });
                 };
-                if !seqs.is_empty() {
-                    if let Err(e) = self.source.ack(&seqs).await {
+                if !acked.seqs.is_empty() {
+                    self.limit.on_acked(acked.bytes);
+                    if let Err(e) = self.source.ack(&acked.seqs).await {
                         // The fixes stay in the buffer and go out again: a duplicate, not a
                         // loss.
                         warn!(code = e.code(), error = %e, "buffer refused ack");
                     }
                 }
-                let newest = seqs.iter().max().copied().unwrap_or(0);
+                let newest = acked.seqs.iter().max().copied().unwrap_or(0);
                 let at = self.board.clock().now();
+                let learned = self.limit.learned();
                 self.board.mqtt(|m| {
                     m.last_ack_at = Some(at);
                     m.acked_seq = m.acked_seq.max(newest);
+                    m.message_limit = learned;
                 });
-                Ok(Some(seqs))
+                Ok(Some(acked))
             }
             _ => Ok(None),
         }
     }
 
-    /// Take fixes from the source while the window has room. Returns whether the source had
-    /// nothing more to give.
+    /// Whether lingering fixes have waited long enough (or make a full message).
+    fn held_is_due(&self, now: Instant) -> bool {
+        !self.held.is_empty()
+            && (self.held.len() >= self.settings.batch_max
+                || self.held_due.is_some_and(|due| due <= now))
+    }
+
+    /// A fix's age by the agent's clock (receiver-checked UTC), zero for a fix from the
+    /// future.
+    fn age(&self, fix: &Fix) -> Duration {
+        let ms = self
+            .board
+            .clock()
+            .utc_ms()
+            .saturating_sub(fix.time_ms)
+            .max(0);
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Take fixes from the source while the window has room; lingering ones are held until
+    /// due. Returns whether the source had nothing more to give. `flush_all`: send whatever
+    /// is pending at once (set at connect, cleared once the source is empty).
     async fn fill(
         &mut self,
         client: &AsyncClient,
         window: &mut AckWindow,
-        head: &mut HeadMessage,
+        flush_all: &mut bool,
     ) -> Result<bool, UplinkError> {
+        // Asked first: the source hands out fixes of the stream it last told only.
         let stream = self.source.stream();
-        // Bounded: each round either fills a window slot or finds the source empty.
-        for _ in 0..=window_slots(window, self.settings.window) {
+        if stream != self.stream {
+            // A new stream (the buffer file was replaced): what was held for company belongs
+            // to the old one and goes out under its name.
+            if !self.held.is_empty() {
+                let held = std::mem::take(&mut self.held);
+                self.held_due = None;
+                self.publish_fixes(client, window, held).await?;
+            }
+            self.stream = stream;
+        }
+        let now = Instant::now();
+        if !self.held.is_empty() && (*flush_all || self.held_is_due(now)) {
             if !window.has_room() {
                 return Ok(false);
             }
-            let batch = match self.source.next_batch(self.batch_cap.max(1)).await {
+            let held = std::mem::take(&mut self.held);
+            self.held_due = None;
+            self.publish_fixes(client, window, held).await?;
+        }
+        let linger = self.settings.linger;
+        // Bounded: each round either fills a window slot, holds a batch, or finds the
+        // source empty; held fixes go out once they make a full message.
+        for _ in 0..=window_slots(window, self.settings.window) + self.settings.batch_max {
+            if !window.has_room() {
+                return Ok(false);
+            }
+            let batch = match self.source.next_batch(self.settings.batch_max).await {
                 Ok(b) => b,
                 Err(e) => {
                     warn!(code = e.code(), error = %e, "buffer could not hand out fixes");
@@ -713,57 +1074,121 @@ impl<S: FixSource> Publisher<S> {
                 }
             };
             if batch.is_empty() {
+                *flush_all = false;
                 return Ok(true);
             }
-            let fixes = FixBatch {
-                device: &self.settings.device,
-                stream: &stream,
-                fixes: &batch,
-            };
-            let encoded = match self.settings.payload {
-                PayloadFormat::Json => encode(&fixes, self.settings.max_message_bytes),
-                PayloadFormat::Cbor => cbor::encode(&fixes, self.settings.max_message_bytes),
-            };
-            for (seq, why) in &encoded.dead_letters {
-                warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
-                if let Err(e) = self.source.dead_letter(*seq, why).await {
-                    warn!(code = e.code(), error = %e, "buffer refused dead letter");
+            let live = !*flush_all
+                && !linger.is_zero()
+                && batch.iter().all(|(_, fix)| self.age(fix) < linger);
+            if live {
+                // Wait for company, at most until the oldest has waited `linger` since its
+                // receiver time (and never longer than `linger` from now).
+                let due = batch
+                    .iter()
+                    .map(|(_, fix)| now + linger.saturating_sub(self.age(fix)))
+                    .min()
+                    .unwrap_or(now + linger);
+                self.held_due = Some(self.held_due.map_or(due, |d| d.min(due)));
+                self.held.extend(batch);
+                if self.held.len() >= self.settings.batch_max {
+                    let held = std::mem::take(&mut self.held);
+                    self.held_due = None;
+                    self.publish_fixes(client, window, held).await?;
+                }
+                continue;
+            }
+            // Out now. Fixes held for company join the message when they fit in one batch.
+            let mut fixes = batch;
+            if !self.held.is_empty() {
+                let held = std::mem::take(&mut self.held);
+                self.held_due = None;
+                if held.len() + fixes.len() <= self.settings.batch_max {
+                    fixes.extend(held);
+                    fixes.sort_by_key(|(seq, _)| *seq);
+                } else {
+                    self.publish_fixes(client, window, held).await?;
                 }
             }
-            // Seqs of messages that did not go out (no room, client gone): back to the source.
-            let mut unsent: Vec<u64> = Vec::new();
-            let mut client_gone = false;
-            for message in encoded.messages {
-                if client_gone || !window.has_room() {
-                    unsent.extend(message.seqs);
-                    continue;
-                }
-                if head.first.is_none() {
-                    head.first = Some((message.seqs.clone(), message.payload.len()));
-                }
-                if client
-                    .try_publish(&self.topics.fixes, QoS::AtLeastOnce, false, message.payload)
-                    .is_err()
-                {
-                    client_gone = true;
-                    unsent.extend(message.seqs);
-                    continue;
-                }
-                let fixes = message.seqs.len();
-                match window.submit(message.seqs, Instant::now()) {
-                    Ok(()) => self.source.published(fixes),
-                    // Unreachable (room was checked), but never lose track of a fix.
-                    Err(seqs) => unsent.extend(seqs),
-                }
-            }
-            if !unsent.is_empty() {
-                self.release_quietly(&unsent).await;
-            }
-            if client_gone {
-                return Err(UplinkError::ClientClosed);
-            }
+            self.publish_fixes(client, window, fixes).await?;
         }
         Ok(false)
+    }
+
+    /// Encode `fixes` (oldest first) under the message cap and publish as many messages as
+    /// the window takes; the rest go back to the source. A fix that does not fit the learned
+    /// cap alone goes alone under `max_message_bytes`; one that does not fit that is
+    /// dead-lettered.
+    async fn publish_fixes(
+        &mut self,
+        client: &AsyncClient,
+        window: &mut AckWindow,
+        fixes: Vec<(u64, Fix)>,
+    ) -> Result<(), UplinkError> {
+        let stream = self.stream.clone();
+        let cap = self.limit.cap();
+        let configured = self.settings.max_message_bytes;
+        let encode = |fixes: &[(u64, Fix)], max: usize| -> Encoded {
+            let batch = FixBatch {
+                device: &self.settings.device,
+                stream: &stream,
+                fixes,
+            };
+            match self.settings.payload {
+                PayloadFormat::Json => payload::encode(&batch, max),
+                PayloadFormat::Cbor => cbor::encode(&batch, max),
+            }
+        };
+        let encoded = encode(&fixes, cap);
+        let mut messages = encoded.messages;
+        let mut dead = Vec::new();
+        for (seq, why) in encoded.dead_letters {
+            let alone = (cap < configured && matches!(why, UplinkError::TooLarge { .. }))
+                .then(|| fixes.iter().find(|(s, _)| *s == seq))
+                .flatten()
+                .and_then(|one| encode(std::slice::from_ref(one), configured).messages.pop());
+            match alone {
+                Some(message) => messages.push(message),
+                None => dead.push((seq, why)),
+            }
+        }
+        for (seq, why) in &dead {
+            warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
+            if let Err(e) = self.source.dead_letter(*seq, why).await {
+                warn!(code = e.code(), error = %e, "buffer refused dead letter");
+            }
+        }
+        messages.sort_by_key(|m| m.seqs.first().copied());
+        // Seqs of messages that did not go out (no room, client gone): back to the source.
+        let mut unsent: Vec<u64> = Vec::new();
+        let mut client_gone = false;
+        for message in messages {
+            if client_gone || !window.has_room() {
+                unsent.extend(message.seqs);
+                continue;
+            }
+            let bytes = message.payload.len();
+            if client
+                .try_publish(&self.topics.fixes, QoS::AtLeastOnce, false, message.payload)
+                .is_err()
+            {
+                client_gone = true;
+                unsent.extend(message.seqs);
+                continue;
+            }
+            let count = message.seqs.len();
+            match window.submit_sized(message.seqs, bytes, Instant::now()) {
+                Ok(()) => self.source.published(count),
+                // Unreachable (room was checked), but never lose track of a fix.
+                Err(seqs) => unsent.extend(seqs),
+            }
+        }
+        if !unsent.is_empty() {
+            self.release_quietly(&unsent).await;
+        }
+        if client_gone {
+            return Err(UplinkError::ClientClosed);
+        }
+        Ok(())
     }
 
     async fn release_quietly(&mut self, seqs: &[u64]) {
@@ -790,13 +1215,20 @@ impl<S: FixSource> Publisher<S> {
             })
     }
 
-    /// Clean shutdown: wait (bounded) for PUBACKs in flight, say `offline`, disconnect.
+    /// Clean shutdown: send what lingers, wait (bounded) for PUBACKs in flight, say
+    /// `offline`, disconnect.
     async fn shut_down(
         &mut self,
         client: &AsyncClient,
         events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
         window: &mut AckWindow,
     ) -> SessionEnd {
+        if !self.held.is_empty() && window.has_room() {
+            let held = std::mem::take(&mut self.held);
+            self.held_due = None;
+            // A failure here leaves the fixes in the window or released: pending again.
+            let _ = self.publish_fixes(client, window, held).await;
+        }
         let grace_until = Instant::now() + self.settings.shutdown_grace;
         while !window.is_empty() {
             let event = tokio::select! {
@@ -863,6 +1295,18 @@ impl<S: FixSource> Publisher<S> {
     }
 }
 
+/// The TLS configuration the settings were made with, and the fingerprint of its files.
+fn tls_of(settings: &PublisherSettings) -> Option<(u64, Arc<rustls::ClientConfig>)> {
+    settings
+        .tls_client
+        .config()
+        .map(|config| (settings.tls_files, Arc::clone(config)))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Slots the window has, as a loop bound for `fill`.
 fn window_slots(window: &AckWindow, size: u16) -> usize {
     usize::from(size).saturating_sub(window.len()) + 1
@@ -871,6 +1315,14 @@ fn window_slots(window: &AckWindow, size: u16) -> usize {
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The output of `future`, or never when there is none.
+async fn poll_opt<F: Future + Unpin>(future: &mut Option<F>) -> F::Output {
+    match future {
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }

@@ -103,6 +103,13 @@ impl Agent {
         let health = free_port();
         let db = dir.join("buffer.db");
         let config = dir.join("config.toml");
+        // Tests wait for delivery, not for company: fixes go at once unless the test's own
+        // [mqtt] says how long they linger.
+        let mqtt = if mqtt.contains("linger_s") {
+            mqtt.to_owned()
+        } else {
+            format!("{mqtt}\nlinger_s = 0")
+        };
         std::fs::write(
             &config,
             format!(

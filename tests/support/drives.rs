@@ -8,33 +8,31 @@
 use gps_agent::config::ValidateConfig;
 use gps_agent::fix::Fix;
 use gps_agent::gnss::{Decoded, Decoder};
-use gps_agent::report::cone::Frame;
+use gps_agent::report::cone::{distance_m, Frame};
 use gps_agent::sim::{Drive, DriveSpec};
 use gps_agent::validate::Validator;
 
 /// The accepted fixes of a simulated drive.
 pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
+    let mut bytes = Vec::new();
+    for epoch in Drive::new(spec).expect("a valid spec") {
+        epoch.write_nmea(&mut bytes);
+    }
+    decode(&bytes)
+}
+
+/// The fixes the agent accepts from NMEA text (its decoder and validator, default settings).
+pub fn decode(nmea: &[u8]) -> Vec<Fix> {
     let mut decoder = Decoder::new(true);
     let mut validator = Validator::new(ValidateConfig::default());
     let mut fixes = Vec::new();
-    let mut bytes = Vec::new();
-    let mut take = |e: Decoded, fixes: &mut Vec<Fix>| {
+    let mut events = Vec::new();
+    decoder.feed(nmea, &mut |e| events.push(e));
+    decoder.finish(&mut |e| events.push(e));
+    for e in events {
         if let Decoded::Epoch(epoch) = e {
             validator.push(&epoch, &mut |verdict| fixes.extend(verdict.ok()));
         }
-    };
-    let mut events = Vec::new();
-    for epoch in Drive::new(spec).expect("a valid spec") {
-        bytes.clear();
-        epoch.write_nmea(&mut bytes);
-        decoder.feed(&bytes, &mut |e| events.push(e));
-        for e in events.drain(..) {
-            take(e, &mut fixes);
-        }
-    }
-    decoder.finish(&mut |e| events.push(e));
-    for e in events.drain(..) {
-        take(e, &mut fixes);
     }
     validator.finish(&mut |verdict| fixes.extend(verdict.ok()));
     fixes
@@ -125,4 +123,76 @@ pub fn noisy(fixes: &[Fix], noise: Noise, seed: u64) -> Vec<Fix> {
             }
         })
         .collect()
+}
+
+/// Indices of the fixes fixed rules keep, as Teltonika, Queclink and Traccar Client send: 30 s
+/// since the last kept, 100 m from it, or the course 10 degrees off it above 10 km/h; the
+/// first and the last fix too.
+pub fn fixed_rules(fixes: &[Fix]) -> Vec<usize> {
+    let mut kept = vec![0];
+    for (i, f) in fixes.iter().enumerate().skip(1) {
+        let last = &fixes[*kept.last().unwrap_or(&0)];
+        let turned = match (f.course_deg, last.course_deg) {
+            (Some(a), Some(b)) if f.speed_mps.unwrap_or(0.0) > 10.0 / 3.6 => {
+                let d = (a - b).rem_euclid(360.0);
+                d.min(360.0 - d) >= 10.0
+            }
+            _ => false,
+        };
+        if f.time_ms - last.time_ms >= 30_000
+            || distance_m(last.lat, last.lon, f.lat, f.lon) >= 100.0
+            || turned
+            || i == fixes.len() - 1
+        {
+            kept.push(i);
+        }
+    }
+    kept
+}
+
+/// `fixes` as a receiver would print them: an RMC and a GGA per fix, with checksums, 6
+/// decimals of arc minutes (about 2 mm), so the agent reads back what was written.
+pub fn nmea(fixes: &[Fix]) -> String {
+    use std::fmt::Write as _;
+    fn angle(value: f64, degree_digits: usize, pos: char, neg: char) -> String {
+        let hemisphere = if value < 0.0 { neg } else { pos };
+        let v = value.abs();
+        let degrees = v.trunc();
+        let minutes = (v - degrees) * 60.0;
+        format!(
+            "{:0width$}{:09.6},{hemisphere}",
+            degrees as u32,
+            minutes,
+            width = degree_digits
+        )
+    }
+    fn line(out: &mut String, body: &str) {
+        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
+        let _ = write!(out, "${body}*{sum:02X}\r\n");
+    }
+    let mut out = String::new();
+    for f in fixes {
+        let t = chrono::DateTime::from_timestamp_millis(f.time_ms).unwrap_or_default();
+        let hms = t.format("%H%M%S%.3f");
+        let (lat, lon) = (angle(f.lat, 2, 'N', 'S'), angle(f.lon, 3, 'E', 'W'));
+        let knots = f.speed_mps.unwrap_or(0.0) * 3600.0 / 1852.0;
+        let course = f.course_deg.map_or(String::new(), |c| format!("{c:.2}"));
+        line(
+            &mut out,
+            &format!(
+                "GPRMC,{hms},A,{lat},{lon},{knots:.3},{course},{},,,A",
+                t.format("%d%m%y")
+            ),
+        );
+        line(
+            &mut out,
+            &format!(
+                "GPGGA,{hms},{lat},{lon},1,{:02},{:.2},{:.1},M,46.9,M,,",
+                f.sats.unwrap_or(8),
+                f.hdop.unwrap_or(1.0),
+                f.alt_m.unwrap_or(500.0)
+            ),
+        );
+    }
+    out
 }

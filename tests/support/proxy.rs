@@ -7,6 +7,12 @@
 //! - [`FaultProxy::delay`]: hold every chunk this long before forwarding it.
 //! - [`FaultProxy::redirect`]: forward new connections to another upstream (a broker that
 //!   came back on another port).
+//! - [`FaultProxy::slam`]: accept new connections and close them at once: the path works,
+//!   the broker (or a load balancer before it) will not talk.
+//! - [`FaultProxy::blackhole`]: the link vanishes under established connections without a
+//!   word (bytes swallowed, no reset) and new connects are refused; after `restore()` new
+//!   connections work while the old ones stay silent, as a TCP connection does whose
+//!   retransmission timer has backed off far past the outage.
 //!
 //! Runs on the test's tokio runtime. Each connection is two pump tasks; the proxy keeps no
 //! queue of its own (a chunk is at most 16 KiB, read, then written or dropped).
@@ -27,6 +33,12 @@ struct Control {
     /// Refusing connections (between `cut()` and `restore()`).
     refusing: bool,
     stalled: bool,
+    /// Accepting and closing at once.
+    slamming: bool,
+    /// Connections accepted before this generation swallow every byte (a blackhole).
+    silent_before: u64,
+    /// Generation of new connections: bumped by `blackhole()`.
+    generation: u64,
     delay_ms: u64,
 }
 
@@ -97,6 +109,7 @@ impl FaultProxy {
         self.control.send_modify(|c| {
             c.refusing = false;
             c.stalled = false;
+            c.slamming = false;
             c.delay_ms = 0;
         });
         self.wait_listening(true).await;
@@ -110,6 +123,25 @@ impl FaultProxy {
             matches!(reached, Ok(Ok(_))),
             "fault proxy listening={want} not reached"
         );
+    }
+
+    /// Close every connection and accept new ones only to close them at once.
+    pub fn slam(&self) {
+        self.control.send_modify(|c| {
+            c.cut_epoch += 1;
+            c.slamming = true;
+        });
+    }
+
+    /// Swallow every byte of the established connections, for good, and refuse new ones
+    /// until `restore()`; returns once connects are refused.
+    pub async fn blackhole(&self) {
+        self.control.send_modify(|c| {
+            c.generation += 1;
+            c.silent_before = c.generation;
+            c.refusing = true;
+        });
+        self.wait_listening(false).await;
     }
 
     /// Keep connections open but drop every byte, both ways.
@@ -159,16 +191,23 @@ async fn serve(
             changed = control.changed() => if changed.is_err() { return },
             conn = l.accept() => {
                 let Ok((client, _)) = conn else { continue };
+                if control.borrow().slamming {
+                    drop(client);
+                    continue;
+                }
                 let to = *upstream.lock().unwrap();
                 let Ok(server) = TcpStream::connect(to).await else { continue };
                 accepted.fetch_add(1, Ordering::Relaxed);
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                let epoch = control.borrow().cut_epoch;
+                let (epoch, generation) = {
+                    let c = control.borrow();
+                    (c.cut_epoch, c.generation)
+                };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, control.clone(), epoch));
-                tokio::spawn(pump(sr, cw, control.clone(), epoch));
+                tokio::spawn(pump(cr, sw, control.clone(), epoch, generation));
+                tokio::spawn(pump(sr, cw, control.clone(), epoch, generation));
             }
         }
     }
@@ -193,6 +232,7 @@ async fn pump(
     mut to: OwnedWriteHalf,
     mut control: watch::Receiver<Control>,
     epoch: u64,
+    generation: u64,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -211,7 +251,7 @@ async fn pump(
                 if now.cut_epoch != epoch {
                     return;
                 }
-                if now.stalled {
+                if now.stalled || generation < now.silent_before {
                     continue;
                 }
                 if now.delay_ms > 0 {

@@ -6,6 +6,7 @@ use gps_agent::status::{MqttStatus, StatusBoard};
 use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
 use gps_agent::uplink::breaker::BreakerPolicy;
 use gps_agent::uplink::publisher::{Publisher, PublisherSettings};
+use gps_agent::uplink::reconnect::ProbePolicy;
 use std::num::NonZeroU32;
 use std::time::Duration;
 use tokio::time::{timeout, Instant};
@@ -26,7 +27,13 @@ pub fn fast_settings(url: &str, device: &str, topic_prefix: &str) -> PublisherSe
     s.breaker = BreakerPolicy {
         failure_threshold: NonZeroU32::new(100).unwrap(),
         open_for: Duration::from_millis(500),
+        open_max: Duration::from_millis(500),
     };
+    s.probe = ProbePolicy {
+        interval: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+    };
+    s.linger = Duration::ZERO;
     s.permanent_retry = Duration::from_secs(1);
     s.shutdown_grace = Duration::from_secs(2);
     s.idle_poll = Duration::from_millis(200);

@@ -39,6 +39,9 @@ pub struct Handshake {
     pub sni: Option<String>,
     /// The client presented a certificate (that the verifier accepted).
     pub client_cert: bool,
+    /// The client resumed an earlier session (a ticket from this front) instead of a full
+    /// handshake with the certificate chain.
+    pub resumed: bool,
 }
 
 pub struct TlsFront {
@@ -152,6 +155,7 @@ async fn serve(
             client_cert: session
                 .peer_certificates()
                 .is_some_and(|certs| !certs.is_empty()),
+            resumed: session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
         });
     }
     let Ok(mut up) = TcpStream::connect(upstream).await else {

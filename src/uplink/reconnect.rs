@@ -1,0 +1,805 @@
+//! When to reconnect: following the network path, not a timer. A pure state machine: the
+//! publisher tells it how each attempt, session and probe ended, with `now`, and it answers
+//! with the next [`Step`]: a reachability probe or a full connection attempt, and when.
+//!
+//! Two kinds of trouble look alike to an MQTT client and need opposite answers:
+//!
+//! - **The network path is down** (a tunnel, no coverage, the broker's port refusing or not
+//!   answering TCP, DNS failing). Nothing is wrong with the broker; the agent should be back
+//!   the moment the path is. So: cheap reachability probes (a TCP connect to the broker's
+//!   port, closed at once: no TLS, no MQTT) at a jittered interval whose ceiling is
+//!   `probe_interval` plus a twentieth of the outage so far (1.4 s after 8 s, 3.25 s after
+//!   45 s, 31 s after 10 min with the defaults), at most `probe_max`; a full connection the
+//!   moment one succeeds. Neither the backoff nor the breaker hears of these failures, so
+//!   neither adds blind time once the path is back, and no TLS handshake is spent while it is
+//!   down.
+//! - **The broker refuses or misbehaves on a working path** (CONNACK refusals, the link
+//!   dropped right after CONNACK, a TLS handshake that fails, PUBACKs that do not come while
+//!   probes get through). Retrying soon will not help: exponential backoff with full jitter
+//!   ([`Backoff`]) and the circuit breaker ([`Breaker`]), whose pause doubles up to
+//!   `open_max`, so a broker that keeps refusing gets at most `3600 / open_max` full attempts
+//!   an hour once the pause has grown (12 with the defaults, reached within 10 minutes).
+//!
+//! Ambiguous endings are settled by a probe. A session that carried fixes and then broke, or
+//! a timeout (connect, ping, PUBACK), is followed by a probe within `probe_interval`: if
+//! it fails, the path is down and the outage is timed from the break; if it succeeds at
+//! once, a timeout counts against the broker and a broken session is reconnected at once
+//! (a session that dropped soon after connecting still waits its backoff, so a broker
+//! that keeps kicking the client, e.g. for a duplicate client id, is not hammered).
+//!
+//! Every interval is jittered (probes uniform in the upper half of their ceiling, the first
+//! after a break and backoff delays uniform from zero, the breaker's pause plus up to a
+//! quarter), so a fleet that lost one broker together does not come back in the same second.
+//!
+//! While a session is up, [`StallWatch`] probes the path when PUBACKs stop coming: a probe
+//! that fails and a later one that succeeds, with still no PUBACK, mean the link went away
+//! and came back under an established connection, whose own retransmissions may take as long
+//! again as the outage lasted; the publisher then reconnects at once.
+
+use crate::status::{BreakerState, PathState};
+use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
+use crate::uplink::breaker::{Breaker, BreakerPolicy};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// The probe ceiling grows by the outage's length divided by this: a path that has been down
+/// for ten minutes is probed about every half minute, one down for eight seconds every
+/// second and a half.
+pub const PROBE_GROWTH_DIVISOR: u32 = 20;
+
+/// How long a probe's TCP connect may take before it counts as failed: the kernel sends the
+/// SYN at 0, 1 and 3 s, so a radio waking up or a slow cell still gets through.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// No PUBACK for this long while messages wait (and none acknowledged meanwhile): the
+/// connection may be stalled, and [`StallWatch`] starts probing the path.
+pub const STALL_AFTER: Duration = Duration::from_secs(3);
+
+/// How the reachability probes are paced while the path is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProbePolicy {
+    /// Ceiling of the probe interval at the start of an outage (and of the first probe after
+    /// a break).
+    pub interval: Duration,
+    /// The ceiling never grows past this.
+    pub max: Duration,
+}
+
+impl Default for ProbePolicy {
+    fn default() -> Self {
+        ProbePolicy {
+            interval: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Everything that paces reconnects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReconnectPolicy {
+    pub probe: ProbePolicy,
+    pub backoff: BackoffPolicy,
+    pub breaker: BreakerPolicy,
+    /// Wait after a permanent failure (credentials, certificates).
+    pub permanent_retry: Duration,
+}
+
+/// How a full attempt or a session ended, as far as pacing is concerned (the publisher
+/// sorts its errors into these; see `publisher::ending_of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// TCP could not reach the broker's port: refused, unreachable, DNS failed.
+    Unreachable,
+    /// The path works but the broker refused or misbehaved: a CONNACK refusal, the link
+    /// dropped right after connecting, a failed TLS handshake, a protocol error.
+    Broker,
+    /// Something stopped answering in time (connect, ping, PUBACK): path or broker, a
+    /// probe tells.
+    Stalled,
+    /// A session that carried fixes broke (reset, closed): a probe tells whether the path
+    /// went down.
+    Dropped,
+    /// The broker dropped the link over a message's size; the next connection carries a
+    /// smaller one, so it is made soon and counts against nobody.
+    Narrowed,
+    /// [`StallWatch`] saw the path go down and come back under a stalled session.
+    PathReturned,
+    /// Retrying soon will not help (credentials, certificates): `permanent_retry`.
+    Permanent,
+}
+
+/// What to do next, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A reachability probe (TCP connect to the broker's port, closed at once).
+    Probe { at: Instant },
+    /// A full connection attempt (TCP, TLS, MQTT CONNECT).
+    Connect { at: Instant },
+}
+
+impl Step {
+    pub fn at(&self) -> Instant {
+        match self {
+            Step::Probe { at } | Step::Connect { at } => *at,
+        }
+    }
+}
+
+/// Why the path is being probed: decides what a probe that succeeds at once means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspicion {
+    /// A full attempt could not reach the port.
+    Unreachable,
+    /// A timeout: if the path works, the broker did not answer.
+    Stalled,
+    /// An established session broke.
+    Dropped,
+}
+
+/// An outage being probed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Probing {
+    /// When the path was first suspected or seen down: the outage's age sets the interval.
+    since: Instant,
+    /// A probe (or a full attempt) found the path down.
+    seen_down: bool,
+    why: Suspicion,
+}
+
+/// The reconnect state: backoff and breaker for the broker, probing for the path.
+#[derive(Debug, Clone)]
+pub struct Reconnect {
+    policy: ReconnectPolicy,
+    jitter: Jitter,
+    backoff: Backoff,
+    breaker: Breaker,
+    /// Added to the breaker's pause, drawn each time it opens.
+    breaker_jitter: Duration,
+    probing: Option<Probing>,
+    /// No full attempt before this: the backoff's or the permanent wait.
+    not_before: Option<Instant>,
+    path: PathState,
+}
+
+impl Reconnect {
+    pub fn new(policy: ReconnectPolicy, jitter: Jitter) -> Self {
+        let mut jitter = jitter;
+        // The backoff draws from its own generator, seeded from ours, so the two sequences
+        // are not the same numbers twice.
+        let backoff_jitter = match &mut jitter {
+            Jitter::Full(rng) => Jitter::Full(Xorshift64::seeded(rng.next_u64())),
+            Jitter::Off => Jitter::Off,
+        };
+        Reconnect {
+            policy,
+            jitter,
+            backoff: Backoff::new(policy.backoff, backoff_jitter),
+            breaker: Breaker::new(policy.breaker),
+            breaker_jitter: Duration::ZERO,
+            probing: None,
+            not_before: None,
+            path: PathState::Unknown,
+        }
+    }
+
+    /// The first step after start: a full attempt now.
+    pub fn first(&mut self, now: Instant) -> Step {
+        Step::Connect { at: now }
+    }
+
+    /// A full attempt is due at `now`: `None` lets it go (as the breaker's trial when it was
+    /// open); `Some(step)` says when instead.
+    pub fn attempt(&mut self, now: Instant) -> Option<Step> {
+        let gate = self.gate(now);
+        if gate > now {
+            return Some(Step::Connect { at: gate });
+        }
+        if self.breaker.try_acquire(now) {
+            None
+        } else {
+            Some(Step::Connect {
+                at: self.breaker_gate(now).max(now + self.policy.probe.interval),
+            })
+        }
+    }
+
+    /// CONNACK accepted: the path is up, the outage (if any) is over.
+    pub fn on_connected(&mut self, now: Instant) {
+        self.backoff.on_connected(now);
+        self.path = PathState::Up;
+        self.probing = None;
+        self.not_before = None;
+    }
+
+    /// The connection carried a message both ways: the broker works (the breaker closes).
+    pub fn on_proven(&mut self) {
+        self.breaker.on_success();
+    }
+
+    /// A full attempt or a session ended at `now`.
+    pub fn on_end(&mut self, now: Instant, ending: Ending) -> Step {
+        match ending {
+            Ending::Broker => {
+                // The broker's port took the connection: the path works.
+                self.path = PathState::Up;
+                self.broker_failed(now);
+                Step::Connect { at: self.gate(now) }
+            }
+            Ending::Permanent => {
+                self.broker_failed(now);
+                self.not_before = Some(now + self.policy.permanent_retry);
+                Step::Connect { at: self.gate(now) }
+            }
+            Ending::Unreachable => {
+                self.breaker.release_trial();
+                self.path = PathState::Down;
+                let since = self.probing.map_or(now, |p| p.since);
+                self.probing = Some(Probing {
+                    since,
+                    seen_down: true,
+                    why: Suspicion::Unreachable,
+                });
+                Step::Probe {
+                    at: now + self.probe_delay(now.saturating_duration_since(since)),
+                }
+            }
+            Ending::Stalled => self.probe_soon(now, Suspicion::Stalled),
+            Ending::Dropped => {
+                // A session that dropped soon after connecting counts (backoff resets only
+                // after `reset_after` up): a broker that keeps kicking the client is not
+                // hammered. After a long session the wait is within `initial`.
+                let wait = self.backoff.on_failure(now);
+                self.not_before = Some(now + wait);
+                self.probe_soon(now, Suspicion::Dropped)
+            }
+            Ending::Narrowed => {
+                self.breaker.release_trial();
+                let wait = self
+                    .jitter
+                    .between(Duration::ZERO, self.policy.probe.interval);
+                Step::Connect { at: now + wait }
+            }
+            Ending::PathReturned => {
+                self.breaker.release_trial();
+                self.path = PathState::Up;
+                self.not_before = None;
+                Step::Connect {
+                    at: self.breaker_gate(now),
+                }
+            }
+        }
+    }
+
+    /// A probe started earlier ended at `now`: the broker's port accepted a TCP connection
+    /// (`reachable`) or not.
+    pub fn on_probe(&mut self, now: Instant, reachable: bool) -> Step {
+        let Some(probing) = self.probing.as_mut() else {
+            return Step::Connect { at: self.gate(now) };
+        };
+        if !reachable {
+            probing.seen_down = true;
+            let since = probing.since;
+            self.path = PathState::Down;
+            return Step::Probe {
+                at: now + self.probe_delay(now.saturating_duration_since(since)),
+            };
+        }
+        self.path = PathState::Up;
+        let Probing { seen_down, why, .. } = *probing;
+        if seen_down {
+            // The path was down and is back: that explains every failure since, so no
+            // backoff wait; only a breaker opened by the broker before still gates.
+            self.not_before = None;
+            return Step::Connect {
+                at: self.breaker_gate(now),
+            };
+        }
+        if why == Suspicion::Stalled {
+            // The path answers at once: the broker (or its side) did not.
+            self.broker_failed(now);
+        }
+        Step::Connect { at: self.gate(now) }
+    }
+
+    /// The ceiling of the probe interval after an outage of `outage_for`.
+    pub fn probe_ceiling(&self, outage_for: Duration) -> Duration {
+        let probe = self.policy.probe;
+        (probe.interval + outage_for / PROBE_GROWTH_DIVISOR).min(probe.max.max(probe.interval))
+    }
+
+    /// A probe delay for an outage of `outage_for`: uniform in the upper half of the ceiling.
+    pub fn probe_delay(&mut self, outage_for: Duration) -> Duration {
+        let ceiling = self.probe_ceiling(outage_for);
+        self.jitter.between(ceiling / 2, ceiling)
+    }
+
+    pub fn path(&self) -> PathState {
+        self.path
+    }
+
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker.status()
+    }
+
+    /// Since when the current outage (or suspicion) runs, if one does.
+    pub fn outage_since(&self) -> Option<Instant> {
+        self.probing.map(|p| p.since)
+    }
+
+    fn probe_soon(&mut self, now: Instant, why: Suspicion) -> Step {
+        self.breaker.release_trial();
+        self.probing = Some(Probing {
+            since: now,
+            seen_down: false,
+            why,
+        });
+        let wait = self
+            .jitter
+            .between(Duration::ZERO, self.policy.probe.interval);
+        Step::Probe { at: now + wait }
+    }
+
+    fn broker_failed(&mut self, now: Instant) {
+        let wait = self.backoff.on_failure(now);
+        self.not_before = Some(now + wait);
+        let before = self.breaker.state();
+        self.breaker.on_failure(now);
+        if self.breaker.state() != before && self.breaker.status() == BreakerState::Open {
+            let pause = self.breaker.pause();
+            self.breaker_jitter = self.jitter.spread(pause / 4);
+        }
+    }
+
+    /// The earliest full attempt the backoff, a permanent wait and the breaker allow.
+    fn gate(&self, now: Instant) -> Instant {
+        self.not_before
+            .unwrap_or(now)
+            .max(self.breaker_gate(now))
+            .max(now)
+    }
+
+    fn breaker_gate(&self, now: Instant) -> Instant {
+        match self.breaker.next_attempt_at(now) {
+            Some(at) if self.breaker.status() == BreakerState::Open => {
+                let ready = at.max(now);
+                // The jitter spreads the end of the pause, counted from its real end.
+                let end = at.checked_add(self.breaker_jitter).unwrap_or(at);
+                ready.max(end)
+            }
+            Some(at) => at.max(now),
+            None => now,
+        }
+    }
+}
+
+/// What [`StallWatch`] says after a probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Probe again at this time.
+    ProbeAt(Instant),
+    /// The path answers and never failed: the connection is slow, not cut; stop probing
+    /// and let the PUBACK timeout decide.
+    Stop,
+    /// The path went down and came back while the session stalled: reconnect now.
+    Reconnect,
+}
+
+/// Probes the path while an established session waits for PUBACKs that do not come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StallWatch {
+    /// When the session stopped making progress.
+    pub since: Instant,
+    seen_down: bool,
+}
+
+impl StallWatch {
+    pub fn new(since: Instant) -> Self {
+        StallWatch {
+            since,
+            seen_down: false,
+        }
+    }
+
+    /// A probe ended at `now`; `pacing` gives the (jittered) interval for the next.
+    pub fn on_probe(&mut self, now: Instant, reachable: bool, pacing: &mut Reconnect) -> Watch {
+        match (reachable, self.seen_down) {
+            (true, true) => Watch::Reconnect,
+            (true, false) => Watch::Stop,
+            (false, _) => {
+                self.seen_down = true;
+                pacing.path = PathState::Down;
+                let delay = pacing.probe_delay(now.saturating_duration_since(self.since));
+                Watch::ProbeAt(now + delay)
+            }
+        }
+    }
+
+    /// Whether a probe has found the path down during this stall.
+    pub fn seen_down(&self) -> bool {
+        self.seen_down
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::num::NonZeroU32;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn ms(m: u64) -> Duration {
+        Duration::from_millis(m)
+    }
+
+    fn policy() -> ReconnectPolicy {
+        ReconnectPolicy {
+            probe: ProbePolicy::default(),
+            backoff: BackoffPolicy::default(),
+            breaker: BreakerPolicy {
+                failure_threshold: NonZeroU32::new(5).unwrap(),
+                open_for: secs(60),
+                open_max: secs(300),
+            },
+            permanent_retry: secs(600),
+        }
+    }
+
+    fn exact() -> Reconnect {
+        Reconnect::new(policy(), Jitter::Off)
+    }
+
+    fn jittered(seed: u64) -> Reconnect {
+        Reconnect::new(policy(), Jitter::Full(Xorshift64::seeded(seed)))
+    }
+
+    /// Drive an outage of the path from `t0` to `back`: the session broke at `t0`, every
+    /// probe before `back` fails. Returns the step after the first probe at or after `back`,
+    /// and the probes made.
+    fn outage(r: &mut Reconnect, t0: Instant, back: Instant) -> (Step, u32) {
+        let mut step = r.on_end(t0, Ending::Dropped);
+        let mut probes = 0;
+        loop {
+            let Step::Probe { at } = step else {
+                return (step, probes);
+            };
+            probes += 1;
+            step = r.on_probe(at, at >= back);
+        }
+    }
+
+    #[test]
+    fn the_probe_ceiling_grows_by_a_twentieth_of_the_outage_up_to_the_max() {
+        let r = exact();
+        assert_eq!(r.probe_ceiling(Duration::ZERO), secs(1));
+        assert_eq!(r.probe_ceiling(secs(8)), ms(1400));
+        assert_eq!(r.probe_ceiling(secs(45)), ms(3250));
+        assert_eq!(r.probe_ceiling(secs(600)), secs(31));
+        assert_eq!(r.probe_ceiling(secs(1180)), secs(60));
+        assert_eq!(r.probe_ceiling(secs(86_400)), secs(60));
+    }
+
+    #[test]
+    fn probe_delays_are_jittered_in_the_upper_half_of_the_ceiling() {
+        let mut r = jittered(3);
+        let draws: Vec<Duration> = (0..400).map(|_| r.probe_delay(secs(45))).collect();
+        assert!(draws.iter().all(|d| (ms(1625)..=ms(3250)).contains(d)));
+        let mut distinct = draws.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 300, "{}", distinct.len());
+    }
+
+    #[test]
+    fn after_an_8_s_outage_the_full_attempt_follows_the_first_probe_that_gets_through() {
+        let t0 = Instant::now();
+        let back = t0 + secs(8);
+        let mut r = exact();
+        let (step, probes) = outage(&mut r, t0, back);
+        let Step::Connect { at } = step else {
+            panic!("{step:?}")
+        };
+        // The first successful probe came at most one ceiling (1.4 s) after the path
+        // returned, and the full attempt at once: no backoff, no breaker.
+        assert!(at >= back && at <= back + ms(1400), "{:?}", at - back);
+        assert!((5..=9).contains(&probes), "{probes}");
+        assert_eq!(r.path(), PathState::Up);
+        assert_eq!(r.attempt(at), None);
+        assert_eq!(r.breaker(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn after_a_45_s_outage_the_first_full_attempt_is_within_3_25_s_of_the_return() {
+        for seed in 1..200 {
+            let t0 = Instant::now();
+            let back = t0 + secs(45);
+            let mut r = jittered(seed);
+            let (step, probes) = outage(&mut r, t0, back);
+            let at = step.at();
+            assert!(matches!(step, Step::Connect { .. }));
+            assert!(at <= back + ms(3250), "seed {seed}: {:?}", at - back);
+            assert!(probes < 40, "seed {seed}: {probes} probes");
+            assert_eq!(r.attempt(at), None, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_long_outage_makes_no_full_attempt_until_the_path_is_back_and_probes_thin_out() {
+        let t0 = Instant::now();
+        let mut r = jittered(11);
+        let mut step = r.on_end(t0, Ending::Dropped);
+        let (mut probes_first_10_min, mut probes_next_hour) = (0, 0);
+        while let Step::Probe { at } = step {
+            let age = at - t0;
+            if age < secs(600) {
+                probes_first_10_min += 1;
+            } else if age < secs(4200) {
+                probes_next_hour += 1;
+            } else {
+                break;
+            }
+            step = r.on_probe(at, false);
+        }
+        assert!(matches!(step, Step::Probe { .. }), "never a full attempt");
+        // 31 s to 60 s ceilings, drawn from their upper half: 60 to 120 an hour.
+        assert!((60..=120).contains(&probes_next_hour), "{probes_next_hour}");
+        assert!(probes_first_10_min < 120, "{probes_first_10_min}");
+        assert_eq!(r.path(), PathState::Down);
+    }
+
+    #[test]
+    fn a_refused_connect_is_the_path_and_never_opens_the_breaker() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        let mut now = t0;
+        let mut step = r.on_end(now, Ending::Unreachable);
+        for _ in 0..50 {
+            let Step::Probe { at } = step else {
+                panic!("{step:?}")
+            };
+            now = at;
+            step = r.on_probe(now, false);
+        }
+        assert_eq!(r.breaker(), BreakerState::Closed);
+        let step = r.on_probe(now + secs(1), true);
+        assert_eq!(step, Step::Connect { at: now + secs(1) });
+    }
+
+    #[test]
+    fn broker_failures_back_off_and_open_the_breaker_at_the_threshold() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(r.attempt(now), None);
+            let step = r.on_end(now, Ending::Broker);
+            let Step::Connect { at } = step else {
+                panic!("{step:?}")
+            };
+            waits.push((at - now).as_secs());
+            now = at;
+        }
+        // Backoff ceilings without jitter 1, 2, 4, 8, then the breaker's 60 s.
+        assert_eq!(waits, [1, 2, 4, 8, 60]);
+        assert_eq!(r.breaker(), BreakerState::Open);
+    }
+
+    #[test]
+    fn after_ten_minutes_of_a_refusing_broker_full_attempts_are_at_most_12_an_hour() {
+        for seed in 1..100 {
+            let t0 = Instant::now();
+            let mut r = jittered(seed);
+            let mut now = t0;
+            let mut attempts = Vec::new();
+            while now < t0 + secs(600 + 3600) {
+                match r.attempt(now) {
+                    None => {
+                        attempts.push(now - t0);
+                        now = r.on_end(now, Ending::Broker).at();
+                    }
+                    Some(later) => now = later.at(),
+                }
+            }
+            let late: Vec<_> = attempts.iter().filter(|a| **a >= secs(600)).collect();
+            assert!(late.len() <= 12, "seed {seed}: {} in the hour", late.len());
+            for pair in late.windows(2) {
+                assert!(*pair[1] - *pair[0] >= secs(300), "seed {seed}: {pair:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_breaker_pause_is_jittered_so_a_fleet_spreads_out() {
+        let t0 = Instant::now();
+        let ends: Vec<Instant> = (1..50)
+            .map(|seed| {
+                let mut r = jittered(seed);
+                for _ in 0..5 {
+                    r.on_end(t0, Ending::Broker);
+                }
+                assert_eq!(r.breaker(), BreakerState::Open);
+                r.gate(t0)
+            })
+            .collect();
+        assert!(ends
+            .iter()
+            .all(|e| *e >= t0 + secs(60) && *e <= t0 + secs(75)));
+        let mut distinct = ends.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 40);
+    }
+
+    #[test]
+    fn a_broken_session_is_probed_within_the_first_interval_and_reconnected_at_once_if_the_path_works(
+    ) {
+        let t0 = Instant::now();
+        let mut r = exact();
+        assert_eq!(r.attempt(t0), None);
+        r.on_connected(t0);
+        r.on_proven();
+        // Up for ten minutes, then the broker restarts: the probe within 1 s gets through.
+        let broke = t0 + secs(600);
+        let step = r.on_end(broke, Ending::Dropped);
+        assert_eq!(
+            step,
+            Step::Probe {
+                at: broke + secs(1)
+            }
+        );
+        let next = r.on_probe(broke + secs(1), true);
+        // Backoff after a long session: within `initial` of the break (1 s).
+        assert_eq!(
+            next,
+            Step::Connect {
+                at: broke + secs(1)
+            }
+        );
+        assert_eq!(r.breaker(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_session_dropped_soon_after_connecting_waits_a_growing_backoff() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            assert_eq!(r.attempt(now), None);
+            r.on_connected(now);
+            r.on_proven();
+            let dropped = now + secs(2);
+            let Step::Probe { at } = r.on_end(dropped, Ending::Dropped) else {
+                panic!()
+            };
+            let step = r.on_probe(at, true);
+            waits.push((step.at() - dropped).as_secs());
+            now = step.at();
+        }
+        assert_eq!(waits, [1, 2, 4, 8]);
+        assert_eq!(r.breaker(), BreakerState::Closed, "each session was proven");
+    }
+
+    #[test]
+    fn a_timeout_on_a_working_path_counts_against_the_broker_but_on_a_dead_one_does_not() {
+        let t0 = Instant::now();
+        // The path answers the probe at once: the broker stalled.
+        let mut r = exact();
+        r.on_connected(t0);
+        let Step::Probe { at } = r.on_end(t0 + secs(30), Ending::Stalled) else {
+            panic!()
+        };
+        let step = r.on_probe(at, true);
+        assert_eq!(step, Step::Connect { at: at + secs(1) });
+
+        // The probe fails: the stall was the path; when it is back, at once.
+        let mut r = exact();
+        r.on_connected(t0);
+        let stalled = t0 + secs(30);
+        let Step::Probe { at } = r.on_end(stalled, Ending::Stalled) else {
+            panic!()
+        };
+        let Step::Probe { at } = r.on_probe(at, false) else {
+            panic!()
+        };
+        assert_eq!(r.path(), PathState::Down);
+        assert_eq!(r.on_probe(at, true), Step::Connect { at });
+        for _ in 0..10 {
+            r.on_end(at, Ending::Unreachable);
+        }
+        assert_eq!(r.breaker(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_breaker_opened_by_the_broker_still_gates_after_a_link_outage_but_adds_nothing_else() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        for _ in 0..5 {
+            r.on_end(t0, Ending::Broker);
+        }
+        assert_eq!(r.breaker(), BreakerState::Open);
+        // The trial attempt at the end of the pause finds the path down.
+        let trial = t0 + secs(60);
+        assert_eq!(r.attempt(trial), None);
+        assert_eq!(r.breaker(), BreakerState::HalfOpen);
+        let Step::Probe { at } = r.on_end(trial, Ending::Unreachable) else {
+            panic!()
+        };
+        assert_eq!(r.breaker(), BreakerState::Open, "the trial is void");
+        // The path returns: the trial goes at once, the pause having passed.
+        let step = r.on_probe(at, true);
+        assert_eq!(step, Step::Connect { at });
+        assert_eq!(r.attempt(at), None);
+        assert_eq!(r.breaker(), BreakerState::HalfOpen);
+        r.on_connected(at);
+        r.on_proven();
+        assert_eq!(r.breaker(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_permanent_failure_waits_permanent_retry() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        assert_eq!(
+            r.on_end(t0, Ending::Permanent),
+            Step::Connect { at: t0 + secs(600) }
+        );
+        assert_eq!(
+            r.attempt(t0 + secs(599)).map(|s| s.at()),
+            Some(t0 + secs(600))
+        );
+    }
+
+    #[test]
+    fn narrowing_reconnects_within_the_first_interval_and_counts_against_nobody() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        for _ in 0..20 {
+            assert_eq!(
+                r.on_end(t0, Ending::Narrowed),
+                Step::Connect { at: t0 + secs(1) }
+            );
+        }
+        assert_eq!(r.breaker(), BreakerState::Closed);
+        assert_eq!(r.attempt(t0 + secs(1)), None);
+    }
+
+    #[test]
+    fn a_failed_full_attempt_after_a_probe_keeps_the_outage_clock() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        r.on_end(t0, Ending::Unreachable);
+        // A probe gets through at 100 s, the full attempt does not: a flapping path.
+        let at = t0 + secs(100);
+        assert!(matches!(r.on_probe(at, true), Step::Connect { .. }));
+        let step = r.on_end(at, Ending::Unreachable);
+        // The interval is that of a 100 s outage (1 + 5 = 6 s), not of a fresh one.
+        assert_eq!(step, Step::Probe { at: at + secs(6) });
+        assert_eq!(r.outage_since(), Some(t0));
+    }
+
+    #[test]
+    fn the_stall_watch_reconnects_only_after_the_path_was_seen_down_and_back() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        let mut w = StallWatch::new(t0);
+        assert_eq!(w.on_probe(t0 + secs(1), true, &mut r), Watch::Stop);
+
+        let mut w = StallWatch::new(t0);
+        let Watch::ProbeAt(at) = w.on_probe(t0 + secs(1), false, &mut r) else {
+            panic!()
+        };
+        assert_eq!(at, t0 + secs(1) + ms(1050));
+        assert!(w.seen_down());
+        assert_eq!(r.path(), PathState::Down);
+        assert!(matches!(w.on_probe(at, false, &mut r), Watch::ProbeAt(_)));
+        assert_eq!(w.on_probe(at + secs(2), true, &mut r), Watch::Reconnect);
+        assert_eq!(
+            r.on_end(at + secs(2), Ending::PathReturned),
+            Step::Connect { at: at + secs(2) }
+        );
+        assert_eq!(r.path(), PathState::Up);
+    }
+}
