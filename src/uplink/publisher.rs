@@ -294,6 +294,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// sent after every commit).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
+/// While live fixes wait for company, the source is asked for more this often (not at every
+/// commit): often enough that a full message (`batch_max` fixes) goes within this long of
+/// filling up, seldom enough that a 10 Hz receiver does not wake the uplink ten times a
+/// second.
+const HOLD_TOP_UP: Duration = Duration::from_secs(2);
+
 /// A reachability probe: a TCP connection to the broker's port, closed at once with a reset
 /// (no TLS, no MQTT, no FIN exchange: four segments, about 220 bytes on the wire, none when the
 /// path is down). True when some address of the host accepted it within [`PROBE_TIMEOUT`];
@@ -822,9 +828,12 @@ impl<S: FixSource> Publisher<S> {
         let mut stall: Option<StallWatch> = None;
         let mut stall_next: Option<Instant> = None;
         let mut stall_probe: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
+        // When the source was last asked (for the top-up of fixes held for company).
+        let mut asked_at = now;
 
         loop {
             if !source_empty || self.held_is_due(Instant::now()) {
+                asked_at = Instant::now();
                 match self.fill(client, window, &mut flush_all).await {
                     Ok(empty) => source_empty = empty,
                     Err(UplinkError::ClientClosed) => {
@@ -849,7 +858,12 @@ impl<S: FixSource> Publisher<S> {
                 }
             }
             let deadline = window.next_deadline();
-            let wait_source = source_empty && window.has_room();
+            // While live fixes wait for company the source is asked again every HOLD_TOP_UP
+            // (a full message goes then) or when they are due, not at every commit: the
+            // fixes arriving meanwhile wait in the buffer and go with them.
+            let wait_source = source_empty && window.has_room() && self.held.is_empty();
+            let top_up = (source_empty && window.has_room() && !self.held.is_empty())
+                .then_some(asked_at + HOLD_TOP_UP);
             let held_due = self.held_due.filter(|_| window.has_room());
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -884,6 +898,7 @@ impl<S: FixSource> Publisher<S> {
                     self.publish_pacing();
                 }
                 _ = sleep_until_opt(held_due) => {}
+                _ = sleep_until_opt(top_up) => source_empty = false,
                 _ = self.source.fixes_pending(), if wait_source => source_empty = false,
                 _ = tokio::time::sleep(self.settings.idle_poll), if wait_source => {
                     source_empty = false
@@ -1051,13 +1066,10 @@ impl<S: FixSource> Publisher<S> {
             self.stream = stream;
         }
         let now = Instant::now();
-        if !self.held.is_empty() && (*flush_all || self.held_is_due(now)) {
-            if !window.has_room() {
-                return Ok(false);
-            }
-            let held = std::mem::take(&mut self.held);
-            self.held_due = None;
-            self.publish_fixes(client, window, held).await?;
+        if self.held_is_due(now) {
+            // Due: whatever is pending goes now, and the held fixes join the first batch
+            // (the source was not asked while they waited, so most of it is still there).
+            *flush_all = true;
         }
         let linger = self.settings.linger;
         // Bounded: each round either fills a window slot, holds a batch, or finds the
@@ -1074,6 +1086,11 @@ impl<S: FixSource> Publisher<S> {
                 }
             };
             if batch.is_empty() {
+                if *flush_all && !self.held.is_empty() {
+                    let held = std::mem::take(&mut self.held);
+                    self.held_due = None;
+                    self.publish_fixes(client, window, held).await?;
+                }
                 *flush_all = false;
                 return Ok(true);
             }
@@ -1223,11 +1240,11 @@ impl<S: FixSource> Publisher<S> {
         events: &mut mpsc::Receiver<Result<Event, ConnectionError>>,
         window: &mut AckWindow,
     ) -> SessionEnd {
-        if !self.held.is_empty() && window.has_room() {
-            let held = std::mem::take(&mut self.held);
-            self.held_due = None;
-            // A failure here leaves the fixes in the window or released: pending again.
-            let _ = self.publish_fixes(client, window, held).await;
+        if !self.held.is_empty() {
+            // What lingers goes out, with what arrived since (as far as the window takes
+            // it). A failure here leaves the fixes in the window or released: pending again.
+            let mut flush = true;
+            let _ = self.fill(client, window, &mut flush).await;
         }
         let grace_until = Instant::now() + self.settings.shutdown_grace;
         while !window.is_empty() {
