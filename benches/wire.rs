@@ -47,7 +47,7 @@ struct Case {
     mqtt: &'static str,
 }
 
-const CASES: [Case; 6] = [
+const CASES: [Case; 8] = [
     Case {
         name: "every fix, JSON, before: each at once, keep-alive 30 s",
         fixed_rules: false,
@@ -83,6 +83,18 @@ const CASES: [Case; 6] = [
         fixed_rules: false,
         report: "mode = \"adaptive\"\nmax_error_m = 25\n",
         mqtt: "payload = \"cbor\"\nlinger_s = 60\n",
+    },
+    Case {
+        name: "adaptive 10 m, CBOR, linger_s = 120",
+        fixed_rules: false,
+        report: "mode = \"adaptive\"\nmax_error_m = 10\n",
+        mqtt: "payload = \"cbor\"\nlinger_s = 120\n",
+    },
+    Case {
+        name: "adaptive 10 m, CBOR, linger_s = 300",
+        fixed_rules: false,
+        report: "mode = \"adaptive\"\nmax_error_m = 10\n",
+        mqtt: "payload = \"cbor\"\nlinger_s = 300\n",
     },
 ];
 
