@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use support::agent::Agent;
 use support::broker::{free_port, wait_accepting};
 use support::certs::TestPki;
-use support::drives::{fixed_rules, nmea, tour};
+use support::drives::{fixed_rules, nmea, nmea_keeping, tour};
 
 /// Set in the re-executed child that runs inside the network namespace.
 const IN_NETNS: &str = "GPS_AGENT_WIRE_NETNS";
@@ -225,11 +225,16 @@ async fn measure(minutes: Option<u64>, netns: bool) {
         fixes.retain(|f| f.time_ms <= end);
     }
     let hours = (fixes[fixes.len() - 1].time_ms - fixes[0].time_ms + 1000) as f64 / 3.6e6;
-    let kept: Vec<Fix> = fixed_rules(&fixes).into_iter().map(|i| fixes[i]).collect();
+    let kept_at = fixed_rules(&fixes);
+    let kept: Vec<Fix> = kept_at.iter().map(|&i| fixes[i]).collect();
     let all_log = dir.path().join("all.nmea");
     let fixed_log = dir.path().join("fixed.nmea");
     std::fs::write(&all_log, nmea(&fixes)).unwrap();
-    std::fs::write(&fixed_log, nmea(&kept)).unwrap();
+    // Every epoch printed, those fixed rules skip without a fix: the replay keeps the
+    // drive's pace (a log of the kept fixes alone would be replayed with its gaps cut to
+    // the file source's longest pause, 2 s, and look like a faster drive).
+    let kept_set: std::collections::HashSet<usize> = kept_at.iter().copied().collect();
+    std::fs::write(&fixed_log, nmea_keeping(&fixes, |i| kept_set.contains(&i))).unwrap();
 
     // One TLS listener per case, so each agent's connections are told apart by port.
     let ports: Vec<SocketAddr> = CASES.iter().map(|_| free_port()).collect();

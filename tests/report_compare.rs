@@ -10,7 +10,7 @@ mod support;
 
 use gps_agent::report::measure::{max_and_p95, payload_bytes, run, Batching, Run};
 use gps_agent::report::{Counts, Settings};
-use support::drives::{decode, fixed_rules, nmea, tour};
+use support::drives::{decode, fixed_rules, nmea, nmea_keeping, tour};
 
 fn adaptive(max_error_m: f64) -> Settings {
     Settings::adaptive(max_error_m)
@@ -141,4 +141,12 @@ fn the_nmea_printed_for_a_drive_reads_back_as_the_same_fixes() {
         assert!((a.speed_mps.unwrap_or(0.0) - b.speed_mps.unwrap_or(0.0)).abs() < 0.001);
         assert_eq!(a.sats, b.sats);
     }
+    // The fixes fixed rules keep, the other epochs printed without a fix: exactly the kept
+    // ones are accepted.
+    let kept = fixed_rules(&fixes);
+    let set: std::collections::HashSet<usize> = kept.iter().copied().collect();
+    let back = decode(nmea_keeping(&fixes, |i| set.contains(&i)).as_bytes());
+    let times: Vec<i64> = back.iter().map(|f| f.time_ms).collect();
+    let want: Vec<i64> = kept.iter().map(|&i| fixes[i].time_ms).collect();
+    assert_eq!(times, want);
 }

@@ -153,6 +153,14 @@ pub fn fixed_rules(fixes: &[Fix]) -> Vec<usize> {
 /// `fixes` as a receiver would print them: an RMC and a GGA per fix, with checksums, 6
 /// decimals of arc minutes (about 2 mm), so the agent reads back what was written.
 pub fn nmea(fixes: &[Fix]) -> String {
+    nmea_keeping(fixes, |_| true)
+}
+
+/// As [`nmea`], but an epoch whose index `keep` refuses is printed as a receiver without a
+/// fix prints it (RMC status V, GGA quality 0): the agent rejects it (`no_fix`) while its
+/// time still runs at the receiver's rate, so a replay of the fixes fixed rules keep is
+/// paced as the drive was.
+pub fn nmea_keeping(fixes: &[Fix], keep: impl Fn(usize) -> bool) -> String {
     use std::fmt::Write as _;
     fn angle(value: f64, degree_digits: usize, pos: char, neg: char) -> String {
         let hemisphere = if value < 0.0 { neg } else { pos };
@@ -171,9 +179,17 @@ pub fn nmea(fixes: &[Fix]) -> String {
         let _ = write!(out, "${body}*{sum:02X}\r\n");
     }
     let mut out = String::new();
-    for f in fixes {
+    for (i, f) in fixes.iter().enumerate() {
         let t = chrono::DateTime::from_timestamp_millis(f.time_ms).unwrap_or_default();
         let hms = t.format("%H%M%S%.3f");
+        if !keep(i) {
+            line(
+                &mut out,
+                &format!("GPRMC,{hms},V,,,,,,,{},,,N", t.format("%d%m%y")),
+            );
+            line(&mut out, &format!("GPGGA,{hms},,,,,0,00,,,M,,M,,"));
+            continue;
+        }
         let (lat, lon) = (angle(f.lat, 2, 'N', 'S'), angle(f.lon, 3, 'E', 'W'));
         let knots = f.speed_mps.unwrap_or(0.0) * 3600.0 / 1852.0;
         let course = f.course_deg.map_or(String::new(), |c| format!("{c:.2}"));
