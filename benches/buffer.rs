@@ -1,5 +1,5 @@
 //! Buffer throughput with a deep backlog: 1,000,000 fixes already buffered, then appends/s
-//! (each its own commit, a WAL sync every `commit_max`), drained fixes/s (next_batch + ack),
+//! (each to the crash journal, a commit and a WAL sync every `commit_max`), drained fixes/s (next_batch + ack),
 //! file bytes per buffered fix, and RSS before and after (it must not grow with depth). Then
 //! wear: one simulated hour at 1 Hz and at 10 Hz of live traffic (each fix appended, synced
 //! within the second, published and acknowledged), with the commits, syncs and checkpoints
@@ -66,7 +66,7 @@ fn main() {
         ..BufferConfig::default()
     };
     println!(
-        "a commit per fix (WAL, synchronous=NORMAL), a sync every {} s or {} fixes",
+        "each fix to the crash journal; a commit (WAL, synchronous=NORMAL) and a sync every {} s or {} fixes",
         cfg.commit_interval_s, cfg.commit_max
     );
     let (mut buf, _) = Buffer::open(&checked(&cfg)).expect("open");

@@ -207,9 +207,9 @@ pub enum EvictionPolicy {
 #[serde(deny_unknown_fields, default)]
 pub struct BufferConfig {
     pub path: PathBuf,
-    /// Every fix is committed at once (it survives a crash); at most this long later
-    /// (seconds) the WAL is synced, so it survives a power cut too: the loss window on a
-    /// power cut.
+    /// Every fix is in the crash journal at once (it survives a crash); at most this long
+    /// later (seconds) it is committed and the WAL synced, so it survives a power cut too:
+    /// the loss window on a power cut.
     pub commit_interval_s: f64,
     /// Sync after this many fixes even if the interval has not passed.
     pub commit_max: u32,

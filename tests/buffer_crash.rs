@@ -1,8 +1,9 @@
 //! Crashes, as near as a test gets without pulling the plug (that is `tests/powercut.rs`).
 //!
-//! 1. A real `gps-agent buffer crash-writer` process appends at full speed, a commit per fix,
-//!    and is killed with SIGKILL at random moments. After each kill the file must open and
-//!    pass `quick_check`; the seqs acknowledged and the seqs left must together run from 1
+//! 1. A real `gps-agent buffer crash-writer` process appends at full speed (each fix to the
+//!    crash journal, SQLite's commit at each sync), and is killed with SIGKILL at random
+//!    moments. After each kill the buffer is opened as the agent opens it at start (the
+//!    journal's fixes go into the file), then the file must open and pass `quick_check`; the seqs acknowledged and the seqs left must together run from 1
 //!    without a gap (the writer drains the oldest as an uplink would); every seq reported
 //!    committed is there or was acknowledged; no seq whose ack was committed comes back. The
 //!    same file is reused, so each run also proves that numbering continues after recovery.
@@ -20,7 +21,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use support::agent::{parse_times, stored_rows, Agent};
+use support::agent::{parse_times, recover_buffer, stored_rows, Agent};
 use support::relay::Relay;
 use support::Prng;
 
@@ -94,9 +95,10 @@ fn run_and_kill(db: &Path, delay: Duration) -> Reported {
     reader.join().unwrap()
 }
 
-/// Checks the file after a kill against everything the writers reported so far (`acked_*`
-/// accumulated over the runs); returns the highest seq in the file.
+/// Checks the file after a kill and the recovery against everything the writers reported so
+/// far (`acked_*` accumulated over the runs); returns the highest seq in the file.
 fn check_file(db: &Path, committed: u64, acked_durable: u64, acked_issued: u64, run: usize) -> u64 {
+    recover_buffer(db);
     let conn = rusqlite::Connection::open(db).unwrap();
     let check: String = conn
         .query_row("PRAGMA quick_check", [], |r| r.get(0))

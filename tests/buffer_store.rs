@@ -108,8 +108,8 @@ fn a_fix_is_committed_at_once_and_handed_out_only_once_synced() {
     assert_eq!(buf.committed_seq(), 1, "survives the process at once");
     assert_eq!(
         all_seqs(&dir.path().join("buffer.db")),
-        vec![1],
-        "another connection sees it: it is in the file"
+        Vec::<u64>::new(),
+        "in the crash journal; SQLite's transaction commits at the sync"
     );
     let mut out = Vec::new();
     buf.next_batch(10, &mut out).unwrap();
@@ -123,6 +123,46 @@ fn a_fix_is_committed_at_once_and_handed_out_only_once_synced() {
     assert_eq!(buf.synced_seq(), 1);
     buf.next_batch(10, &mut out).unwrap();
     assert_eq!(seqs(&out), vec![1]);
+}
+
+#[test]
+fn appended_fixes_survive_the_process_before_any_sync_and_numbering_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
+    let t0 = Instant::now();
+    for i in 0..3 {
+        assert_eq!(buf.append(&fix(i), t0).unwrap().synced_upto, None);
+    }
+    // What a SIGKILL would leave now: the files as the kernel has them (a copy while the
+    // buffer is open; its transaction is not committed).
+    let crashed = tempfile::tempdir().unwrap();
+    for suffix in ["", "-wal", "-fixlog"] {
+        let name = format!("buffer.db{suffix}");
+        std::fs::copy(dir.path().join(&name), crashed.path().join(&name)).unwrap();
+    }
+    let c2 = cfg(crashed.path());
+    assert!(
+        all_seqs(&c2.path).is_empty(),
+        "nothing committed to the file"
+    );
+    let (mut again, _) = Buffer::open(&checked(&c2)).unwrap();
+    assert_eq!(again.stream(), buf.stream());
+    assert_eq!(all_seqs(&c2.path), vec![1, 2, 3], "stored at open");
+    assert_eq!(again.synced_seq(), 3, "and synced: they may be handed out");
+    assert_eq!(again.append(&fix(3), t0).unwrap().seq, Some(4));
+    again.commit().unwrap();
+    let mut out = Vec::new();
+    again.next_batch(10, &mut out).unwrap();
+    assert_eq!(seqs(&out), vec![1, 2, 3, 4]);
+    assert_eq!(out[2].fix, fix(2), "the journal keeps a fix as it was");
+    drop(again);
+    let (third, _) = Buffer::open(&checked(&c2)).unwrap();
+    assert_eq!(
+        third.committed_seq(),
+        4,
+        "a journal emptied by the sync adds nothing"
+    );
 }
 
 #[test]

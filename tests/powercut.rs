@@ -4,10 +4,12 @@
 //! order; see the shim's header). At a cut it rewrites the files to one such outcome and ends
 //! the process at once, as the power would.
 //!
-//! 1. `gps-agent buffer crash-writer` appends (a commit per fix, a sync every 20 fixes),
+//! 1. `gps-agent buffer crash-writer` appends (each fix to the crash journal, a commit and a
+//!    sync every 20 fixes),
 //!    drains the oldest, checkpoints often, and is cut at a random write or sync;
 //!    2,000 cuts by default in two lanes (`GPS_AGENT_POWERCUTS=N` for more). After each cut
-//!    the file opens, `integrity_check` passes, the stream is the same, the seqs left run
+//!    the buffer is opened as the agent opens it at start (what the crash journal kept goes
+//!    into the file, nothing is moved aside), then the file opens, `integrity_check` passes, the stream is the same, the seqs left run
 //!    without a gap, every seq the writer reported synced is there or was acknowledged, no
 //!    fix whose acknowledgement was synced comes back, and the next run numbers on from the
 //!    file's last seq. The files live in `/dev/shm` when it exists: the shim, not the disk,
@@ -25,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use support::agent::{stored_rows, Agent};
+use support::agent::{recover_buffer, stored_rows, Agent};
 use support::relay::Relay;
 use support::shim::powercut_shim;
 use support::Prng;
@@ -207,6 +209,7 @@ fn lane(lane_no: u64, from: u64, to: u64) -> u64 {
             "{replay}: the writer did not end at the cut"
         );
         let db = dir.path().join("buffer.db");
+        recover_buffer(&db);
         let moved: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())

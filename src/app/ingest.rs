@@ -1,22 +1,25 @@
 //! The ingest thread: receiver bytes to stored fixes.
 //!
-//! In: byte chunks from the GNSS source's bounded channel. Out: the accepted fixes the report
-//! stage keeps ([`crate::report`]) appended to the [`Store`](crate::buffer::store::Store),
-//! rejections and dropped fixes counted, the uplink woken after each commit, and the GNSS and
+//! In: the receiver's bytes: a serial port read by this thread itself, or a replayed log's
+//! chunks from its reader thread's bounded channel. Out: the accepted fixes the report stage
+//! keeps ([`crate::report`]) appended to the [`Store`](crate::buffer::store::Store),
+//! rejections and dropped fixes counted, the uplink woken after each sync, and the GNSS and
 //! buffer status published on the board whenever they change. One blocking thread, because
-//! decoding is cheap and the buffer's sync is a blocking fsync.
+//! decoding is cheap and the buffer's sync is a blocking fsync; one wake per epoch.
 //!
-//! **When downstream stalls** (a slow disk holding a commit), this thread waits and the
-//! source's channel (32 chunks of up to 1 KiB, ~34 s at 9600 baud) absorbs it; the serial
-//! reader never blocks on it: when the channel is full it drops the chunk and counts it in
-//! the source's status, which `/health` shows. It never exits on bad data; it ends when the
-//! stop flag is raised (then the decoder is flushed and the buffer committed).
+//! **When downstream stalls** (a slow disk holding a sync), this thread waits and the port
+//! goes unread meanwhile: the kernel keeps the receiver's bytes in the tty's buffers (the
+//! line discipline's 4 KiB and the driver's flip buffers, at least 64 KiB: over a minute of a
+//! 9600-baud receiver, several seconds of a 115200-baud one sending flat out). What would
+//! overflow them is lost before the agent sees it and shows as a broken sentence at the
+//! splice (counted). It never exits on bad data; it ends when the stop flag is raised (then
+//! the decoder is flushed and the buffer committed).
 
 use crate::buffer::store::SharedStore;
 use crate::config::{ReportConfig, ValidateConfig};
 use crate::error::Classified;
 use crate::fix::Fix;
-use crate::gnss::source::SourceHandle;
+use crate::gnss::source::{Next, SourceHandle, SourceStatus};
 use crate::gnss::{Decoded, Decoder, SentenceStats};
 use crate::health::metrics::Metrics;
 use crate::rejection::Reason;
@@ -24,7 +27,7 @@ use crate::report::{Kept, Policy};
 use crate::status::{GnssStatus, LastFix, StatusBoard};
 use crate::validate::{Validator, Verdict};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -66,7 +69,7 @@ impl Ingest {
     /// stops the source. Returns the fixes accepted.
     pub fn run(self) -> u64 {
         let Ingest {
-            source,
+            mut source,
             store,
             metrics,
             board,
@@ -81,7 +84,7 @@ impl Ingest {
         let mut stage = Stage {
             validator: Validator::new(validate),
             reporting: Reporting::new(&report),
-            source: &source,
+            source: Arc::clone(&source.status),
             store: &store,
             metrics: &metrics,
             board: &board,
@@ -127,8 +130,8 @@ impl Ingest {
             if source_done {
                 std::thread::sleep(wait);
             } else {
-                match source.chunks.recv_timeout(wait) {
-                    Ok(chunk) => {
+                match source.next_chunk(wait) {
+                    Next::Chunk(chunk) => {
                         decoder.feed(&chunk, &mut |e| events.push(e));
                         if let Some(t) = decoder.latest_time_of_day_ms() {
                             source.status.note_receiver_time(t);
@@ -136,14 +139,14 @@ impl Ingest {
                         last_bytes_at = Instant::now();
                         quiet_flushed = false;
                     }
-                    Err(RecvTimeoutError::Timeout) => {
+                    Next::Quiet => {
                         if !quiet_flushed && last_bytes_at.elapsed() >= EPOCH_QUIET {
                             decoder.line_quiet(&mut |e| events.push(e));
                             quiet = true;
                             quiet_flushed = true;
                         }
                     }
-                    Err(RecvTimeoutError::Disconnected) => {
+                    Next::Done => {
                         // A replayed log ended: keep the agent running (it still drains).
                         decoder.finish(&mut |e| events.push(e));
                         quiet = true;
@@ -158,7 +161,7 @@ impl Ingest {
         stage.pass(&mut events, &decoder, Instant::now(), true, true);
         let accepted = stage.validator.accepted();
         drop(stage);
-        drop(source.chunks);
+        source.close();
         accepted
     }
 }
@@ -196,7 +199,7 @@ impl Reporting {
 struct Stage<'a> {
     validator: Validator,
     reporting: Reporting,
-    source: &'a SourceHandle,
+    source: Arc<SourceStatus>,
     store: &'a SharedStore,
     metrics: &'a Metrics,
     board: &'a StatusBoard,
@@ -385,11 +388,13 @@ impl Stage<'_> {
 
     /// The source's condition joins what ingest counted; published when it changed.
     fn publish(&mut self) {
-        let status = &self.source.status;
+        let status = &self.source;
+        // The error first: the source counts an outage before it records its error, so the
+        // counts read after it include the one it is about.
+        self.gnss.last_error = status.last_error();
         self.gnss.connected = status.connected();
         self.gnss.outages = status.outages() + status.stuck_events();
         self.gnss.dropped_chunks = status.dropped_chunks();
-        self.gnss.last_error = status.last_error();
         let current = self.gnss.clone();
         self.board.gnss(|g| {
             if *g != current {

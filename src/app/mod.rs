@@ -1,9 +1,9 @@
 //! `gps-agent run`: the stages joined into one agent.
 //!
 //! ```text
-//!  serial/file source ──chunks──> ingest thread ──append──> Store (SQLite buffer)
-//!   (reader thread,     (bounded,   decode, validate          │        ▲
-//!    never blocks)       64)                                   │ batches│ acks
+//!  serial port ──read by──> ingest thread ──append──> Store (SQLite buffer + crash journal)
+//!  (or a log file's        decode, validate,        │        ▲
+//!   reader thread)         report                   │ batches│ acks
 //!                                                              ▼        │
 //!                                            uplink (Publisher over Link) ──> MQTT broker
 //!  each stage publishes its status on the StatusBoard when it changes; /health and /metrics
@@ -311,10 +311,12 @@ pub async fn run(
 
 fn spawn_source(cfg: &Settings, stop: Arc<AtomicBool>) -> Result<SourceHandle, String> {
     let spawned = match &cfg.gnss.source {
-        GnssSource::Serial { path, baud } => serial::spawn(
-            serial::SerialSettings::new(path.clone(), *baud, cfg.gnss.stuck_after),
-            stop,
-        ),
+        // Read by the ingest thread itself: one wake per epoch, not two.
+        GnssSource::Serial { path, baud } => Ok(serial::direct(serial::SerialSettings::new(
+            path.clone(),
+            *baud,
+            cfg.gnss.stuck_after,
+        ))),
         GnssSource::File { path, pace } => file::spawn(
             file::FileSettings {
                 path: path.clone(),

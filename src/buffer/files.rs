@@ -11,11 +11,14 @@
 //! as zeros only once a page is not in SQLite's cache any more. One `stat` of the main file
 //! per commit catches both: another inode (or none) at the path, or a size smaller than
 //! seen before (the main file never shrinks: no `VACUUM`, no `auto_vacuum`, and a checkpoint
-//! only grows it). The `-wal` and `-shm` are compared at each sync.
+//! only grows it). After each append the cheaper half of it: an `fstat` of an `O_PATH`
+//! descriptor of the main file (no path lookup; unlinked, by `rm` or a file renamed over it,
+//! or shorter). The path itself, the `-wal` and the `-shm` are compared at each sync and
+//! once a second.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// A file's identity: device and inode.
@@ -54,6 +57,9 @@ pub(crate) enum Verdict {
 #[derive(Debug)]
 pub(crate) struct Watch {
     db: FileId,
+    /// The main file, opened `O_PATH`: only for `fstat`. Closing such a descriptor does not
+    /// drop SQLite's POSIX locks on the file, as closing a readable one would.
+    db_path_fd: File,
     /// Largest size of the main file seen.
     db_len: u64,
     /// Our own descriptor of the WAL SQLite writes: `fdatasync` on it flushes the same inode.
@@ -72,7 +78,11 @@ impl Watch {
     /// Takes the identities of the files SQLite just opened at `path` (the WAL exists once a
     /// WAL-mode file has been read).
     pub(crate) fn new(path: &Path) -> io::Result<Watch> {
-        let meta = std::fs::metadata(path)?;
+        let db_path_fd = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_CLOEXEC)
+            .open(path)?;
+        let meta = db_path_fd.metadata()?;
         let wal = File::open(with_suffix(path, "-wal"))?;
         let wal_id = FileId::of(&wal.metadata()?);
         let shm = std::fs::metadata(with_suffix(path, "-shm"))
@@ -80,6 +90,7 @@ impl Watch {
             .map(|m| FileId::of(&m));
         Ok(Watch {
             db: FileId::of(&meta),
+            db_path_fd,
             db_len: meta.len(),
             wal,
             wal_id,
@@ -103,6 +114,24 @@ impl Watch {
             Ok(_) => Verdict::Gone { which: "db" },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Verdict::Gone { which: "db" },
             // Cannot look (permissions changed, I/O error): the writes will tell.
+            Err(_) => Verdict::Fine,
+        }
+    }
+
+    /// The open main file, without a path lookup: unlinked (deleted, or replaced by a file
+    /// renamed over it) or shorter than before. A file renamed away is the path's check.
+    pub(crate) fn check_open(&mut self) -> Verdict {
+        match self.db_path_fd.metadata() {
+            Ok(meta) if meta.nlink() == 0 => Verdict::Gone { which: "db" },
+            Ok(meta) if meta.len() < self.db_len => Verdict::Shrunk {
+                was: self.db_len,
+                now: meta.len(),
+            },
+            Ok(meta) => {
+                self.db_len = meta.len();
+                Verdict::Fine
+            }
+            // Cannot look: the path's check and the writes will tell.
             Err(_) => Verdict::Fine,
         }
     }

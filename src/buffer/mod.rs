@@ -9,28 +9,30 @@
 //! seq within a stream, never delete a file that holds fixes (only its own temporary ones),
 //! and never panic on an I/O error.
 //!
-//! **Two tiers of durability.** Each fix is committed as it is appended, in a transaction of
-//! its own, with the file in WAL mode and `synchronous = NORMAL`: the commit is a `write` of
-//! the WAL frame into the kernel, no `fsync`, so the fix survives the process (SIGKILL, OOM,
-//! panic) at once. At most `commit_interval_s` later (or after `commit_max` fixes, or at once
-//! after SIGPWR, see [`Buffer::power_fail`]) one `fdatasync` of the WAL makes everything
-//! committed survive a power cut too. Only fixes that survive a power cut are handed to the
-//! uplink: a seq the broker has seen can never come back after a cut and be given to another
-//! fix. Acknowledgements are not urgent (a lost one is a duplicate, never a loss): their
-//! deletes ride along in the next fix's transaction, so live traffic costs one WAL frame per
-//! fix, not two. The WAL is checkpointed into the main file at a sync once it holds ~1000
-//! frames (SQLite syncs the WAL before and the main file after).
+//! **Two tiers of durability.** Each appended fix is inserted into a write transaction that
+//! stays open until the next sync, and written, as one `write` of 88 bytes, to the crash
+//! journal beside the file (`<path>-fixlog`, see `journal.rs`): in the kernel when `append`
+//! returns, so the fix survives the process (SIGKILL, OOM, panic) at once, and the agent's
+//! next start stores what the journal holds. At most `commit_interval_s` later (or after
+//! `commit_max` fixes, or at once after SIGPWR, see [`Buffer::power_fail`]) the transaction
+//! commits (a `write` of its WAL frames, the file in WAL mode with `synchronous = NORMAL`),
+//! one `fdatasync` of the WAL makes it survive a power cut too, and the journal is emptied.
+//! Only fixes that survive a power cut are handed to the uplink: a seq the broker has seen
+//! can never come back after a cut and be given to another fix. Acknowledgements are not
+//! urgent (a lost one is a duplicate, never a loss): their deletes ride along in the next
+//! transaction. The WAL is checkpointed into the main file at a sync once it holds ~1000
+//! frames (SQLite syncs the WAL before and the main file after). Another connection (the
+//! `buffer` CLI beside the running daemon) sees a fix once its transaction committed: within
+//! `commit_interval_s`. Where the journal cannot be opened or written, each fix is committed
+//! on its own, as an earlier version did for all of them: the same guarantees at about ten
+//! more system calls per fix.
 //!
-//! **Wear.** What reaches the flash is each commit's WAL frame (mostly one page per fix, so new
-//! files use 1 KiB pages, see [`schema`]) plus the checkpoints, which copy the few pages those
-//! frames changed into the main file. Per hour of live traffic: at 1 Hz 3,600 commits, about
-//! 1,800 `fdatasync`s, 5 checkpoints, 5.4 MiB handed to the kernel (12.5 MiB of 4 KiB pages
-//! written out); at 10 Hz 36,000 commits, about 3,300 `fdatasync`s, 38 checkpoints, 39 MiB (52
-//! MiB). The group commit before this wrote 28 MiB (42 MiB) at either rate with 3,600 fsyncs.
-//! A file made with 4 KiB pages by an earlier version writes two to four times as much per
-//! fix. `cargo bench --bench buffer` prints these figures. **Loss windows:** SIGKILL: none of
-//! what was appended; power cut: at most `commit_interval_s` of fixes (or `commit_max`, if
-//! fewer).
+//! **Wear.** What reaches the flash is each sync's WAL frames (the pages the interval's fixes
+//! changed, so new files use 1 KiB pages, see [`schema`]), the checkpoints, which copy those
+//! pages into the main file, and the journal's 88 bytes per fix (dropped from the page cache
+//! by the truncation before writeback most of the time). `cargo bench --bench buffer` prints
+//! the commits, syncs and checkpoints. **Loss windows:** SIGKILL: none of what was appended;
+//! power cut: at most `commit_interval_s` of fixes (or `commit_max`, if fewer).
 //!
 //! **Seq.** A fix gets `seq = last_seq + 1` inside the transaction that stores it; if that
 //! transaction rolls back, the counter goes back too, so no gap is left. `meta.last_seq` is
@@ -58,6 +60,7 @@
 mod error;
 mod file_ops;
 mod files;
+mod journal;
 mod rescue;
 pub mod schema;
 pub mod store;
@@ -74,6 +77,7 @@ pub use crate::status::Rescues;
 use crate::status::{BufferStatus, LastError, Status};
 use error::{classify, failure_of, Failure};
 use files::{Verdict, Watch};
+use journal::Journal;
 use rusqlite::{Connection, OptionalExtension};
 use schema::{
     data_version, insert_fix, read_meta_u64, read_stream, row_to_fix, Unusable, FIX_COLUMNS,
@@ -155,6 +159,8 @@ struct OpenTx {
     acks_applied: usize,
     /// It deleted the row of the newest seq, so `meta.last_seq` must be written.
     deleted_newest: bool,
+    /// The fixes `append` stored in it, with their seqs: unsynced once it commits.
+    appended: Vec<StoredFix>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +239,14 @@ pub struct Buffer {
     /// Stamps `last_error` (the wall clock of the agent's one clock).
     clock: Clock,
     looked_up: std::cell::Cell<Option<LookedUp>>,
+    /// The crash journal: appended fixes survive the process through it while their
+    /// transaction stays open until the sync. `None` when it could not be opened: then each
+    /// fix is committed on its own.
+    journal: Option<Journal>,
+    /// A journal write failed: each fix is committed on its own until a sync empties it.
+    journal_failed: bool,
+    /// The last seq written to the journal (of the current stream).
+    journaled_seq: u64,
 }
 
 /// What the buffer asked of the disk so far (the wear bench prints it).
@@ -427,7 +441,12 @@ impl Buffer {
             io: IoCounts::default(),
             clock,
             looked_up: std::cell::Cell::new(None),
+            journal: None,
+            journal_failed: false,
+            journaled_seq: 0,
         };
+        let mut buffer = buffer;
+        buffer.replay_journal(now);
         Ok((buffer, report))
     }
 
@@ -446,9 +465,10 @@ impl Buffer {
         &self.path
     }
 
-    /// The last seq committed: it survives the process.
+    /// The last seq that survives the process: committed to the file, or written to the
+    /// crash journal.
     pub fn committed_seq(&self) -> u64 {
-        self.committed.last_seq
+        self.committed.last_seq.max(self.journaled_seq)
     }
 
     /// The last seq synced: it survives a power cut, and fixes up to it are handed out.
@@ -456,9 +476,9 @@ impl Buffer {
         self.synced_seq
     }
 
-    /// Stores a fix: committed at once (it survives the process), synced when the interval,
-    /// `commit_max` or a power failure says so. Never loses it on a disk failure: it then
-    /// waits in the memory ring.
+    /// Stores a fix: in the crash journal at once (it survives the process), committed and
+    /// synced when the interval, `commit_max` or a power failure says so. Never loses it on a
+    /// disk failure: it then waits in the memory ring.
     pub fn append(&mut self, fix: &Fix, now: Instant) -> Result<Appended, BufferError> {
         self.last_now = now;
         if self.disk != Disk::Writable || !self.ring.is_empty() {
@@ -476,14 +496,21 @@ impl Buffer {
                 tx.fixes.push(*fix);
             }
             let seq = self.insert(fix)?;
-            self.commit_open(now)?;
+            if let Some(tx) = self.tx.as_mut() {
+                tx.appended.push(StoredFix { seq, fix: *fix });
+            }
+            if self.journal_append(seq, fix) {
+                // In the journal: it survives the process; SQLite commits at the sync.
+                self.dirty_since.get_or_insert(now);
+            } else {
+                self.commit_open(now)?;
+            }
             Ok(seq)
         })();
         match result {
             Ok(seq) => {
-                self.unsynced.push(StoredFix { seq, fix: *fix });
                 let stream_before = self.rescues.quarantined;
-                self.look(now);
+                self.look_open(now);
                 let synced_upto = if self.disk == Disk::Writable && self.sync_due(now) {
                     self.sync_or_hold(now)
                 } else {
@@ -610,6 +637,11 @@ impl Buffer {
             });
         }
         Ok(synced)
+    }
+
+    /// Acknowledgements whose deletes no commit has written yet.
+    pub fn acks_waiting(&self) -> usize {
+        self.acked.len()
     }
 
     /// Fixes that would be lost if the process ended now: those held in memory only, and
@@ -784,6 +816,11 @@ impl Buffer {
     /// acknowledgements are written first). Returns how many.
     pub fn requeue_dead_letters(&mut self) -> Result<u64, BufferError> {
         let now = self.last_now;
+        if self.tx.is_some() {
+            if let Err(e) = self.commit_open(now) {
+                return Err(self.fail(e, "commit", now));
+            }
+        }
         self.flush_acks(now);
         if self.disk != Disk::Writable {
             return Err(BufferError::DiskFull {
@@ -1136,7 +1173,8 @@ impl Buffer {
         }
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         self.io.commits += 1;
-        let tx = self.tx.take().unwrap_or_default();
+        let mut tx = self.tx.take().unwrap_or_default();
+        self.unsynced.append(&mut tx.appended);
         for seq in self.acked.drain(..tx.acks_applied.min(self.acked.len())) {
             self.in_flight.remove(&seq);
         }
@@ -1153,14 +1191,22 @@ impl Buffer {
         let Some(since) = self.dirty_since else {
             return false;
         };
+        let open = self.tx.as_ref().map_or(0, |tx| tx.appended.len());
         now.saturating_duration_since(since) >= self.sync_interval
-            || self.unsynced.len() >= self.sync_max
+            || self.unsynced.len() + open >= self.sync_max
             || self.power_fail_until.is_some_and(|until| now < until)
     }
 
     /// Syncs the WAL (and checkpoints when it is long). Returns the synced seq, or `None`
     /// when the sync failed (the disk is then failing).
     fn sync_or_hold(&mut self, now: Instant) -> Option<u64> {
+        // The fixes the journal holds go into the file first, in one transaction.
+        if self.tx.is_some() {
+            if let Err(e) = self.commit_open(now) {
+                self.fail(e, "commit", now);
+                return None;
+            }
+        }
         let verdict = self.watch.check_all(&self.path);
         if verdict != Verdict::Fine && self.restore_retry.is_none_or(|at| now >= at) {
             // The rescue leaves a new, synced file behind, or the old one to retry.
@@ -1177,6 +1223,7 @@ impl Buffer {
         self.dirty_since = None;
         self.synced_seq = self.committed.last_seq;
         self.unsynced.clear();
+        self.clear_journal();
         self.over_bytes = self
             .used_bytes()
             .map(|u| u > self.max_bytes)
@@ -1224,6 +1271,21 @@ impl Buffer {
         }
     }
 
+    /// After an append: is the open file still linked and whole? One `fstat`, no path
+    /// lookup (the path itself is looked at each sync and once a second).
+    fn look_open(&mut self, now: Instant) {
+        if self.rescuing
+            || self.quarantine_due.is_some()
+            || self.restore_retry.is_some_and(|at| now < at)
+        {
+            return;
+        }
+        let verdict = self.watch.check_open();
+        if verdict != Verdict::Fine {
+            self.on_verdict(verdict, now);
+        }
+    }
+
     /// After a commit: is the path still our file? One `stat`.
     fn look(&mut self, now: Instant) {
         if self.rescuing
@@ -1241,7 +1303,16 @@ impl Buffer {
     fn on_verdict(&mut self, verdict: Verdict, now: Instant) {
         match verdict {
             Verdict::Fine => {}
-            Verdict::Gone { which } => self.restore(which, now),
+            Verdict::Gone { which } => {
+                // The copy is made of what is committed: the journal's fixes go in first.
+                if self.tx.is_some() {
+                    if let Err(e) = self.commit_open(now) {
+                        self.fail(e, "commit", now);
+                        return;
+                    }
+                }
+                self.restore(which, now)
+            }
             Verdict::Shrunk { was, now: len } => self.quarantine(
                 format!("the file shrank from {was} to {len} bytes while open (truncated?)"),
                 now,
@@ -1355,6 +1426,120 @@ impl Buffer {
             }
         }
         self.current = self.committed;
+    }
+
+    /// Writes the appended fix to the crash journal. `false` when there is none, or it failed
+    /// (then the fix's transaction must commit now, and each fix after it until a sync
+    /// empties the journal).
+    fn journal_append(&mut self, seq: u64, fix: &Fix) -> bool {
+        if self.journal_failed {
+            return false;
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return false;
+        };
+        match journal.append(seq, fix) {
+            Ok(()) => {
+                self.journaled_seq = seq;
+                true
+            }
+            Err(e) => {
+                warn!(component = "buffer", path = %journal.path().display(), error = %e,
+                    "crash journal write failed; committing each fix until the next sync");
+                self.journal_failed = true;
+                false
+            }
+        }
+    }
+
+    /// After a sync: everything the journal held is durable in the file (unless fixes wait in
+    /// the ring, which the journal may still be the only copy of on disk).
+    fn clear_journal(&mut self) {
+        if self.tx.is_some() || !self.ring.is_empty() {
+            return;
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        match journal.clear() {
+            Ok(()) => self.journal_failed = false,
+            Err(e) => {
+                // It would only grow: commit each fix on its own from here.
+                warn!(component = "buffer", path = %journal.path().display(), error = %e,
+                    "crash journal cannot be emptied; committing each fix on its own");
+                self.journal = None;
+            }
+        }
+    }
+
+    /// A new stream began (a damaged file was replaced): the journal's next records are its.
+    pub(super) fn journal_new_stream(&mut self) {
+        self.journaled_seq = 0;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.set_stream(&self.stream);
+        }
+    }
+
+    /// At open: the fixes a crash left in the journal and not in the file go in, then a
+    /// sync empties it. Records of this stream the file already has are skipped; records of
+    /// another stream (the file was replaced since) or after a gap are stored as new fixes,
+    /// with the next seqs, rather than lost.
+    fn replay_journal(&mut self, now: Instant) {
+        // Room for a sync interval's fixes, and some over for the appends of a failing sync.
+        let room = self.sync_max.saturating_add(64);
+        let (journal, found) = match Journal::open(&self.path, &self.stream, room) {
+            Ok(opened) => opened,
+            Err(e) => {
+                warn!(component = "buffer", path = %journal::path_of(&self.path).display(),
+                    error = %e, "crash journal unusable; committing each fix on its own");
+                return;
+            }
+        };
+        let tag = journal.tag();
+        let empty = journal.is_empty();
+        self.journal = Some(journal);
+        let last = self.committed.last_seq;
+        let (mut replayed, mut renumbered) = (0u64, 0u64);
+        let mut pending = found
+            .iter()
+            .filter(|(t, seq, _)| *t != tag || *seq > last)
+            .peekable();
+        if pending.peek().is_some() {
+            let result = (|| -> rusqlite::Result<()> {
+                self.begin(now)?;
+                for (t, seq, fix) in pending {
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.fixes.push(*fix);
+                    }
+                    if *t != tag || *seq != self.current.last_seq + 1 {
+                        renumbered += 1;
+                    }
+                    let stored = self.insert(fix)?;
+                    if let Some(tx) = self.tx.as_mut() {
+                        tx.appended.push(StoredFix {
+                            seq: stored,
+                            fix: *fix,
+                        });
+                    }
+                    replayed += 1;
+                }
+                self.commit_open(now)
+            })();
+            if let Err(e) = result {
+                self.fail(e, "replay journal", now);
+                return;
+            }
+            info!(
+                component = "buffer",
+                replayed,
+                renumbered,
+                last_seq = self.committed.last_seq,
+                "fixes the crash journal held stored in the buffer"
+            );
+        }
+        if (replayed > 0 || !empty) && self.disk == Disk::Writable {
+            self.sync_or_hold(now);
+        }
     }
 
     fn hold_in_ring(&mut self, fix: Fix) {

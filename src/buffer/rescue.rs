@@ -192,6 +192,7 @@ impl Buffer {
         // The new file from here; the old connection only for the salvage.
         let old = std::mem::replace(&mut self.conn, opened.conn);
         let old_stream = std::mem::replace(&mut self.stream, opened.stream);
+        self.journal_new_stream();
         let old_synced = self.synced_seq;
         let unsynced = std::mem::take(&mut self.unsynced);
         let acked: BTreeSet<u64> = self.acked.drain(..).collect();

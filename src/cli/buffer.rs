@@ -177,12 +177,14 @@ fn crash_writer(
         let appended = buf.append(&fix, Instant::now())?;
         // Printed only after the call returned: the parent may rely on each line.
         let mut lines = String::new();
-        if let Some(seq) = appended.seq {
-            // This append's transaction wrote the acknowledgements issued before it.
+        if acked_issued.is_some() && buf.acks_waiting() == 0 {
+            // A commit wrote the deletes of the acknowledgements issued before it.
             if let Some(acked) = acked_issued.take() {
                 lines.push_str(&format!("a {acked}\n"));
                 acked_committed = Some(acked);
             }
+        }
+        if let Some(seq) = appended.seq {
             lines.push_str(&format!("c {seq}\n"));
         }
         let Some(synced) = appended.synced_upto else {

@@ -100,7 +100,7 @@ impl Collector for BoardSeries {
             ),
             (
                 "gnss_dropped_chunks",
-                "Receiver byte chunks dropped because ingest was not keeping up (a burst of up to 1 KiB each)",
+                "Receiver byte chunks a source's reader thread dropped because ingest was not keeping up (up to 1 KiB each; a serial port read by ingest itself drops none: the kernel holds its bytes)",
                 None,
                 gnss.dropped_chunks,
             ),

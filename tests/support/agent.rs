@@ -429,3 +429,20 @@ pub fn read_log(path: &Path) -> Vec<serde_json::Value> {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect()
 }
+
+/// What the agent does first at its next start, after a crash or a power cut: open the buffer,
+/// which stores what the crash journal kept and syncs it (no eviction, as the crash writer
+/// runs). Nothing to do when the file did not survive.
+pub fn recover_buffer(db: &Path) {
+    if !db.exists() {
+        return;
+    }
+    let cfg = gps_agent::config::BufferSettings {
+        path: db.to_path_buf(),
+        max_fixes: std::num::NonZeroU64::MAX,
+        max_bytes: u64::MAX / 2,
+        ..gps_agent::config::BufferSettings::default()
+    };
+    let (buf, _) = gps_agent::buffer::Buffer::open(&cfg).unwrap();
+    drop(buf);
+}

@@ -47,11 +47,7 @@ pub fn spawn(settings: FileSettings, stop: Arc<AtomicBool>) -> io::Result<Source
             }
             thread_status.set_connected(false);
         })?;
-    Ok(SourceHandle {
-        chunks,
-        status,
-        thread,
-    })
+    Ok(SourceHandle::threaded(chunks, status, thread))
 }
 
 fn run(

@@ -1,9 +1,11 @@
 //! Sources: where receiver bytes come from, a serial port ([`serial`]) or a replayed log
 //! ([`file`]), in one common shape.
 //!
-//! Each source is one blocking reader thread. It sends fixed-size byte chunks ([`Chunk`], no
-//! heap) into a bounded `sync_channel` that the consumer drains into a
-//! [`Decoder`](super::Decoder), and keeps its condition in a shared [`SourceStatus`]
+//! A source hands fixed-size byte chunks ([`Chunk`], no heap) to its consumer, which feeds
+//! them to a [`Decoder`](super::Decoder): a serial port is read in the consumer's own thread
+//! ([`serial::direct`], the daemon: one wake per epoch), or by a reader thread of its own
+//! through a bounded `sync_channel` ([`serial::spawn`], [`file::spawn`]). Either way it keeps
+//! its condition in a shared [`SourceStatus`]
 //! (connected, outages, stuck events, last error, per-code error counts) for health
 //! reporting. A source never decodes and never decides what a fix is; it stops promptly when
 //! its stop flag is raised or its consumer hangs up.
@@ -13,7 +15,7 @@ pub mod serial;
 pub mod stuck;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -159,23 +161,88 @@ impl SourceStatus {
     }
 }
 
-/// A running source: drain `chunks`; watch `status`; raise the stop flag and `join` to end.
+/// What [`SourceHandle::next_chunk`] got.
+#[derive(Debug)]
+// A chunk moves by value, as it does through the channel: no heap on the hot path.
+#[allow(clippy::large_enum_variant)]
+pub enum Next {
+    Chunk(Chunk),
+    /// Nothing within the wait.
+    Quiet,
+    /// The source ended (a replayed log is over, or its reader thread stopped).
+    Done,
+}
+
+/// A running source: take its bytes with [`next_chunk`](Self::next_chunk) (or drain
+/// `chunks` of a threaded one); watch `status`; raise the stop flag and `join` to end.
 #[derive(Debug)]
 pub struct SourceHandle {
+    /// A threaded source's channel (a direct one's is closed and empty).
     pub chunks: Receiver<Chunk>,
     pub status: Arc<SourceStatus>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
+    /// A serial port read in the consumer's own thread.
+    direct: Option<serial::SerialReader>,
 }
 
 impl SourceHandle {
-    /// Wait for the reader thread (after raising its stop flag, or at end of a file).
-    pub fn join(self) {
+    fn threaded(
+        chunks: Receiver<Chunk>,
+        status: Arc<SourceStatus>,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        SourceHandle {
+            chunks,
+            status,
+            thread: Some(thread),
+            direct: None,
+        }
+    }
+
+    fn direct(reader: serial::SerialReader, status: Arc<SourceStatus>) -> Self {
+        let (_, chunks) = std::sync::mpsc::sync_channel(0);
+        SourceHandle {
+            chunks,
+            status,
+            thread: None,
+            direct: Some(reader),
+        }
+    }
+
+    /// The next bytes, waiting at most `wait`.
+    pub fn next_chunk(&mut self, wait: Duration) -> Next {
+        if let Some(reader) = self.direct.as_mut() {
+            return reader.next(wait).map_or(Next::Quiet, Next::Chunk);
+        }
+        match self.chunks.recv_timeout(wait) {
+            Ok(chunk) => Next::Chunk(chunk),
+            Err(RecvTimeoutError::Timeout) => Next::Quiet,
+            Err(RecvTimeoutError::Disconnected) => Next::Done,
+        }
+    }
+
+    /// Wait for the reader thread (after raising its stop flag, or at end of a file); a
+    /// direct source's port is closed.
+    pub fn join(mut self) {
+        if let Some(reader) = self.direct.as_mut() {
+            reader.close();
+        }
         // A panicking reader thread already printed its message; nothing more to do here.
-        let _ = self.thread.join();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// The consumer is done: a direct source's port is closed; a threaded source's channel
+    /// is dropped, so its thread ends at its next hand-over (its stop flag is raised too).
+    pub fn close(mut self) {
+        if let Some(reader) = self.direct.as_mut() {
+            reader.close();
+        }
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.thread.as_ref().is_some_and(JoinHandle::is_finished)
     }
 }
 

@@ -13,15 +13,12 @@
 use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::stuck::StuckWatch;
-use super::{
-    deliver_or_drop, sleep_unless_stopped, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY,
-    CHUNK_LEN,
-};
+use super::{deliver_or_drop, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY, CHUNK_LEN};
 use crate::gnss::error::GnssError;
 
 /// How long one read waits for bytes: short, so the stop flag and the stuck check are
@@ -93,75 +90,193 @@ impl Backoff {
 pub fn spawn(settings: SerialSettings, stop: Arc<AtomicBool>) -> io::Result<SourceHandle> {
     let (tx, chunks) = sync_channel(CHANNEL_CAPACITY);
     let status = Arc::new(SourceStatus::default());
-    let thread_status = Arc::clone(&status);
+    let mut reader = SerialReader::new(settings, Arc::clone(&status));
     let thread = std::thread::Builder::new()
         .name("gnss-serial".into())
-        .spawn(move || run(&settings, &stop, &tx, &thread_status))?;
-    Ok(SourceHandle {
-        chunks,
-        status,
-        thread,
-    })
-}
-
-/// Why a connected session ended.
-enum SessionEnd {
-    /// Stop flag raised or consumer gone: the thread ends.
-    Finish,
-    /// The device failed: an outage, reconnect with backoff.
-    Gone,
-    /// Stuck: reopen at once, and allow the next session this long.
-    Stuck { next_limit: Duration },
-}
-
-fn run(
-    settings: &SerialSettings,
-    stop: &AtomicBool,
-    tx: &SyncSender<Chunk>,
-    status: &SourceStatus,
-) {
-    let mut backoff = Backoff::new(settings.backoff_initial, settings.backoff_max);
-    // Start as if in an outage that has not been counted: a device absent at startup is
-    // one outage, however many attempts it takes.
-    let mut in_outage = false;
-    // How long the next session may be stuck before the port is reopened.
-    let mut stuck_limit = settings.stuck_after;
-    while !stop.load(Ordering::Relaxed) {
-        let port = match open(settings) {
-            Ok(port) => port,
-            Err(error) => {
-                status.record(&error);
-                if !in_outage {
-                    status.count_outage();
-                    in_outage = true;
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(chunk) = reader.next(READ_TIMEOUT) {
+                    if !deliver_or_drop(&tx, chunk, &reader.status) {
+                        break;
+                    }
                 }
-                if !sleep_unless_stopped(backoff.on_failure(), stop) {
-                    break;
-                }
-                continue;
             }
-        };
-        in_outage = false;
-        status.set_connected(true);
-        status.set_stuck_limit(stuck_limit);
-        tracing::info!(port = %settings.path.display(), baud = settings.baud,
-            stuck_limit_ms = u64::try_from(stuck_limit.as_millis()).unwrap_or(u64::MAX),
-            "gnss device open");
-        let end = session(settings, stuck_limit, port, stop, tx, status, &mut backoff);
-        status.set_connected(false);
-        match end {
-            SessionEnd::Finish => break,
-            SessionEnd::Stuck { next_limit } => stuck_limit = next_limit,
-            SessionEnd::Gone => {
-                status.count_outage();
-                in_outage = true;
-                if !sleep_unless_stopped(backoff.on_failure(), stop) {
-                    break;
+            reader.close();
+        })?;
+    Ok(SourceHandle::threaded(chunks, status, thread))
+}
+
+/// The source read by its consumer's own thread (the daemon's ingest thread): no reader
+/// thread and no channel, so a receiver's epoch wakes one thread, not two. The consumer
+/// calls [`SourceHandle::next_chunk`] with how long it may wait.
+pub fn direct(settings: SerialSettings) -> SourceHandle {
+    let status = Arc::new(SourceStatus::default());
+    SourceHandle::direct(SerialReader::new(settings, Arc::clone(&status)), status)
+}
+
+/// The serial port as a state machine its caller drives: open (with backoff while the
+/// device is missing), read, judge stuck, reopen. Each [`SerialReader::next`] waits at most
+/// the time it is given, so the caller keeps its own timers.
+#[derive(Debug)]
+pub struct SerialReader {
+    settings: SerialSettings,
+    status: Arc<SourceStatus>,
+    backoff: Backoff,
+    /// In an outage already counted: a device absent at startup is one outage, however
+    /// many attempts it takes.
+    in_outage: bool,
+    /// How long the next session may be stuck before the port is reopened.
+    stuck_limit: Duration,
+    port: Option<Port>,
+    /// No attempt to open before this (backoff after a failure or an unplug).
+    reopen_at: Option<Instant>,
+}
+
+/// An open port and the stuck watch of its session.
+struct Port {
+    port: Box<dyn serialport::SerialPort>,
+    watch: StuckWatch,
+}
+
+impl std::fmt::Debug for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Port").field("watch", &self.watch).finish()
+    }
+}
+
+impl SerialReader {
+    pub fn new(settings: SerialSettings, status: Arc<SourceStatus>) -> Self {
+        SerialReader {
+            backoff: Backoff::new(settings.backoff_initial, settings.backoff_max),
+            stuck_limit: settings.stuck_after,
+            settings,
+            status,
+            in_outage: false,
+            port: None,
+            reopen_at: None,
+        }
+    }
+
+    /// Waits at most `wait` for the receiver's bytes; `None` when none came (or the device
+    /// is away and not due to be tried again yet).
+    pub fn next(&mut self, wait: Duration) -> Option<Chunk> {
+        let deadline = Instant::now() + wait;
+        if self.port.is_none() {
+            if let Some(at) = self.reopen_at {
+                let now = Instant::now();
+                if now < at {
+                    std::thread::sleep(at.min(deadline).saturating_duration_since(now));
+                    if Instant::now() < at {
+                        return None;
+                    }
                 }
+            }
+            self.open();
+        }
+        let port = self.port.as_mut()?;
+        let _ = port
+            .port
+            .set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut buf = [0u8; CHUNK_LEN];
+        let mut chunk = None;
+        match read_burst(port.port.as_mut(), &mut buf) {
+            Ok(0) => {
+                self.gone(io::Error::from(io::ErrorKind::UnexpectedEof));
+                return None;
+            }
+            Ok(n) => {
+                port.watch.bytes(Instant::now());
+                // Data flowing again: the next outage starts its backoff afresh.
+                self.backoff.reset();
+                self.status.add_bytes(n);
+                chunk = Some(Chunk::from_slice(buf.get(..n).unwrap_or(&[])).unwrap_or_default());
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut
+                        | io::ErrorKind::WouldBlock
+                        | io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                self.gone(e);
+                return None;
+            }
+        }
+        self.judge_stuck();
+        chunk
+    }
+
+    /// The port is closed (the source stops).
+    pub fn close(&mut self) {
+        self.port = None;
+        self.status.set_connected(false);
+    }
+
+    fn open(&mut self) {
+        match open(&self.settings) {
+            Ok(port) => {
+                self.in_outage = false;
+                self.reopen_at = None;
+                self.status.set_connected(true);
+                self.status.set_stuck_limit(self.stuck_limit);
+                tracing::info!(port = %self.settings.path.display(), baud = self.settings.baud,
+                    stuck_limit_ms = u64::try_from(self.stuck_limit.as_millis()).unwrap_or(u64::MAX),
+                    "gnss device open");
+                self.port = Some(Port {
+                    port,
+                    watch: StuckWatch::new(self.stuck_limit, Instant::now()),
+                });
+            }
+            Err(error) => {
+                // Counted before it is recorded: whoever sees the error sees it counted.
+                if !self.in_outage {
+                    self.status.count_outage();
+                    self.in_outage = true;
+                }
+                self.status.record(&error);
+                self.reopen_at = Some(Instant::now() + self.backoff.on_failure());
             }
         }
     }
-    status.set_connected(false);
+
+    /// The device failed (unplugged, an I/O error): an outage, reopened after the backoff.
+    fn gone(&mut self, source: io::Error) {
+        self.port = None;
+        self.status.set_connected(false);
+        // Counted before it is recorded: whoever sees the error sees it counted.
+        self.status.count_outage();
+        self.in_outage = true;
+        self.status.record(&GnssError::DeviceGone {
+            path: self.settings.path.clone(),
+            source,
+        });
+        self.reopen_at = Some(Instant::now() + self.backoff.on_failure());
+    }
+
+    /// Silent, or its time not advancing, for the session's limit: reported, and the port
+    /// reopened at once, with a longer limit while it stays stuck.
+    fn judge_stuck(&mut self) {
+        let now = Instant::now();
+        let Some(port) = self.port.as_mut() else {
+            return;
+        };
+        port.watch.receiver_time(self.status.receiver_time(), now);
+        let Some(stuck) = port.watch.verdict(now) else {
+            return;
+        };
+        // Counted before it is recorded: whoever sees the error sees it counted.
+        self.status.count_stuck();
+        self.status.record(&GnssError::Stuck {
+            path: self.settings.path.clone(),
+            what: stuck.as_str(),
+            silent: port.watch.limit(),
+        });
+        self.stuck_limit = port.watch.next_limit(self.settings.stuck_after);
+        self.port = None;
+        self.status.set_connected(false);
+        self.reopen_at = None;
+    }
 }
 
 fn open(settings: &SerialSettings) -> Result<Box<dyn serialport::SerialPort>, GnssError> {
@@ -179,65 +294,6 @@ fn open(settings: &SerialSettings) -> Result<Box<dyn serialport::SerialPort>, Gn
                 source,
             },
         })
-}
-
-/// Read from an open port until it fails, is stuck for `stuck_limit`, or we are told to stop.
-fn session(
-    settings: &SerialSettings,
-    stuck_limit: Duration,
-    mut port: Box<dyn serialport::SerialPort>,
-    stop: &AtomicBool,
-    tx: &SyncSender<Chunk>,
-    status: &SourceStatus,
-    backoff: &mut Backoff,
-) -> SessionEnd {
-    let mut buf = [0u8; CHUNK_LEN];
-    let mut watch = StuckWatch::new(stuck_limit, Instant::now());
-    loop {
-        if stop.load(Ordering::Relaxed) {
-            return SessionEnd::Finish;
-        }
-        match read_burst(port.as_mut(), &mut buf) {
-            Ok(0) => {
-                return gone(
-                    settings,
-                    status,
-                    io::Error::from(io::ErrorKind::UnexpectedEof),
-                );
-            }
-            Ok(n) => {
-                watch.bytes(Instant::now());
-                // Data flowing again: the next outage starts its backoff afresh.
-                backoff.reset();
-                status.add_bytes(n);
-                let chunk = Chunk::from_slice(buf.get(..n).unwrap_or(&[])).unwrap_or_default();
-                if !deliver_or_drop(tx, chunk, status) {
-                    return SessionEnd::Finish;
-                }
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return gone(settings, status, e),
-        }
-        let now = Instant::now();
-        watch.receiver_time(status.receiver_time(), now);
-        if let Some(stuck) = watch.verdict(now) {
-            status.record(&GnssError::Stuck {
-                path: settings.path.clone(),
-                what: stuck.as_str(),
-                silent: watch.limit(),
-            });
-            status.count_stuck();
-            return SessionEnd::Stuck {
-                next_limit: watch.next_limit(settings.stuck_after),
-            };
-        }
-    }
 }
 
 /// One read as it comes (up to [`READ_TIMEOUT`]), then whatever else the port already holds:
@@ -262,14 +318,6 @@ fn read_burst(port: &mut dyn serialport::SerialPort, buf: &mut [u8]) -> io::Resu
         }
     }
     Ok(filled)
-}
-
-fn gone(settings: &SerialSettings, status: &SourceStatus, source: io::Error) -> SessionEnd {
-    status.record(&GnssError::DeviceGone {
-        path: settings.path.clone(),
-        source,
-    });
-    SessionEnd::Gone
 }
 
 #[cfg(test)]

@@ -1,0 +1,381 @@
+//! The crash journal: each appended fix as one `write` to an append-only file beside the
+//! buffer (`<path>-fixlog`), so that a fix survives the process (SIGKILL, OOM, panic) the
+//! moment it is appended, while SQLite takes the fixes of a whole sync interval in one
+//! transaction (see the tiers of durability in [`super`]).
+//!
+//! In: `(seq, fix)` as the buffer appends them. Out: at open, the records a crash left
+//! behind, for the buffer to insert. Emptied after each sync, when SQLite holds everything
+//! it held durably. Never synced itself: what a power cut may take from it is what it may take
+//! from SQLite's unsynced WAL too. So a record may be torn, zeroed or stale after a cut;
+//! each carries its stream's tag, its seq and a checksum, and reading stops at the first
+//! record that does not check out.
+//!
+//! Record layout (88 bytes, little-endian): magic `GJ`, version 1, presence bits; the
+//! stream's tag (FNV-1a of the stream id); seq; `time_ms`; `lat`; `lon`; `alt_m`,
+//! `speed_mps`, `course_deg`, `hdop` (f64, 0 when absent); `sats`, mode, event, a pad byte;
+//! FNV-1a 64 of the 80 bytes before it.
+
+use crate::fix::{Event, Fix, FixMode};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// One record's size on disk.
+pub(crate) const RECORD_LEN: usize = 88;
+const BODY_LEN: usize = 80;
+const MAGIC: [u8; 2] = *b"GJ";
+const VERSION: u8 = 1;
+/// Most records the journal holds (and reads back at open): room for `commit_max` fixes
+/// between two syncs is asked for, at most this many.
+const MAX_RECORDS: usize = 1 << 16;
+/// Zeros for emptying the journal, a piece at a time.
+static ZEROS: [u8; 4096] = [0; 4096];
+
+const ALT: u8 = 1;
+const SPEED: u8 = 2;
+const COURSE: u8 = 4;
+const HDOP: u8 = 8;
+const SATS: u8 = 16;
+
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The tag of a stream id, written into each record.
+pub(crate) fn stream_tag(stream: &str) -> u64 {
+    fnv1a(stream.as_bytes())
+}
+
+/// The journal's path beside the buffer's.
+pub(crate) fn path_of(db: &Path) -> PathBuf {
+    super::files::with_suffix(db, "-fixlog")
+}
+
+fn put(buf: &mut [u8; RECORD_LEN], at: usize, bytes: &[u8]) {
+    if let Some(dst) = buf.get_mut(at..at + bytes.len()) {
+        dst.copy_from_slice(bytes);
+    }
+}
+
+fn get8(buf: &[u8], at: usize) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    if let Some(src) = buf.get(at..at + 8) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+/// One record for `(seq, fix)` of the stream tagged `tag`.
+pub(crate) fn encode(tag: u64, seq: u64, fix: &Fix) -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    let mut present = 0u8;
+    let mut opt = |v: Option<f64>, bit: u8| {
+        v.map_or(0.0, |x| {
+            present |= bit;
+            x
+        })
+    };
+    let alt = opt(fix.alt_m, ALT);
+    let speed = opt(fix.speed_mps, SPEED);
+    let course = opt(fix.course_deg, COURSE);
+    let hdop = opt(fix.hdop, HDOP);
+    if fix.sats.is_some() {
+        present |= SATS;
+    }
+    put(&mut b, 0, &MAGIC);
+    put(&mut b, 2, &[VERSION, present]);
+    put(&mut b, 4, &tag.to_le_bytes());
+    put(&mut b, 12, &seq.to_le_bytes());
+    put(&mut b, 20, &fix.time_ms.to_le_bytes());
+    for (i, v) in [fix.lat, fix.lon, alt, speed, course, hdop]
+        .iter()
+        .enumerate()
+    {
+        put(&mut b, 28 + 8 * i, &v.to_le_bytes());
+    }
+    put(
+        &mut b,
+        76,
+        &[
+            fix.sats.unwrap_or(0),
+            fix.mode.as_u8(),
+            fix.event.map_or(0, Event::as_u8),
+            0,
+        ],
+    );
+    let sum = fnv1a(b.get(..BODY_LEN).unwrap_or(&[]));
+    put(&mut b, BODY_LEN, &sum.to_le_bytes());
+    b
+}
+
+/// A record read back: its stream's tag, its seq and its fix; `None` when it does not check
+/// out (torn, zeroed, another format).
+pub(crate) fn decode(b: &[u8]) -> Option<Record> {
+    let body = b.get(..BODY_LEN)?;
+    if b.len() < RECORD_LEN
+        || body.get(..2)? != MAGIC
+        || *body.get(2)? != VERSION
+        || u64::from_le_bytes(get8(b, BODY_LEN)) != fnv1a(body)
+    {
+        return None;
+    }
+    let present = *body.get(3)?;
+    let f = |i: usize| f64::from_le_bytes(get8(b, 28 + 8 * i));
+    let opt = |i: usize, bit: u8| (present & bit != 0).then(|| f(i));
+    let fix = Fix {
+        time_ms: i64::from_le_bytes(get8(b, 20)),
+        lat: f(0),
+        lon: f(1),
+        alt_m: opt(2, ALT),
+        speed_mps: opt(3, SPEED),
+        course_deg: opt(4, COURSE),
+        hdop: opt(5, HDOP),
+        sats: (present & SATS != 0).then(|| body.get(76).copied().unwrap_or(0)),
+        mode: FixMode::from_u8(*body.get(77)?)?,
+        event: match *body.get(78)? {
+            0 => None,
+            e => Some(Event::from_u8(e)?),
+        },
+    };
+    Some((
+        u64::from_le_bytes(get8(b, 4)),
+        u64::from_le_bytes(get8(b, 12)),
+        fix,
+    ))
+}
+
+/// A record read back: its stream's tag, its seq, its fix.
+pub(crate) type Record = (u64, u64, Fix);
+
+/// The open journal.
+#[derive(Debug)]
+pub(crate) struct Journal {
+    file: File,
+    path: PathBuf,
+    tag: u64,
+    /// Where the next record goes (positioned writes, not `O_APPEND`, so every write names
+    /// its offset).
+    end: u64,
+    /// The bytes from the start that may hold anything but zeros: what [`Journal::clear`]
+    /// zeroes (whatever the file held at open counts, garbage after a power cut too).
+    dirty: u64,
+    /// The file's allocated length: records beyond it do not fit.
+    room: u64,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal beside `db`, with room for `records` records, and
+    /// reads what it holds, in order, up to the first record that does not check out. The
+    /// records stay until [`clear`](Self::clear).
+    ///
+    /// The room is written with zeros at once, so that each record later overwrites blocks
+    /// the file already has: no block allocation and no size change per fix, and no
+    /// `ENOSPC` halfway through a sync interval.
+    pub(crate) fn open(
+        db: &Path,
+        stream: &str,
+        records: usize,
+    ) -> io::Result<(Journal, Vec<Record>)> {
+        let path = path_of(db);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let mut found = Vec::new();
+        let mut record = [0u8; RECORD_LEN];
+        while found.len() < MAX_RECORDS {
+            match read_record(&mut file, &mut record)? {
+                false => break,
+                true => match decode(&record) {
+                    Some(r) => found.push(r),
+                    None => break,
+                },
+            }
+        }
+        let len = file.metadata()?.len();
+        let want = (records.clamp(1, MAX_RECORDS) * RECORD_LEN) as u64;
+        if len < want {
+            allocate(&file, len, want)?;
+        }
+        let journal = Journal {
+            file,
+            path,
+            tag: stream_tag(stream),
+            end: (found.len() * RECORD_LEN) as u64,
+            dirty: len,
+            room: len.max(want),
+        };
+        Ok((journal, found))
+    }
+
+    /// The stream the next records belong to (after a new stream began).
+    pub(crate) fn set_stream(&mut self, stream: &str) {
+        self.tag = stream_tag(stream);
+    }
+
+    pub(crate) fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// One `write` of the record: in the kernel when this returns, so it survives the
+    /// process. A short write is an error (the next open stops at the torn record).
+    pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> io::Result<()> {
+        if self.end + RECORD_LEN as u64 > self.room {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "the crash journal is full ({} records)",
+                    self.room / RECORD_LEN as u64
+                ),
+            ));
+        }
+        let record = encode(self.tag, seq, fix);
+        let n = self.file.write_at(&record, self.end)?;
+        if n != RECORD_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write to the crash journal ({n} of {RECORD_LEN} bytes)"),
+            ));
+        }
+        self.end += RECORD_LEN as u64;
+        self.dirty = self.dirty.max(self.end);
+        Ok(())
+    }
+
+    /// Empties the journal: everything it held is durable in SQLite. Its records are
+    /// overwritten with zeros (the blocks stay allocated). Not synced: records a power cut
+    /// brings back are older than SQLite's last seq and are skipped at open.
+    pub(crate) fn clear(&mut self) -> io::Result<()> {
+        let mut at = 0u64;
+        while at < self.dirty {
+            let n = usize::try_from(self.dirty - at)
+                .unwrap_or(ZEROS.len())
+                .min(ZEROS.len());
+            let written = self.file.write_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += written as u64;
+        }
+        self.dirty = 0;
+        self.end = 0;
+        Ok(())
+    }
+
+    /// Whether it holds anything since the last clear.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.dirty == 0
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Gives the file `len` bytes of zeros from where it ends, written rather than a sparse
+/// length, so the blocks are the file's from here on (a full disk says so now, not halfway
+/// through a sync interval).
+fn allocate(file: &File, from: u64, len: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < len {
+        let n = usize::try_from(len - at)
+            .unwrap_or(ZEROS.len())
+            .min(ZEROS.len());
+        let written = file.write_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        at += written as u64;
+    }
+    Ok(())
+}
+
+/// Reads one whole record; `false` at the end of the file (a torn tail included).
+fn read_record(file: &mut File, record: &mut [u8; RECORD_LEN]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < RECORD_LEN {
+        let Some(rest) = record.get_mut(filled..) else {
+            break;
+        };
+        match file.read(rest) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fix(i: i64) -> Fix {
+        Fix {
+            time_ms: 1_584_538_100_600 + i * 100,
+            lat: 48.117_300_1 + i as f64 * 1e-5,
+            lon: -11.516_666_7,
+            alt_m: Some(545.4),
+            speed_mps: (i % 2 == 0).then_some(12.3),
+            course_deg: None,
+            hdop: Some(0.9),
+            sats: Some(8),
+            mode: FixMode::ThreeD,
+            event: (i == 3).then_some(Event::Stop),
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_exactly() {
+        for i in 0..6 {
+            let b = encode(7, 40 + i as u64, &fix(i));
+            assert_eq!(decode(&b), Some((7, 40 + i as u64, fix(i))));
+        }
+    }
+
+    #[test]
+    fn a_torn_or_flipped_record_does_not_check_out() {
+        let b = encode(7, 1, &fix(0));
+        assert_eq!(decode(&b[..RECORD_LEN - 1]), None);
+        for at in [0, 3, 12, 30, 77, 85] {
+            let mut c = b;
+            c[at] ^= 0x10;
+            assert_eq!(decode(&c), None, "byte {at}");
+        }
+        assert_eq!(decode(&[0u8; RECORD_LEN]), None, "zeros after a power cut");
+    }
+
+    #[test]
+    fn records_come_back_in_order_up_to_the_first_bad_one_and_clear_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("buffer.db");
+        {
+            let (mut j, found) = Journal::open(&db, "s1", 16).unwrap();
+            assert!(found.is_empty());
+            for i in 0..3 {
+                j.append(i as u64 + 1, &fix(i)).unwrap();
+            }
+        }
+        // A torn record at the end.
+        use std::io::Write;
+        let mut f = OpenOptions::new().append(true).open(path_of(&db)).unwrap();
+        f.write_all(&encode(stream_tag("s1"), 4, &fix(3))[..50])
+            .unwrap();
+        let (mut j, found) = Journal::open(&db, "s1", 16).unwrap();
+        let seqs: Vec<u64> = found.iter().map(|r| r.1).collect();
+        assert_eq!(seqs, vec![1, 2, 3]);
+        assert!(found.iter().all(|r| r.0 == stream_tag("s1")));
+        j.clear().unwrap();
+        assert!(std::fs::read(path_of(&db)).unwrap().iter().all(|b| *b == 0));
+        j.append(9, &fix(5)).unwrap();
+        let (_, found) = Journal::open(&db, "s1", 16).unwrap();
+        assert_eq!(found, vec![(stream_tag("s1"), 9, fix(5))]);
+    }
+}
