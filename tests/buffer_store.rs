@@ -166,6 +166,36 @@ fn appended_fixes_survive_the_process_before_any_sync_and_numbering_goes_on() {
 }
 
 #[test]
+fn depth_counts_each_acknowledgement_once_while_the_transaction_stays_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
+    let t0 = Instant::now();
+    fill(&mut buf, 0, 10, t0);
+    buf.commit().unwrap();
+    let mut out = Vec::new();
+    buf.next_batch(10, &mut out).unwrap();
+    buf.ack(&[1, 2, 3]).unwrap();
+    assert_eq!(buf.stats().unwrap().depth, 7);
+    // This append's transaction deletes 1..=3 and stays open until the sync.
+    buf.append(&fix(10), t0).unwrap();
+    assert_eq!(buf.stats().unwrap().depth, 8);
+    buf.ack(&[4, 5]).unwrap();
+    assert_eq!(
+        buf.stats().unwrap().depth,
+        6,
+        "1..=3 deleted, 4 and 5 waiting"
+    );
+    buf.commit().unwrap();
+    assert_eq!(buf.stats().unwrap().depth, 6);
+    buf.tick(t0 + Duration::from_secs(5)).unwrap();
+    buf.commit().unwrap();
+    assert_eq!(
+        all_seqs(&dir.path().join("buffer.db")),
+        (6..=11).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_sync_comes_after_commit_max_fixes_even_before_the_interval() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = cfg(dir.path());

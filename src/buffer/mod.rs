@@ -648,7 +648,7 @@ impl Buffer {
     /// the whole file while it could not be written back to its path.
     pub fn at_risk(&self) -> u64 {
         let file = if self.restore_retry.is_some() {
-            self.current.depth.saturating_sub(self.acked.len() as u64)
+            self.current.depth.saturating_sub(self.acks_unapplied())
         } else {
             0
         };
@@ -910,7 +910,14 @@ impl Buffer {
 
     /// Fixes waiting for the broker: in the file (less those acknowledged) and in memory.
     fn depth(&self) -> u64 {
-        self.current.depth.saturating_sub(self.acked.len() as u64) + self.ring.len() as u64
+        self.current.depth.saturating_sub(self.acks_unapplied()) + self.ring.len() as u64
+    }
+
+    /// Acknowledged seqs whose rows are still counted in `current.depth`: those the open
+    /// transaction has not deleted yet (it stays open across appends until the sync).
+    fn acks_unapplied(&self) -> u64 {
+        let applied = self.tx.as_ref().map_or(0, |tx| tx.acks_applied);
+        self.acked.len().saturating_sub(applied) as u64
     }
 
     /// Fixes lost for good so far (see [`Buffer::abandon`] and the rescue of a damaged
