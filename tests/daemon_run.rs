@@ -87,9 +87,12 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
     assert_eq!(seqs, want, "every seq from 1 to {expected} arrives");
     assert!(statuses.iter().any(|s| s == "online"), "{statuses:?}");
 
-    // Health as the spec names it; the uplink publishes each ack as it comes.
+    // Health as the spec names it; the uplink publishes each ack as it comes. `acked_seq` is
+    // the highest seq acknowledged (live first may send the newest ahead of the backlog):
+    // every ack is in once nothing waits in the buffer either.
     let (code, h) = agent.wait_health("every ack", Duration::from_secs(10), |_, h| {
         h["components"]["buffer"]["acked_seq"] == expected
+            && h["components"]["buffer"]["depth"] == 0
     });
     for key in ["status", "time", "uptime_s", "version"] {
         assert!(h.get(key).is_some(), "missing {key}: {h}");
