@@ -29,8 +29,8 @@
 //!
 //! **Wear.** What reaches the flash is each sync's WAL frames (the pages the interval's fixes
 //! changed, so new files use 1 KiB pages, see [`schema`]), the checkpoints, which copy those
-//! pages into the main file, and the journal's 88 bytes per fix (dropped from the page cache
-//! by the truncation before writeback most of the time). `cargo bench --bench buffer` prints
+//! pages into the main file, and the journal's 88 bytes per fix (overwritten with zeros at
+//! each sync, in blocks the file already has). `cargo bench --bench buffer` prints
 //! the commits, syncs and checkpoints. **Loss windows:** SIGKILL: none of what was appended;
 //! power cut: at most `commit_interval_s` of fixes (or `commit_max`, if fewer).
 //!
@@ -394,7 +394,7 @@ impl Buffer {
             )
         });
         let now = Instant::now();
-        let buffer = Buffer {
+        let mut buffer = Buffer {
             conn: opened.conn,
             path,
             sync_interval: cfg.commit_interval,
@@ -445,7 +445,6 @@ impl Buffer {
             journal_failed: false,
             journaled_seq: 0,
         };
-        let mut buffer = buffer;
         buffer.replay_journal(now);
         Ok((buffer, report))
     }
@@ -492,13 +491,7 @@ impl Buffer {
         }
         let result = (|| {
             self.begin(now)?;
-            if let Some(tx) = self.tx.as_mut() {
-                tx.fixes.push(*fix);
-            }
-            let seq = self.insert(fix)?;
-            if let Some(tx) = self.tx.as_mut() {
-                tx.appended.push(StoredFix { seq, fix: *fix });
-            }
+            let seq = self.insert_appended(fix)?;
             if self.journal_append(seq, fix) {
                 // In the journal: it survives the process; SQLite commits at the sync.
                 self.dirty_since.get_or_insert(now);
@@ -816,11 +809,7 @@ impl Buffer {
     /// acknowledgements are written first). Returns how many.
     pub fn requeue_dead_letters(&mut self) -> Result<u64, BufferError> {
         let now = self.last_now;
-        if self.tx.is_some() {
-            if let Err(e) = self.commit_open(now) {
-                return Err(self.fail(e, "commit", now));
-            }
-        }
+        self.commit_pending(now)?;
         self.flush_acks(now);
         if self.disk != Disk::Writable {
             return Err(BufferError::DiskFull {
@@ -1208,11 +1197,8 @@ impl Buffer {
     /// when the sync failed (the disk is then failing).
     fn sync_or_hold(&mut self, now: Instant) -> Option<u64> {
         // The fixes the journal holds go into the file first, in one transaction.
-        if self.tx.is_some() {
-            if let Err(e) = self.commit_open(now) {
-                self.fail(e, "commit", now);
-                return None;
-            }
+        if self.commit_pending(now).is_err() {
+            return None;
         }
         let verdict = self.watch.check_all(&self.path);
         if verdict != Verdict::Fine && self.restore_retry.is_none_or(|at| now >= at) {
@@ -1312,13 +1298,9 @@ impl Buffer {
             Verdict::Fine => {}
             Verdict::Gone { which } => {
                 // The copy is made of what is committed: the journal's fixes go in first.
-                if self.tx.is_some() {
-                    if let Err(e) = self.commit_open(now) {
-                        self.fail(e, "commit", now);
-                        return;
-                    }
+                if self.commit_pending(now).is_ok() {
+                    self.restore(which, now);
                 }
-                self.restore(which, now)
             }
             Verdict::Shrunk { was, now: len } => self.quarantine(
                 format!("the file shrank from {was} to {len} bytes while open (truncated?)"),
@@ -1435,6 +1417,29 @@ impl Buffer {
         self.current = self.committed;
     }
 
+    /// Inserts a fix in the open transaction and keeps it there twice: for the ring if the
+    /// transaction fails, for `unsynced` once it commits. Returns its seq.
+    fn insert_appended(&mut self, fix: &Fix) -> rusqlite::Result<u64> {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.fixes.push(*fix);
+        }
+        let seq = self.insert(fix)?;
+        if let Some(tx) = self.tx.as_mut() {
+            tx.appended.push(StoredFix { seq, fix: *fix });
+        }
+        Ok(seq)
+    }
+
+    /// Commits the open transaction, if any (the fixes the journal holds); a failure is
+    /// handled as every failed write is ([`Buffer::fail`]) and returned.
+    fn commit_pending(&mut self, now: Instant) -> Result<(), BufferError> {
+        if self.tx.is_none() {
+            return Ok(());
+        }
+        self.commit_open(now)
+            .map_err(|e| self.fail(e, "commit", now))
+    }
+
     /// Writes the appended fix to the crash journal. `false` when there is none, or it failed
     /// (then the fix's transaction must commit now, and each fix after it until a sync
     /// empties the journal).
@@ -1515,19 +1520,10 @@ impl Buffer {
             let result = (|| -> rusqlite::Result<()> {
                 self.begin(now)?;
                 for (t, seq, fix) in pending {
-                    if let Some(tx) = self.tx.as_mut() {
-                        tx.fixes.push(*fix);
-                    }
                     if *t != tag || *seq != self.current.last_seq + 1 {
                         renumbered += 1;
                     }
-                    let stored = self.insert(fix)?;
-                    if let Some(tx) = self.tx.as_mut() {
-                        tx.appended.push(StoredFix {
-                            seq: stored,
-                            fix: *fix,
-                        });
-                    }
+                    self.insert_appended(fix)?;
                     replayed += 1;
                 }
                 self.commit_open(now)
