@@ -861,3 +861,39 @@ fn a_creation_cut_short_leaves_nothing_at_the_path() {
     assert_eq!(buf.status().condition, Status::Healthy);
     assert_eq!(names(dir.path(), ".buffer.db.new-"), Vec::<String>::new());
 }
+
+/// A fix is in the crash journal from its `append`; its row is written with the others at the
+/// commit. Until then the buffer's own figures still count it: depth, the oldest fix's time,
+/// the ends `stats` reports, and the capacity policy, which evicts the oldest fix even when
+/// all of them were appended since the commit.
+#[test]
+fn fixes_appended_since_the_commit_count_everywhere_before_their_rows_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = BufferConfig {
+        max_fixes: 3,
+        ..cfg(dir.path())
+    };
+    let (mut buf, _) = Buffer::open(&checked(&c)).unwrap();
+    let t0 = Instant::now();
+    for i in 0..2 {
+        assert_eq!(buf.append(&fix(i), t0).unwrap().seq, Some(i as u64 + 1));
+    }
+    let status = buf.status();
+    assert_eq!(status.depth, 2);
+    assert_eq!(status.oldest_time_ms, Some(fix(0).time_ms));
+    let s = buf.stats().unwrap();
+    assert_eq!(
+        (s.depth, s.oldest_seq, s.newest_seq, s.last_seq),
+        (2, Some(1), Some(2), 2)
+    );
+    assert!(all_seqs(&c.path).is_empty(), "not committed yet");
+
+    // Over the cap before any commit: the oldest of the appended fixes makes room.
+    for i in 2..5 {
+        buf.append(&fix(i), t0).unwrap();
+    }
+    let s = buf.stats().unwrap();
+    assert_eq!((s.depth, s.evicted, s.oldest_seq), (3, 2, Some(3)));
+    buf.commit().unwrap();
+    assert_eq!(all_seqs(&c.path), vec![3, 4, 5]);
+}

@@ -62,6 +62,8 @@ pub(crate) struct Watch {
     db_path_fd: File,
     /// Largest size of the main file seen.
     db_len: u64,
+    /// Size of the WAL at the last look at all three.
+    wal_len: u64,
     /// Our own descriptor of the WAL SQLite writes: `fdatasync` on it flushes the same inode.
     wal: File,
     wal_id: FileId,
@@ -84,7 +86,8 @@ impl Watch {
             .open(path)?;
         let meta = db_path_fd.metadata()?;
         let wal = File::open(with_suffix(path, "-wal"))?;
-        let wal_id = FileId::of(&wal.metadata()?);
+        let wal_meta = wal.metadata()?;
+        let wal_id = FileId::of(&wal_meta);
         let shm = std::fs::metadata(with_suffix(path, "-shm"))
             .ok()
             .map(|m| FileId::of(&m));
@@ -92,6 +95,7 @@ impl Watch {
             db: FileId::of(&meta),
             db_path_fd,
             db_len: meta.len(),
+            wal_len: wal_meta.len(),
             wal,
             wal_id,
             shm,
@@ -142,12 +146,17 @@ impl Watch {
         if verdict != Verdict::Fine {
             return verdict;
         }
-        let same = |suffix: &str, id: FileId| match std::fs::metadata(with_suffix(path, suffix)) {
-            Ok(meta) => FileId::of(&meta) == id,
-            Err(e) => e.kind() != io::ErrorKind::NotFound,
+        // The WAL's size when it is ours; `u64::MAX` when it cannot be looked at (the writes
+        // will tell).
+        let look = |suffix: &str, id: FileId| match std::fs::metadata(with_suffix(path, suffix)) {
+            Ok(meta) => (FileId::of(&meta) == id).then_some(meta.len()),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Some(u64::MAX),
+            Err(_) => None,
         };
-        if !same("-wal", self.wal_id) {
-            return Verdict::Gone { which: "wal" };
+        let same = |suffix: &str, id: FileId| look(suffix, id).is_some();
+        match look("-wal", self.wal_id) {
+            Some(len) => self.wal_len = len,
+            None => return Verdict::Gone { which: "wal" },
         }
         if let Some(shm) = self.shm {
             if !same("-shm", shm) {
@@ -155,6 +164,13 @@ impl Watch {
             }
         }
         Verdict::Fine
+    }
+
+    /// The main file and the WAL as last seen: an upper bound of the bytes the database's
+    /// pages take (a page beyond the main file's end lives in a WAL frame of its size or
+    /// more).
+    pub(crate) fn bytes_seen(&self) -> u64 {
+        self.db_len.saturating_add(self.wal_len)
     }
 
     /// Makes every frame SQLite has written to the WAL durable.

@@ -161,6 +161,11 @@ struct OpenTx {
     deleted_newest: bool,
     /// The fixes `append` stored in it, with their seqs: unsynced once it commits.
     appended: Vec<StoredFix>,
+    /// How many of `appended` have their row written. The journal holds each fix from the
+    /// moment it is appended; its row is written with the others at the commit (ten rows in
+    /// a row cost a fraction of ten written an epoch apart), or sooner when a statement needs
+    /// it ([`Buffer::write_appended`]).
+    written: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -843,6 +848,12 @@ impl Buffer {
             return;
         }
         self.data_version = version;
+        // The recount compares rows with the depth, which counts the appended fixes.
+        if let Err(e) = self.write_appended() {
+            let now = self.last_now;
+            self.fail(e, "append", now);
+            return;
+        }
         let count = |sql: &str| -> rusqlite::Result<u64> {
             let n: i64 = self.conn.query_row(sql, [], |r| r.get(0))?;
             Ok(n.max(0) as u64)
@@ -878,6 +889,10 @@ impl Buffer {
 
     /// Depth, ends, counters; cheap (the depth is kept counted).
     pub fn stats(&mut self) -> Result<BufferStats, BufferError> {
+        if let Err(e) = self.write_appended() {
+            let now = self.last_now;
+            return Err(self.fail(e, "append", now));
+        }
         let result = file_ops::stats_with_depth(&self.conn, &self.path, self.depth());
         let mut s = match result {
             Ok(s) => s,
@@ -970,8 +985,16 @@ impl Buffer {
                 .conn
                 .prepare_cached("SELECT time_ms FROM fixes ORDER BY seq LIMIT 1")
                 .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)).optional());
+            // Fixes appended since the commit may have no row yet.
+            let appended = self
+                .tx
+                .as_ref()
+                .and_then(|tx| tx.appended.first())
+                .map(|s| s.fix.time_ms);
             let oldest_time_ms = match oldest_on_disk {
-                Ok(on_disk) => on_disk.or_else(|| self.ring.front().map(|f| f.time_ms)),
+                Ok(on_disk) => on_disk
+                    .or(appended)
+                    .or_else(|| self.ring.front().map(|f| f.time_ms)),
                 Err(e) => {
                     debug!(component = "buffer", error = %e, "oldest fix unreadable");
                     self.ring.front().map(|f| f.time_ms)
@@ -1090,6 +1113,8 @@ impl Buffer {
         if !over_count && !self.over_bytes {
             return Ok(());
         }
+        // Eviction picks the oldest rows: every fix counted in the depth has its row first.
+        self.write_appended()?;
         let depth = self.current.depth;
         let evicted = match (self.eviction, over_count) {
             (EvictionPolicy::Thin, _) if depth / 2 >= 2 => self.thin_oldest_half()?,
@@ -1157,6 +1182,7 @@ impl Buffer {
 
     /// Commits the open transaction: from here it survives the process.
     fn commit_open(&mut self, now: Instant) -> rusqlite::Result<()> {
+        self.write_appended()?;
         let Some(tx) = self.tx.as_ref() else {
             return Ok(());
         };
@@ -1217,10 +1243,12 @@ impl Buffer {
         self.synced_seq = self.committed.last_seq;
         self.unsynced.clear();
         self.clear_journal();
-        self.over_bytes = self
-            .used_bytes()
-            .map(|u| u > self.max_bytes)
-            .unwrap_or(false);
+        // The files' sizes bound the pages in use: SQLite is asked only near the limit.
+        self.over_bytes = self.watch.bytes_seen() > self.max_bytes
+            && self
+                .used_bytes()
+                .map(|u| u > self.max_bytes)
+                .unwrap_or(false);
         if self.wal_frames.load(Ordering::Relaxed) >= self.checkpoint_frames {
             self.checkpoint(now);
         }
@@ -1420,14 +1448,33 @@ impl Buffer {
     /// Inserts a fix in the open transaction and keeps it there twice: for the ring if the
     /// transaction fails, for `unsynced` once it commits. Returns its seq.
     fn insert_appended(&mut self, fix: &Fix) -> rusqlite::Result<u64> {
+        let Some(tx) = self.tx.as_mut() else {
+            return self.insert(fix);
+        };
+        tx.fixes.push(*fix);
+        self.make_room()?;
+        let seq = self.current.last_seq + 1;
+        self.current.last_seq = seq;
+        self.current.depth += 1;
         if let Some(tx) = self.tx.as_mut() {
-            tx.fixes.push(*fix);
-        }
-        let seq = self.insert(fix)?;
-        if let Some(tx) = self.tx.as_mut() {
+            // Its row is written at the commit (or when a statement needs it).
             tx.appended.push(StoredFix { seq, fix: *fix });
         }
         Ok(seq)
+    }
+
+    /// Writes the rows of the open transaction's appended fixes that are not written yet.
+    /// Every statement that reads or deletes rows of `fixes` beyond the synced ones, and the
+    /// commit, come after it.
+    fn write_appended(&mut self) -> rusqlite::Result<()> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Ok(());
+        };
+        while let Some(s) = tx.appended.get(tx.written) {
+            insert_fix(&self.conn, s.seq, &s.fix)?;
+            tx.written += 1;
+        }
+        Ok(())
     }
 
     /// Commits the open transaction, if any (the fixes the journal holds); a failure is
