@@ -296,15 +296,16 @@ fn open(settings: &SerialSettings) -> Result<Box<dyn serialport::SerialPort>, Gn
         })
 }
 
-/// One read as it comes (up to [`READ_TIMEOUT`]), then whatever else the port already holds:
-/// a receiver's burst (an epoch's sentences, often arriving as several USB packets) is handed
-/// on as one chunk where it can be, so the ingest thread wakes once an epoch rather than once a
-/// packet, without any further wait. Returns the bytes read (0: end of file, the device is
-/// gone).
+/// One read as it comes (up to [`READ_TIMEOUT`]), then, when that read filled the buffer,
+/// whatever else the port already holds: a burst larger than the buffer is handed on as one
+/// chunk where it can be, so the ingest thread wakes once an epoch rather than once a buffer,
+/// without any further wait. A read that did not fill the buffer took all the tty held:
+/// asking again would cost a system call an epoch for nothing. Returns the bytes read (0: end
+/// of file, the device is gone).
 fn read_burst(port: &mut dyn serialport::SerialPort, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = port.read(buf)?;
-    if filled == 0 {
-        return Ok(0);
+    if filled == 0 || filled < buf.len() {
+        return Ok(filled);
     }
     // Bounded: each round reads at least one byte into a buffer of fixed size.
     while port.bytes_to_read().is_ok_and(|n| n > 0) {
