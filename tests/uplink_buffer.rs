@@ -257,3 +257,43 @@ async fn a_cut_with_the_window_full_loses_nothing_and_duplicates_stay_within_the
         .unwrap()
         .unwrap();
 }
+
+/// The uplink asks the store again only when the last batch may have left fixes behind: a
+/// short batch says the store is drained, a full one or a fix sent ahead of a backlog does
+/// not, and what the next ask finds agrees with what was said.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_says_drained_only_when_its_batch_took_everything_pending() {
+    use gps_agent::uplink::publisher::FixSource;
+    let dir = tempfile::tempdir().unwrap();
+    let store = backlog(dir.path(), 10);
+    let (mut link, _board) = link_over(&store);
+    link.stream();
+
+    // A backlog: the newest fix goes ahead alone, and the rest still wait.
+    let ahead = link.next_batch(4).await.unwrap();
+    assert_eq!(ahead.iter().map(|f| f.0).collect::<Vec<_>>(), vec![10]);
+    assert!(
+        !link.drained(),
+        "a fix sent ahead of a backlog leaves it behind"
+    );
+
+    // A full batch may leave more.
+    let full = link.next_batch(4).await.unwrap();
+    assert_eq!(
+        full.iter().map(|f| f.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    assert!(!link.drained(), "a full batch says nothing of what is left");
+
+    // A short one took the rest: the next ask finds nothing, as it said.
+    let short = link.next_batch(8).await.unwrap();
+    assert_eq!(short.len(), 5);
+    assert!(link.drained());
+    assert!(link.next_batch(8).await.unwrap().is_empty());
+
+    // A release makes fixes pending again: the next ask finds them.
+    link.release(&[2, 3]).await.unwrap();
+    let again = link.next_batch(8).await.unwrap();
+    assert_eq!(again.iter().map(|f| f.0).collect::<Vec<_>>(), vec![2, 3]);
+    assert!(link.drained());
+}

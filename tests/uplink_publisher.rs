@@ -29,6 +29,15 @@ fn settings(url: &str, device: &str) -> PublisherSettings {
     s
 }
 
+/// Waits (at most 10 s) until `cond` holds.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// What the subscriber saw on the fixes topic (seq -> times) and the status payloads.
 #[derive(Default)]
 struct Seen {
@@ -401,6 +410,40 @@ async fn live_fixes_linger_for_company_a_backlog_does_not_and_nothing_else_is_pu
     assert_eq!(statuses, 2, "{topics:?}");
     assert_eq!(fixes + statuses, topics.len(), "{topics:?}");
     assert_eq!(fixes, source.published().len(), "{topics:?}");
+}
+
+/// A batch shorter than asked for took everything pending: the publisher does not ask again
+/// at once to learn that (each ask is a round trip through the blocking pool in the agent),
+/// only when something may have changed: new fixes, or an ack that frees the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_batch_is_not_followed_by_an_ask_that_can_only_find_nothing() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut s = settings(&broker.url(), &device);
+    s.linger = Duration::ZERO;
+    // No polling in this test's time: every ask has a cause.
+    s.idle_poll = Duration::from_secs(600);
+    let run = start(s, MemSource::default());
+    // A first round settles what the connect brings (asks after CONNACK and after the
+    // status message's PUBACK).
+    run.source.push((1..=3).map(fix));
+    run.wait_acked(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = run.source.asked();
+
+    run.source.push((4..=6).map(fix));
+    run.wait_acked(6).await;
+    // One ask for the three (short: drained, so no second ask), one after their PUBACK.
+    wait_until("the ask after the PUBACK", || {
+        run.source.asked() - before >= 2
+    })
+    .await;
+    // Nothing else could make it ask: a further ask would be the one this test rules out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(run.source.asked() - before, 2);
+    assert_eq!(run.source.published(), [3, 3]);
+    let source = run.stop().await;
+    assert_eq!(source.in_flight(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,8 +31,10 @@ pub fn run(config_path: &Path) -> i32 {
         warn!(component = "config", code = w.code, key = w.key, warning = %w.message,
             "configuration exposes the agent");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every task (uplink, health server, main loop): they wait on the
+    // network and on timers, and one thread wakes less often than two that hand tasks to
+    // each other. SQLite runs on the blocking pool, the serial port on the ingest thread.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("gps-agent")
         .build()

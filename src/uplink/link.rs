@@ -57,6 +57,8 @@ pub struct Link {
     told_stream: Arc<Mutex<String>>,
     /// Newest seq already sent ahead of the backlog.
     live_seq: u64,
+    /// The last batch was short and not a fix sent ahead of a backlog: nothing was left.
+    drained: bool,
     /// Receiver time of each fix in flight, for the fix-to-ack latency. Bounded by what the
     /// uplink may hold in flight (window x batch); cleared on release.
     in_flight_times: HashMap<u64, i64>,
@@ -70,6 +72,7 @@ impl Link {
             clock,
             told_stream: Arc::new(Mutex::new(String::new())),
             live_seq: 0,
+            drained: false,
             in_flight_times: HashMap::new(),
         }
     }
@@ -112,13 +115,15 @@ impl FixSource for Link {
     async fn next_batch(&mut self, max: usize) -> Result<Vec<(u64, Fix)>, LinkError> {
         let live_seq = self.live_seq;
         let told = Arc::clone(&self.told_stream);
-        let batch: Vec<StoredFix> = self
+        self.drained = false;
+        // The batch, and whether it is a fix sent ahead of a backlog.
+        let (batch, ahead): (Vec<StoredFix>, bool) = self
             .with_store(false, move |store| {
                 let Some(buffer) = store.buffer_mut() else {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), false));
                 };
                 if *told.lock().unwrap_or_else(|p| p.into_inner()) != buffer.stream() {
-                    return Ok(Vec::new());
+                    return Ok((Vec::new(), false));
                 }
                 // Live first: a newer fix than the last sent ahead, while older ones wait.
                 if let Some(newest) = buffer.newest_pending()? {
@@ -128,15 +133,16 @@ impl FixSource for Link {
                     let oldest_seqs: Vec<u64> = oldest.iter().map(|o| o.seq).collect();
                     buffer.release(&oldest_seqs);
                     if backlog && newest.seq > live_seq {
-                        return Ok(vec![newest]);
+                        return Ok((vec![newest], true));
                     }
                     buffer.release(&[newest.seq]);
                 }
                 let mut out = Vec::with_capacity(max);
                 buffer.next_batch(max, &mut out)?;
-                Ok(out)
+                Ok((out, false))
             })
             .await?;
+        self.drained = !ahead && batch.len() < max;
         if let [only] = batch.as_slice() {
             self.live_seq = self.live_seq.max(only.seq);
         }
@@ -147,6 +153,10 @@ impl FixSource for Link {
             self.in_flight_times.insert(s.seq, s.fix.time_ms);
         }
         Ok(batch.into_iter().map(|s| (s.seq, s.fix)).collect())
+    }
+
+    fn drained(&self) -> bool {
+        self.drained
     }
 
     async fn fixes_pending(&mut self) {

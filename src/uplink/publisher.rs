@@ -69,6 +69,13 @@ pub trait FixSource: Send {
         max: usize,
     ) -> impl Future<Output = Result<Vec<(u64, Fix)>, Self::Error>> + Send;
 
+    /// The last `next_batch` handed out everything pending at the time: asking again at once
+    /// would find nothing new (fixes stored since show through `fixes_pending`). `false` when
+    /// unknown, and after a batch that left fixes behind.
+    fn drained(&self) -> bool {
+        false
+    }
+
     /// Resolves when `next_batch` may have something new (a fix was stored). May resolve
     /// spuriously; the publisher also retries on its own every `idle_poll`.
     fn fixes_pending(&mut self) -> impl Future<Output = ()> + Send;
@@ -938,13 +945,15 @@ impl<S: FixSource> Publisher<S> {
                                 self.reconnect.on_proven();
                                 self.publish_pacing();
                             }
+                            // An ack freed room: ask the source again. (Other events, such
+                            // as rumqttc's note that a PUBLISH went out, free none: asking
+                            // after them would only find what the last ask left.)
+                            if window.has_room() {
+                                source_empty = false;
+                            }
                         }
                         Ok(None) => {}
                         Err(e) => return failed(e, facts, reset_after),
-                    }
-                    // An ack freed room: ask the source again.
-                    if window.has_room() {
-                        source_empty = false;
                     }
                 }
             }
@@ -1085,6 +1094,9 @@ impl<S: FixSource> Publisher<S> {
                     return Ok(true);
                 }
             };
+            // A short batch that emptied the source: no need to ask again (a blocking-pool
+            // round trip) to learn that nothing is left.
+            let drained = batch.len() < self.settings.batch_max && self.source.drained();
             if batch.is_empty() {
                 if *flush_all && !self.held.is_empty() {
                     let held = std::mem::take(&mut self.held);
@@ -1112,6 +1124,9 @@ impl<S: FixSource> Publisher<S> {
                     self.held_due = None;
                     self.publish_fixes(client, window, held).await?;
                 }
+                if drained {
+                    return Ok(true);
+                }
                 continue;
             }
             // Out now. Fixes held for company join the message when they fit in one batch.
@@ -1127,6 +1142,10 @@ impl<S: FixSource> Publisher<S> {
                 }
             }
             self.publish_fixes(client, window, fixes).await?;
+            if drained {
+                *flush_all = false;
+                return Ok(true);
+            }
         }
         Ok(false)
     }

@@ -31,6 +31,9 @@ struct Store {
     /// Fixes per message the publisher reported as handed to the connection.
     published: Vec<usize>,
     next_seq: u64,
+    /// `next_batch` calls, and whether the last one left nothing pending.
+    asked: u64,
+    drained: bool,
 }
 
 #[derive(Clone, Default)]
@@ -62,6 +65,10 @@ impl MemSource {
     pub fn dead(&self) -> Vec<(u64, &'static str)> {
         self.store.lock().unwrap().dead.clone()
     }
+    /// How often the publisher asked for a batch.
+    pub fn asked(&self) -> u64 {
+        self.store.lock().unwrap().asked
+    }
     /// Fixes per message published, in order.
     pub fn published(&self) -> Vec<usize> {
         self.store.lock().unwrap().published.clone()
@@ -87,7 +94,13 @@ impl FixSource for MemSource {
         for (seq, _) in &batch {
             s.in_flight.insert(*seq);
         }
+        s.asked += 1;
+        s.drained = s.pending.keys().all(|seq| s.in_flight.contains(seq));
         Ok(batch)
+    }
+
+    fn drained(&self) -> bool {
+        self.store.lock().unwrap().drained
     }
 
     async fn fixes_pending(&mut self) {
