@@ -897,3 +897,28 @@ fn fixes_appended_since_the_commit_count_everywhere_before_their_rows_are_writte
     buf.commit().unwrap();
     assert_eq!(all_seqs(&c.path), vec![3, 4, 5]);
 }
+
+/// A sync falling due before the receiver's next epoch is done with this epoch's append,
+/// so the ingest thread is not woken on its own just after it: at 10 Hz, the tenth fix of
+/// the interval is synced as it is appended, and the next interval starts with the next fix.
+#[test]
+fn a_sync_due_before_the_next_epoch_rides_on_this_epochs_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
+    let t0 = Instant::now();
+    let at = |i: u64| t0 + Duration::from_millis(100 * i);
+    // As the ingest thread does: an append, then a tick, at each epoch.
+    let synced: Vec<Option<u64>> = (0..20)
+        .map(|i| {
+            let appended = buf.append(&fix(i as i64), at(i)).unwrap().synced_upto;
+            let ticked = buf.tick(at(i)).unwrap();
+            appended.or(ticked)
+        })
+        .collect();
+    let mut expected = vec![None; 20];
+    expected[9] = Some(10);
+    expected[19] = Some(20);
+    assert_eq!(synced, expected);
+    // Nothing is left for a wake of its own before the next epoch.
+    assert!(buf.next_wake() > at(20), "{:?}", buf.next_wake() - t0);
+}

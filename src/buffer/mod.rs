@@ -224,6 +224,12 @@ pub struct Buffer {
     /// `buffer requeue` CLI next to the running daemon).
     data_version: i64,
     next_outside_check: Instant,
+    /// The last append, and how early a sync or a look may be done when the thread is awake
+    /// anyway: a little over the gap between the last two appends (the receiver's epoch), at
+    /// most a quarter of the sync interval. A sync due before the next epoch rides on this one instead of
+    /// waking the thread on its own just after it.
+    last_append_at: Option<Instant>,
+    slack: Duration,
     watch: Watch,
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
     wal_frames: Arc<AtomicI32>,
@@ -434,6 +440,8 @@ impl Buffer {
             last_error,
             data_version: opened.data_version,
             next_outside_check: now,
+            last_append_at: None,
+            slack: Duration::ZERO,
             watch: opened.watch,
             wal_frames: opened.wal_frames,
             checkpoint_frames: CHECKPOINT_FRAMES,
@@ -485,6 +493,12 @@ impl Buffer {
     /// disk failure: it then waits in the memory ring.
     pub fn append(&mut self, fix: &Fix, now: Instant) -> Result<Appended, BufferError> {
         self.last_now = now;
+        if let Some(before) = self.last_append_at {
+            // A quarter over the gap: epochs jitter.
+            let gap = now.saturating_duration_since(before);
+            self.slack = (gap + gap / 4).min(self.sync_interval / 4);
+        }
+        self.last_append_at = Some(now);
         if self.disk != Disk::Writable || !self.ring.is_empty() {
             // Once fixes wait in memory, later ones queue behind them to keep the order.
             self.hold_in_ring(*fix);
@@ -545,14 +559,14 @@ impl Buffer {
         if self.restore_retry.is_some_and(|at| now >= at) {
             self.look(now);
         }
-        if now >= self.next_outside_check {
+        if now + self.slack >= self.next_outside_check {
             self.next_outside_check = now + OUTSIDE_CHECK;
             self.notice_outside_writes();
             // Without fixes there are no commits to look after: look once a second anyway.
             self.look(now);
         }
         let acks_due = self.ack_since.is_some_and(|t| {
-            now.saturating_duration_since(t) >= self.sync_interval
+            now.saturating_duration_since(t) + self.slack >= self.sync_interval
                 || self.acked.len() >= self.sync_max
         });
         if acks_due {
@@ -1214,7 +1228,7 @@ impl Buffer {
             return false;
         };
         let open = self.tx.as_ref().map_or(0, |tx| tx.appended.len());
-        now.saturating_duration_since(since) >= self.sync_interval
+        now.saturating_duration_since(since) + self.slack >= self.sync_interval
             || self.unsynced.len() + open >= self.sync_max
             || self.power_fail_until.is_some_and(|until| now < until)
     }
