@@ -446,6 +446,43 @@ async fn a_short_batch_is_not_followed_by_an_ask_that_can_only_find_nothing() {
     assert_eq!(source.in_flight(), 0);
 }
 
+/// Fixes held for company are topped up when their pace says a full message may be
+/// waiting, not every two seconds: at one fix a second, with four missing from a full
+/// message, the source is not asked again for four seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_fixes_are_topped_up_at_the_pace_they_come_not_on_a_fixed_beat() {
+    let broker = TestBroker::start();
+    let device = support::unique("dev");
+    let mut s = settings(&broker.url(), &device);
+    s.linger = Duration::from_secs(30);
+    s.idle_poll = Duration::from_secs(600);
+    let run = start(s, MemSource::default());
+    // Settle the connect's asks with one fix (it lingers, or goes with the connect's flush).
+    run.source.push([live(1)]);
+    wait_until("the first ask", || run.source.asked() >= 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = run.source.asked();
+    let published = run.source.published();
+    // Three more, a second apart by receiver time: four held, three missing for batch_max.
+    let now = live(0).time_ms;
+    run.source.push((2..=4).map(|i| Fix {
+        time_ms: now - (4 - i as i64) * 1000,
+        ..fix(i)
+    }));
+    wait_until("the ask for the three", || run.source.asked() > before).await;
+    let asked = run.source.asked();
+    // The old beat would have asked again within 2 s.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(
+        run.source.asked(),
+        asked,
+        "asked again before the pace said so"
+    );
+    assert_eq!(run.source.published(), published, "still lingering");
+    let source = run.stop().await;
+    assert_eq!(source.in_flight(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_the_path_vanished_under_is_replaced_once_probes_see_it_back() {
     let broker = TestBroker::start();

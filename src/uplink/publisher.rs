@@ -301,10 +301,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// sent after every commit).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-/// While live fixes wait for company, the source is asked for more this often (not at every
-/// commit): often enough that a full message (`batch_max` fixes) goes within this long of
-/// filling up, seldom enough that a 10 Hz receiver does not wake the uplink ten times a
-/// second.
+/// While live fixes wait for company, the source is asked for more (not at every commit)
+/// when the held fixes' pace says a full message (`batch_max` fixes) may be waiting, but no
+/// sooner than this: seldom enough that a 10 Hz receiver does not wake the uplink ten times
+/// a second, and a 1 Hz one not thirty times for each message it lingers for.
 const HOLD_TOP_UP: Duration = Duration::from_secs(2);
 
 /// A reachability probe: a TCP connection to the broker's port, closed at once with a reset
@@ -865,12 +865,12 @@ impl<S: FixSource> Publisher<S> {
                 }
             }
             let deadline = window.next_deadline();
-            // While live fixes wait for company the source is asked again every HOLD_TOP_UP
-            // (a full message goes then) or when they are due, not at every commit: the
-            // fixes arriving meanwhile wait in the buffer and go with them.
+            // While live fixes wait for company the source is asked again when a full message
+            // may be waiting (a full message goes then) or when they are due, not at every
+            // commit: the fixes arriving meanwhile wait in the buffer and go with them.
             let wait_source = source_empty && window.has_room() && self.held.is_empty();
             let top_up = (source_empty && window.has_room() && !self.held.is_empty())
-                .then_some(asked_at + HOLD_TOP_UP);
+                .then(|| asked_at + self.top_up_after());
             let held_due = self.held_due.filter(|_| window.has_room());
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -1032,6 +1032,23 @@ impl<S: FixSource> Publisher<S> {
             }
             _ => Ok(None),
         }
+    }
+
+    /// How long after the last ask to ask again while fixes are held: when the held fixes'
+    /// pace (by receiver time) says `batch_max` may be reached, never sooner than
+    /// [`HOLD_TOP_UP`]. The linger deadline comes first when it is nearer.
+    fn top_up_after(&self) -> Duration {
+        let n = self.held.len();
+        let (Some((_, first)), Some((_, last))) = (self.held.first(), self.held.last()) else {
+            return HOLD_TOP_UP;
+        };
+        if n < 2 || n >= self.settings.batch_max {
+            return HOLD_TOP_UP;
+        }
+        let span_ms = u64::try_from(last.time_ms.saturating_sub(first.time_ms)).unwrap_or(0);
+        let per_fix_ms = span_ms / (n as u64 - 1);
+        let missing = (self.settings.batch_max - n) as u64;
+        Duration::from_millis(per_fix_ms.saturating_mul(missing)).max(HOLD_TOP_UP)
     }
 
     /// Whether lingering fixes have waited long enough (or make a full message).
