@@ -898,27 +898,35 @@ fn fixes_appended_since_the_commit_count_everywhere_before_their_rows_are_writte
     assert_eq!(all_seqs(&c.path), vec![3, 4, 5]);
 }
 
-/// A sync falling due before the receiver's next epoch is done with this epoch's append,
-/// so the ingest thread is not woken on its own just after it: at 10 Hz, the tenth fix of
-/// the interval is synced as it is appended, and the next interval starts with the next fix.
+/// A sync falling due between two epochs waits for the next one (a little over one epoch,
+/// at most a quarter of the interval) instead of waking the ingest thread on its own just
+/// before it: at 10 Hz the thread never has a reason to wake between epochs, and each sync
+/// takes the interval's fixes with the epoch that ends it.
 #[test]
-fn a_sync_due_before_the_next_epoch_rides_on_this_epochs_append() {
+fn a_sync_due_between_two_epochs_rides_on_the_next_epochs_append() {
     let dir = tempfile::tempdir().unwrap();
     let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
     let t0 = Instant::now();
     let at = |i: u64| t0 + Duration::from_millis(100 * i);
     // As the ingest thread does: an append, then a tick, at each epoch.
-    let synced: Vec<Option<u64>> = (0..20)
-        .map(|i| {
-            let appended = buf.append(&fix(i as i64), at(i)).unwrap().synced_upto;
-            let ticked = buf.tick(at(i)).unwrap();
-            appended.or(ticked)
-        })
-        .collect();
-    let mut expected = vec![None; 20];
-    expected[9] = Some(10);
-    expected[19] = Some(20);
+    let mut synced = Vec::new();
+    for i in 0..22 {
+        let appended = buf.append(&fix(i as i64), at(i)).unwrap().synced_upto;
+        let ticked = buf.tick(at(i)).unwrap();
+        synced.push(appended.or(ticked));
+        if i > 0 {
+            assert!(
+                buf.next_wake() > at(i + 1),
+                "epoch {i}: a wake of its own {:?} after the start",
+                buf.next_wake() - t0
+            );
+        }
+    }
+    let mut expected = vec![None; 22];
+    expected[10] = Some(11);
+    expected[21] = Some(22);
     assert_eq!(synced, expected);
-    // Nothing is left for a wake of its own before the next epoch.
-    assert!(buf.next_wake() > at(20), "{:?}", buf.next_wake() - t0);
+    // No epoch comes: the sync is not late by more than the slack.
+    buf.append(&fix(22), at(22)).unwrap();
+    assert!(buf.next_wake() <= at(22) + Duration::from_millis(1_000 + 125));
 }

@@ -224,10 +224,10 @@ pub struct Buffer {
     /// `buffer requeue` CLI next to the running daemon).
     data_version: i64,
     next_outside_check: Instant,
-    /// The last append, and how early a sync or a look may be done when the thread is awake
-    /// anyway: a little over the gap between the last two appends (the receiver's epoch), at
-    /// most a quarter of the sync interval. A sync due before the next epoch rides on this one instead of
-    /// waking the thread on its own just after it.
+    /// The last append, and how late a sync or a look may be done so that it rides on the
+    /// next epoch's wake: a little over the gap between the last two appends (the receiver's
+    /// epoch), at most a quarter of the sync interval. [`Buffer::next_wake`] adds it, so the
+    /// thread is not woken for a sync alone just before an epoch does the sync anyway.
     last_append_at: Option<Instant>,
     slack: Duration,
     watch: Watch,
@@ -559,14 +559,14 @@ impl Buffer {
         if self.restore_retry.is_some_and(|at| now >= at) {
             self.look(now);
         }
-        if now + self.slack >= self.next_outside_check {
+        if now >= self.next_outside_check {
             self.next_outside_check = now + OUTSIDE_CHECK;
             self.notice_outside_writes();
             // Without fixes there are no commits to look after: look once a second anyway.
             self.look(now);
         }
         let acks_due = self.ack_since.is_some_and(|t| {
-            now.saturating_duration_since(t) + self.slack >= self.sync_interval
+            now.saturating_duration_since(t) >= self.sync_interval
                 || self.acked.len() >= self.sync_max
         });
         if acks_due {
@@ -583,14 +583,17 @@ impl Buffer {
     /// stream's wait running out. The caller may sleep until then (an idle agent stays
     /// asleep between them).
     pub fn next_wake(&self) -> Instant {
-        let mut at = self.next_outside_check;
+        // The sync, the acks' flush and the look wait for the next epoch's append when one
+        // is due within `slack`: one wake for both.
+        let slack = self.slack;
+        let mut at = self.next_outside_check + slack;
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 at = at.min(t);
             }
         };
-        consider(self.dirty_since.map(|t| t + self.sync_interval));
-        consider(self.ack_since.map(|t| t + self.sync_interval));
+        consider(self.dirty_since.map(|t| t + self.sync_interval + slack));
+        consider(self.ack_since.map(|t| t + self.sync_interval + slack));
         consider(self.stale_since.map(|t| t + STALE_WAIT));
         consider(self.restore_retry);
         if let Disk::Failing { next_retry } = self.disk {
@@ -1228,7 +1231,7 @@ impl Buffer {
             return false;
         };
         let open = self.tx.as_ref().map_or(0, |tx| tx.appended.len());
-        now.saturating_duration_since(since) + self.slack >= self.sync_interval
+        now.saturating_duration_since(since) >= self.sync_interval
             || self.unsynced.len() + open >= self.sync_max
             || self.power_fail_until.is_some_and(|until| now < until)
     }
