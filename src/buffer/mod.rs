@@ -32,7 +32,8 @@
 //! pages into the main file, and the journal's 88 bytes per fix (overwritten with zeros at
 //! each sync, in blocks the file already has). `cargo bench --bench buffer` prints
 //! the commits, syncs and checkpoints. **Loss windows:** SIGKILL: none of what was appended;
-//! power cut: at most `commit_interval_s` of fixes (or `commit_max`, if fewer).
+//! power cut: at most `commit_interval_s` of fixes (or `commit_max`, if fewer), plus the
+//! epoch a sync due between two epochs waits for (see [`Buffer::next_wake`]).
 //!
 //! **Seq.** A fix gets `seq = last_seq + 1` inside the transaction that stores it; if that
 //! transaction rolls back, the counter goes back too, so no gap is left. `meta.last_seq` is
@@ -866,9 +867,7 @@ impl Buffer {
         }
         self.data_version = version;
         // The recount compares rows with the depth, which counts the appended fixes.
-        if let Err(e) = self.write_appended() {
-            let now = self.last_now;
-            self.fail(e, "append", now);
+        if self.write_appended_or_fail().is_err() {
             return;
         }
         let count = |sql: &str| -> rusqlite::Result<u64> {
@@ -906,10 +905,7 @@ impl Buffer {
 
     /// Depth, ends, counters; cheap (the depth is kept counted).
     pub fn stats(&mut self) -> Result<BufferStats, BufferError> {
-        if let Err(e) = self.write_appended() {
-            let now = self.last_now;
-            return Err(self.fail(e, "append", now));
-        }
+        self.write_appended_or_fail()?;
         let result = file_ops::stats_with_depth(&self.conn, &self.path, self.depth());
         let mut s = match result {
             Ok(s) => s,
@@ -1002,15 +998,10 @@ impl Buffer {
                 .conn
                 .prepare_cached("SELECT time_ms FROM fixes ORDER BY seq LIMIT 1")
                 .and_then(|mut stmt| stmt.query_row([], |r| r.get::<_, i64>(0)).optional());
-            // Fixes appended since the commit may have no row yet.
-            let appended = self
-                .tx
-                .as_ref()
-                .and_then(|tx| tx.appended.first())
-                .map(|s| s.fix.time_ms);
             let oldest_time_ms = match oldest_on_disk {
+                // Fixes appended since the commit may have no row yet.
                 Ok(on_disk) => on_disk
-                    .or(appended)
+                    .or_else(|| self.tx.as_ref()?.appended.first().map(|s| s.fix.time_ms))
                     .or_else(|| self.ring.front().map(|f| f.time_ms)),
                 Err(e) => {
                     debug!(component = "buffer", error = %e, "oldest fix unreadable");
@@ -1115,12 +1106,18 @@ impl Buffer {
     }
 
     fn insert(&mut self, fix: &Fix) -> rusqlite::Result<u64> {
-        self.make_room()?;
-        let seq = self.current.last_seq + 1;
+        let seq = self.next_seq()?;
         insert_fix(&self.conn, seq, fix)?;
-        self.current.last_seq = seq;
-        self.current.depth += 1;
         Ok(seq)
+    }
+
+    /// Makes room by the capacity policy and counts one more fix: its seq. A failed write
+    /// after it rolls the counts back with the transaction ([`Buffer::rollback_to_ring`]).
+    fn next_seq(&mut self) -> rusqlite::Result<u64> {
+        self.make_room()?;
+        self.current.last_seq += 1;
+        self.current.depth += 1;
+        Ok(self.current.last_seq)
     }
 
     /// Capacity policy, before a fix is stored: the N+1th fix evicts. Fixes in flight may be
@@ -1462,19 +1459,16 @@ impl Buffer {
         self.current = self.committed;
     }
 
-    /// Inserts a fix in the open transaction and keeps it there twice: for the ring if the
-    /// transaction fails, for `unsynced` once it commits. Returns its seq.
+    /// Counts a fix in the open transaction and keeps it there twice: for the ring if the
+    /// transaction fails, for `unsynced` once it commits. Its row is written at the commit,
+    /// or sooner when a statement needs it ([`Buffer::write_appended`]). Returns its seq.
     fn insert_appended(&mut self, fix: &Fix) -> rusqlite::Result<u64> {
         let Some(tx) = self.tx.as_mut() else {
             return self.insert(fix);
         };
         tx.fixes.push(*fix);
-        self.make_room()?;
-        let seq = self.current.last_seq + 1;
-        self.current.last_seq = seq;
-        self.current.depth += 1;
+        let seq = self.next_seq()?;
         if let Some(tx) = self.tx.as_mut() {
-            // Its row is written at the commit (or when a statement needs it).
             tx.appended.push(StoredFix { seq, fix: *fix });
         }
         Ok(seq)
@@ -1492,6 +1486,14 @@ impl Buffer {
             tx.written += 1;
         }
         Ok(())
+    }
+
+    /// [`Buffer::write_appended`] for a caller outside the write path: a failure is handled
+    /// as every failed write is ([`Buffer::fail`]) and returned.
+    fn write_appended_or_fail(&mut self) -> Result<(), BufferError> {
+        let now = self.last_now;
+        self.write_appended()
+            .map_err(|e| self.fail(e, "append", now))
     }
 
     /// Commits the open transaction, if any (the fixes the journal holds); a failure is

@@ -1111,9 +1111,9 @@ impl<S: FixSource> Publisher<S> {
                     return Ok(true);
                 }
             };
-            // A short batch that emptied the source: no need to ask again (a blocking-pool
-            // round trip) to learn that nothing is left.
-            let drained = batch.len() < self.settings.batch_max && self.source.drained();
+            // The batch emptied the source: no need to ask again (a blocking-pool round trip)
+            // to learn that nothing is left.
+            let drained = self.source.drained();
             if batch.is_empty() {
                 if *flush_all && !self.held.is_empty() {
                     let held = std::mem::take(&mut self.held);
