@@ -297,3 +297,25 @@ async fn the_link_says_drained_only_when_its_batch_took_everything_pending() {
     assert_eq!(again.iter().map(|f| f.0).collect::<Vec<_>>(), vec![2, 3]);
     assert!(link.drained());
 }
+
+/// Live first is for a backlog of more than one message. What fits in one batch goes in one,
+/// the newest with it, oldest first: the fixes of one sync interval are not split into a
+/// lone newest fix and the rest (two messages, two trips through the blocking pool).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_fixes_that_fit_one_batch_go_in_one_with_the_newest() {
+    use gps_agent::uplink::publisher::FixSource;
+    let dir = tempfile::tempdir().unwrap();
+    let store = backlog(dir.path(), 10);
+    let (mut link, _board) = link_over(&store);
+    link.stream();
+
+    let all = link.next_batch(10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|f| f.0).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>(),
+        "ten pending, a batch of ten: one batch, oldest first, the newest in it"
+    );
+    assert!(!link.drained(), "a full batch says nothing of what is left");
+    assert!(link.next_batch(10).await.unwrap().is_empty());
+    assert!(link.drained());
+}

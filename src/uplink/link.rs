@@ -125,20 +125,22 @@ impl FixSource for Link {
                 if *told.lock().unwrap_or_else(|p| p.into_inner()) != buffer.stream() {
                     return Ok((Vec::new(), false));
                 }
-                // Live first: a newer fix than the last sent ahead, while older ones wait.
+                // Oldest first. What fits in one batch goes together, the newest with it.
+                let mut out = Vec::with_capacity(max);
+                buffer.next_batch(max, &mut out)?;
+                if out.len() < max {
+                    return Ok((out, false));
+                }
+                // A backlog of more than a batch: live first, a newer fix than the last sent
+                // ahead goes alone while the older ones wait.
                 if let Some(newest) = buffer.newest_pending()? {
-                    let mut oldest = Vec::with_capacity(1);
-                    buffer.next_batch(1, &mut oldest)?;
-                    let backlog = oldest.first().is_some_and(|o| o.seq < newest.seq);
-                    let oldest_seqs: Vec<u64> = oldest.iter().map(|o| o.seq).collect();
-                    buffer.release(&oldest_seqs);
-                    if backlog && newest.seq > live_seq {
+                    if newest.seq > live_seq {
+                        let seqs: Vec<u64> = out.iter().map(|o| o.seq).collect();
+                        buffer.release(&seqs);
                         return Ok((vec![newest], true));
                     }
                     buffer.release(&[newest.seq]);
                 }
-                let mut out = Vec::with_capacity(max);
-                buffer.next_batch(max, &mut out)?;
                 Ok((out, false))
             })
             .await?;
