@@ -930,3 +930,61 @@ fn a_sync_due_between_two_epochs_rides_on_the_next_epochs_append() {
     buf.append(&fix(22), at(22)).unwrap();
     assert!(buf.next_wake() <= at(22) + Duration::from_millis(1_000 + 125));
 }
+
+/// An outsider deletes, replaces or truncates the crash journal while the agent runs. The
+/// sync after it makes the journal whole again: the fixes appended after that sync survive
+/// the process (they would go into a file no restart reads, after a delete or a rename over
+/// it), nothing of a replacement is taken for a fix, and a truncated journal has its room
+/// (no `ENOSPC` halfway through an interval) again.
+#[test]
+fn a_journal_deleted_replaced_or_truncated_is_made_whole_at_the_next_sync() {
+    for harm in ["delete", "replace", "truncate"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut buf, _) = Buffer::open(&checked(&cfg(dir.path()))).unwrap();
+        let journal = dir.path().join("buffer.db-fixlog");
+        let room = std::fs::metadata(&journal).unwrap().len();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        buf.append(&fix(0), at(0)).unwrap();
+        assert_eq!(buf.tick(at(1_000)).unwrap(), Some(1));
+        match harm {
+            "delete" => std::fs::remove_file(&journal).unwrap(),
+            "replace" => {
+                // Another process's file renamed over it: a stale copy of a full journal.
+                let other = dir.path().join("other");
+                std::fs::write(&other, vec![0x47u8; room as usize]).unwrap();
+                std::fs::rename(&other, &journal).unwrap();
+            }
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .open(&journal)
+                .unwrap()
+                .set_len(0)
+                .unwrap(),
+        }
+        buf.append(&fix(1), at(1_100)).unwrap();
+        assert_eq!(buf.tick(at(2_100)).unwrap(), Some(2), "{harm}");
+        assert_eq!(
+            std::fs::metadata(&journal).unwrap().len(),
+            room,
+            "{harm}: the journal has its room again"
+        );
+        buf.append(&fix(2), at(2_200)).unwrap();
+        buf.append(&fix(3), at(2_300)).unwrap();
+
+        // What a SIGKILL would leave now.
+        let crashed = tempfile::tempdir().unwrap();
+        for suffix in ["", "-wal", "-fixlog"] {
+            let name = format!("buffer.db{suffix}");
+            std::fs::copy(dir.path().join(&name), crashed.path().join(&name)).unwrap();
+        }
+        let c2 = cfg(crashed.path());
+        let (again, _) = Buffer::open(&checked(&c2)).unwrap();
+        assert_eq!(again.stream(), buf.stream());
+        assert_eq!(
+            all_seqs(&c2.path),
+            vec![1, 2, 3, 4],
+            "{harm}: the fixes after the mend survive the process, and only they"
+        );
+    }
+}

@@ -18,7 +18,7 @@
 use crate::fix::{Event, Fix, FixMode};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 /// One record's size on disk.
@@ -266,6 +266,47 @@ impl Journal {
         self.dirty = 0;
         self.end = 0;
         Ok(())
+    }
+
+    /// Checks, while it is empty, that the path still names this file with all its room, and
+    /// mends what an outsider did: a file deleted or replaced is made anew at the path (what
+    /// a replacement held is not ours: every fix of ours is in the buffer when this runs), a
+    /// truncated one gets its room written again. Without this, records would go on into a
+    /// file no restart reads, or past a hole that ends the replay. `Ok(None)` when all was
+    /// well; `Ok(Some(what))` names what was mended.
+    pub(crate) fn mend(&mut self) -> io::Result<Option<&'static str>> {
+        let open = self.file.metadata()?;
+        let at_path = match std::fs::metadata(&self.path) {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let same = at_path
+            .as_ref()
+            .is_some_and(|m| m.dev() == open.dev() && m.ino() == open.ino());
+        if !same || open.nlink() == 0 {
+            let what = if at_path.is_some() {
+                "replaced"
+            } else {
+                "deleted"
+            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&self.path)?;
+            allocate(&file, 0, self.room)?;
+            self.file = file;
+            self.end = 0;
+            self.dirty = 0;
+            return Ok(Some(what));
+        }
+        if open.len() < self.room {
+            allocate(&self.file, open.len(), self.room)?;
+            return Ok(Some("truncated"));
+        }
+        Ok(None)
     }
 
     /// Whether it holds anything since the last clear.

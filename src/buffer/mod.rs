@@ -16,7 +16,9 @@
 //! next start stores what the journal holds. At most `commit_interval_s` later (or after
 //! `commit_max` fixes, or at once after SIGPWR, see [`Buffer::power_fail`]) the transaction
 //! commits (a `write` of its WAL frames, the file in WAL mode with `synchronous = NORMAL`),
-//! one `fdatasync` of the WAL makes it survive a power cut too, and the journal is emptied.
+//! one `fdatasync` of the WAL makes it survive a power cut too, and the journal is emptied
+//! (and made whole again if an outsider deleted, replaced or truncated it, see
+//! `Journal::mend`).
 //! Only fixes that survive a power cut are handed to the uplink: a seq the broker has seen
 //! can never come back after a cut and be given to another fix. Acknowledgements are not
 //! urgent (a lost one is a duplicate, never a loss): their deletes ride along in the next
@@ -1539,12 +1541,18 @@ impl Buffer {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
-        match journal.clear() {
-            Ok(()) => self.journal_failed = false,
+        match journal.clear().and_then(|()| journal.mend()) {
+            Ok(mended) => {
+                self.journal_failed = false;
+                if let Some(what) = mended {
+                    warn!(component = "buffer", path = %journal.path().display(), what,
+                        "crash journal changed from outside; made whole again");
+                }
+            }
             Err(e) => {
                 // It would only grow: commit each fix on its own from here.
                 warn!(component = "buffer", path = %journal.path().display(), error = %e,
-                    "crash journal cannot be emptied; committing each fix on its own");
+                    "crash journal cannot be emptied or made whole; committing each fix on its own");
                 self.journal = None;
             }
         }
