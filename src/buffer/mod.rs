@@ -389,8 +389,8 @@ impl Buffer {
         };
         let opened = adopt(conn, &path)?;
         let counters = opened.counters;
-        info!(path = %path.display(), stream = %opened.stream, depth = counters.depth,
-            last_seq = counters.last_seq, "buffer open");
+        info!(component = "buffer", path = %path.display(), stream = %opened.stream,
+            depth = counters.depth, last_seq = counters.last_seq, "buffer open");
         let clock = Clock::system();
         let last_error = report.corrupt_reason.as_ref().map(|reason| {
             LastError::from_parts(

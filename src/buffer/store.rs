@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 /// The buffer file, or the queue that waits for it.
 pub struct Store {
@@ -86,12 +86,6 @@ impl Store {
                         "damaged buffer file moved aside; a new stream begins"
                     );
                 }
-                info!(
-                    component = "buffer",
-                    path = %self.cfg.path.display(),
-                    stream = buffer.stream(),
-                    "buffer open"
-                );
                 self.buffer = Some(buffer.with_clock(self.board.clock().clone()));
                 self.open_error = None;
                 self.flush_waiting(now);
