@@ -319,3 +319,26 @@ async fn pending_fixes_that_fit_one_batch_go_in_one_with_the_newest() {
     assert!(link.next_batch(10).await.unwrap().is_empty());
     assert!(link.drained());
 }
+
+/// The uplink's runtime thread learns the buffer's stream without the store's lock, which the
+/// ingest thread holds across each sync's `fdatasync` (on a worn SD card, up to seconds): the
+/// runtime also serves `/health` and the MQTT connection, and must not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_uplink_reads_the_stream_while_a_sync_holds_the_store() {
+    use gps_agent::uplink::publisher::FixSource;
+    let dir = tempfile::tempdir().unwrap();
+    let store = backlog(dir.path(), 3);
+    let expected = store.lock().stream().unwrap();
+    let (link, _board) = link_over(&store);
+
+    let held = store.lock();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || tx.send(link.stream()).unwrap());
+    let read = rx.recv_timeout(Duration::from_secs(5));
+    drop(held);
+    reader.join().unwrap();
+    assert_eq!(
+        read.expect("the stream is read while the store is held"),
+        expected
+    );
+}

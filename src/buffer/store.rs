@@ -40,6 +40,10 @@ pub struct Store {
     published_key: Option<super::StatusKey>,
     /// Fixes of `waiting` given up at shutdown.
     lost_waiting: u64,
+    /// The stream as last published, and where it is published for the uplink to read
+    /// without the store's lock (which the ingest thread holds across a sync).
+    published_stream: String,
+    stream_cell: Arc<Mutex<String>>,
 }
 
 /// What [`Store::close`] could not keep.
@@ -67,6 +71,8 @@ impl Store {
             changed: true,
             published_key: None,
             lost_waiting: 0,
+            published_stream: String::new(),
+            stream_cell: Arc::new(Mutex::new(String::new())),
         };
         store.try_open(now);
         store.publish();
@@ -236,6 +242,11 @@ impl Store {
 
     /// Publish the buffer's status on the board if anything changed since the last time.
     pub fn publish(&mut self) {
+        let stream = self.buffer.as_ref().map_or("", |b| b.stream());
+        if stream != self.published_stream {
+            stream.clone_into(&mut self.published_stream);
+            stream.clone_into(&mut self.stream_cell.lock().unwrap_or_else(|p| p.into_inner()));
+        }
         let key = self.buffer.as_ref().map(Buffer::status_key);
         let moved = key != self.published_key;
         if !std::mem::take(&mut self.changed) && !moved {
@@ -272,14 +283,29 @@ pub struct SharedStore {
     inner: Arc<Mutex<Store>>,
     /// Woken when fixes were committed (the uplink may have something new).
     committed: Arc<Notify>,
+    /// The buffer's stream as the store last published it ("" without a file).
+    stream: Arc<Mutex<String>>,
 }
 
 impl SharedStore {
     pub fn new(store: Store) -> Self {
+        let stream = Arc::clone(&store.stream_cell);
         SharedStore {
             inner: Arc::new(Mutex::new(store)),
             committed: Arc::new(Notify::new()),
+            stream,
         }
+    }
+
+    /// The buffer's stream as last published (after each pass of the ingest thread), read
+    /// without waiting for the store: for the uplink's runtime thread, which must not wait
+    /// for an `fdatasync`. It may lag a stream change by one pass; the store itself is the
+    /// judge of which fixes a stream may take (see `Link`).
+    pub fn stream(&self) -> String {
+        self.stream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The store. A panic elsewhere while holding the lock leaves SQLite's own state

@@ -107,7 +107,7 @@ impl FixSource for Link {
     type Error = LinkError;
 
     fn stream(&self) -> String {
-        let stream = self.store.lock().stream().unwrap_or_default();
+        let stream = self.store.stream();
         stream.clone_into(&mut self.told_stream.lock().unwrap_or_else(|p| p.into_inner()));
         stream
     }
