@@ -284,11 +284,13 @@ impl Journal {
         let same = at_path
             .as_ref()
             .is_some_and(|m| m.dev() == open.dev() && m.ino() == open.ino());
-        if !same || open.nlink() == 0 {
+        // The path names the open file only while it has a link: a delete or a rename over
+        // it leaves the path naming another file, or none.
+        if !same {
             let what = if at_path.is_some() {
                 "replaced"
             } else {
-                "deleted"
+                "deleted or moved"
             };
             let file = OpenOptions::new()
                 .read(true)
