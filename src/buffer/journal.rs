@@ -15,10 +15,11 @@
 //! `speed_mps`, `course_deg`, `hdop` (f64, 0 when absent); `sats`, mode, event, a pad byte;
 //! FNV-1a 64 of the 80 bytes before it.
 
+use super::files::FileId;
 use crate::fix::{Event, Fix, FixMode};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// One record's size on disk.
@@ -283,7 +284,7 @@ impl Journal {
         };
         let same = at_path
             .as_ref()
-            .is_some_and(|m| m.dev() == open.dev() && m.ino() == open.ino());
+            .is_some_and(|m| FileId::of(m) == FileId::of(&open));
         // The path names the open file only while it has a link: a delete or a rename over
         // it leaves the path naming another file, or none.
         if !same {

@@ -40,9 +40,8 @@ pub struct Store {
     published_key: Option<super::StatusKey>,
     /// Fixes of `waiting` given up at shutdown.
     lost_waiting: u64,
-    /// The stream as last published, and where it is published for the uplink to read
-    /// without the store's lock (which the ingest thread holds across a sync).
-    published_stream: String,
+    /// The stream as last published, for the uplink to read without the store's lock
+    /// (which the ingest thread holds across a sync).
     stream_cell: Arc<Mutex<String>>,
 }
 
@@ -71,7 +70,6 @@ impl Store {
             changed: true,
             published_key: None,
             lost_waiting: 0,
-            published_stream: String::new(),
             stream_cell: Arc::new(Mutex::new(String::new())),
         };
         store.try_open(now);
@@ -242,10 +240,12 @@ impl Store {
 
     /// Publish the buffer's status on the board if anything changed since the last time.
     pub fn publish(&mut self) {
-        let stream = self.buffer.as_ref().map_or("", |b| b.stream());
-        if stream != self.published_stream {
-            stream.clone_into(&mut self.published_stream);
-            stream.clone_into(&mut self.stream_cell.lock().unwrap_or_else(|p| p.into_inner()));
+        {
+            let stream = self.buffer.as_ref().map_or("", |b| b.stream());
+            let mut cell = self.stream_cell.lock().unwrap_or_else(|p| p.into_inner());
+            if *cell != stream {
+                stream.clone_into(&mut cell);
+            }
         }
         let key = self.buffer.as_ref().map(Buffer::status_key);
         let moved = key != self.published_key;
