@@ -23,7 +23,7 @@
 use crate::config::{BrokerUrl, MqttSettings, PayloadFormat};
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
-use crate::status::{PathState, StatusBoard};
+use crate::status::{MqttStatus, PathState, StatusBoard};
 use crate::uplink::acks::{AckWindow, Acked};
 use crate::uplink::backoff::{BackoffPolicy, Jitter, Xorshift64};
 use crate::uplink::breaker::BreakerPolicy;
@@ -200,6 +200,9 @@ pub struct PublisherSettings {
     pub window: u16,
     /// A message without PUBACK this long means the link is broken.
     pub puback_timeout: Duration,
+    /// TCP, TLS and CONNECT together must be done (CONNACK received) within this; whole
+    /// seconds, at least one (rumqttc's resolution).
+    pub connect_timeout: Duration,
     pub keep_alive: Duration,
     /// How long a live fix may wait for company; zero sends each at once.
     pub linger: Duration,
@@ -261,6 +264,7 @@ impl PublisherSettings {
             payload: mqtt.payload,
             window: mqtt.inflight.get(),
             puback_timeout: mqtt.puback_timeout,
+            connect_timeout: CONNECT_TIMEOUT,
             keep_alive: mqtt.keep_alive,
             linger: mqtt.linger,
             probe: ProbePolicy {
@@ -295,6 +299,8 @@ impl PublisherSettings {
     }
 }
 
+/// How long a full attempt may take, from TCP to CONNACK: rumqttc's default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, how long to wait for PUBACKs of messages in flight (and for `offline`).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often to ask the buffer again when it said nothing is pending (a wake-up is also
@@ -431,7 +437,7 @@ impl<S: FixSource> Publisher<S> {
             held_due: None,
             stream: String::new(),
         };
-        p.publish_pacing();
+        p.show(None, |m| m.message_limit = None);
         p
     }
 
@@ -448,8 +454,7 @@ impl<S: FixSource> Publisher<S> {
         self.limit = MessageLimit::new(settings.max_message_bytes);
         self.tls = tls_of(&settings);
         self.settings = settings;
-        self.publish_pacing();
-        self.board.mqtt(|m| {
+        self.show(None, |m| {
             m.last_error = None;
             m.message_limit = None;
         });
@@ -479,13 +484,14 @@ impl<S: FixSource> Publisher<S> {
             if shutdown.is_cancelled() {
                 return;
             }
-            self.publish_retry(step);
+            self.show(Some(step), |_| {});
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(step.at()) => {}
             }
             step = match step {
                 Step::Probe { .. } => {
+                    self.show(None, |_| {});
                     let reachable = tokio::select! {
                         _ = shutdown.cancelled() => return,
                         r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
@@ -511,11 +517,7 @@ impl<S: FixSource> Publisher<S> {
                 Step::Connect { .. } => match self.reconnect.attempt(Instant::now()) {
                     Some(later) => later,
                     None => {
-                        let breaker = self.reconnect.breaker();
-                        self.board.mqtt(|m| {
-                            m.connect_attempts += 1;
-                            m.breaker = breaker;
-                        });
+                        self.show(None, |m| m.connect_attempts += 1);
                         match self.session(shutdown).await {
                             SessionEnd::Shutdown => return,
                             SessionEnd::Failed(failure) => self.after_failure(failure),
@@ -545,52 +547,40 @@ impl<S: FixSource> Publisher<S> {
         );
         let error = self.board.error_now(err);
         // One update: a reader never sees the new error beside the old retry time.
-        let retry_at = self.board.clock().now() + step.at().saturating_duration_since(now);
-        self.publish_pacing_with(|m| {
+        self.show(Some(step), |m| {
             m.connected = false;
             m.last_error = Some(error);
-            m.retry_at = Some(retry_at);
         });
         step
     }
 
-    /// Breaker and path as the reconnect policy sees them, and the learned limit.
-    fn publish_pacing(&self) {
-        self.publish_pacing_with(|_| {});
-    }
-
-    /// As [`Publisher::publish_pacing`], with more changes in the same update.
-    fn publish_pacing_with(&self, more: impl FnOnce(&mut crate::status::MqttStatus)) {
-        let (breaker, path, limit) = (
-            self.reconnect.breaker(),
-            self.reconnect.path(),
-            self.limit.learned(),
-        );
+    /// What `/health` shows of the pacing: the breaker, the path and when `next` (the step
+    /// the loop is about to wait for, the very wait it then sleeps) is due, read from the
+    /// machine in one piece ([`Reconnect::pacing`]); `more` changes in the same update. The
+    /// only place these three are written, after every change of the machine, so they never
+    /// disagree with it or with each other.
+    fn show(&self, next: Option<Step>, more: impl FnOnce(&mut MqttStatus)) {
+        let pacing = self.reconnect.pacing(next);
+        let now = Instant::now();
+        let retry_at = pacing
+            .next_at
+            .map(|at| self.board.clock().now() + at.saturating_duration_since(now));
         self.board.mqtt(|m| {
-            m.breaker = breaker;
-            m.path = path;
-            m.message_limit = limit;
+            m.breaker = pacing.breaker;
+            m.path = pacing.path;
+            m.retry_at = retry_at;
             more(m);
         });
     }
 
-    /// The next step is due at `step.at()`: `/health` shows it, and it is the very wait the
-    /// loop then sleeps.
-    fn publish_retry(&self, step: Step) {
-        let wait = step.at().saturating_duration_since(Instant::now());
-        let at = self.board.clock().now() + wait;
-        self.board.mqtt(|m| m.retry_at = Some(at));
-    }
-
+    /// A probe ended: counted (the path it found is shown with the next step).
     fn count_probe(&self, reachable: bool) {
-        let path = self.reconnect.path();
         self.board.mqtt(|m| {
             if reachable {
                 m.probes_ok += 1;
             } else {
                 m.probes_failed += 1;
             }
-            m.path = path;
         });
     }
 
@@ -653,6 +643,9 @@ impl<S: FixSource> Publisher<S> {
         // Room for the window, the status message and the DISCONNECT: try_publish never
         // finds the channel full.
         let (client, mut eventloop) = AsyncClient::new(options, window_size + 2);
+        eventloop
+            .network_options
+            .set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
         // The event loop runs in its own task so that no `poll()` is ever cancelled halfway;
         // the session reads its events from a bounded channel. Dropping the task drops the
         // rumqttc state with it: nothing it still holds is ever sent.
@@ -815,11 +808,9 @@ impl<S: FixSource> Publisher<S> {
         facts.connected_at = Some(now);
         self.connections += 1;
         let reconnects = self.connections.saturating_sub(1);
-        self.board.mqtt(|m| {
+        self.show(None, |m| {
             m.connected = true;
             m.reconnects = reconnects;
-            m.retry_at = None;
-            m.path = PathState::Up;
         });
         info!(broker = %self.settings.broker, reconnects, window = window.capacity(),
             "uplink connected");
@@ -902,7 +893,7 @@ impl<S: FixSource> Publisher<S> {
                             return failed(UplinkError::Stalled { waited }, facts, reset_after);
                         }
                     }
-                    self.publish_pacing();
+                    self.show(None, |_| {});
                 }
                 _ = sleep_until_opt(held_due) => {}
                 _ = sleep_until_opt(top_up) => source_empty = false,
@@ -943,7 +934,7 @@ impl<S: FixSource> Publisher<S> {
                                 // The link carried a message both ways: the broker works.
                                 facts.proven = true;
                                 self.reconnect.on_proven();
-                                self.publish_pacing();
+                                self.show(None, |_| {});
                             }
                             // An ack freed room: ask the source again. (Other events, such
                             // as rumqttc's note that a PUBLISH went out, free none: asking

@@ -35,6 +35,22 @@
 //! that fails and a later one that succeeds, with still no PUBACK, mean the link went away
 //! and came back under an established connection, whose own retransmissions may take as long
 //! again as the outage lasted; the publisher then reconnects at once.
+//!
+//! **Liveness.** From any state, whatever endings, probe results and reconfigurations came
+//! before, the next step (a probe, or a full attempt) is due at most
+//! [`ReconnectPolicy::longest_wait`] after the event that chose it: the longest of the
+//! backoff's ceiling (`backoff_max_s`), the breaker's longest pause plus its jitter (a
+//! quarter more), the wait after a permanent failure and the probes' ceiling. A full attempt
+//! is let through at the very time it was scheduled ([`Reconnect::attempt`] agrees with the
+//! step it was given), and a probe that gets through is followed by a full attempt within
+//! the same bound; so while fixes or the status wait, the broker is tried at least once per
+//! bound, or its path is probed. What `/health` shows of it ([`Reconnect::pacing`]: breaker,
+//! path, time of the next step) is read from the machine with the step it chose, never kept
+//! apart. `tests/uplink_liveness.rs` drives the machine with random sequences of every
+//! ending, probe result, time jump and reconfiguration and checks all of it. (Before issue
+//! 20 the breaker's jitter was added to an end of pause already moved up to `now`: once the
+//! pause was over the gate moved with the clock, the trial was never let out, and an agent
+//! whose broker refused five times never tried again.)
 
 use crate::status::{BreakerState, PathState};
 use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
@@ -82,6 +98,38 @@ pub struct ReconnectPolicy {
     pub breaker: BreakerPolicy,
     /// Wait after a permanent failure (credentials, certificates).
     pub permanent_retry: Duration,
+}
+
+impl ReconnectPolicy {
+    /// The liveness bound (see the module's doc): no step is ever scheduled further ahead
+    /// than this.
+    pub fn longest_wait(&self) -> Duration {
+        let pause = self.breaker.longest_pause();
+        [
+            self.backoff.max,
+            pause.saturating_add(pause / BREAKER_JITTER_DIVISOR),
+            self.permanent_retry,
+            self.probe.max.max(self.probe.interval),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
+    }
+}
+
+/// The breaker's pause is spread by up to this fraction of itself, drawn when it opens.
+const BREAKER_JITTER_DIVISOR: u32 = 4;
+
+/// What `/health` shows of the pacing (`breaker`, `path`, `retry_in_s`), read from the
+/// machine together with the step it chose: one reading, so the three never disagree with
+/// each other or with what the loop then does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    pub breaker: BreakerState,
+    pub path: PathState,
+    /// When the next probe or full attempt is due; `None` while one is under way or a
+    /// session is up.
+    pub next_at: Option<Instant>,
 }
 
 /// How a full attempt or a session ended, as far as pacing is concerned (the publisher
@@ -280,6 +328,7 @@ impl Reconnect {
             probing.seen_down = true;
             let since = probing.since;
             self.path = PathState::Down;
+            self.breaker.release_trial();
             return Step::Probe {
                 at: now + self.probe_delay(now.saturating_duration_since(since)),
             };
@@ -317,6 +366,21 @@ impl Reconnect {
         self.path
     }
 
+    /// What `/health` shows, with `next` the step the loop is about to wait for (`None`
+    /// while a probe or an attempt is under way, or a session is up).
+    pub fn pacing(&self, next: Option<Step>) -> Pacing {
+        Pacing {
+            breaker: self.breaker.status(),
+            path: self.path,
+            next_at: next.map(|step| step.at()),
+        }
+    }
+
+    /// The liveness bound of this machine's policy.
+    pub fn longest_wait(&self) -> Duration {
+        self.policy.longest_wait()
+    }
+
     pub fn breaker(&self) -> BreakerState {
         self.breaker.status()
     }
@@ -327,7 +391,11 @@ impl Reconnect {
     }
 
     fn probe_soon(&mut self, now: Instant, why: Suspicion) -> Step {
-        self.breaker.release_trial();
+        if why != Suspicion::Stalled {
+            self.breaker.release_trial();
+        }
+        // A timeout keeps the breaker's trial out: the probe gives its verdict (a working
+        // path: the broker failed the trial; a dead one: no verdict).
         self.probing = Some(Probing {
             since: now,
             seen_down: false,
@@ -346,7 +414,7 @@ impl Reconnect {
         self.breaker.on_failure(now);
         if self.breaker.state() != before && self.breaker.status() == BreakerState::Open {
             let pause = self.breaker.pause();
-            self.breaker_jitter = self.jitter.spread(pause / 4);
+            self.breaker_jitter = self.jitter.spread(pause / BREAKER_JITTER_DIVISOR);
         }
     }
 
@@ -358,15 +426,12 @@ impl Reconnect {
             .max(now)
     }
 
+    /// The earliest full attempt the breaker allows: the end of its pause plus the jitter
+    /// drawn when it opened, both counted from when it opened (so the gate stands still
+    /// while the clock runs towards it); `now` in any other state.
     fn breaker_gate(&self, now: Instant) -> Instant {
-        match self.breaker.next_attempt_at(now) {
-            Some(at) if self.breaker.status() == BreakerState::Open => {
-                let ready = at.max(now);
-                // The jitter spreads the end of the pause, counted from its real end.
-                let end = at.checked_add(self.breaker_jitter).unwrap_or(at);
-                ready.max(end)
-            }
-            Some(at) => at.max(now),
+        match self.breaker.open_until() {
+            Some(end) => end.checked_add(self.breaker_jitter).unwrap_or(end).max(now),
             None => now,
         }
     }
@@ -467,6 +532,197 @@ mod tests {
             probes += 1;
             step = r.on_probe(at, at >= back);
         }
+    }
+
+    /// What a full attempt meets on the broker's side, in these tests' small world.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        /// The attempt ends `after` it began, with `ending`, without a session.
+        Fails { after: Duration, ending: Ending },
+        /// CONNACK, then no PUBACK: the session ends `after` it began, with `ending`.
+        Unproven { after: Duration, ending: Ending },
+        /// CONNACK and PUBACKs: the broker works.
+        Works,
+    }
+
+    /// The publisher's loop over the machine, as `Publisher::serve` runs it, from `t0` until
+    /// a full attempt meets a working broker or the clock passes `until`. Probes always get
+    /// through (the broker's port answers throughout). Returns the times of the full attempts
+    /// and how often a full attempt due at its time was put off instead (never, if `/health`'s
+    /// retry time is to mean anything).
+    fn serve(
+        r: &mut Reconnect,
+        t0: Instant,
+        until: Instant,
+        answer: impl Fn(Instant) -> Answer,
+    ) -> (Vec<Instant>, u32) {
+        let (mut attempts, mut put_off) = (Vec::new(), 0);
+        let mut step = r.first(t0);
+        while step.at() <= until {
+            let now = step.at();
+            step = match step {
+                Step::Probe { .. } => r.on_probe(now, true),
+                Step::Connect { .. } => match r.attempt(now) {
+                    Some(later) => {
+                        put_off += 1;
+                        later
+                    }
+                    None => {
+                        attempts.push(now);
+                        match answer(now) {
+                            Answer::Fails { after, ending } => r.on_end(now + after, ending),
+                            Answer::Unproven { after, ending } => {
+                                r.on_connected(now);
+                                r.on_end(now + after, ending)
+                            }
+                            Answer::Works => {
+                                r.on_connected(now);
+                                r.on_proven();
+                                break;
+                            }
+                        }
+                    }
+                },
+            };
+        }
+        (attempts, put_off)
+    }
+
+    /// The broker misbehaves as `trouble` says for six minutes (the longest the issue's probe
+    /// tried), then works. Across seeds, with jitter on: the first full attempt after it
+    /// works comes within the liveness bound (plus the last attempt's own duration), no
+    /// full attempt is ever put off at its time, and the broker is back in use.
+    fn comes_back_after(trouble: Answer) {
+        let spell = secs(360);
+        for seed in 1..40 {
+            let t0 = Instant::now();
+            let mut r = jittered(seed);
+            let bound = r.longest_wait();
+            let fixed = t0 + spell;
+            let (attempts, put_off) = serve(&mut r, t0, fixed + secs(900), |now| {
+                if now < fixed {
+                    trouble
+                } else {
+                    Answer::Works
+                }
+            });
+            assert_eq!(put_off, 0, "seed {seed}: {attempts:?}");
+            assert!(
+                attempts.len() >= 5,
+                "seed {seed}: {} attempts",
+                attempts.len()
+            );
+            let last = *attempts.last().unwrap();
+            assert!(
+                last >= fixed,
+                "seed {seed}: no attempt after the broker came back"
+            );
+            let before = attempts.iter().rev().nth(1).copied().unwrap_or(t0);
+            let takes = match trouble {
+                Answer::Fails { after, .. } | Answer::Unproven { after, .. } => after,
+                Answer::Works => Duration::ZERO,
+            };
+            assert!(
+                last - before <= bound + takes + r.policy.probe.interval,
+                "seed {seed}: {:?} between the last two attempts",
+                last - before
+            );
+            for pair in attempts.windows(2) {
+                assert!(pair[1] - pair[0] <= bound + takes + r.policy.probe.interval);
+            }
+            assert_eq!(r.breaker(), BreakerState::Closed, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_port_that_accepts_and_closes_for_six_minutes_is_tried_again_once_it_works() {
+        // Classed as the broker's refusal (a reset or EOF while connecting).
+        comes_back_after(Answer::Fails {
+            after: ms(1),
+            ending: Ending::Broker,
+        });
+    }
+
+    #[test]
+    fn a_broker_answering_connack_3_for_six_minutes_is_tried_again_once_it_works() {
+        comes_back_after(Answer::Fails {
+            after: ms(20),
+            ending: Ending::Broker,
+        });
+    }
+
+    #[test]
+    fn a_broker_that_never_answers_connect_for_six_minutes_is_tried_again_once_it_works() {
+        // The connect times out (rumqttc's 5 s); the probe after it gets through at once.
+        comes_back_after(Answer::Fails {
+            after: secs(5),
+            ending: Ending::Stalled,
+        });
+    }
+
+    #[test]
+    fn a_broker_that_never_sends_puback_for_six_minutes_is_tried_again_once_it_works() {
+        // CONNACK, then the PUBACK timeout (30 s) ends each session.
+        comes_back_after(Answer::Unproven {
+            after: secs(30),
+            ending: Ending::Stalled,
+        });
+    }
+
+    #[test]
+    fn a_trial_session_that_gets_no_puback_on_a_working_path_doubles_the_pause() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        let mut now = t0;
+        let mut trial_pauses = Vec::new();
+        for _ in 0..7 {
+            assert_eq!(r.attempt(now), None);
+            let was_open = r.breaker() == BreakerState::HalfOpen;
+            r.on_connected(now);
+            let Step::Probe { at } = r.on_end(now + secs(30), Ending::Stalled) else {
+                panic!()
+            };
+            now = r.on_probe(at, true).at();
+            if was_open {
+                trial_pauses.push(r.breaker.pause().as_secs());
+            }
+        }
+        assert_eq!(r.breaker(), BreakerState::Open);
+        assert_eq!(trial_pauses, [120, 240]);
+    }
+
+    #[test]
+    fn the_gate_of_an_open_breaker_stands_still_while_the_clock_runs_past_it() {
+        for seed in 1..50 {
+            let t0 = Instant::now();
+            let mut r = jittered(seed);
+            for _ in 0..5 {
+                r.on_end(t0, Ending::Broker);
+            }
+            let gate = r.gate(t0);
+            assert!(gate >= t0 + secs(60), "seed {seed}");
+            for later in [secs(1), secs(60), secs(600)] {
+                assert_eq!(r.gate(gate + later), gate + later, "seed {seed}");
+            }
+            assert_eq!(
+                r.attempt(gate),
+                None,
+                "seed {seed}: the trial goes at the gate"
+            );
+            assert_eq!(r.breaker(), BreakerState::HalfOpen);
+        }
+    }
+
+    #[test]
+    fn the_liveness_bound_is_the_longest_wait_of_the_policy() {
+        let r = exact();
+        // Permanent retry (600 s) beyond the breaker's 300 s and its quarter of jitter.
+        assert_eq!(r.longest_wait(), secs(600));
+        let mut p = policy();
+        p.permanent_retry = secs(10);
+        assert_eq!(p.longest_wait(), secs(375));
+        p.breaker.open_for = secs(1000);
+        assert_eq!(p.longest_wait(), secs(1250));
     }
 
     #[test]
