@@ -43,14 +43,14 @@ fn policies() -> impl Strategy<Value = ReconnectPolicy> {
         (50u64..10_000, 0u64..600_000),
         (50u64..10_000, 0u64..600_000, 100u64..120_000),
         (1u32..10, 100u64..600_000, any::<bool>(), 0u64..600_000),
-        1_000u64..3_600_000,
+        (1_000u64..3_600_000, 1usize..5),
     )
         .prop_map(
             |(
                 (probe_interval, probe_extra),
                 (initial, backoff_extra, reset_after),
                 (threshold, open_for, open_max_is_backoff, open_extra),
-                permanent,
+                (permanent, endpoints),
             )| {
                 let backoff_max = ms(initial + backoff_extra);
                 ReconnectPolicy {
@@ -74,6 +74,7 @@ fn policies() -> impl Strategy<Value = ReconnectPolicy> {
                         },
                     },
                     permanent_retry: ms(permanent),
+                    endpoints,
                 }
             },
         )
@@ -164,13 +165,22 @@ fn check(r: &Reconnect, step: Step, chosen_at: Instant) -> Result<(), TestCaseEr
             breaker: r.breaker(),
             path: r.path(),
             next_at: Some(step.at()),
+            endpoint: r.endpoint(),
         }
     );
     Ok(())
 }
 
+/// 1024 histories by default; `GPS_AGENT_LIVENESS_CASES` runs more.
+fn cases() -> u32 {
+    std::env::var("GPS_AGENT_LIVENESS_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn from_any_history_the_next_step_comes_within_the_bound_and_health_says_what_happens(

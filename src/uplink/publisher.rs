@@ -5,7 +5,8 @@
 //! made (clean session) and dropped when the link breaks, so rumqttc never replays its own
 //! copies of messages behind the [`AckWindow`]; the window releases every unacknowledged fix
 //! back to the source instead. When to connect, and when to probe the network path instead,
-//! is [`Reconnect`]'s decision: reachability probes while the path is down, backoff and the
+//! and through which of the broker's endpoints (`url`, then `fallback_urls`), is
+//! [`Reconnect`]'s decision: reachability probes while the path is down, backoff and the
 //! breaker while the broker refuses; a stalled connection whose path went away and came back
 //! is replaced at once ([`StallWatch`]). It publishes a retained `online` status after
 //! connecting; `offline` is the last will and is published on a clean shutdown. Nothing else
@@ -177,7 +178,10 @@ impl fmt::Debug for TlsClient {
 /// ([`PublisherSettings::from_settings`]) with the password and TLS material read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublisherSettings {
+    /// `mqtt.url`: the broker's first endpoint.
     pub broker: BrokerUrl,
+    /// `mqtt.fallback_urls`: its further endpoints, tried in turn after `broker`.
+    pub fallback: Vec<BrokerUrl>,
     pub client_id: String,
     pub device: String,
     pub topic_prefix: String,
@@ -252,6 +256,7 @@ impl PublisherSettings {
         let backoff_max = mqtt.backoff_max.max(mqtt.backoff_initial);
         Ok(PublisherSettings {
             broker: mqtt.broker.clone(),
+            fallback: mqtt.fallback.clone(),
             client_id: mqtt.client_id.clone(),
             device: device.to_owned(),
             topic_prefix: mqtt.topic_prefix.clone(),
@@ -295,6 +300,16 @@ impl PublisherSettings {
             backoff: self.backoff,
             breaker: self.breaker,
             permanent_retry: self.permanent_retry,
+            endpoints: 1 + self.fallback.len(),
+        }
+    }
+
+    /// Endpoint `i` of the broker: `broker`, then `fallback` (wrapping around).
+    pub fn endpoint(&self, i: usize) -> &BrokerUrl {
+        let n = 1 + self.fallback.len();
+        match i % n {
+            0 => &self.broker,
+            k => self.fallback.get(k - 1).unwrap_or(&self.broker),
         }
     }
 }
@@ -464,6 +479,11 @@ impl<S: FixSource> Publisher<S> {
         &self.settings
     }
 
+    /// The endpoint in use: connected to, or where the next probe or attempt goes.
+    fn broker(&self) -> &BrokerUrl {
+        self.settings.endpoint(self.reconnect.endpoint())
+    }
+
     /// Replace the jitter source (tests turn it off or seed it).
     pub fn with_jitter(mut self, jitter: Jitter) -> Self {
         self.reconnect = Reconnect::new(self.settings.reconnect_policy(), jitter);
@@ -492,9 +512,10 @@ impl<S: FixSource> Publisher<S> {
             step = match step {
                 Step::Probe { .. } => {
                     self.show(None, |_| {});
+                    let probed = self.broker().clone();
                     let reachable = tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
+                        r = probe(probed.host.clone(), probed.port) => r,
                     };
                     let before = self.reconnect.path();
                     let outage = self.reconnect.outage_since();
@@ -502,12 +523,12 @@ impl<S: FixSource> Publisher<S> {
                     self.count_probe(reachable);
                     match (before, self.reconnect.path()) {
                         (PathState::Down, PathState::Up) => info!(
-                            broker = %self.settings.broker,
+                            broker = %probed,
                             outage_ms = outage.map_or(0, |since| millis(since.elapsed())),
                             "broker reachable again; connecting"
                         ),
                         (b, PathState::Down) if b != PathState::Down => info!(
-                            broker = %self.settings.broker,
+                            broker = %probed,
                             "broker unreachable; probing its port until it answers"
                         ),
                         _ => debug!(reachable, "probe"),
@@ -532,12 +553,14 @@ impl<S: FixSource> Publisher<S> {
     /// board.
     fn after_failure(&mut self, failure: Failure) -> Step {
         let now = Instant::now();
+        let failed = self.broker().clone();
         let step = self.reconnect.on_end(now, failure.ending);
         let err = &failure.error;
         warn!(
             code = err.code(),
             class = err.class().as_str(),
-            broker = %self.settings.broker,
+            broker = %failed,
+            endpoint = %self.broker(),
             ending = ?failure.ending,
             next = match step { Step::Probe { .. } => "probe", Step::Connect { .. } => "connect" },
             retry_in_ms = millis(step.at().saturating_duration_since(now)),
@@ -565,10 +588,12 @@ impl<S: FixSource> Publisher<S> {
         let retry_at = pacing
             .next_at
             .map(|at| self.board.clock().now() + at.saturating_duration_since(now));
+        let endpoint = self.settings.endpoint(pacing.endpoint).to_string();
         self.board.mqtt(|m| {
             m.breaker = pacing.breaker;
             m.path = pacing.path;
             m.retry_at = retry_at;
+            m.endpoint = endpoint;
             more(m);
         });
     }
@@ -600,7 +625,7 @@ impl<S: FixSource> Publisher<S> {
     }
 
     fn mqtt_options(&mut self) -> Result<MqttOptions, UplinkError> {
-        let broker = self.settings.broker.clone();
+        let broker = self.broker().clone();
         let mut o = MqttOptions::new(
             self.settings.client_id.clone(),
             broker.host.clone(),
@@ -724,7 +749,7 @@ impl<S: FixSource> Publisher<S> {
         }
         let reachable = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
+            r = probe(self.broker().host.clone(), self.broker().port) => r,
         };
         self.count_probe(reachable);
         if !reachable {
@@ -794,7 +819,7 @@ impl<S: FixSource> Publisher<S> {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     let e = UplinkError::from_connection(
-                        &self.settings.broker.to_string(),
+                        &self.broker().to_string(),
                         Phase::Connecting,
                         e,
                     );
@@ -812,7 +837,7 @@ impl<S: FixSource> Publisher<S> {
             m.connected = true;
             m.reconnects = reconnects;
         });
-        info!(broker = %self.settings.broker, reconnects, window = window.capacity(),
+        info!(broker = %self.broker(), reconnects, window = window.capacity(),
             "uplink connected");
 
         if let Err(e) = self.submit_status(client, window, LinkState::Online) {
@@ -875,7 +900,7 @@ impl<S: FixSource> Publisher<S> {
                 _ = sleep_until_opt(stall_check) => {}
                 _ = sleep_until_opt(stall_next), if stall_probe.is_none() => {
                     stall_next = None;
-                    let (host, port) = (self.settings.broker.host.clone(), self.settings.broker.port);
+                    let (host, port) = (self.broker().host.clone(), self.broker().port);
                     stall_probe = Some(Box::pin(probe(host, port)));
                 }
                 reachable = poll_opt(&mut stall_probe) => {
@@ -888,7 +913,7 @@ impl<S: FixSource> Publisher<S> {
                         Watch::Stop => {}
                         Watch::Reconnect => {
                             let waited = now.saturating_duration_since(watch.since);
-                            info!(broker = %self.settings.broker, waited_ms = millis(waited),
+                            info!(broker = %self.broker(), waited_ms = millis(waited),
                                 "the path to the broker went down and came back under a stalled connection; reconnecting");
                             return failed(UplinkError::Stalled { waited }, facts, reset_after);
                         }
@@ -906,7 +931,7 @@ impl<S: FixSource> Publisher<S> {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
                             let e = UplinkError::from_connection(
-                                &self.settings.broker.to_string(),
+                                &self.broker().to_string(),
                                 Phase::Connected,
                                 e,
                             );
@@ -974,7 +999,7 @@ impl<S: FixSource> Publisher<S> {
                 }
                 Ok(Some(Err(e))) => {
                     return UplinkError::from_connection(
-                        &self.settings.broker.to_string(),
+                        &self.broker().to_string(),
                         Phase::Connected,
                         e,
                     )

@@ -31,6 +31,15 @@
 //! after a break and backoff delays uniform from zero, the breaker's pause plus up to a
 //! quarter), so a fleet that lost one broker together does not come back in the same second.
 //!
+//! **Several endpoints** (`url` and `fallback_urls`: the nodes of a cluster, or balancers):
+//! when the endpoint in use fails a full attempt (unreachable, refusing, or a probe after
+//! its session broke finds it unreachable), the next is tried at once, past the backoff and
+//! the breaker; the endpoint that works stays in use. The endpoints tried one after the other
+//! since the last connection are one round, and only a round that failed on every endpoint
+//! is paced, by the worst of its failures (a refusal anywhere: backoff, and one failure for
+//! the breaker; all unreachable: probes, each to the next endpoint in turn). The next round
+//! begins where the last did.
+//!
 //! While a session is up, [`StallWatch`] probes the path when PUBACKs stop coming: a probe
 //! that fails and a later one that succeeds, with still no PUBACK, mean the link went away
 //! and came back under an established connection, whose own retransmissions may take as long
@@ -98,9 +107,16 @@ pub struct ReconnectPolicy {
     pub breaker: BreakerPolicy,
     /// Wait after a permanent failure (credentials, certificates).
     pub permanent_retry: Duration,
+    /// Endpoints of the broker (`url` and `fallback_urls`); 0 counts as 1.
+    pub endpoints: usize,
 }
 
 impl ReconnectPolicy {
+    /// How many endpoints the broker has: at least one.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.max(1)
+    }
+
     /// The liveness bound (see the module's doc): no step is ever scheduled further ahead
     /// than this.
     pub fn longest_wait(&self) -> Duration {
@@ -130,6 +146,9 @@ pub struct Pacing {
     /// When the next probe or full attempt is due; `None` while one is under way or a
     /// session is up.
     pub next_at: Option<Instant>,
+    /// The endpoint in use (an index into `url` and then `fallback_urls`): the one
+    /// connected, or the one the next probe or attempt goes to.
+    pub endpoint: usize,
 }
 
 /// How a full attempt or a session ended, as far as pacing is concerned (the publisher
@@ -184,6 +203,28 @@ enum Suspicion {
     Dropped,
 }
 
+/// How the endpoint in use failed a full attempt, from the mildest to the worst: the worst of
+/// a round across the endpoints paces the next round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// Its port could not be reached: probe the path.
+    Unreachable,
+    /// It refused or misbehaved: backoff and the breaker.
+    Refused,
+    /// It refused for good (credentials, certificates): `permanent_retry`.
+    Permanent,
+}
+
+/// The endpoints tried one after the other since the last connection, each at once after the
+/// one before failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    /// Where the round began: where the next round begins.
+    first: usize,
+    tried: usize,
+    worst: Fault,
+}
+
 /// An outage being probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Probing {
@@ -207,6 +248,13 @@ pub struct Reconnect {
     /// No full attempt before this: the backoff's or the permanent wait.
     not_before: Option<Instant>,
     path: PathState,
+    /// The endpoint in use (index into the broker's endpoints).
+    endpoint: usize,
+    /// Endpoints tried in turn since the last connection, when more than one is known.
+    round: Option<Round>,
+    /// The next step is a full attempt on the next endpoint of a round, due at once and let
+    /// through whatever the backoff or breaker say: they pace rounds, not endpoints.
+    failing_over: bool,
 }
 
 impl Reconnect {
@@ -227,6 +275,9 @@ impl Reconnect {
             probing: None,
             not_before: None,
             path: PathState::Unknown,
+            endpoint: 0,
+            round: None,
+            failing_over: false,
         }
     }
 
@@ -238,6 +289,9 @@ impl Reconnect {
     /// A full attempt is due at `now`: `None` lets it go (as the breaker's trial when it was
     /// open); `Some(step)` says when instead.
     pub fn attempt(&mut self, now: Instant) -> Option<Step> {
+        if std::mem::take(&mut self.failing_over) {
+            return None;
+        }
         let gate = self.gate(now);
         if gate > now {
             return Some(Step::Connect { at: gate });
@@ -257,6 +311,8 @@ impl Reconnect {
         self.path = PathState::Up;
         self.probing = None;
         self.not_before = None;
+        self.round = None;
+        self.failing_over = false;
     }
 
     /// The connection carried a message both ways: the broker works (the breaker closes).
@@ -267,30 +323,9 @@ impl Reconnect {
     /// A full attempt or a session ended at `now`.
     pub fn on_end(&mut self, now: Instant, ending: Ending) -> Step {
         match ending {
-            Ending::Broker => {
-                // The broker's port took the connection: the path works.
-                self.path = PathState::Up;
-                self.broker_failed(now);
-                Step::Connect { at: self.gate(now) }
-            }
-            Ending::Permanent => {
-                self.broker_failed(now);
-                self.not_before = Some(now + self.policy.permanent_retry);
-                Step::Connect { at: self.gate(now) }
-            }
-            Ending::Unreachable => {
-                self.breaker.release_trial();
-                self.path = PathState::Down;
-                let since = self.probing.map_or(now, |p| p.since);
-                self.probing = Some(Probing {
-                    since,
-                    seen_down: true,
-                    why: Suspicion::Unreachable,
-                });
-                Step::Probe {
-                    at: now + self.probe_delay(now.saturating_duration_since(since)),
-                }
-            }
+            Ending::Broker => self.blame(now, Fault::Refused),
+            Ending::Permanent => self.blame(now, Fault::Permanent),
+            Ending::Unreachable => self.blame(now, Fault::Unreachable),
             Ending::Stalled => self.probe_soon(now, Suspicion::Stalled),
             Ending::Dropped => {
                 // A session that dropped soon after connecting counts (backoff resets only
@@ -305,7 +340,10 @@ impl Reconnect {
                 let wait = self
                     .jitter
                     .between(Duration::ZERO, self.policy.probe.interval);
-                Step::Connect { at: now + wait }
+                // A session is over, so no backoff waits; the breaker's gate still holds.
+                Step::Connect {
+                    at: (now + wait).max(self.gate(now)),
+                }
             }
             Ending::PathReturned => {
                 self.breaker.release_trial();
@@ -325,10 +363,17 @@ impl Reconnect {
             return Step::Connect { at: self.gate(now) };
         };
         if !reachable {
-            probing.seen_down = true;
+            if !probing.seen_down {
+                // The first sign that the endpoint's path is down (after a drop or a
+                // timeout): as a full attempt that could not reach it.
+                probing.seen_down = true;
+                return self.blame(now, Fault::Unreachable);
+            }
+            // Still down: the next probe goes to the next endpoint (the path to another
+            // node may be back first).
             let since = probing.since;
+            self.endpoint = (self.endpoint + 1) % self.policy.endpoints();
             self.path = PathState::Down;
-            self.breaker.release_trial();
             return Step::Probe {
                 at: now + self.probe_delay(now.saturating_duration_since(since)),
             };
@@ -345,9 +390,63 @@ impl Reconnect {
         }
         if why == Suspicion::Stalled {
             // The path answers at once: the broker (or its side) did not.
-            self.broker_failed(now);
+            return self.blame(now, Fault::Refused);
         }
         Step::Connect { at: self.gate(now) }
+    }
+
+    /// The endpoint in use failed a full attempt. While endpoints of the broker are left
+    /// untried in this round, the next is tried at once; when all have failed, the worst of
+    /// their failures paces the next round, which begins where this one did.
+    fn blame(&mut self, now: Instant, fault: Fault) -> Step {
+        let endpoints = self.policy.endpoints();
+        let round = self.round.get_or_insert(Round {
+            first: self.endpoint,
+            tried: 0,
+            worst: fault,
+        });
+        round.tried += 1;
+        round.worst = round.worst.max(fault);
+        if round.tried < endpoints {
+            self.endpoint = (self.endpoint + 1) % endpoints;
+            self.failing_over = true;
+            return Step::Connect { at: now };
+        }
+        let Round { first, worst, .. } = *round;
+        self.round = None;
+        self.endpoint = first;
+        self.pace(now, worst)
+    }
+
+    /// The next step after a round of full attempts (one, with a single endpoint) that all
+    /// failed, the worst as `fault`.
+    fn pace(&mut self, now: Instant, fault: Fault) -> Step {
+        match fault {
+            Fault::Refused => {
+                // The broker's port took the connection: the path works.
+                self.path = PathState::Up;
+                self.broker_failed(now);
+                Step::Connect { at: self.gate(now) }
+            }
+            Fault::Permanent => {
+                self.broker_failed(now);
+                self.not_before = Some(now + self.policy.permanent_retry);
+                Step::Connect { at: self.gate(now) }
+            }
+            Fault::Unreachable => {
+                self.breaker.release_trial();
+                self.path = PathState::Down;
+                let since = self.probing.map_or(now, |p| p.since);
+                self.probing = Some(Probing {
+                    since,
+                    seen_down: true,
+                    why: Suspicion::Unreachable,
+                });
+                Step::Probe {
+                    at: now + self.probe_delay(now.saturating_duration_since(since)),
+                }
+            }
+        }
     }
 
     /// The ceiling of the probe interval after an outage of `outage_for`.
@@ -373,7 +472,14 @@ impl Reconnect {
             breaker: self.breaker.status(),
             path: self.path,
             next_at: next.map(|step| step.at()),
+            endpoint: self.endpoint,
         }
+    }
+
+    /// The endpoint in use: the one connected, or the one the next probe or attempt goes to
+    /// (an index into `url` and then `fallback_urls`).
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
     }
 
     /// The liveness bound of this machine's policy.
@@ -508,6 +614,7 @@ mod tests {
                 open_max: secs(300),
             },
             permanent_retry: secs(600),
+            endpoints: 1,
         }
     }
 
@@ -723,6 +830,115 @@ mod tests {
         assert_eq!(p.longest_wait(), secs(375));
         p.breaker.open_for = secs(1000);
         assert_eq!(p.longest_wait(), secs(1250));
+    }
+
+    fn endpoints(n: usize) -> Reconnect {
+        let mut p = policy();
+        p.endpoints = n;
+        Reconnect::new(p, Jitter::Off)
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_followed_at_once_by_the_next_and_the_one_that_works_stays() {
+        let t0 = Instant::now();
+        let mut r = endpoints(3);
+        assert_eq!(r.attempt(t0), None);
+        assert_eq!(r.endpoint(), 0);
+        assert_eq!(r.on_end(t0, Ending::Unreachable), Step::Connect { at: t0 });
+        assert_eq!(r.endpoint(), 1);
+        assert_eq!(r.attempt(t0), None);
+        r.on_connected(t0);
+        r.on_proven();
+        assert_eq!(r.endpoint(), 1, "stays on the endpoint that works");
+        // Its session breaks and the probe after it fails: the next endpoint, at once.
+        let broke = t0 + secs(600);
+        let Step::Probe { at } = r.on_end(broke, Ending::Dropped) else {
+            panic!()
+        };
+        assert_eq!(r.endpoint(), 1, "the probe goes to the endpoint in use");
+        assert_eq!(r.on_probe(at, false), Step::Connect { at });
+        assert_eq!(r.endpoint(), 2);
+        assert_eq!(
+            r.attempt(at),
+            None,
+            "the backoff after the drop paces rounds only"
+        );
+        assert_eq!(r.breaker(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_refusing_endpoint_is_followed_at_once_and_a_round_counts_once_against_the_broker() {
+        let t0 = Instant::now();
+        let mut r = endpoints(2);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(r.attempt(now), None);
+            assert_eq!(r.on_end(now, Ending::Broker), Step::Connect { at: now });
+            assert_eq!(r.endpoint(), 1);
+            assert_eq!(r.attempt(now), None);
+            let step = r.on_end(now, Ending::Broker);
+            assert_eq!(r.endpoint(), 0, "the next round begins where this one did");
+            waits.push((step.at() - now).as_secs());
+            now = step.at();
+        }
+        // One backoff step (1, 2, 4, 8 s) per round of two refusals, then the breaker.
+        assert_eq!(waits, [1, 2, 4, 8, 60]);
+        assert_eq!(r.breaker(), BreakerState::Open);
+    }
+
+    #[test]
+    fn the_worst_failure_of_a_round_paces_the_next() {
+        let t0 = Instant::now();
+        // Unreachable, then refused: the broker refuses, so backoff rather than probes.
+        let mut r = endpoints(2);
+        r.on_end(t0, Ending::Unreachable);
+        let step = r.on_end(t0, Ending::Broker);
+        assert_eq!(step, Step::Connect { at: t0 + secs(1) });
+        assert_eq!(r.path(), PathState::Up);
+        // All unreachable: probes, and each failed probe goes to the next endpoint.
+        let mut r = endpoints(3);
+        r.on_end(t0, Ending::Unreachable);
+        r.on_end(t0, Ending::Unreachable);
+        let Step::Probe { mut at } = r.on_end(t0, Ending::Unreachable) else {
+            panic!()
+        };
+        assert_eq!(r.path(), PathState::Down);
+        let mut probed = vec![r.endpoint()];
+        for _ in 0..5 {
+            let Step::Probe { at: next } = r.on_probe(at, false) else {
+                panic!()
+            };
+            probed.push(r.endpoint());
+            at = next;
+        }
+        assert_eq!(probed, [0, 1, 2, 0, 1, 2]);
+        // The one that answers is connected to at once.
+        assert_eq!(r.on_probe(at, true), Step::Connect { at });
+        assert_eq!(r.endpoint(), 2);
+        // A permanent refusal anywhere in a round waits permanent_retry.
+        let mut r = endpoints(2);
+        r.on_end(t0, Ending::Permanent);
+        assert_eq!(
+            r.on_end(t0, Ending::Unreachable),
+            Step::Connect { at: t0 + secs(600) }
+        );
+    }
+
+    #[test]
+    fn with_one_endpoint_a_failed_probe_after_a_drop_probes_on() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        r.on_connected(t0);
+        let Step::Probe { at } = r.on_end(t0 + secs(600), Ending::Dropped) else {
+            panic!()
+        };
+        let Step::Probe { at: next } = r.on_probe(at, false) else {
+            panic!()
+        };
+        assert_eq!(next, at + ms(1050));
+        assert_eq!(r.endpoint(), 0);
+        assert_eq!(r.outage_since(), Some(t0 + secs(600)));
     }
 
     #[test]
