@@ -1,5 +1,6 @@
 //! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
-//! a TCP fault proxy ([`proxy`]) to put between the agent and the broker; a real mosquitto
+//! a TCP fault proxy ([`proxy`]) to put between the agent and the broker, and a front end
+//! playing a load balancer or a broker in trouble ([`front`]); a real mosquitto
 //! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
 //! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
 //! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]); simulated
@@ -17,6 +18,7 @@ pub mod broker;
 pub mod certs;
 pub mod chaos;
 pub mod drives;
+pub mod front;
 pub mod mosquitto;
 pub mod proxy;
 pub mod pty;
