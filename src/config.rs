@@ -255,6 +255,10 @@ pub enum PayloadFormat {
 pub struct MqttConfig {
     /// `mqtt://host:port` or `mqtts://host:port`.
     pub url: String,
+    /// Further endpoints of the same broker (the nodes of a cluster, a second load
+    /// balancer), with the credentials and TLS settings of `url`: tried in turn, at once,
+    /// when the one in use is unreachable or refusing.
+    pub fallback_urls: Vec<String>,
     /// Encoding of the fixes messages.
     pub payload: PayloadFormat,
     /// Topic prefix: topics are `{prefix}/{device_id}/fixes` and `.../status`.
@@ -314,6 +318,7 @@ impl Default for MqttConfig {
     fn default() -> Self {
         MqttConfig {
             url: "mqtt://127.0.0.1:1883".into(),
+            fallback_urls: Vec::new(),
             payload: PayloadFormat::Json,
             topic_prefix: "fleet".into(),
             batch_max: 50,
@@ -578,11 +583,21 @@ fn remove_key(table: &mut toml::de::DeTable<'_>, path: &[String]) -> bool {
 }
 
 /// The 1-based line of a dotted key as written in the file; `None` when the key is not in the
-/// file (a default).
+/// file (a default). A last segment `name[i]` is the line of element `i` of the array `name`.
 fn key_line(table: &toml::de::DeTable<'_>, dotted: &str, text: &str) -> Option<usize> {
     let mut table = table;
     let mut segments = dotted.split('.').peekable();
     while let Some(segment) = segments.next() {
+        let indexed = segment
+            .strip_suffix(']')
+            .and_then(|s| s.split_once('['))
+            .and_then(|(name, i)| Some((name, i.parse::<usize>().ok()?)));
+        if let (Some((name, i)), None) = (indexed, segments.peek()) {
+            let toml::de::DeValue::Array(items) = table.get(name)?.get_ref() else {
+                return None;
+            };
+            return Some(line_of(text, items.get(i)?.span().start));
+        }
         let (key, value) = table.get_key_value(segment)?;
         if segments.peek().is_none() {
             return Some(line_of(text, key.span().start));
@@ -1080,11 +1095,13 @@ impl MqttConfig {
         if let Some(message) = problem {
             out.push(Problem::new("mqtt.topic_prefix", message));
         }
+        let fallback = self.check_fallback(broker.tls, out);
         let timers = self.check_limits(out);
         let cellular = self.check_cellular(out);
         self.check_identity(broker.tls, out);
         let settings = MqttSettings {
             broker,
+            fallback,
             topic_prefix: prefix.clone(),
             client_id: self.client_id.clone().unwrap_or_else(|| device.id.clone()),
             batch_max: non_zero_usize(self.batch_max.into()),
@@ -1134,6 +1151,46 @@ impl MqttConfig {
             _ => "mqtt.url",
         };
         Problem::new(key, format!("{e} ({})", e.code()))
+    }
+
+    /// Most `fallback_urls`: a cluster's nodes or a few balancers; each is tried in turn
+    /// before the pacing waits.
+    pub const MAX_FALLBACK_URLS: usize = 16;
+
+    /// `fallback_urls`, each checked as `url` is (problems name `mqtt.fallback_urls[i]`,
+    /// counted from 0), and with the scheme of `url` (`tls`): every endpoint takes the same
+    /// TLS settings, and a fallback must not quietly drop TLS.
+    fn check_fallback(&self, tls: bool, out: &mut Vec<Problem>) -> Vec<BrokerUrl> {
+        if self.fallback_urls.len() > Self::MAX_FALLBACK_URLS {
+            out.push(Problem::new(
+                "mqtt.fallback_urls",
+                format!(
+                    "{} endpoints; at most {} are tried",
+                    self.fallback_urls.len(),
+                    Self::MAX_FALLBACK_URLS
+                ),
+            ));
+            return Vec::new();
+        }
+        let url_ok = BrokerUrl::parse(&self.url).is_ok();
+        let mut fallback = Vec::with_capacity(self.fallback_urls.len());
+        for (i, url) in self.fallback_urls.iter().enumerate() {
+            let key = format!("mqtt.fallback_urls[{i}]");
+            match BrokerUrl::parse(url) {
+                Err(message) => out.push(Problem::new(&key, message)),
+                Ok(endpoint) if url_ok && endpoint.tls != tls => out.push(Problem::new(
+                    &key,
+                    format!(
+                        "{} but mqtt.url is {:?}: every endpoint takes the TLS settings of \
+                         mqtt.url, so all are mqtt:// or all are mqtts://",
+                        shown(url),
+                        self.url
+                    ),
+                )),
+                Ok(endpoint) => fallback.push(endpoint),
+            }
+        }
+        fallback
     }
 
     /// Largest `batch_max`: one message of fixes stays well under any broker's limit.

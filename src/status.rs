@@ -234,6 +234,9 @@ pub struct MqttStatus {
     pub retry_at: Option<Instant>,
     /// The network path to the broker, as the last connection or probe saw it.
     pub path: PathState,
+    /// The broker's endpoint in use (`mqtt.url` or one of `mqtt.fallback_urls`): the one
+    /// connected to, or where the next probe or attempt goes; empty before the uplink runs.
+    pub endpoint: String,
     /// Reachability probes (TCP connects to the broker's port) that got through, and that
     /// did not.
     pub probes_ok: u64,

@@ -212,3 +212,65 @@ fn an_unreadable_ca_file_at_start_up_is_permanent_mqtt_tls_config() {
     assert_eq!(e.code(), "MQTT_TLS_CONFIG");
     assert_eq!(e.class(), gps_agent::error::ErrorClass::Permanent);
 }
+
+#[test]
+fn every_fallback_url_is_checked_as_url_is_and_named_with_its_index_and_line() {
+    let text = "[device]\nid = \"t\"\n\n[mqtt]\nurl = \"mqtt://a:1883\"\nfallback_urls = [\n  \
+                \"mqtt://b:1883\",\n  \"http://c\",\n  \"mqtt://d:99999\",\n]\n";
+    let all = problems(text);
+    let found: Vec<(&str, Option<usize>)> = all.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("mqtt.fallback_urls[1]", Some(8)),
+            ("mqtt.fallback_urls[2]", Some(9)),
+        ],
+        "{all:#?}"
+    );
+    assert!(all[0].message.contains("mqtt:// or mqtts://"), "{}", all[0]);
+    assert!(all[1].message.contains("1-65535"), "{}", all[1]);
+    // On one line, every element is on it.
+    assert_problem(
+        "[mqtt]\nfallback_urls = [\"mqtt://b\", \"b:1883\"]\n",
+        "mqtt.fallback_urls[1]",
+        Some(2),
+        "not a URL",
+    );
+}
+
+#[test]
+fn a_fallback_url_must_keep_the_scheme_of_url() {
+    assert_problem(
+        "[mqtt]\nurl = \"mqtts://a\"\nfallback_urls = [\"mqtts://b\", \"mqtt://c\"]\n",
+        "mqtt.fallback_urls[1]",
+        Some(3),
+        "all are mqtt:// or all are mqtts://",
+    );
+}
+
+#[test]
+fn fallback_urls_map_onto_the_publisher_s_endpoints_in_order() {
+    let cfg = config::parse_str(
+        "[mqtt]\nurl = \"mqtt://a\"\nfallback_urls = [\"mqtt://b:1884\", \"mqtt://[::1]:1885\"]\n",
+    )
+    .unwrap();
+    let s = PublisherSettings::from_settings(&cfg.mqtt, "t").unwrap();
+    let endpoints: Vec<String> = (0..4).map(|i| s.endpoint(i).to_string()).collect();
+    assert_eq!(
+        endpoints,
+        [
+            "mqtt://a:1883",
+            "mqtt://b:1884",
+            "mqtt://[::1]:1885",
+            "mqtt://a:1883"
+        ]
+    );
+    assert_eq!(MqttConfig::default().fallback_urls, Vec::<String>::new());
+}
+
+#[test]
+fn more_fallback_urls_than_are_tried_is_a_problem_of_the_key() {
+    let many: Vec<String> = (0..17).map(|i| format!("\"mqtt://n{i}\"")).collect();
+    let text = format!("[mqtt]\nfallback_urls = [{}]\n", many.join(", "));
+    assert_problem(&text, "mqtt.fallback_urls", Some(2), "at most 16");
+}

@@ -88,6 +88,8 @@ impl Default for BufferSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttSettings {
     pub broker: BrokerUrl,
+    /// Further endpoints of the same broker, same scheme as `broker`, tried in turn after it.
+    pub fallback: Vec<BrokerUrl>,
     /// Topics are `{topic_prefix}/{device}/fixes` and `.../status`.
     pub topic_prefix: String,
     /// The configured one, else the device id.

@@ -94,6 +94,11 @@ pub struct MqttSnapshot {
     /// The network path to the broker as the last connection or probe found it: `up`,
     /// `down` (the broker's port unreachable: probing), `unknown` before either.
     pub path: PathState,
+    /// The broker's endpoint in use (`mqtt.url` or one of `mqtt.fallback_urls`), as
+    /// `mqtt://host:port`: connected to, or where the next probe or attempt goes. Left out
+    /// before the uplink runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// Reachability probes made since start (TCP connects to the broker's port).
     pub probes: u64,
     /// Full connection attempts (TCP, TLS, MQTT CONNECT) since start.
@@ -211,6 +216,7 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
                     .filter(|_| !mqtt.connected)
                     .map(|at| seconds(at.saturating_duration_since(now))),
                 path: mqtt.path,
+                endpoint: Some(mqtt.endpoint.clone()).filter(|e| !e.is_empty()),
                 probes: mqtt.probes_ok.saturating_add(mqtt.probes_failed),
                 connect_attempts: mqtt.connect_attempts,
                 message_limit_bytes: mqtt.message_limit,

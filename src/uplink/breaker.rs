@@ -27,6 +27,14 @@ pub struct BreakerPolicy {
     pub open_max: Duration,
 }
 
+impl BreakerPolicy {
+    /// The longest pause: `open_max`, never below `open_for` (a policy that says otherwise
+    /// means "no growth").
+    pub fn longest_pause(&self) -> Duration {
+        self.open_max.max(self.open_for)
+    }
+}
+
 impl Default for BreakerPolicy {
     fn default() -> Self {
         BreakerPolicy {
@@ -109,13 +117,14 @@ impl Breaker {
         }
     }
 
-    /// When the next attempt may be made: now when closed, never (`None`) while the trial is
-    /// out, the end of the pause when open.
-    pub fn next_attempt_at(&self, now: Instant) -> Option<Instant> {
+    /// While open: when the pause ends (`since + pause`, as it was set when the breaker
+    /// opened; never moved to the caller's `now`, so a caller that adds jitter to it gets a
+    /// time that stands still). `None` when closed (nothing to wait for) and half-open (the
+    /// trial is out: the wait is for its verdict, not for a time).
+    pub fn open_until(&self) -> Option<Instant> {
         match self.state {
-            State::Closed { .. } => Some(now),
-            State::Open { since, pause } => Some((since + pause).max(now)),
-            State::HalfOpen { .. } => None,
+            State::Open { since, pause } => Some(since + pause),
+            State::Closed { .. } | State::HalfOpen { .. } => None,
         }
     }
 
@@ -174,9 +183,8 @@ impl Breaker {
         }
     }
 
-    /// `open_max`, never below `open_for` (a policy that says otherwise means "no growth").
     fn open_max(&self) -> Duration {
-        self.policy.open_max.max(self.policy.open_for)
+        self.policy.longest_pause()
     }
 
     /// Every state change goes through here, so an impossible transition is caught in tests
@@ -275,7 +283,7 @@ mod tests {
         assert!(!b.try_acquire(t0));
         assert!(!b.try_acquire(t0 + secs(9)));
         assert_eq!(b.state(), open(t0, 10));
-        assert_eq!(b.next_attempt_at(t0 + secs(3)), Some(t0 + secs(10)));
+        assert_eq!(b.open_until(), Some(t0 + secs(10)));
     }
 
     #[test]
@@ -294,7 +302,7 @@ mod tests {
         assert_eq!(b.state().status().as_str(), "half_open");
         assert!(!b.try_acquire(t0 + secs(10)));
         assert!(!b.try_acquire(t0 + secs(1000)));
-        assert_eq!(b.next_attempt_at(t0 + secs(11)), None);
+        assert_eq!(b.open_until(), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! made (clean session) and dropped when the link breaks, so rumqttc never replays its own
 //! copies of messages behind the [`AckWindow`]; the window releases every unacknowledged fix
 //! back to the source instead. When to connect, and when to probe the network path instead,
-//! is [`Reconnect`]'s decision: reachability probes while the path is down, backoff and the
+//! and through which of the broker's endpoints (`url`, then `fallback_urls`), is
+//! [`Reconnect`]'s decision: reachability probes while the path is down, backoff and the
 //! breaker while the broker refuses; a stalled connection whose path went away and came back
 //! is replaced at once ([`StallWatch`]). It publishes a retained `online` status after
 //! connecting; `offline` is the last will and is published on a clean shutdown. Nothing else
@@ -23,7 +24,7 @@
 use crate::config::{BrokerUrl, MqttSettings, PayloadFormat};
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
-use crate::status::{PathState, StatusBoard};
+use crate::status::{MqttStatus, PathState, StatusBoard};
 use crate::uplink::acks::{AckWindow, Acked};
 use crate::uplink::backoff::{BackoffPolicy, Jitter, Xorshift64};
 use crate::uplink::breaker::BreakerPolicy;
@@ -177,7 +178,10 @@ impl fmt::Debug for TlsClient {
 /// ([`PublisherSettings::from_settings`]) with the password and TLS material read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PublisherSettings {
+    /// `mqtt.url`: the broker's first endpoint.
     pub broker: BrokerUrl,
+    /// `mqtt.fallback_urls`: its further endpoints, tried in turn after `broker`.
+    pub fallback: Vec<BrokerUrl>,
     pub client_id: String,
     pub device: String,
     pub topic_prefix: String,
@@ -200,6 +204,9 @@ pub struct PublisherSettings {
     pub window: u16,
     /// A message without PUBACK this long means the link is broken.
     pub puback_timeout: Duration,
+    /// TCP, TLS and CONNECT together must be done (CONNACK received) within this; whole
+    /// seconds, at least one (rumqttc's resolution).
+    pub connect_timeout: Duration,
     pub keep_alive: Duration,
     /// How long a live fix may wait for company; zero sends each at once.
     pub linger: Duration,
@@ -249,6 +256,7 @@ impl PublisherSettings {
         let backoff_max = mqtt.backoff_max.max(mqtt.backoff_initial);
         Ok(PublisherSettings {
             broker: mqtt.broker.clone(),
+            fallback: mqtt.fallback.clone(),
             client_id: mqtt.client_id.clone(),
             device: device.to_owned(),
             topic_prefix: mqtt.topic_prefix.clone(),
@@ -261,6 +269,7 @@ impl PublisherSettings {
             payload: mqtt.payload,
             window: mqtt.inflight.get(),
             puback_timeout: mqtt.puback_timeout,
+            connect_timeout: CONNECT_TIMEOUT,
             keep_alive: mqtt.keep_alive,
             linger: mqtt.linger,
             probe: ProbePolicy {
@@ -291,10 +300,22 @@ impl PublisherSettings {
             backoff: self.backoff,
             breaker: self.breaker,
             permanent_retry: self.permanent_retry,
+            endpoints: 1 + self.fallback.len(),
+        }
+    }
+
+    /// Endpoint `i` of the broker: `broker`, then `fallback` (wrapping around).
+    pub fn endpoint(&self, i: usize) -> &BrokerUrl {
+        let n = 1 + self.fallback.len();
+        match i % n {
+            0 => &self.broker,
+            k => self.fallback.get(k - 1).unwrap_or(&self.broker),
         }
     }
 }
 
+/// How long a full attempt may take, from TCP to CONNACK: rumqttc's default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, how long to wait for PUBACKs of messages in flight (and for `offline`).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// How often to ask the buffer again when it said nothing is pending (a wake-up is also
@@ -431,7 +452,7 @@ impl<S: FixSource> Publisher<S> {
             held_due: None,
             stream: String::new(),
         };
-        p.publish_pacing();
+        p.show(None, |m| m.message_limit = None);
         p
     }
 
@@ -448,8 +469,7 @@ impl<S: FixSource> Publisher<S> {
         self.limit = MessageLimit::new(settings.max_message_bytes);
         self.tls = tls_of(&settings);
         self.settings = settings;
-        self.publish_pacing();
-        self.board.mqtt(|m| {
+        self.show(None, |m| {
             m.last_error = None;
             m.message_limit = None;
         });
@@ -457,6 +477,11 @@ impl<S: FixSource> Publisher<S> {
 
     pub fn settings(&self) -> &PublisherSettings {
         &self.settings
+    }
+
+    /// The endpoint in use: connected to, or where the next probe or attempt goes.
+    fn broker(&self) -> &BrokerUrl {
+        self.settings.endpoint(self.reconnect.endpoint())
     }
 
     /// Replace the jitter source (tests turn it off or seed it).
@@ -479,16 +504,18 @@ impl<S: FixSource> Publisher<S> {
             if shutdown.is_cancelled() {
                 return;
             }
-            self.publish_retry(step);
+            self.show(Some(step), |_| {});
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep_until(step.at()) => {}
             }
             step = match step {
                 Step::Probe { .. } => {
+                    self.show(None, |_| {});
+                    let probed = self.broker().clone();
                     let reachable = tokio::select! {
                         _ = shutdown.cancelled() => return,
-                        r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
+                        r = probe(probed.host.clone(), probed.port) => r,
                     };
                     let before = self.reconnect.path();
                     let outage = self.reconnect.outage_since();
@@ -496,12 +523,12 @@ impl<S: FixSource> Publisher<S> {
                     self.count_probe(reachable);
                     match (before, self.reconnect.path()) {
                         (PathState::Down, PathState::Up) => info!(
-                            broker = %self.settings.broker,
+                            broker = %probed,
                             outage_ms = outage.map_or(0, |since| millis(since.elapsed())),
                             "broker reachable again; connecting"
                         ),
                         (b, PathState::Down) if b != PathState::Down => info!(
-                            broker = %self.settings.broker,
+                            broker = %probed,
                             "broker unreachable; probing its port until it answers"
                         ),
                         _ => debug!(reachable, "probe"),
@@ -511,11 +538,7 @@ impl<S: FixSource> Publisher<S> {
                 Step::Connect { .. } => match self.reconnect.attempt(Instant::now()) {
                     Some(later) => later,
                     None => {
-                        let breaker = self.reconnect.breaker();
-                        self.board.mqtt(|m| {
-                            m.connect_attempts += 1;
-                            m.breaker = breaker;
-                        });
+                        self.show(None, |m| m.connect_attempts += 1);
                         match self.session(shutdown).await {
                             SessionEnd::Shutdown => return,
                             SessionEnd::Failed(failure) => self.after_failure(failure),
@@ -530,12 +553,14 @@ impl<S: FixSource> Publisher<S> {
     /// board.
     fn after_failure(&mut self, failure: Failure) -> Step {
         let now = Instant::now();
+        let failed = self.broker().clone();
         let step = self.reconnect.on_end(now, failure.ending);
         let err = &failure.error;
         warn!(
             code = err.code(),
             class = err.class().as_str(),
-            broker = %self.settings.broker,
+            broker = %failed,
+            endpoint = %self.broker(),
             ending = ?failure.ending,
             next = match step { Step::Probe { .. } => "probe", Step::Connect { .. } => "connect" },
             retry_in_ms = millis(step.at().saturating_duration_since(now)),
@@ -545,52 +570,42 @@ impl<S: FixSource> Publisher<S> {
         );
         let error = self.board.error_now(err);
         // One update: a reader never sees the new error beside the old retry time.
-        let retry_at = self.board.clock().now() + step.at().saturating_duration_since(now);
-        self.publish_pacing_with(|m| {
+        self.show(Some(step), |m| {
             m.connected = false;
             m.last_error = Some(error);
-            m.retry_at = Some(retry_at);
         });
         step
     }
 
-    /// Breaker and path as the reconnect policy sees them, and the learned limit.
-    fn publish_pacing(&self) {
-        self.publish_pacing_with(|_| {});
-    }
-
-    /// As [`Publisher::publish_pacing`], with more changes in the same update.
-    fn publish_pacing_with(&self, more: impl FnOnce(&mut crate::status::MqttStatus)) {
-        let (breaker, path, limit) = (
-            self.reconnect.breaker(),
-            self.reconnect.path(),
-            self.limit.learned(),
-        );
+    /// What `/health` shows of the pacing: the breaker, the path and when `next` (the step
+    /// the loop is about to wait for, the very wait it then sleeps) is due, read from the
+    /// machine in one piece ([`Reconnect::pacing`]); `more` changes in the same update. The
+    /// only place these three are written, after every change of the machine, so they never
+    /// disagree with it or with each other.
+    fn show(&self, next: Option<Step>, more: impl FnOnce(&mut MqttStatus)) {
+        let pacing = self.reconnect.pacing(next);
+        let now = Instant::now();
+        let retry_at = pacing
+            .next_at
+            .map(|at| self.board.clock().now() + at.saturating_duration_since(now));
+        let endpoint = self.settings.endpoint(pacing.endpoint).to_string();
         self.board.mqtt(|m| {
-            m.breaker = breaker;
-            m.path = path;
-            m.message_limit = limit;
+            m.breaker = pacing.breaker;
+            m.path = pacing.path;
+            m.retry_at = retry_at;
+            m.endpoint = endpoint;
             more(m);
         });
     }
 
-    /// The next step is due at `step.at()`: `/health` shows it, and it is the very wait the
-    /// loop then sleeps.
-    fn publish_retry(&self, step: Step) {
-        let wait = step.at().saturating_duration_since(Instant::now());
-        let at = self.board.clock().now() + wait;
-        self.board.mqtt(|m| m.retry_at = Some(at));
-    }
-
+    /// A probe ended: counted (the path it found is shown with the next step).
     fn count_probe(&self, reachable: bool) {
-        let path = self.reconnect.path();
         self.board.mqtt(|m| {
             if reachable {
                 m.probes_ok += 1;
             } else {
                 m.probes_failed += 1;
             }
-            m.path = path;
         });
     }
 
@@ -610,7 +625,7 @@ impl<S: FixSource> Publisher<S> {
     }
 
     fn mqtt_options(&mut self) -> Result<MqttOptions, UplinkError> {
-        let broker = self.settings.broker.clone();
+        let broker = self.broker().clone();
         let mut o = MqttOptions::new(
             self.settings.client_id.clone(),
             broker.host.clone(),
@@ -653,6 +668,9 @@ impl<S: FixSource> Publisher<S> {
         // Room for the window, the status message and the DISCONNECT: try_publish never
         // finds the channel full.
         let (client, mut eventloop) = AsyncClient::new(options, window_size + 2);
+        eventloop
+            .network_options
+            .set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
         // The event loop runs in its own task so that no `poll()` is ever cancelled halfway;
         // the session reads its events from a bounded channel. Dropping the task drops the
         // rumqttc state with it: nothing it still holds is ever sent.
@@ -731,7 +749,7 @@ impl<S: FixSource> Publisher<S> {
         }
         let reachable = tokio::select! {
             _ = shutdown.cancelled() => return None,
-            r = probe(self.settings.broker.host.clone(), self.settings.broker.port) => r,
+            r = probe(self.broker().host.clone(), self.broker().port) => r,
         };
         self.count_probe(reachable);
         if !reachable {
@@ -801,7 +819,7 @@ impl<S: FixSource> Publisher<S> {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
                     let e = UplinkError::from_connection(
-                        &self.settings.broker.to_string(),
+                        &self.broker().to_string(),
                         Phase::Connecting,
                         e,
                     );
@@ -815,13 +833,11 @@ impl<S: FixSource> Publisher<S> {
         facts.connected_at = Some(now);
         self.connections += 1;
         let reconnects = self.connections.saturating_sub(1);
-        self.board.mqtt(|m| {
+        self.show(None, |m| {
             m.connected = true;
             m.reconnects = reconnects;
-            m.retry_at = None;
-            m.path = PathState::Up;
         });
-        info!(broker = %self.settings.broker, reconnects, window = window.capacity(),
+        info!(broker = %self.broker(), reconnects, window = window.capacity(),
             "uplink connected");
 
         if let Err(e) = self.submit_status(client, window, LinkState::Online) {
@@ -884,7 +900,7 @@ impl<S: FixSource> Publisher<S> {
                 _ = sleep_until_opt(stall_check) => {}
                 _ = sleep_until_opt(stall_next), if stall_probe.is_none() => {
                     stall_next = None;
-                    let (host, port) = (self.settings.broker.host.clone(), self.settings.broker.port);
+                    let (host, port) = (self.broker().host.clone(), self.broker().port);
                     stall_probe = Some(Box::pin(probe(host, port)));
                 }
                 reachable = poll_opt(&mut stall_probe) => {
@@ -897,12 +913,12 @@ impl<S: FixSource> Publisher<S> {
                         Watch::Stop => {}
                         Watch::Reconnect => {
                             let waited = now.saturating_duration_since(watch.since);
-                            info!(broker = %self.settings.broker, waited_ms = millis(waited),
+                            info!(broker = %self.broker(), waited_ms = millis(waited),
                                 "the path to the broker went down and came back under a stalled connection; reconnecting");
                             return failed(UplinkError::Stalled { waited }, facts, reset_after);
                         }
                     }
-                    self.publish_pacing();
+                    self.show(None, |_| {});
                 }
                 _ = sleep_until_opt(held_due) => {}
                 _ = sleep_until_opt(top_up) => source_empty = false,
@@ -915,7 +931,7 @@ impl<S: FixSource> Publisher<S> {
                         Some(Ok(e)) => e,
                         Some(Err(e)) => {
                             let e = UplinkError::from_connection(
-                                &self.settings.broker.to_string(),
+                                &self.broker().to_string(),
                                 Phase::Connected,
                                 e,
                             );
@@ -943,7 +959,7 @@ impl<S: FixSource> Publisher<S> {
                                 // The link carried a message both ways: the broker works.
                                 facts.proven = true;
                                 self.reconnect.on_proven();
-                                self.publish_pacing();
+                                self.show(None, |_| {});
                             }
                             // An ack freed room: ask the source again. (Other events, such
                             // as rumqttc's note that a PUBLISH went out, free none: asking
@@ -983,7 +999,7 @@ impl<S: FixSource> Publisher<S> {
                 }
                 Ok(Some(Err(e))) => {
                     return UplinkError::from_connection(
-                        &self.settings.broker.to_string(),
+                        &self.broker().to_string(),
                         Phase::Connected,
                         e,
                     )

@@ -31,10 +31,35 @@
 //! after a break and backoff delays uniform from zero, the breaker's pause plus up to a
 //! quarter), so a fleet that lost one broker together does not come back in the same second.
 //!
+//! **Several endpoints** (`url` and `fallback_urls`: the nodes of a cluster, or balancers):
+//! when the endpoint in use fails a full attempt (unreachable, refusing, or a probe after
+//! its session broke finds it unreachable), the next is tried at once, past the backoff and
+//! the breaker; the endpoint that works stays in use. The endpoints tried one after the other
+//! since the last connection are one round, and only a round that failed on every endpoint
+//! is paced, by the worst of its failures (a refusal anywhere: backoff, and one failure for
+//! the breaker; all unreachable: probes, each to the next endpoint in turn). The next round
+//! begins where the last did.
+//!
 //! While a session is up, [`StallWatch`] probes the path when PUBACKs stop coming: a probe
 //! that fails and a later one that succeeds, with still no PUBACK, mean the link went away
 //! and came back under an established connection, whose own retransmissions may take as long
 //! again as the outage lasted; the publisher then reconnects at once.
+//!
+//! **Liveness.** From any state, whatever endings, probe results and reconfigurations came
+//! before, the next step (a probe, or a full attempt) is due at most
+//! [`ReconnectPolicy::longest_wait`] after the event that chose it: the longest of the
+//! backoff's ceiling (`backoff_max_s`), the breaker's longest pause plus its jitter (a
+//! quarter more), the wait after a permanent failure and the probes' ceiling. A full attempt
+//! is let through at the very time it was scheduled ([`Reconnect::attempt`] agrees with the
+//! step it was given), and a probe that gets through is followed by a full attempt within
+//! the same bound; so while fixes or the status wait, the broker is tried at least once per
+//! bound, or its path is probed. What `/health` shows of it ([`Reconnect::pacing`]: breaker,
+//! path, time of the next step) is read from the machine with the step it chose, never kept
+//! apart. `tests/uplink_liveness.rs` drives the machine with random sequences of every
+//! ending, probe result, time jump and reconfiguration and checks all of it. (Before issue
+//! 20 the breaker's jitter was added to an end of pause already moved up to `now`: once the
+//! pause was over the gate moved with the clock, the trial was never let out, and an agent
+//! whose broker refused five times never tried again.)
 
 use crate::status::{BreakerState, PathState};
 use crate::uplink::backoff::{Backoff, BackoffPolicy, Jitter, Xorshift64};
@@ -82,6 +107,48 @@ pub struct ReconnectPolicy {
     pub breaker: BreakerPolicy,
     /// Wait after a permanent failure (credentials, certificates).
     pub permanent_retry: Duration,
+    /// Endpoints of the broker (`url` and `fallback_urls`); 0 counts as 1.
+    pub endpoints: usize,
+}
+
+impl ReconnectPolicy {
+    /// How many endpoints the broker has: at least one.
+    pub fn endpoints(&self) -> usize {
+        self.endpoints.max(1)
+    }
+
+    /// The liveness bound (see the module's doc): no step is ever scheduled further ahead
+    /// than this.
+    pub fn longest_wait(&self) -> Duration {
+        let pause = self.breaker.longest_pause();
+        [
+            self.backoff.max,
+            pause.saturating_add(pause / BREAKER_JITTER_DIVISOR),
+            self.permanent_retry,
+            self.probe.max.max(self.probe.interval),
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or_default()
+    }
+}
+
+/// The breaker's pause is spread by up to this fraction of itself, drawn when it opens.
+const BREAKER_JITTER_DIVISOR: u32 = 4;
+
+/// What `/health` shows of the pacing (`breaker`, `path`, `retry_in_s`), read from the
+/// machine together with the step it chose: one reading, so the three never disagree with
+/// each other or with what the loop then does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pacing {
+    pub breaker: BreakerState,
+    pub path: PathState,
+    /// When the next probe or full attempt is due; `None` while one is under way or a
+    /// session is up.
+    pub next_at: Option<Instant>,
+    /// The endpoint in use (an index into `url` and then `fallback_urls`): the one
+    /// connected, or the one the next probe or attempt goes to.
+    pub endpoint: usize,
 }
 
 /// How a full attempt or a session ended, as far as pacing is concerned (the publisher
@@ -136,6 +203,28 @@ enum Suspicion {
     Dropped,
 }
 
+/// How the endpoint in use failed a full attempt, from the mildest to the worst: the worst of
+/// a round across the endpoints paces the next round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// Its port could not be reached: probe the path.
+    Unreachable,
+    /// It refused or misbehaved: backoff and the breaker.
+    Refused,
+    /// It refused for good (credentials, certificates): `permanent_retry`.
+    Permanent,
+}
+
+/// The endpoints tried one after the other since the last connection, each at once after the
+/// one before failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Round {
+    /// Where the round began: where the next round begins.
+    first: usize,
+    tried: usize,
+    worst: Fault,
+}
+
 /// An outage being probed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Probing {
@@ -159,6 +248,13 @@ pub struct Reconnect {
     /// No full attempt before this: the backoff's or the permanent wait.
     not_before: Option<Instant>,
     path: PathState,
+    /// The endpoint in use (index into the broker's endpoints).
+    endpoint: usize,
+    /// Endpoints tried in turn since the last connection, when more than one is known.
+    round: Option<Round>,
+    /// The next step is a full attempt on the next endpoint of a round, due at once and let
+    /// through whatever the backoff or breaker say: they pace rounds, not endpoints.
+    failing_over: bool,
 }
 
 impl Reconnect {
@@ -179,6 +275,9 @@ impl Reconnect {
             probing: None,
             not_before: None,
             path: PathState::Unknown,
+            endpoint: 0,
+            round: None,
+            failing_over: false,
         }
     }
 
@@ -190,6 +289,9 @@ impl Reconnect {
     /// A full attempt is due at `now`: `None` lets it go (as the breaker's trial when it was
     /// open); `Some(step)` says when instead.
     pub fn attempt(&mut self, now: Instant) -> Option<Step> {
+        if std::mem::take(&mut self.failing_over) {
+            return None;
+        }
         let gate = self.gate(now);
         if gate > now {
             return Some(Step::Connect { at: gate });
@@ -209,6 +311,8 @@ impl Reconnect {
         self.path = PathState::Up;
         self.probing = None;
         self.not_before = None;
+        self.round = None;
+        self.failing_over = false;
     }
 
     /// The connection carried a message both ways: the broker works (the breaker closes).
@@ -219,30 +323,9 @@ impl Reconnect {
     /// A full attempt or a session ended at `now`.
     pub fn on_end(&mut self, now: Instant, ending: Ending) -> Step {
         match ending {
-            Ending::Broker => {
-                // The broker's port took the connection: the path works.
-                self.path = PathState::Up;
-                self.broker_failed(now);
-                Step::Connect { at: self.gate(now) }
-            }
-            Ending::Permanent => {
-                self.broker_failed(now);
-                self.not_before = Some(now + self.policy.permanent_retry);
-                Step::Connect { at: self.gate(now) }
-            }
-            Ending::Unreachable => {
-                self.breaker.release_trial();
-                self.path = PathState::Down;
-                let since = self.probing.map_or(now, |p| p.since);
-                self.probing = Some(Probing {
-                    since,
-                    seen_down: true,
-                    why: Suspicion::Unreachable,
-                });
-                Step::Probe {
-                    at: now + self.probe_delay(now.saturating_duration_since(since)),
-                }
-            }
+            Ending::Broker => self.blame(now, Fault::Refused),
+            Ending::Permanent => self.blame(now, Fault::Permanent),
+            Ending::Unreachable => self.blame(now, Fault::Unreachable),
             Ending::Stalled => self.probe_soon(now, Suspicion::Stalled),
             Ending::Dropped => {
                 // A session that dropped soon after connecting counts (backoff resets only
@@ -257,7 +340,10 @@ impl Reconnect {
                 let wait = self
                     .jitter
                     .between(Duration::ZERO, self.policy.probe.interval);
-                Step::Connect { at: now + wait }
+                // A session is over, so no backoff waits; the breaker's gate still holds.
+                Step::Connect {
+                    at: (now + wait).max(self.gate(now)),
+                }
             }
             Ending::PathReturned => {
                 self.breaker.release_trial();
@@ -277,8 +363,16 @@ impl Reconnect {
             return Step::Connect { at: self.gate(now) };
         };
         if !reachable {
-            probing.seen_down = true;
+            if !probing.seen_down {
+                // The first sign that the endpoint's path is down (after a drop or a
+                // timeout): as a full attempt that could not reach it.
+                probing.seen_down = true;
+                return self.blame(now, Fault::Unreachable);
+            }
+            // Still down: the next probe goes to the next endpoint (the path to another
+            // node may be back first).
             let since = probing.since;
+            self.endpoint = (self.endpoint + 1) % self.policy.endpoints();
             self.path = PathState::Down;
             return Step::Probe {
                 at: now + self.probe_delay(now.saturating_duration_since(since)),
@@ -296,9 +390,63 @@ impl Reconnect {
         }
         if why == Suspicion::Stalled {
             // The path answers at once: the broker (or its side) did not.
-            self.broker_failed(now);
+            return self.blame(now, Fault::Refused);
         }
         Step::Connect { at: self.gate(now) }
+    }
+
+    /// The endpoint in use failed a full attempt. While endpoints of the broker are left
+    /// untried in this round, the next is tried at once; when all have failed, the worst of
+    /// their failures paces the next round, which begins where this one did.
+    fn blame(&mut self, now: Instant, fault: Fault) -> Step {
+        let endpoints = self.policy.endpoints();
+        let round = self.round.get_or_insert(Round {
+            first: self.endpoint,
+            tried: 0,
+            worst: fault,
+        });
+        round.tried += 1;
+        round.worst = round.worst.max(fault);
+        if round.tried < endpoints {
+            self.endpoint = (self.endpoint + 1) % endpoints;
+            self.failing_over = true;
+            return Step::Connect { at: now };
+        }
+        let Round { first, worst, .. } = *round;
+        self.round = None;
+        self.endpoint = first;
+        self.pace(now, worst)
+    }
+
+    /// The next step after a round of full attempts (one, with a single endpoint) that all
+    /// failed, the worst as `fault`.
+    fn pace(&mut self, now: Instant, fault: Fault) -> Step {
+        match fault {
+            Fault::Refused => {
+                // The broker's port took the connection: the path works.
+                self.path = PathState::Up;
+                self.broker_failed(now);
+                Step::Connect { at: self.gate(now) }
+            }
+            Fault::Permanent => {
+                self.broker_failed(now);
+                self.not_before = Some(now + self.policy.permanent_retry);
+                Step::Connect { at: self.gate(now) }
+            }
+            Fault::Unreachable => {
+                self.breaker.release_trial();
+                self.path = PathState::Down;
+                let since = self.probing.map_or(now, |p| p.since);
+                self.probing = Some(Probing {
+                    since,
+                    seen_down: true,
+                    why: Suspicion::Unreachable,
+                });
+                Step::Probe {
+                    at: now + self.probe_delay(now.saturating_duration_since(since)),
+                }
+            }
+        }
     }
 
     /// The ceiling of the probe interval after an outage of `outage_for`.
@@ -317,6 +465,28 @@ impl Reconnect {
         self.path
     }
 
+    /// What `/health` shows, with `next` the step the loop is about to wait for (`None`
+    /// while a probe or an attempt is under way, or a session is up).
+    pub fn pacing(&self, next: Option<Step>) -> Pacing {
+        Pacing {
+            breaker: self.breaker.status(),
+            path: self.path,
+            next_at: next.map(|step| step.at()),
+            endpoint: self.endpoint,
+        }
+    }
+
+    /// The endpoint in use: the one connected, or the one the next probe or attempt goes to
+    /// (an index into `url` and then `fallback_urls`).
+    pub fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+
+    /// The liveness bound of this machine's policy.
+    pub fn longest_wait(&self) -> Duration {
+        self.policy.longest_wait()
+    }
+
     pub fn breaker(&self) -> BreakerState {
         self.breaker.status()
     }
@@ -327,7 +497,11 @@ impl Reconnect {
     }
 
     fn probe_soon(&mut self, now: Instant, why: Suspicion) -> Step {
-        self.breaker.release_trial();
+        if why != Suspicion::Stalled {
+            self.breaker.release_trial();
+        }
+        // A timeout keeps the breaker's trial out: the probe gives its verdict (a working
+        // path: the broker failed the trial; a dead one: no verdict).
         self.probing = Some(Probing {
             since: now,
             seen_down: false,
@@ -346,7 +520,7 @@ impl Reconnect {
         self.breaker.on_failure(now);
         if self.breaker.state() != before && self.breaker.status() == BreakerState::Open {
             let pause = self.breaker.pause();
-            self.breaker_jitter = self.jitter.spread(pause / 4);
+            self.breaker_jitter = self.jitter.spread(pause / BREAKER_JITTER_DIVISOR);
         }
     }
 
@@ -358,15 +532,12 @@ impl Reconnect {
             .max(now)
     }
 
+    /// The earliest full attempt the breaker allows: the end of its pause plus the jitter
+    /// drawn when it opened, both counted from when it opened (so the gate stands still
+    /// while the clock runs towards it); `now` in any other state.
     fn breaker_gate(&self, now: Instant) -> Instant {
-        match self.breaker.next_attempt_at(now) {
-            Some(at) if self.breaker.status() == BreakerState::Open => {
-                let ready = at.max(now);
-                // The jitter spreads the end of the pause, counted from its real end.
-                let end = at.checked_add(self.breaker_jitter).unwrap_or(at);
-                ready.max(end)
-            }
-            Some(at) => at.max(now),
+        match self.breaker.open_until() {
+            Some(end) => end.checked_add(self.breaker_jitter).unwrap_or(end).max(now),
             None => now,
         }
     }
@@ -443,6 +614,7 @@ mod tests {
                 open_max: secs(300),
             },
             permanent_retry: secs(600),
+            endpoints: 1,
         }
     }
 
@@ -467,6 +639,306 @@ mod tests {
             probes += 1;
             step = r.on_probe(at, at >= back);
         }
+    }
+
+    /// What a full attempt meets on the broker's side, in these tests' small world.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        /// The attempt ends `after` it began, with `ending`, without a session.
+        Fails { after: Duration, ending: Ending },
+        /// CONNACK, then no PUBACK: the session ends `after` it began, with `ending`.
+        Unproven { after: Duration, ending: Ending },
+        /// CONNACK and PUBACKs: the broker works.
+        Works,
+    }
+
+    /// The publisher's loop over the machine, as `Publisher::serve` runs it, from `t0` until
+    /// a full attempt meets a working broker or the clock passes `until`. Probes always get
+    /// through (the broker's port answers throughout). Returns the times of the full attempts
+    /// and how often a full attempt due at its time was put off instead (never, if `/health`'s
+    /// retry time is to mean anything).
+    fn serve(
+        r: &mut Reconnect,
+        t0: Instant,
+        until: Instant,
+        answer: impl Fn(Instant) -> Answer,
+    ) -> (Vec<Instant>, u32) {
+        let (mut attempts, mut put_off) = (Vec::new(), 0);
+        let mut step = r.first(t0);
+        while step.at() <= until {
+            let now = step.at();
+            step = match step {
+                Step::Probe { .. } => r.on_probe(now, true),
+                Step::Connect { .. } => match r.attempt(now) {
+                    Some(later) => {
+                        put_off += 1;
+                        later
+                    }
+                    None => {
+                        attempts.push(now);
+                        match answer(now) {
+                            Answer::Fails { after, ending } => r.on_end(now + after, ending),
+                            Answer::Unproven { after, ending } => {
+                                r.on_connected(now);
+                                r.on_end(now + after, ending)
+                            }
+                            Answer::Works => {
+                                r.on_connected(now);
+                                r.on_proven();
+                                break;
+                            }
+                        }
+                    }
+                },
+            };
+        }
+        (attempts, put_off)
+    }
+
+    /// The broker misbehaves as `trouble` says for six minutes (the longest the issue's probe
+    /// tried), then works. Across seeds, with jitter on: the first full attempt after it
+    /// works comes within the liveness bound (plus the last attempt's own duration), no
+    /// full attempt is ever put off at its time, and the broker is back in use.
+    fn comes_back_after(trouble: Answer) {
+        let spell = secs(360);
+        for seed in 1..40 {
+            let t0 = Instant::now();
+            let mut r = jittered(seed);
+            let bound = r.longest_wait();
+            let fixed = t0 + spell;
+            let (attempts, put_off) = serve(&mut r, t0, fixed + secs(900), |now| {
+                if now < fixed {
+                    trouble
+                } else {
+                    Answer::Works
+                }
+            });
+            assert_eq!(put_off, 0, "seed {seed}: {attempts:?}");
+            assert!(
+                attempts.len() >= 5,
+                "seed {seed}: {} attempts",
+                attempts.len()
+            );
+            let last = *attempts.last().unwrap();
+            assert!(
+                last >= fixed,
+                "seed {seed}: no attempt after the broker came back"
+            );
+            let before = attempts.iter().rev().nth(1).copied().unwrap_or(t0);
+            let takes = match trouble {
+                Answer::Fails { after, .. } | Answer::Unproven { after, .. } => after,
+                Answer::Works => Duration::ZERO,
+            };
+            assert!(
+                last - before <= bound + takes + r.policy.probe.interval,
+                "seed {seed}: {:?} between the last two attempts",
+                last - before
+            );
+            for pair in attempts.windows(2) {
+                assert!(pair[1] - pair[0] <= bound + takes + r.policy.probe.interval);
+            }
+            assert_eq!(r.breaker(), BreakerState::Closed, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_port_that_accepts_and_closes_for_six_minutes_is_tried_again_once_it_works() {
+        // Classed as the broker's refusal (a reset or EOF while connecting).
+        comes_back_after(Answer::Fails {
+            after: ms(1),
+            ending: Ending::Broker,
+        });
+    }
+
+    #[test]
+    fn a_broker_answering_connack_3_for_six_minutes_is_tried_again_once_it_works() {
+        comes_back_after(Answer::Fails {
+            after: ms(20),
+            ending: Ending::Broker,
+        });
+    }
+
+    #[test]
+    fn a_broker_that_never_answers_connect_for_six_minutes_is_tried_again_once_it_works() {
+        // The connect times out (rumqttc's 5 s); the probe after it gets through at once.
+        comes_back_after(Answer::Fails {
+            after: secs(5),
+            ending: Ending::Stalled,
+        });
+    }
+
+    #[test]
+    fn a_broker_that_never_sends_puback_for_six_minutes_is_tried_again_once_it_works() {
+        // CONNACK, then the PUBACK timeout (30 s) ends each session.
+        comes_back_after(Answer::Unproven {
+            after: secs(30),
+            ending: Ending::Stalled,
+        });
+    }
+
+    #[test]
+    fn a_trial_session_that_gets_no_puback_on_a_working_path_doubles_the_pause() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        let mut now = t0;
+        let mut trial_pauses = Vec::new();
+        for _ in 0..7 {
+            assert_eq!(r.attempt(now), None);
+            let was_open = r.breaker() == BreakerState::HalfOpen;
+            r.on_connected(now);
+            let Step::Probe { at } = r.on_end(now + secs(30), Ending::Stalled) else {
+                panic!()
+            };
+            now = r.on_probe(at, true).at();
+            if was_open {
+                trial_pauses.push(r.breaker.pause().as_secs());
+            }
+        }
+        assert_eq!(r.breaker(), BreakerState::Open);
+        assert_eq!(trial_pauses, [120, 240]);
+    }
+
+    #[test]
+    fn the_gate_of_an_open_breaker_stands_still_while_the_clock_runs_past_it() {
+        for seed in 1..50 {
+            let t0 = Instant::now();
+            let mut r = jittered(seed);
+            for _ in 0..5 {
+                r.on_end(t0, Ending::Broker);
+            }
+            let gate = r.gate(t0);
+            assert!(gate >= t0 + secs(60), "seed {seed}");
+            for later in [secs(1), secs(60), secs(600)] {
+                assert_eq!(r.gate(gate + later), gate + later, "seed {seed}");
+            }
+            assert_eq!(
+                r.attempt(gate),
+                None,
+                "seed {seed}: the trial goes at the gate"
+            );
+            assert_eq!(r.breaker(), BreakerState::HalfOpen);
+        }
+    }
+
+    #[test]
+    fn the_liveness_bound_is_the_longest_wait_of_the_policy() {
+        let r = exact();
+        // Permanent retry (600 s) beyond the breaker's 300 s and its quarter of jitter.
+        assert_eq!(r.longest_wait(), secs(600));
+        let mut p = policy();
+        p.permanent_retry = secs(10);
+        assert_eq!(p.longest_wait(), secs(375));
+        p.breaker.open_for = secs(1000);
+        assert_eq!(p.longest_wait(), secs(1250));
+    }
+
+    fn endpoints(n: usize) -> Reconnect {
+        let mut p = policy();
+        p.endpoints = n;
+        Reconnect::new(p, Jitter::Off)
+    }
+
+    #[test]
+    fn an_unreachable_endpoint_is_followed_at_once_by_the_next_and_the_one_that_works_stays() {
+        let t0 = Instant::now();
+        let mut r = endpoints(3);
+        assert_eq!(r.attempt(t0), None);
+        assert_eq!(r.endpoint(), 0);
+        assert_eq!(r.on_end(t0, Ending::Unreachable), Step::Connect { at: t0 });
+        assert_eq!(r.endpoint(), 1);
+        assert_eq!(r.attempt(t0), None);
+        r.on_connected(t0);
+        r.on_proven();
+        assert_eq!(r.endpoint(), 1, "stays on the endpoint that works");
+        // Its session breaks and the probe after it fails: the next endpoint, at once.
+        let broke = t0 + secs(600);
+        let Step::Probe { at } = r.on_end(broke, Ending::Dropped) else {
+            panic!()
+        };
+        assert_eq!(r.endpoint(), 1, "the probe goes to the endpoint in use");
+        assert_eq!(r.on_probe(at, false), Step::Connect { at });
+        assert_eq!(r.endpoint(), 2);
+        assert_eq!(
+            r.attempt(at),
+            None,
+            "the backoff after the drop paces rounds only"
+        );
+        assert_eq!(r.breaker(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_refusing_endpoint_is_followed_at_once_and_a_round_counts_once_against_the_broker() {
+        let t0 = Instant::now();
+        let mut r = endpoints(2);
+        let mut now = t0;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            assert_eq!(r.attempt(now), None);
+            assert_eq!(r.on_end(now, Ending::Broker), Step::Connect { at: now });
+            assert_eq!(r.endpoint(), 1);
+            assert_eq!(r.attempt(now), None);
+            let step = r.on_end(now, Ending::Broker);
+            assert_eq!(r.endpoint(), 0, "the next round begins where this one did");
+            waits.push((step.at() - now).as_secs());
+            now = step.at();
+        }
+        // One backoff step (1, 2, 4, 8 s) per round of two refusals, then the breaker.
+        assert_eq!(waits, [1, 2, 4, 8, 60]);
+        assert_eq!(r.breaker(), BreakerState::Open);
+    }
+
+    #[test]
+    fn the_worst_failure_of_a_round_paces_the_next() {
+        let t0 = Instant::now();
+        // Unreachable, then refused: the broker refuses, so backoff rather than probes.
+        let mut r = endpoints(2);
+        r.on_end(t0, Ending::Unreachable);
+        let step = r.on_end(t0, Ending::Broker);
+        assert_eq!(step, Step::Connect { at: t0 + secs(1) });
+        assert_eq!(r.path(), PathState::Up);
+        // All unreachable: probes, and each failed probe goes to the next endpoint.
+        let mut r = endpoints(3);
+        r.on_end(t0, Ending::Unreachable);
+        r.on_end(t0, Ending::Unreachable);
+        let Step::Probe { mut at } = r.on_end(t0, Ending::Unreachable) else {
+            panic!()
+        };
+        assert_eq!(r.path(), PathState::Down);
+        let mut probed = vec![r.endpoint()];
+        for _ in 0..5 {
+            let Step::Probe { at: next } = r.on_probe(at, false) else {
+                panic!()
+            };
+            probed.push(r.endpoint());
+            at = next;
+        }
+        assert_eq!(probed, [0, 1, 2, 0, 1, 2]);
+        // The one that answers is connected to at once.
+        assert_eq!(r.on_probe(at, true), Step::Connect { at });
+        assert_eq!(r.endpoint(), 2);
+        // A permanent refusal anywhere in a round waits permanent_retry.
+        let mut r = endpoints(2);
+        r.on_end(t0, Ending::Permanent);
+        assert_eq!(
+            r.on_end(t0, Ending::Unreachable),
+            Step::Connect { at: t0 + secs(600) }
+        );
+    }
+
+    #[test]
+    fn with_one_endpoint_a_failed_probe_after_a_drop_probes_on() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        r.on_connected(t0);
+        let Step::Probe { at } = r.on_end(t0 + secs(600), Ending::Dropped) else {
+            panic!()
+        };
+        let Step::Probe { at: next } = r.on_probe(at, false) else {
+            panic!()
+        };
+        assert_eq!(next, at + ms(1050));
+        assert_eq!(r.endpoint(), 0);
+        assert_eq!(r.outage_since(), Some(t0 + secs(600)));
     }
 
     #[test]

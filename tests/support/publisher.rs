@@ -50,9 +50,17 @@ pub struct Running {
 
 /// Start a publisher over `source`, jitter off.
 pub fn start(settings: PublisherSettings, source: MemSource) -> Running {
+    start_with_jitter(settings, source, Jitter::Off)
+}
+
+/// Start a publisher over `source` with this jitter (seeded: as in the field, reproducibly).
+pub fn start_with_jitter(
+    settings: PublisherSettings,
+    source: MemSource,
+    jitter: Jitter,
+) -> Running {
     let board = StatusBoard::default();
-    let publisher =
-        Publisher::new(settings, source.clone(), board.clone()).with_jitter(Jitter::Off);
+    let publisher = Publisher::new(settings, source.clone(), board.clone()).with_jitter(jitter);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(publisher.run(shutdown.clone()));
     Running {
