@@ -21,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use tracing::warn;
 
 /// One record's size on disk.
 pub(crate) const RECORD_LEN: usize = 88;
@@ -319,6 +320,105 @@ impl Journal {
 
     pub(crate) fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// The crash journal as the buffer uses it: open or not (then each fix is committed on its
+/// own), failed since the last sync or not, and the last seq it holds.
+#[derive(Debug, Default)]
+pub(crate) struct CrashJournal {
+    /// `None` when it could not be opened, or could not be emptied.
+    journal: Option<Journal>,
+    /// A write failed: each fix is committed on its own until a sync empties it.
+    failed: bool,
+    /// The last seq written to it (of the current stream).
+    journaled_seq: u64,
+}
+
+impl CrashJournal {
+    /// Opens the journal beside `db` (see [`Journal::open`]) and returns what it holds:
+    /// `None` when it cannot be used (logged; each fix is then committed on its own).
+    pub(crate) fn open(&mut self, db: &Path, stream: &str, records: usize) -> Option<Vec<Record>> {
+        match Journal::open(db, stream, records) {
+            Ok((journal, found)) => {
+                self.journal = Some(journal);
+                Some(found)
+            }
+            Err(e) => {
+                warn!(component = "buffer", path = %path_of(db).display(), error = %e,
+                    "crash journal unusable; committing each fix on its own");
+                None
+            }
+        }
+    }
+
+    /// The tag of the stream the next records belong to.
+    pub(crate) fn tag(&self) -> Option<u64> {
+        self.journal.as_ref().map(Journal::tag)
+    }
+
+    /// Whether it holds anything since the last clear (`true` without a journal).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.journal.as_ref().is_none_or(Journal::is_empty)
+    }
+
+    /// The last seq written to it (of the current stream).
+    pub(crate) fn journaled_seq(&self) -> u64 {
+        self.journaled_seq
+    }
+
+    /// Writes the appended fix. `false` when there is no journal, or it failed (then the
+    /// fix's transaction must commit now, and each fix after it until a sync empties it).
+    pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> bool {
+        if self.failed {
+            return false;
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return false;
+        };
+        match journal.append(seq, fix) {
+            Ok(()) => {
+                self.journaled_seq = seq;
+                true
+            }
+            Err(e) => {
+                warn!(component = "buffer", path = %journal.path().display(), error = %e,
+                    "crash journal write failed; committing each fix until the next sync");
+                self.failed = true;
+                false
+            }
+        }
+    }
+
+    /// Everything it held is durable in the file: empties it, and makes it whole again if an
+    /// outsider deleted, replaced or truncated it (see [`Journal::mend`]).
+    pub(crate) fn clear(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        match journal.clear().and_then(|()| journal.mend()) {
+            Ok(mended) => {
+                self.failed = false;
+                if let Some(what) = mended {
+                    warn!(component = "buffer", path = %journal.path().display(), what,
+                        "crash journal changed from outside; made whole again");
+                }
+            }
+            Err(e) => {
+                // It would only grow: commit each fix on its own from here.
+                warn!(component = "buffer", path = %journal.path().display(), error = %e,
+                    "crash journal cannot be emptied or made whole; committing each fix on its own");
+                self.journal = None;
+            }
+        }
+    }
+
+    /// A new stream began (a damaged file was replaced): the next records are its.
+    pub(crate) fn new_stream(&mut self, stream: &str) {
+        self.journaled_seq = 0;
+        if let Some(journal) = self.journal.as_mut() {
+            journal.set_stream(stream);
+        }
     }
 }
 
