@@ -220,8 +220,9 @@ pub struct BufferConfig {
     pub eviction: EvictionPolicy,
     /// Fixes held in memory while the disk cannot be written (disk full, read-only).
     pub memory_ring: u32,
-    /// Seconds between attempts to write to the disk again after a failure. Short: fixes
-    /// flow again at most this long after the disk is back.
+    /// Seconds between attempts to write to the disk again after a failure (and to use a
+    /// crash journal again that could not be used). Short: fixes flow again at most this long
+    /// after the disk is back.
     pub disk_retry_s: f64,
 }
 

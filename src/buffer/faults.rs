@@ -21,7 +21,11 @@ use tracing::warn;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Disk {
     Writable,
-    Failing { next_retry: Instant },
+    /// `cause`: the code of the failure, which is why the ring holds fixes.
+    Failing {
+        next_retry: Instant,
+        cause: &'static str,
+    },
 }
 
 #[derive(Debug)]
@@ -79,7 +83,15 @@ impl Faults {
     pub(super) fn retry_due(&self, now: Instant) -> bool {
         match self.disk {
             Disk::Writable => true,
-            Disk::Failing { next_retry } => now >= next_retry,
+            Disk::Failing { next_retry, .. } => now >= next_retry,
+        }
+    }
+
+    /// The code of the failure the disk is failing with.
+    pub(super) fn failing_cause(&self) -> Option<&'static str> {
+        match self.disk {
+            Disk::Writable => None,
+            Disk::Failing { cause, .. } => Some(cause),
         }
     }
 
@@ -88,6 +100,7 @@ impl Faults {
     pub(super) fn disk_failing(&mut self, err: &BufferError, path: &Path, now: Instant) {
         self.disk = Disk::Failing {
             next_retry: now + self.retry_every,
+            cause: err.code(),
         };
         warn!(code = err.code(), path = %path.display(), held = self.ring.len(), error = %err,
             "buffer write failed; fixes held in memory until the disk works again");
@@ -97,6 +110,11 @@ impl Faults {
     /// The disk took a write again.
     pub(super) fn disk_back(&mut self) {
         self.disk = Disk::Writable;
+    }
+
+    /// The wall clock of the agent's clock, in Unix ms (what dead letters are stamped with).
+    pub(super) fn wall_ms(&self) -> i64 {
+        self.clock.wall_ms()
     }
 
     pub(super) fn set_error(&mut self, code: &'static str, class: ErrorClass, message: String) {
@@ -200,6 +218,7 @@ impl Faults {
         self.alarm = Status::Unhealthy;
         self.disk = Disk::Failing {
             next_retry: now + self.retry_every,
+            cause: "BUFFER_CORRUPT",
         };
         self.quarantine_due = Some(reason);
     }
@@ -243,7 +262,7 @@ impl Faults {
     /// When a retry falls due: the disk's, the file's write-back.
     pub(super) fn next_retry(&self) -> Option<Instant> {
         let disk = match self.disk {
-            Disk::Failing { next_retry } => Some(next_retry),
+            Disk::Failing { next_retry, .. } => Some(next_retry),
             Disk::Writable => None,
         };
         match (disk, self.restore_retry) {
@@ -317,6 +336,7 @@ mod tests {
         assert!(f.retry_due(t0 + Duration::from_secs(5)));
         assert_eq!(f.next_retry(), Some(t0 + Duration::from_secs(5)));
         assert_eq!(f.last_error().map(|e| e.code), Some("BUFFER_DISK_FULL"));
+        assert_eq!(f.failing_cause(), Some("BUFFER_DISK_FULL"));
         f.disk_back();
         assert_eq!((f.condition(), f.next_retry()), (Status::Healthy, None));
     }

@@ -7,21 +7,28 @@
 //! behind, for the buffer to insert. Emptied after each sync, when SQLite holds everything
 //! it held durably. Never synced itself: what a power cut may take from it is what it may take
 //! from SQLite's unsynced WAL too. So a record may be torn, zeroed or stale after a cut;
-//! each carries its stream's tag, its seq and a checksum, and reading stops at the first
-//! record that does not check out.
+//! each carries its stream's tag, its seq and a checksum, and reading goes on past a record
+//! that does not check out (a journal truncated from outside while the agent ran is written
+//! on behind a hole of zeros). A checksum only says a record is whole, not that it holds a
+//! fix: anyone who can write the file can compute it, so the buffer checks each replayed fix
+//! as the validator checks a live one (`crate::validate::ranges::stored`).
+//!
+//! The file is the agent's own: it is never opened through a symbolic link, and nothing but
+//! a regular file with no other name is opened or written (see [`open_file`]).
 //!
 //! Record layout (88 bytes, little-endian): magic `GJ`, version 1, presence bits; the
 //! stream's tag (FNV-1a of the stream id); seq; `time_ms`; `lat`; `lon`; `alt_m`,
 //! `speed_mps`, `course_deg`, `hdop` (f64, 0 when absent); `sats`, mode, event, a pad byte;
 //! FNV-1a 64 of the 80 bytes before it.
 
+use super::error::BufferError;
 use super::files::FileId;
 use crate::fix::{Event, Fix, FixMode};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use tracing::warn;
+use std::time::{Duration, Instant};
 
 /// One record's size on disk.
 pub(crate) const RECORD_LEN: usize = 88;
@@ -167,12 +174,17 @@ pub(crate) struct Journal {
     dirty: u64,
     /// The file's allocated length: records beyond it do not fit.
     room: u64,
+    /// At open, records before the last good one that did not check out and were read past:
+    /// zeroed (the file truncated from outside while the agent ran, then written on behind
+    /// the hole), torn or left half-cleared by a power cut.
+    skipped: usize,
 }
 
 impl Journal {
     /// Opens (or creates) the journal beside `db`, with room for `records` records, and
-    /// reads what it holds, in order, up to the first record that does not check out. The
-    /// records stay until [`clear`](Self::clear).
+    /// reads what it holds, in order, reading past records that do not check out. The
+    /// records stay until [`clear`](Self::clear). Only a regular file with no other name is
+    /// opened, never through a symbolic link ([`open_file`]).
     ///
     /// The room is written with zeros at once, so that each record later overwrites blocks
     /// the file already has: no block allocation and no size change per fix, and no
@@ -181,37 +193,42 @@ impl Journal {
         db: &Path,
         stream: &str,
         records: usize,
-    ) -> io::Result<(Journal, Vec<Record>)> {
+    ) -> Result<(Journal, Vec<Record>), BufferError> {
         let path = path_of(db);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let mut file = open_file(&path)?;
+        let io = |op| {
+            let path = path.clone();
+            move |source| BufferError::Journal { path, op, source }
+        };
         let mut found = Vec::new();
         let mut record = [0u8; RECORD_LEN];
-        while found.len() < MAX_RECORDS {
-            match read_record(&mut file, &mut record)? {
-                false => break,
-                true => match decode(&record) {
-                    Some(r) => found.push(r),
-                    None => break,
-                },
+        // Bad slots since the last good record, all bad slots before it, and the slot after
+        // it.
+        let (mut bad, mut skipped, mut slots, mut end) = (0usize, 0usize, 0usize, 0usize);
+        while slots < MAX_RECORDS && read_record(&mut file, &mut record).map_err(io("read"))? {
+            slots += 1;
+            match decode(&record) {
+                Some(r) => {
+                    found.push(r);
+                    skipped += std::mem::take(&mut bad);
+                    end = slots;
+                }
+                None => bad += 1,
             }
         }
-        let len = file.metadata()?.len();
+        let len = file.metadata().map_err(io("look at"))?.len();
         let want = (records.clamp(1, MAX_RECORDS) * RECORD_LEN) as u64;
         if len < want {
-            allocate(&file, len, want)?;
+            allocate(&file, len, want).map_err(io("allocate"))?;
         }
         let journal = Journal {
             file,
             path,
             tag: stream_tag(stream),
-            end: (found.len() * RECORD_LEN) as u64,
+            end: (end * RECORD_LEN) as u64,
             dirty: len,
             room: len.max(want),
+            skipped,
         };
         Ok((journal, found))
     }
@@ -225,25 +242,35 @@ impl Journal {
         self.tag
     }
 
+    /// Records read past at open (see the field).
+    pub(crate) fn skipped(&self) -> usize {
+        self.skipped
+    }
+
     /// One `write` of the record: in the kernel when this returns, so it survives the
-    /// process. A short write is an error (the next open stops at the torn record).
-    pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> io::Result<()> {
+    /// process. A short write is an error (the next open reads past the torn record).
+    pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> Result<(), BufferError> {
+        let io = |source| BufferError::Journal {
+            path: self.path.clone(),
+            op: "write",
+            source,
+        };
         if self.end + RECORD_LEN as u64 > self.room {
-            return Err(io::Error::new(
+            return Err(io(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
                     "the crash journal is full ({} records)",
                     self.room / RECORD_LEN as u64
                 ),
-            ));
+            )));
         }
         let record = encode(self.tag, seq, fix);
-        let n = self.file.write_at(&record, self.end)?;
+        let n = self.file.write_at(&record, self.end).map_err(io)?;
         if n != RECORD_LEN {
-            return Err(io::Error::new(
+            return Err(io(io::Error::new(
                 io::ErrorKind::WriteZero,
                 format!("short write to the crash journal ({n} of {RECORD_LEN} bytes)"),
-            ));
+            )));
         }
         self.end += RECORD_LEN as u64;
         self.dirty = self.dirty.max(self.end);
@@ -253,16 +280,24 @@ impl Journal {
     /// Empties the journal: everything it held is durable in SQLite. Its records are
     /// overwritten with zeros (the blocks stay allocated). Not synced: records a power cut
     /// brings back are older than SQLite's last seq and are skipped at open.
-    pub(crate) fn clear(&mut self) -> io::Result<()> {
+    pub(crate) fn clear(&mut self) -> Result<(), BufferError> {
         let mut at = 0u64;
         while at < self.dirty {
             let n = usize::try_from(self.dirty - at)
                 .unwrap_or(ZEROS.len())
                 .min(ZEROS.len());
-            let written = self.file.write_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
+            let written = self
+                .file
+                .write_at(ZEROS.get(..n).unwrap_or(&ZEROS), at)
+                .and_then(|w| match w {
+                    0 => Err(io::ErrorKind::WriteZero.into()),
+                    w => Ok(w),
+                })
+                .map_err(|source| BufferError::Journal {
+                    path: self.path.clone(),
+                    op: "empty",
+                    source,
+                })?;
             at += written as u64;
         }
         self.dirty = 0;
@@ -271,17 +306,23 @@ impl Journal {
     }
 
     /// Checks, while it is empty, that the path still names this file with all its room, and
-    /// mends what an outsider did: a file deleted or replaced is made anew at the path (what
-    /// a replacement held is not ours: every fix of ours is in the buffer when this runs), a
-    /// truncated one gets its room written again. Without this, records would go on into a
-    /// file no restart reads, or past a hole that ends the replay. `Ok(None)` when all was
-    /// well; `Ok(Some(what))` names what was mended.
-    pub(crate) fn mend(&mut self) -> io::Result<Option<&'static str>> {
-        let open = self.file.metadata()?;
-        let at_path = match std::fs::metadata(&self.path) {
+    /// mends what an outsider did: a file deleted is made anew at the path; whatever was put
+    /// in its place (a file, a symbolic link) is not ours, so it is moved aside
+    /// (`<path>.displaced-<utc>`, never written) and a new file made; a truncated one gets
+    /// its room written again. Without this, records would go on into a file no restart
+    /// reads, or behind a hole. `Ok(None)` when all was well; `Ok(Some(what))` names what
+    /// was mended.
+    pub(crate) fn mend(&mut self) -> Result<Option<&'static str>, BufferError> {
+        let io = |op| {
+            let path = self.path.clone();
+            move |source| BufferError::Journal { path, op, source }
+        };
+        let open = self.file.metadata().map_err(io("look at"))?;
+        // Not following a link: a link at the path is not the open file, whatever it names.
+        let at_path = match std::fs::symlink_metadata(&self.path) {
             Ok(meta) => Some(meta),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e),
+            Err(e) => return Err(io("look at")(e)),
         };
         let same = at_path
             .as_ref()
@@ -290,24 +331,20 @@ impl Journal {
         // it leaves the path naming another file, or none.
         if !same {
             let what = if at_path.is_some() {
+                super::schema::move_aside_as(&self.path, "displaced")?;
                 "replaced"
             } else {
                 "deleted or moved"
             };
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&self.path)?;
-            allocate(&file, 0, self.room)?;
+            let file = open_file(&self.path)?;
+            allocate(&file, 0, self.room).map_err(io("allocate"))?;
             self.file = file;
             self.end = 0;
             self.dirty = 0;
             return Ok(Some(what));
         }
         if open.len() < self.room {
-            allocate(&self.file, open.len(), self.room)?;
+            allocate(&self.file, open.len(), self.room).map_err(io("allocate"))?;
             return Ok(Some("truncated"));
         }
         Ok(None)
@@ -317,37 +354,125 @@ impl Journal {
     pub(crate) fn is_empty(&self) -> bool {
         self.dirty == 0
     }
+}
 
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
+/// Opens the journal's file at `path` for reading and writing, or creates it when there is
+/// none (exclusively: a name that appears meanwhile is not taken over). Only a regular file
+/// with no other name is opened: a symbolic link is not followed (`O_NOFOLLOW`; checked
+/// before the open too, so a FIFO or a device is never opened at all), and the file opened is
+/// checked again by its descriptor. Anything else is refused (`BUFFER_JOURNAL_REFUSED`):
+/// whoever put it there owns it, and the journal would zero it.
+fn open_file(path: &Path) -> Result<File, BufferError> {
+    let refused = |detail: String| BufferError::JournalRefused {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let io = |op| {
+        move |source| BufferError::Journal {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => plain_file(&meta).map_err(refused)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return options
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(io("create"));
+        }
+        Err(e) => return Err(io("look at")(e)),
+    }
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refused("a symbolic link".into()),
+            _ => io("open")(e),
+        })?;
+    let meta = file.metadata().map_err(io("look at"))?;
+    plain_file(&meta).map_err(refused)?;
+    Ok(file)
+}
+
+/// `Err` says why `meta` is not a file the journal may write: a symbolic link, anything but
+/// a regular file, a file with other names (hard links: one may be someone's file).
+fn plain_file(meta: &std::fs::Metadata) -> Result<(), String> {
+    let kind = meta.file_type();
+    if kind.is_symlink() {
+        Err("a symbolic link".into())
+    } else if kind.is_dir() {
+        Err("a directory".into())
+    } else if !kind.is_file() {
+        Err("not a regular file (a FIFO, socket or device)".into())
+    } else if meta.nlink() > 1 {
+        Err(format!("a file with {} names (hard links)", meta.nlink()))
+    } else {
+        Ok(())
     }
 }
 
 /// The crash journal as the buffer uses it: open or not (then each fix is committed on its
-/// own), failed since the last sync or not, and the last seq it holds.
-#[derive(Debug, Default)]
+/// own, and opening it is tried again every `disk_retry_s`), failed since the last sync or
+/// not, and the last seq it holds.
+#[derive(Debug)]
 pub(crate) struct CrashJournal {
-    /// `None` when it could not be opened, or could not be emptied.
+    /// `None` when it could not be opened or emptied.
     journal: Option<Journal>,
     /// A write failed: each fix is committed on its own until a sync empties it.
     failed: bool,
     /// The last seq written to it (of the current stream).
     journaled_seq: u64,
+    /// While there is no journal: when opening it is tried again.
+    retry_at: Option<Instant>,
+    retry_every: Duration,
+    /// What the file held when the agent started has been read. A journal given up later
+    /// (it could not be emptied after a sync) held only fixes already in the file: opened
+    /// again, its records are not handed back.
+    read: bool,
 }
 
 impl CrashJournal {
-    /// Opens the journal beside `db` (see [`Journal::open`]) and returns what it holds:
-    /// `None` when it cannot be used (logged; each fix is then committed on its own).
-    pub(crate) fn open(&mut self, db: &Path, stream: &str, records: usize) -> Option<Vec<Record>> {
+    pub(crate) fn new(retry_every: Duration) -> Self {
+        CrashJournal {
+            journal: None,
+            failed: false,
+            journaled_seq: 0,
+            retry_at: None,
+            retry_every,
+            read: false,
+        }
+    }
+
+    /// Opens the journal beside `db` (see [`Journal::open`]) and returns what it holds that
+    /// may not be in the file yet (nothing, once the records left at start were read). On an
+    /// error there is no journal until a retry at `now + disk_retry_s` opens it.
+    pub(crate) fn open(
+        &mut self,
+        db: &Path,
+        stream: &str,
+        records: usize,
+        now: Instant,
+    ) -> Result<Vec<Record>, BufferError> {
+        self.journal = None;
         match Journal::open(db, stream, records) {
             Ok((journal, found)) => {
                 self.journal = Some(journal);
-                Some(found)
+                self.failed = false;
+                self.retry_at = None;
+                Ok(if std::mem::replace(&mut self.read, true) {
+                    Vec::new()
+                } else {
+                    found
+                })
             }
             Err(e) => {
-                warn!(component = "buffer", path = %path_of(db).display(), error = %e,
-                    "crash journal unusable; committing each fix on its own");
-                None
+                self.retry_at = Some(now + self.retry_every);
+                Err(e)
             }
         }
     }
@@ -355,6 +480,11 @@ impl CrashJournal {
     /// The tag of the stream the next records belong to.
     pub(crate) fn tag(&self) -> Option<u64> {
         self.journal.as_ref().map(Journal::tag)
+    }
+
+    /// Records read past at open.
+    pub(crate) fn skipped(&self) -> usize {
+        self.journal.as_ref().map_or(0, Journal::skipped)
     }
 
     /// Whether it holds anything since the last clear (`true` without a journal).
@@ -367,48 +497,62 @@ impl CrashJournal {
         self.journaled_seq
     }
 
-    /// Writes the appended fix. `false` when there is no journal, or it failed (then the
-    /// fix's transaction must commit now, and each fix after it until a sync empties it).
-    pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> bool {
+    /// Not what it should be: no journal, or a write failed since the last sync. Every fix
+    /// is still safe (committed on its own), at more wear.
+    pub(crate) fn degraded(&self) -> bool {
+        self.journal.is_none() || self.failed
+    }
+
+    /// There is no journal and trying to open it again is due.
+    pub(crate) fn retry_due(&self, now: Instant) -> bool {
+        self.journal.is_none() && self.retry_at.is_some_and(|at| now >= at)
+    }
+
+    /// When opening it is tried again, while there is no journal.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        self.retry_at.filter(|_| self.journal.is_none())
+    }
+
+    /// Writes the appended fix: `Ok(true)` when it is in the journal; `Ok(false)` when there
+    /// is none or it failed since the last sync, `Err` when this write failed (either way
+    /// the fix's transaction must commit now, and each fix after it until a sync empties
+    /// the journal).
+    pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> Result<bool, BufferError> {
         if self.failed {
-            return false;
+            return Ok(false);
         }
         let Some(journal) = self.journal.as_mut() else {
-            return false;
+            return Ok(false);
         };
         match journal.append(seq, fix) {
             Ok(()) => {
                 self.journaled_seq = seq;
-                true
+                Ok(true)
             }
             Err(e) => {
-                warn!(component = "buffer", path = %journal.path().display(), error = %e,
-                    "crash journal write failed; committing each fix until the next sync");
                 self.failed = true;
-                false
+                Err(e)
             }
         }
     }
 
     /// Everything it held is durable in the file: empties it, and makes it whole again if an
-    /// outsider deleted, replaced or truncated it (see [`Journal::mend`]).
-    pub(crate) fn clear(&mut self) {
+    /// outsider deleted, replaced or truncated it (see [`Journal::mend`]); `Ok(Some(what))`
+    /// names what was mended. On an error it is given up (it would only grow) until a retry
+    /// at `now + disk_retry_s`.
+    pub(crate) fn clear(&mut self, now: Instant) -> Result<Option<&'static str>, BufferError> {
         let Some(journal) = self.journal.as_mut() else {
-            return;
+            return Ok(None);
         };
         match journal.clear().and_then(|()| journal.mend()) {
             Ok(mended) => {
                 self.failed = false;
-                if let Some(what) = mended {
-                    warn!(component = "buffer", path = %journal.path().display(), what,
-                        "crash journal changed from outside; made whole again");
-                }
+                Ok(mended)
             }
             Err(e) => {
-                // It would only grow: commit each fix on its own from here.
-                warn!(component = "buffer", path = %journal.path().display(), error = %e,
-                    "crash journal cannot be emptied or made whole; committing each fix on its own");
                 self.journal = None;
+                self.retry_at = Some(now + self.retry_every);
+                Err(e)
             }
         }
     }
@@ -521,5 +665,89 @@ mod tests {
         j.append(9, &fix(5)).unwrap();
         let (_, found) = Journal::open(&db, "s1", 16).unwrap();
         assert_eq!(found, vec![(stream_tag("s1"), 9, fix(5))]);
+    }
+
+    #[test]
+    fn records_behind_a_hole_of_zeros_are_read_and_the_next_one_goes_after_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("buffer.db");
+        {
+            let (mut j, _) = Journal::open(&db, "s1", 16).unwrap();
+            for i in 0..4 {
+                j.append(i as u64 + 1, &fix(i)).unwrap();
+            }
+        }
+        // Truncated from outside and written on behind the hole: two zeroed slots first.
+        let path = path_of(&db);
+        let bytes = std::fs::read(&path).unwrap();
+        let mut holed = vec![0u8; 2 * RECORD_LEN];
+        holed.extend_from_slice(&bytes[2 * RECORD_LEN..4 * RECORD_LEN]);
+        std::fs::write(&path, &holed).unwrap();
+        let (mut j, found) = Journal::open(&db, "s1", 16).unwrap();
+        let seqs: Vec<u64> = found.iter().map(|r| r.1).collect();
+        assert_eq!(seqs, vec![3, 4]);
+        assert_eq!(j.skipped(), 2);
+        j.append(5, &fix(5)).unwrap();
+        let (_, found) = Journal::open(&db, "s1", 16).unwrap();
+        let seqs: Vec<u64> = found.iter().map(|r| r.1).collect();
+        assert_eq!(seqs, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_path_that_is_a_link_a_fifo_a_directory_or_a_second_name_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("buffer.db");
+        let path = path_of(&db);
+        let theirs = dir.path().join("notes.txt");
+        std::fs::write(&theirs, b"someone's notes").unwrap();
+        let refused = |why: &str| {
+            let err = Journal::open(&db, "s1", 16).expect_err(why);
+            assert_eq!(
+                crate::error::Classified::code(&err),
+                "BUFFER_JOURNAL_REFUSED",
+                "{why}: {err}"
+            );
+        };
+        std::os::unix::fs::symlink(&theirs, &path).unwrap();
+        refused("a symbolic link");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&theirs, &path).unwrap();
+        refused("a hard link");
+        std::fs::remove_file(&path).unwrap();
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.unwrap().success());
+        refused("a FIFO");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        refused("a directory");
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"someone's notes");
+    }
+
+    #[test]
+    fn a_link_put_in_place_of_the_open_journal_is_moved_aside_and_its_target_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("buffer.db");
+        let path = path_of(&db);
+        let theirs = dir.path().join("notes.txt");
+        std::fs::write(&theirs, b"someone's notes").unwrap();
+        let (mut j, _) = Journal::open(&db, "s1", 16).unwrap();
+        j.append(1, &fix(1)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&theirs, &path).unwrap();
+        j.clear().unwrap();
+        assert_eq!(j.mend().unwrap(), Some("replaced"));
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"someone's notes");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file() && meta.len() == 16 * RECORD_LEN as u64);
+        let displaced: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.unwrap();
+                let name = e.file_name().into_string().unwrap();
+                name.starts_with("buffer.db-fixlog.displaced-")
+                    .then(|| std::fs::read_link(e.path()).unwrap())
+            })
+            .collect();
+        assert_eq!(displaced, vec![theirs]);
     }
 }

@@ -27,7 +27,10 @@
 //! `buffer` CLI beside the running daemon) sees a fix once its transaction committed: within
 //! `commit_interval_s`. Where the journal cannot be opened or written, each fix is committed
 //! on its own, as an earlier version did for all of them: the same guarantees at about ten
-//! more system calls per fix.
+//! more system calls per fix; the buffer is degraded meanwhile (`BUFFER_JOURNAL`, or
+//! `BUFFER_JOURNAL_REFUSED` for a path that is not a plain file of ours) and opening the
+//! journal is tried again every `disk_retry_s`. Replayed records are checked as live fixes
+//! are; one that fails is set aside as a dead letter and the others flow.
 //!
 //! **Wear.** What reaches the flash is each sync's WAL frames (the pages the interval's fixes
 //! changed, so new files use 1 KiB pages, see [`schema`]), the checkpoints, which copy those
@@ -88,7 +91,7 @@ pub use schema::{open_existing, open_read_only, APPLICATION_ID, SCHEMA_VERSION};
 
 use crate::clock::Clock;
 use crate::config::BufferSettings;
-use crate::error::ErrorClass;
+use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
 pub use crate::status::Rescues;
 use crate::status::{BufferStatus, Status};
@@ -335,7 +338,7 @@ impl Buffer {
             checkpoints: Checkpoints::new(opened.wal_frames),
             faults,
             capacity: Capacity::new(cfg),
-            journal: CrashJournal::default(),
+            journal: CrashJournal::new(cfg.disk_retry),
             watch: opened.watch,
             data_version: opened.data_version,
             last_now: now,
@@ -393,7 +396,13 @@ impl Buffer {
         let result = (|| {
             self.begin(now)?;
             let seq = self.insert_appended(fix)?;
-            if self.journal.append(seq, fix) {
+            let journaled = self.journal.append(seq, fix).unwrap_or_else(|e| {
+                warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                    "crash journal write failed; committing each fix until the next sync");
+                self.faults.set_error(e.code(), e.class(), e.to_string());
+                false
+            });
+            if journaled {
                 // In the journal: it survives the process; SQLite commits at the sync.
                 self.schedule.dirtied(now);
             } else {
@@ -445,6 +454,9 @@ impl Buffer {
         if self.faults.restore_waiting_due(now) {
             self.look(now);
         }
+        if self.journal.retry_due(now) {
+            self.replay_journal(now);
+        }
         if self.schedule.look_due(now) {
             self.notice_outside_writes();
             // Without fixes there are no commits to look after: look once a second anyway.
@@ -474,6 +486,7 @@ impl Buffer {
             self.deliveries
                 .next_due(self.schedule.interval(), self.schedule.slack()),
             self.faults.next_retry(),
+            self.journal.next_retry(),
         ];
         for t in others.into_iter().flatten() {
             at = at.min(t);
@@ -513,8 +526,10 @@ impl Buffer {
             }
         };
         if !self.faults.held().is_empty() {
-            return Err(BufferError::DiskFull {
+            // Named by what holds them: a full disk, a failing device, a damaged file.
+            return Err(BufferError::Held {
                 path: self.path.clone(),
+                cause: self.faults.failing_cause().unwrap_or("BUFFER_IO"),
                 detail: self
                     .faults
                     .last_error()
@@ -807,12 +822,24 @@ impl Buffer {
         self.faults.rescues()
     }
 
+    /// The buffer's own judgement of itself: the faults' (see `faults.rs`), and degraded
+    /// while the crash journal cannot be used (each fix is then committed on its own: safe,
+    /// at more wear; `BUFFER_JOURNAL` or `BUFFER_JOURNAL_REFUSED` says why).
+    fn condition(&self) -> Status {
+        let journal = if self.journal.degraded() {
+            Status::Degraded
+        } else {
+            Status::Healthy
+        };
+        self.faults.condition().max(journal)
+    }
+
     /// What moves the buffer's published status, cheaply (no SQL, no `stat`): when it
     /// differs from the last one published, the status is published again.
     pub fn status_key(&self) -> StatusKey {
         let current = self.ledger.current();
         StatusKey {
-            condition: self.faults.condition(),
+            condition: self.condition(),
             depth: self.depth(),
             in_memory: self.faults.held().len() as u64,
             evicted: current.evicted,
@@ -861,7 +888,7 @@ impl Buffer {
         });
         let current = self.ledger.current();
         BufferStatus {
-            condition: self.faults.condition(),
+            condition: self.condition(),
             depth,
             in_memory: held.len() as u64,
             oldest_time_ms: looked.oldest_time_ms.filter(|_| depth > 0),
@@ -1037,7 +1064,7 @@ impl Buffer {
         }
         self.io.syncs += 1;
         self.schedule.synced(self.ledger.committed().last_seq);
-        self.clear_journal();
+        self.clear_journal(now);
         let conn = &self.conn;
         self.capacity
             .after_sync(self.watch.bytes_seen(), || used_bytes(conn));
@@ -1259,11 +1286,26 @@ impl Buffer {
 
     /// After a sync: everything the journal held is durable in the file (unless fixes wait in
     /// the ring, which the journal may still be the only copy of on disk).
-    fn clear_journal(&mut self) {
+    fn clear_journal(&mut self, now: Instant) {
         if self.tx.is_some() || !self.faults.held().is_empty() {
             return;
         }
-        self.journal.clear();
+        match self.journal.clear(now) {
+            Ok(None) => {}
+            Ok(Some(what)) => {
+                warn!(
+                    component = "buffer",
+                    what, "crash journal changed from outside; made whole again"
+                );
+            }
+            Err(e) => {
+                // It would only grow: each fix is committed on its own until a retry opens
+                // it again.
+                warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                    "crash journal cannot be emptied or made whole; committing each fix on its own until it can");
+                self.faults.set_error(e.code(), e.class(), e.to_string());
+            }
+        }
     }
 
     /// A new stream began (a damaged file was replaced): the journal's next records are its.
@@ -1271,22 +1313,39 @@ impl Buffer {
         self.journal.new_stream(&self.stream);
     }
 
-    /// At open: the fixes a crash left in the journal and not in the file go in, then a
-    /// sync empties it. Records of this stream the file already has are skipped; records of
-    /// another stream (the file was replaced since) or after a gap are stored as new fixes,
-    /// with the next seqs, rather than lost.
+    /// At open (and when a journal that could not be used is tried again): the fixes a crash
+    /// left in the journal and not in the file go in, then a sync empties it. Records of this
+    /// stream the file already has are skipped; records of another stream (the file was
+    /// replaced since) or after a gap are stored as new fixes, with the next seqs, rather than
+    /// lost. A record is checked as the validator checks a live fix
+    /// ([`crate::validate::ranges::stored`]): one that fails takes its seq into
+    /// `dead_letters` (`BUFFER_CORRUPT_RECORD`, counted) and the others flow.
     fn replay_journal(&mut self, now: Instant) {
         // Room for a sync interval's fixes, and some over for the appends of a failing sync.
         let room = self.schedule.max().saturating_add(64);
-        let Some(found) = self.journal.open(&self.path, &self.stream, room) else {
-            return;
+        let retry = self.journal.tag().is_none() && self.journal.next_retry().is_some();
+        let found = match self.journal.open(&self.path, &self.stream, room, now) {
+            Ok(found) => found,
+            Err(e) => {
+                warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                    "crash journal unusable; committing each fix on its own until it can be used");
+                self.faults.set_error(e.code(), e.class(), e.to_string());
+                return;
+            }
         };
         let Some(tag) = self.journal.tag() else {
             return;
         };
+        let skipped = self.journal.skipped();
+        if skipped > 0 && !found.is_empty() {
+            warn!(component = "buffer", skipped,
+                "crash journal records that do not check out read past (zeroed by a truncation from outside, or torn by a power cut)");
+        }
         let empty = self.journal.is_empty();
         let last = self.ledger.committed().last_seq;
+        let now_ms = self.faults.wall_ms();
         let (mut replayed, mut renumbered) = (0u64, 0u64);
+        let mut refused: Vec<(u64, &'static str)> = Vec::new();
         let mut pending = found
             .iter()
             .filter(|(t, seq, _)| *t != tag || *seq > last)
@@ -1298,8 +1357,22 @@ impl Buffer {
                     if *t != tag || *seq != self.ledger.current().last_seq + 1 {
                         renumbered += 1;
                     }
-                    self.insert_appended(fix)?;
-                    replayed += 1;
+                    match crate::validate::ranges::stored(fix) {
+                        Ok(fix) => {
+                            self.insert_appended(&fix)?;
+                            replayed += 1;
+                        }
+                        Err(why) => {
+                            let given = self.ledger.next_seq_dead_lettered();
+                            if let Some(tx) = self.tx.as_mut() {
+                                tx.deleted_newest = true;
+                            }
+                            file_ops::set_aside_journal_record(
+                                &self.conn, given, *seq, fix, why, now_ms,
+                            )?;
+                            refused.push((given, why));
+                        }
+                    }
                 }
                 self.commit_open(now)
             })();
@@ -1311,12 +1384,32 @@ impl Buffer {
                 component = "buffer",
                 replayed,
                 renumbered,
+                refused = refused.len(),
                 last_seq = self.ledger.committed().last_seq,
                 "fixes the crash journal held stored in the buffer"
             );
         }
-        if (replayed > 0 || !empty) && self.faults.writable() {
+        if let Some(&(_, why)) = refused.first() {
+            let seqs: Vec<u64> = refused.iter().map(|r| r.0).collect();
+            self.faults.rescues_mut().corrupt_records += refused.len() as u64;
+            warn!(component = "buffer", code = "BUFFER_CORRUPT_RECORD", count = refused.len(),
+                seqs = ?seqs, reason = why,
+                "crash journal records that are not valid fixes set aside as dead letters; the others flow");
+            self.faults.set_error(
+                "BUFFER_CORRUPT_RECORD",
+                ErrorClass::Permanent,
+                format!(
+                    "{} crash journal records set aside as dead letters (seqs {seqs:?}): {why}",
+                    refused.len()
+                ),
+            );
+        }
+        if (replayed > 0 || !refused.is_empty() || !empty) && self.faults.writable() {
+            // Empties the journal: the write that proves it usable again after a failure.
             self.sync_or_hold(now);
+        }
+        if retry && !self.journal.degraded() {
+            info!(component = "buffer", "crash journal in use again");
         }
     }
 

@@ -53,6 +53,14 @@ impl Ledger {
         self.current.last_seq
     }
 
+    /// One more seq, given to a record that goes straight to `dead_letters` (a crash
+    /// journal record that is not a fix): counted there, not in the depth.
+    pub(super) fn next_seq_dead_lettered(&mut self) -> u64 {
+        self.current.last_seq += 1;
+        self.current.dead_letters += 1;
+        self.current.last_seq
+    }
+
     /// Rows deleted in the transaction (acknowledged).
     pub(super) fn gone(&mut self, n: u64) {
         self.current.depth = self.current.depth.saturating_sub(n);
@@ -122,7 +130,8 @@ pub(super) struct OpenTx {
     pub(super) fixes: Vec<Fix>,
     /// How many of the acknowledged seqs it deleted.
     pub(super) acks_applied: usize,
-    /// It deleted the row of the newest seq, so `meta.last_seq` must be written.
+    /// It deleted the row of the newest seq (or gave a seq no row in `fixes` has), so
+    /// `meta.last_seq` must be written.
     pub(super) deleted_newest: bool,
     /// The fixes `append` stored in it, with their seqs: unsynced once it commits.
     pub(super) appended: Vec<StoredFix>,
