@@ -103,12 +103,27 @@ fn forge(db: &Path, records: &[Forged]) {
     }
 }
 
-/// The journal's slots: `true` for one that holds a record (its magic), `false` for zeros.
-fn journal_slots(db: &Path) -> Vec<bool> {
+/// The journal's slots: the seq of one that holds a record (by its magic; 0 for a record of
+/// the local history alone), `None` for zeros.
+fn journal_slots(db: &Path) -> Vec<Option<u64>> {
+    journal_records(db)
+        .into_iter()
+        .map(|r| r.map(|(seq, _)| seq))
+        .collect()
+}
+
+/// The journal's slots: (seq, whether the fix is the local history's too) of one that holds
+/// a record, `None` for zeros.
+fn journal_records(db: &Path) -> Vec<Option<(u64, bool)>> {
     let bytes = std::fs::read(journal_of(db)).unwrap_or_default();
     bytes
         .chunks_exact(RECORD_LEN)
-        .map(|c| c.starts_with(b"GJ"))
+        .map(|c| {
+            let seq = u64::from_le_bytes(c[12..20].try_into().unwrap());
+            // A queued fix's presence bit 32: the history's too.
+            c.starts_with(b"GJ")
+                .then_some((seq, seq == 0 || c[3] & 32 != 0))
+        })
         .collect()
 }
 
@@ -166,7 +181,7 @@ async fn first_drive_delivered_and_stopped() -> Stopped {
     let (code, db) = agent.terminate();
     assert_eq!(code, 0);
     assert!(
-        journal_slots(&db).iter().all(|s| !s),
+        journal_slots(&db).iter().all(Option::is_none),
         "a clean stop empties the journal"
     );
     Stopped {
@@ -243,7 +258,7 @@ async fn a_forged_journal_record_with_a_nan_latitude_is_dead_lettered_and_the_fi
     );
     assert!(letters[0].2.contains("latitude"), "{letters:?}");
     assert!(
-        journal_slots(&db).iter().all(|s| !s),
+        journal_slots(&db).iter().all(Option::is_none),
         "the journal is emptied"
     );
     let lines = read_log(&s.log);
@@ -397,7 +412,7 @@ fn a_journal_truncated_while_running_then_a_kill_keeps_the_records_written_behin
     let agent = Agent::start_with_buffer(dir.path(), "truck-8", &gnss, &buffer, &nowhere, &[]);
     let wait_records = |at_least: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while journal_slots(&db).iter().filter(|s| **s).count() < at_least {
+        while journal_slots(&db).iter().filter(|s| s.is_some()).count() < at_least {
             assert!(std::time::Instant::now() < deadline, "journal records");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -412,9 +427,11 @@ fn a_journal_truncated_while_running_then_a_kill_keeps_the_records_written_behin
     wait_records(5);
     let (config, health, agent_log) = (agent.config.clone(), agent.health, agent.log.clone());
     agent.kill();
-    let slots = journal_slots(&db);
-    let behind = slots.iter().filter(|s| **s).count();
-    let hole = slots.iter().take_while(|s| !**s).count();
+    let slots = journal_records(&db);
+    // Queued fixes, and fixes of the local history (which the journal holds as well).
+    let behind = slots.iter().flatten().filter(|(seq, _)| *seq > 0).count();
+    let history = slots.iter().flatten().filter(|(_, h)| *h).count();
+    let hole = slots.iter().take_while(|s| s.is_none()).count();
     assert!(hole > 0, "the records went on behind a hole of zeros");
     // The next start reads no new drive: what it stores is what the journal kept.
     std::fs::write(&log, b"").unwrap();
@@ -426,6 +443,11 @@ fn a_journal_truncated_while_running_then_a_kill_keeps_the_records_written_behin
     let (code, db) = agent.terminate();
     assert_eq!(code, 0);
     assert_eq!(stored_rows(&db).len(), behind);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let kept: i64 = conn
+        .query_row("SELECT count(*) FROM history", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept as usize, history);
 }
 
 /// The agent reading a two-minute 10 Hz drive in real time (no broker), with the files whose

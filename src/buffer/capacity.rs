@@ -1,5 +1,7 @@
 //! Capacity: the buffer's limits (`max_fixes`, `max_bytes`) and the eviction policy that
-//! keeps it within them, before a fix is stored: the N+1th fix evicts.
+//! keeps it within them, before a fix is stored: the N+1th fix evicts. The local history has
+//! a budget of its own (`[history] max_bytes`, see `history.rs`): its bytes are left out
+//! here, so the file holds up to both.
 //!
 //! In: the depth before each new fix, the files' sizes after each sync. Out: the rows
 //! evicted (oldest first, or every second one of the oldest half), counted by the caller.
@@ -33,15 +35,21 @@ impl Capacity {
     }
 
     /// Makes room for one more fix in a buffer of `depth` fixes (every one of them with its
-    /// row written), by the policy. Fixes in flight may be evicted too (counted); a later ack
-    /// or release of their seq is then a no-op. Returns how many rows went.
-    pub(super) fn make_room(&mut self, conn: &Connection, depth: u64) -> rusqlite::Result<u64> {
+    /// row written; the history's rows take `history_bytes`), by the policy. Fixes in flight
+    /// may be evicted too (counted); a later ack or release of their seq is then a no-op.
+    /// Returns how many rows went.
+    pub(super) fn make_room(
+        &mut self,
+        conn: &Connection,
+        depth: u64,
+        history_bytes: u64,
+    ) -> rusqlite::Result<u64> {
         let over_count = depth >= self.max_fixes;
         let evicted = match (self.eviction, over_count) {
             (EvictionPolicy::Thin, _) if depth / 2 >= 2 => thin_oldest_half(conn, depth)?,
             (_, true) => drop_oldest(conn, depth + 1 - self.max_fixes)?,
             (_, false) => {
-                let used = used_bytes(conn)?;
+                let used = used_bytes(conn)?.saturating_sub(history_bytes);
                 let per_fix = (used / depth.max(1)).max(1);
                 let excess = used.saturating_sub(self.max_bytes);
                 // A 1% margin, so the next appends do not each evict again.
@@ -57,14 +65,15 @@ impl Capacity {
     }
 
     /// After a sync: the files' sizes (`bytes_seen`) bound the pages in use, so SQLite is
-    /// asked (`used`) only near the limit.
+    /// asked (`used`) only near the limit; the history's rows (`history_bytes`) do not count.
     pub(super) fn after_sync(
         &mut self,
         bytes_seen: u64,
+        history_bytes: u64,
         used: impl FnOnce() -> rusqlite::Result<u64>,
     ) {
-        self.over_bytes =
-            bytes_seen > self.max_bytes && used().map(|u| u > self.max_bytes).unwrap_or(false);
+        let limit = self.max_bytes.saturating_add(history_bytes);
+        self.over_bytes = bytes_seen > limit && used().map(|u| u > limit).unwrap_or(false);
     }
 
     /// A new file: nothing in it is over.

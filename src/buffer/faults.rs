@@ -112,6 +112,12 @@ impl Faults {
         self.disk = Disk::Writable;
     }
 
+    /// "Now" in UTC ms by the agent's clock: the receiver's time when the host's disagrees
+    /// with it (see [`Clock::utc_ms`]).
+    pub(super) fn utc_ms(&self) -> i64 {
+        self.clock.utc_ms()
+    }
+
     /// The wall clock of the agent's clock, in Unix ms (what dead letters are stamped with).
     pub(super) fn wall_ms(&self) -> i64 {
         self.clock.wall_ms()

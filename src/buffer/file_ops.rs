@@ -37,6 +37,9 @@ pub struct BufferStats {
     /// when the agent stopped (daemon only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// The local history (`[history]`), when the file keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<super::HistoryStats>,
 }
 
 /// Stats read from the file alone (exact depth by counting).
@@ -92,6 +95,7 @@ pub(crate) fn stats_with_depth(
         in_flight: None,
         in_memory: None,
         lost: None,
+        history: super::history::file_history_stats(conn, path)?,
     })
 }
 

@@ -19,7 +19,11 @@
 //! Record layout (88 bytes, little-endian): magic `GJ`, version 1, presence bits; the
 //! stream's tag (FNV-1a of the stream id); seq; `time_ms`; `lat`; `lon`; `alt_m`,
 //! `speed_mps`, `course_deg`, `hdop` (f64, 0 when absent); `sats`, mode, event, a pad byte;
-//! FNV-1a 64 of the 80 bytes before it.
+//! FNV-1a 64 of the 80 bytes before it. A record of seq 0 is a fix for the local history alone
+//! (`history.rs`); the presence bit [`ALSO_HISTORY`] on a queued fix's record says it is the
+//! history's too (one record instead of two for a fix queued in the epoch it was accepted).
+//! An agent before the history reads neither: seq 0 is never above its last seq, and it
+//! ignores a presence bit it does not know.
 
 use super::error::BufferError;
 use super::files::FileId;
@@ -46,6 +50,8 @@ const SPEED: u8 = 2;
 const COURSE: u8 = 4;
 const HDOP: u8 = 8;
 const SATS: u8 = 16;
+/// The queued fix is the local history's too.
+const ALSO_HISTORY: u8 = 32;
 
 /// FNV-1a, 64 bits.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -80,8 +86,13 @@ fn get8(buf: &[u8], at: usize) -> [u8; 8] {
 
 /// One record for `(seq, fix)` of the stream tagged `tag`.
 pub(crate) fn encode(tag: u64, seq: u64, fix: &Fix) -> [u8; RECORD_LEN] {
+    encode_with(tag, seq, fix, 0)
+}
+
+/// [`encode`] with `flags` among the presence bits ([`ALSO_HISTORY`]).
+fn encode_with(tag: u64, seq: u64, fix: &Fix, flags: u8) -> [u8; RECORD_LEN] {
     let mut b = [0u8; RECORD_LEN];
-    let mut present = 0u8;
+    let mut present = flags;
     let mut opt = |v: Option<f64>, bit: u8| {
         v.map_or(0.0, |x| {
             present |= bit;
@@ -178,6 +189,10 @@ pub(crate) struct Journal {
     /// zeroed (the file truncated from outside while the agent ran, then written on behind
     /// the hole), torn or left half-cleared by a power cut.
     skipped: usize,
+    /// Records waiting to go out with the next write (history records: see [`stage`]).
+    ///
+    /// [`stage`]: Journal::stage
+    staged: Vec<u8>,
 }
 
 impl Journal {
@@ -209,6 +224,9 @@ impl Journal {
             slots += 1;
             match decode(&record) {
                 Some(r) => {
+                    if record.get(3).is_some_and(|p| p & ALSO_HISTORY != 0) {
+                        found.push((r.0, 0, r.2));
+                    }
                     found.push(r);
                     skipped += std::mem::take(&mut bad);
                     end = slots;
@@ -229,6 +247,7 @@ impl Journal {
             dirty: len,
             room: len.max(want),
             skipped,
+            staged: Vec::with_capacity(4 * RECORD_LEN),
         };
         Ok((journal, found))
     }
@@ -247,15 +266,55 @@ impl Journal {
         self.skipped
     }
 
-    /// One `write` of the record: in the kernel when this returns, so it survives the
-    /// process. A short write is an error (the next open reads past the torn record).
+    /// One `write` of the record (with those staged before it): in the kernel when this
+    /// returns, so it survives the process. A short write is an error (the next open reads
+    /// past the torn record).
     pub(crate) fn append(&mut self, seq: u64, fix: &Fix) -> Result<(), BufferError> {
+        // The same fix staged for the history just before: one record says both.
+        let history = encode(self.tag, 0, fix);
+        let flags = if self.staged.ends_with(&history) {
+            self.staged.truncate(self.staged.len() - RECORD_LEN);
+            ALSO_HISTORY
+        } else {
+            0
+        };
+        self.staged
+            .extend_from_slice(&encode_with(self.tag, seq, fix, flags));
+        self.write_staged()
+    }
+
+    /// A history record (seq 0: no seq of the stream), written with the next
+    /// [`append`](Self::append) or [`flush`](Self::flush): a fix the history alone keeps
+    /// costs no `write` of its own when a queued fix follows it in the same epoch.
+    pub(crate) fn stage(&mut self, fix: &Fix) {
+        self.staged.extend_from_slice(&encode(self.tag, 0, fix));
+    }
+
+    /// Writes what is staged.
+    pub(crate) fn flush(&mut self) -> Result<(), BufferError> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        self.write_staged()
+    }
+
+    fn write_staged(&mut self) -> Result<(), BufferError> {
+        let staged = std::mem::take(&mut self.staged);
+        let written = self.write_at_end(&staged);
+        // The allocation is kept for the next records.
+        self.staged = staged;
+        self.staged.clear();
+        written
+    }
+
+    fn write_at_end(&mut self, records: &[u8]) -> Result<(), BufferError> {
         let io = |source| BufferError::Journal {
             path: self.path.clone(),
             op: "write",
             source,
         };
-        if self.end + RECORD_LEN as u64 > self.room {
+        let len = records.len() as u64;
+        if self.end + len > self.room {
             return Err(io(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
@@ -264,15 +323,14 @@ impl Journal {
                 ),
             )));
         }
-        let record = encode(self.tag, seq, fix);
-        let n = self.file.write_at(&record, self.end).map_err(io)?;
-        if n != RECORD_LEN {
+        let n = self.file.write_at(records, self.end).map_err(io)?;
+        if n as u64 != len {
             return Err(io(io::Error::new(
                 io::ErrorKind::WriteZero,
-                format!("short write to the crash journal ({n} of {RECORD_LEN} bytes)"),
+                format!("short write to the crash journal ({n} of {len} bytes)"),
             )));
         }
-        self.end += RECORD_LEN as u64;
+        self.end += len;
         self.dirty = self.dirty.max(self.end);
         Ok(())
     }
@@ -302,6 +360,8 @@ impl Journal {
         }
         self.dirty = 0;
         self.end = 0;
+        // Staged records are of rows the sync made durable.
+        self.staged.clear();
         Ok(())
     }
 
@@ -557,6 +617,27 @@ impl CrashJournal {
         }
     }
 
+    /// Stages a history record for the next write (see [`Journal::stage`]); `false` when
+    /// there is no journal or it failed since the last sync.
+    pub(crate) fn stage(&mut self, fix: &Fix) -> bool {
+        match self.journal.as_mut() {
+            Some(journal) if !self.failed => {
+                journal.stage(fix);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Writes the staged records; `Err` when that failed (the journal is then failed until
+    /// the next sync empties it).
+    pub(crate) fn flush(&mut self) -> Result<(), BufferError> {
+        match self.journal.as_mut() {
+            Some(journal) if !self.failed => journal.flush().inspect_err(|_| self.failed = true),
+            _ => Ok(()),
+        }
+    }
+
     /// A new stream began (a damaged file was replaced): the next records are its.
     pub(crate) fn new_stream(&mut self, stream: &str) {
         self.journaled_seq = 0;
@@ -749,5 +830,36 @@ mod tests {
             })
             .collect();
         assert_eq!(displaced, vec![theirs]);
+    }
+
+    #[test]
+    fn a_fix_staged_for_the_history_and_then_queued_takes_one_record_that_says_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("buffer.db");
+        {
+            let (mut j, _) = Journal::open(&db, "s1", 16).unwrap();
+            j.stage(&fix(1));
+            j.append(7, &fix(1)).unwrap();
+            j.stage(&fix(2));
+            j.stage(&fix(3));
+            j.append(8, &fix(4)).unwrap();
+        }
+        let bytes = std::fs::read(path_of(&db)).unwrap();
+        let records = bytes
+            .chunks_exact(RECORD_LEN)
+            .filter(|r| r.starts_with(b"GJ"));
+        assert_eq!(records.count(), 4);
+        let tag = stream_tag("s1");
+        let (_, found) = Journal::open(&db, "s1", 16).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                (tag, 0, fix(1)),
+                (tag, 7, fix(1)),
+                (tag, 0, fix(2)),
+                (tag, 0, fix(3)),
+                (tag, 8, fix(4)),
+            ]
+        );
     }
 }

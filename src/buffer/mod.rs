@@ -78,6 +78,7 @@ mod error;
 mod faults;
 mod file_ops;
 mod files;
+mod history;
 mod journal;
 mod rescue;
 mod schedule;
@@ -87,6 +88,7 @@ mod tx;
 
 pub use error::BufferError;
 pub use file_ops::{file_stats, list_dead_letters, requeue_dead_letters, BufferStats, DeadLetter};
+pub use history::{HistoryStats, HistoryWindow};
 pub use schema::{open_existing, open_read_only, APPLICATION_ID, SCHEMA_VERSION};
 
 use crate::clock::Clock;
@@ -100,6 +102,7 @@ use deliveries::Deliveries;
 use error::{classify, failure_of, Failure};
 use faults::Faults;
 use files::{Verdict, Watch};
+use history::History;
 use journal::CrashJournal;
 use rusqlite::{Connection, OptionalExtension};
 use schedule::{Checkpoints, SyncSchedule};
@@ -180,6 +183,8 @@ pub struct Buffer {
     /// Appended fixes survive the process through it while their transaction stays open
     /// until the sync.
     journal: CrashJournal,
+    /// Every accepted fix, for `backfill` (see `history.rs`).
+    history: History,
     watch: Watch,
     /// `PRAGMA data_version` as last seen: it moves when another connection commits (the
     /// `buffer requeue` CLI next to the running daemon).
@@ -339,12 +344,14 @@ impl Buffer {
             faults,
             capacity: Capacity::new(cfg),
             journal: CrashJournal::new(cfg.disk_retry),
+            history: History::new(&cfg.history, cfg.memory_ring.get()),
             watch: opened.watch,
             data_version: opened.data_version,
             last_now: now,
             io: IoCounts::default(),
             looked_up: std::cell::Cell::new(None),
         };
+        buffer.attach_history();
         buffer.replay_journal(now);
         Ok((buffer, report))
     }
@@ -443,6 +450,7 @@ impl Buffer {
     /// power-cut window grows.
     pub fn tick(&mut self, now: Instant) -> Result<Option<u64>, BufferError> {
         self.last_now = now;
+        self.flush_journal(now);
         let expired = self.deliveries.expire_stale(now);
         if expired > 0 {
             warn!(component = "buffer", seqs = expired,
@@ -466,7 +474,9 @@ impl Buffer {
             .deliveries
             .acks_due(now, self.schedule.interval(), self.schedule.max())
         {
-            self.flush_acks(now);
+            // A sync due now commits the history's rows anyway: in the same commit.
+            let sync = self.sync_due(now);
+            self.flush_acks(now, sync);
         }
         if self.faults.writable() && self.sync_due(now) {
             return Ok(self.sync_or_hold(now));
@@ -502,7 +512,7 @@ impl Buffer {
         if !self.faults.writable() {
             return self.retry_disk(now, true);
         }
-        self.flush_acks(now);
+        self.flush_acks(now, true);
         self.sync_or_hold(now)
     }
 
@@ -518,7 +528,7 @@ impl Buffer {
         let synced = if !self.faults.writable() {
             self.retry_disk(now, true)
         } else {
-            self.flush_acks(now);
+            self.flush_acks(now, true);
             if self.faults.writable() {
                 self.sync_or_hold(now)
             } else {
@@ -543,6 +553,59 @@ impl Buffer {
             });
         }
         Ok(synced)
+    }
+
+    /// An accepted fix for the local history (every one, whether the report stage keeps it
+    /// for sending or not; see `history.rs`). It goes into the crash journal with the next
+    /// write to it (the next [`append`](Self::append), or the next [`tick`](Self::tick)) and
+    /// becomes a row in the next commit. While the disk fails it waits in memory (at most
+    /// `memory_ring` fixes). A no-op when the history is off.
+    pub fn remember(&mut self, fix: &Fix, now: Instant) {
+        if !self.history.remember(*fix) {
+            return;
+        }
+        self.last_now = now;
+        if self.journal.stage(fix) {
+            self.history.journaled();
+        }
+        if !self.faults.writable() || !self.faults.held().is_empty() {
+            // Written with the memory ring when the disk is back.
+            return;
+        }
+        // The row goes into the open transaction at the commit: a sync is now due in time.
+        match self.begin(now) {
+            Ok(()) => self.schedule.dirtied(now),
+            Err(e) => {
+                self.fail(e, "history", now);
+            }
+        }
+    }
+
+    /// The next page of a window of the local history (see [`HistoryWindow::next_page`]),
+    /// read through the buffer's own connection: rows not yet committed included. Returns
+    /// whether more may follow; nothing when the history is off.
+    pub fn history_page(
+        &mut self,
+        window: &mut HistoryWindow,
+        limit: usize,
+        out: &mut Vec<Fix>,
+    ) -> Result<bool, BufferError> {
+        out.clear();
+        if !self.history.on() {
+            return Ok(false);
+        }
+        // The rows of the fixes remembered since the last commit, so the page misses none:
+        // written into the open transaction (its commit comes with the next sync).
+        let now = self.last_now;
+        let writable = self.faults.writable() && self.faults.held().is_empty();
+        if self.history.pending() > 0 && writable {
+            let now_ms = self.faults.utc_ms();
+            self.begin(now)
+                .and_then(|()| self.history.write(&self.conn, now_ms))
+                .map_err(|e| self.fail(e, "history", now))?;
+            self.schedule.dirtied(now);
+        }
+        window.next_page(&self.conn, &self.path, limit, out)
     }
 
     /// Acknowledgements whose deletes no commit has written yet.
@@ -660,7 +723,7 @@ impl Buffer {
             .ack(seqs, self.last_now, self.schedule.max());
         if full && self.faults.writable() {
             let now = self.last_now;
-            self.flush_acks(now);
+            self.flush_acks(now, false);
         }
         Ok(())
     }
@@ -707,7 +770,7 @@ impl Buffer {
     pub fn requeue_dead_letters(&mut self) -> Result<u64, BufferError> {
         let now = self.last_now;
         self.commit_pending(now)?;
-        self.flush_acks(now);
+        self.flush_acks(now, false);
         if !self.faults.writable() {
             return Err(BufferError::DiskFull {
                 path: self.path.clone(),
@@ -792,6 +855,7 @@ impl Buffer {
         s.in_flight = Some(self.deliveries.unacked());
         s.in_memory = Some(self.faults.held().len() as u64);
         s.lost = Some(self.faults.lost());
+        s.history = self.history.stats();
         Ok(s)
     }
 
@@ -963,12 +1027,17 @@ impl Buffer {
         Ok(())
     }
 
-    /// Writes the acknowledged deletes now, in a transaction of their own.
-    fn flush_acks(&mut self, now: Instant) {
+    /// Writes the acknowledged deletes now, in a transaction of their own. The history's
+    /// pending rows go with them only when a sync follows (`history`): otherwise they wait for
+    /// the sync's commit (the journal holds them meanwhile), rather than this commit writing
+    /// the history's last page once more.
+    fn flush_acks(&mut self, now: Instant, history: bool) {
         if self.deliveries.acked().is_empty() || !self.faults.writable() {
             return;
         }
-        let result = self.begin(now).and_then(|()| self.commit_open(now));
+        let result = self
+            .begin(now)
+            .and_then(|()| self.commit_open_with(now, history));
         match result {
             Ok(()) => self.look(now),
             Err(e) => {
@@ -997,9 +1066,11 @@ impl Buffer {
         }
         // Eviction picks the oldest rows: every fix counted in the depth has its row first.
         self.write_appended()?;
-        let evicted = self
-            .capacity
-            .make_room(&self.conn, self.ledger.current().depth)?;
+        let evicted = self.capacity.make_room(
+            &self.conn,
+            self.ledger.current().depth,
+            self.history.bytes(),
+        )?;
         if evicted > 0 {
             self.ledger.evicted(evicted);
             let depth = self.ledger.current().depth;
@@ -1014,12 +1085,24 @@ impl Buffer {
         Ok(())
     }
 
-    /// Commits the open transaction: from here it survives the process.
+    /// Commits the open transaction, the history's pending rows with it: from here it
+    /// survives the process.
     fn commit_open(&mut self, now: Instant) -> rusqlite::Result<()> {
+        self.commit_open_with(now, true)
+    }
+
+    /// [`Buffer::commit_open`], the history's pending rows written or left for a later commit
+    /// (`history`: false; they stay in the journal, which is not emptied before they are in
+    /// the file).
+    fn commit_open_with(&mut self, now: Instant, history: bool) -> rusqlite::Result<()> {
         self.write_appended()?;
         let Some(tx) = self.tx.as_ref() else {
             return Ok(());
         };
+        if history || self.journal.degraded() {
+            let now_ms = self.faults.utc_ms();
+            self.history.write(&self.conn, now_ms)?;
+        }
         if tx.deleted_newest || self.ledger.evicted_unwritten() {
             let current = self.ledger.current();
             let mut stmt = self
@@ -1034,13 +1117,16 @@ impl Buffer {
         self.schedule.committed(&mut tx.appended);
         self.deliveries.applied(tx.acks_applied);
         self.ledger.commit();
+        self.history.committed();
         self.schedule.dirtied(now);
         Ok(())
     }
 
     fn sync_due(&self, now: Instant) -> bool {
         let open = self.tx.as_ref().map_or(0, |tx| tx.appended.len());
-        self.schedule.due(now, open)
+        // The history's records need room in the journal too (it holds twice `commit_max`).
+        let history = self.history.journaled_since_sync();
+        self.schedule.due(now, open) || (self.schedule.is_dirty() && history >= self.schedule.max())
     }
 
     /// Syncs the WAL (and checkpoints when it is long). Returns the synced seq, or `None`
@@ -1067,7 +1153,9 @@ impl Buffer {
         self.clear_journal(now);
         let conn = &self.conn;
         self.capacity
-            .after_sync(self.watch.bytes_seen(), || used_bytes(conn));
+            .after_sync(self.watch.bytes_seen(), self.history.bytes(), || {
+                used_bytes(conn)
+            });
         if self.checkpoints.due() {
             self.checkpoint(now);
         }
@@ -1234,6 +1322,7 @@ impl Buffer {
             }
         }
         self.ledger.rollback();
+        self.history.rolled_back();
     }
 
     /// Counts a fix in the open transaction and keeps it there twice: for the ring if the
@@ -1278,7 +1367,13 @@ impl Buffer {
     /// handled as every failed write is ([`Buffer::fail`]) and returned.
     fn commit_pending(&mut self, now: Instant) -> Result<(), BufferError> {
         if self.tx.is_none() {
-            return Ok(());
+            // Rows of the history a commit of acknowledgements left pending get a transaction
+            // of their own (while the disk takes writes; else the ring's retry writes them).
+            let writable = self.faults.writable() && self.faults.held().is_empty();
+            if self.history.pending() == 0 || !writable {
+                return Ok(());
+            }
+            self.begin(now).map_err(|e| self.fail(e, "commit", now))?;
         }
         self.commit_open(now)
             .map_err(|e| self.fail(e, "commit", now))
@@ -1287,10 +1382,14 @@ impl Buffer {
     /// After a sync: everything the journal held is durable in the file (unless fixes wait in
     /// the ring, which the journal may still be the only copy of on disk).
     fn clear_journal(&mut self, now: Instant) {
-        if self.tx.is_some() || !self.faults.held().is_empty() {
+        if self.tx.is_some() || !self.faults.held().is_empty() || self.history.pending() > 0 {
             return;
         }
-        match self.journal.clear(now) {
+        let cleared = self.journal.clear(now);
+        if cleared.is_ok() {
+            self.history.synced();
+        }
+        match cleared {
             Ok(None) => {}
             Ok(Some(what)) => {
                 warn!(
@@ -1308,6 +1407,29 @@ impl Buffer {
         }
     }
 
+    /// The history's table in the file the buffer holds now (at open, and after a rescue
+    /// switched files). A history that cannot be made or read is off for this run: the
+    /// buffer's own work goes on.
+    pub(super) fn attach_history(&mut self) {
+        if let Err(e) = self.history.attach(&self.conn) {
+            let err = classify(&self.path, "open history", e);
+            warn!(component = "buffer", code = err.code(), error = %err,
+                "local history unavailable this run; accepted fixes are not kept for backfill");
+            self.history.turn_off();
+        }
+    }
+
+    /// Writes the journal's staged history records; a failure is handled as a failed append
+    /// is: what the journal does not hold is committed now.
+    fn flush_journal(&mut self, now: Instant) {
+        if let Err(e) = self.journal.flush() {
+            warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                "crash journal write failed; committing each fix until the next sync");
+            self.faults.set_error(e.code(), e.class(), e.to_string());
+            let _ = self.commit_pending(now);
+        }
+    }
+
     /// A new stream began (a damaged file was replaced): the journal's next records are its.
     pub(super) fn journal_new_stream(&mut self) {
         self.journal.new_stream(&self.stream);
@@ -1321,8 +1443,9 @@ impl Buffer {
     /// ([`crate::validate::ranges::stored`]): one that fails takes its seq into
     /// `dead_letters` (`BUFFER_CORRUPT_RECORD`, counted) and the others flow.
     fn replay_journal(&mut self, now: Instant) {
-        // Room for a sync interval's fixes, and some over for the appends of a failing sync.
-        let room = self.schedule.max().saturating_add(64);
+        // Room for a sync interval's fixes and as many history records, and some over for the
+        // appends of a failing sync.
+        let room = self.schedule.max().saturating_mul(2).saturating_add(64);
         let retry = self.journal.tag().is_none() && self.journal.next_retry().is_some();
         let found = match self.journal.open(&self.path, &self.stream, room, now) {
             Ok(found) => found,
@@ -1346,11 +1469,21 @@ impl Buffer {
         let now_ms = self.faults.wall_ms();
         let (mut replayed, mut renumbered) = (0u64, 0u64);
         let mut refused: Vec<(u64, &'static str)> = Vec::new();
-        let mut pending = found
-            .iter()
+        // Seq 0: a record of the history alone (see `Journal::stage`).
+        let (history, queued): (Vec<&journal::Record>, Vec<&journal::Record>) =
+            found.iter().partition(|(_, seq, _)| *seq == 0);
+        let mut history_refused = 0u64;
+        for (_, _, fix) in history {
+            match crate::validate::ranges::stored(fix) {
+                Ok(fix) => self.history.replayed(fix),
+                Err(_) => history_refused += 1,
+            }
+        }
+        let mut pending = queued
+            .into_iter()
             .filter(|(t, seq, _)| *t != tag || *seq > last)
             .peekable();
-        if pending.peek().is_some() {
+        if pending.peek().is_some() || self.history.pending() > 0 {
             let result = (|| -> rusqlite::Result<()> {
                 self.begin(now)?;
                 for (t, seq, fix) in pending {
@@ -1385,8 +1518,17 @@ impl Buffer {
                 replayed,
                 renumbered,
                 refused = refused.len(),
+                history_refused,
                 last_seq = self.ledger.committed().last_seq,
                 "fixes the crash journal held stored in the buffer"
+            );
+        }
+        if history_refused > 0 {
+            warn!(
+                component = "buffer",
+                code = "BUFFER_CORRUPT_RECORD",
+                count = history_refused,
+                "crash journal records of the history that are not valid fixes dropped"
             );
         }
         if let Some(&(_, why)) = refused.first() {
@@ -1435,7 +1577,7 @@ impl Buffer {
         self.begin(now)?;
         let moved = mv(&self.conn)?;
         self.ledger.set_aside(moved);
-        self.commit_open(now)?;
+        self.commit_open_with(now, false)?;
         Ok(moved)
     }
 
@@ -1480,7 +1622,7 @@ impl Drop for Buffer {
             && (!self.deliveries.acked().is_empty() || self.schedule.is_dirty())
         {
             let now = self.last_now;
-            self.flush_acks(now);
+            self.flush_acks(now, true);
             if self.faults.writable() {
                 let _ = self.sync_or_hold(now);
             }

@@ -150,6 +150,7 @@ impl Buffer {
         self.data_version = opened.data_version;
         // The copy holds exactly what was committed and is synced: the counters stand.
         self.schedule.synced(self.ledger.committed().last_seq);
+        self.attach_history();
         Ok(displaced)
     }
 
@@ -204,6 +205,8 @@ impl Buffer {
         self.data_version = opened.data_version;
         self.capacity.new_file();
         self.faults.quarantined();
+        // The history stays in the file moved aside; the new one keeps what comes now.
+        self.attach_history();
 
         let ring_before = self.faults.held().len() as u64;
         let salvaged = self.salvage(&old, old_synced, &acked, &unsynced, now);
