@@ -5,12 +5,17 @@
 //! SQLite files, and through the real binary where a process matters (kill -9, the report
 //! stage).
 
+mod support;
+
 use gps_agent::buffer::{open_read_only, Buffer, HistoryWindow, StoredFix};
 use gps_agent::clock::Clock;
 use gps_agent::config::{BufferSettings, HistorySettings};
-use gps_agent::fix::{Fix, FixMode};
+use gps_agent::fix::{Fix, FixMode, Numbered};
+use gps_agent::sim::DriveSpec;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use support::agent::{drive_log, replay_gnss, Agent};
+use support::broker::{free_port, Subscriber, TestBroker};
 
 /// 2026-03-14T08:00:00Z, the simulator's default start: the clocks of these tests.
 const T0: i64 = 1_773_475_200_000;
@@ -267,4 +272,121 @@ fn keep_days_0_keeps_nothing_and_removes_what_an_earlier_run_kept() {
         )
         .unwrap();
     assert_eq!(tables, 0);
+}
+
+/// `gps-agent parse`'s fixes of `log`: the JSON lines it prints. (Compared as text: parsing
+/// them back would round some last digits.)
+fn parsed(log: &Path) -> Vec<String> {
+    support::agent::parse(log)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The whole history of `db` as a backfill reads it beside the daemon, each fix printed as
+/// `parse` prints its output (numbered from 0).
+fn backfill_of(db: &Path) -> Vec<String> {
+    let conn = open_read_only(db).unwrap();
+    let mut w = HistoryWindow::new(0, T0 + 365 * DAY_MS, u64::MAX);
+    let (mut all, mut out) = (Vec::new(), Vec::new());
+    loop {
+        let more = w.next_page(&conn, db, 100, &mut out).unwrap();
+        all.extend_from_slice(&out);
+        if !more {
+            break;
+        }
+    }
+    all.iter()
+        .enumerate()
+        .map(|(i, fix)| serde_json::to_string(&Numbered { seq: i as u64, fix }).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_fix_is_in_the_history_also_those_the_report_stage_did_not_send() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start();
+    let device = support::unique("truck");
+    let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
+    let log = drive_log(
+        dir.path(),
+        DriveSpec {
+            epochs: 600,
+            ..DriveSpec::default()
+        },
+    );
+    let want = parsed(&log);
+    // The adaptive policy keeps a small share for sending.
+    let gnss = format!(
+        "{}\n\n[report]\nmode = \"adaptive\"",
+        replay_gnss(log.to_str().unwrap())
+    );
+    let agent = Agent::start(dir.path(), &device, &gnss, &broker.url(), &[]);
+    let (_, h) = agent.wait_health("every fix decided", Duration::from_secs(30), |_, h| {
+        let g = &h["components"]["gnss"];
+        let decided =
+            g["kept"].as_u64().unwrap_or(0) + g["dropped_by_policy"].as_u64().unwrap_or(0);
+        decided == want.len() as u64
+    });
+    let kept = h["components"]["gnss"]["kept"].as_u64().unwrap();
+    assert!(kept < want.len() as u64 / 2, "{h}");
+    let sent = sub.fix_seqs(kept, Duration::from_secs(30)).await;
+    assert_eq!(sent.len() as u64, kept);
+    let (code, db) = agent.terminate();
+    assert_eq!(code, 0);
+    assert_eq!(
+        backfill_of(&db),
+        want,
+        "the history is the parse of the same input"
+    );
+}
+
+#[test]
+fn the_history_of_a_killed_agent_is_what_the_crash_journal_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("buffer.db");
+    let log = drive_log(
+        dir.path(),
+        DriveSpec {
+            rate_hz: 10,
+            epochs: 300,
+            ..DriveSpec::default()
+        },
+    );
+    let want = parsed(&log);
+    let gnss = format!(
+        "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"realtime\"\n\n\
+         [report]\nmode = \"adaptive\"",
+        log.display()
+    );
+    // No commit for 30 s: what was accepted lives in the journal alone.
+    let buffer = format!(
+        "[buffer]\npath = \"{}\"\ncommit_interval_s = 30",
+        db.display()
+    );
+    let nowhere = format!("mqtt://{}", free_port());
+    let device = support::unique("truck");
+    let agent = Agent::start_with_buffer(dir.path(), &device, &gnss, &buffer, &nowhere, &[]);
+    agent.wait_health("fixes accepted", Duration::from_secs(20), |_, h| {
+        h["components"]["gnss"]["kept"].as_u64().unwrap_or(0)
+            + h["components"]["gnss"]["dropped_by_policy"]
+                .as_u64()
+                .unwrap_or(0)
+            >= 20
+    });
+    let (config, health, agent_log) = (agent.config.clone(), agent.health, agent.log.clone());
+    agent.kill();
+    // The next start reads no new drive: its history is what the journal kept.
+    std::fs::write(&log, b"").unwrap();
+    let agent = Agent::restart(&config, health, &db, &agent_log);
+    agent.wait_log("the replay", |v| {
+        v["message"] == "fixes the crash journal held stored in the buffer"
+    });
+    let (code, db) = agent.terminate();
+    assert_eq!(code, 0);
+    let got = backfill_of(&db);
+    // Every fix accepted before the kill, in order, none twice: a prefix of the drive. (A
+    // fix the motion check held for its successor had not been accepted yet.)
+    assert!(got.len() >= 20, "{} fixes", got.len());
+    assert_eq!(got[..], want[..got.len()]);
 }
