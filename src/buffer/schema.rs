@@ -16,6 +16,9 @@
 //!   report stage marked, NULL otherwise.
 //! - `dead_letters(seq, code, reason, time_ms, payload)`: fixes the broker will never take;
 //!   `time_ms` is when they were set aside (host clock), `payload` the fix's JSON.
+//! - `history`: the local history (see `history.rs`), made at open when `[history]` is on
+//!   and dropped when it is off. It needs no version of its own: an older agent ignores a
+//!   table it does not know, so a file with it stays version 3.
 //!
 //! Version history: 1 had no `dead_letters` table and no `evicted` counter; 2 had no
 //! `fixes.event` column (a dead letter keeps its event in its JSON payload in every version).
