@@ -326,6 +326,8 @@ impl Stage<'_> {
     /// An accepted fix to the report policy; what it keeps goes to the buffer. True when the
     /// buffer committed.
     fn report(&mut self, fix: &Fix, now: Instant) -> bool {
+        // Every accepted fix, whatever the policy decides, stays in the local history.
+        self.store.lock().remember(fix, now);
         self.reporting.last_fix_at = Some(now);
         self.reporting.policy.push(fix, &mut self.reporting.kept);
         self.store_kept(now)
