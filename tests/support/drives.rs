@@ -1,5 +1,5 @@
-//! Simulated drives as the report stage sees them: the simulator's NMEA through the real
-//! decoder and validator, and receiver noise added to the accepted fixes (a seeded
+//! Simulated drives as the report stage sees them: the simulator's NMEA through the agent's
+//! pipeline, and receiver noise added to the accepted fixes (a seeded
 //! Gauss-Markov wander plus white jitter, as a receiver under an open sky or in a street
 //! canyon shows), until the simulator's own noise model lands.
 
@@ -7,10 +7,8 @@
 
 use gps_agent::config::ValidateConfig;
 use gps_agent::fix::Fix;
-use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::report::cone::{distance_m, Frame};
 use gps_agent::sim::{Drive, DriveSpec};
-use gps_agent::validate::Validator;
 
 /// The accepted fixes of a simulated drive.
 pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
@@ -21,21 +19,12 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
     decode(&bytes)
 }
 
-/// The fixes the agent accepts from NMEA text (its decoder and validator, default settings).
+/// The fixes the agent accepts from NMEA text (its pipeline, default settings).
 pub fn decode(nmea: &[u8]) -> Vec<Fix> {
-    let mut decoder = Decoder::new(true);
-    let mut validator = Validator::new(ValidateConfig::default());
-    let mut fixes = Vec::new();
-    let mut events = Vec::new();
-    decoder.feed(nmea, &mut |e| events.push(e));
-    decoder.finish(&mut |e| events.push(e));
-    for e in events {
-        if let Decoded::Epoch(epoch) = e {
-            validator.push(&epoch, &mut |verdict| fixes.extend(verdict.ok()));
-        }
-    }
-    validator.finish(&mut |verdict| fixes.extend(verdict.ok()));
-    fixes
+    gps_agent::pipeline::verdicts(nmea, true, &ValidateConfig::default())
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect()
 }
 
 /// The accepted fixes of the simulator's half-hour tour (seed) as a good receiver under an
