@@ -129,13 +129,10 @@ impl Ingest {
             if source_done {
                 std::thread::sleep(wait);
             } else {
-                match source.next_chunk(wait) {
+                match source.next_chunk(wait, pipeline.receiver_time()) {
                     Next::Chunk(chunk) => {
                         let now = Instant::now();
                         pipeline.feed(&chunk, &mut |v| committed |= stage.record(v, now));
-                        if let Some(t) = pipeline.receiver_time() {
-                            source.status.note_receiver_time(t);
-                        }
                         last_bytes_at = now;
                         quiet_flushed = false;
                     }
@@ -354,7 +351,6 @@ impl Stage<'_> {
         self.gnss.last_error = status.last_error();
         self.gnss.connected = status.connected();
         self.gnss.outages = status.outages() + status.stuck_events();
-        self.gnss.dropped_chunks = status.dropped_chunks();
         let current = self.gnss.clone();
         self.board.gnss(|g| {
             if *g != current {
