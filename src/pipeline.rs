@@ -128,6 +128,7 @@ impl Pipeline {
 }
 
 /// One decoder event to the validator, or to the sink.
+#[inline]
 fn judge(
     event: Decoded,
     validator: &mut Validator,
@@ -147,10 +148,13 @@ fn judge(
 
 /// A verdict, then the checksum rejections held back behind it (the held fix's verdict is
 /// always the first a push or finish hands out).
+#[inline]
 fn deliver(verdict: Verdict, held_checksums: &mut u64, sink: &mut impl FnMut(Verdict)) {
     sink(verdict);
-    for _ in 0..std::mem::take(held_checksums) {
-        sink(Err(checksum()));
+    if *held_checksums > 0 {
+        for _ in 0..std::mem::take(held_checksums) {
+            sink(Err(checksum()));
+        }
     }
 }
 
