@@ -15,6 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use support::broker::{Subscriber, TestBroker};
+use support::front::{Front, Mode};
 use support::proxy::FaultProxy;
 use tokio::time::Instant;
 
@@ -197,12 +198,12 @@ async fn a_refused_port_is_probed_without_full_attempts_and_never_opens_the_brea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_closes_every_connection_opens_the_breaker_and_a_good_trial_closes_it() {
+async fn a_broker_that_refuses_every_connect_opens_the_breaker_and_a_good_trial_closes_it() {
     let broker = TestBroker::start();
-    let proxy = FaultProxy::start(broker.addr).await;
-    proxy.slam();
+    let front = Front::start(broker.addr).await;
+    front.set(Mode::Refuse(3));
     let device = support::unique("dev");
-    let mut s = settings(&proxy.url(), &device);
+    let mut s = settings(&front.url(), &device);
     s.breaker = BreakerPolicy {
         failure_threshold: NonZeroU32::new(3).unwrap(),
         open_for: Duration::from_millis(700),
@@ -219,11 +220,48 @@ async fn a_broker_that_closes_every_connection_opens_the_breaker_and_a_good_tria
         assert!(!st.connected);
         assert_eq!(st.path.as_str(), "up", "the port answers: {st:?}");
         assert_eq!(st.connect_attempts, 3, "{st:?}");
+        assert_eq!(st.last_error.clone().unwrap().code, "MQTT_UNAVAILABLE");
     }
-    proxy.restore().await;
+    front.set(Mode::Balance);
     run.wait_acked(5).await;
     run.wait_status("closed", |s| s.breaker.as_str() == "closed" && s.connected)
         .await;
+    run.stop().await;
+}
+
+/// A balancer whose broker is down takes each connection and closes it before CONNACK: not
+/// a refusal. Attempts go on at the probes' pace, the breaker never hears of them, and the
+/// first after the broker is back connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_closing_every_connection_never_opens_the_breaker() {
+    let broker = TestBroker::start();
+    let front = Front::start(broker.addr).await;
+    front.backend_down();
+    let device = support::unique("dev");
+    let mut s = settings(&front.url(), &device);
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(3).unwrap(),
+        open_for: Duration::from_secs(3600),
+        open_max: Duration::from_secs(3600),
+    };
+    s.backoff.initial = Duration::from_secs(3600);
+    s.backoff.max = Duration::from_secs(3600);
+    let source = MemSource::default();
+    source.push((1..=5).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("ten attempts", |s| s.connect_attempts >= 10)
+        .await;
+    {
+        let st = run.status();
+        assert_eq!(st.breaker.as_str(), "closed", "{st:?}");
+        assert_eq!(st.path.as_str(), "up", "the balancer answers: {st:?}");
+        assert_eq!(st.probes_ok + st.probes_failed, 0, "{st:?}");
+        assert_eq!(st.last_error.clone().unwrap().code, "MQTT_CONNECT");
+    }
+    front.backend_up();
+    run.wait_acked(5).await;
+    assert_eq!(run.status().breaker.as_str(), "closed");
     run.stop().await;
 }
 

@@ -382,12 +382,15 @@ fn ending_of(error: &UplinkError, facts: &SessionFacts, reset_after: Duration) -
     }
     match error {
         // TCP never got through (refused, unreachable, DNS, timed out in the kernel); a
-        // connection the peer closed or reset after it was accepted is the broker's doing.
+        // connection accepted (and TLS, if the front end terminates it) and then closed or
+        // reset before CONNACK, nothing of MQTT received, is a front end whose broker is down.
+        // (A TLS alert or certificate error is `Tls`, a CONNACK refusal `Auth`, `Refused`
+        // or `Unavailable`: the broker's, below.)
         UplinkError::Connect { source, .. } => {
             use std::io::ErrorKind as K;
             match source.kind() {
                 K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe => {
-                    Ending::Broker
+                    Ending::Unserved
                 }
                 _ => Ending::Unreachable,
             }
