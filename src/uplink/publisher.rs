@@ -220,6 +220,9 @@ pub struct PublisherSettings {
     pub shutdown_grace: Duration,
     /// How often to ask the source again when it said nothing is pending.
     pub idle_poll: Duration,
+    /// Beyond the liveness bound, how long a probe or an attempt and its wind-down may take
+    /// before `/health` calls the uplink wedged ([`PublisherSettings::wedge_after`]).
+    pub wedge_margin: Duration,
 }
 
 impl PublisherSettings {
@@ -291,6 +294,7 @@ impl PublisherSettings {
             permanent_retry: mqtt.permanent_retry,
             shutdown_grace: SHUTDOWN_GRACE,
             idle_poll: IDLE_POLL,
+            wedge_margin: WEDGE_MARGIN,
         })
     }
 
@@ -304,6 +308,15 @@ impl PublisherSettings {
         }
     }
 
+    /// Not connected and no probe or attempt begun for longer than this: wedged
+    /// (`MQTT_WEDGED` in `/health`). The liveness bound of the reconnect policy plus
+    /// `wedge_margin`.
+    pub fn wedge_after(&self) -> Duration {
+        self.reconnect_policy()
+            .longest_wait()
+            .saturating_add(self.wedge_margin)
+    }
+
     /// Endpoint `i` of the broker: `broker`, then `fallback` (wrapping around).
     pub fn endpoint(&self, i: usize) -> &BrokerUrl {
         let n = 1 + self.fallback.len();
@@ -314,6 +327,10 @@ impl PublisherSettings {
     }
 }
 
+/// Beyond the liveness bound, what a probe (5 s), an attempt (5 s) and the wind-down of a
+/// session (reading rumqttc's last events, releasing fixes to the buffer) may take before
+/// the uplink counts as wedged.
+const WEDGE_MARGIN: Duration = Duration::from_secs(60);
 /// How long a full attempt may take, from TCP to CONNACK: rumqttc's default.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// At shutdown, how long to wait for PUBACKs of messages in flight (and for `offline`).
@@ -455,7 +472,11 @@ impl<S: FixSource> Publisher<S> {
             held_due: None,
             stream: String::new(),
         };
-        p.show(None, |m| m.message_limit = None);
+        let wedge_after = p.settings.wedge_after();
+        p.show(None, |m| {
+            m.message_limit = None;
+            m.wedge_after = Some(wedge_after);
+        });
         p
     }
 
@@ -472,9 +493,11 @@ impl<S: FixSource> Publisher<S> {
         self.limit = MessageLimit::new(settings.max_message_bytes);
         self.tls = tls_of(&settings);
         self.settings = settings;
+        let wedge_after = self.settings.wedge_after();
         self.show(None, |m| {
             m.last_error = None;
             m.message_limit = None;
+            m.wedge_after = Some(wedge_after);
         });
     }
 
@@ -514,7 +537,8 @@ impl<S: FixSource> Publisher<S> {
             }
             step = match step {
                 Step::Probe { .. } => {
-                    self.show(None, |_| {});
+                    let at = self.board.clock().now();
+                    self.show(None, |m| m.last_try_at = Some(at));
                     let probed = self.broker().clone();
                     let reachable = tokio::select! {
                         _ = shutdown.cancelled() => return,
@@ -541,7 +565,11 @@ impl<S: FixSource> Publisher<S> {
                 Step::Connect { .. } => match self.reconnect.attempt(Instant::now()) {
                     Some(later) => later,
                     None => {
-                        self.show(None, |m| m.connect_attempts += 1);
+                        let at = self.board.clock().now();
+                        self.show(None, |m| {
+                            m.connect_attempts += 1;
+                            m.last_try_at = Some(at);
+                        });
                         match self.session(shutdown).await {
                             SessionEnd::Shutdown => return,
                             SessionEnd::Failed(failure) => self.after_failure(failure),
@@ -572,10 +600,12 @@ impl<S: FixSource> Publisher<S> {
             "uplink failed"
         );
         let error = self.board.error_now(err);
+        let at = self.board.clock().now();
         // One update: a reader never sees the new error beside the old retry time.
         self.show(Some(step), |m| {
             m.connected = false;
             m.last_error = Some(error);
+            m.last_try_at = Some(at);
         });
         step
     }
@@ -694,6 +724,15 @@ impl<S: FixSource> Publisher<S> {
             .drive(&client, &mut events, &mut window, &mut facts, shutdown)
             .await;
         drop(_abort_pump);
+        if matches!(end, SessionEnd::Failed(_)) {
+            // Gone now, before its fixes are handed back (which waits on the buffer): what
+            // `/health` says, and where the wedge check counts from.
+            let at = self.board.clock().now();
+            self.board.mqtt(|m| {
+                m.connected = false;
+                m.last_try_at = Some(at);
+            });
+        }
         let unacked: Vec<Unacked> = window
             .unacked()
             .filter_map(|(seqs, bytes)| {
@@ -1362,7 +1401,11 @@ impl<S: FixSource> Publisher<S> {
         }
         // Without a clean DISCONNECT the broker publishes the last will: `offline` either way.
         info!(offline_acked, "uplink shut down");
-        self.board.mqtt(|m| m.connected = false);
+        let at = self.board.clock().now();
+        self.board.mqtt(|m| {
+            m.connected = false;
+            m.last_try_at = Some(at);
+        });
         SessionEnd::Shutdown
     }
 }

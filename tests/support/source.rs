@@ -36,10 +36,22 @@ struct Store {
     drained: bool,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemSource {
     store: Arc<Mutex<Store>>,
     stored: Arc<Notify>,
+    /// While true, `release` does not return: a buffer stuck under the uplink.
+    hold_releases: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for MemSource {
+    fn default() -> Self {
+        MemSource {
+            store: Arc::default(),
+            stored: Arc::default(),
+            hold_releases: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
 }
 
 impl MemSource {
@@ -68,6 +80,10 @@ impl MemSource {
     /// How often the publisher asked for a batch.
     pub fn asked(&self) -> u64 {
         self.store.lock().unwrap().asked
+    }
+    /// Make `release` hang until called again with `false` (a buffer whose disk stalls).
+    pub fn hold_releases(&self, hold: bool) {
+        self.hold_releases.send_replace(hold);
     }
     /// Fixes per message published, in order.
     pub fn published(&self) -> Vec<usize> {
@@ -118,6 +134,8 @@ impl FixSource for MemSource {
     }
 
     async fn release(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
+        let mut held = self.hold_releases.subscribe();
+        let _ = held.wait_for(|hold| !*hold).await;
         let mut s = self.store.lock().unwrap();
         for seq in seqs {
             assert!(
