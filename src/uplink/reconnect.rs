@@ -89,10 +89,6 @@ pub const UNSERVED_CEILING: u32 = 20;
 /// then one a minute from the second minute on.
 pub const UNSERVED_THINNING: u32 = 3;
 
-/// How long a probe's TCP connect may take before it counts as failed: the kernel sends the
-/// SYN at 0, 1 and 3 s, so a radio waking up or a slow cell still gets through.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// No PUBACK for this long while messages wait (and none acknowledged meanwhile): the
 /// connection may be stalled, and [`StallWatch`] starts probing the path.
 pub const STALL_AFTER: Duration = Duration::from_secs(3);
@@ -169,7 +165,7 @@ pub struct Pacing {
 }
 
 /// How a full attempt or a session ended, as far as pacing is concerned (the publisher
-/// sorts its errors into these; see `publisher::ending_of`).
+/// sorts its errors into these; see `publisher::session`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     /// TCP could not reach the broker's port: refused, unreachable, DNS failed.
