@@ -175,6 +175,48 @@ async fn behind_a_balancer_a_minute_without_the_broker_costs_six_attempts_at_mos
     assert_eq!(lost, 0);
 }
 
+/// A broker that dies behind the balancer while a message is in flight looks, to the probe
+/// that judges a dropped link, like one that dropped the link over the message's size (the
+/// balancer answers the probe). The verdict (messages capped at half) stands only until the
+/// next attempt: one the balancer closes unserved withdraws it, and the backlog goes out
+/// uncapped once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_dying_behind_a_balancer_with_a_message_in_flight_does_not_shrink_messages() {
+    use support::proxy::FaultProxy;
+    use support::publisher::{fast_settings, start};
+    use support::source::{fix, MemSource};
+    let broker = TestBroker::start();
+    let front = Front::start(broker.addr).await;
+    // The link to the balancer, slowed so that a message is in flight when the broker dies.
+    let link = FaultProxy::start(front.addr).await;
+    let device = support::unique("dev");
+    let mut s = fast_settings(&link.url(), &device, "test");
+    s.puback_timeout = Duration::from_secs(30);
+    // A second between the narrowed reconnect and the next unserved one: long enough to
+    // see the verdict on the board.
+    s.probe.interval = Duration::from_secs(1);
+    s.probe.max = Duration::from_secs(1);
+    let mut run = start(s, MemSource::default());
+    run.wait_status("connected", |s| s.connected).await;
+    link.delay(400);
+    run.source.push((1..=5).map(fix));
+    support::wait_for("a message in flight", || run.source.in_flight() > 0).await;
+    front.backend_down();
+    let judged = run.wait_error("MQTT_TOO_LARGE").await;
+    assert!(judged.message_limit.is_some(), "{judged:?}");
+    run.wait_status("the verdict withdrawn", |s| {
+        s.message_limit.is_none() && s.last_error.as_ref().map(|e| e.code) == Some("MQTT_CONNECT")
+    })
+    .await;
+    front.backend_up();
+    link.delay(0);
+    run.wait_acked(5).await;
+    let st = run.status();
+    assert_eq!(st.message_limit, None, "{st:?}");
+    assert_eq!(st.breaker.as_str(), "closed");
+    run.stop().await;
+}
+
 /// One agent of the fleet: its process, and the balancer port it alone uses (so that each
 /// connection the balancer accepts is known to be this agent's).
 struct Member {

@@ -17,7 +17,6 @@ use std::time::Duration;
 use support::broker::{Subscriber, TestBroker};
 use support::front::{Front, Mode};
 use support::proxy::FaultProxy;
-use tokio::time::Instant;
 
 use support::publisher::{fast_settings, start};
 use support::source::{fix, Happened, MemSource};
@@ -28,15 +27,6 @@ fn settings(url: &str, device: &str) -> PublisherSettings {
     s.batch_max = 7;
     s.window = 3;
     s
-}
-
-/// Waits (at most 10 s) until `cond` holds.
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// What the subscriber saw on the fixes topic (seq -> times) and the status payloads.
@@ -471,7 +461,7 @@ fn after_ack_of(journal: &[(std::time::Instant, Happened)], seq: u64) -> Vec<Hap
 /// Until the journal shows, after the acknowledgement of `seq`, the ask its PUBACK causes
 /// (the publisher is then waiting for the source: a new fix is what it asks for next).
 async fn settled_after(source: &MemSource, seq: u64) {
-    wait_until("the ask after the PUBACK", || {
+    support::wait_for("the ask after the PUBACK", || {
         let journal = source.journal();
         journal
             .iter()
@@ -545,7 +535,7 @@ async fn held_fixes_are_topped_up_at_the_pace_they_come_not_on_a_fixed_beat() {
     let run = start(s, MemSource::default());
     // The connection's own asks (after CONNACK, and after the status message's PUBACK),
     // with nothing to find.
-    wait_until("the connection's two asks", || {
+    support::wait_for("the connection's two asks", || {
         let asks = run.source.journal();
         asks.iter()
             .filter(|(_, h)| matches!(h, Happened::Asked { .. }))
@@ -566,7 +556,7 @@ async fn held_fixes_are_topped_up_at_the_pace_they_come_not_on_a_fixed_beat() {
             .iter()
             .position(|(_, h)| matches!(h, Happened::Asked { got: 4, .. }))
     };
-    wait_until("the ask that takes the four, and the next", || {
+    support::wait_for("the ask that takes the four, and the next", || {
         let journal = run.source.journal();
         took(&journal).is_some_and(|i| {
             journal[i + 1..]

@@ -28,7 +28,7 @@ use crate::uplink::limit::MessageLimit;
 use crate::uplink::linger::Linger;
 use crate::uplink::payload::Topics;
 use crate::uplink::probe::probe;
-use crate::uplink::reconnect::{Reconnect, Step};
+use crate::uplink::reconnect::{Ending, Reconnect, Step};
 use crate::uplink::settings::tls_made;
 use session::{Failure, SessionEnd};
 use std::sync::Arc;
@@ -49,6 +49,10 @@ pub struct Publisher<S: FixSource> {
     reconnect: Reconnect,
     /// What the broker was seen to take: caps each message's payload.
     limit: MessageLimit,
+    /// The limit as it was before the last verdict that a dropped link was over a message's
+    /// size, until the next connection confirms the broker was there (a probe that a load
+    /// balancer answers cannot tell a broker that dropped a message from one that died).
+    judged: Option<MessageLimit>,
     /// The TLS client configuration and the fingerprint of the files it was made from:
     /// reused by every connection (session resumption), made again when a file changed.
     tls: Option<(u64, Arc<rustls::ClientConfig>)>,
@@ -72,6 +76,7 @@ impl<S: FixSource> Publisher<S> {
         let p = Publisher {
             topics: Topics::new(&settings.topic_prefix, &settings.device),
             limit: MessageLimit::new(settings.max_message_bytes),
+            judged: None,
             tls: tls_made(&settings),
             linger: Linger::new(settings.linger, settings.batch_max),
             settings,
@@ -100,6 +105,7 @@ impl<S: FixSource> Publisher<S> {
             Jitter::Full(Xorshift64::from_entropy()),
         );
         self.limit = MessageLimit::new(settings.max_message_bytes);
+        self.judged = None;
         self.tls = tls_made(&settings);
         // Nothing is held between sessions: every session releases what lingered.
         self.linger = Linger::new(settings.linger, settings.batch_max);
@@ -204,6 +210,15 @@ impl<S: FixSource> Publisher<S> {
     fn after_failure(&mut self, failure: Failure) -> Step {
         let now = Instant::now();
         let failed = self.broker().clone();
+        if matches!(failure.ending, Ending::Unserved | Ending::Unreachable) {
+            if let Some(limit) = self.judged.take() {
+                // The broker was away, not dropping a message it could not take.
+                info!(broker = %failed, "broker away after the drop: the size verdict is withdrawn");
+                self.limit = limit;
+                let learned = self.limit.learned();
+                self.board.mqtt(|m| m.message_limit = learned);
+            }
+        }
         let step = self.reconnect.on_end(now, failure.ending);
         let err = &failure.error;
         warn!(

@@ -272,7 +272,13 @@ impl<S: FixSource> Publisher<S> {
             failure.ending = Ending::Unreachable;
             return None;
         }
+        let before = self.limit.clone();
         let verdict = self.limit.on_dropped(unacked);
+        if verdict != Verdict::NotSize {
+            // A balancer answers the probe for a broker that died behind it: if the next
+            // attempt finds the broker away, this verdict is withdrawn.
+            self.judged = Some(before);
+        }
         let learned = self.limit.learned();
         self.board.mqtt(|m| m.message_limit = learned);
         match verdict {
@@ -336,6 +342,8 @@ impl<S: FixSource> Publisher<S> {
         }
         let now = Instant::now();
         self.reconnect.on_connected(now);
+        // The broker is there: a size verdict before this connection stands.
+        self.judged = None;
         s.facts.connected_at = Some(now);
         s.progress = now;
         s.asked_at = now;
