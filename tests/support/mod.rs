@@ -5,7 +5,8 @@
 //! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
 //! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]); simulated
 //! drives as accepted fixes, with receiver noise ([`drives`]); the chaos run of the real
-//! daemon under seeded faults ([`chaos`]).
+//! daemon under seeded faults ([`chaos`]); a RabbitMQ cluster `.ci/cluster.sh` started
+//! ([`rabbitmq`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -23,6 +24,7 @@ pub mod mosquitto;
 pub mod proxy;
 pub mod pty;
 pub mod publisher;
+pub mod rabbitmq;
 pub mod relay;
 pub mod shim;
 pub mod source;
