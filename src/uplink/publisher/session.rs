@@ -79,10 +79,13 @@ fn ending_of(error: &UplinkError, facts: &SessionFacts, reset_after: Duration) -
             let lasted = facts.connected_at.map_or(Duration::ZERO, |at| {
                 Instant::now().saturating_duration_since(at)
             });
-            if facts.delivered || lasted >= reset_after {
+            if facts.proven || lasted >= reset_after {
+                // The broker took a message (fixes, or the status at connect: with `linger_s`
+                // a session may deliver its first fixes only a minute in), or the session
+                // lasted: a session that broke, not a refusal.
                 Ending::Dropped
             } else {
-                // Closed right after connecting, nothing delivered: the broker is refusing.
+                // Closed right after connecting, nothing acknowledged: the broker is refusing.
                 Ending::Broker
             }
         }
