@@ -481,3 +481,52 @@ fn aws_on_port_443_offers_alpn_x_amzn_mqtt_ca_and_on_8883_nothing() {
     assert_eq!(alpn(443), vec![b"x-amzn-mqtt-ca".to_vec()]);
     assert_eq!(alpn(8883), Vec::<Vec<u8>>::new());
 }
+
+/// A token that lives 2 s is renewed 0.2 s before it expires: the session closes cleanly
+/// (no `offline` on the twin), connects again at once with a new token, and every fix goes
+/// once, acknowledged. (The product's tokens live an hour and renew 5 minutes ahead; the
+/// lifetime is the one thing shortened here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_renews_its_sas_token_by_reconnecting_before_it_expires_losing_nothing() {
+    use gps_agent::uplink::profile::azure::DeviceKey;
+    use gps_agent::uplink::profile::ProfileSettings;
+    use support::publisher::{fast_settings, start};
+    use support::source::MemSource;
+
+    let broker = TestBroker::start();
+    let tap = MqttTap::start(broker.addr).await;
+    let device = support::unique("truck");
+    let mut settings = fast_settings(&tap.url(), &device, "fleet");
+    settings.profile = ProfileSettings::Azure {
+        hub: "hub.example".into(),
+        key: Some(DeviceKey::new(b"renew-me".to_vec())),
+        token_lifetime: std::time::Duration::from_secs(2),
+    };
+    let source = MemSource::default();
+    let mut run = start(settings, source.clone());
+    // Fixes keep coming across two renewals.
+    let total = 50u64;
+    for seq in 1..=total {
+        source.push([support::source::fix(seq)]);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    run.wait_acked(total as usize).await;
+    run.wait_status("connected", |m| m.connected).await;
+    let connects = tap.connects();
+    assert!(connects.len() >= 2, "{} connections", connects.len());
+    let tokens: BTreeSet<Vec<u8>> = connects.iter().filter_map(|c| c.password.clone()).collect();
+    assert_eq!(
+        tokens.len(),
+        connects.len(),
+        "each connection its own token"
+    );
+    let offline = tap
+        .publishes()
+        .iter()
+        .filter(|(t, _, _, p)| t.starts_with("$iothub/twin/") && json(p)["state"] == "offline")
+        .count();
+    assert_eq!(offline, 0, "a renewal is not going offline");
+    assert_eq!(run.status().last_error, None, "a renewal is not a failure");
+    let source = run.stop().await;
+    assert_eq!(source.acked(), (1..=total).collect::<BTreeSet<_>>());
+}

@@ -230,7 +230,15 @@ fn profile_settings(
                 .server_name
                 .clone()
                 .unwrap_or_else(|| mqtt.broker.host.clone());
-            (ProfileSettings::Azure { hub, key }, None)
+            let token_lifetime = crate::uplink::profile::azure::TOKEN_LIFETIME;
+            (
+                ProfileSettings::Azure {
+                    hub,
+                    key,
+                    token_lifetime,
+                },
+                None,
+            )
         }
     })
 }

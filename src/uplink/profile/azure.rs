@@ -33,7 +33,8 @@ use std::time::{Duration, SystemTime};
 pub const API_VERSION: &str = "2021-04-12";
 /// How long a SAS token the agent signs is valid.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-/// How long before its token expires a session reconnects with a new one.
+/// How long before its token expires a session reconnects with a new one (a tenth of the
+/// lifetime when that is shorter).
 pub const RENEW_BEFORE: Duration = Duration::from_secs(300);
 
 /// The device's symmetric key: never shown in a log, a `Debug` or a panic.
@@ -98,13 +99,20 @@ pub struct Azure {
     device: String,
     key: Option<DeviceKey>,
     payload: PayloadFormat,
+    lifetime: Duration,
     events: String,
     /// Request ids of twin updates.
     rid: AtomicU64,
 }
 
 impl Azure {
-    pub fn new(hub: &str, device: &str, key: Option<DeviceKey>, payload: PayloadFormat) -> Self {
+    pub fn new(
+        hub: &str,
+        device: &str,
+        key: Option<DeviceKey>,
+        payload: PayloadFormat,
+        lifetime: Duration,
+    ) -> Self {
         let properties = match payload {
             PayloadFormat::Json => "%24.ct=application%2Fjson&%24.ce=utf-8",
             PayloadFormat::Cbor => "%24.ct=application%2Fcbor",
@@ -114,6 +122,7 @@ impl Azure {
             device: device.to_owned(),
             key,
             payload,
+            lifetime,
             events: format!("devices/{device}/messages/events/{properties}"),
             rid: AtomicU64::new(0),
         }
@@ -135,7 +144,7 @@ impl Profile for Azure {
                 renew_at: None,
             };
         };
-        let expires = now + TOKEN_LIFETIME;
+        let expires = now + self.lifetime;
         let expiry = expires
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -145,7 +154,7 @@ impl Profile for Azure {
                 user,
                 Password::new(sas_token(&self.hub, &self.device, key, expiry)),
             )),
-            renew_at: Some(expires - RENEW_BEFORE),
+            renew_at: Some(expires - RENEW_BEFORE.min(self.lifetime / 10)),
         }
     }
 
@@ -234,7 +243,7 @@ mod tests {
         assert_eq!(s1.topic, "$iothub/twin/PATCH/properties/reported/?$rid=1");
         assert_eq!(s2.topic, "$iothub/twin/PATCH/properties/reported/?$rid=2");
         assert!(!s1.retain && !a.will().retain);
-        let cbor = Azure::new("h", "d", None, PayloadFormat::Cbor);
+        let cbor = Azure::new("h", "d", None, PayloadFormat::Cbor, TOKEN_LIFETIME);
         assert_eq!(
             cbor.fixes_topic(),
             "devices/d/messages/events/%24.ct=application%2Fcbor"

@@ -38,6 +38,8 @@ pub enum ProfileSettings {
     Azure {
         hub: String,
         key: Option<azure::DeviceKey>,
+        /// How long each SAS token is valid ([`azure::TOKEN_LIFETIME`]).
+        token_lifetime: std::time::Duration,
     },
     /// Cumulocity: `{tenant}/{user}` and its password, as configured.
     Cumulocity,
@@ -120,9 +122,17 @@ pub fn for_settings(
             client_id,
             token.clone(),
         )),
-        ProfileSettings::Azure { hub, key } => {
-            Box::new(azure::Azure::new(hub, device, key.clone(), payload))
-        }
+        ProfileSettings::Azure {
+            hub,
+            key,
+            token_lifetime,
+        } => Box::new(azure::Azure::new(
+            hub,
+            device,
+            key.clone(),
+            payload,
+            *token_lifetime,
+        )),
         ProfileSettings::Cumulocity => {
             Box::new(cumulocity::Cumulocity::new(device, credentials.clone()))
         }
