@@ -223,6 +223,7 @@ mod tests {
             "bar-truck",
             Some(key),
             PayloadFormat::Json,
+            TOKEN_LIFETIME,
         );
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000);
         let id = a.identity(now);
