@@ -9,9 +9,11 @@
 //! never creates the buffer directory, opens the device or resolves host names.
 
 mod broker;
+pub mod profile;
 mod settings;
 
 pub use broker::BrokerUrl;
+pub use profile::ProfileName;
 pub use settings::{
     BufferSettings, DeviceSettings, GnssSettings, GnssSource, HealthSettings, HistorySettings,
     MqttSettings, Settings,
@@ -339,6 +341,12 @@ pub struct MqttConfig {
     /// Name the broker's certificate must carry, when it differs from the URL's host (a
     /// broker reached by IP address or through a tunnel).
     pub server_name: Option<String>,
+    /// The platform's device contract: `fleet` (the spec's topics), `thingsboard`, `aws`,
+    /// `azure`, `cumulocity` (`crate::uplink::profile`).
+    pub profile: ProfileName,
+    /// Azure IoT Hub: file holding the device's symmetric key (base64, first line), which
+    /// signs the SAS tokens the agent connects with.
+    pub sas_key_file: Option<PathBuf>,
 }
 
 impl Default for MqttConfig {
@@ -369,6 +377,8 @@ impl Default for MqttConfig {
             client_cert: None,
             client_key: None,
             server_name: None,
+            profile: ProfileName::Fleet,
+            sas_key_file: None,
         }
     }
 }
@@ -463,6 +473,7 @@ pub fn warnings(settings: &Settings) -> Vec<Warning> {
     for (key, path) in [
         ("mqtt.password_file", &mqtt.password_file),
         ("mqtt.client_key", &mqtt.client_key),
+        ("mqtt.sas_key_file", &mqtt.sas_key_file),
     ] {
         let Some(path) = path else { continue };
         let Ok(meta) = std::fs::metadata(path) else {
@@ -1190,6 +1201,12 @@ impl MqttConfig {
         let timers = self.check_limits(out);
         let cellular = self.check_cellular(out);
         self.check_identity(broker.tls, out);
+        profile::check(
+            self,
+            BrokerUrl::parse(&self.url).ok().as_ref(),
+            &device.id,
+            out,
+        );
         let settings = MqttSettings {
             broker,
             fallback,
@@ -1216,6 +1233,8 @@ impl MqttConfig {
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
             server_name: self.server_name.clone(),
+            profile: self.profile,
+            sas_key_file: self.sas_key_file.clone(),
         };
         // What the uplink will do with the files at start (read the password, parse the
         // certificates and key), done here too: check-config passes only what run can use.
@@ -1235,6 +1254,7 @@ impl MqttConfig {
                 ("mqtt.client_cert", &self.client_cert),
                 ("mqtt.client_key", &self.client_key),
                 ("mqtt.ca_file", &self.ca_file),
+                ("mqtt.sas_key_file", &self.sas_key_file),
             ]
             .into_iter()
             .find(|(_, p)| p.as_deref() == Some(path.as_path()))
@@ -1440,7 +1460,11 @@ impl MqttConfig {
                 "must not be empty (leave it out to connect without one)".into(),
             ));
         }
-        if self.password_file.is_some() && self.username.is_none() {
+        // ThingsBoard's access token is the user name, read from password_file.
+        if self.password_file.is_some()
+            && self.username.is_none()
+            && self.profile != ProfileName::Thingsboard
+        {
             // MQTT 3.1.1 does not allow a password without a user name.
             out.push(Problem::new(
                 "mqtt.password_file",
@@ -1453,9 +1477,10 @@ impl MqttConfig {
             ("mqtt.ca_file", &self.ca_file),
             ("mqtt.client_cert", &self.client_cert),
             ("mqtt.client_key", &self.client_key),
+            ("mqtt.sas_key_file", &self.sas_key_file),
         ] {
             let Some(path) = path else { continue };
-            if key != "mqtt.password_file" && !tls && url_ok {
+            if !matches!(key, "mqtt.password_file" | "mqtt.sas_key_file") && !tls && url_ok {
                 out.push(Problem::new(
                     key,
                     format!("is only used with mqtts:// but mqtt.url is {:?}", self.url),

@@ -15,6 +15,7 @@
 //! in small files of their own: [`fix`], [`rejection`], [`error`].
 
 pub mod app;
+pub mod base64;
 pub mod buffer;
 pub mod cli;
 pub mod clock;

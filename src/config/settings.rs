@@ -140,6 +140,10 @@ pub struct MqttSettings {
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
     pub server_name: Option<String>,
+    /// The platform's device contract.
+    pub profile: super::ProfileName,
+    /// Azure IoT Hub: the device key's file.
+    pub sas_key_file: Option<PathBuf>,
 }
 
 impl MqttSettings {

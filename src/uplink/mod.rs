@@ -15,7 +15,8 @@
 //! configuration; [`error`] classifies failures; [`publisher`] is the async loop that
 //! drives one connection at a time (its `session`) over a [`source::FixSource`] ([`link`],
 //! the buffer), on [`settings`] (with [`credentials`] read once); [`probe`] does the
-//! reachability probes; [`linger`] holds live fixes for company.
+//! reachability probes; [`linger`] holds live fixes for company; [`profile`] is the
+//! platform's device contract (topics, payload shapes, who the agent is at CONNECT).
 
 pub mod acks;
 pub mod backoff;
@@ -28,6 +29,7 @@ pub mod linger;
 pub mod link;
 pub mod payload;
 pub mod probe;
+pub mod profile;
 pub mod publisher;
 pub mod reconnect;
 pub mod settings;

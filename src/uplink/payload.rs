@@ -60,58 +60,69 @@ pub struct Encoded {
 /// Split `batch` into messages of at most `max_message_bytes` payload bytes, keeping order.
 pub fn encode(batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
     let head = envelope_head(batch.device, batch.stream);
-    const TAIL: &[u8] = b"]}";
-    let empty = head.len() + TAIL.len();
+    pack(
+        batch.fixes,
+        max_message_bytes,
+        &head,
+        b",",
+        b"]}",
+        |out, seq, fix| {
+            serde_json::to_writer(out, &Numbered { seq, fix })
+                .map_err(|source| UplinkError::Encode { seq, source })
+        },
+    )
+}
 
+/// Fixes packed into messages `head element sep element ... tail` of at most `max` bytes,
+/// in order. `element` writes one fix (it may fail: that fix is a dead letter); a fix whose
+/// message alone would be over `max` is a dead letter too ([`UplinkError::TooLarge`]).
+pub(crate) fn pack(
+    fixes: &[(u64, Fix)],
+    max: usize,
+    head: &[u8],
+    sep: &[u8],
+    tail: &[u8],
+    mut element: impl FnMut(&mut Vec<u8>, u64, &Fix) -> Result<(), UplinkError>,
+) -> Encoded {
+    let empty = head.len() + tail.len();
     let mut out = Encoded::default();
     let mut seqs: Vec<u64> = Vec::new();
     let mut body: Vec<u8> = Vec::new();
-
-    // One element buffer reused for every fix: no allocation per fix once it has grown.
-    let mut element: Vec<u8> = Vec::with_capacity(256);
-    for (seq, fix) in batch.fixes {
+    let mut one: Vec<u8> = Vec::with_capacity(256);
+    let finish = |seqs: Vec<u64>, body: &mut Vec<u8>| {
+        let mut payload = Vec::with_capacity(empty + body.len());
+        payload.extend_from_slice(head);
+        payload.append(body);
+        payload.extend_from_slice(tail);
+        Message { seqs, payload }
+    };
+    for (seq, fix) in fixes {
         let seq = *seq;
-        element.clear();
-        if let Err(source) = serde_json::to_writer(&mut element, &Numbered { seq, fix }) {
+        one.clear();
+        if let Err(e) = element(&mut one, seq, fix) {
+            out.dead_letters.push((seq, e));
+            continue;
+        }
+        let alone = empty + one.len();
+        if alone > max {
             out.dead_letters
-                .push((seq, UplinkError::Encode { seq, source }));
+                .push((seq, UplinkError::TooLarge { bytes: alone, max }));
             continue;
         }
-        let alone = empty + element.len();
-        if alone > max_message_bytes {
-            out.dead_letters.push((
-                seq,
-                UplinkError::TooLarge {
-                    bytes: alone,
-                    max: max_message_bytes,
-                },
-            ));
-            continue;
-        }
-        // +1 for the comma between elements.
-        let with_this = empty + body.len() + 1 + element.len();
-        if !seqs.is_empty() && with_this > max_message_bytes {
+        if !seqs.is_empty() && empty + body.len() + sep.len() + one.len() > max {
             out.messages
-                .push(finish(&head, std::mem::take(&mut seqs), &mut body));
+                .push(finish(std::mem::take(&mut seqs), &mut body));
         }
         if !seqs.is_empty() {
-            body.push(b',');
+            body.extend_from_slice(sep);
         }
-        body.extend_from_slice(&element);
+        body.extend_from_slice(&one);
         seqs.push(seq);
     }
     if !seqs.is_empty() {
-        out.messages.push(finish(&head, seqs, &mut body));
+        out.messages.push(finish(seqs, &mut body));
     }
     out
-}
-
-fn finish(head: &[u8], seqs: Vec<u64>, body: &mut Vec<u8>) -> Message {
-    let mut payload = Vec::with_capacity(head.len() + body.len() + 2);
-    payload.extend_from_slice(head);
-    payload.append(body);
-    payload.extend_from_slice(b"]}");
-    Message { seqs, payload }
 }
 
 /// `{"v":1,"device":"…","stream":"…","fixes":[` with the strings JSON-escaped.
@@ -153,13 +164,14 @@ pub fn status_payload(state: LinkState, device: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::error::Classified;
     use crate::fix::FixMode;
     use serde_json::Value;
 
-    fn fix(i: i64) -> Fix {
+    /// A fix of the spec's example, `i` seconds on.
+    pub(crate) fn fix(i: i64) -> Fix {
         Fix {
             time_ms: 1_584_538_100_000 + i * 1000,
             lat: 41.574970205,
@@ -297,5 +309,43 @@ mod tests {
         assert_eq!(v["device"], "t");
         let v: Value = serde_json::from_slice(&status_payload(LinkState::Online, "t")).unwrap();
         assert_eq!(v["state"], "online");
+    }
+
+    #[test]
+    fn pack_splits_at_the_limit_keeps_order_and_dead_letters_what_never_fits() {
+        let fixes: Vec<(u64, Fix)> = (1..=5).map(|i| (i as u64, fix(i))).collect();
+        let write = |out: &mut Vec<u8>, seq: u64, _: &Fix| {
+            if seq == 3 {
+                out.extend_from_slice(&[b'x'; 40]);
+            } else {
+                out.extend_from_slice(format!("f{seq}").as_bytes());
+            }
+            Ok(())
+        };
+        // "[" + "f1,f2" + "]" = 7 bytes; a third element would make 10.
+        let e = pack(&fixes, 8, b"[", b",", b"]", write);
+        let shown: Vec<(Vec<u64>, String)> = e
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.seqs.clone(),
+                    String::from_utf8(m.payload.clone()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            vec![
+                (vec![1, 2], "[f1,f2]".to_string()),
+                (vec![4, 5], "[f4,f5]".to_string()),
+            ]
+        );
+        assert_eq!(e.dead_letters.len(), 1);
+        assert_eq!(e.dead_letters[0].0, 3);
+        assert!(matches!(
+            e.dead_letters[0].1,
+            UplinkError::TooLarge { bytes: 42, max: 8 }
+        ));
     }
 }

@@ -26,8 +26,8 @@ use crate::status::{MqttStatus, PathState, StatusBoard};
 use crate::uplink::backoff::{Jitter, Xorshift64};
 use crate::uplink::limit::MessageLimit;
 use crate::uplink::linger::Linger;
-use crate::uplink::payload::Topics;
 use crate::uplink::probe::probe;
+use crate::uplink::profile::{self, Profile};
 use crate::uplink::reconnect::{Ending, Reconnect, Step};
 use crate::uplink::settings::tls_made;
 use session::{Failure, SessionEnd};
@@ -45,7 +45,8 @@ pub use crate::uplink::source::FixSource;
 pub struct Publisher<S: FixSource> {
     settings: PublisherSettings,
     source: S,
-    topics: Topics,
+    /// The platform's contract: who the agent is, where and how fixes and its state go.
+    profile: Box<dyn Profile>,
     reconnect: Reconnect,
     /// What the broker was seen to take: caps each message's payload.
     limit: MessageLimit,
@@ -74,7 +75,7 @@ impl<S: FixSource> Publisher<S> {
             Jitter::Full(Xorshift64::from_entropy()),
         );
         let p = Publisher {
-            topics: Topics::new(&settings.topic_prefix, &settings.device),
+            profile: profile_of(&settings),
             limit: MessageLimit::new(settings.max_message_bytes),
             judged: None,
             tls: tls_made(&settings),
@@ -99,7 +100,7 @@ impl<S: FixSource> Publisher<S> {
     /// [`Publisher::new`]; the connection count and the acks go on, and the last error is
     /// cleared.
     pub fn reconfigure(&mut self, settings: PublisherSettings) {
-        self.topics = Topics::new(&settings.topic_prefix, &settings.device);
+        self.profile = profile_of(&settings);
         self.reconnect = Reconnect::new(
             settings.reconnect_policy(),
             Jitter::Full(Xorshift64::from_entropy()),
@@ -202,6 +203,16 @@ impl<S: FixSource> Publisher<S> {
         match self.session(shutdown).await {
             SessionEnd::Shutdown => None,
             SessionEnd::Failed(failure) => Some(self.after_failure(failure)),
+            SessionEnd::Renew => {
+                // Planned: new credentials before the old expire. Soon, and against nobody.
+                let step = self.reconnect.on_end(Instant::now(), Ending::Narrowed);
+                info!(
+                    profile = self.profile.name().as_str(),
+                    "credentials renewed: reconnecting"
+                );
+                self.show(Some(step), |m| m.connected = false);
+                Some(step)
+            }
         }
     }
 
@@ -275,6 +286,18 @@ impl<S: FixSource> Publisher<S> {
             }
         });
     }
+}
+
+/// The profile these settings speak.
+fn profile_of(s: &PublisherSettings) -> Box<dyn Profile> {
+    profile::for_settings(
+        &s.profile,
+        &s.device,
+        &s.topic_prefix,
+        &s.client_id,
+        &s.credentials,
+        s.payload,
+    )
 }
 
 fn millis(d: Duration) -> u64 {

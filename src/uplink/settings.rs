@@ -4,11 +4,12 @@
 //! endpoints in order, and the pacing policy derived from it. Plain data: built once per
 //! configuration, compared on SIGHUP to decide whether the uplink must reconnect.
 
-use crate::config::{BrokerUrl, MqttSettings, PayloadFormat};
+use crate::config::{BrokerUrl, MqttSettings, PayloadFormat, ProfileName};
 use crate::uplink::backoff::BackoffPolicy;
 use crate::uplink::breaker::BreakerPolicy;
 use crate::uplink::credentials::{Password, TlsClient};
 use crate::uplink::error::UplinkError;
+use crate::uplink::profile::{azure::DeviceKey, ProfileSettings};
 use crate::uplink::reconnect::{ProbePolicy, ReconnectPolicy};
 use crate::uplink::tls::{client_config, TlsSettings};
 use std::sync::Arc;
@@ -25,8 +26,11 @@ pub struct PublisherSettings {
     pub client_id: String,
     pub device: String,
     pub topic_prefix: String,
-    /// User name and password sent in CONNECT.
+    /// User name and password sent in CONNECT (the fleet, AWS and Cumulocity profiles;
+    /// the others make their own from `profile`).
     pub credentials: Option<(String, Password)>,
+    /// The platform's device contract and the secrets it needs.
+    pub profile: ProfileSettings,
     /// CA, client certificate and server name for `mqtts://`; ignored for `mqtt://`.
     pub tls: TlsSettings,
     /// [`TlsSettings::files_fingerprint`] when the settings were made: settings equal but
@@ -85,11 +89,19 @@ impl PublisherSettings {
             (Some(user), None) => Some((user.clone(), Password::new(""))),
             (None, _) => None,
         };
+        let (profile, credentials) = profile_settings(mqtt, credentials)?;
         let tls = TlsSettings {
             ca_file: mqtt.ca_file.clone(),
             client_cert: mqtt.client_cert.clone(),
             client_key: mqtt.client_key.clone(),
             server_name: mqtt.server_name.clone(),
+            // AWS IoT Core serves MQTT on 443 only to clients that ask for it by ALPN
+            // (https://docs.aws.amazon.com/iot/latest/developerguide/protocols.html).
+            alpn: if mqtt.profile == ProfileName::Aws && mqtt.broker.port == 443 {
+                vec![b"x-amzn-mqtt-ca".to_vec()]
+            } else {
+                Vec::new()
+            },
         };
         let tls_client = if mqtt.broker.tls {
             TlsClient::new(Some(client_config(&tls)?))
@@ -104,6 +116,7 @@ impl PublisherSettings {
             device: device.to_owned(),
             topic_prefix: mqtt.topic_prefix.clone(),
             credentials,
+            profile,
             tls_files: tls.files_fingerprint(),
             tls,
             tls_client,
@@ -186,6 +199,48 @@ pub(crate) fn tls_made(settings: &PublisherSettings) -> Option<(u64, Arc<rustls:
         .tls_client
         .config()
         .map(|config| (settings.tls_files, Arc::clone(config)))
+}
+
+/// The profile's settings with its secrets read, and the CONNECT credentials the profile
+/// leaves to the configuration (none when it makes its own).
+fn profile_settings(
+    mqtt: &MqttSettings,
+    credentials: Option<(String, Password)>,
+) -> Result<(ProfileSettings, Option<(String, Password)>), UplinkError> {
+    Ok(match mqtt.profile {
+        ProfileName::Fleet => (ProfileSettings::Fleet, credentials),
+        ProfileName::Aws => (ProfileSettings::Aws, credentials),
+        ProfileName::Cumulocity => (ProfileSettings::Cumulocity, credentials),
+        ProfileName::Thingsboard => {
+            // The access token: from its file (kept out of the world-readable config), else
+            // the user name as written.
+            let token = match (&mqtt.password_file, &mqtt.username) {
+                (Some(path), _) => Password::from_file(path)?,
+                (None, Some(user)) => Password::new(user.clone()),
+                (None, None) => Password::new(""),
+            };
+            (ProfileSettings::Thingsboard { token }, None)
+        }
+        ProfileName::Azure => {
+            let key = match &mqtt.sas_key_file {
+                Some(path) => Some(DeviceKey::from_file(path)?),
+                None => None,
+            };
+            let hub = mqtt
+                .server_name
+                .clone()
+                .unwrap_or_else(|| mqtt.broker.host.clone());
+            let token_lifetime = crate::uplink::profile::azure::TOKEN_LIFETIME;
+            (
+                ProfileSettings::Azure {
+                    hub,
+                    key,
+                    token_lifetime,
+                },
+                None,
+            )
+        }
+    })
 }
 
 #[cfg(test)]

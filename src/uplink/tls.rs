@@ -33,6 +33,9 @@ pub struct TlsSettings {
     pub client_key: Option<PathBuf>,
     /// The name the broker's certificate must carry, instead of the URL's host.
     pub server_name: Option<String>,
+    /// Application protocols offered in the handshake (ALPN): AWS IoT Core on port 443
+    /// wants `x-amzn-mqtt-ca`; empty offers none.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 fn config_error(path: &Path, why: impl Into<String>) -> UplinkError {
@@ -172,6 +175,8 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Uplink
         }
         (None, None) => builder.with_no_client_auth(),
     };
+    let mut config = config;
+    config.alpn_protocols = settings.alpn.clone();
     Ok(Arc::new(config))
 }
 
@@ -308,8 +313,10 @@ mod tests {
             client_cert: Some(ca_path),
             client_key: Some(key_path),
             server_name: Some("broker.example".into()),
+            alpn: vec![b"x-amzn-mqtt-ca".to_vec()],
         };
         let config = client_config(&settings).unwrap();
         assert!(config.client_auth_cert_resolver.has_certs());
+        assert_eq!(config.alpn_protocols, vec![b"x-amzn-mqtt-ca".to_vec()]);
     }
 }

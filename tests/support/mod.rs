@@ -21,6 +21,7 @@ pub mod chaos;
 pub mod drives;
 pub mod front;
 pub mod mosquitto;
+pub mod mqtt_tap;
 pub mod proxy;
 pub mod pty;
 pub mod publisher;

@@ -48,6 +48,12 @@ pub struct MosquittoOptions {
     /// [`Mosquitto::start_again`] (saved to the broker's temp dir when it stops), with no
     /// limit on what is queued for a subscriber that is away meanwhile.
     pub persistence: bool,
+    /// Log everything (connections with their flags, subscriptions, every publish's topic
+    /// and flags): what the broker saw, for [`Mosquitto::log`].
+    pub verbose: bool,
+    /// The agent's listener on this port instead of a free one (a platform SDK that dials
+    /// its platform's fixed port: 8883).
+    pub agent_port: Option<u16>,
 }
 
 pub struct Mosquitto {
@@ -66,7 +72,10 @@ impl Mosquitto {
     /// needed for `tls`.
     pub fn start(options: &MosquittoOptions, pki: Option<&TestPki>) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let agent_addr = free_port();
+        let agent_addr = match options.agent_port {
+            Some(port) => SocketAddr::from(([127, 0, 0, 1], port)),
+            None => free_port(),
+        };
         let sub_addr = free_port();
         let mut conf = String::from("per_listener_settings true\n");
         if options.persistence {
@@ -77,7 +86,11 @@ impl Mosquitto {
         } else {
             conf += "persistence false\n";
         }
-        conf += "log_dest stderr\nlog_type error\nlog_type warning\n";
+        conf += if options.verbose {
+            "log_dest stderr\nlog_type all\n"
+        } else {
+            "log_dest stderr\nlog_type error\nlog_type warning\n"
+        };
         if running_as_root() {
             // As root mosquitto drops to user `mosquitto`, who cannot read the temp dir.
             conf += "user root\n";
@@ -193,7 +206,7 @@ impl Mosquitto {
         }
     }
 
-    /// What mosquitto logged (warnings and errors), for failure messages.
+    /// What mosquitto logged (warnings and errors; everything when `verbose`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
     }

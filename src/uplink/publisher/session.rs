@@ -7,14 +7,12 @@
 //! here decides when the next connection is made (that is `Reconnect`'s, in the publisher).
 
 use super::{millis, Publisher};
-use crate::config::PayloadFormat;
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
 use crate::uplink::acks::{AckWindow, Acked};
-use crate::uplink::cbor;
 use crate::uplink::error::{Phase, UplinkError};
 use crate::uplink::limit::{Unacked, Verdict};
-use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState};
+use crate::uplink::payload::{Encoded, FixBatch, LinkState};
 use crate::uplink::probe::{probe, PathWatch};
 use crate::uplink::reconnect::{Ending, Watch};
 use crate::uplink::source::FixSource;
@@ -52,6 +50,9 @@ pub(super) struct Failure {
 pub(super) enum SessionEnd {
     Shutdown,
     Failed(Failure),
+    /// The credentials were about to expire (a signed token): closed cleanly, to connect
+    /// again at once with new ones.
+    Renew,
 }
 
 /// What pacing makes of an error that ended an attempt or a session.
@@ -110,6 +111,9 @@ pub(super) struct Session {
     /// The last sign of progress: CONNACK, then each PUBACK.
     progress: Instant,
     path: PathWatch,
+    /// When the credentials must be renewed by reconnecting (a token's expiry, less a
+    /// margin).
+    renew_at: Option<Instant>,
 }
 
 impl<S: FixSource> Publisher<S> {
@@ -128,13 +132,15 @@ impl<S: FixSource> Publisher<S> {
         Ok(config)
     }
 
-    fn mqtt_options(&mut self) -> Result<MqttOptions, UplinkError> {
+    /// The options of the next connection, and when its credentials must be renewed.
+    fn mqtt_options(&mut self) -> Result<(MqttOptions, Option<Instant>), UplinkError> {
         let broker = self.broker().clone();
-        let mut o = MqttOptions::new(
-            self.settings.client_id.clone(),
-            broker.host.clone(),
-            broker.port,
-        );
+        let wall = std::time::SystemTime::now();
+        let identity = self.profile.identity(wall);
+        let renew_at = identity
+            .renew_at
+            .map(|at| Instant::now() + at.duration_since(wall).unwrap_or(Duration::ZERO));
+        let mut o = MqttOptions::new(identity.client_id, broker.host.clone(), broker.port);
         if broker.tls {
             let config = self.tls_config()?;
             o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
@@ -143,24 +149,25 @@ impl<S: FixSource> Publisher<S> {
         o.set_keep_alive(self.settings.keep_alive);
         o.set_inflight(self.settings.window.max(1));
         // Payload plus topic plus MQTT header: the payload limit is what `encode` enforces.
-        let packet_max = self.settings.max_message_bytes + self.topics.fixes.len() + 64;
+        let packet_max = self.settings.max_message_bytes + self.profile.fixes_topic().len() + 64;
         o.set_max_packet_size(packet_max.max(16 * 1024), packet_max);
+        let will = self.profile.will();
         o.set_last_will(LastWill::new(
-            self.topics.status.clone(),
-            status_payload(LinkState::Offline, &self.settings.device),
+            will.topic,
+            will.payload,
             QoS::AtLeastOnce,
-            true,
+            will.retain,
         ));
-        if let Some((user, password)) = &self.settings.credentials {
+        if let Some((user, password)) = &identity.credentials {
             o.set_credentials(user.clone(), password.reveal());
         }
-        Ok(o)
+        Ok((o, renew_at))
     }
 
     /// One connection, from CONNECT to its end. Everything unacknowledged (and every fix
     /// still lingering) is released before this returns.
     pub(super) async fn session(&mut self, shutdown: &CancellationToken) -> SessionEnd {
-        let options = match self.mqtt_options() {
+        let (options, renew_at) = match self.mqtt_options() {
             Ok(o) => o,
             Err(e) => {
                 let facts = SessionFacts::default();
@@ -200,6 +207,7 @@ impl<S: FixSource> Publisher<S> {
             asked_at: now,
             progress: now,
             path: PathWatch::default(),
+            renew_at,
         };
         let end = self.drive(&mut s, shutdown).await;
         drop(abort_pump);
@@ -395,7 +403,8 @@ impl<S: FixSource> Publisher<S> {
             let waiting = s.window.oldest_since().map(|since| since.max(s.progress));
             let target = self.broker().clone();
             tokio::select! {
-                _ = shutdown.cancelled() => return self.shut_down(s).await,
+                _ = shutdown.cancelled() => return self.shut_down(s, Closing::Shutdown).await,
+                _ = sleep_until_opt(s.renew_at) => return self.shut_down(s, Closing::Renew).await,
                 _ = sleep_until_opt(s.window.next_deadline()) => {
                     if let Some(e) = s.window.overdue(Instant::now()) {
                         return failed(e, &s.facts, reset_after);
@@ -653,10 +662,7 @@ impl<S: FixSource> Publisher<S> {
                 stream: &stream,
                 fixes,
             };
-            match self.settings.payload {
-                PayloadFormat::Json => payload::encode(&batch, max),
-                PayloadFormat::Cbor => cbor::encode(&batch, max),
-            }
+            self.profile.encode(&batch, max)
         };
         let encoded = encode(&fixes, cap);
         let mut messages = encoded.messages;
@@ -688,7 +694,12 @@ impl<S: FixSource> Publisher<S> {
             }
             let bytes = message.payload.len();
             if client
-                .try_publish(&self.topics.fixes, QoS::AtLeastOnce, false, message.payload)
+                .try_publish(
+                    self.profile.fixes_topic(),
+                    QoS::AtLeastOnce,
+                    false,
+                    message.payload,
+                )
                 .is_err()
             {
                 client_gone = true;
@@ -723,9 +734,14 @@ impl<S: FixSource> Publisher<S> {
         window: &mut AckWindow,
         state: LinkState,
     ) -> Result<(), UplinkError> {
-        let payload = status_payload(state, &self.settings.device);
+        let status = self.profile.status(state);
         client
-            .try_publish(&self.topics.status, QoS::AtLeastOnce, true, payload)
+            .try_publish(
+                status.topic,
+                QoS::AtLeastOnce,
+                status.retain,
+                status.payload,
+            )
             .map_err(|_| UplinkError::ClientClosed)?;
         window
             .submit(Vec::new(), Instant::now())
@@ -736,9 +752,14 @@ impl<S: FixSource> Publisher<S> {
     }
 
     /// Clean shutdown: send what lingers, wait (bounded) for PUBACKs in flight, say
-    /// `offline`, disconnect.
-    async fn shut_down(&mut self, s: &mut Session) -> SessionEnd {
-        if !self.linger.is_empty() {
+    /// `offline`, disconnect. To renew the credentials only the PUBACKs are waited for:
+    /// what lingers goes with the next session, and the agent is not going offline.
+    async fn shut_down(&mut self, s: &mut Session, closing: Closing) -> SessionEnd {
+        let ended = match closing {
+            Closing::Shutdown => SessionEnd::Shutdown,
+            Closing::Renew => SessionEnd::Renew,
+        };
+        if closing == Closing::Shutdown && !self.linger.is_empty() {
             // What lingers goes out, with what arrived since (as far as the window takes
             // it). A failure here leaves the fixes in the window or released: pending again.
             s.flush_all = true;
@@ -762,7 +783,7 @@ impl<S: FixSource> Publisher<S> {
                         break;
                     }
                 }
-                _ => return SessionEnd::Shutdown,
+                _ => return ended,
             }
         }
         // What is still unacknowledged goes back to the buffer for the next run; a late
@@ -771,16 +792,17 @@ impl<S: FixSource> Publisher<S> {
         if !released.is_empty() {
             self.release_quietly(&released).await;
         }
-        if self
-            .submit_status(client, window, LinkState::Offline)
-            .is_err()
+        if closing == Closing::Shutdown
+            && self
+                .submit_status(client, window, LinkState::Offline)
+                .is_err()
         {
             return SessionEnd::Shutdown;
         }
         // Wait (bounded) for the offline status to be acknowledged, then disconnect: a clean
         // DISCONNECT discards the last will, so `offline` must have arrived first.
         let until = Instant::now() + self.settings.shutdown_grace;
-        let mut offline_acked = false;
+        let mut offline_acked = closing == Closing::Renew;
         while !offline_acked {
             let event = tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
@@ -792,7 +814,7 @@ impl<S: FixSource> Publisher<S> {
                     Ok(None) => {}
                     Err(_) => break,
                 },
-                _ => return SessionEnd::Shutdown,
+                _ => return ended,
             }
         }
         if offline_acked && client.try_disconnect().is_ok() {
@@ -810,14 +832,23 @@ impl<S: FixSource> Publisher<S> {
             }
         }
         // Without a clean DISCONNECT the broker publishes the last will: `offline` either way.
-        info!(offline_acked, "uplink shut down");
+        info!(offline_acked, closing = ?closing, "uplink session closed");
         let at = self.board.clock().now();
         self.board.mqtt(|m| {
             m.connected = false;
             m.last_try_at = Some(at);
         });
-        SessionEnd::Shutdown
+        ended
     }
+}
+
+/// Why a session closes cleanly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Closing {
+    /// The agent stops: `offline` first.
+    Shutdown,
+    /// New credentials: the agent stays online.
+    Renew,
 }
 
 /// How a session ended, as pacing sees it.
