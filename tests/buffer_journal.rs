@@ -202,18 +202,17 @@ async fn first_drive_delivered_and_stopped() -> Stopped {
 async fn fixes_after(sub: &mut Subscriber, after: u64, count: u64) -> Vec<ReceivedFix> {
     let mut got: Vec<ReceivedFix> = Vec::new();
     let mut seqs = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while (seqs.len() as u64) < count {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        for f in msg.fixes().into_iter().filter(|f| f.seq > after) {
-            if seqs.insert(f.seq) {
-                got.push(f);
+    let _ = support::wait::poll_async(Duration::from_secs(30), async || {
+        if let Some(msg) = sub.next(Duration::from_millis(100)).await {
+            for f in msg.fixes().into_iter().filter(|f| f.seq > after) {
+                if seqs.insert(f.seq) {
+                    got.push(f);
+                }
             }
         }
-    }
+        seqs.len() as u64 >= count
+    })
+    .await;
     got
 }
 
@@ -411,11 +410,11 @@ fn a_journal_truncated_while_running_then_a_kill_keeps_the_records_written_behin
     let nowhere = format!("mqtt://{}", free_port());
     let agent = Agent::start_with_buffer(dir.path(), "truck-8", &gnss, &buffer, &nowhere, &[]);
     let wait_records = |at_least: usize| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while journal_slots(&db).iter().filter(|s| s.is_some()).count() < at_least {
-            assert!(std::time::Instant::now() < deadline, "journal records");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::wait::until(
+            format!("{at_least} journal records"),
+            Duration::from_secs(20),
+            || journal_slots(&db).iter().filter(|s| s.is_some()).count() >= at_least,
+        )
     };
     wait_records(5);
     std::fs::OpenOptions::new()

@@ -25,22 +25,20 @@ async fn collect(
     within: Duration,
 ) -> (BTreeSet<String>, BTreeSet<u64>, BTreeSet<String>) {
     let (mut streams, mut seqs, mut times) = (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
-    let deadline = tokio::time::Instant::now() + within;
-    while times.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        if !msg.topic.ends_with("/fixes") {
-            continue;
+    let _ = support::wait::poll_async(within, async || {
+        if let Some(msg) = sub.next(Duration::from_millis(100)).await {
+            if msg.topic.ends_with("/fixes") {
+                let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+                streams.insert(v["stream"].as_str().unwrap().to_string());
+                for f in v["fixes"].as_array().unwrap() {
+                    seqs.insert(f["seq"].as_u64().unwrap());
+                    times.insert(f["time"].as_str().unwrap().to_string());
+                }
+            }
         }
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        streams.insert(v["stream"].as_str().unwrap().to_string());
-        for f in v["fixes"].as_array().unwrap() {
-            seqs.insert(f["seq"].as_u64().unwrap());
-            times.insert(f["time"].as_str().unwrap().to_string());
-        }
-    }
+        times.len() >= n
+    })
+    .await;
     (streams, seqs, times)
 }
 

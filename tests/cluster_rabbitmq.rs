@@ -169,25 +169,20 @@ async fn wait_for_seqs(
     within: Duration,
     health: impl Fn() -> serde_json::Value,
 ) {
-    let deadline = Instant::now() + within;
-    loop {
-        let distinct = {
-            let a = arrivals.lock().unwrap();
-            let mut seqs: Vec<u64> = a.iter().flat_map(|(_, s)| s.iter().copied()).collect();
-            seqs.sort_unstable();
-            seqs.dedup();
-            seqs.len()
-        };
-        if distinct >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{distinct} of {n} seqs arrived within {within:?}; health: {}",
-            tokio::task::block_in_place(&health)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let distinct = || {
+        let a = arrivals.lock().unwrap();
+        let mut seqs: Vec<u64> = a.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.len()
+    };
+    let arrived = support::wait::poll_async(within, async || distinct() >= n).await;
+    assert!(
+        arrived.is_some(),
+        "{} of {n} seqs arrived within {within:?}; health: {}",
+        distinct(),
+        tokio::task::block_in_place(&health)
+    );
 }
 
 /// `/health` `components.mqtt`.

@@ -145,10 +145,14 @@ fn a_server_name_must_be_a_dns_name_or_address() {
         Some(3),
         "not a DNS name",
     );
-    assert!(config::parse_str(
-        "[mqtt]\nurl = \"mqtts://10.0.0.1\"\nserver_name = \"broker.example.com\"\n"
+    let settings = config::parse_str(
+        "[mqtt]\nurl = \"mqtts://10.0.0.1\"\nserver_name = \"broker.example.com\"\n",
     )
-    .is_ok());
+    .unwrap();
+    assert_eq!(
+        settings.mqtt.server_name.as_deref(),
+        Some("broker.example.com")
+    );
 }
 
 #[test]

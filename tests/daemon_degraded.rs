@@ -11,11 +11,12 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::agent::{drive_log, expected_fixes, quick_retry_mqtt, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 use support::pty::receiver_at;
+use support::wait;
 
 fn get(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -84,30 +85,26 @@ async fn with_no_receiver_and_no_broker_it_is_degraded_then_healthy_when_both_ap
         };
         // Until the agent opens the device, the pty refuses writes: start the drive over
         // until it goes through.
-        while !feeder_stop.load(Ordering::Relaxed) {
-            let drive = Drive::new(spec.clone()).unwrap();
-            if gps_agent::sim::write_realtime(drive, &mut master, &feeder_stop).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait::until(
+            "the agent to open the receiver",
+            Duration::from_secs(60),
+            || {
+                let drive = Drive::new(spec.clone()).unwrap();
+                let written = gps_agent::sim::write_realtime(drive, &mut master, &feeder_stop);
+                written.is_ok() || feeder_stop.load(Ordering::Relaxed)
+            },
+        );
         master
     });
     proxy.restore().await;
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, h) = agent.get("/health");
-        if code == 200 {
-            assert_eq!(h["status"], "healthy");
-            assert_eq!(h["components"]["mqtt"]["connected"], true);
-            assert_ne!(h["components"]["gnss"]["fix"], "none");
-            break;
-        }
-        assert!(Instant::now() < deadline, "not healthy within 30 s: {h}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (_, h) = tokio::task::block_in_place(|| {
+        agent.wait_health("healthy", Duration::from_secs(30), |code, _| code == 200)
+    });
+    assert_eq!(h["status"], "healthy");
+    assert_eq!(h["components"]["mqtt"]["connected"], true);
+    assert_eq!(h["components"]["gnss"]["fix"], "3d", "{h}");
     assert!(
         sub.next(Duration::from_secs(5)).await.is_some(),
         "fixes reach the broker"
@@ -209,39 +206,25 @@ async fn without_a_writable_disk_it_holds_fixes_in_memory_and_stores_them_when_t
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
     let agent = Agent::start_with_buffer(dir.path(), &device, &gnss, &buffer, &broker.url(), &[]);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, h) = agent.get("/health");
-        let b = &h["components"]["buffer"];
-        if b["depth"] == 40 {
-            assert_eq!(code, 503, "{h}");
-            assert_eq!(b["status"], "degraded", "{h}");
-            assert_eq!(b["last_error"]["code"], "BUFFER_OPEN", "{h}");
-            break;
-        }
-        assert!(Instant::now() < deadline, "fixes not held in memory: {h}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        sub.next(Duration::from_millis(500)).await.is_none(),
-        "nothing published before it is stored"
-    );
+    let (code, h) = tokio::task::block_in_place(|| {
+        agent.wait_health(
+            "40 fixes held in memory",
+            Duration::from_secs(10),
+            |_, h| h["components"]["buffer"]["depth"] == 40,
+        )
+    });
+    let b = &h["components"]["buffer"];
+    assert_eq!(code, 503, "{h}");
+    assert_eq!(b["status"], "degraded", "{h}");
+    assert_eq!(b["last_error"]["code"], "BUFFER_OPEN", "{h}");
+    // Nothing published before it is stored: nothing acknowledged while held (a count, not a
+    // quiet spell).
+    assert_eq!(b["acked_seq"], 0, "{h}");
 
     // The disk comes back: the held fixes are stored, numbered 1..40, and delivered.
     std::fs::remove_file(&state).unwrap();
     std::fs::create_dir(&state).unwrap();
-    let mut seqs = BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while seqs.len() < 40 {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        for f in v["fixes"].as_array().unwrap() {
-            seqs.insert(f["seq"].as_u64().unwrap());
-        }
-    }
+    let seqs = sub.fix_seqs(40, Duration::from_secs(20)).await;
     assert_eq!(seqs, (1..=40).collect::<BTreeSet<u64>>());
     assert!(db.exists());
 }
@@ -267,29 +250,24 @@ async fn the_last_fix_before_the_receiver_falls_silent_is_stored_and_delivered()
     // epoch ends when the next one begins, so the fifth has no successor.
     let mut bytes = Vec::new();
     gps_agent::sim::write_log(Drive::new(spec).unwrap(), &mut bytes).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while master.write_all(&bytes).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the agent never opened the device"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tokio::task::block_in_place(|| {
+        wait::until(
+            "the agent to open the device",
+            Duration::from_secs(10),
+            || master.write_all(&bytes).is_ok(),
+        )
+    });
     let seqs = sub.fix_seqs(5, Duration::from_secs(10)).await;
     assert_eq!(
         seqs,
         (1..=5).collect::<BTreeSet<u64>>(),
         "the fifth fix too"
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, h) = agent.get("/health");
-        if h["components"]["buffer"]["acked_seq"] == 5 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{h}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tokio::task::block_in_place(|| {
+        agent.wait_health("acked_seq 5", Duration::from_secs(5), |_, h| {
+            h["components"]["buffer"]["acked_seq"] == 5
+        })
+    });
     drop(master);
 }
 

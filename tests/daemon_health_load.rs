@@ -84,11 +84,9 @@ impl Load {
                 std::thread::spawn(move || client(addr, stop, connects))
             })
             .collect();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while connects.load(Ordering::Relaxed) < connections {
-            assert!(Instant::now() < deadline, "the load never built up");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        support::wait::until("the load to build up", Duration::from_secs(60), || {
+            connects.load(Ordering::Relaxed) >= connections
+        });
         Load {
             _dir: dir,
             _broker: broker,

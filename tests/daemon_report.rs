@@ -27,20 +27,19 @@ fn settings() -> Settings {
 /// Fixes received (decoded from v2) until `n` distinct seqs came or `within` passed.
 async fn receive(sub: &mut Subscriber, n: usize, within: Duration) -> BTreeMap<u64, Fix> {
     let mut got = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while got.len() < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        assert!(
-            (0xa0..=0xbf).contains(&msg.payload[0]),
-            "a CBOR map on the fixes topic"
-        );
-        for (seq, fix) in cbor::decode(&msg.payload).unwrap().fixes {
-            got.insert(seq, fix);
+    let _ = support::wait::poll_async(within, async || {
+        if let Some(msg) = sub.next(Duration::from_millis(100)).await {
+            assert!(
+                (0xa0..=0xbf).contains(&msg.payload[0]),
+                "a CBOR map on the fixes topic"
+            );
+            for (seq, fix) in cbor::decode(&msg.payload).unwrap().fixes {
+                got.insert(seq, fix);
+            }
         }
-    }
+        got.len() >= n
+    })
+    .await;
     got
 }
 
@@ -135,14 +134,9 @@ async fn sighup_applies_a_new_report_mode_and_keeps_what_was_pending() {
     };
 
     // First half, adaptive. Until the agent opens the device the pty may refuse writes.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while master.write_all(&epochs[0]).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never opened the pty"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait::until("the agent to open the pty", Duration::from_secs(10), || {
+        master.write_all(&epochs[0]).is_ok()
+    });
     // Paced at 50 epochs a second: faster than life, slower than a flood the serial reader
     // would have to drop (and count) at a full channel.
     let pace = Duration::from_millis(20);

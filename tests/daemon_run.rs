@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use support::agent::{expected_fixes, quick_retry_mqtt, replay_gnss, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
+use support::wait;
 
 /// A drive of `epochs` seconds with a tunnel and a few corrupt lines, as a log file.
 fn drive_log(dir: &Path, epochs: u32) -> PathBuf {
@@ -29,22 +30,21 @@ fn drive_log(dir: &Path, epochs: u32) -> PathBuf {
 async fn collect(sub: &mut Subscriber, n: u64, within: Duration) -> (BTreeSet<u64>, Vec<String>) {
     let mut seqs = BTreeSet::new();
     let mut statuses = Vec::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while (seqs.len() as u64) < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        if msg.topic.ends_with("/status") {
-            statuses.push(v["state"].as_str().unwrap_or("").to_string());
-            continue;
+    let _ = wait::poll_async(within, async || {
+        if let Some(msg) = sub.next(Duration::from_millis(100)).await {
+            let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+            if msg.topic.ends_with("/status") {
+                statuses.push(v["state"].as_str().unwrap_or("").to_string());
+            } else {
+                assert_eq!(v["v"], 1);
+                for f in v["fixes"].as_array().unwrap() {
+                    seqs.insert(f["seq"].as_u64().unwrap());
+                }
+            }
         }
-        assert_eq!(v["v"], 1);
-        for f in v["fixes"].as_array().unwrap() {
-            seqs.insert(f["seq"].as_u64().unwrap());
-        }
-    }
+        seqs.len() as u64 >= n
+    })
+    .await;
     (seqs, statuses)
 }
 
@@ -241,27 +241,20 @@ async fn run_without_a_broker_buffers_reports_degraded_and_delivers_when_it_come
         &[],
     );
     // Everything is read and buffered while the broker is unreachable.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, h) = agent.get("/health");
-        let depth = h["components"]["buffer"]["depth"].as_u64().unwrap_or(0);
-        if depth == expected {
-            assert_eq!(code, 503, "no broker: not healthy");
-            assert_eq!(h["status"], "degraded", "{h}");
-            assert_eq!(h["components"]["mqtt"]["connected"], false);
-            assert!(
-                h["components"]["mqtt"]["last_error"]["code"].is_string(),
-                "{h}"
-            );
-            break;
-        }
-        assert!(Instant::now() < deadline, "fixes not buffered: {h}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (code, h) = tokio::task::block_in_place(|| {
+        agent.wait_health("every fix buffered", Duration::from_secs(10), |_, h| {
+            h["components"]["buffer"]["depth"] == expected
+        })
+    });
+    assert_eq!(code, 503, "no broker: not healthy");
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert_eq!(h["components"]["mqtt"]["connected"], false);
     assert!(
-        sub.next(Duration::from_millis(300)).await.is_none(),
-        "nothing got through"
+        h["components"]["mqtt"]["last_error"]["code"].is_string(),
+        "{h}"
     );
+    // Nothing got through: the broker acknowledged nothing (a count, not a quiet spell).
+    assert_eq!(h["components"]["buffer"]["acked_seq"], 0, "{h}");
 
     // The broker comes back: the backlog drains, nothing lost.
     proxy.restore().await;
@@ -301,18 +294,16 @@ path = \"{}\"",
         &env,
     );
     let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline
-        && !(seen.iter().any(|m: &String| m == "READY=1")
-            && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
-            && seen
-                .iter()
-                .any(|m| m.starts_with("STATUS=") && m.contains(": fix ")))
-    {
+    let _ = wait::poll(Duration::from_secs(10), || {
         let mut buf = [0u8; 512];
         let n = socket.recv(&mut buf).expect("a notification within 10 s");
         seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
+        seen.iter().any(|m: &String| m == "READY=1")
+            && seen.iter().filter(|m| *m == "WATCHDOG=1").count() >= 2
+            && seen
+                .iter()
+                .any(|m| m.starts_with("STATUS=") && m.contains(": fix "))
+    });
     assert_eq!(
         seen.first().map(String::as_str),
         Some("READY=1"),
@@ -570,11 +561,11 @@ async fn dead_letters_requeued_by_the_cli_while_it_runs_are_delivered_and_counte
     let seqs = sub.fix_seqs(expected, Duration::from_secs(20)).await;
     assert_eq!(seqs, (4..=3 + expected).collect::<BTreeSet<u64>>());
     let buffer_health = |agent: &Agent| agent.get("/health").1["components"]["buffer"].clone();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while buffer_health(&agent)["depth"] != 0 {
-        assert!(Instant::now() < deadline, "{}", buffer_health(&agent));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tokio::task::block_in_place(|| {
+        agent.wait_health("an empty buffer", Duration::from_secs(10), |_, h| {
+            h["components"]["buffer"]["depth"] == 0
+        })
+    });
     assert_eq!(buffer_health(&agent)["dead_letters"], 3);
 
     let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
@@ -589,15 +580,16 @@ async fn dead_letters_requeued_by_the_cli_while_it_runs_are_delivered_and_counte
     );
     let seqs = sub.fix_seqs(3, Duration::from_secs(20)).await;
     assert_eq!(seqs, (1..=3).collect::<BTreeSet<u64>>());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let b = buffer_health(&agent);
-        if b["depth"] == 0 && b["dead_letters"] == 0 && b["acked_seq"] == 3 + expected {
-            break;
-        }
-        assert!(Instant::now() < deadline, "health never caught up: {b}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    tokio::task::block_in_place(|| {
+        agent.wait_health(
+            "the requeued fixes acked",
+            Duration::from_secs(10),
+            |_, h| {
+                let b = &h["components"]["buffer"];
+                b["depth"] == 0 && b["dead_letters"] == 0 && b["acked_seq"] == 3 + expected
+            },
+        )
+    });
     let (exit, db) = agent.terminate();
     assert_eq!(exit, 0);
     assert_eq!(buffer_depth(&db), 0);

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::agent::{drive_log, Agent};
 use support::broker::TestBroker;
 
@@ -20,17 +20,14 @@ fn run_to_end(config: &Path) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "the second agent ran on beside the first:\n{}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let ended = support::wait::poll(Duration::from_secs(60), || child.try_wait().unwrap());
+    if ended.is_none() {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the second agent ran on beside the first:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     child.wait_with_output().unwrap()
 }

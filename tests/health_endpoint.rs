@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+#[path = "support/wait.rs"]
+#[allow(dead_code)] // Only the async flavour here.
+mod wait;
+
 struct Server {
     addr: SocketAddr,
     state: StatusBoard,
@@ -328,17 +332,18 @@ async fn streams_beyond_the_limit_are_refused_with_json() {
     assert_eq!(third.json()["error"], "too_many_streams");
     drop(a);
     // The slot comes back once the server notices the client left (at its next line).
-    let mut freed = false;
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut c = open_stream(server.addr).await;
-        let lines = read_stream_lines(&mut c, 1, Duration::from_millis(500)).await;
-        if lines.len() == 1 {
-            freed = true;
-            break;
-        }
-    }
-    assert!(freed, "a stream slot is freed when its client leaves");
+    wait::until_async(
+        "a stream slot freed when its client left",
+        Duration::from_secs(10),
+        async || {
+            let mut c = open_stream(server.addr).await;
+            read_stream_lines(&mut c, 1, Duration::from_millis(500))
+                .await
+                .len()
+                == 1
+        },
+    )
+    .await;
     server.shutdown.cancel();
 }
 
@@ -497,16 +502,14 @@ async fn status_exit_code_follows_the_agent_and_is_2_when_unreachable() {
         1,
         "fresh agent: degraded"
     );
-    assert!(String::from_utf8_lossy(&out).contains("DEGRADED"));
+    assert_eq!(summary_status(&out), "DEGRADED");
 
     make_healthy(&server.state);
     let mut out = Vec::new();
     assert_eq!(status::once(&format!("{url}/health"), &mut out).await, 0);
     let text = String::from_utf8_lossy(&out);
-    assert!(
-        text.contains("HEALTHY") && text.contains("fix 3d"),
-        "{text}"
-    );
+    assert_eq!(summary_status(&out), "HEALTHY", "{text}");
+    assert!(text.contains("fix 3d"), "{text}");
 
     server.state.buffer(|b| b.condition = Status::Unhealthy);
     assert_eq!(status::once(&url, &mut Vec::new()).await, 2);
@@ -523,29 +526,80 @@ async fn status_exit_code_follows_the_agent_and_is_2_when_unreachable() {
 async fn status_watch_prints_a_line_per_snapshot_and_exits_as_the_last_one() {
     let server = start(fast_options()).await;
     make_healthy(&server.state);
-    let mut out = Vec::new();
+    let out = Printed::default();
     let code = status::watch_until(
         &server.url(),
-        &mut out,
-        tokio::time::sleep(Duration::from_millis(700)),
+        &mut out.clone(),
+        wait::until_async("three lines", Duration::from_secs(10), async || {
+            out.lines() >= 3
+        }),
     )
     .await;
     assert_eq!(code, 0);
-    let text = String::from_utf8_lossy(&out);
+    let text = out.text();
     assert!(text.lines().count() >= 3, "a line per snapshot: {text}");
-    assert!(text.lines().all(|l| l.contains("healthy")), "{text}");
+    // `<time> <status> gnss ...`: the status word itself, so "unhealthy" does not pass.
+    assert!(
+        text.lines()
+            .all(|l| l.split_whitespace().nth(1) == Some("healthy")),
+        "{text}"
+    );
 
-    // The agent going away ends the watch with 2.
-    let shutdown = server.shutdown.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        shutdown.cancel();
-    });
-    let code = status::watch_until(
-        &server.url(),
-        &mut Vec::new(),
-        tokio::time::sleep(Duration::from_secs(5)),
-    )
-    .await;
-    assert_eq!(code, 2);
+    // The agent going away, while the watch tails it, ends the watch with 2.
+    let out = Printed::default();
+    let mut sink = out.clone();
+    let url = server.url();
+    let (code, ()) = tokio::join!(
+        async {
+            // Never stopped from here: only the agent going away ends it (5 s hang guard).
+            let watch = status::watch_until(&url, &mut sink, std::future::pending::<()>());
+            tokio::time::timeout(Duration::from_secs(5), watch)
+                .await
+                .expect("the watch ended when the agent went away")
+        },
+        async {
+            wait::until_async("the watch tailing", Duration::from_secs(10), async || {
+                out.lines() >= 1
+            })
+            .await;
+            server.shutdown.cancel();
+        }
+    );
+    assert_eq!(code, 2, "{}", out.text());
+}
+
+/// The status word of `status`'s summary (`gps-agent <version>: HEALTHY  (at ...`).
+fn summary_status(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(out);
+    let head = text.lines().next().unwrap_or_default();
+    head.split(": ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// What `status --watch` printed, shared so a test can wait on it while the watch runs.
+#[derive(Clone, Default)]
+struct Printed(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Printed {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn lines(&self) -> usize {
+        self.text().lines().count()
+    }
+}
+
+impl std::io::Write for Printed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -395,23 +395,20 @@ impl Rig {
         self.relay.quiesce();
         let fed = self.relay.written.load(Ordering::SeqCst) as usize;
         let lines = self.relay.lines.load(Ordering::SeqCst) - lines_before;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let handled: f64 = agent
+        let mut handled = 0.0;
+        let caught_up = support::wait::poll(Duration::from_secs(10), || {
+            handled = agent
                 .raw("/metrics")
                 .lines()
                 .filter(|l| l.starts_with("gps_agent_nmea_sentences_total{"))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum();
-            if handled as u64 >= lines {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the agent handled {handled} of {lines} sentences"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+                .sum::<f64>();
+            handled as u64 >= lines
+        });
+        assert!(
+            caught_up.is_some(),
+            "the agent handled {handled} of {lines} sentences"
+        );
         std::fs::write(&self.ctl, "cut").unwrap();
         let code = agent.wait_exit(Duration::from_secs(10));
         assert_eq!(code, Some(137), "the daemon ended at the cut");

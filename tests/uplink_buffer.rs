@@ -89,24 +89,17 @@ async fn receive_all(
 ) -> (Vec<Vec<u64>>, BTreeMap<u64, u32>) {
     let mut messages = Vec::new();
     let mut counts = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + within;
-    while (counts.len() as u64) < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
-        };
-        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        let seqs: Vec<u64> = v["fixes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|f| f["seq"].as_u64().unwrap())
-            .collect();
-        for s in &seqs {
-            *counts.entry(*s).or_insert(0) += 1;
+    let _ = support::wait::poll_async(within, async || {
+        if let Some(msg) = sub.next(Duration::from_millis(100)).await {
+            let seqs = msg.fix_seqs();
+            for s in &seqs {
+                *counts.entry(*s).or_insert(0) += 1;
+            }
+            messages.push(seqs);
         }
-        messages.push(seqs);
-    }
+        counts.len() as u64 >= n
+    })
+    .await;
     (messages, counts)
 }
 
@@ -220,7 +213,10 @@ async fn a_cut_with_the_window_full_loses_nothing_and_duplicates_stay_within_the
         }
         assert!((counts.len() as u64) < n, "the cut must land mid-drain");
         proxy.cut().await;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        support::wait_for("the publisher to see the cut", || {
+            !board.read().mqtt.connected
+        })
+        .await;
         proxy.restore().await;
     }
     proxy.delay(0);
@@ -228,14 +224,9 @@ async fn a_cut_with_the_window_full_loses_nothing_and_duplicates_stay_within_the
     for (k, v) in rest {
         *counts.entry(k).or_insert(0) += v;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while (counts.len() as u64) < n && Instant::now() < deadline {
-        if let Some(msg) = sub.next(Duration::from_secs(1)).await {
-            let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-            for f in v["fixes"].as_array().unwrap() {
-                *counts.entry(f["seq"].as_u64().unwrap()).or_insert(0) += 1;
-            }
-        }
+    let (_, late) = receive_all(&mut sub, n - counts.len() as u64, Duration::from_secs(30)).await;
+    for (k, v) in late {
+        *counts.entry(k).or_insert(0) += v;
     }
     assert_eq!(counts.len() as u64, n, "no fix lost across the cuts");
     assert!(

@@ -74,11 +74,9 @@ async fn a_subscriber_receives_compact_messages_that_decode_to_the_buffered_fixe
 
     let mut got: BTreeMap<u64, Fix> = BTreeMap::new();
     let mut messages = 0;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while (got.len() as u64) < n {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(msg) = sub.next(left).await else {
-            break;
+    let _ = support::wait::poll_async(Duration::from_secs(60), async || {
+        let Some(msg) = sub.next(Duration::from_millis(100)).await else {
+            return false;
         };
         assert!(
             (0xa0..=0xbf).contains(&msg.payload[0]),
@@ -92,7 +90,9 @@ async fn a_subscriber_receives_compact_messages_that_decode_to_the_buffered_fixe
             got.insert(seq, f);
         }
         messages += 1;
-    }
+        got.len() as u64 >= n
+    })
+    .await;
     assert_eq!(got.len() as u64, n, "every seq arrives");
     assert!(messages > 6, "{messages} messages");
     for (seq, back) in &got {
@@ -109,15 +109,10 @@ async fn a_subscriber_receives_compact_messages_that_decode_to_the_buffered_fixe
         assert_eq!((back.sats, back.mode), (sent.sats, sent.mode));
     }
     // The buffer empties as the PUBACKs arrive.
-    let emptied = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let depth = store.lock().depth();
-        if depth == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < emptied, "depth stays {depth}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    support::wait::until_async("an empty buffer", Duration::from_secs(30), async || {
+        store.lock().depth() == 0
+    })
+    .await;
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

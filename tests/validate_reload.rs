@@ -5,7 +5,7 @@
 mod support;
 
 use gps_agent::sim::{Drive, DriveSpec, FaultKind, FaultSpec};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use support::agent::Agent;
 use support::broker::TestBroker;
 
@@ -63,11 +63,9 @@ fn sighup_applies_the_motion_check_keys_to_the_running_validator() {
     );
 
     // The default check rejects the frozen epochs as they come.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fix_totals(&agent).1 < 3 {
-        assert!(Instant::now() < deadline, "{:?}", fix_totals(&agent));
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::wait::until("3 frozen epochs rejected", Duration::from_secs(60), || {
+        fix_totals(&agent).1 >= 3
+    });
 
     // The operator switches the check off (and touches the other new keys) and reloads.
     let text = std::fs::read_to_string(&agent.config).unwrap();
@@ -85,15 +83,12 @@ fn sighup_applies_the_motion_check_keys_to_the_running_validator() {
     let (_, frozen_at_reload, _) = fix_totals(&agent);
 
     // Every epoch gets its verdict by the end of the drive.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let (accepted, frozen, rejected) = loop {
-        let totals = fix_totals(&agent);
-        if totals.0 + totals.2 >= 150 {
-            break totals;
-        }
-        assert!(Instant::now() < deadline, "{totals:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let mut totals = (0, 0, 0);
+    let (accepted, frozen, rejected) = support::wait::poll(Duration::from_secs(90), || {
+        totals = fix_totals(&agent);
+        (totals.0 + totals.2 >= 150).then_some(totals)
+    })
+    .unwrap_or_else(|| panic!("not every epoch judged: {totals:?}"));
     assert_eq!(accepted + rejected, 150);
     // One frozen epoch may have been on its way through the old validator.
     assert!(

@@ -2,11 +2,12 @@
 //! log captured, its health endpoint queried over plain HTTP/1.1, signals sent with `kill`.
 
 use super::broker::free_port;
+use super::wait;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub struct Agent {
     child: Child,
@@ -159,11 +160,9 @@ impl Agent {
             log: log.to_path_buf(),
         };
         // A hang guard only: a busy machine may take a while to start a debug build.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(agent.health).is_err() {
-            assert!(Instant::now() < deadline, "health endpoint did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until("the health endpoint", Duration::from_secs(30), || {
+            TcpStream::connect(agent.health).is_ok()
+        });
         agent
     }
 
@@ -236,19 +235,21 @@ impl Agent {
         write!(s, "GET /health/stream HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
+        let line = wait::poll(Duration::from_secs(5), || {
             let n = s.read(&mut buf).unwrap();
             got.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&got);
-            if let Some(line) = text.lines().find(|l| l.starts_with('{')) {
-                return serde_json::from_str(line).unwrap();
-            }
+            text.lines()
+                .find(|l| l.starts_with('{'))
+                .map(str::to_string)
+        });
+        match line {
+            Some(line) => serde_json::from_str(&line).unwrap(),
+            None => panic!(
+                "no stream line within 5 s: {}",
+                String::from_utf8_lossy(&got)
+            ),
         }
-        panic!(
-            "no stream line within 5 s: {}",
-            String::from_utf8_lossy(&got)
-        );
     }
 
     /// Resident memory of the agent process (`VmRSS`), KiB.
@@ -290,18 +291,15 @@ impl Agent {
         what: &str,
         pred: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(v) = self.log_lines().into_iter().find(|v| pred(v)) {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait::poll(Duration::from_secs(10), || {
+            self.log_lines().into_iter().find(|v| pred(v))
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "no log line {what} in:\n{}",
                 std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            )
+        })
     }
 
     /// Poll `/health` until `pred(code, snapshot)` holds (fail after `within`); returns that
@@ -312,31 +310,21 @@ impl Agent {
         within: Duration,
         pred: impl Fn(u16, &serde_json::Value) -> bool,
     ) -> (u16, serde_json::Value) {
-        let deadline = Instant::now() + within;
-        loop {
-            let (code, h) = self.get("/health");
-            if pred(code, &h) {
-                return (code, h);
-            }
-            assert!(Instant::now() < deadline, "no {what} in health: {code} {h}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let mut last = (0, serde_json::Value::Null);
+        wait::poll(within, || {
+            last = self.get("/health");
+            pred(last.0, &last.1).then(|| last.clone())
+        })
+        .unwrap_or_else(|| panic!("no {what} in health: {} {}", last.0, last.1))
     }
 
     /// Waits for the agent to end by itself (a simulated power cut ends it): its exit code,
     /// `None` if a signal ended it. Panics after `within`.
     pub fn wait_exit(mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent still running after {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = wait::until("the agent to end by itself", within, || {
+            self.child.try_wait().unwrap()
+        });
+        status.code()
     }
 
     /// SIGTERM, then the exit code (within 15 s).
@@ -347,17 +335,12 @@ impl Agent {
             .status()
             .unwrap()
             .success());
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return (status.code().unwrap_or(-1), self.db.clone());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not stop within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = wait::until(
+            "the agent to stop on SIGTERM",
+            Duration::from_secs(15),
+            || self.child.try_wait().unwrap(),
+        );
+        (status.code().unwrap_or(-1), self.db.clone())
     }
 }
 

@@ -73,14 +73,10 @@ pub fn free_port() -> SocketAddr {
 
 /// True once `addr` accepts a TCP connection, false when `within` has passed.
 pub fn wait_accepting(addr: SocketAddr, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
+    super::wait::poll(within, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+    })
+    .is_some()
 }
 
 fn config(addr: SocketAddr, options: &BrokerOptions) -> rumqttd::Config {
@@ -312,14 +308,13 @@ impl Subscriber {
     /// (status messages are skipped).
     pub async fn fix_seqs(&mut self, n: u64, within: Duration) -> BTreeSet<u64> {
         let mut seqs = BTreeSet::new();
-        let deadline = tokio::time::Instant::now() + within;
-        while (seqs.len() as u64) < n {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let Some(msg) = self.next(left).await else {
-                break;
-            };
-            seqs.extend(msg.fix_seqs());
-        }
+        let _ = super::wait::poll_async(within, async || {
+            if let Some(msg) = self.next(Duration::from_millis(100)).await {
+                seqs.extend(msg.fix_seqs());
+            }
+            seqs.len() as u64 >= n
+        })
+        .await;
         seqs
     }
 

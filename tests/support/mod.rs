@@ -30,6 +30,7 @@ pub mod relay;
 pub mod shim;
 pub mod source;
 pub mod tls_front;
+pub mod wait;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -53,14 +54,7 @@ impl Prng {
     }
 }
 
-/// Waits (at most 10 s, polling every 10 ms) until `cond` holds; fails the test otherwise.
+/// Waits (at most 10 s) until `cond` holds; fails the test otherwise.
 pub async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !cond() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    wait::until_async(what, std::time::Duration::from_secs(10), async || cond()).await
 }

@@ -173,12 +173,10 @@ impl Mosquitto {
             .args(["-TERM", &child.id().to_string()])
             .status()
             .is_ok_and(|s| s.success());
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while stopped && std::time::Instant::now() < deadline {
-            if child.try_wait().unwrap().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if stopped
+            && super::wait::poll(Duration::from_secs(30), || child.try_wait().unwrap()).is_some()
+        {
+            return;
         }
         let _ = child.kill();
         let _ = child.wait();

@@ -34,13 +34,14 @@ pub fn feed_realtime(spec: DriveSpec, mut receiver: TTYPort) -> JoinHandle<(u32,
         let never = AtomicBool::new(false);
         // Until the agent opens the device the pty refuses writes: start over until the
         // drive goes through (nothing was read before).
-        let written = loop {
-            let drive = Drive::new(spec.clone()).unwrap();
-            match gps_agent::sim::write_realtime(drive, &mut receiver, &never) {
-                Ok(n) => break n,
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        };
+        let written = super::wait::until(
+            "the agent to open the receiver",
+            Duration::from_secs(60),
+            || {
+                let drive = Drive::new(spec.clone()).unwrap();
+                gps_agent::sim::write_realtime(drive, &mut receiver, &never).ok()
+            },
+        );
         (written, receiver)
     })
 }

@@ -2,6 +2,7 @@
 //! [`MemSource`](super::source::MemSource) with waits that fail the test instead of hanging.
 
 use super::source::MemSource;
+use super::wait;
 use gps_agent::status::{MqttStatus, StatusBoard};
 use gps_agent::uplink::backoff::{BackoffPolicy, Jitter};
 use gps_agent::uplink::breaker::BreakerPolicy;
@@ -9,7 +10,7 @@ use gps_agent::uplink::publisher::{Publisher, PublisherSettings};
 use gps_agent::uplink::reconnect::ProbePolicy;
 use std::num::NonZeroU32;
 use std::time::Duration;
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 /// Settings for tests: short timers, a breaker that stays out of the way, unique client id.
@@ -88,31 +89,31 @@ impl Running {
     /// Until the published state satisfies `pred` (checked at every publication, and every
     /// 20 ms for counters that do not wake subscribers); fails after 10 s.
     pub async fn wait_status(&mut self, what: &str, pred: impl Fn(&MqttStatus) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
         let mut changes = self.board.subscribe();
-        while !pred(&self.status()) {
-            assert!(
-                Instant::now() < deadline,
-                "status never became {what}: {:?}",
-                self.status()
-            );
-            let _ = timeout(Duration::from_millis(20), changes.changed()).await;
-        }
+        let became = wait::poll_async(Duration::from_secs(10), async || {
+            pred(&self.status()) || {
+                let _ = timeout(Duration::from_millis(20), changes.changed()).await;
+                pred(&self.status())
+            }
+        })
+        .await;
+        assert!(
+            became.is_some(),
+            "status never became {what}: {:?}",
+            self.status()
+        );
     }
 
     /// Until `n` fixes are acked; `context` adds to the failure message (a broker log).
     pub async fn wait_acked_or(&self, n: usize, within: Duration, context: impl Fn() -> String) {
-        let deadline = Instant::now() + within;
-        while self.source.acked_count() < n {
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} acked; status {:?}{}",
-                self.source.acked_count(),
-                self.status(),
-                context()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let acked = wait::poll_async(within, async || self.source.acked_count() >= n).await;
+        assert!(
+            acked.is_some(),
+            "only {} of {n} acked; status {:?}{}",
+            self.source.acked_count(),
+            self.status(),
+            context()
+        );
     }
 
     pub async fn wait_acked(&self, n: usize) {

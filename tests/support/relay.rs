@@ -141,15 +141,14 @@ impl Relay {
     /// written (panics after 10 s).
     pub fn quiesce(&self) {
         self.pause.store(true, Ordering::SeqCst);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(self.paused.load(Ordering::SeqCst) || self.finished()) || self.unread() > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the agent did not read the feed within 10 s ({} bytes unread)",
-                self.unread()
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        let read_all = super::wait::poll(Duration::from_secs(10), || {
+            (self.paused.load(Ordering::SeqCst) || self.finished()) && self.unread() == 0
+        });
+        assert!(
+            read_all.is_some(),
+            "the agent did not read the feed within 10 s ({} bytes unread)",
+            self.unread()
+        );
     }
 
     pub fn resume(&self) {
@@ -163,14 +162,9 @@ impl Relay {
 
     /// Waits until the drive is written and read (panics after `within`).
     pub fn drain(&self, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.finished() || self.unread() > 0 {
-            assert!(
-                Instant::now() < deadline,
-                "the drive was not consumed in time"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::wait::until("the drive written and read", within, || {
+            self.finished() && self.unread() == 0
+        });
     }
 }
 

@@ -30,6 +30,7 @@ use super::agent::Agent;
 use super::broker::{Subscriber, TestBroker};
 use super::mosquitto::{Mosquitto, MosquittoOptions};
 use super::proxy::FaultProxy;
+use super::wait;
 use disk::SmallDisk;
 use receiver::{Fate, Receiver};
 use schedule::{Fault, FaultKind, Schedule, Timing};
@@ -210,14 +211,11 @@ impl Watch {
 
     /// Wait until a fix of receiver time `time_ms` or later has arrived; false after `within`.
     async fn wait_newest(&self, time_ms: i64, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while self.newest.load(Ordering::Relaxed) < time_ms {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        true
+        wait::poll_async(within, async || {
+            self.newest.load(Ordering::Relaxed) >= time_ms
+        })
+        .await
+        .is_some()
     }
 
     fn count(&self) -> usize {
@@ -317,10 +315,10 @@ impl Rig {
             faults: Vec::new(),
             notes: Vec::new(),
         };
-        wait_until(
+        wait::until_async(
             "the agent to open the port",
             Duration::from_secs(60),
-            || rig.receiver.held(),
+            async || rig.receiver.held(),
         )
         .await;
         rig
@@ -413,28 +411,26 @@ impl Rig {
     async fn drain(&mut self, accepted: &BTreeMap<i64, Fix>, guard: Duration) -> Instant {
         let begin = Instant::now();
         let mut last_count = (self.watch.count(), Instant::now());
-        let drained = loop {
+        let drained = wait::poll_async(guard, async || {
             let got = self.watch.delivered_times();
             if accepted.keys().all(|t| got.contains(t)) {
-                break true;
+                return true;
             }
             let count = self.watch.count();
             if count != last_count.0 {
                 last_count = (count, Instant::now());
             }
             let depth = tokio::task::block_in_place(|| buffer_depth(self.health));
-            if depth == Some(0) && last_count.1.elapsed() >= DRAIN_QUIET {
-                break true;
-            }
-            if begin.elapsed() >= guard {
-                let agent = self.agent.as_ref().expect("an agent runs");
-                let health = tokio::task::block_in_place(|| agent.raw("/health"));
-                self.notes
-                    .push(format!("drain guard of {guard:?} hit; health: {health}"));
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+            depth == Some(0) && last_count.1.elapsed() >= DRAIN_QUIET
+        })
+        .await
+        .is_some();
+        if !drained {
+            let agent = self.agent.as_ref().expect("an agent runs");
+            let health = tokio::task::block_in_place(|| agent.raw("/health"));
+            self.notes
+                .push(format!("drain guard of {guard:?} hit; health: {health}"));
+        }
         // Late duplicates of what was in flight.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let end = Instant::now();
@@ -646,13 +642,4 @@ fn parse(config: &Path, log: &PathBuf) -> BTreeMap<i64, Fix> {
             (fix.time_ms, fix)
         })
         .collect()
-}
-
-/// Wait (polling) until `cond` holds; panics after `within` (a hang guard).
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "no {what} within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

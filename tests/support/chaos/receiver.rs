@@ -138,10 +138,8 @@ impl Receiver {
             return;
         };
         let slave = std::fs::read_link(&self.link).unwrap();
-        let deadline = Instant::now() + UNPLUG_DRAIN;
-        while unread(&slave).is_some_and(|n| n > 0) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // Not draining within the grace is part of an unplug, not a failure.
+        let _ = crate::support::wait::poll(UNPLUG_DRAIN, || unread(&slave).is_none_or(|n| n == 0));
         drop(master);
         let _ = std::fs::remove_file(&self.link);
     }
