@@ -9,6 +9,7 @@
 //! settings') and the limits `check-config` holds the keys to
 //! (`crate::config::profile::aws`).
 
+use super::calls::Inbound;
 use super::{Identity, Profile, Publish};
 use crate::config::{PayloadFormat, ProfileName};
 use crate::uplink::cbor;
@@ -21,6 +22,9 @@ pub struct Fleet {
     name: ProfileName,
     device: String,
     topics: Topics,
+    /// `{prefix}/{device}/cmd` and `.../cmd/result`.
+    cmd: String,
+    result: String,
     client_id: String,
     credentials: Option<(String, Password)>,
     payload: PayloadFormat,
@@ -39,6 +43,8 @@ impl Fleet {
             name,
             device: device.to_owned(),
             topics: Topics::new(topic_prefix, device),
+            cmd: format!("{topic_prefix}/{device}/cmd"),
+            result: format!("{topic_prefix}/{device}/cmd/result"),
             client_id: client_id.to_owned(),
             credentials,
             payload,
@@ -76,5 +82,31 @@ impl Profile for Fleet {
             payload: status_payload(state, &self.device),
             retain: true,
         }
+    }
+
+    fn subscriptions(&self, commands: bool) -> Vec<String> {
+        if commands {
+            vec![self.cmd.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn requests(&self, topic: &str, payload: &[u8], _: u64, _: i64) -> Vec<Inbound> {
+        if topic != self.cmd {
+            return Vec::new();
+        }
+        vec![Inbound {
+            request: payload.to_vec(),
+            now: Vec::new(),
+        }]
+    }
+
+    fn answer(&self, answer: &[u8]) -> Option<Publish> {
+        Some(Publish {
+            topic: self.result.clone(),
+            payload: answer.to_vec(),
+            retain: false,
+        })
     }
 }
