@@ -6,7 +6,7 @@
 //! Corpus path: `GPS_AGENT_CORPUS`, default `../shared/nmea-corpus`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::validate::Validator;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -103,7 +103,7 @@ fn bench(c: &mut Criterion) {
 
     // Allocation count in steady state: the second pass over the same data with warm state.
     let mut decoder = Decoder::new(true);
-    let mut validator = Validator::new(ValidateConfig::default());
+    let mut validator = Validator::new(ValidateSettings::default());
     run_pass(&data, &mut decoder, &mut validator);
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     run_pass(&data, &mut decoder, &mut validator);
@@ -126,7 +126,7 @@ fn bench(c: &mut Criterion) {
     group.bench_function("corpus_parse_assemble_validate", |b| {
         b.iter(|| {
             let mut decoder = Decoder::new(true);
-            let mut validator = Validator::new(ValidateConfig::default());
+            let mut validator = Validator::new(ValidateSettings::default());
             black_box(run_pass(black_box(&data), &mut decoder, &mut validator))
         })
     });

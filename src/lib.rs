@@ -8,6 +8,7 @@
 //! 4. [`uplink`]: MQTT publishing, acknowledgement window, backoff, circuit breaker.
 //! 5. [`health`]: the local endpoint (`/health`, `/health/stream`, `/live`, `/metrics`).
 //!
+//! [`commands`] answers the back end's requests (remote commands, off by default).
 //! [`sim`] is the project's own NMEA receiver simulator (demo and tests).
 //!
 //! [`config`] reads and checks the TOML file; [`cli`] is the command line. Shared types live
@@ -17,6 +18,7 @@ pub mod app;
 pub mod buffer;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

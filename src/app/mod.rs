@@ -23,11 +23,12 @@
 //! connection as at shutdown and reconnect with the new settings; other changes are logged
 //! as needing a restart.
 
+pub mod config_file;
 pub mod ingest;
 
 use crate::buffer::store::{SharedStore, Store};
 use crate::clock::Clock;
-use crate::config::{GnssSource, MqttSettings, ReportConfig, Settings, ValidateConfig};
+use crate::config::{GnssSource, MqttSettings, ReportSettings, Settings, ValidateSettings};
 use crate::error::Classified;
 use crate::gnss::source::{file, serial, SourceHandle};
 use crate::health::metrics::Metrics;
@@ -350,9 +351,9 @@ pub(crate) async fn recv_signal(s: &mut SignalStream) -> Option<()> {
 /// Where a SIGHUP reload sends what can change without a restart.
 struct Reloads {
     /// Validation thresholds, to the ingest thread.
-    validate: std::sync::mpsc::Sender<ValidateConfig>,
+    validate: std::sync::mpsc::Sender<ValidateSettings>,
     /// `[report]`, to the ingest thread.
-    report: std::sync::mpsc::Sender<ReportConfig>,
+    report: std::sync::mpsc::Sender<ReportSettings>,
     /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
     /// have changed under the same settings; the uplink reconnects only when they differ.
     mqtt: watch::Sender<MqttSettings>,
@@ -368,8 +369,8 @@ fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
         );
         return;
     };
-    match crate::config::load(path) {
-        Ok(new) => {
+    match config_file::load(path) {
+        Ok(config_file::Loaded { settings: new, .. }) => {
             if new.validate != current.validate {
                 let _ = to.validate.send(new.validate.clone());
                 info!(

@@ -11,8 +11,8 @@ use tracing::{error, info, warn};
 /// Runs the daemon; returns the process exit code (78 for a configuration that cannot be
 /// used, before anything starts).
 pub fn run(config_path: &Path) -> i32 {
-    let cfg = match crate::config::load(config_path) {
-        Ok(cfg) => cfg,
+    let cfg = match crate::app::config_file::load(config_path) {
+        Ok(loaded) => loaded.settings,
         Err(ConfigError::Invalid { problems }) => {
             for p in &problems {
                 error!(component = "config", code = "CONFIG_INVALID", problem = %p,

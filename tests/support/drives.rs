@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::fix::Fix;
 use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::report::cone::{distance_m, Frame};
@@ -24,7 +24,7 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
 /// The fixes the agent accepts from NMEA text (its decoder and validator, default settings).
 pub fn decode(nmea: &[u8]) -> Vec<Fix> {
     let mut decoder = Decoder::new(true);
-    let mut validator = Validator::new(ValidateConfig::default());
+    let mut validator = Validator::new(ValidateSettings::default());
     let mut fixes = Vec::new();
     let mut events = Vec::new();
     decoder.feed(nmea, &mut |e| events.push(e));

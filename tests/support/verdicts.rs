@@ -2,11 +2,11 @@
 //! decided one epoch late, the last one at the end). Include it on its own with
 //! `#[path = "support/verdicts.rs"] mod verdicts;`.
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::gnss::{Decoded, Decoder};
 use gps_agent::validate::{Validator, Verdict};
 
-pub fn of(bytes: &[u8], require_checksum: bool, cfg: &ValidateConfig) -> Vec<Verdict> {
+pub fn of(bytes: &[u8], require_checksum: bool, cfg: &ValidateSettings) -> Vec<Verdict> {
     let mut decoder = Decoder::new(require_checksum);
     let mut validator = Validator::new(cfg.clone());
     let mut out = Vec::new();

@@ -1,0 +1,28 @@
+//! Remote commands (`[commands]`, off by default): requests from the fleet's back end, each
+//! checked, run once and answered once.
+//!
+//! Layout: [`signature`] the operator's Ed25519 key and the check of a signed request;
+//! [`base64`] the decoding it needs.
+
+pub mod base64;
+pub mod signature;
+
+use crate::config::{CommandsSettings, Problem};
+use signature::PublicKey;
+
+/// The check of `[commands] public_key_file` that `check-config`, `run` and every reload run
+/// (see `crate::app::config_file`): the key must read as an Ed25519 public key. Nothing when
+/// the key already has a problem of its own in `earlier` (a missing file).
+pub fn key_problems(commands: &CommandsSettings, earlier: &[Problem]) -> Vec<Problem> {
+    const KEY: &str = "commands.public_key_file";
+    let Some(path) = &commands.public_key_file else {
+        return Vec::new();
+    };
+    if earlier.iter().any(|p| p.key == KEY) {
+        return Vec::new();
+    }
+    match PublicKey::from_file(path) {
+        Ok(_) => Vec::new(),
+        Err(why) => vec![Problem::new(KEY, format!("{why} (CMD_KEY)"))],
+    }
+}
