@@ -167,6 +167,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL (an OOM kill, a watchdog, a crash), then reaped.
     pub fn kill(mut self) {
         let _ = self.child.kill();
