@@ -41,6 +41,25 @@ fn value(c: u8) -> Option<u8> {
     }
 }
 
+/// Standard base64, padded (the agent only reads base64; tests sign and write keys with it).
+pub fn encode(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let v = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(A[((v >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Lower-case hex of `bytes` (digests in answers).
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -76,6 +95,10 @@ mod tests {
             );
         }
         assert_eq!(decode(b"-_8=").unwrap(), decode(b"+/8=").unwrap());
+        for n in 0..8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i * 37).collect();
+            assert_eq!(decode(encode(&bytes).as_bytes()), Some(bytes));
+        }
     }
 
     #[test]

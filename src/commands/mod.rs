@@ -1,10 +1,18 @@
 //! Remote commands (`[commands]`, off by default): requests from the fleet's back end, each
 //! checked, run once and answered once.
 //!
-//! Layout: [`signature`] the operator's Ed25519 key and the check of a signed request;
-//! [`base64`] the decoding it needs.
+//! Layout: [`request`] a request read and checked (size, signature, shape, expiry,
+//! arguments); [`signature`] the operator's Ed25519 key and the check of a signed request;
+//! [`base64`] the decoding it needs; [`ledger`] the answered ids (each run once);
+//! [`answer`] the answers' shape; [`error`] the codes; [`remote_config`] `config.set`'s
+//! files on disk (atomic write, rollback across restarts).
 
+pub mod answer;
 pub mod base64;
+pub mod error;
+pub mod ledger;
+pub mod remote_config;
+pub mod request;
 pub mod signature;
 
 use crate::config::{CommandsSettings, Problem};

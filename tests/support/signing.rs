@@ -2,6 +2,7 @@
 //! half written as the key file formats the agent reads, and requests signed as the README's
 //! recipe signs them (the signature of the body's bytes, in base64).
 
+use gps_agent::commands::base64::encode as base64;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::path::{Path, PathBuf};
 
@@ -46,23 +47,4 @@ impl SigningKey {
         let sig = self.0.sign(body.as_bytes());
         serde_json::json!({"body": body, "sig": base64(sig.as_ref())}).to_string()
     }
-}
-
-/// Standard base64, padded.
-pub fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let v = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(A[((v >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
