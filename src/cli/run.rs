@@ -11,6 +11,9 @@ use tracing::{error, info, warn};
 /// Runs the daemon; returns the process exit code (78 for a configuration that cannot be
 /// used, 75 when another agent runs on the same buffer, both before anything starts).
 pub fn run(config_path: &Path) -> i32 {
+    // A configuration set remotely whose confirmation window ran out while the agent was
+    // down is rolled back before the file is read (see `commands::remote_config`).
+    let remote_config = recover_remote_config(config_path);
     let cfg = match crate::app::config_file::load(config_path) {
         Ok(loaded) => loaded.settings,
         Err(ConfigError::Invalid { problems }) => {
@@ -47,6 +50,7 @@ pub fn run(config_path: &Path) -> i32 {
     };
     let opts = RunOptions {
         config_path: Some(config_path.to_path_buf()),
+        remote_config,
         ..RunOptions::default()
     };
     runtime.block_on(async {
@@ -80,4 +84,25 @@ async fn cancel_on_terminate(token: CancellationToken) {
         Some(()) = recv_signal(&mut int) => info!(component = "agent", signal = "SIGINT", "shutdown requested"),
     }
     token.cancel();
+}
+
+/// Finish what a stop interrupted of a remote `config.set` (nothing when none was owed).
+fn recover_remote_config(config_path: &Path) -> Option<crate::commands::remote_config::AtStart> {
+    use crate::commands::remote_config::{recover, AtStart, Files};
+    let now_ms = crate::clock::Clock::default().utc_ms();
+    match recover(&Files::new(config_path), now_ms) {
+        Ok(AtStart::Nothing) => None,
+        Ok(at) => {
+            if let AtStart::RolledBack(p) = &at {
+                warn!(component = "commands", code = "CMD_ROLLED_BACK", id = %p.id,
+                    "a configuration set remotely was not confirmed in time; the previous file is back");
+            }
+            Some(at)
+        }
+        Err(e) => {
+            warn!(component = "commands", code = "CMD_FAILED", error = %e,
+                "the record of a configuration set remotely cannot be read; the file in place is used");
+            None
+        }
+    }
 }

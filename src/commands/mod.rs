@@ -5,7 +5,8 @@
 //! arguments); [`signature`] the operator's Ed25519 key and the check of a signed request;
 //! [`base64`] the decoding it needs; [`ledger`] the answered ids (each run once);
 //! [`answer`] the answers' shape; [`error`] the codes; [`remote_config`] `config.set`'s
-//! files on disk (atomic write, rollback across restarts).
+//! files on disk (atomic write, rollback across restarts); [`service`] one request in, its
+//! answer and effect out (transport-independent); [`stage`] the service at run time.
 
 pub mod answer;
 pub mod base64;
@@ -13,7 +14,9 @@ pub mod error;
 pub mod ledger;
 pub mod remote_config;
 pub mod request;
+pub mod service;
 pub mod signature;
+pub mod stage;
 
 use crate::config::{CommandsSettings, Problem};
 use signature::PublicKey;

@@ -15,7 +15,8 @@
 //! configuration; [`error`] classifies failures; [`publisher`] is the async loop that
 //! drives one connection at a time (its `session`) over a [`source::FixSource`] ([`link`],
 //! the buffer), on [`settings`] (with [`credentials`] read once); [`probe`] does the
-//! reachability probes; [`linger`] holds live fixes for company.
+//! reachability probes; [`linger`] holds live fixes for company; [`remote`] is the seam to
+//! the remote commands (requests in, answers out; no command logic here).
 
 pub mod acks;
 pub mod backoff;
@@ -30,6 +31,7 @@ pub mod payload;
 pub mod probe;
 pub mod publisher;
 pub mod reconnect;
+pub mod remote;
 pub mod settings;
 pub mod source;
 pub mod tls;

@@ -29,6 +29,7 @@ use crate::uplink::linger::Linger;
 use crate::uplink::payload::Topics;
 use crate::uplink::probe::probe;
 use crate::uplink::reconnect::{Ending, Reconnect, Step};
+use crate::uplink::remote::RemotePort;
 use crate::uplink::settings::tls_made;
 use session::{Failure, SessionEnd};
 use std::sync::Arc;
@@ -65,6 +66,9 @@ pub struct Publisher<S: FixSource> {
     /// The stream the source was last asked about: the source hands out only fixes of the
     /// stream it last told, and every message is labelled with it.
     stream: String,
+    /// The remote commands' seam, when `[commands] enabled`: each connection subscribes to
+    /// the command topic and publishes what the commands stage sends.
+    remote: Option<RemotePort>,
 }
 
 impl<S: FixSource> Publisher<S> {
@@ -85,6 +89,7 @@ impl<S: FixSource> Publisher<S> {
             board,
             connections: 0,
             stream: String::new(),
+            remote: None,
         };
         let wedge_after = p.settings.wedge_after();
         p.show(None, |m| {
@@ -125,6 +130,12 @@ impl<S: FixSource> Publisher<S> {
     /// The endpoint in use: connected to, or where the next probe or attempt goes.
     pub(super) fn broker(&self) -> &BrokerUrl {
         self.settings.endpoint(self.reconnect.endpoint())
+    }
+
+    /// Take remote commands through `port` (see [`crate::uplink::remote`]).
+    pub fn with_remote(mut self, port: RemotePort) -> Self {
+        self.remote = Some(port);
+        self
     }
 
     /// Replace the jitter source (tests turn it off or seed it).
@@ -202,6 +213,16 @@ impl<S: FixSource> Publisher<S> {
         match self.session(shutdown).await {
             SessionEnd::Shutdown => None,
             SessionEnd::Failed(failure) => Some(self.after_failure(failure)),
+            SessionEnd::Reconnect => {
+                // Asked remotely: breaker and backoff start afresh, the next attempt is now.
+                self.reconnect = Reconnect::new(
+                    self.settings.reconnect_policy(),
+                    Jitter::Full(Xorshift64::from_entropy()),
+                );
+                info!(broker = %self.broker(), "reconnecting now, as a remote command asked");
+                self.show(None, |m| m.connected = false);
+                Some(self.reconnect.first(Instant::now()))
+            }
         }
     }
 

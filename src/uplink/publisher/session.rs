@@ -17,6 +17,7 @@ use crate::uplink::limit::{Unacked, Verdict};
 use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState};
 use crate::uplink::probe::{probe, PathWatch};
 use crate::uplink::reconnect::{Ending, Watch};
+use crate::uplink::remote::Outbound;
 use crate::uplink::source::FixSource;
 use crate::uplink::tls::client_config;
 use rumqttc::{
@@ -52,6 +53,8 @@ pub(super) struct Failure {
 pub(super) enum SessionEnd {
     Shutdown,
     Failed(Failure),
+    /// A remote command asked for a new connection now.
+    Reconnect,
 }
 
 /// What pacing makes of an error that ended an attempt or a session.
@@ -144,7 +147,12 @@ impl<S: FixSource> Publisher<S> {
         o.set_inflight(self.settings.window.max(1));
         // Payload plus topic plus MQTT header: the payload limit is what `encode` enforces.
         let packet_max = self.settings.max_message_bytes + self.topics.fixes.len() + 64;
-        o.set_max_packet_size(packet_max.max(16 * 1024), packet_max);
+        let incoming_max = if self.remote.is_some() {
+            crate::uplink::remote::MAX_INCOMING_BYTES
+        } else {
+            16 * 1024
+        };
+        o.set_max_packet_size(packet_max.max(incoming_max), packet_max);
         o.set_last_will(LastWill::new(
             self.topics.status.clone(),
             status_payload(LinkState::Offline, &self.settings.device),
@@ -169,9 +177,9 @@ impl<S: FixSource> Publisher<S> {
             }
         };
         let window_size = self.limit.window(usize::from(self.settings.window.max(1)));
-        // Room for the window, the status message and the DISCONNECT: try_publish never
-        // finds the channel full.
-        let (client, mut eventloop) = AsyncClient::new(options, window_size + 2);
+        // Room for the window, the status message, the command topic's SUBSCRIBE and the
+        // DISCONNECT: try_publish never finds the channel full.
+        let (client, mut eventloop) = AsyncClient::new(options, window_size + 3);
         eventloop
             .network_options
             .set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
@@ -359,7 +367,14 @@ impl<S: FixSource> Publisher<S> {
         info!(broker = %self.broker(), reconnects, window = s.window.capacity(),
             "uplink connected");
         self.submit_status(&s.client, &mut s.window, LinkState::Online)
-            .map_err(|e| failed(e, &s.facts, reset_after))
+            .map_err(|e| failed(e, &s.facts, reset_after))?;
+        if self.remote.is_some() {
+            // Clean session: each connection subscribes again.
+            s.client
+                .try_subscribe(&self.topics.cmd, QoS::AtLeastOnce)
+                .map_err(|_| failed(UplinkError::ClientClosed, &s.facts, reset_after))?;
+        }
+        Ok(())
     }
 
     /// The connected session: fixes out as the window and the source allow, PUBACKs in,
@@ -422,8 +437,56 @@ impl<S: FixSource> Publisher<S> {
                         return failed(e, &s.facts, reset_after);
                     }
                 }
+                Some(out) = recv_remote(&mut self.remote), if room => {
+                    match self.send_remote(s, out) {
+                        Ok(true) => return self.end_for_reconnect(s).await,
+                        Ok(false) => {}
+                        Err(e) => return failed(e, &s.facts, reset_after),
+                    }
+                }
             }
         }
+    }
+
+    /// What the commands stage sent: an answer or a backfill message goes out through the
+    /// window (which has room); `Ok(true)` when the connection is to end for a reconnect.
+    fn send_remote(&mut self, s: &mut Session, out: Outbound) -> Result<bool, UplinkError> {
+        let (topic, payload) = match out {
+            Outbound::Reconnect => return Ok(true),
+            Outbound::Answer(p) => (&self.topics.result, p),
+            Outbound::Backfill(p) => (&self.topics.backfill, p),
+        };
+        s.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|_| UplinkError::ClientClosed)?;
+        s.window
+            .submit(Vec::new(), Instant::now())
+            .map_err(|_| UplinkError::AckMismatch {
+                detail: "no room in the window for a command's message",
+                pkid: 0,
+            })?;
+        Ok(false)
+    }
+
+    /// A remote `reconnect`: what was sent before it is written, then a clean DISCONNECT
+    /// (bounded), and the session ends. Its unacknowledged fixes go back to the buffer.
+    async fn end_for_reconnect(&mut self, s: &mut Session) -> SessionEnd {
+        if s.client.try_disconnect().is_ok() {
+            let until = Instant::now() + Duration::from_secs(1);
+            loop {
+                let event = tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    e = s.events.recv() => e,
+                };
+                match event {
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | Some(Err(_)) | None => break,
+                    Some(Ok(e)) => {
+                        let _ = self.on_event(e, &mut s.window).await;
+                    }
+                }
+            }
+        }
+        SessionEnd::Reconnect
     }
 
     /// An event of the connected session: a PUBACK is progress, and may prove the broker
@@ -542,7 +605,28 @@ impl<S: FixSource> Publisher<S> {
                 });
                 Ok(Some(acked))
             }
+            Event::Incoming(Incoming::Publish(p)) => {
+                self.on_request(&p.topic, &p.payload);
+                Ok(None)
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// A message on a subscribed topic: a request goes to the commands stage as it came
+    /// (rumqttc has acknowledged it); when the stage's inbox is full it is dropped and said.
+    fn on_request(&mut self, topic: &str, payload: &[u8]) {
+        let Some(remote) = &self.remote else { return };
+        if topic != self.topics.cmd {
+            return;
+        }
+        if remote.requests.try_send(payload.to_vec()).is_err() {
+            warn!(
+                code = "CMD_DROPPED",
+                class = "transient",
+                bytes = payload.len(),
+                "remote command dropped: the commands stage is busy or stopped"
+            );
         }
     }
 
@@ -829,6 +913,14 @@ fn failed(error: UplinkError, facts: &SessionFacts, reset_after: Duration) -> Se
 /// Slots the window has, as a loop bound for `fill`.
 fn window_slots(window: &AckWindow, size: u16) -> usize {
     usize::from(size).saturating_sub(window.len()) + 1
+}
+
+/// The next message of the commands stage; pending for ever without one.
+async fn recv_remote(remote: &mut Option<crate::uplink::remote::RemotePort>) -> Option<Outbound> {
+    match remote {
+        Some(r) => r.outbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
