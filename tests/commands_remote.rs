@@ -509,3 +509,83 @@ async fn a_backfill_republishes_every_accepted_fix_of_the_window_once() {
     let (code, _) = agent.terminate();
     assert_eq!(code, 0);
 }
+
+/// The receiver times of every fix received on `sub` until they include all of `want`
+/// (or `within` passed).
+async fn fix_times(sub: &mut Subscriber, want: &BTreeSet<i64>, within: Duration) -> BTreeSet<i64> {
+    let mut got = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !want.is_subset(&got) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(msg) = sub.next(left).await else {
+            break;
+        };
+        got.extend(msg.fixes().iter().map(|f| f.fix.time_ms));
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_owed_when_the_agent_was_killed_is_made_at_the_next_start_and_answered_ids_survive(
+) {
+    let World {
+        log,
+        broker,
+        mut fixes,
+        mut backend,
+        agent,
+        dir: _dir,
+        ..
+    } = World::start(40, "realtime", |_| {
+        "[commands]\nenabled = true\nconfirm_s = 3\n".into()
+    })
+    .await;
+    let ping = request("p-1", "ping", json!({}));
+    let first = backend.ask_until_subscribed("p-1", ping.clone()).await;
+    let text = std::fs::read_to_string(&agent.config).unwrap();
+    let new = text.replace(&broker.url(), &format!("mqtt://{}", free_port()));
+    let a = backend
+        .ask(
+            "set-1",
+            request("set-1", "config.set", json!({"toml": new})),
+        )
+        .await;
+    assert_eq!(a["ok"], true, "{a}");
+    // Killed inside the window, on the dead broker's file; back only after the window.
+    let (config, health, db, agent_log) = (
+        agent.config.clone(),
+        agent.health,
+        agent.db.clone(),
+        agent.log.clone(),
+    );
+    agent.kill();
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), new);
+    let confirm_by =
+        chrono::DateTime::parse_from_rfc3339(a["result"]["confirm_by"].as_str().unwrap())
+            .unwrap()
+            .timestamp_millis();
+    while now_ms() <= confirm_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let agent = Agent::restart(&config, health, &db, &agent_log);
+
+    let rolled = backend
+        .answer_after("set-1", 1, Duration::from_secs(60))
+        .await
+        .expect("the rollback's answer after the restart");
+    assert_eq!(rolled["rolled_back"], true, "{rolled}");
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+    // The id answered before the kill gets that answer again: it did not run twice.
+    assert_eq!(backend.ask("p-1", ping).await, first);
+    // Every accepted fix of the drive arrives (the replay after the restart adds
+    // duplicates, never a loss).
+    let want = support::agent::parse_times(&log);
+    let got = fix_times(&mut fixes, &want, Duration::from_secs(90)).await;
+    assert!(
+        want.is_subset(&got),
+        "missing {:?}",
+        want.difference(&got).collect::<Vec<_>>()
+    );
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+}

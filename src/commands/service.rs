@@ -383,3 +383,138 @@ fn repeat(id: &str, bytes: &[u8]) -> Handled {
         error: None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-01-01T00:00:00Z.
+    const NOW: i64 = 1_767_225_600_000;
+
+    fn facts() -> Facts {
+        Facts {
+            snapshot: json!({"status": "healthy", "uptime_s": 12.5}),
+        }
+    }
+
+    fn req(id: &str, cmd: &str, args: Value) -> Vec<u8> {
+        json!({"id": id, "cmd": cmd, "args": args, "expires": "2026-01-01T00:10:00Z"})
+            .to_string()
+            .into_bytes()
+    }
+
+    /// A service on the file `text` in a temporary directory.
+    fn service(text: &str) -> (tempfile::TempDir, PathBuf, Service) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        let settings = crate::app::config_file::parse(text).unwrap();
+        let (s, _, key_error) = Service::new(&settings, Some(path.clone()), Vec::new(), NOW);
+        assert_eq!(key_error, None);
+        (dir, path, s)
+    }
+
+    #[test]
+    fn an_id_runs_once_and_a_repeat_gets_the_first_answer_without_a_row() {
+        let (_dir, _, mut s) = service("[commands]\nenabled = true\n");
+        let first = s.handle(&req("p", "ping", json!({})), NOW, &facts());
+        assert_eq!(first.outcome, "ok");
+        assert_eq!(first.rows.len(), 1);
+        let a = first.answer.clone().unwrap();
+        assert_eq!(a.body["result"]["uptime_s"], 12.5);
+        let later = Facts {
+            snapshot: json!({"status": "degraded", "uptime_s": 99.0}),
+        };
+        let again = s.handle(&req("p", "ping", json!({})), NOW + 1_000, &later);
+        assert_eq!(again.outcome, "repeat");
+        assert_eq!(again.answer, Some(a));
+        assert!(again.rows.is_empty());
+        assert_eq!(again.effect, None);
+    }
+
+    #[test]
+    fn an_unauthorized_request_never_sees_an_earlier_answer() {
+        let (_dir, _, mut s) = service("[commands]\nenabled = true\n");
+        s.handle(&req("p", "config.get", json!({})), NOW, &facts());
+        // Now a key is required (as if configured): the same id, unsigned.
+        s.commands.public_key_file = Some(PathBuf::from("/nonexistent"));
+        let h = s.handle(&req("p", "config.get", json!({})), NOW, &facts());
+        assert_eq!(h.outcome, "CMD_UNAUTHORIZED");
+        assert!(h.answer.is_none(), "no id is trusted without a key");
+    }
+
+    #[test]
+    fn config_set_refuses_a_changed_commands_section_and_a_stale_sha256_and_writes_nothing() {
+        let text = "[commands]\nenabled = true\n";
+        let (_dir, path, mut s) = service(text);
+        let off = "[commands]\nenabled = false\n";
+        let h = s.handle(
+            &req("c1", "config.set", json!({"toml": off})),
+            NOW,
+            &facts(),
+        );
+        assert_eq!(h.outcome, "CMD_FORBIDDEN");
+        let stale = "0".repeat(64);
+        let h = s.handle(
+            &req(
+                "c2",
+                "config.set",
+                json!({"toml": text, "if_sha256": stale}),
+            ),
+            NOW,
+            &facts(),
+        );
+        assert_eq!(h.outcome, "CMD_CONFLICT");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let new = "[commands]\nenabled = true\n\n[report]\nmode = \"adaptive\"\n";
+        let h = s.handle(
+            &req("c3", "config.set", json!({"toml": new})),
+            NOW,
+            &facts(),
+        );
+        assert_eq!(h.outcome, "ok", "{:?}", h.error);
+        let Some(Effect::Apply {
+            pending,
+            mqtt_unchanged,
+        }) = h.effect
+        else {
+            panic!("applied")
+        };
+        assert!(mqtt_unchanged);
+        assert_eq!(pending.deadline_ms, NOW + 300_000);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), new);
+        // One at a time until it is confirmed or rolled back.
+        let h = s.handle(
+            &req("c4", "config.set", json!({"toml": text})),
+            NOW,
+            &facts(),
+        );
+        assert_eq!(h.outcome, "CMD_BUSY");
+        s.settled();
+        let h = s.handle(
+            &req("c5", "config.set", json!({"toml": text})),
+            NOW,
+            &facts(),
+        );
+        assert_eq!(h.outcome, "ok");
+    }
+
+    #[test]
+    fn a_backfill_runs_on_and_a_second_one_meanwhile_is_busy() {
+        let (_dir, _, mut s) = service("[commands]\nenabled = true\n");
+        let args = json!({"from": "2025-12-31T00:00:00Z", "to": "2025-12-31T01:00:00Z"});
+        let h = s.handle(&req("b1", "backfill", args.clone()), NOW, &facts());
+        assert_eq!(h.answer, None, "answered when it ends");
+        assert_eq!(h.rows[0].answer, None, "recorded as running");
+        assert!(matches!(h.effect, Some(Effect::Backfill { .. })));
+        let repeat = s.handle(&req("b1", "backfill", args.clone()), NOW, &facts());
+        assert_eq!((repeat.outcome, repeat.answer), ("repeat", None));
+        let other = s.handle(&req("b2", "backfill", args.clone()), NOW, &facts());
+        assert_eq!(other.outcome, "CMD_BUSY");
+        let (a, row) = s.finished("b1", NOW + 600_000, Ok(json!({"fixes": 3})));
+        assert_eq!(a.body["result"]["fixes"], 3);
+        assert_eq!(row.answer, Some(a.to_bytes()));
+        let again = s.handle(&req("b1", "backfill", args), NOW, &facts());
+        assert_eq!(again.answer, Some(a));
+    }
+}
