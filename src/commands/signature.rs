@@ -195,3 +195,26 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod openssl_recipe {
+    use super::*;
+
+    /// The README's recipe, run once with OpenSSL 3 (`openssl genpkey -algorithm ed25519`,
+    /// `openssl pkey -pubout`, `openssl pkeyutl -sign -rawin | base64 -w0`): its key and
+    /// signature verify here, and nothing else does.
+    #[test]
+    fn a_signature_made_by_the_readme_s_openssl_recipe_verifies() {
+        let pem = b"-----BEGIN PUBLIC KEY-----\n\
+            MCowBQYDK2VwAyEAh2WWUNte9sKSd5sqah6Kca2GDbrZrs8v9OtnlEhG9EA=\n\
+            -----END PUBLIC KEY-----\n";
+        let body = br#"{"id":"r-1","cmd":"ping","expires":"2026-12-07T10:00:00Z"}"#;
+        let sig = base64::decode(
+            b"HheGXorO8rgDTb6BV8Nrcx7Ky/qEqi6SK/JBzWndu1nrG4DhL3Q1vHLMLcO2jTWuPMm1qVXdjGlsJb8adEW8CA==",
+        )
+        .unwrap();
+        let key = PublicKey::parse(pem).unwrap();
+        assert!(key.verifies(body, &sig));
+        assert!(!key.verifies(&body[1..], &sig));
+    }
+}
