@@ -338,3 +338,59 @@ async fn the_daemon_delivers_a_backlog_in_full_through_mosquittos_max_packet_siz
     let (code, _) = agent.terminate();
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn remote_commands_through_mosquitto_are_answered_once_and_the_fixes_flow_on() {
+    use serde_json::json;
+    use support::backend::{drive_now, now_ms, request, rfc3339, Backend};
+    if !available() {
+        return;
+    }
+    let broker = Mosquitto::start(&MosquittoOptions::default(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_now(dir.path(), 60);
+    let expected = support::agent::expected_fixes(&log);
+    let device = support::unique("truck");
+    let subscriber = broker.for_subscriber();
+    let mut fixes = Subscriber::start(&subscriber, &format!("fleet/{device}/fixes")).await;
+    let mut backend = Backend::start(&subscriber, &device).await;
+    let agent = support::agent::Agent::start_with_sections(
+        dir.path(),
+        &device,
+        &support::agent::replay_gnss(&log.display().to_string()),
+        &format!(
+            "[buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\n\n[commands]\nenabled = true\n",
+            dir.path().join("buffer.db").display()
+        ),
+        &support::agent::quick_retry_mqtt(&broker.agent_url(false)),
+        &[],
+    );
+    let ping = request("p-1", "ping", json!({}));
+    let first = backend.ask_until_subscribed("p-1", ping.clone()).await;
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(backend.ask("p-1", ping).await, first, "answered once");
+    let expired = json!({"id": "e-1", "cmd": "ping", "expires": rfc3339(now_ms() - 1_000)});
+    let a = backend.ask("e-1", expired.to_string()).await;
+    assert_eq!(a["error"]["code"], "CMD_EXPIRED", "{a}");
+    let a = backend
+        .ask("g-1", request("g-1", "config.get", json!({})))
+        .await;
+    assert_eq!(
+        a["result"]["toml"],
+        std::fs::read_to_string(&agent.config).unwrap().as_str()
+    );
+    let a = backend
+        .ask("r-1", request("r-1", "reconnect", json!({})))
+        .await;
+    assert_eq!(a["ok"], true, "{a}");
+    let seen = fixes.fix_seqs(expected, Duration::from_secs(60)).await;
+    assert_eq!(
+        seen,
+        (1..=expected).collect::<BTreeSet<u64>>(),
+        "mosquitto log:\n{}",
+        broker.log()
+    );
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+}

@@ -4,7 +4,7 @@
 //! test certificates ([`certs`]); a TLS front for the in-process broker ([`tls_front`]); an
 //! in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one that pauses around
 //! agent restarts ([`relay`]); the power-cut shim ([`shim`]); an operator's command signing key
-//! ([`signing`]); simulated drives as accepted fixes, with receiver noise ([`drives`]); the
+//! ([`signing`]) and the back end that sends commands ([`backend`]); simulated drives as accepted fixes, with receiver noise ([`drives`]); the
 //! chaos run of the real daemon under seeded faults ([`chaos`]); a RabbitMQ cluster
 //! `.ci/cluster.sh` started ([`rabbitmq`]).
 //!
@@ -15,6 +15,7 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 pub mod agent;
+pub mod backend;
 pub mod broker;
 pub mod certs;
 pub mod chaos;
