@@ -62,3 +62,36 @@ pub(super) fn write(conn: &Connection, rows: &[AnswerRow], now_ms: i64) -> rusql
         .execute([now_ms])?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, expires_ms: i64, answer: Option<&[u8]>) -> AnswerRow {
+        AnswerRow {
+            id: id.into(),
+            expires_ms,
+            answer: answer.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn a_file_without_the_table_holds_no_answers_and_rows_live_until_they_expire() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(load(&conn, 0).unwrap(), Vec::new());
+        write(&conn, &[row("a", 100, None), row("b", 200, Some(b"{}"))], 0).unwrap();
+        // The running one is answered: replaced, not added.
+        write(&conn, &[row("a", 100, Some(b"done"))], 50).unwrap();
+        assert_eq!(
+            load(&conn, 50).unwrap(),
+            vec![row("a", 100, Some(b"done")), row("b", 200, Some(b"{}"))]
+        );
+        assert_eq!(load(&conn, 100).unwrap(), vec![row("b", 200, Some(b"{}"))]);
+        // Each write drops what expired.
+        write(&conn, &[], 150).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM answers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}

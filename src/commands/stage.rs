@@ -84,7 +84,13 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
         warn!(component = "commands", code = "CMD_KEY", class = "permanent", error = %e,
             "the commands' public key cannot be read; every request is refused");
     }
+    // Commands that ran when the agent stopped: answered once, now (queued for the uplink;
+    // one backfill at a time, so fewer than the outbox holds).
+    let owed: Vec<Vec<u8>> = interrupted.iter().filter_map(|r| r.answer.clone()).collect();
     record(&ctx.store, interrupted).await;
+    for bytes in owed {
+        let _ = remote.outbox.try_send(Outbound::Answer(bytes));
+    }
     let files = ctx.config_path.as_deref().map(Files::new);
     let mut confirming = None;
     match (&ctx.at_start, &files) {
