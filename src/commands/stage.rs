@@ -35,6 +35,8 @@ use tracing::{info, warn};
 const CONFIRM_POLL: Duration = Duration::from_millis(250);
 /// How often a backfill looks whether the live fixes have left the buffer.
 const LIVE_FIRST_POLL: Duration = Duration::from_millis(100);
+/// Most messages waiting for the uplink in the stage (see [`Outbox`]).
+const QUEUE_MAX: usize = 64;
 /// Fixes read from the history at a time.
 const BACKFILL_PAGE: usize = 100;
 /// Longest a backfill message may be (the broker's usual limit is far above).
@@ -86,11 +88,11 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
     }
     // Commands that ran when the agent stopped: answered once, now (queued for the uplink;
     // one backfill at a time, so fewer than the outbox holds).
-    let owed: Vec<Vec<u8>> = interrupted.iter().filter_map(|r| r.answer.clone()).collect();
-    record(&ctx.store, interrupted).await;
-    for bytes in owed {
-        let _ = remote.outbox.try_send(Outbound::Answer(bytes));
+    let mut queue = Outbox::default();
+    for bytes in interrupted.iter().filter_map(|r| r.answer.clone()) {
+        queue.push(Outbound::Answer(bytes));
     }
+    record(&ctx.store, interrupted).await;
     let files = ctx.config_path.as_deref().map(Files::new);
     let mut confirming = None;
     match (&ctx.at_start, &files) {
@@ -104,7 +106,7 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
             });
         }
         (AtStart::RolledBack(p), Some(files)) => {
-            owe_rollback(&remote.outbox, files, p, ctx.settings.commands.confirm).await;
+            owe_rollback(&mut queue, files, p, ctx.settings.commands.confirm);
         }
         _ => {}
     }
@@ -124,14 +126,12 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
                 let now_ms = ctx.board.clock().utc_ms();
                 let handled = service.handle(&raw, now_ms, &facts);
                 let effect = handled.effect.clone();
-                answer(&ctx, &remote.outbox, handled).await;
+                answer(&ctx, &mut queue, handled).await;
                 match effect {
                     None => {}
-                    Some(Effect::Reconnect) => {
-                        let _ = remote.outbox.send(Outbound::Reconnect).await;
-                    }
+                    Some(Effect::Reconnect) => queue.push(Outbound::Reconnect),
                     Some(Effect::Apply { pending, mqtt_unchanged }) => {
-                        handed_over(&remote.outbox).await;
+                        queue.hand_over(&remote.outbox).await;
                         let mqtt = ctx.board.read().mqtt;
                         let after = (!mqtt_unchanged && mqtt.connected).then_some(mqtt.reconnects);
                         info!(component = "commands", id = %pending.id, sha256 = %pending.sha256,
@@ -156,15 +156,23 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
                     }
                 }
             }
-            Some(message) = bf_rx.recv() => {
-                let _ = remote.outbox.send(Outbound::Backfill(message)).await;
+            permit = remote.outbox.reserve(), if !queue.is_empty() => {
+                let Ok(permit) = permit else { break };
+                if let Some(out) = queue.pop() {
+                    permit.send(out);
+                }
+            }
+            // A backfill message is taken only when nothing else waits: a backfill never
+            // stands between an answer and the uplink.
+            Some(message) = bf_rx.recv(), if queue.is_empty() => {
+                queue.push(Outbound::Backfill(message));
             }
             result = async { (&mut backfill.as_mut()?.done).await.ok() }, if backfill.is_some() => {
                 if let Some(b) = backfill.take() {
                     let result = result.unwrap_or_else(|| Err(CommandError::Failed("the backfill task ended".into())));
                     let (a, row) = service.finished(&b.id, b.expires_ms, result);
                     record(&ctx.store, vec![row]).await;
-                    let _ = remote.outbox.send(Outbound::Answer(a.to_bytes())).await;
+                    queue.push(Outbound::Answer(a.to_bytes()));
                     b.cancel.cancel();
                 }
             }
@@ -190,7 +198,7 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
                                 id = %pending.id,
                                 "config.set rolled back: no broker accepted a connection with the new file in time");
                             apply(&ctx, &mut service).await;
-                            owe_rollback(&remote.outbox, files, &rolled, ctx.settings.commands.confirm).await;
+                            owe_rollback(&mut queue, files, &rolled, ctx.settings.commands.confirm);
                         }
                         Err(e) => warn!(component = "commands", code = "CMD_FAILED", class = "critical",
                             error = %e, "config.set: the rollback could not be written"),
@@ -206,7 +214,7 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
 }
 
 /// Publish `handled`'s answer after its rows are written; count and log it.
-async fn answer(ctx: &StageContext, outbox: &mpsc::Sender<Outbound>, handled: Handled) {
+async fn answer(ctx: &StageContext, queue: &mut Outbox, handled: Handled) {
     ctx.metrics.command(handled.outcome);
     match &handled.error {
         Some(e) => warn!(component = "commands", code = e.code(), class = e.class().as_str(),
@@ -220,7 +228,7 @@ async fn answer(ctx: &StageContext, outbox: &mpsc::Sender<Outbound>, handled: Ha
     }
     record(&ctx.store, handled.rows).await;
     if let Some(a) = handled.answer {
-        let _ = outbox.send(Outbound::Answer(a.to_bytes())).await;
+        queue.push(Outbound::Answer(a.to_bytes()));
     }
 }
 
@@ -235,30 +243,65 @@ async fn apply(ctx: &StageContext, service: &mut Service) {
 }
 
 /// The rollback's answer goes out (queued for the uplink), then nothing is owed.
-async fn owe_rollback(
-    outbox: &mpsc::Sender<Outbound>,
-    files: &Files,
-    pending: &Pending,
-    confirm: Duration,
-) {
+fn owe_rollback(queue: &mut Outbox, files: &Files, pending: &Pending, confirm: Duration) {
     let a = Answer::error(
         &pending.id,
         &CommandError::RolledBack {
             confirm_s: confirm.as_secs_f64(),
         },
     );
-    let _ = outbox.send(Outbound::Answer(a.to_bytes())).await;
+    queue.push(Outbound::Answer(a.to_bytes()));
     if let Err(e) = remote_config::answered(files) {
         warn!(component = "commands", code = "CMD_FAILED", class = "transient", error = %e,
             "config.set: the rollback's answer could not be marked sent");
     }
 }
 
-/// Wait (bounded) until the uplink took everything queued for it.
-async fn handed_over(outbox: &mpsc::Sender<Outbound>) {
-    let until = Instant::now() + ANSWER_HANDOVER;
-    while outbox.capacity() < outbox.max_capacity() && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// What waits for the uplink, in order: the stage never waits on the uplink itself (it may
+/// be away for as long as a configuration takes to roll back), so what is not yet taken
+/// waits here, bounded: past [`QUEUE_MAX`] the oldest goes (an answer is had again by
+/// asking again with the same id).
+#[derive(Debug, Default)]
+struct Outbox(std::collections::VecDeque<Outbound>);
+
+impl Outbox {
+    fn push(&mut self, out: Outbound) {
+        if self.0.len() >= QUEUE_MAX {
+            self.0.pop_front();
+            warn!(
+                component = "commands",
+                code = "CMD_ANSWER_DROPPED",
+                class = "transient",
+                "an answer waited too long for the uplink and was dropped; asking again gets it"
+            );
+        }
+        self.0.push_back(out);
+    }
+
+    fn pop(&mut self) -> Option<Outbound> {
+        self.0.pop_front()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Hand everything to the uplink and wait until it took it, at most
+    /// [`ANSWER_HANDOVER`] (applying a configuration ends the connection it would go on).
+    async fn hand_over(&mut self, outbox: &mpsc::Sender<Outbound>) {
+        let until = tokio::time::Instant::now() + ANSWER_HANDOVER;
+        while let Some(out) = self.0.pop_front() {
+            match tokio::time::timeout_at(until, outbox.reserve()).await {
+                Ok(Ok(permit)) => permit.send(out),
+                _ => {
+                    self.0.push_front(out);
+                    return;
+                }
+            }
+        }
+        while outbox.capacity() < outbox.max_capacity() && tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
