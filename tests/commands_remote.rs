@@ -328,7 +328,7 @@ async fn a_configuration_pointing_at_a_dead_broker_is_rolled_back_and_every_fix_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_backfill_republishes_every_accepted_fix_of_the_window_once() {
+async fn a_backfill_republishes_every_accepted_fix_of_the_window_once_at_its_rate() {
     let World {
         log,
         device,
@@ -338,7 +338,7 @@ async fn a_backfill_republishes_every_accepted_fix_of_the_window_once() {
         dir: _dir,
         ..
     } = World::start(90, "fast", |_| {
-        "[commands]\nenabled = true\n\n[history]\nbackfill_rate = 500\n".into()
+        "[commands]\nenabled = true\n\n[history]\nbackfill_rate = 50\n".into()
     })
     .await;
     let parsed: Vec<Value> = support::agent::parse(&log)
@@ -352,7 +352,14 @@ async fn a_backfill_republishes_every_accepted_fix_of_the_window_once() {
     let from = parsed.first().unwrap()["time"].as_str().unwrap().to_owned();
     let to = parsed.last().unwrap()["time"].as_str().unwrap().to_owned();
     let req = request("b-1", "backfill", json!({"from": from, "to": to}));
+    let asked = std::time::Instant::now();
     let a = backend.ask_until_subscribed("b-1", req).await;
+    // At most backfill_rate fixes a second: the window took at least n / 50 s.
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_millis(n * 1000 / 50),
+        "{n} fixes in {took:?}"
+    );
     assert_eq!(a["ok"], true, "{a}");
     assert_eq!(a["result"]["fixes"], n, "{a}");
     let got = backend
