@@ -342,7 +342,7 @@ async fn the_daemon_delivers_a_backlog_in_full_through_mosquittos_max_packet_siz
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mosquitto: run .ci/interop.sh"]
 async fn remote_commands_through_mosquitto_are_answered_once_and_the_fixes_flow_on() {
-    use serde_json::json;
+    use serde_json::{json, Value};
     use support::backend::{drive_now, now_ms, request, rfc3339, Backend};
     if !available() {
         return;
@@ -381,6 +381,35 @@ async fn remote_commands_through_mosquitto_are_answered_once_and_the_fixes_flow_
         std::fs::read_to_string(&agent.config).unwrap().as_str()
     );
     let a = backend
+        .ask("s-1", request("s-1", "status", json!({})))
+        .await;
+    assert_eq!(a["result"]["components"]["mqtt"]["connected"], true, "{a}");
+    let a = backend
+        .ask("u-1", request("u-1", "reboot", json!({})))
+        .await;
+    assert_eq!(a["error"]["code"], "CMD_UNKNOWN", "{a}");
+    let a = backend
+        .ask("m-1", json!({"id": "m-1", "cmd": "ping"}).to_string())
+        .await;
+    assert_eq!(a["error"]["code"], "CMD_MALFORMED", "{a}");
+    let big = json!({"id": "big-1", "cmd": "ping", "pad": "x".repeat(70_000),
+        "expires": rfc3339(now_ms() + 600_000)});
+    let a = backend.ask("big-1", big.to_string()).await;
+    assert_eq!(a["error"]["code"], "CMD_TOO_LARGE", "{a}");
+    let a = backend
+        .ask(
+            "c-1",
+            request(
+                "c-1",
+                "config.set",
+                json!({"toml": "[mqtt]\npayload = \"xml\"\n"}),
+            ),
+        )
+        .await;
+    assert_eq!(a["error"]["code"], "CMD_INVALID_CONFIG", "{a}");
+    assert_eq!(a["error"]["problems"][0]["key"], "mqtt.payload", "{a}");
+    assert_eq!(a["error"]["problems"][0]["line"], 2, "{a}");
+    let a = backend
         .ask("r-1", request("r-1", "reconnect", json!({})))
         .await;
     assert_eq!(a["ok"], true, "{a}");
@@ -391,6 +420,43 @@ async fn remote_commands_through_mosquitto_are_answered_once_and_the_fixes_flow_
         "mosquitto log:\n{}",
         broker.log()
     );
+    // The whole drive again from the local history, every accepted fix once.
+    let parsed = support::agent::parse(&log);
+    let times: Vec<Value> = parsed
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["time"].clone())
+        .collect();
+    let (from, to) = (times.first().unwrap(), times.last().unwrap());
+    let a = backend
+        .ask(
+            "b-1",
+            request("b-1", "backfill", json!({"from": from, "to": to})),
+        )
+        .await;
+    assert_eq!(a["result"]["fixes"], times.len(), "{a}");
+    let n = times.len();
+    let got = backend
+        .until(Duration::from_secs(30), |b| {
+            b.backfill
+                .iter()
+                .map(|m| m["fixes"].as_array().map_or(0, Vec::len))
+                .sum::<usize>()
+                >= n
+        })
+        .await;
+    assert!(got, "every backfill message arrived");
+    let back: Vec<Value> = backend
+        .backfill
+        .iter()
+        .flat_map(|m| {
+            m["fixes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["time"].clone())
+        })
+        .collect();
+    assert_eq!(back, times);
     let (code, _) = agent.terminate();
     assert_eq!(code, 0);
 }
