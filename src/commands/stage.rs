@@ -119,6 +119,9 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
             _ = stop.cancelled() => break,
             req = remote.requests.recv() => {
                 let Some(raw) = req else { break };
+                // Requests the uplink dropped while this stage was busy: counted now.
+                let dropped = remote.dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+                ctx.metrics.commands_by("CMD_DROPPED", dropped);
                 let facts = Facts {
                     snapshot: serde_json::to_value(snapshot(&ctx.board.read(), ctx.board.clock()))
                         .unwrap_or(Value::Null),

@@ -292,11 +292,11 @@ impl Metrics {
         );
         registry.register(
             "commands",
-            "Remote commands handled, by result (ok, repeat, or the error code)",
+            "Remote commands handled, by result (ok, repeat, the error code, or CMD_DROPPED: not read, the commands stage was busy)",
             commands.clone(),
         );
         registry.register_collector(Box::new(BoardSeries { board }));
-        for result in ["ok", "repeat"]
+        for result in ["ok", "repeat", "CMD_DROPPED"]
             .into_iter()
             .chain(crate::commands::error::CommandError::CODES)
         {
@@ -335,7 +335,16 @@ impl Metrics {
 
     /// One remote command handled, with this outcome (`ok`, `repeat`, or an error code).
     pub fn command(&self, result: &'static str) {
-        self.commands.get_or_create(&CommandLabels { result }).inc();
+        self.commands_by(result, 1);
+    }
+
+    /// `n` more remote commands with this outcome.
+    pub fn commands_by(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.commands
+                .get_or_create(&CommandLabels { result })
+                .inc_by(n);
+        }
     }
 
     /// `n` more sentences with this result (`ok`, `checksum`, `unsupported`, ... as the GNSS

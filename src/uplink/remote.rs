@@ -7,6 +7,8 @@
 //! stage's inbox full is dropped and counted (the back end asks again under the same id);
 //! answers wait in the stage until the window has room, so fixes keep their share.
 
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Largest message the uplink reads while it takes commands: twice the largest request the
@@ -37,6 +39,8 @@ pub enum Outbound {
 pub struct RemotePort {
     pub requests: mpsc::Sender<Vec<u8>>,
     pub outbox: mpsc::Receiver<Outbound>,
+    /// Requests dropped because the inbox was full (the stage counts them in metrics).
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// The commands stage's ends.
@@ -44,20 +48,24 @@ pub struct RemotePort {
 pub struct RemoteStage {
     pub requests: mpsc::Receiver<Vec<u8>>,
     pub outbox: mpsc::Sender<Outbound>,
+    pub dropped: Arc<AtomicU64>,
 }
 
 /// A connected pair.
 pub fn pair() -> (RemotePort, RemoteStage) {
     let (req_tx, req_rx) = mpsc::channel(INBOX);
     let (out_tx, out_rx) = mpsc::channel(OUTBOX);
+    let dropped = Arc::new(AtomicU64::new(0));
     (
         RemotePort {
             requests: req_tx,
             outbox: out_rx,
+            dropped: Arc::clone(&dropped),
         },
         RemoteStage {
             requests: req_rx,
             outbox: out_tx,
+            dropped,
         },
     )
 }

@@ -621,6 +621,9 @@ impl<S: FixSource> Publisher<S> {
             return;
         }
         if remote.requests.try_send(payload.to_vec()).is_err() {
+            remote
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             warn!(
                 code = "CMD_DROPPED",
                 class = "transient",
