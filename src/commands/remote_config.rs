@@ -85,10 +85,15 @@ impl Files {
 
     /// `bytes` at `path`, atomically: written beside it, synced, renamed over it, and the
     /// directory synced, so that after a power cut the path holds either the old or the new
-    /// bytes, whole. The new file takes the permissions of the one it replaces.
+    /// bytes, whole. The new file takes the permissions of the one it replaces (of the
+    /// configuration file when there is none: its previous copy is as private as it).
     fn write_atomically(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.beside(".new");
-        let mode = std::fs::metadata(path).ok().map(|m| m.permissions());
+        // A file made new here (the previous copy) takes the configuration file's.
+        let mode = std::fs::metadata(path)
+            .or_else(|_| std::fs::metadata(&self.config))
+            .ok()
+            .map(|m| m.permissions());
         {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
@@ -249,6 +254,18 @@ mod tests {
         confirm(&files).unwrap();
         assert_eq!(read_pending(&files).unwrap(), None);
         assert_eq!(recover(&files, 2_000).unwrap(), AtStart::Nothing);
+    }
+
+    #[test]
+    fn the_previous_copy_is_as_private_as_the_configuration_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, files) = setup();
+        std::fs::set_permissions(&files.config, std::fs::Permissions::from_mode(0o600)).unwrap();
+        install(&files, "old", "new", &pending(sha256_hex(b"new"), 1_000)).unwrap();
+        for path in [files.config.clone(), files.previous()] {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", path.display());
+        }
     }
 
     #[test]
