@@ -472,3 +472,60 @@ async fn a_rollback_owed_when_the_agent_was_killed_is_made_at_the_next_start_and
     let (code, _) = agent.terminate();
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_cut_by_a_kill_is_answered_interrupted_once_at_the_next_start() {
+    let World {
+        log,
+        mut fixes,
+        mut backend,
+        agent,
+        dir: _dir,
+        ..
+    } = World::start(40, "fast", |_| {
+        "[commands]\nenabled = true\n\n[history]\nbackfill_rate = 2\n".into()
+    })
+    .await;
+    let n = expected_fixes(&log);
+    assert_eq!(
+        collect_fixes(&mut fixes, n, Duration::from_secs(60))
+            .await
+            .len() as u64,
+        n
+    );
+    let window = json!({"from": rfc3339(now_ms() - 3_600_000), "to": rfc3339(now_ms())});
+    backend.publish(request("b-1", "backfill", window)).await;
+    // Running: its first message is out (2 fixes a second: the rest would take a while).
+    assert!(
+        backend
+            .until(Duration::from_secs(20), |b| !b.backfill.is_empty())
+            .await
+    );
+    let (config, health, db, agent_log) = (
+        agent.config.clone(),
+        agent.health,
+        agent.db.clone(),
+        agent.log.clone(),
+    );
+    agent.kill();
+    let agent = Agent::restart(&config, health, &db, &agent_log);
+    let a = backend
+        .answer_after("b-1", 0, Duration::from_secs(30))
+        .await
+        .expect("the interrupted backfill's answer");
+    assert_eq!(a["error"]["code"], "CMD_INTERRUPTED", "{a}");
+    // Asked again under the same id: that answer, not a second backfill.
+    let again = backend
+        .ask(
+            "b-1",
+            request(
+                "b-1",
+                "backfill",
+                json!({"from": rfc3339(0), "to": rfc3339(1)}),
+            ),
+        )
+        .await;
+    assert_eq!(again, a);
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+}

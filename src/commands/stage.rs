@@ -362,6 +362,10 @@ async fn republish(
     cancel: CancellationToken,
 ) {
     let every = settings.buffer.history.backfill_every;
+    // At most a second's worth a message: the rate holds over any second, not only on
+    // average (a message goes, then the wait its fixes earned).
+    let per_second = (1.0 / every.as_secs_f64().max(1e-6)).ceil() as usize;
+    let per_message = settings.mqtt.batch_max.get().min(per_second.max(1));
     let stream = store.stream();
     let mut window = HistoryWindow::new(from_ms, to_ms, max_fixes);
     let mut sent: u64 = 0;
@@ -382,7 +386,7 @@ async fn republish(
             return;
         };
         window = w;
-        for chunk in fixes.chunks(settings.mqtt.batch_max.get()) {
+        for chunk in fixes.chunks(per_message) {
             let numbered: Vec<(u64, Fix)> = chunk
                 .iter()
                 .enumerate()
