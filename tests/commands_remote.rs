@@ -362,22 +362,13 @@ async fn a_backfill_republishes_every_accepted_fix_of_the_window_once_at_its_rat
     );
     assert_eq!(a["ok"], true, "{a}");
     assert_eq!(a["result"]["fixes"], n, "{a}");
-    let got = backend
-        .until(Duration::from_secs(30), |b| {
-            b.backfill
-                .iter()
-                .map(|m| m["fixes"].as_array().map_or(0, Vec::len))
-                .sum::<usize>()
-                >= parsed.len()
-        })
+    let back = backend
+        .backfill_fixes("b-1", parsed.len(), Duration::from_secs(30))
         .await;
-    assert!(got, "every backfill message arrived");
-    let mut back: Vec<Value> = Vec::new();
-    for m in &backend.backfill {
-        assert_eq!(m["request"], "b-1");
-        assert_eq!(m["device"], device.as_str());
-        back.extend(m["fixes"].as_array().unwrap().iter().cloned());
-    }
+    assert!(backend
+        .backfill
+        .iter()
+        .all(|m| m["device"] == device.as_str()));
     let key = |f: &Value| {
         (
             f["time"].as_str().unwrap().to_owned(),
@@ -435,13 +426,8 @@ async fn a_rollback_owed_when_the_agent_was_killed_is_made_at_the_next_start_and
         .await;
     assert_eq!(a["ok"], true, "{a}");
     // Killed inside the window, on the dead broker's file; back only after the window.
-    let (config, health, db, agent_log) = (
-        agent.config.clone(),
-        agent.health,
-        agent.db.clone(),
-        agent.log.clone(),
-    );
-    agent.kill();
+    let killed = agent.kill_keeping();
+    let config = killed.config.clone();
     assert_eq!(std::fs::read_to_string(&config).unwrap(), new);
     let confirm_by =
         chrono::DateTime::parse_from_rfc3339(a["result"]["confirm_by"].as_str().unwrap())
@@ -450,7 +436,7 @@ async fn a_rollback_owed_when_the_agent_was_killed_is_made_at_the_next_start_and
     while now_ms() <= confirm_by {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let agent = Agent::restart(&config, health, &db, &agent_log);
+    let agent = killed.restart();
 
     let rolled = backend
         .answer_after("set-1", 1, Duration::from_secs(60))
@@ -501,14 +487,7 @@ async fn a_backfill_cut_by_a_kill_is_answered_interrupted_once_at_the_next_start
             .until(Duration::from_secs(20), |b| !b.backfill.is_empty())
             .await
     );
-    let (config, health, db, agent_log) = (
-        agent.config.clone(),
-        agent.health,
-        agent.db.clone(),
-        agent.log.clone(),
-    );
-    agent.kill();
-    let agent = Agent::restart(&config, health, &db, &agent_log);
+    let agent = agent.kill_keeping().restart();
     let a = backend
         .answer_after("b-1", 0, Duration::from_secs(30))
         .await

@@ -434,27 +434,11 @@ async fn remote_commands_through_mosquitto_are_answered_once_and_the_fixes_flow_
         )
         .await;
     assert_eq!(a["result"]["fixes"], times.len(), "{a}");
-    let n = times.len();
-    let got = backend
-        .until(Duration::from_secs(30), |b| {
-            b.backfill
-                .iter()
-                .map(|m| m["fixes"].as_array().map_or(0, Vec::len))
-                .sum::<usize>()
-                >= n
-        })
-        .await;
-    assert!(got, "every backfill message arrived");
     let back: Vec<Value> = backend
-        .backfill
+        .backfill_fixes("b-1", times.len(), Duration::from_secs(30))
+        .await
         .iter()
-        .flat_map(|m| {
-            m["fixes"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f["time"].clone())
-        })
+        .map(|f| f["time"].clone())
         .collect();
     assert_eq!(back, times);
     let (code, _) = agent.terminate();

@@ -119,6 +119,24 @@ impl Backend {
         panic!("the agent never answered {id}");
     }
 
+    /// The fixes of backfill `id`'s messages, in order, once `n` arrived (fewer if they do
+    /// not within `within`); every message names the request.
+    pub async fn backfill_fixes(&mut self, id: &str, n: usize, within: Duration) -> Vec<Value> {
+        let count = |b: &Backend| {
+            b.backfill
+                .iter()
+                .map(|m| m["fixes"].as_array().map_or(0, Vec::len))
+                .sum::<usize>()
+        };
+        self.until(within, |b| count(b) >= n).await;
+        let mut fixes = Vec::new();
+        for m in &self.backfill {
+            assert_eq!(m["request"], id, "{m}");
+            fixes.extend(m["fixes"].as_array().into_iter().flatten().cloned());
+        }
+        fixes
+    }
+
     /// Read answers and backfill messages until `pred` holds of them, up to `within`.
     pub async fn until(&mut self, within: Duration, pred: impl Fn(&Backend) -> bool) -> bool {
         let deadline = tokio::time::Instant::now() + within;
