@@ -6,8 +6,12 @@
 //!   reader thread)         report                   │ batches│ acks
 //!                                                              ▼        │
 //!                                            uplink (Publisher over Link) ──> MQTT broker
+//!                                                 requests │ ▲ answers, backfill
+//!                                                          ▼ │
+//!                                            commands stage (crate::commands, [commands])
 //!  each stage publishes its status on the StatusBoard when it changes; /health and /metrics
-//!  read the board; the main loop only heartbeats (/live, systemd watchdog) and reloads.
+//!  read the board; the main loop only heartbeats (/live, systemd watchdog) and reloads (on
+//!  SIGHUP, and when the commands stage applied or rolled back a configuration).
 //! ```
 //!
 //! A failing stage degrades the agent, never stops it: it starts without a receiver (the

@@ -12,8 +12,10 @@
 //! (attempts, probes, when it last tried: the facts `/health` judges a wedge by).
 //!
 //! It publishes a retained `online` status after connecting; `offline` is the last will and
-//! is published on a clean shutdown. Nothing else goes over the uplink: no periodic status,
-//! no metrics. Live fixes wait for company ([`Linger`]); messages are capped at what the
+//! is published on a clean shutdown. Nothing else goes over the uplink (no periodic status,
+//! no metrics) but, with a [`RemotePort`] attached (`[commands] enabled`), the command
+//! topic's subscription, the requests handed on as bytes, and the answers and backfill
+//! messages the commands stage sends back (see [`crate::uplink::remote`]). Live fixes wait for company ([`Linger`]); messages are capped at what the
 //! broker was seen to take ([`MessageLimit`]). It never acknowledges a fix without its
 //! PUBACK, never holds more than `window` messages, and never exits on a link failure: only
 //! the shutdown token ends [`Publisher::run`].
