@@ -17,7 +17,7 @@
 //! A SAS token lives [`TOKEN_LIFETIME`]; the session renews it by reconnecting
 //! [`RENEW_BEFORE`] ahead of its expiry (IoT Hub closes a connection whose token expired).
 
-use super::calls::{self, Inbound, Route, Routes};
+use super::calls::{self, Route, Routes};
 use super::{Identity, Profile, Publish};
 use crate::base64;
 use crate::config::{PayloadFormat, ProfileName};
@@ -209,7 +209,7 @@ impl Profile for Azure {
     }
 
     /// A direct method: its name is the command, its payload the arguments.
-    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Inbound> {
+    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Vec<u8>> {
         let Some((method, rid)) = topic
             .strip_prefix(METHODS)
             .and_then(|rest| rest.split_once("/?$rid="))
@@ -227,10 +227,20 @@ impl Profile for Azure {
                 },
             );
         }
-        vec![Inbound {
-            request,
-            now: Vec::new(),
-        }]
+        vec![request]
+    }
+
+    /// Telemetry as the live fixes, marked with the message property `gps-agent=backfill`
+    /// (IoT Hub routes can tell them apart); the payload is the spec's, with `"request"`.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        Some(Publish {
+            topic: format!(
+                "devices/{}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&gps-agent=backfill",
+                self.device
+            ),
+            payload: message.to_vec(),
+            retain: false,
+        })
     }
 
     /// The answer as the method's response: status 200 when it went well, 400 when the
@@ -328,7 +338,7 @@ mod tests {
             ["$iothub/twin/res/#", "$iothub/methods/POST/#"]
         );
         let mut got = a.requests("$iothub/methods/POST/config.get/?$rid=7", b"null", 2, 0);
-        let request: Value = serde_json::from_slice(&got.remove(0).request).unwrap();
+        let request: Value = serde_json::from_slice(&got.remove(0)).unwrap();
         assert_eq!(request["id"], "azure-2-7");
         assert_eq!(request["cmd"], "config.get");
         let ok = a

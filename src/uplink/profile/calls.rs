@@ -21,13 +21,6 @@ pub const REQUEST_TTL_MS: i64 = 10 * 60 * 1000;
 /// Most routes remembered: more than the commands stage's inbox and outbox together.
 pub const MAX_ROUTES: usize = 64;
 
-/// A request for the commands stage, and what to publish at once (Cumulocity's "executing").
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inbound {
-    pub request: Vec<u8>,
-    pub now: Vec<super::Publish>,
-}
-
 /// Where an answer goes back, per platform.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -92,6 +85,25 @@ pub fn request(id: &str, cmd: &str, params: Value, now_ms: i64) -> (Vec<u8>, Opt
 fn signed(params: &Value) -> Option<&Map<String, Value>> {
     let o = params.as_object()?;
     (o.len() == 2 && o.contains_key("body") && o.contains_key("sig")).then_some(o)
+}
+
+/// The fixes of a backfill message as the commands stage makes it (the spec's JSON fixes
+/// message with `"request": id`): the request's id and `(seq, fix)` in order. A profile
+/// that shapes fixes its own way re-encodes them.
+pub fn read_backfill(message: &[u8]) -> Option<(String, Vec<(u64, crate::fix::Fix)>)> {
+    let v: Value = serde_json::from_slice(message).ok()?;
+    let request = v.get("request")?.as_str()?.to_owned();
+    let fixes = v
+        .get("fixes")?
+        .as_array()?
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| {
+            let (seq, fix) = crate::fix::fix_from_json(f).ok()?;
+            Some((seq.unwrap_or(i as u64), fix))
+        })
+        .collect();
+    Some((request, fixes))
 }
 
 /// What an answer says: its id, whether it went well, and the answer as a JSON value.

@@ -13,7 +13,7 @@
 //! c8y_GpsAgent`, which creates the device in the inventory the first time and does nothing
 //! after. Cumulocity does not keep retained messages: the last will is the `offline` event.
 
-use super::calls::{self, Inbound, Route, Routes};
+use super::calls::{self, Route, Routes};
 use super::{Identity, Profile, Publish};
 use crate::config::profile::CUMULOCITY_MAX_MESSAGE_BYTES;
 use crate::config::ProfileName;
@@ -58,7 +58,7 @@ impl Cumulocity {
     }
 
     /// One operation line of `s/ds` addressed to this device, as a request.
-    fn operation(&self, line: &str, connection: u64, now_ms: i64) -> Option<Inbound> {
+    fn operation(&self, line: &str, connection: u64, now_ms: i64) -> Option<Vec<u8>> {
         let mut fields = line.splitn(3, ',');
         let template = fields.next()?;
         let serial = fields.next()?.trim_matches('"');
@@ -91,14 +91,7 @@ impl Cumulocity {
         if let Some(id) = id {
             self.routes.remember(id, Route::Cumulocity { fragment });
         }
-        Some(Inbound {
-            request,
-            now: vec![Publish {
-                topic: UPSTREAM.to_owned(),
-                payload: format!("501,{fragment}").into_bytes(),
-                retain: false,
-            }],
-        })
+        Some(request)
     }
 }
 
@@ -192,9 +185,8 @@ impl Profile for Cumulocity {
     }
 
     /// Each operation line on `s/ds` for this device: `510,{serial}` (restart: `reconnect`)
-    /// or `511,{serial},{text}` (text: `cmd` or `cmd {json args}`, or a signed envelope), each
-    /// marked executing (`501`) at once.
-    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Inbound> {
+    /// or `511,{serial},{text}` (text: `cmd` or `cmd {json args}`, or a signed envelope).
+    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Vec<u8>> {
         if topic != DOWNSTREAM {
             return Vec::new();
         }
@@ -207,7 +199,9 @@ impl Profile for Cumulocity {
             .collect()
     }
 
-    /// `503,{fragment},{result}` when it went well, `502,{fragment},{reason}` otherwise.
+    /// `501,{fragment}` (executing) then `503,{fragment},{result}` when it went well or
+    /// `502,{fragment},{reason}` otherwise, in one message: the operation stays pending on
+    /// the platform until the agent has the answer.
     fn answer(&self, answer: &[u8]) -> Option<Publish> {
         let (id, ok, v) = calls::read_answer(answer)?;
         let Route::Cumulocity { fragment } = self.routes.find(&id)? else {
@@ -215,18 +209,35 @@ impl Profile for Cumulocity {
         };
         let line = if ok {
             let result = v.get("result").map(Value::to_string).unwrap_or_default();
-            format!("503,{fragment},{}", field(&result))
+            format!("501,{fragment}\n503,{fragment},{}", field(&result))
         } else {
             let reason = v
                 .pointer("/error/message")
                 .and_then(Value::as_str)
                 .or_else(|| v.pointer("/error/code").and_then(Value::as_str))
                 .unwrap_or("failed");
-            format!("502,{fragment},{}", field(reason))
+            format!("501,{fragment}\n502,{fragment},{}", field(reason))
         };
         Some(Publish {
             topic: UPSTREAM.to_owned(),
             payload: line.into_bytes(),
+            retain: false,
+        })
+    }
+
+    /// History as `401` lines with each fix's own time, like live fixes.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        let (_, fixes) = calls::read_backfill(message)?;
+        let mut payload = Vec::new();
+        for (i, (_, fix)) in fixes.iter().enumerate() {
+            if i > 0 {
+                payload.push(b'\n');
+            }
+            location_line(&mut payload, fix).ok()?;
+        }
+        Some(Publish {
+            topic: UPSTREAM.to_owned(),
+            payload,
             retain: false,
         })
     }
@@ -296,18 +307,19 @@ mod tests {
             0,
         );
         assert_eq!(got.len(), 2, "the third is another device's");
-        assert_eq!(got[0].now[0].payload, b"501,c8y_Command");
-        assert_eq!(got[1].now[0].payload, b"501,c8y_Restart");
-        let first: Value = serde_json::from_slice(&got[0].request).unwrap();
+        let first: Value = serde_json::from_slice(&got[0]).unwrap();
         assert_eq!(first["cmd"], "backfill");
         assert_eq!(first["args"]["from"], "2026-01-01T00:00:00Z");
-        let second: Value = serde_json::from_slice(&got[1].request).unwrap();
+        let second: Value = serde_json::from_slice(&got[1]).unwrap();
         assert_eq!(second["cmd"], "reconnect");
         let id = first["id"].as_str().unwrap();
         let done = c
             .answer(format!(r#"{{"id":"{id}","ok":true,"result":{{"fixes":3}}}}"#).as_bytes())
             .unwrap();
-        assert_eq!(done.payload, b"503,c8y_Command,\"{\"\"fixes\"\":3}\"");
+        assert_eq!(
+            done.payload,
+            b"501,c8y_Command\n503,c8y_Command,\"{\"\"fixes\"\":3}\""
+        );
         let id = second["id"].as_str().unwrap();
         let failed = c
             .answer(
@@ -315,6 +327,6 @@ mod tests {
                     .as_bytes(),
             )
             .unwrap();
-        assert_eq!(failed.payload, b"502,c8y_Restart,no link");
+        assert_eq!(failed.payload, b"501,c8y_Restart\n502,c8y_Restart,no link");
     }
 }

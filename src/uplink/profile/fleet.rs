@@ -9,7 +9,6 @@
 //! settings') and the limits `check-config` holds the keys to
 //! (`crate::config::profile::aws`).
 
-use super::calls::Inbound;
 use super::{Identity, Profile, Publish};
 use crate::config::{PayloadFormat, ProfileName};
 use crate::uplink::cbor;
@@ -22,9 +21,6 @@ pub struct Fleet {
     name: ProfileName,
     device: String,
     topics: Topics,
-    /// `{prefix}/{device}/cmd` and `.../cmd/result`.
-    cmd: String,
-    result: String,
     client_id: String,
     credentials: Option<(String, Password)>,
     payload: PayloadFormat,
@@ -43,8 +39,6 @@ impl Fleet {
             name,
             device: device.to_owned(),
             topics: Topics::new(topic_prefix, device),
-            cmd: format!("{topic_prefix}/{device}/cmd"),
-            result: format!("{topic_prefix}/{device}/cmd/result"),
             client_id: client_id.to_owned(),
             credentials,
             payload,
@@ -86,25 +80,31 @@ impl Profile for Fleet {
 
     fn subscriptions(&self, commands: bool) -> Vec<String> {
         if commands {
-            vec![self.cmd.clone()]
+            vec![self.topics.cmd.clone()]
         } else {
             Vec::new()
         }
     }
 
-    fn requests(&self, topic: &str, payload: &[u8], _: u64, _: i64) -> Vec<Inbound> {
-        if topic != self.cmd {
+    fn requests(&self, topic: &str, payload: &[u8], _: u64, _: i64) -> Vec<Vec<u8>> {
+        if topic != self.topics.cmd {
             return Vec::new();
         }
-        vec![Inbound {
-            request: payload.to_vec(),
-            now: Vec::new(),
-        }]
+        vec![payload.to_vec()]
+    }
+
+    /// On `{prefix}/{device}/backfill`, as it is.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        Some(Publish {
+            topic: self.topics.backfill.clone(),
+            payload: message.to_vec(),
+            retain: false,
+        })
     }
 
     fn answer(&self, answer: &[u8]) -> Option<Publish> {
         Some(Publish {
-            topic: self.result.clone(),
+            topic: self.topics.result.clone(),
             payload: answer.to_vec(),
             retain: false,
         })

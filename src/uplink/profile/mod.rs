@@ -119,7 +119,7 @@ pub trait Profile: Send + Sync + fmt::Debug {
         _payload: &[u8],
         _connection: u64,
         _now_ms: i64,
-    ) -> Vec<calls::Inbound> {
+    ) -> Vec<Vec<u8>> {
         Vec::new()
     }
 
@@ -127,6 +127,10 @@ pub trait Profile: Send + Sync + fmt::Debug {
     fn answer(&self, _answer: &[u8]) -> Option<Publish> {
         None
     }
+
+    /// A backfill message of the commands stage (the spec's JSON fixes message with
+    /// `"request"`), as the platform takes history; `None`: it cannot be read.
+    fn backfill(&self, message: &[u8]) -> Option<Publish>;
 }
 
 /// The profile of these settings.

@@ -11,7 +11,7 @@
 //! `course` (degrees), `hdop`, `sats`, and `seq` and `stream` so a consumer can check
 //! delivery as with the fleet contract; a value the fix does not have is left out.
 
-use super::calls::{self, Inbound, Route, Routes};
+use super::calls::{self, Route, Routes};
 use super::{Identity, Profile, Publish};
 use crate::config::ProfileName;
 use crate::fix::Fix;
@@ -137,7 +137,7 @@ impl Profile for ThingsBoard {
     }
 
     /// `{"method": cmd, "params": args}` on `v1/devices/me/rpc/request/{n}`.
-    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Inbound> {
+    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Vec<u8>> {
         let Some(n) = topic.strip_prefix(RPC_REQUEST) else {
             return Vec::new();
         };
@@ -156,10 +156,26 @@ impl Profile for ThingsBoard {
                 },
             );
         }
-        vec![Inbound {
-            request,
-            now: Vec::new(),
-        }]
+        vec![request]
+    }
+
+    /// History as telemetry: each fix at its own time lands where it was driven.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        let (request, fixes) = calls::read_backfill(message)?;
+        let mut payload = Vec::with_capacity(fixes.len() * 200 + 2);
+        payload.push(b'[');
+        for (i, (seq, fix)) in fixes.iter().enumerate() {
+            if i > 0 {
+                payload.push(b',');
+            }
+            serde_json::to_writer(&mut payload, &point(*seq, fix, &request)).ok()?;
+        }
+        payload.push(b']');
+        Some(Publish {
+            topic: TELEMETRY.to_owned(),
+            payload,
+            retain: false,
+        })
     }
 
     /// The answer as it is, on the RPC's response topic (ThingsBoard hands it to the caller).
@@ -225,7 +241,7 @@ mod tests {
             0,
         );
         assert_eq!(got.len(), 1);
-        let request: Value = serde_json::from_slice(&got.remove(0).request).unwrap();
+        let request: Value = serde_json::from_slice(&got.remove(0)).unwrap();
         assert_eq!(request["id"], "tb-3-42");
         assert_eq!(request["cmd"], "ping");
         let answer = br#"{"id":"tb-3-42","ok":true,"result":{"version":"x"}}"#;
