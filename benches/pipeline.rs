@@ -6,7 +6,7 @@
 //! Corpus path: `GPS_AGENT_CORPUS`, default `../shared/nmea-corpus`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::pipeline::Pipeline;
 use gps_agent::validate::Verdict;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -97,7 +97,7 @@ fn bench(c: &mut Criterion) {
     let sentences = sentence_count(&data);
 
     // Allocation count in steady state: the second pass over the same data with warm state.
-    let mut pipeline = Pipeline::new(true, ValidateConfig::default());
+    let mut pipeline = Pipeline::new(true, ValidateSettings::default());
     run_pass(&data, &mut pipeline);
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     run_pass(&data, &mut pipeline);
@@ -119,7 +119,7 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(sentences));
     group.bench_function("corpus_parse_assemble_validate", |b| {
         b.iter(|| {
-            let mut pipeline = Pipeline::new(true, ValidateConfig::default());
+            let mut pipeline = Pipeline::new(true, ValidateSettings::default());
             black_box(run_pass(black_box(&data), &mut pipeline))
         })
     });

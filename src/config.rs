@@ -15,8 +15,8 @@ mod settings;
 pub use broker::BrokerUrl;
 pub use profile::ProfileName;
 pub use settings::{
-    BufferSettings, DeviceSettings, GnssSettings, GnssSource, HealthSettings, HistorySettings,
-    MqttSettings, Settings,
+    BufferSettings, CommandsSettings, DeviceSettings, GnssSettings, GnssSource, HealthSettings,
+    HistorySettings, MqttSettings, ReportSettings, Settings, ValidateSettings,
 };
 
 use serde::Deserialize;
@@ -28,8 +28,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Classified, ErrorClass};
-use crate::uplink::error::UplinkError;
-use crate::uplink::settings::PublisherSettings;
 
 /// The whole file. Every section may be left out; each key has a documented default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
@@ -42,6 +40,7 @@ pub struct Config {
     pub buffer: BufferConfig,
     pub history: HistoryConfig,
     pub mqtt: MqttConfig,
+    pub commands: CommandsConfig,
     pub health: HealthConfig,
 }
 
@@ -383,6 +382,30 @@ impl Default for MqttConfig {
     }
 }
 
+/// Remote commands (`[commands]`): off by default. This section cannot be changed remotely.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommandsConfig {
+    /// Subscribe to `{prefix}/{device}/cmd` and answer on `.../cmd/result`.
+    pub enabled: bool,
+    /// `config.set` rolls back to the previous file unless a broker endpoint accepts a
+    /// connection with the new one within this many seconds.
+    pub confirm_s: f64,
+    /// Ed25519 public key (PEM, or the raw 32 bytes in base64): only requests signed with
+    /// its private key are run.
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        CommandsConfig {
+            enabled: false,
+            confirm_s: 300.0,
+            public_key_file: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
@@ -415,8 +438,14 @@ pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// real file, and a bound on the retry loop that collects type and unknown-key errors.
 const MAX_PROBLEMS: usize = 64;
 
-/// Read, parse and check a config file.
+/// Read, parse and check a config file (this module's checks; the agent adds the check of
+/// the files its stages will load, see `crate::app::config_file`).
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    parse_str(&read(path)?)
+}
+
+/// The text of a config file, refused unread past [`MAX_CONFIG_BYTES`].
+pub fn read(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read;
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -433,7 +462,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigError> {
             format!("larger than {MAX_CONFIG_BYTES} bytes: not a config file"),
         )));
     }
-    parse_str(&text)
+    Ok(text)
 }
 
 /// Something legal that exposes the agent or its secrets: `check-config` prints it (and still
@@ -509,6 +538,18 @@ pub fn check(raw: &Config) -> Result<Settings, ConfigError> {
 /// Parse and check config text. Returns every problem found (syntax errors alone when the
 /// text is not TOML; otherwise type and unknown-key errors together with range problems).
 pub fn parse_str(text: &str) -> Result<Settings, ConfigError> {
+    parse_str_with(text, |_, _| Vec::new())
+}
+
+/// As [`parse_str`], with the checks of a layer above this one: `more` gets the settings
+/// (placeholders where a problem was found) and the problems found so far, and returns its
+/// own, keyed by dotted key; their lines are filled in here. It is how the agent checks the
+/// files its stages will load (a password, certificates, a public key) without this module
+/// knowing how to load them.
+pub fn parse_str_with(
+    text: &str,
+    more: impl FnOnce(&Settings, &[Problem]) -> Vec<Problem>,
+) -> Result<Settings, ConfigError> {
     let (table, syntax_errors) = toml::de::DeTable::parse_recoverable(text);
     if !syntax_errors.is_empty() {
         let problems = syntax_errors
@@ -538,6 +579,8 @@ pub fn parse_str(text: &str) -> Result<Settings, ConfigError> {
     let source_unknown = problems.iter().any(|p| p.key == "gnss.source");
     let mut checks = Vec::new();
     let settings = config.settings(&mut checks);
+    let more = more(&settings, &checks);
+    checks.extend(more);
     for mut problem in checks {
         if source_unknown && matches!(problem.key.as_str(), "gnss.path" | "gnss.baud") {
             continue;
@@ -669,7 +712,8 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(key: &str, message: String) -> Self {
+    /// A problem of `key`, its line not known yet (the parser fills it in).
+    pub fn new(key: &str, message: String) -> Self {
         Problem {
             key: key.to_string(),
             line: None,
@@ -804,15 +848,14 @@ impl Config {
     /// The checked settings, with every problem pushed to `out`. Only when `out` stays empty
     /// are the settings real: on a problem, the offending value is a placeholder.
     pub fn settings(&self, out: &mut Vec<Problem>) -> Settings {
-        self.validate.check(out);
-        self.report.check(out);
         Settings {
             device: self.device.check(out),
             gnss: self.gnss.check(out),
-            validate: self.validate.clone(),
-            report: self.report.clone(),
+            validate: self.validate.check(out),
+            report: self.report.check(out),
             buffer: self.buffer.check_with_history(&self.history, out),
             mqtt: self.mqtt.check(&self.device, out),
+            commands: self.commands.check(out),
             health: self.health.check(out),
         }
     }
@@ -899,7 +942,7 @@ impl ValidateConfig {
     pub const MAX_YAW_RATE_DPS: f64 = 720.0;
     pub const MAX_POSITION_NOISE_M: f64 = 1_000.0;
 
-    pub fn check(&self, out: &mut Vec<Problem>) {
+    pub fn check(&self, out: &mut Vec<Problem>) -> ValidateSettings {
         check_positive(out, "validate.max_hdop", self.max_hdop, "HDOP");
         check_positive(out, "validate.max_speed_kmh", self.max_speed_kmh, "km/h");
         check_positive(out, "validate.disagree_m", self.disagree_m, "metres");
@@ -931,8 +974,8 @@ impl ValidateConfig {
                 ));
             }
         }
-        let track = crate::validate::JUMP_TRACK_CAPACITY;
-        if !(2..=track).contains(&usize::from(self.jump_confirm)) {
+        let track = ValidateSettings::MAX_JUMP_CONFIRM;
+        if !(2..=track).contains(&self.jump_confirm) {
             out.push(Problem::new(
                 "validate.jump_confirm",
                 format!(
@@ -952,6 +995,19 @@ impl ValidateConfig {
                 ),
             ));
         }
+        ValidateSettings {
+            max_hdop: self.max_hdop,
+            min_sats: self.min_sats,
+            max_speed_kmh: self.max_speed_kmh,
+            jump_confirm: self.jump_confirm,
+            disagree_m: self.disagree_m,
+            not_before_year: self.not_before_year,
+            rollover_fix: self.rollover_fix,
+            motion_check: self.motion_check,
+            max_accel_mps2: self.max_accel_mps2,
+            max_yaw_rate_dps: self.max_yaw_rate_dps,
+            position_noise_m: self.position_noise_m,
+        }
     }
 }
 
@@ -961,7 +1017,7 @@ impl ReportConfig {
     /// Largest `stop_speed_mps` (36 km/h): above it a slow street counts as a stop.
     pub const MAX_STOP_SPEED_MPS: f64 = 10.0;
 
-    pub fn check(&self, out: &mut Vec<Problem>) {
+    pub fn check(&self, out: &mut Vec<Problem>) -> ReportSettings {
         let e = self.max_error_m;
         if !e.is_finite() || e <= 0.0 || e > Self::MAX_ERROR_M {
             out.push(Problem::new(
@@ -1007,6 +1063,14 @@ impl ReportConfig {
                     self.parked_interval_s, self.max_interval_s
                 ),
             ));
+        }
+        ReportSettings {
+            mode: self.mode,
+            max_error_m: self.max_error_m,
+            max_interval_s: self.max_interval_s,
+            parked_interval_s: self.parked_interval_s,
+            stop_speed_mps: self.stop_speed_mps,
+            stop_after_s: self.stop_after_s,
         }
     }
 }
@@ -1166,7 +1230,6 @@ impl MqttConfig {
                 port: 1883,
             }
         });
-        let before = out.len();
         let prefix = &self.topic_prefix;
         let shown = shown(prefix);
         // The longest topic the agent builds: `{prefix}/{device}/status`.
@@ -1207,7 +1270,7 @@ impl MqttConfig {
             &device.id,
             out,
         );
-        let settings = MqttSettings {
+        MqttSettings {
             broker,
             fallback,
             topic_prefix: prefix.clone(),
@@ -1235,33 +1298,7 @@ impl MqttConfig {
             server_name: self.server_name.clone(),
             profile: self.profile,
             sas_key_file: self.sas_key_file.clone(),
-        };
-        // What the uplink will do with the files at start (read the password, parse the
-        // certificates and key), done here too: check-config passes only what run can use.
-        if out.len() == before {
-            if let Err(e) = PublisherSettings::from_settings(&settings, &device.id) {
-                out.push(self.credential_problem(&e));
-            }
         }
-        settings
-    }
-
-    /// The key a failure to read or parse a credential file belongs to.
-    fn credential_problem(&self, e: &UplinkError) -> Problem {
-        let key = match e {
-            UplinkError::TlsConfig { path, .. } => [
-                ("mqtt.password_file", &self.password_file),
-                ("mqtt.client_cert", &self.client_cert),
-                ("mqtt.client_key", &self.client_key),
-                ("mqtt.ca_file", &self.ca_file),
-                ("mqtt.sas_key_file", &self.sas_key_file),
-            ]
-            .into_iter()
-            .find(|(_, p)| p.as_deref() == Some(path.as_path()))
-            .map_or("mqtt.ca_file", |(key, _)| key),
-            _ => "mqtt.url",
-        };
-        Problem::new(key, format!("{e} ({})", e.code()))
     }
 
     /// Most `fallback_urls`: a cluster's nodes or a few balancers; each is tried in turn
@@ -1515,6 +1552,36 @@ impl MqttConfig {
                     format!("{name:?} is not a DNS name or IP address"),
                 ));
             }
+        }
+    }
+}
+
+impl CommandsConfig {
+    /// Longest `confirm_s`: a day (past that a wrong broker would strand the vehicle for
+    /// longer than anyone would wait).
+    pub const MAX_CONFIRM_S: f64 = 86_400.0;
+
+    /// Ranges and the key file's presence; the key itself is read by the commands stage
+    /// (whose check the agent adds to these, see `crate::app::config_file`).
+    pub fn check(&self, out: &mut Vec<Problem>) -> CommandsSettings {
+        let confirm = check_seconds(
+            out,
+            "commands.confirm_s",
+            self.confirm_s,
+            Self::MAX_CONFIRM_S,
+        );
+        if let Some(path) = &self.public_key_file {
+            if !path.is_file() {
+                out.push(Problem::new(
+                    "commands.public_key_file",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        CommandsSettings {
+            enabled: self.enabled,
+            confirm,
+            public_key_file: self.public_key_file.clone(),
         }
     }
 }

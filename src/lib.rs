@@ -9,6 +9,7 @@
 //! 4. [`uplink`]: MQTT publishing, acknowledgement window, backoff, circuit breaker.
 //! 5. [`health`]: the local endpoint (`/health`, `/health/stream`, `/live`, `/metrics`).
 //!
+//! [`commands`] answers the back end's requests (remote commands, off by default).
 //! [`sim`] is the project's own NMEA receiver simulator (demo and tests).
 //!
 //! [`config`] reads and checks the TOML file; [`cli`] is the command line. Shared types live
@@ -19,6 +20,7 @@ pub mod base64;
 pub mod buffer;
 pub mod cli;
 pub mod clock;
+pub mod commands;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -15,7 +15,7 @@
 
 use std::io::{self, Read};
 
-use crate::config::ValidateConfig;
+use crate::config::ValidateSettings;
 use crate::gnss::{Decoded, Decoder, SentenceStats};
 use crate::rejection::{Reason, Rejection};
 use crate::validate::{Validator, Verdict};
@@ -36,7 +36,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// Sentences without a checksum are dropped when `require_checksum`; epochs are judged
     /// by `validate`'s thresholds.
-    pub fn new(require_checksum: bool, validate: ValidateConfig) -> Self {
+    pub fn new(require_checksum: bool, validate: ValidateSettings) -> Self {
         Pipeline {
             decoder: Decoder::new(require_checksum),
             validator: Validator::new(validate),
@@ -94,7 +94,7 @@ impl Pipeline {
     /// New thresholds (a SIGHUP reload): the held fix is decided under the old ones, then
     /// the track of earlier fixes starts afresh under the new ones. An epoch being
     /// assembled is judged by the new ones when it completes.
-    pub fn revalidate(&mut self, validate: ValidateConfig, sink: &mut impl FnMut(Verdict)) {
+    pub fn revalidate(&mut self, validate: ValidateSettings, sink: &mut impl FnMut(Verdict)) {
         self.settle(sink);
         self.accepted_before += self.validator.accepted();
         self.validator = Validator::new(validate);
@@ -219,7 +219,7 @@ fn guarded<E>(
 
 /// Every verdict of `bytes`, in receiver order (for tools and tests; the daemon feeds its
 /// pipeline chunk by chunk).
-pub fn verdicts(bytes: &[u8], require_checksum: bool, validate: &ValidateConfig) -> Vec<Verdict> {
+pub fn verdicts(bytes: &[u8], require_checksum: bool, validate: &ValidateSettings) -> Vec<Verdict> {
     let mut pipeline = Pipeline::new(require_checksum, validate.clone());
     let mut out = Vec::new();
     pipeline.feed(bytes, &mut |v| out.push(v));
@@ -254,7 +254,7 @@ mod tests {
         // Standing still, then 60 m off in one second (held for its successor's verdict),
         // back where it stood, then a broken line: the held fix is `inconsistent`, and the
         // broken line, which came after it, comes after its verdict.
-        let cfg = ValidateConfig::default();
+        let cfg = ValidateSettings::default();
         let mut input = String::new();
         for s in 0..3 {
             input += &rmc(s, 7.038);
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn any_chunking_gives_the_same_verdicts_as_one_feed() {
-        let cfg = ValidateConfig::default();
+        let cfg = ValidateSettings::default();
         let mut input = String::new();
         for s in 0..20 {
             input += &rmc(s, 7.038 + f64::from(s) * 0.0001);
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn the_receiver_time_is_the_newest_sentence_time_even_before_its_epoch_completes() {
-        let mut p = Pipeline::new(true, ValidateConfig::default());
+        let mut p = Pipeline::new(true, ValidateSettings::default());
         assert_eq!(p.receiver_time(), None);
         let mut n = 0;
         p.feed(rmc(7, 7.038).as_bytes(), &mut |_| n += 1);
@@ -319,7 +319,7 @@ mod tests {
 
     #[test]
     fn a_quiet_line_decides_the_epoch_and_the_held_fix_at_once() {
-        let cfg = ValidateConfig::default();
+        let cfg = ValidateSettings::default();
         let mut p = Pipeline::new(true, cfg);
         let mut got = Vec::new();
         for s in 0..3 {
@@ -336,7 +336,7 @@ mod tests {
 
     #[test]
     fn new_thresholds_decide_the_held_fix_first_and_count_on() {
-        let cfg = ValidateConfig::default();
+        let cfg = ValidateSettings::default();
         let mut p = Pipeline::new(true, cfg.clone());
         let mut got = Vec::new();
         for s in 0..3 {

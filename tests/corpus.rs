@@ -98,7 +98,11 @@ fn run_ours(log: &[u8]) -> Ours {
         fixes: Vec::new(),
         rejections: Vec::new(),
     };
-    for verdict in verdicts(log, cfg.gnss.require_checksum, &cfg.validate) {
+    for verdict in verdicts(
+        log,
+        cfg.gnss.require_checksum,
+        &cfg.validate.check(&mut Vec::new()),
+    ) {
         match verdict {
             Ok(fix) => ours.fixes.push((fix.time_ms, fix.lat, fix.lon)),
             Err(rej) => ours

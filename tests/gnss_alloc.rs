@@ -8,7 +8,7 @@ mod counting_alloc;
 
 use counting_alloc::allocations;
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::pipeline::Pipeline;
 use gps_agent::validate::Verdict;
 
@@ -54,10 +54,10 @@ fn decoding_a_log_allocates_nothing_per_sentence() {
 /// Decoding and validating `bytes` a second time (buffers warm) allocates nothing, and
 /// yields epochs and fixes.
 fn assert_no_allocation_per_sentence(name: &str, bytes: &[u8]) {
-    let cfg = ValidateConfig {
+    let cfg = ValidateSettings {
         // The captures are from 2001-2023: let their dates count, so fixes are made.
         not_before_year: 2000,
-        ..ValidateConfig::default()
+        ..ValidateSettings::default()
     };
     let mut fixes = 0u64;
     let mut run = || {

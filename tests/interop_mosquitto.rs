@@ -338,3 +338,109 @@ async fn the_daemon_delivers_a_backlog_in_full_through_mosquittos_max_packet_siz
     let (code, _) = agent.terminate();
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto: run .ci/interop.sh"]
+async fn remote_commands_through_mosquitto_are_answered_once_and_the_fixes_flow_on() {
+    use serde_json::{json, Value};
+    use support::backend::{drive_now, now_ms, request, rfc3339, Backend};
+    if !available() {
+        return;
+    }
+    let broker = Mosquitto::start(&MosquittoOptions::default(), None);
+    let dir = tempfile::tempdir().unwrap();
+    let log = drive_now(dir.path(), 60);
+    let expected = support::agent::expected_fixes(&log);
+    let device = support::unique("truck");
+    let subscriber = broker.for_subscriber();
+    let mut fixes = Subscriber::start(&subscriber, &format!("fleet/{device}/fixes")).await;
+    let mut backend = Backend::start(&subscriber, &device).await;
+    let agent = support::agent::Agent::start_with_sections(
+        dir.path(),
+        &device,
+        &support::agent::replay_gnss(&log.display().to_string()),
+        &format!(
+            "[buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\n\n[commands]\nenabled = true\n",
+            dir.path().join("buffer.db").display()
+        ),
+        &support::agent::quick_retry_mqtt(&broker.agent_url(false)),
+        &[],
+    );
+    let ping = request("p-1", "ping", json!({}));
+    let first = backend.ask_until_subscribed("p-1", ping.clone()).await;
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(backend.ask("p-1", ping).await, first, "answered once");
+    let expired = json!({"id": "e-1", "cmd": "ping", "expires": rfc3339(now_ms() - 1_000)});
+    let a = backend.ask("e-1", expired.to_string()).await;
+    assert_eq!(a["error"]["code"], "CMD_EXPIRED", "{a}");
+    let a = backend
+        .ask("g-1", request("g-1", "config.get", json!({})))
+        .await;
+    assert_eq!(
+        a["result"]["toml"],
+        std::fs::read_to_string(&agent.config).unwrap().as_str()
+    );
+    let a = backend
+        .ask("s-1", request("s-1", "status", json!({})))
+        .await;
+    assert_eq!(a["result"]["components"]["mqtt"]["connected"], true, "{a}");
+    let a = backend
+        .ask("u-1", request("u-1", "reboot", json!({})))
+        .await;
+    assert_eq!(a["error"]["code"], "CMD_UNKNOWN", "{a}");
+    let a = backend
+        .ask("m-1", json!({"id": "m-1", "cmd": "ping"}).to_string())
+        .await;
+    assert_eq!(a["error"]["code"], "CMD_MALFORMED", "{a}");
+    let big = json!({"id": "big-1", "cmd": "ping", "pad": "x".repeat(70_000),
+        "expires": rfc3339(now_ms() + 600_000)});
+    let a = backend.ask("big-1", big.to_string()).await;
+    assert_eq!(a["error"]["code"], "CMD_TOO_LARGE", "{a}");
+    let a = backend
+        .ask(
+            "c-1",
+            request(
+                "c-1",
+                "config.set",
+                json!({"toml": "[mqtt]\npayload = \"xml\"\n"}),
+            ),
+        )
+        .await;
+    assert_eq!(a["error"]["code"], "CMD_INVALID_CONFIG", "{a}");
+    assert_eq!(a["error"]["problems"][0]["key"], "mqtt.payload", "{a}");
+    assert_eq!(a["error"]["problems"][0]["line"], 2, "{a}");
+    let a = backend
+        .ask("r-1", request("r-1", "reconnect", json!({})))
+        .await;
+    assert_eq!(a["ok"], true, "{a}");
+    let seen = fixes.fix_seqs(expected, Duration::from_secs(60)).await;
+    assert_eq!(
+        seen,
+        (1..=expected).collect::<BTreeSet<u64>>(),
+        "mosquitto log:\n{}",
+        broker.log()
+    );
+    // The whole drive again from the local history, every accepted fix once.
+    let parsed = support::agent::parse(&log);
+    let times: Vec<Value> = parsed
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["time"].clone())
+        .collect();
+    let (from, to) = (times.first().unwrap(), times.last().unwrap());
+    let a = backend
+        .ask(
+            "b-1",
+            request("b-1", "backfill", json!({"from": from, "to": to})),
+        )
+        .await;
+    assert_eq!(a["result"]["fixes"], times.len(), "{a}");
+    let back: Vec<Value> = backend
+        .backfill_fixes("b-1", times.len(), Duration::from_secs(30))
+        .await
+        .iter()
+        .map(|f| f["time"].clone())
+        .collect();
+    assert_eq!(back, times);
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+}

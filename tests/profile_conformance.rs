@@ -13,10 +13,60 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 use support::agent::{drive_log, parse_times, stored_rows, Agent};
-use support::broker::TestBroker;
+use support::broker::{Subscriber, TestBroker};
 use support::certs::TestPki;
+use support::mosquitto::{Mosquitto, MosquittoOptions};
 use support::mqtt_tap::{Connect, MqttTap};
 use support::tls_front::{ClientAuth, TlsFront};
+
+enum Broker {
+    Rumqttd(TestBroker),
+    Mosquitto(Mosquitto),
+}
+
+impl Broker {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            Broker::Rumqttd(b) => b.addr,
+            Broker::Mosquitto(m) => m.agent_addr,
+        }
+    }
+
+    /// Where the test's back end connects (mosquitto's plain listener for subscribers).
+    fn back_end(&self) -> TestBroker {
+        match self {
+            Broker::Rumqttd(b) => TestBroker { addr: b.addr },
+            Broker::Mosquitto(m) => m.for_subscriber(),
+        }
+    }
+}
+
+/// The platform's back end calling the agent: `call` published on `topic` every half
+/// second until something arrives on the subscriber's filter (the agent subscribes only once
+/// connected; a repeated call is answered from the ledger, not run again).
+async fn call(back_end: &mut Subscriber, topic: &str, call: &str) -> support::broker::Received {
+    for _ in 0..60 {
+        back_end
+            .client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                call.as_bytes().to_vec(),
+            )
+            .await
+            .unwrap();
+        if let Some(answer) = back_end.next(std::time::Duration::from_millis(500)).await {
+            return answer;
+        }
+    }
+    panic!("no answer to {call} on {topic}");
+}
+
+/// `[mqtt]` keys, then `[commands] enabled`.
+fn with_commands(mqtt: &str) -> String {
+    format!("{mqtt}\nlinger_s = 0\n\n[commands]\nenabled = true")
+}
 
 struct Run {
     dir: tempfile::TempDir,
@@ -24,12 +74,32 @@ struct Run {
     /// Receiver times of the fixes the drive gives (`gps-agent parse`).
     times: BTreeSet<i64>,
     gnss: String,
-    _broker: TestBroker,
+    /// The broker behind the tap, kept running.
+    _broker: Broker,
     tap: MqttTap,
 }
 
 impl Run {
+    /// Behind the tap, rumqttd.
     async fn new() -> Run {
+        Run::on(Broker::Rumqttd(TestBroker::start())).await
+    }
+
+    /// Behind the tap, a real mosquitto: for Azure, whose `$iothub/...` filters rumqttd
+    /// refuses (it takes no filter starting with `$` but `$share`).
+    async fn on_mosquitto() -> Run {
+        assert!(
+            support::mosquitto::available(),
+            "needs mosquitto: bash .ci/sdk.sh"
+        );
+        Run::on(Broker::Mosquitto(Mosquitto::start(
+            &MosquittoOptions::default(),
+            None,
+        )))
+        .await
+    }
+
+    async fn on(broker: Broker) -> Run {
         let dir = tempfile::tempdir().unwrap();
         let log = drive_log(
             dir.path(),
@@ -44,8 +114,7 @@ impl Run {
             "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"fast\"",
             log.display()
         );
-        let broker = TestBroker::start();
-        let tap = MqttTap::start(broker.addr).await;
+        let tap = MqttTap::start(broker.addr()).await;
         Run {
             dir,
             device: support::unique("truck"),
@@ -281,8 +350,9 @@ fn token_field<'a>(token: &'a str, name: &str) -> &'a str {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto (rumqttd refuses $iothub filters): bash .ci/sdk.sh"]
 async fn azure_gets_the_hub_user_a_signed_sas_token_events_with_properties_and_a_twin_patch() {
-    let run = Run::new().await;
+    let run = Run::on_mosquitto().await;
     let pki = TestPki::create(run.dir.path());
     let front = TlsFront::start(run.tap.addr, &pki, ClientAuth::None).await;
     let key_b64 = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
@@ -487,14 +557,19 @@ fn aws_on_port_443_offers_alpn_x_amzn_mqtt_ca_and_on_8883_nothing() {
 /// once, acknowledged. (The product's tokens live an hour and renew 5 minutes ahead; the
 /// lifetime is the one thing shortened here.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto (rumqttd refuses $iothub filters): bash .ci/sdk.sh"]
 async fn azure_renews_its_sas_token_by_reconnecting_before_it_expires_losing_nothing() {
     use gps_agent::uplink::profile::azure::DeviceKey;
     use gps_agent::uplink::profile::ProfileSettings;
     use support::publisher::{fast_settings, start};
     use support::source::MemSource;
 
-    let broker = TestBroker::start();
-    let tap = MqttTap::start(broker.addr).await;
+    assert!(
+        support::mosquitto::available(),
+        "needs mosquitto: bash .ci/sdk.sh"
+    );
+    let broker = Mosquitto::start(&MosquittoOptions::default(), None);
+    let tap = MqttTap::start(broker.agent_addr).await;
     let device = support::unique("truck");
     let mut settings = fast_settings(&tap.url(), &device, "fleet");
     settings.profile = ProfileSettings::Azure {
@@ -529,4 +604,130 @@ async fn azure_renews_its_sas_token_by_reconnecting_before_it_expires_losing_not
     assert_eq!(run.status().last_error, None, "a renewal is not a failure");
     let source = run.stop().await;
     assert_eq!(source.acked(), (1..=total).collect::<BTreeSet<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thingsboard_rpc_runs_a_command_and_answers_on_the_rpc_response_topic() {
+    let run = Run::new().await;
+    let token_file = run.file("token", "TB_RPC_TOKEN");
+    let mqtt = with_commands(&format!(
+        "url = \"{}\"\nprofile = \"thingsboard\"\npassword_file = \"{token_file}\"",
+        run.tap.url()
+    ));
+    let agent = run.start(&mqtt);
+    let mut back_end =
+        Subscriber::start(&run._broker.back_end(), "v1/devices/me/rpc/response/+").await;
+    let answer = call(
+        &mut back_end,
+        "v1/devices/me/rpc/request/17",
+        r#"{"method":"ping","params":{}}"#,
+    )
+    .await;
+    assert_eq!(answer.topic, "v1/devices/me/rpc/response/17");
+    let v = json(&answer.payload);
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["result"]["version"].is_string(), "{v}");
+    let unknown = call(
+        &mut back_end,
+        "v1/devices/me/rpc/request/18",
+        r#"{"method":"selfdestruct","params":{}}"#,
+    )
+    .await;
+    assert_eq!(unknown.topic, "v1/devices/me/rpc/response/18");
+    assert_eq!(json(&unknown.payload)["error"]["code"], "CMD_UNKNOWN");
+    let subscribed: Vec<Vec<(String, u8)>> = run
+        .tap
+        .seen()
+        .into_iter()
+        .filter_map(|s| match s {
+            support::mqtt_tap::Seen::Subscribe(f) => Some(f),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subscribed[0],
+        vec![("v1/devices/me/rpc/request/+".to_string(), 1)]
+    );
+    run.stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cumulocity_operations_run_as_commands_and_are_answered_executing_then_done() {
+    let run = Run::new().await;
+    let password = run.file("password", "pw");
+    let mqtt = with_commands(&format!(
+        "url = \"{}\"\nprofile = \"cumulocity\"\nusername = \"t1/u\"\npassword_file = \"{password}\"",
+        run.tap.url()
+    ));
+    let agent = run.start(&mqtt);
+    let mut back_end = Subscriber::start(&run._broker.back_end(), "s/us").await;
+    let answer = loop {
+        let got = call(&mut back_end, "s/ds", &format!("511,{},ping", run.device)).await;
+        let text = String::from_utf8(got.payload).unwrap();
+        if text.starts_with("501,c8y_Command") {
+            break text;
+        }
+    };
+    let mut lines = answer.lines();
+    assert_eq!(lines.next(), Some("501,c8y_Command"));
+    let done = lines.next().unwrap();
+    assert!(done.starts_with("503,c8y_Command,\""), "{done}");
+    assert!(done.contains("version"), "{done}");
+    let announced = run
+        .tap
+        .publishes()
+        .into_iter()
+        .filter(|(t, _, _, p)| t == "s/us" && p == b"114,c8y_Command,c8y_Restart")
+        .count();
+    assert_eq!(announced, 1, "the supported operations, once a connection");
+    // A restart is a reconnect: a second CONNECT.
+    let restarted = loop {
+        let got = call(&mut back_end, "s/ds", &format!("510,{}", run.device)).await;
+        let text = String::from_utf8(got.payload).unwrap();
+        if text.starts_with("501,c8y_Restart") {
+            break text;
+        }
+    };
+    assert!(restarted.contains("503,c8y_Restart"), "{restarted}");
+    support::wait_for("a second connection", || run.tap.connects().len() >= 2).await;
+    run.stop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto (rumqttd refuses $iothub filters): bash .ci/sdk.sh"]
+async fn azure_direct_methods_run_as_commands_and_answer_with_status_and_rid() {
+    let run = Run::on_mosquitto().await;
+    let pki = TestPki::create(run.dir.path());
+    let front = TlsFront::start(run.tap.addr, &pki, ClientAuth::None).await;
+    let key_file = run.file("device.key", "c2VjcmV0LWtleS1mb3ItdGVzdHM=");
+    let mqtt = with_commands(&format!(
+        "url = \"{}\"\nprofile = \"azure\"\nsas_key_file = \"{key_file}\"\nca_file = \"{}\"",
+        front.url("localhost"),
+        pki.ca.display()
+    ));
+    let agent = run.start(&mqtt);
+    let mut back_end = Subscriber::start(&run._broker.back_end(), "$iothub/methods/res/#").await;
+    let answer = call(&mut back_end, "$iothub/methods/POST/ping/?$rid=41", "null").await;
+    assert_eq!(answer.topic, "$iothub/methods/res/200/?$rid=41");
+    assert_eq!(json(&answer.payload)["ok"], true);
+    let refused = call(&mut back_end, "$iothub/methods/POST/nope/?$rid=42", "{}").await;
+    assert_eq!(refused.topic, "$iothub/methods/res/400/?$rid=42");
+    let subscribed: BTreeSet<(String, u8)> = run
+        .tap
+        .seen()
+        .into_iter()
+        .filter_map(|s| match s {
+            support::mqtt_tap::Seen::Subscribe(f) => Some(f),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(
+        subscribed,
+        BTreeSet::from([
+            ("$iothub/twin/res/#".to_string(), 1),
+            ("$iothub/methods/POST/#".to_string(), 1)
+        ])
+    );
+    run.stop(agent);
 }

@@ -179,12 +179,20 @@ fn gnss(dir: &Path) -> String {
     )
 }
 
-/// Run the agent until mosquitto saw it publish on `topic`, then stop it.
+/// Run the agent (remote commands on, so its command channel is compared too) until
+/// mosquitto saw it publish on `topic`, then stop it.
 async fn run_agent(broker: &Mosquitto, dir: &Path, device: &str, mqtt: &str, topic: &str) {
-    let agent = Agent::start_with_mqtt(dir, device, &gnss(dir), mqtt, &[]);
-    let wanted = format!("'{topic}', ...");
+    let mqtt = format!("{mqtt}\nlinger_s = 0\n\n[commands]\nenabled = true");
+    let agent = Agent::start_with_mqtt(dir, device, &gnss(dir), &mqtt, &[]);
+    let (from, on) = (
+        format!("Received PUBLISH from {device} ("),
+        format!("'{topic}', ..."),
+    );
     support::wait_for(&format!("the agent publishing on {topic}"), || {
-        broker.log().contains(&wanted)
+        broker
+            .log()
+            .lines()
+            .any(|l| l.contains(&from) && l.contains(&on))
     })
     .await;
     let (code, _) = agent.terminate();
@@ -236,6 +244,10 @@ async fn thingsboard_the_agent_connects_and_publishes_as_tb_mqtt_client_does() {
         assert!(agent.publishes.contains(&published), "{agent:?}");
     }
     assert_subscriptions_within(sdk, agent);
+    assert_eq!(
+        agent.subscriptions,
+        BTreeSet::from([("v1/devices/me/rpc/request/+".to_string(), 1)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -265,7 +277,16 @@ async fn azure_the_agent_connects_and_publishes_as_azure_iot_device_does() {
         pki.ca.display()
     );
     let events = format!("devices/{device}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8");
-    run_agent(&broker, dir.path(), &device, &mqtt, &events).await;
+    // The SDK published on `events` too, under the same client id: the agent's own twin
+    // patch (its request ids count from 1; the SDK's are UUIDs) says it is there.
+    run_agent(
+        &broker,
+        dir.path(),
+        &device,
+        &mqtt,
+        "$iothub/twin/PATCH/properties/reported/?$rid=1",
+    )
+    .await;
 
     let seen = clients(&broker.log());
     assert_eq!(seen.len(), 2, "{seen:#?}");
@@ -340,7 +361,15 @@ async fn aws_the_agent_connects_and_publishes_as_awsiotsdk_does() {
         path(&pki.client_key)
     );
     let fixes = format!("fleet/{thing}/fixes");
-    run_agent(&broker, dir.path(), &thing, &mqtt, &fixes).await;
+    // The SDK published on `fixes` under the same client id; the state is the agent's alone.
+    run_agent(
+        &broker,
+        dir.path(),
+        &thing,
+        &mqtt,
+        &format!("fleet/{thing}/status"),
+    )
+    .await;
 
     let seen = clients(&broker.log());
     assert_eq!(seen.len(), 2, "{seen:#?}");

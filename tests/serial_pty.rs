@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::fix::Fix;
 use gps_agent::gnss::source::serial::{self, SerialSettings};
 use gps_agent::gnss::source::{Next, SourceHandle};
@@ -52,7 +52,7 @@ impl Consumer {
     fn new(settings: SerialSettings) -> Self {
         Consumer {
             source: serial::direct(settings),
-            pipeline: Pipeline::new(true, ValidateConfig::default()),
+            pipeline: Pipeline::new(true, ValidateSettings::default()),
             fixes: Vec::new(),
         }
     }

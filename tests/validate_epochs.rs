@@ -3,7 +3,7 @@
 //! rollover, midnight, NaN and infinity.
 
 use chrono::NaiveDate;
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::fix::{Fix, FixMode};
 use gps_agent::gnss::epoch::{
     Epoch, FaaMode, GgaObs, GllObs, GnsObs, GsaObs, RmcObs, UsedSats, VtgObs,
@@ -61,11 +61,11 @@ fn good() -> Epoch {
 }
 
 fn validator() -> Validator {
-    Validator::new(ValidateConfig::default())
+    Validator::new(ValidateSettings::default())
 }
 
-fn with(f: impl FnOnce(&mut ValidateConfig)) -> Validator {
-    let mut cfg = ValidateConfig::default();
+fn with(f: impl FnOnce(&mut ValidateSettings)) -> Validator {
+    let mut cfg = ValidateSettings::default();
     f(&mut cfg);
     Validator::new(cfg)
 }

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::sim::{Drive, DriveSpec, FaultKind, FaultSpec, NoiseSpec, SentenceKind, SimEpoch};
 use gps_agent::validate::Verdict;
 
@@ -44,7 +44,7 @@ impl Score {
 
 /// Every verdict of the drive, in order: one per epoch (every epoch's lines are intact and
 /// each is assembled into exactly one epoch, a repeated time included).
-fn verdicts(epochs: &[SimEpoch], cfg: &ValidateConfig) -> Vec<Verdict> {
+fn verdicts(epochs: &[SimEpoch], cfg: &ValidateSettings) -> Vec<Verdict> {
     let mut bytes = Vec::new();
     for e in epochs {
         e.write_nmea(&mut bytes);
@@ -74,7 +74,7 @@ fn printed_time_of_day(e: &SimEpoch) -> i64 {
     ((n(0..2) * 60 + n(2..4)) * 60 + n(4..6)) * 1000 + n(7..9) * 10
 }
 
-fn score(spec: &DriveSpec, cfg: &ValidateConfig) -> Score {
+fn score(spec: &DriveSpec, cfg: &ValidateSettings) -> Score {
     let epochs: Vec<SimEpoch> = Drive::new(spec.clone()).unwrap().collect();
     let verdicts = verdicts(&epochs, cfg);
     let mut s = Score::default();
@@ -182,7 +182,7 @@ fn drives() -> Vec<DriveSpec> {
 
 #[test]
 fn motion_and_single_epoch_faults_are_caught_and_clean_epochs_pass() {
-    let cfg = ValidateConfig::default();
+    let cfg = ValidateSettings::default();
     let mut total = Score::default();
     for spec in drives() {
         total.add(score(&spec, &cfg));

@@ -5,7 +5,7 @@
 //! exact boundaries are unit tests of `validate::kinematics`.
 
 use chrono::NaiveDate;
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::fix::Fix;
 use gps_agent::gnss::epoch::{Epoch, FaaMode, GgaObs, GsaObs, RmcObs, UsedSats};
 use gps_agent::rejection::Reason;
@@ -69,10 +69,10 @@ struct Run {
 
 impl Run {
     fn new() -> Run {
-        Run::with(ValidateConfig::default())
+        Run::with(ValidateSettings::default())
     }
 
-    fn with(cfg: ValidateConfig) -> Run {
+    fn with(cfg: ValidateSettings) -> Run {
         Run {
             v: Validator::new(cfg),
             out: Vec::new(),
@@ -354,18 +354,18 @@ fn the_knobs_widen_or_switch_off_the_check() {
     let mut run = Run::new();
     run.all(swerve(30.0));
     assert_eq!(run.rejected(), vec![(t0() + 10_000, Reason::Inconsistent)]);
-    let mut run = Run::with(ValidateConfig {
+    let mut run = Run::with(ValidateSettings {
         position_noise_m: 25.0,
-        ..ValidateConfig::default()
+        ..ValidateSettings::default()
     });
     run.all(swerve(30.0));
     assert!(
         run.rejected().is_empty(),
         "30 m is within 25 m of noise plus freedom"
     );
-    let mut run = Run::with(ValidateConfig {
+    let mut run = Run::with(ValidateSettings {
         motion_check: false,
-        ..ValidateConfig::default()
+        ..ValidateSettings::default()
     });
     run.all(swerve(30.0));
     assert!(run.rejected().is_empty());
@@ -373,10 +373,10 @@ fn the_knobs_widen_or_switch_off_the_check() {
     let mut run = Run::new();
     run.all(swerve(20.0));
     assert!(run.rejected().is_empty(), "a car may swerve that far");
-    let mut run = Run::with(ValidateConfig {
+    let mut run = Run::with(ValidateSettings {
         max_accel_mps2: 3.0,
         max_yaw_rate_dps: 20.0,
-        ..ValidateConfig::default()
+        ..ValidateSettings::default()
     });
     run.all(swerve(20.0));
     assert_eq!(run.rejected(), vec![(t0() + 10_000, Reason::Inconsistent)]);
@@ -385,7 +385,7 @@ fn the_knobs_widen_or_switch_off_the_check() {
 // ---- one time, two positions (issue 14) ----------------------------------------------------
 
 fn decode_all(text: &str) -> Vec<Verdict> {
-    gps_agent::pipeline::verdicts(text.as_bytes(), false, &ValidateConfig::default())
+    gps_agent::pipeline::verdicts(text.as_bytes(), false, &ValidateSettings::default())
 }
 
 fn reasons(out: &[Verdict]) -> Vec<Option<Reason>> {

@@ -17,7 +17,7 @@
 //! the pipeline is flushed and the buffer committed).
 
 use crate::buffer::store::SharedStore;
-use crate::config::{ReportConfig, ValidateConfig};
+use crate::config::{ReportSettings, ValidateSettings};
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::gnss::source::{Next, SourceHandle, SourceStatus};
@@ -57,12 +57,12 @@ pub struct Ingest {
     pub board: StatusBoard,
     pub stop: Arc<AtomicBool>,
     pub require_checksum: bool,
-    pub validate: ValidateConfig,
+    pub validate: ValidateSettings,
     /// New validation thresholds (SIGHUP reload).
-    pub reload: Receiver<ValidateConfig>,
-    pub report: ReportConfig,
+    pub reload: Receiver<ValidateSettings>,
+    pub report: ReportSettings,
     /// A new `[report]` (SIGHUP reload).
-    pub report_reload: Receiver<ReportConfig>,
+    pub report_reload: Receiver<ReportSettings>,
 }
 
 impl Ingest {
@@ -179,7 +179,7 @@ struct Reporting {
 }
 
 impl Reporting {
-    fn new(cfg: &ReportConfig) -> Self {
+    fn new(cfg: &ReportSettings) -> Self {
         Reporting {
             policy: Policy::from_config(cfg),
             kept: Kept::new(),
@@ -313,7 +313,7 @@ impl Stage<'_> {
     }
 
     /// New `[report]` settings (SIGHUP): what is pending under the old ones is kept.
-    fn report_reload(&mut self, cfg: &ReportConfig, now: Instant) {
+    fn report_reload(&mut self, cfg: &ReportSettings, now: Instant) {
         self.reporting.policy.finish(&mut self.reporting.kept);
         if self.store_kept(now) {
             self.store.notify_committed();

@@ -6,8 +6,12 @@
 //!   reader thread)         report                   │ batches│ acks
 //!                                                              ▼        │
 //!                                            uplink (Publisher over Link) ──> MQTT broker
+//!                                                 requests │ ▲ answers, backfill
+//!                                                          ▼ │
+//!                                            commands stage (crate::commands, [commands])
 //!  each stage publishes its status on the StatusBoard when it changes; /health and /metrics
-//!  read the board; the main loop only heartbeats (/live, systemd watchdog) and reloads.
+//!  read the board; the main loop only heartbeats (/live, systemd watchdog) and reloads (on
+//!  SIGHUP, and when the commands stage applied or rolled back a configuration).
 //! ```
 //!
 //! A failing stage degrades the agent, never stops it: it starts without a receiver (the
@@ -23,12 +27,15 @@
 //! connection as at shutdown and reconnect with the new settings; other changes are logged
 //! as needing a restart.
 
+pub mod config_file;
 pub mod ingest;
 pub mod lock;
 
 use crate::buffer::store::{SharedStore, Store};
 use crate::clock::Clock;
-use crate::config::{GnssSource, MqttSettings, ReportConfig, Settings, ValidateConfig};
+use crate::commands::remote_config::AtStart;
+use crate::commands::stage::StageContext;
+use crate::config::{GnssSource, MqttSettings, ReportSettings, Settings, ValidateSettings};
 use crate::error::Classified;
 use crate::gnss::source::{file, serial, SourceHandle};
 use crate::health::metrics::Metrics;
@@ -37,6 +44,7 @@ use crate::health::snapshot::status_line;
 use crate::status::StatusBoard;
 use crate::uplink::link::Link;
 use crate::uplink::publisher::{Publisher, PublisherSettings};
+use crate::uplink::remote::{self, RemotePort};
 use ingest::Ingest;
 use lock::{LockError, StateLock};
 use std::path::PathBuf;
@@ -63,6 +71,9 @@ pub struct RunOptions {
     pub serve: Option<ServeOptions>,
     /// The agent's clock; the system's when `None`.
     pub clock: Option<Clock>,
+    /// What the start found owed of a configuration set remotely (see
+    /// [`crate::commands::remote_config::recover`], run before the file was read).
+    pub remote_config: Option<AtStart>,
 }
 
 /// The uplink, once its settings can be made: a password file or TLS material that cannot
@@ -76,6 +87,7 @@ async fn run_uplink(
     board: StatusBoard,
     stop: CancellationToken,
     mut reload: watch::Receiver<MqttSettings>,
+    remote: Option<RemotePort>,
 ) {
     let mut mqtt = reload.borrow_and_update().clone();
     let settings = loop {
@@ -95,6 +107,9 @@ async fn run_uplink(
         }
     };
     let mut publisher = Publisher::new(settings, link, board);
+    if let Some(port) = remote {
+        publisher = publisher.with_remote(port);
+    }
     loop {
         let session_stop = stop.child_token();
         let current = publisher.settings().clone();
@@ -239,12 +254,36 @@ pub async fn run(
     let uplink_stop = CancellationToken::new();
     let link = Link::new(store.clone(), Arc::clone(&metrics), board.clock().clone());
     let (mqtt_reload_tx, mqtt_reload) = watch::channel(cfg.mqtt.clone());
+    // Remote commands (`[commands] enabled`): their stage, and its seam into the uplink.
+    let (apply_tx, mut apply_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let commands_stop = CancellationToken::new();
+    let (port, commands_task) = if cfg.commands.enabled {
+        let (port, stage) = remote::pair();
+        let ctx = StageContext {
+            settings: cfg.clone(),
+            config_path: opts.config_path.clone(),
+            store: store.clone(),
+            board: board.clone(),
+            metrics: Arc::clone(&metrics),
+            apply: apply_tx,
+            at_start: opts.remote_config.clone().unwrap_or(AtStart::Nothing),
+        };
+        let task = tokio::spawn(crate::commands::stage::run(
+            ctx,
+            stage,
+            commands_stop.clone(),
+        ));
+        (Some(port), Some(task))
+    } else {
+        (None, None)
+    };
     let uplink_task = tokio::spawn(run_uplink(
         cfg.device.id.clone(),
         link,
         board.clone(),
         uplink_stop.clone(),
         mqtt_reload,
+        port,
     ));
     let reloads = Reloads {
         validate: reload_tx,
@@ -304,6 +343,10 @@ pub async fn run(
             Some(()) = recv_signal(&mut hup) => {
                 reload(&opts, &mut current, &reloads);
             }
+            Some(()) = apply_rx.recv() => {
+                // A configuration set remotely (or rolled back): applied as SIGHUP does.
+                reload(&opts, &mut current, &reloads);
+            }
             Some(()) = recv_signal(&mut pwr) => {
                 let s = store.clone();
                 let synced = tokio::task::spawn_blocking(move || s.lock().power_fail(Instant::now()))
@@ -333,6 +376,10 @@ pub async fn run(
     uplink_stop.cancel();
     if let Err(e) = uplink_task.await {
         warn!(component = "mqtt", error = %e, "uplink task ended abnormally");
+    }
+    commands_stop.cancel();
+    if let Some(t) = commands_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
     }
     server_stop.cancel();
     if let Some(t) = server_task {
@@ -393,9 +440,9 @@ pub(crate) async fn recv_signal(s: &mut SignalStream) -> Option<()> {
 /// Where a SIGHUP reload sends what can change without a restart.
 struct Reloads {
     /// Validation thresholds, to the ingest thread.
-    validate: std::sync::mpsc::Sender<ValidateConfig>,
+    validate: std::sync::mpsc::Sender<ValidateSettings>,
     /// `[report]`, to the ingest thread.
-    report: std::sync::mpsc::Sender<ReportConfig>,
+    report: std::sync::mpsc::Sender<ReportSettings>,
     /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
     /// have changed under the same settings; the uplink reconnects only when they differ.
     mqtt: watch::Sender<MqttSettings>,
@@ -411,8 +458,8 @@ fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
         );
         return;
     };
-    match crate::config::load(path) {
-        Ok(new) => {
+    match config_file::load(path) {
+        Ok(config_file::Loaded { settings: new, .. }) => {
             if new.validate != current.validate {
                 let _ = to.validate.send(new.validate.clone());
                 info!(
@@ -431,6 +478,7 @@ fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
                 ("gnss", new.gnss != current.gnss),
                 ("buffer", new.buffer != current.buffer),
                 ("health", new.health != current.health),
+                ("commands", new.commands != current.commands),
             ] {
                 if changed {
                     warn!(

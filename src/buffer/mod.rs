@@ -69,9 +69,11 @@
 //! acknowledged), `schedule.rs` (when to commit, sync, look and checkpoint; what is synced),
 //! `faults.rs` (the disk's state, the memory ring, rescues, the last error, what is lost),
 //! `capacity.rs` (the limits and the eviction policy), `tx.rs` (the open transaction and the
-//! counts it moves), `journal.rs` (the crash journal). This file joins them around the one
+//! counts it moves), `journal.rs` (the crash journal), `history.rs` (the local history),
+//! `answers.rs` (the remote commands' answered ids). This file joins them around the one
 //! SQLite connection.
 
+mod answers;
 mod capacity;
 mod deliveries;
 mod error;
@@ -86,6 +88,7 @@ pub mod schema;
 pub mod store;
 mod tx;
 
+pub use answers::AnswerRow;
 pub use error::BufferError;
 pub use file_ops::{file_stats, list_dead_letters, requeue_dead_letters, BufferStats, DeadLetter};
 pub use history::{HistoryStats, HistoryWindow};
@@ -606,6 +609,40 @@ impl Buffer {
             self.schedule.dirtied(now);
         }
         window.next_page(&self.conn, &self.path, limit, out)
+    }
+
+    /// The remote commands' answered ids that expire after `now_ms` (see `answers.rs`).
+    pub fn answers(&mut self, now_ms: i64) -> Result<Vec<AnswerRow>, BufferError> {
+        answers::load(&self.conn, now_ms).map_err(|e| classify(&self.path, "read answers", e))
+    }
+
+    /// Records answered ids durably before their answers go out: written in the open
+    /// transaction with whatever it holds, committed and synced now (a sync the schedule
+    /// would have made later anyway). On a failing disk nothing is recorded and the error
+    /// says why; the fixes are handled as on any failed write.
+    pub fn record_answers(&mut self, rows: &[AnswerRow], now: Instant) -> Result<(), BufferError> {
+        self.last_now = now;
+        if !self.faults.writable() || !self.faults.held().is_empty() {
+            return Err(BufferError::DiskFull {
+                path: self.path.clone(),
+                detail: "the disk is failing; answered ids are kept in memory".into(),
+            });
+        }
+        let now_ms = self.faults.utc_ms();
+        if let Err(e) = self
+            .begin(now)
+            .and_then(|()| answers::write(&self.conn, rows, now_ms))
+        {
+            return Err(self.fail(e, "write answers", now));
+        }
+        self.schedule.dirtied(now);
+        match self.sync_or_hold(now) {
+            Some(_) => Ok(()),
+            None => Err(BufferError::DiskFull {
+                path: self.path.clone(),
+                detail: "the sync failed; answered ids are kept in memory".into(),
+            }),
+        }
     }
 
     /// Acknowledgements whose deletes no commit has written yet.

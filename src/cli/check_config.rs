@@ -2,12 +2,13 @@
 //! one line per problem. The unit's `ExecStartPre=` and `ExecReload=` run it, and `run`
 //! checks with the same code: what passes here, the daemon can use.
 
+use crate::app::config_file;
 use crate::config::{self, ConfigError};
 use std::path::Path;
 
 pub fn run(path: &Path) -> i32 {
-    match config::load(path) {
-        Ok(settings) => {
+    match config_file::load(path) {
+        Ok(config_file::Loaded { settings, .. }) => {
             for w in config::warnings(&settings) {
                 println!("{}: {w}", path.display());
             }

@@ -11,8 +11,11 @@ use tracing::{error, info, warn};
 /// Runs the daemon; returns the process exit code (78 for a configuration that cannot be
 /// used, 75 when another agent runs on the same buffer, both before anything starts).
 pub fn run(config_path: &Path) -> i32 {
-    let cfg = match crate::config::load(config_path) {
-        Ok(cfg) => cfg,
+    // A configuration set remotely whose confirmation window ran out while the agent was
+    // down is rolled back before the file is read (see `commands::remote_config`).
+    let remote_config = recover_remote_config(config_path);
+    let cfg = match crate::app::config_file::load(config_path) {
+        Ok(loaded) => loaded.settings,
         Err(ConfigError::Invalid { problems }) => {
             for p in &problems {
                 error!(component = "config", code = "CONFIG_INVALID", problem = %p,
@@ -47,11 +50,18 @@ pub fn run(config_path: &Path) -> i32 {
     };
     let opts = RunOptions {
         config_path: Some(config_path.to_path_buf()),
+        remote_config,
         ..RunOptions::default()
     };
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        let signals = tokio::spawn(cancel_on_terminate(shutdown.clone()));
+        // The handlers are in place before anything starts (the task below first runs when
+        // this thread next waits, after the health endpoint may already answer): a SIGTERM
+        // from the first moment is a clean stop, never the default death by signal.
+        use tokio::signal::unix::SignalKind;
+        let term = signal_stream(SignalKind::terminate());
+        let int = signal_stream(SignalKind::interrupt());
+        let signals = tokio::spawn(cancel_on_terminate(shutdown.clone(), term, int));
         let result = app::run(cfg, opts, shutdown).await;
         signals.abort();
         match result {
@@ -71,13 +81,35 @@ pub fn run(config_path: &Path) -> i32 {
 
 /// SIGTERM or SIGINT cancel `token` (a second one is left to the default: the agent is
 /// already stopping within bounded time).
-async fn cancel_on_terminate(token: CancellationToken) {
-    use tokio::signal::unix::SignalKind;
-    let mut term = signal_stream(SignalKind::terminate());
-    let mut int = signal_stream(SignalKind::interrupt());
+async fn cancel_on_terminate(
+    token: CancellationToken,
+    mut term: crate::app::SignalStream,
+    mut int: crate::app::SignalStream,
+) {
     tokio::select! {
         Some(()) = recv_signal(&mut term) => info!(component = "agent", signal = "SIGTERM", "shutdown requested"),
         Some(()) = recv_signal(&mut int) => info!(component = "agent", signal = "SIGINT", "shutdown requested"),
     }
     token.cancel();
+}
+
+/// Finish what a stop interrupted of a remote `config.set` (nothing when none was owed).
+fn recover_remote_config(config_path: &Path) -> Option<crate::commands::remote_config::AtStart> {
+    use crate::commands::remote_config::{recover, AtStart, Files};
+    let now_ms = crate::clock::Clock::default().utc_ms();
+    match recover(&Files::new(config_path), now_ms) {
+        Ok(AtStart::Nothing) => None,
+        Ok(at) => {
+            if let AtStart::RolledBack(p) = &at {
+                warn!(component = "commands", code = "CMD_ROLLED_BACK", id = %p.id,
+                    "a configuration set remotely was not confirmed in time; the previous file is back");
+            }
+            Some(at)
+        }
+        Err(e) => {
+            warn!(component = "commands", code = "CMD_FAILED", error = %e,
+                "the record of a configuration set remotely cannot be read; the file in place is used");
+            None
+        }
+    }
 }

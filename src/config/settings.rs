@@ -4,7 +4,7 @@
 //! Defaults live in one place, the raw structs' `Default`: [`Settings::default`] is the
 //! checked form of an empty file.
 
-use super::{BrokerUrl, EvictionPolicy, Pace, PayloadFormat, ReportConfig, ValidateConfig};
+use super::{BrokerUrl, EvictionPolicy, Pace, PayloadFormat, ReportMode};
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32, NonZeroU64, NonZeroUsize};
 use std::path::PathBuf;
@@ -15,12 +15,11 @@ use std::time::Duration;
 pub struct Settings {
     pub device: DeviceSettings,
     pub gnss: GnssSettings,
-    /// Thresholds of `crate::validate`: plain numbers, range-checked.
-    pub validate: ValidateConfig,
-    /// The reporting policy (`crate::report`), range-checked.
-    pub report: ReportConfig,
+    pub validate: ValidateSettings,
+    pub report: ReportSettings,
     pub buffer: BufferSettings,
     pub mqtt: MqttSettings,
+    pub commands: CommandsSettings,
     pub health: HealthSettings,
 }
 
@@ -28,6 +27,86 @@ impl Default for Settings {
     /// The checked form of an empty file (a unit test proves the defaults check clean).
     fn default() -> Self {
         super::Config::default().settings(&mut Vec::new())
+    }
+}
+
+/// Thresholds of `crate::validate`, each within its range (`[validate]`, checked). The
+/// validator uses them as they are: nothing is clamped or defaulted where they are read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidateSettings {
+    /// Reject fixes with HDOP above this. Positive.
+    pub max_hdop: f64,
+    /// Reject fixes with fewer satellites than this (when the receiver says how many).
+    pub min_sats: u8,
+    /// Reject a fix whose implied speed from the previous accepted fix is above this. Positive.
+    pub max_speed_kmh: f64,
+    /// Consistent fixes in a row that confirm a jump: 2 to [`Self::MAX_JUMP_CONFIRM`].
+    pub jump_confirm: u8,
+    /// Positions of one epoch further apart than this (metres) disagree. Positive.
+    pub disagree_m: f64,
+    /// Dates before this year are invalid or rollover-corrected; 1980 to 2100.
+    pub not_before_year: i32,
+    /// Correct GPS week-rollover dates by 1024 weeks (true) or reject them (false).
+    pub rollover_fix: bool,
+    /// Judge each fix against its neighbours (`frozen`, `inconsistent`).
+    pub motion_check: bool,
+    /// Largest acceleration of the vehicle, m/s²: positive, at most 100.
+    pub max_accel_mps2: f64,
+    /// Largest yaw rate, degrees per second: positive, at most 720.
+    pub max_yaw_rate_dps: f64,
+    /// Position noise at HDOP 1, metres: positive, at most 1000.
+    pub position_noise_m: f64,
+}
+
+impl ValidateSettings {
+    /// Largest `jump_confirm`: the validator's jump track holds this many candidates.
+    pub const MAX_JUMP_CONFIRM: u8 = 16;
+}
+
+impl Default for ValidateSettings {
+    fn default() -> Self {
+        Settings::default().validate
+    }
+}
+
+/// `[report]`, checked: the mode, and the adaptive policy's bound, intervals and stop rule,
+/// each within its range (`crate::report` converts them to its units, nothing more).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportSettings {
+    pub mode: ReportMode,
+    /// Metres; above 0, at most 10 km.
+    pub max_error_m: f64,
+    /// Seconds; above 0, at most a day.
+    pub max_interval_s: f64,
+    /// Seconds; at least `max_interval_s`, at most a day.
+    pub parked_interval_s: f64,
+    /// m/s; above 0, at most 10.
+    pub stop_speed_mps: f64,
+    /// Seconds; above 0, at most an hour.
+    pub stop_after_s: f64,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        Settings::default().report
+    }
+}
+
+/// Remote commands (`[commands]`), checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandsSettings {
+    /// Subscribe to `{prefix}/{device}/cmd` and answer requests.
+    pub enabled: bool,
+    /// `config.set` rolls back unless a broker endpoint accepts a connection with the new
+    /// file within this.
+    pub confirm: Duration,
+    /// Ed25519 public key: only requests signed with its private key are run.
+    pub public_key_file: Option<PathBuf>,
+}
+
+impl Default for CommandsSettings {
+    fn default() -> Self {
+        Settings::default().commands
     }
 }
 

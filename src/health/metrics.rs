@@ -72,6 +72,13 @@ pub struct Metrics {
     acks: Counter,
     fix_to_ack: Histogram,
     health_dropped: Family<DropLabels, Counter>,
+    commands: Family<CommandLabels, Counter>,
+}
+
+/// A remote command's outcome: `ok`, `repeat` (an id answered before) or its error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    result: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -239,6 +246,7 @@ impl Metrics {
         let acks = Counter::default();
         let fix_to_ack = Histogram::new(LATENCY_BUCKETS);
         let health_dropped = Family::<DropLabels, Counter>::default();
+        let commands = Family::<CommandLabels, Counter>::default();
 
         registry.register(
             "nmea_sentences",
@@ -282,7 +290,18 @@ impl Metrics {
              (slow_head, busy, waiting_room_full, evicted_idle)",
             health_dropped.clone(),
         );
+        registry.register(
+            "commands",
+            "Remote commands handled, by result (ok, repeat, the error code, or CMD_DROPPED: not read, the commands stage was busy)",
+            commands.clone(),
+        );
         registry.register_collector(Box::new(BoardSeries { board }));
+        for result in ["ok", "repeat", "CMD_DROPPED"]
+            .into_iter()
+            .chain(crate::commands::error::CommandError::CODES)
+        {
+            drop(commands.get_or_create(&CommandLabels { result }));
+        }
 
         // Pre-create every fix series so `rate()` sees zeros rather than missing series.
         drop(fixes.get_or_create(&FixLabels {
@@ -310,6 +329,21 @@ impl Metrics {
             acks,
             fix_to_ack,
             health_dropped,
+            commands,
+        }
+    }
+
+    /// One remote command handled, with this outcome (`ok`, `repeat`, or an error code).
+    pub fn command(&self, result: &'static str) {
+        self.commands_by(result, 1);
+    }
+
+    /// `n` more remote commands with this outcome.
+    pub fn commands_by(&self, result: &'static str, n: u64) {
+        if n > 0 {
+            self.commands
+                .get_or_create(&CommandLabels { result })
+                .inc_by(n);
         }
     }
 

@@ -40,7 +40,7 @@
 pub mod cone;
 pub mod measure;
 
-use crate::config::{ReportConfig, ReportMode};
+use crate::config::{ReportMode, ReportSettings};
 use crate::fix::{Event, Fix};
 use cone::{distance_m, Cone, Directions, Frame};
 
@@ -72,28 +72,20 @@ pub struct Settings {
 impl Settings {
     /// `mode = "adaptive"` with this bound and the other keys at their documented defaults.
     pub fn adaptive(max_error_m: f64) -> Settings {
-        Settings::from_config(&ReportConfig {
+        Settings::from_config(&ReportSettings {
             mode: ReportMode::Adaptive,
             max_error_m,
-            ..ReportConfig::default()
+            ..ReportSettings::default()
         })
     }
 
-    pub fn from_config(cfg: &ReportConfig) -> Settings {
-        let ms = |s: f64| {
-            if s.is_finite() && s > 0.0 {
-                (s * 1000.0).round().clamp(1.0, 1e15) as i64
-            } else {
-                1
-            }
-        };
+    /// The checked `[report]` in the policy's units (whole milliseconds; the check keeps
+    /// every duration within a day, so the conversion is exact to the millisecond).
+    pub fn from_config(cfg: &ReportSettings) -> Settings {
+        let ms = |s: f64| (s * 1000.0).round() as i64;
         Settings {
             adaptive: cfg.mode == ReportMode::Adaptive,
-            max_error_m: if cfg.max_error_m.is_finite() && cfg.max_error_m > 0.0 {
-                cfg.max_error_m
-            } else {
-                ReportConfig::default().max_error_m
-            },
+            max_error_m: cfg.max_error_m,
             max_interval_ms: ms(cfg.max_interval_s),
             parked_interval_ms: ms(cfg.parked_interval_s),
             stop_speed_mps: cfg.stop_speed_mps,
@@ -239,7 +231,7 @@ impl Policy {
         }
     }
 
-    pub fn from_config(cfg: &ReportConfig) -> Policy {
+    pub fn from_config(cfg: &ReportSettings) -> Policy {
         Policy::new(Settings::from_config(cfg))
     }
 

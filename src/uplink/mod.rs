@@ -16,7 +16,9 @@
 //! drives one connection at a time (its `session`) over a [`source::FixSource`] ([`link`],
 //! the buffer), on [`settings`] (with [`credentials`] read once); [`probe`] does the
 //! reachability probes; [`linger`] holds live fixes for company; [`profile`] is the
-//! platform's device contract (topics, payload shapes, who the agent is at CONNECT).
+//! platform's device contract (topics, payload shapes, who the agent is at CONNECT, its
+//! command channel); [`remote`] is the seam to the remote commands (requests in, answers
+//! out; no command logic here).
 
 pub mod acks;
 pub mod backoff;
@@ -32,6 +34,7 @@ pub mod probe;
 pub mod profile;
 pub mod publisher;
 pub mod reconnect;
+pub mod remote;
 pub mod settings;
 pub mod source;
 pub mod tls;

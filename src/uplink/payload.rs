@@ -21,6 +21,12 @@ pub struct Topics {
     pub fixes: String,
     /// `{prefix}/{device}/status`: QoS 1, retained, also the last will.
     pub status: String,
+    /// `{prefix}/{device}/cmd`: remote commands in (subscribed with `[commands] enabled`).
+    pub cmd: String,
+    /// `{prefix}/{device}/cmd/result`: their answers, QoS 1, not retained.
+    pub result: String,
+    /// `{prefix}/{device}/backfill`: fixes a `backfill` command republishes.
+    pub backfill: String,
 }
 
 impl Topics {
@@ -28,6 +34,9 @@ impl Topics {
         Topics {
             fixes: format!("{prefix}/{device}/fixes"),
             status: format!("{prefix}/{device}/status"),
+            cmd: format!("{prefix}/{device}/cmd"),
+            result: format!("{prefix}/{device}/cmd/result"),
+            backfill: format!("{prefix}/{device}/backfill"),
         }
     }
 }
@@ -213,6 +222,9 @@ pub(crate) mod tests {
         let t = Topics::new("fleet", "truck-042");
         assert_eq!(t.fixes, "fleet/truck-042/fixes");
         assert_eq!(t.status, "fleet/truck-042/status");
+        assert_eq!(t.cmd, "fleet/truck-042/cmd");
+        assert_eq!(t.result, "fleet/truck-042/cmd/result");
+        assert_eq!(t.backfill, "fleet/truck-042/backfill");
     }
 
     #[test]

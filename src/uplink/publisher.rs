@@ -12,8 +12,10 @@
 //! (attempts, probes, when it last tried: the facts `/health` judges a wedge by).
 //!
 //! It publishes a retained `online` status after connecting; `offline` is the last will and
-//! is published on a clean shutdown. Nothing else goes over the uplink: no periodic status,
-//! no metrics. Live fixes wait for company ([`Linger`]); messages are capped at what the
+//! is published on a clean shutdown. Nothing else goes over the uplink (no periodic status,
+//! no metrics) but, with a [`RemotePort`] attached (`[commands] enabled`), the command
+//! topic's subscription, the requests handed on as bytes, and the answers and backfill
+//! messages the commands stage sends back (see [`crate::uplink::remote`]). Live fixes wait for company ([`Linger`]); messages are capped at what the
 //! broker was seen to take ([`MessageLimit`]). It never acknowledges a fix without its
 //! PUBACK, never holds more than `window` messages, and never exits on a link failure: only
 //! the shutdown token ends [`Publisher::run`].
@@ -29,6 +31,7 @@ use crate::uplink::linger::Linger;
 use crate::uplink::probe::probe;
 use crate::uplink::profile::{self, Profile};
 use crate::uplink::reconnect::{Ending, Reconnect, Step};
+use crate::uplink::remote::RemotePort;
 use crate::uplink::settings::tls_made;
 use session::{Failure, SessionEnd};
 use std::sync::Arc;
@@ -66,6 +69,9 @@ pub struct Publisher<S: FixSource> {
     /// The stream the source was last asked about: the source hands out only fixes of the
     /// stream it last told, and every message is labelled with it.
     stream: String,
+    /// The remote commands' seam, when `[commands] enabled`: each connection subscribes to
+    /// the command topic and publishes what the commands stage sends.
+    remote: Option<RemotePort>,
 }
 
 impl<S: FixSource> Publisher<S> {
@@ -86,6 +92,7 @@ impl<S: FixSource> Publisher<S> {
             board,
             connections: 0,
             stream: String::new(),
+            remote: None,
         };
         let wedge_after = p.settings.wedge_after();
         p.show(None, |m| {
@@ -126,6 +133,12 @@ impl<S: FixSource> Publisher<S> {
     /// The endpoint in use: connected to, or where the next probe or attempt goes.
     pub(super) fn broker(&self) -> &BrokerUrl {
         self.settings.endpoint(self.reconnect.endpoint())
+    }
+
+    /// Take remote commands through `port` (see [`crate::uplink::remote`]).
+    pub fn with_remote(mut self, port: RemotePort) -> Self {
+        self.remote = Some(port);
+        self
     }
 
     /// Replace the jitter source (tests turn it off or seed it).
@@ -212,6 +225,16 @@ impl<S: FixSource> Publisher<S> {
                 );
                 self.show(Some(step), |m| m.connected = false);
                 Some(step)
+            }
+            SessionEnd::Reconnect => {
+                // Asked remotely: breaker and backoff start afresh, the next attempt is now.
+                self.reconnect = Reconnect::new(
+                    self.settings.reconnect_policy(),
+                    Jitter::Full(Xorshift64::from_entropy()),
+                );
+                info!(broker = %self.broker(), "reconnecting now, as a remote command asked");
+                self.show(None, |m| m.connected = false);
+                Some(self.reconnect.first(Instant::now()))
             }
         }
     }

@@ -1,10 +1,12 @@
 //! The publisher's settings: the checked `[mqtt]` section ([`MqttSettings`]) as the uplink
 //! runs on it, with the password read and the TLS client configuration built once
-//! ([`PublisherSettings::from_settings`], which `check-config` runs too), the broker's
-//! endpoints in order, and the pacing policy derived from it. Plain data: built once per
-//! configuration, compared on SIGHUP to decide whether the uplink must reconnect.
+//! ([`PublisherSettings::from_settings`], which `check-config` runs too, through
+//! [`file_problems`]), the broker's endpoints in order, and the pacing policy derived from
+//! it. Plain data: built once per configuration, compared on SIGHUP to decide whether the
+//! uplink must reconnect.
 
-use crate::config::{BrokerUrl, MqttSettings, PayloadFormat, ProfileName};
+use crate::config::{BrokerUrl, MqttSettings, PayloadFormat, Problem, ProfileName};
+use crate::error::Classified;
 use crate::uplink::backoff::BackoffPolicy;
 use crate::uplink::breaker::BreakerPolicy;
 use crate::uplink::credentials::{Password, TlsClient};
@@ -181,6 +183,37 @@ impl PublisherSettings {
     }
 }
 
+/// What the uplink will do with its files at start (read the password, parse the CA, the
+/// client certificate and its key), done for `check-config`, `run` and every reload: a
+/// problem naming the key of the file that failed, with the error's code. Nothing when
+/// `[mqtt]` already has problems of its own besides its URL (`earlier`): the files are
+/// judged only for a section that is otherwise right.
+pub fn file_problems(mqtt: &MqttSettings, device: &str, earlier: &[Problem]) -> Vec<Problem> {
+    if earlier
+        .iter()
+        .any(|p| p.key.starts_with("mqtt.") && p.key != "mqtt.url")
+    {
+        return Vec::new();
+    }
+    let Err(e) = PublisherSettings::from_settings(mqtt, device) else {
+        return Vec::new();
+    };
+    let key = match &e {
+        UplinkError::TlsConfig { path, .. } => [
+            ("mqtt.password_file", &mqtt.password_file),
+            ("mqtt.client_cert", &mqtt.client_cert),
+            ("mqtt.client_key", &mqtt.client_key),
+            ("mqtt.ca_file", &mqtt.ca_file),
+            ("mqtt.sas_key_file", &mqtt.sas_key_file),
+        ]
+        .into_iter()
+        .find(|(_, p)| p.as_deref() == Some(path.as_path()))
+        .map_or("mqtt.ca_file", |(key, _)| key),
+        _ => "mqtt.url",
+    };
+    vec![Problem::new(key, format!("{e} ({})", e.code()))]
+}
+
 /// Beyond the liveness bound, what a probe (5 s), an attempt (5 s) and the wind-down of a
 /// session (reading rumqttc's last events, releasing fixes to the buffer) may take before
 /// the uplink counts as wedged.
@@ -247,7 +280,6 @@ fn profile_settings(
 mod tests {
     use super::*;
     use crate::config::parse_str;
-    use crate::error::Classified;
 
     fn mqtt(section: &str) -> MqttSettings {
         parse_str(&format!("[device]\nid = \"truck-7\"\n[mqtt]\n{section}"))

@@ -59,7 +59,7 @@
 //! 10 Hz receiver crawling less than one step per epoch is not either.
 
 use super::geo::north_east_m;
-use crate::config::ValidateConfig;
+use crate::config::ValidateSettings;
 use crate::fix::Fix;
 
 /// Doppler speed allowance, m/s: receivers specify about 0.1 m/s (1σ); three times that.
@@ -92,7 +92,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn of(cfg: &ValidateConfig) -> Self {
+    pub fn of(cfg: &ValidateSettings) -> Self {
         Limits {
             accel_mps2: cfg.max_accel_mps2,
             yaw_rate_rps: cfg.max_yaw_rate_dps.to_radians(),
@@ -446,7 +446,7 @@ mod tests {
     }
 
     fn lim() -> Limits {
-        Limits::of(&ValidateConfig::default())
+        Limits::of(&ValidateSettings::default())
     }
 
     /// The last position of `b` that `doppler_leg` from `a` still calls consistent, moving

@@ -61,7 +61,7 @@ pub use track::JUMP_TRACK_CAPACITY;
 
 use tracing::debug;
 
-use crate::config::ValidateConfig;
+use crate::config::ValidateSettings;
 use crate::fix::{Fix, FixMode};
 use crate::gnss::epoch::{Epoch, FaaMode};
 use crate::rejection::{Reason, ReasonCounts, Rejection};
@@ -88,7 +88,7 @@ pub type Verdict = Result<Fix, Rejection>;
 /// Judges epochs; keeps what the time, speed and motion checks need from earlier ones.
 #[derive(Debug, Clone)]
 pub struct Validator {
-    cfg: ValidateConfig,
+    cfg: ValidateSettings,
     limits: Limits,
     /// Otherwise-good epochs in a row that were earlier than the last accepted fix, each
     /// later than the one before: (time of the newest, how many). A receiver whose clock
@@ -151,7 +151,7 @@ struct Screened {
 }
 
 impl Validator {
-    pub fn new(cfg: ValidateConfig) -> Self {
+    pub fn new(cfg: ValidateSettings) -> Self {
         Validator {
             limits: Limits::of(&cfg),
             cfg,

@@ -56,7 +56,7 @@ pub fn unix_ms(date: NaiveDate, time_of_day_ms: u32) -> Option<i64> {
 }
 
 /// Unix ms of 1980-01-01: no fix is earlier (GPS time began on 1980-01-06, and
-/// `not_before_year` is 1980 at the earliest, see `crate::config::ValidateConfig`).
+/// `not_before_year` is 1980 at the earliest, see `crate::config::ValidateSettings`).
 const EARLIEST_MS: i64 = 315_532_800_000;
 
 /// A fix's time that did not come from [`unix_ms`] (a stored record): valid only where the

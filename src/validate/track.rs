@@ -11,7 +11,7 @@
 use super::geo::{distance_m, speed_kmh};
 
 /// Most candidates held; also the largest `validate.jump_confirm` the config accepts.
-pub const JUMP_TRACK_CAPACITY: usize = 16;
+pub const JUMP_TRACK_CAPACITY: usize = crate::config::ValidateSettings::MAX_JUMP_CONFIRM as usize;
 
 /// A position at a receiver time.
 #[derive(Debug, Clone, Copy, PartialEq)]

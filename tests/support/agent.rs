@@ -171,6 +171,18 @@ impl Agent {
         self.child.id()
     }
 
+    /// SIGKILL, keeping what it takes to start the same agent again ([`Killed::restart`]).
+    pub fn kill_keeping(self) -> Killed {
+        let killed = Killed {
+            config: self.config.clone(),
+            health: self.health,
+            db: self.db.clone(),
+            log: self.log.clone(),
+        };
+        self.kill();
+        killed
+    }
+
     /// SIGKILL (an OOM kill, a watchdog, a crash), then reaped.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -341,6 +353,21 @@ impl Agent {
             || self.child.try_wait().unwrap(),
         );
         (status.code().unwrap_or(-1), self.db.clone())
+    }
+}
+
+/// A killed agent's configuration, health port, buffer and log.
+pub struct Killed {
+    pub config: PathBuf,
+    pub health: SocketAddr,
+    pub db: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Killed {
+    /// The same agent started again, as systemd restarts it.
+    pub fn restart(&self) -> Agent {
+        Agent::restart(&self.config, self.health, &self.db, &self.log)
     }
 }
 

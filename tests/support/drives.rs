@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::fix::Fix;
 use gps_agent::report::cone::distance_m;
 use gps_agent::sim::{write_reading, Drive, DriveSpec, NoiseSpec, Reading};
@@ -20,7 +20,7 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
 
 /// The fixes the agent accepts from NMEA text (its pipeline, default settings).
 pub fn decode(nmea: &[u8]) -> Vec<Fix> {
-    gps_agent::pipeline::verdicts(nmea, true, &ValidateConfig::default())
+    gps_agent::pipeline::verdicts(nmea, true, &ValidateSettings::default())
         .into_iter()
         .filter_map(Result::ok)
         .collect()

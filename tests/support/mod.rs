@@ -1,12 +1,12 @@
-//! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and
-//! a TCP fault proxy ([`proxy`]) to put between the agent and the broker, and a front end
-//! playing a load balancer or a broker in trouble ([`front`]); a real mosquitto
-//! ([`mosquitto`]) with test certificates ([`certs`]); a TLS front for the in-process broker
-//! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
-//! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]); simulated
-//! drives as accepted fixes, with receiver noise ([`drives`]); the chaos run of the real
-//! daemon under seeded faults ([`chaos`]); a RabbitMQ cluster `.ci/cluster.sh` started
-//! ([`rabbitmq`]).
+//! Shared harness of the uplink integration tests: an in-process MQTT broker ([`broker`]) and a
+//! TCP fault proxy ([`proxy`]) to put between the agent and the broker, and a front end playing
+//! a load balancer or a broker in trouble ([`front`]); a real mosquitto ([`mosquitto`]) with
+//! test certificates ([`certs`]); a TLS front for the in-process broker ([`tls_front`]); an
+//! in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one that pauses around
+//! agent restarts ([`relay`]); the power-cut shim ([`shim`]); an operator's command signing key
+//! ([`signing`]) and the back end that sends commands ([`backend`]); simulated drives as accepted fixes, with receiver noise ([`drives`]); the
+//! chaos run of the real daemon under seeded faults ([`chaos`]); a RabbitMQ cluster
+//! `.ci/cluster.sh` started ([`rabbitmq`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -15,6 +15,7 @@
 #![allow(dead_code)] // Each test file uses a different part of the harness.
 
 pub mod agent;
+pub mod backend;
 pub mod broker;
 pub mod certs;
 pub mod chaos;
@@ -28,6 +29,7 @@ pub mod publisher;
 pub mod rabbitmq;
 pub mod relay;
 pub mod shim;
+pub mod signing;
 pub mod source;
 pub mod tls_front;
 pub mod wait;

@@ -17,6 +17,7 @@
 //! A SAS token lives [`TOKEN_LIFETIME`]; the session renews it by reconnecting
 //! [`RENEW_BEFORE`] ahead of its expiry (IoT Hub closes a connection whose token expired).
 
+use super::calls::{self, Route, Routes};
 use super::{Identity, Profile, Publish};
 use crate::base64;
 use crate::config::{PayloadFormat, ProfileName};
@@ -24,10 +25,18 @@ use crate::uplink::cbor;
 use crate::uplink::credentials::Password;
 use crate::uplink::error::UplinkError;
 use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState};
+use serde_json::Value;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
+
+/// Direct methods arrive on `$iothub/methods/POST/{method}/?$rid={rid}`; the answer goes to
+/// `$iothub/methods/res/{status}/?$rid={rid}`.
+pub const METHODS: &str = "$iothub/methods/POST/";
+/// Responses to twin requests (the reported-properties patches): subscribed, as the hub
+/// expects of a device that updates its twin, and not otherwise read.
+pub const TWIN_RESPONSES: &str = "$iothub/twin/res/#";
 
 /// The API version the user name names.
 pub const API_VERSION: &str = "2021-04-12";
@@ -103,6 +112,7 @@ pub struct Azure {
     events: String,
     /// Request ids of twin updates.
     rid: AtomicU64,
+    routes: Routes,
 }
 
 impl Azure {
@@ -125,6 +135,7 @@ impl Azure {
             lifetime,
             events: format!("devices/{device}/messages/events/{properties}"),
             rid: AtomicU64::new(0),
+            routes: Routes::default(),
         }
     }
 }
@@ -188,6 +199,72 @@ impl Profile for Azure {
             retain: false,
         }
     }
+
+    fn subscriptions(&self, commands: bool) -> Vec<String> {
+        let mut all = vec![TWIN_RESPONSES.to_owned()];
+        if commands {
+            all.push(format!("{METHODS}#"));
+        }
+        all
+    }
+
+    /// A direct method: its name is the command, its payload the arguments.
+    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Vec<u8>> {
+        let Some((method, rid)) = topic
+            .strip_prefix(METHODS)
+            .and_then(|rest| rest.split_once("/?$rid="))
+        else {
+            return Vec::new();
+        };
+        let params: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let (request, id) =
+            calls::request(&format!("azure-{connection}-{rid}"), method, params, now_ms);
+        if let Some(id) = id {
+            self.routes.remember(
+                id,
+                Route::Azure {
+                    rid: rid.to_owned(),
+                },
+            );
+        }
+        vec![request]
+    }
+
+    /// Telemetry as the live fixes, marked with the message property `gps-agent=backfill`
+    /// (IoT Hub routes can tell them apart); the payload is the spec's, with `"request"`.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        Some(Publish {
+            topic: format!(
+                "devices/{}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&gps-agent=backfill",
+                self.device
+            ),
+            payload: message.to_vec(),
+            retain: false,
+        })
+    }
+
+    /// The answer as the method's response: status 200 when it went well, 400 when the
+    /// request was refused, 500 when it failed running.
+    fn answer(&self, answer: &[u8]) -> Option<Publish> {
+        let (id, ok, v) = calls::read_answer(answer)?;
+        let Route::Azure { rid } = self.routes.find(&id)? else {
+            return None;
+        };
+        let code = v
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let status = match (ok, code) {
+            (true, _) => 200,
+            (false, "CMD_FAILED" | "CMD_INTERRUPTED") => 500,
+            (false, _) => 400,
+        };
+        Some(Publish {
+            topic: format!("$iothub/methods/res/{status}/?$rid={rid}"),
+            payload: answer.to_vec(),
+            retain: false,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -250,5 +327,32 @@ mod tests {
             "devices/d/messages/events/%24.ct=application%2Fcbor"
         );
         assert_eq!(cbor.identity(now).renew_at, None);
+    }
+
+    #[test]
+    fn a_direct_method_is_a_request_and_its_answer_the_methods_response() {
+        let a = Azure::new("h", "d", None, PayloadFormat::Json, TOKEN_LIFETIME);
+        assert_eq!(a.subscriptions(false), ["$iothub/twin/res/#"]);
+        assert_eq!(
+            a.subscriptions(true),
+            ["$iothub/twin/res/#", "$iothub/methods/POST/#"]
+        );
+        let mut got = a.requests("$iothub/methods/POST/config.get/?$rid=7", b"null", 2, 0);
+        let request: Value = serde_json::from_slice(&got.remove(0)).unwrap();
+        assert_eq!(request["id"], "azure-2-7");
+        assert_eq!(request["cmd"], "config.get");
+        let ok = a
+            .answer(br#"{"id":"azure-2-7","ok":true,"result":{}}"#)
+            .unwrap();
+        assert_eq!(ok.topic, "$iothub/methods/res/200/?$rid=7");
+        let refused = a
+            .answer(
+                br#"{"id":"azure-2-7","ok":false,"error":{"code":"CMD_UNKNOWN","message":"x"}}"#,
+            )
+            .unwrap();
+        assert_eq!(refused.topic, "$iothub/methods/res/400/?$rid=7");
+        assert!(a
+            .requests("$iothub/twin/res/204/?$rid=1", b"", 2, 0)
+            .is_empty());
     }
 }

@@ -77,4 +77,36 @@ impl Profile for Fleet {
             retain: true,
         }
     }
+
+    fn subscriptions(&self, commands: bool) -> Vec<String> {
+        if commands {
+            vec![self.topics.cmd.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn requests(&self, topic: &str, payload: &[u8], _: u64, _: i64) -> Vec<Vec<u8>> {
+        if topic != self.topics.cmd {
+            return Vec::new();
+        }
+        vec![payload.to_vec()]
+    }
+
+    /// On `{prefix}/{device}/backfill`, as it is.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        Some(Publish {
+            topic: self.topics.backfill.clone(),
+            payload: message.to_vec(),
+            retain: false,
+        })
+    }
+
+    fn answer(&self, answer: &[u8]) -> Option<Publish> {
+        Some(Publish {
+            topic: self.topics.result.clone(),
+            payload: answer.to_vec(),
+            retain: false,
+        })
+    }
 }

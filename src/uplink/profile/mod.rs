@@ -13,6 +13,7 @@
 //! [`azure`] (with its SAS token), [`cumulocity`].
 
 pub mod azure;
+pub mod calls;
 pub mod cumulocity;
 pub mod fleet;
 pub mod thingsboard;
@@ -97,6 +98,39 @@ pub trait Profile: Send + Sync + fmt::Debug {
     fn will(&self) -> Publish {
         self.status(LinkState::Offline)
     }
+
+    /// Filters to subscribe (QoS 1) after each CONNACK; `commands`: remote commands are on.
+    fn subscriptions(&self, _commands: bool) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// What to publish after the state at each connection (Cumulocity's supported
+    /// operations).
+    fn on_connect(&self, _commands: bool) -> Vec<Publish> {
+        Vec::new()
+    }
+
+    /// A message on a subscribed topic, as requests for the commands stage (none: not a
+    /// command). `connection` numbers the connection: a platform may number its calls
+    /// afresh in each, and a request id must not repeat.
+    fn requests(
+        &self,
+        _topic: &str,
+        _payload: &[u8],
+        _connection: u64,
+        _now_ms: i64,
+    ) -> Vec<Vec<u8>> {
+        Vec::new()
+    }
+
+    /// Where an answer of the commands stage (the spec's JSON) goes; `None`: nowhere known.
+    fn answer(&self, _answer: &[u8]) -> Option<Publish> {
+        None
+    }
+
+    /// A backfill message of the commands stage (the spec's JSON fixes message with
+    /// `"request"`), as the platform takes history; `None`: it cannot be read.
+    fn backfill(&self, message: &[u8]) -> Option<Publish>;
 }
 
 /// The profile of these settings.

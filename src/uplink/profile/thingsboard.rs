@@ -11,6 +11,7 @@
 //! `course` (degrees), `hdop`, `sats`, and `seq` and `stream` so a consumer can check
 //! delivery as with the fleet contract; a value the fix does not have is left out.
 
+use super::calls::{self, Route, Routes};
 use super::{Identity, Profile, Publish};
 use crate::config::ProfileName;
 use crate::fix::Fix;
@@ -18,16 +19,21 @@ use crate::uplink::credentials::Password;
 use crate::uplink::error::UplinkError;
 use crate::uplink::payload::{pack, status_payload, Encoded, FixBatch, LinkState};
 use serde::Serialize;
+use serde_json::Value;
 use std::time::SystemTime;
 
 pub const TELEMETRY: &str = "v1/devices/me/telemetry";
 pub const ATTRIBUTES: &str = "v1/devices/me/attributes";
+/// Server-side RPC: requests arrive on `.../request/{id}`, answers go to `.../response/{id}`.
+pub const RPC_REQUEST: &str = "v1/devices/me/rpc/request/";
+pub const RPC_RESPONSE: &str = "v1/devices/me/rpc/response/";
 
 #[derive(Debug)]
 pub struct ThingsBoard {
     device: String,
     client_id: String,
     token: Password,
+    routes: Routes,
 }
 
 impl ThingsBoard {
@@ -36,6 +42,7 @@ impl ThingsBoard {
             device: device.to_owned(),
             client_id: client_id.to_owned(),
             token,
+            routes: Routes::default(),
         }
     }
 }
@@ -120,6 +127,69 @@ impl Profile for ThingsBoard {
             retain: false,
         }
     }
+
+    fn subscriptions(&self, commands: bool) -> Vec<String> {
+        if commands {
+            vec![format!("{RPC_REQUEST}+")]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `{"method": cmd, "params": args}` on `v1/devices/me/rpc/request/{n}`.
+    fn requests(&self, topic: &str, payload: &[u8], connection: u64, now_ms: i64) -> Vec<Vec<u8>> {
+        let Some(n) = topic.strip_prefix(RPC_REQUEST) else {
+            return Vec::new();
+        };
+        let call: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+        let method = call
+            .get("method")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let params = call.get("params").cloned().unwrap_or(Value::Null);
+        let (request, id) = calls::request(&format!("tb-{connection}-{n}"), method, params, now_ms);
+        if let Some(id) = id {
+            self.routes.remember(
+                id,
+                Route::ThingsBoard {
+                    request: n.to_owned(),
+                },
+            );
+        }
+        vec![request]
+    }
+
+    /// History as telemetry: each fix at its own time lands where it was driven.
+    fn backfill(&self, message: &[u8]) -> Option<Publish> {
+        let (request, fixes) = calls::read_backfill(message)?;
+        let mut payload = Vec::with_capacity(fixes.len() * 200 + 2);
+        payload.push(b'[');
+        for (i, (seq, fix)) in fixes.iter().enumerate() {
+            if i > 0 {
+                payload.push(b',');
+            }
+            serde_json::to_writer(&mut payload, &point(*seq, fix, &request)).ok()?;
+        }
+        payload.push(b']');
+        Some(Publish {
+            topic: TELEMETRY.to_owned(),
+            payload,
+            retain: false,
+        })
+    }
+
+    /// The answer as it is, on the RPC's response topic (ThingsBoard hands it to the caller).
+    fn answer(&self, answer: &[u8]) -> Option<Publish> {
+        let (id, ..) = calls::read_answer(answer)?;
+        let Route::ThingsBoard { request } = self.routes.find(&id)? else {
+            return None;
+        };
+        Some(Publish {
+            topic: format!("{RPC_RESPONSE}{request}"),
+            payload: answer.to_vec(),
+            retain: false,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -157,5 +227,30 @@ mod tests {
         let status = tb.status(LinkState::Online);
         assert_eq!(status.topic, "v1/devices/me/attributes");
         assert!(!status.retain);
+    }
+
+    #[test]
+    fn a_server_side_rpc_is_a_request_and_its_answer_goes_to_the_rpcs_response_topic() {
+        let tb = ThingsBoard::new("d", "d", Password::new("t"));
+        assert_eq!(tb.subscriptions(true), ["v1/devices/me/rpc/request/+"]);
+        assert!(tb.subscriptions(false).is_empty());
+        let mut got = tb.requests(
+            "v1/devices/me/rpc/request/42",
+            br#"{"method":"ping","params":{}}"#,
+            3,
+            0,
+        );
+        assert_eq!(got.len(), 1);
+        let request: Value = serde_json::from_slice(&got.remove(0)).unwrap();
+        assert_eq!(request["id"], "tb-3-42");
+        assert_eq!(request["cmd"], "ping");
+        let answer = br#"{"id":"tb-3-42","ok":true,"result":{"version":"x"}}"#;
+        let out = tb.answer(answer).unwrap();
+        assert_eq!(out.topic, "v1/devices/me/rpc/response/42");
+        assert_eq!(out.payload, answer);
+        assert_eq!(tb.answer(br#"{"id":"other","ok":true}"#), None);
+        assert!(tb
+            .requests("v1/devices/me/attributes", b"{}", 3, 0)
+            .is_empty());
     }
 }

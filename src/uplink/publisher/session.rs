@@ -15,6 +15,7 @@ use crate::uplink::limit::{Unacked, Verdict};
 use crate::uplink::payload::{Encoded, FixBatch, LinkState};
 use crate::uplink::probe::{probe, PathWatch};
 use crate::uplink::reconnect::{Ending, Watch};
+use crate::uplink::remote::Outbound;
 use crate::uplink::source::FixSource;
 use crate::uplink::tls::client_config;
 use rumqttc::{
@@ -53,6 +54,8 @@ pub(super) enum SessionEnd {
     /// The credentials were about to expire (a signed token): closed cleanly, to connect
     /// again at once with new ones.
     Renew,
+    /// A remote command asked for a new connection now.
+    Reconnect,
 }
 
 /// What pacing makes of an error that ended an attempt or a session.
@@ -150,7 +153,12 @@ impl<S: FixSource> Publisher<S> {
         o.set_inflight(self.settings.window.max(1));
         // Payload plus topic plus MQTT header: the payload limit is what `encode` enforces.
         let packet_max = self.settings.max_message_bytes + self.profile.fixes_topic().len() + 64;
-        o.set_max_packet_size(packet_max.max(16 * 1024), packet_max);
+        let incoming_max = if self.remote.is_some() {
+            crate::uplink::remote::MAX_INCOMING_BYTES
+        } else {
+            16 * 1024
+        };
+        o.set_max_packet_size(packet_max.max(incoming_max), packet_max);
         let will = self.profile.will();
         o.set_last_will(LastWill::new(
             will.topic,
@@ -176,9 +184,9 @@ impl<S: FixSource> Publisher<S> {
             }
         };
         let window_size = self.limit.window(usize::from(self.settings.window.max(1)));
-        // Room for the window, the status message and the DISCONNECT: try_publish never
-        // finds the channel full.
-        let (client, mut eventloop) = AsyncClient::new(options, window_size + 2);
+        // Room for the window, the status message and what the profile sends at connect,
+        // the SUBSCRIBEs and the DISCONNECT: try_publish never finds the channel full.
+        let (client, mut eventloop) = AsyncClient::new(options, window_size + 8);
         eventloop
             .network_options
             .set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
@@ -367,7 +375,24 @@ impl<S: FixSource> Publisher<S> {
         info!(broker = %self.broker(), reconnects, window = s.window.capacity(),
             "uplink connected");
         self.submit_status(&s.client, &mut s.window, LinkState::Online)
-            .map_err(|e| failed(e, &s.facts, reset_after))
+            .map_err(|e| failed(e, &s.facts, reset_after))?;
+        let commands = self.remote.is_some();
+        for extra in self.profile.on_connect(commands) {
+            // Announcements the platform keeps (Cumulocity's supported operations): with a
+            // window of one, the next connection sends them.
+            if s.window.has_room() {
+                self.submit(&s.client, &mut s.window, extra)
+                    .map_err(|e| failed(e, &s.facts, reset_after))?;
+            }
+        }
+        // Clean session: each connection subscribes again (the profile's command channel
+        // when commands are on, and what its platform expects of any device).
+        for filter in self.profile.subscriptions(commands) {
+            s.client
+                .try_subscribe(filter, QoS::AtLeastOnce)
+                .map_err(|_| failed(UplinkError::ClientClosed, &s.facts, reset_after))?;
+        }
+        Ok(())
     }
 
     /// The connected session: fixes out as the window and the source allow, PUBACKs in,
@@ -431,8 +456,58 @@ impl<S: FixSource> Publisher<S> {
                         return failed(e, &s.facts, reset_after);
                     }
                 }
+                Some(out) = recv_remote(&mut self.remote), if room => {
+                    match self.send_remote(s, out) {
+                        Ok(true) => return self.end_for_reconnect(s).await,
+                        Ok(false) => {}
+                        Err(e) => return failed(e, &s.facts, reset_after),
+                    }
+                }
             }
         }
+    }
+
+    /// What the commands stage sent: an answer or a backfill message goes out through the
+    /// window (which has room); `Ok(true)` when the connection is to end for a reconnect.
+    fn send_remote(&mut self, s: &mut Session, out: Outbound) -> Result<bool, UplinkError> {
+        // Where the platform takes it (the profile routes answers back to the call).
+        let message = match &out {
+            Outbound::Reconnect => return Ok(true),
+            Outbound::Answer(p) => self.profile.answer(p),
+            Outbound::Backfill(p) => self.profile.backfill(p),
+        };
+        let Some(message) = message else {
+            warn!(
+                code = "CMD_UNROUTED",
+                class = "permanent",
+                profile = self.profile.name().as_str(),
+                "a command's answer or backfill message has nowhere to go on this platform; dropped"
+            );
+            return Ok(false);
+        };
+        self.submit(&s.client, &mut s.window, message)?;
+        Ok(false)
+    }
+
+    /// A remote `reconnect`: what was sent before it is written, then a clean DISCONNECT
+    /// (bounded), and the session ends. Its unacknowledged fixes go back to the buffer.
+    async fn end_for_reconnect(&mut self, s: &mut Session) -> SessionEnd {
+        if s.client.try_disconnect().is_ok() {
+            let until = Instant::now() + Duration::from_secs(1);
+            loop {
+                let event = tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    e = s.events.recv() => e,
+                };
+                match event {
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | Some(Err(_)) | None => break,
+                    Some(Ok(e)) => {
+                        let _ = self.on_event(e, &mut s.window).await;
+                    }
+                }
+            }
+        }
+        SessionEnd::Reconnect
     }
 
     /// An event of the connected session: a PUBACK is progress, and may prove the broker
@@ -551,7 +626,40 @@ impl<S: FixSource> Publisher<S> {
                 });
                 Ok(Some(acked))
             }
+            Event::Incoming(Incoming::Publish(p)) => {
+                self.on_request(&p.topic, &p.payload);
+                Ok(None)
+            }
             _ => Ok(None),
+        }
+    }
+
+    /// A message on a subscribed topic: a request goes to the commands stage as it came
+    /// (rumqttc has acknowledged it); when the stage's inbox is full it is dropped and said.
+    fn on_request(&mut self, topic: &str, payload: &[u8]) {
+        let Some(remote) = &self.remote else { return };
+        let now_ms = self.board.clock().utc_ms();
+        for request in self
+            .profile
+            .requests(topic, payload, self.connections, now_ms)
+        {
+            self.hand_over(remote, request);
+        }
+    }
+
+    /// One request to the commands stage; dropped and said when its inbox is full.
+    fn hand_over(&self, remote: &crate::uplink::remote::RemotePort, request: Vec<u8>) {
+        let bytes = request.len();
+        if remote.requests.try_send(request).is_err() {
+            remote
+                .dropped
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(
+                code = "CMD_DROPPED",
+                class = "transient",
+                bytes,
+                "remote command dropped: the commands stage is busy or stopped"
+            );
         }
     }
 
@@ -734,19 +842,29 @@ impl<S: FixSource> Publisher<S> {
         window: &mut AckWindow,
         state: LinkState,
     ) -> Result<(), UplinkError> {
-        let status = self.profile.status(state);
+        self.submit(client, window, self.profile.status(state))
+    }
+
+    /// A message that carries no fix (the state, a command's answer, a backfill message),
+    /// published at QoS 1 through the acknowledgement window.
+    fn submit(
+        &self,
+        client: &AsyncClient,
+        window: &mut AckWindow,
+        message: crate::uplink::profile::Publish,
+    ) -> Result<(), UplinkError> {
         client
             .try_publish(
-                status.topic,
+                message.topic,
                 QoS::AtLeastOnce,
-                status.retain,
-                status.payload,
+                message.retain,
+                message.payload,
             )
             .map_err(|_| UplinkError::ClientClosed)?;
         window
             .submit(Vec::new(), Instant::now())
             .map_err(|_| UplinkError::AckMismatch {
-                detail: "no room in the window for the status message",
+                detail: "no room in the window for a message without fixes",
                 pkid: 0,
             })
     }
@@ -860,6 +978,14 @@ fn failed(error: UplinkError, facts: &SessionFacts, reset_after: Duration) -> Se
 /// Slots the window has, as a loop bound for `fill`.
 fn window_slots(window: &AckWindow, size: u16) -> usize {
     usize::from(size).saturating_sub(window.len()) + 1
+}
+
+/// The next message of the commands stage; pending for ever without one.
+async fn recv_remote(remote: &mut Option<crate::uplink::remote::RemotePort>) -> Option<Outbound> {
+    match remote {
+        Some(r) => r.outbox.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
