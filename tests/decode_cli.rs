@@ -142,3 +142,89 @@ fn broken_input_exits_65_after_the_good_messages_and_a_missing_file_66() {
     let (_, _, code) = decode(&dir.path().join("missing"));
     assert_eq!(code, 66);
 }
+
+/// `gps-agent decode FILE` with its address space limited to `limit_mb` MiB (as `ulimit -v`
+/// does): the exit code (`None` when a signal ended it: an allocation failure aborts) and
+/// stderr.
+fn decode_within(path: &Path, limit_mb: u64) -> (Option<i32>, String) {
+    use std::os::unix::process::CommandExt;
+    let limit = limit_mb * 1024 * 1024;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gps-agent"));
+    cmd.arg("decode").arg(path);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rl = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &rl) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A v2 map whose `q` column is `body`.
+fn cbor_q_column(body: &[u8]) -> Vec<u8> {
+    let mut m = vec![0xa1, 0x61, b'q'];
+    m.extend_from_slice(body);
+    m
+}
+
+#[test]
+fn arrays_nested_sixteen_deep_each_claiming_a_million_items_exit_65_within_500_mb() {
+    // 1 MB of `array of 1,000,000 items` heads: each claim is within the bytes left, so a
+    // decoder that reserves room for what is claimed asks for 32 MB per level.
+    let claim = [0x9a, 0x00, 0x0f, 0x42, 0x40];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested.bin");
+    std::fs::write(&path, cbor_q_column(&claim.repeat(200_000))).unwrap();
+    let (code, err) = decode_within(&path, 500);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.starts_with("gps-agent decode: message 0 (byte 0): "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_column_claiming_32_million_items_costs_no_more_memory_than_its_bytes() {
+    // 32 MB of zeros (each an integer 0) in a `q` column that claims all of them, in a map
+    // without `v`: 65 without holding 32 M decoded items (a gigabyte at 32 bytes each).
+    let n: u32 = 32 * 1024 * 1024;
+    let mut body = vec![0x9a];
+    body.extend_from_slice(&n.to_be_bytes());
+    body.resize(body.len() + n as usize, 0);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("zeros.bin");
+    std::fs::write(&path, cbor_q_column(&body)).unwrap();
+    let (code, err) = decode_within(&path, 400);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(err.contains("v is None, not 2"), "{err}");
+}
+
+#[test]
+fn a_json_fixes_array_of_twelve_million_numbers_exits_65_at_its_first_element() {
+    // `{"v":1,"fixes":[0,0,...]}`, 24 MB: a decoder that builds the document's tree first
+    // holds 12 M values of 32 bytes before it looks at one.
+    let mut text = b"{\"v\":1,\"fixes\":[".to_vec();
+    text.extend_from_slice(&b"0,".repeat(12 * 1024 * 1024));
+    text.extend_from_slice(b"0]}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("numbers.json");
+    std::fs::write(&path, text).unwrap();
+    let (code, err) = decode_within(&path, 400);
+    assert_eq!(code, Some(65), "{err}");
+    assert!(
+        err.contains("fix 0: invalid type: integer `0`, expected a fix object"),
+        "{err}"
+    );
+}

@@ -7,9 +7,17 @@
 //! map head (0xA0-0xBF) is v2, whitespace between messages is skipped. A summary line goes
 //! to stderr. Exit 65 (`EX_DATAERR`) at the first message that cannot be read, after the
 //! fixes of the messages before it.
+//!
+//! Memory is the input and a fix at a time, whatever a message claims: both encodings are
+//! read as streams (CBOR by [`cbor::read_prefix`], JSON through serde visitors that keep only
+//! a fix's keys), never built as trees, and nothing is reserved from a claimed length.
 
 use crate::fix::{fix_from_json, Fix, Numbered};
 use crate::uplink::cbor;
+use serde::de::{DeserializeSeed, Error as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+use std::borrow::Cow;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
@@ -116,7 +124,9 @@ pub enum DecodeFailure {
     Write(io::Error),
 }
 
-/// Every message in `bytes`, in order: each fix to `sink`.
+/// Every message in `bytes`, in order: each fix to `sink`. A message's fixes go out only
+/// once the whole message has been read without fault. Memory: `bytes` and a fix at a time,
+/// whatever lengths a message claims.
 pub fn decode_all(
     bytes: &[u8],
     sink: &mut impl FnMut(u64, &Fix) -> io::Result<()>,
@@ -131,23 +141,25 @@ pub fn decode_all(
         let Some(&first) = bytes.get(at) else { break };
         let rest = bytes.get(at..).unwrap_or_default();
         let fail = |why: String| DecodeFailure::Message { index, at, why };
-        let (fixes, used) = match first {
+        let mut written: io::Result<()> = Ok(());
+        let mut fixes = 0u64;
+        let mut emit = |seq: u64, fix: &Fix| {
+            if written.is_ok() {
+                written = sink(seq, fix);
+                fixes += 1;
+            }
+        };
+        let used = match first {
             b'{' => {
-                let mut stream =
-                    serde_json::Deserializer::from_slice(rest).into_iter::<serde_json::Value>();
-                let value = match stream.next() {
-                    Some(Ok(v)) => v,
-                    Some(Err(e)) => return Err(fail(format!("not JSON: {e}"))),
-                    None => break,
-                };
-                let used = stream.byte_offset();
+                let used = json_message(rest, &mut emit).map_err(fail)?;
                 summary.json_messages += 1;
-                (json_fixes(&value).map_err(fail)?, used)
+                used
             }
             0xa0..=0xbf => {
-                let (message, used) = cbor::decode_prefix(rest).map_err(|e| fail(e.to_string()))?;
+                let (_, used) =
+                    cbor::read_prefix(rest, &mut emit).map_err(|e| fail(e.to_string()))?;
                 summary.cbor_messages += 1;
-                (message.fixes, used)
+                used
             }
             b => {
                 return Err(fail(format!(
@@ -155,35 +167,237 @@ pub fn decode_all(
                 )))
             }
         };
+        written.map_err(DecodeFailure::Write)?;
+        summary.fixes += fixes;
         summary.bytes += used as u64;
-        for (seq, fix) in &fixes {
-            sink(*seq, fix).map_err(DecodeFailure::Write)?;
-            summary.fixes += 1;
-        }
         at += used.max(1);
         index += 1;
     }
     Ok(summary)
 }
 
-/// The fixes of a v1 JSON message.
-fn json_fixes(v: &serde_json::Value) -> Result<Vec<(u64, Fix)>, String> {
-    if v.get("v").and_then(serde_json::Value::as_u64) != Some(1) {
-        return Err(format!(
-            "v is {}, not 1",
-            v.get("v").unwrap_or(&serde_json::Value::Null)
-        ));
+/// The v1 JSON message at the start of `rest`: its fixes to `emit` once all of it has been
+/// read without fault; returns the bytes it took. Read as a stream, never as a tree: a fix
+/// at a time, unknown keys skipped unread.
+fn json_message(rest: &[u8], emit: &mut impl FnMut(u64, &Fix)) -> Result<usize, String> {
+    // Its extent first (skipping values keeps nothing), then checked whole, then handed out.
+    let mut extent = serde_json::Deserializer::from_slice(rest).into_iter::<IgnoredAny>();
+    match extent.next() {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Err(format!("not JSON: {e}")),
+        None => return Err("not JSON: nothing".into()),
     }
-    let fixes = v
-        .get("fixes")
-        .and_then(serde_json::Value::as_array)
-        .ok_or("no fixes array")?;
-    fixes
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let (seq, fix) = fix_from_json(f).map_err(|e| format!("fix {i}: {e}"))?;
-            Ok((seq.ok_or(format!("fix {i}: no seq"))?, fix))
-        })
-        .collect()
+    let message = rest.get(..extent.byte_offset()).unwrap_or_default();
+    let read = |emit: Emit<'_>| {
+        let mut de = serde_json::Deserializer::from_slice(message);
+        let seed = JsonMessage { emit };
+        seed.deserialize(&mut de).map_err(|e| e.to_string())
+    };
+    read(None)?;
+    read(Some(emit))?;
+    Ok(message.len())
+}
+
+/// Where a v1 message's fixes go: nowhere while it is being checked.
+type Emit<'e> = Option<&'e mut dyn FnMut(u64, &Fix)>;
+
+/// A v1 message (`{"v": 1, "fixes": [...]}`, other keys skipped), each fix to `emit` when
+/// there is one; fails with the reason it is not a fixes message.
+struct JsonMessage<'e> {
+    emit: Emit<'e>,
+}
+
+impl<'de> DeserializeSeed<'de> for JsonMessage<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonMessage<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fixes message object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        let (mut version, mut fixes) = (None, false);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "v" if version.is_none() => version = Some(map.next_value::<Scalar>()?),
+                "fixes" if !fixes => {
+                    fixes = true;
+                    map.next_value_seed(JsonFixes {
+                        emit: self.emit.take(),
+                    })?;
+                }
+                "v" | "fixes" => return Err(A::Error::custom(format!("{key} twice"))),
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let version = version.map_or(Value::Null, Scalar::into_value);
+        if version.as_u64() != Some(1) {
+            return Err(A::Error::custom(format!("v is {version}, not 1")));
+        }
+        if !fixes {
+            return Err(A::Error::custom("no fixes array"));
+        }
+        Ok(())
+    }
+}
+
+/// The `fixes` array of a v1 message.
+struct JsonFixes<'e> {
+    emit: Emit<'e>,
+}
+
+impl<'de> DeserializeSeed<'de> for JsonFixes<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for JsonFixes<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fixes array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        let at = |i: usize| move |e: A::Error| A::Error::custom(format!("fix {i}: {e}"));
+        while let Some(JsonFix(fields)) = seq.next_element().map_err(at(i))? {
+            let (seq_no, fix) =
+                fix_from_json(&Value::Object(fields)).map_err(|e| at(i)(A::Error::custom(e)))?;
+            let seq_no = seq_no.ok_or_else(|| at(i)(A::Error::custom("no seq")))?;
+            if let Some(emit) = self.emit.as_deref_mut() {
+                emit(seq_no, &fix);
+            }
+            i += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The keys of one fix that [`fix_from_json`] reads, each a scalar (a nested value stands
+/// as an empty array: not a number, not a string); other keys skipped unread.
+struct JsonFix(Map<String, Value>);
+
+/// The keys of the spec's fix form.
+const FIX_KEYS: [&str; 11] = [
+    "seq",
+    "time",
+    "lat",
+    "lon",
+    "alt_m",
+    "speed_mps",
+    "course_deg",
+    "hdop",
+    "sats",
+    "mode",
+    "event",
+];
+
+impl<'de> Deserialize<'de> for JsonFix {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_map(JsonFixVisitor)
+    }
+}
+
+struct JsonFixVisitor;
+
+impl<'de> Visitor<'de> for JsonFixVisitor {
+    type Value = JsonFix;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a fix object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonFix, A::Error> {
+        let mut fields = Map::new();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match FIX_KEYS.iter().find(|k| **k == key.as_ref()) {
+                Some(k) => {
+                    let value = map.next_value::<Scalar>()?.into_value();
+                    fields.insert((*k).to_owned(), value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(JsonFix(fields))
+    }
+}
+
+/// A JSON value as far as a fix's keys need it: scalars kept, anything nested skipped.
+enum Scalar {
+    Value(Value),
+    Nested,
+}
+
+impl Scalar {
+    fn into_value(self) -> Value {
+        match self {
+            Scalar::Value(v) => v,
+            Scalar::Nested => Value::Array(Vec::new()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        de.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Value(Value::Bool(v)))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Value(Value::from(v)))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::Value(Value::from(v)))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Value(Value::from(v)))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Value(Value::from(v)))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Value(Value::Null))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Scalar, A::Error> {
+        IgnoredAny.visit_seq(seq)?;
+        Ok(Scalar::Nested)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Scalar, A::Error> {
+        IgnoredAny.visit_map(map)?;
+        Ok(Scalar::Nested)
+    }
 }

@@ -14,9 +14,11 @@
 //! one fix of the message has a value, with null for the fixes that have none; `e` holds 0
 //! for a fix without an event.
 //!
-//! [`decode`] reads such a message back (for `gps-agent decode` and the tests); it accepts
-//! any valid CBOR encoding of the same map (longer integer forms, keys in any order, unknown
-//! keys skipped), not only what [`encode`] writes.
+//! [`read_prefix`] reads such a message back a fix at a time (for `gps-agent decode`;
+//! [`decode`] collects them, for the tests); it accepts any valid CBOR encoding of the same
+//! map (longer integer forms, keys in any order, unknown keys skipped), not only what
+//! [`encode`] writes. It holds nothing but the message's bytes and one fix: a claimed length
+//! is never reserved, only walked, so a message costs no more memory than it has bytes.
 
 use crate::error::{Classified, ErrorClass};
 use crate::fix::{Event, Fix, FixMode};
@@ -44,6 +46,7 @@ const NEGATIVE: u8 = 1;
 const TEXT: u8 = 3;
 const ARRAY: u8 = 4;
 const MAP: u8 = 5;
+const SIMPLE: u8 = 7;
 const NULL: u8 = 0xf6;
 
 /// A fix's values in the payload's integer units; `None` where the fix has none.
@@ -300,17 +303,6 @@ impl Classified for DecodeError {
     }
 }
 
-/// A CBOR data item as far as the payload needs.
-#[derive(Debug, Clone, PartialEq)]
-enum Item {
-    Int(i128),
-    Text(String),
-    Null,
-    Array(Vec<Item>),
-    /// Anything else (bytes, maps inside values, floats, tags, booleans): skipped.
-    Other,
-}
-
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -319,7 +311,7 @@ struct Reader<'a> {
 /// Nesting deeper than this is not a payload (and must not exhaust the stack).
 const MAX_DEPTH: usize = 16;
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn fail(&self, what: &'static str) -> DecodeError {
         DecodeError::Cbor { at: self.at, what }
     }
@@ -333,13 +325,13 @@ impl Reader<'_> {
         Ok(b)
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self
             .at
             .checked_add(n)
             .ok_or_else(|| self.fail("too long"))?;
-        let s = self
-            .bytes
+        let bytes: &'a [u8] = self.bytes;
+        let s = bytes
             .get(self.at..end)
             .ok_or_else(|| self.fail("ends early"))?;
         self.at = end;
@@ -378,50 +370,61 @@ impl Reader<'_> {
             .ok_or_else(|| self.fail("length beyond the message"))
     }
 
-    fn item(&mut self, depth: usize) -> Result<Item, DecodeError> {
+    /// Past one data item of any kind, nested ones included; nothing is kept, so a claimed
+    /// length costs no memory, only the bytes it really covers.
+    fn skip(&mut self, depth: usize) -> Result<(), DecodeError> {
         if depth > MAX_DEPTH {
             return Err(self.fail("nested too deep"));
         }
-        let (major, info, arg) = self.head()?;
-        Ok(match major {
-            0 => Item::Int(i128::from(arg)),
-            1 => Item::Int(-1 - i128::from(arg)),
-            2 => {
+        let (major, _, arg) = self.head()?;
+        match major {
+            2 | 3 => {
                 let n = self.len(arg)?;
                 self.take(n)?;
-                Item::Other
-            }
-            3 => {
-                let n = self.len(arg)?;
-                let at = self.at;
-                let text = std::str::from_utf8(self.take(n)?).map(str::to_owned);
-                Item::Text(text.map_err(|_| DecodeError::Cbor {
-                    at,
-                    what: "text is not UTF-8",
-                })?)
             }
             4 => {
-                let n = self.len(arg)?;
-                let mut v = Vec::with_capacity(n);
-                for _ in 0..n {
-                    v.push(self.item(depth + 1)?);
+                for _ in 0..self.len(arg)? {
+                    self.skip(depth + 1)?;
                 }
-                Item::Array(v)
             }
             5 => {
-                let n = self.len(arg)?;
-                for _ in 0..n {
-                    self.item(depth + 1)?;
-                    self.item(depth + 1)?;
+                for _ in 0..self.len(arg)? {
+                    self.skip(depth + 1)?;
+                    self.skip(depth + 1)?;
                 }
-                Item::Other
             }
-            6 => {
-                self.item(depth + 1)?;
-                Item::Other
-            }
-            _ if info == 22 => Item::Null,
-            _ => Item::Other,
+            6 => self.skip(depth + 1)?,
+            // Integers, simple values and floats: the head was all of it.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A text string, borrowed from the message.
+    fn text(&mut self) -> Result<Option<&'a str>, DecodeError> {
+        let (major, _, arg) = self.head()?;
+        if major != TEXT {
+            return Ok(None);
+        }
+        let n = self.len(arg)?;
+        let at = self.at;
+        std::str::from_utf8(self.take(n)?)
+            .map(Some)
+            .map_err(|_| DecodeError::Cbor {
+                at,
+                what: "text is not UTF-8",
+            })
+    }
+
+    /// An integer (`Ok(Some(Some(v)))`), a null (`Ok(Some(None))`), or something else
+    /// (`Ok(None)`, read no further than its head).
+    fn int_or_null(&mut self) -> Result<Option<Option<i128>>, DecodeError> {
+        let (major, info, arg) = self.head()?;
+        Ok(match major {
+            UNSIGNED => Some(Some(i128::from(arg))),
+            NEGATIVE => Some(Some(-1 - i128::from(arg))),
+            SIMPLE if info == NULL & 0x1f => Some(None),
+            _ => None,
         })
     }
 }
@@ -442,92 +445,155 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedMessage, DecodeError> {
 /// Read the v2 message at the start of `bytes` (CBOR items delimit themselves, so captured
 /// messages can follow each other); returns it and the bytes it took.
 pub fn decode_prefix(bytes: &[u8]) -> Result<(DecodedMessage, usize), DecodeError> {
-    let mut r = Reader { bytes, at: 0 };
-    let (major, _, entries) = r.head()?;
-    if major != MAP {
-        return Err(DecodeError::Shape("the message is not a CBOR map".into()));
-    }
-    let entries = r.len(entries)?;
-    let (mut version, mut device, mut stream) = (None, None, None);
-    let mut columns: [Option<Vec<Item>>; COLUMNS] = Default::default();
-    for _ in 0..entries {
-        let Item::Text(key) = r.item(0)? else {
-            return Err(DecodeError::Shape("a key is not text".into()));
-        };
-        let value = r.item(0)?;
-        match (key.as_str(), value) {
-            ("v", Item::Int(v)) => version = Some(v),
-            ("d", Item::Text(t)) => device = Some(t),
-            ("s", Item::Text(t)) => stream = Some(t),
-            (k, Item::Array(items)) if KEYS.contains(&k) => {
-                if let Some(c) = KEYS.iter().position(|x| *x == k) {
-                    columns[c] = Some(items);
-                }
-            }
-            ("v" | "d" | "s", _) => {
-                return Err(DecodeError::Shape(format!("{key:?} has the wrong type")))
-            }
-            (k, _) if KEYS.contains(&k) => {
-                return Err(DecodeError::Shape(format!("{key:?} is not an array")))
-            }
-            _ => {}
-        }
-    }
-    let used = r.at;
-    if version != Some(i128::from(PAYLOAD_VERSION)) {
-        return Err(DecodeError::Shape(format!("v is {version:?}, not 2")));
-    }
-    let device = device.ok_or_else(|| DecodeError::Shape("no d".into()))?;
-    let stream = stream.ok_or_else(|| DecodeError::Shape("no s".into()))?;
-    let n = columns[0].as_ref().map_or(0, Vec::len);
-    for (c, col) in columns.iter().enumerate() {
-        match col {
-            None if c < REQUIRED || KEYS[c] == "m" => {
-                return Err(DecodeError::Shape(format!("no {} column", KEYS[c])))
-            }
-            Some(v) if v.len() != n => {
-                return Err(DecodeError::Shape(format!(
-                    "column {} has {} elements, q has {n}",
-                    KEYS[c],
-                    v.len()
-                )))
-            }
-            _ => {}
-        }
-    }
-    let mut running = [0i128; COLUMNS];
-    let mut fixes = Vec::with_capacity(n);
-    for i in 0..n {
-        let mut v: [Option<i128>; COLUMNS] = [None; COLUMNS];
-        for c in 0..COLUMNS {
-            let Some(col) = &columns[c] else { continue };
-            v[c] = match col.get(i) {
-                Some(Item::Int(x)) if DELTA[c] => {
-                    running[c] = running[c]
-                        .checked_add(*x)
-                        .ok_or_else(|| DecodeError::Shape("a delta overflows".into()))?;
-                    Some(running[c])
-                }
-                Some(Item::Int(x)) => Some(*x),
-                Some(Item::Null) => None,
-                _ => {
-                    return Err(DecodeError::Shape(format!(
-                        "element {i} of {} is not an integer or null",
-                        KEYS[c]
-                    )))
-                }
-            };
-        }
-        fixes.push(fix_of(i, &v)?);
-    }
+    let mut fixes = Vec::new();
+    let (head, used) = read_prefix(bytes, &mut |seq, fix| fixes.push((seq, *fix)))?;
     Ok((
         DecodedMessage {
-            device,
-            stream,
+            device: head.device.to_owned(),
+            stream: head.stream.to_owned(),
             fixes,
         },
         used,
     ))
+}
+
+/// The envelope of a v2 message: who sent it, and how many fixes it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub device: &'a str,
+    pub stream: &'a str,
+    pub fixes: usize,
+}
+
+/// Read the v2 message at the start of `bytes` and hand its fixes to `sink`, in order, only
+/// once the whole message has been read without fault (a broken message yields none).
+/// Returns its envelope and the bytes it took. Memory: nothing beyond `bytes` and a fix at a
+/// time, whatever lengths the message claims.
+pub fn read_prefix<'a>(
+    bytes: &'a [u8],
+    sink: &mut impl FnMut(u64, &Fix),
+) -> Result<(Envelope<'a>, usize), DecodeError> {
+    let layout = Layout::read(bytes)?;
+    // The fixes are checked all through first, then handed out: a fault anywhere in the
+    // message (a delta that overflows, a mode of 7) yields no fix of it.
+    layout.fixes(bytes, &mut |_, _| {})?;
+    layout.fixes(bytes, sink)?;
+    Ok((layout.envelope, layout.used))
+}
+
+/// Where a message's columns are.
+struct Layout<'a> {
+    envelope: Envelope<'a>,
+    /// Each column present: the offset of its first element.
+    columns: [Option<usize>; COLUMNS],
+    used: usize,
+}
+
+impl<'a> Layout<'a> {
+    /// The map read through once: keys, `v`, `d`, `s`, and each column checked to be an
+    /// array of integers and nulls as long as `q`.
+    fn read(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader { bytes, at: 0 };
+        let (major, _, entries) = r.head()?;
+        if major != MAP {
+            return Err(DecodeError::Shape("the message is not a CBOR map".into()));
+        }
+        let entries = r.len(entries)?;
+        let (mut version, mut device, mut stream) = (None, None, None);
+        let mut columns: [Option<(usize, usize)>; COLUMNS] = [None; COLUMNS];
+        for _ in 0..entries {
+            let Some(key) = r.text()? else {
+                return Err(DecodeError::Shape("a key is not text".into()));
+            };
+            let wrong_type = || DecodeError::Shape(format!("{key:?} has the wrong type"));
+            match key {
+                "v" => match r.int_or_null()? {
+                    Some(Some(v)) => version = Some(v),
+                    _ => return Err(wrong_type()),
+                },
+                "d" => device = Some(r.text()?.ok_or_else(wrong_type)?),
+                "s" => stream = Some(r.text()?.ok_or_else(wrong_type)?),
+                k => match KEYS.iter().position(|x| *x == k) {
+                    Some(c) => {
+                        let (major, _, arg) = r.head()?;
+                        if major != ARRAY {
+                            return Err(DecodeError::Shape(format!("{key:?} is not an array")));
+                        }
+                        let n = r.len(arg)?;
+                        let start = r.at;
+                        for i in 0..n {
+                            if r.int_or_null()?.is_none() {
+                                return Err(DecodeError::Shape(format!(
+                                    "element {i} of {k} is not an integer or null"
+                                )));
+                            }
+                        }
+                        columns[c] = Some((start, n));
+                    }
+                    None => r.skip(0)?,
+                },
+            }
+        }
+        if version != Some(i128::from(PAYLOAD_VERSION)) {
+            return Err(DecodeError::Shape(format!("v is {version:?}, not 2")));
+        }
+        let device = device.ok_or_else(|| DecodeError::Shape("no d".into()))?;
+        let stream = stream.ok_or_else(|| DecodeError::Shape("no s".into()))?;
+        let n = columns[0].map_or(0, |(_, n)| n);
+        for (c, col) in columns.iter().enumerate() {
+            match col {
+                None if c < REQUIRED || KEYS[c] == "m" => {
+                    return Err(DecodeError::Shape(format!("no {} column", KEYS[c])))
+                }
+                Some((_, len)) if *len != n => {
+                    return Err(DecodeError::Shape(format!(
+                        "column {} has {len} elements, q has {n}",
+                        KEYS[c]
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(Layout {
+            envelope: Envelope {
+                device,
+                stream,
+                fixes: n,
+            },
+            columns: columns.map(|c| c.map(|(start, _)| start)),
+            used: r.at,
+        })
+    }
+
+    /// The fixes, one at a time, reading every column side by side.
+    fn fixes(&self, bytes: &[u8], sink: &mut impl FnMut(u64, &Fix)) -> Result<(), DecodeError> {
+        let mut cursors = self.columns.map(|c| c.map(|at| Reader { bytes, at }));
+        let mut running = [0i128; COLUMNS];
+        for i in 0..self.envelope.fixes {
+            let mut v: [Option<i128>; COLUMNS] = [None; COLUMNS];
+            for (c, cursor) in cursors.iter_mut().enumerate() {
+                let Some(r) = cursor else { continue };
+                v[c] = match r.int_or_null()? {
+                    Some(Some(x)) if DELTA[c] => {
+                        running[c] = running[c]
+                            .checked_add(x)
+                            .ok_or_else(|| DecodeError::Shape("a delta overflows".into()))?;
+                        Some(running[c])
+                    }
+                    Some(x) => x,
+                    None => {
+                        return Err(DecodeError::Shape(format!(
+                            "element {i} of {} is not an integer or null",
+                            KEYS[c]
+                        )))
+                    }
+                };
+            }
+            let (seq, fix) = fix_of(i, &v)?;
+            sink(seq, &fix);
+        }
+        Ok(())
+    }
 }
 
 fn fix_of(i: usize, v: &[Option<i128>; COLUMNS]) -> Result<(u64, Fix), DecodeError> {

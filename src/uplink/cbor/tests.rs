@@ -203,6 +203,26 @@ fn the_decoder_refuses_what_is_not_a_v2_payload() {
     assert_eq!(decode(&[]).unwrap_err().code(), "PAYLOAD_DECODE");
 }
 
+#[test]
+fn a_message_broken_after_its_first_fixes_hands_out_none_of_them() {
+    let f = vec![(1, fix(0)), (2, fix(1)), (3, fix(2))];
+    let mut bytes = encode(&batch(&f), 4096).messages.remove(0).payload;
+    let mut seen = Vec::new();
+    let (envelope, used) = read_prefix(&bytes, &mut |seq, _| seen.push(seq)).unwrap();
+    assert_eq!(
+        (envelope.fixes, used, seen),
+        (3, bytes.len(), vec![1, 2, 3])
+    );
+    // The last fix's `m` (no event column, so the message's last byte) becomes 7.
+    let last = bytes.len() - 1;
+    assert_eq!(bytes[last], 3, "the last fix's mode is the last byte");
+    bytes[last] = 7;
+    let mut seen = Vec::new();
+    let err = read_prefix(&bytes, &mut |seq, _| seen.push(seq)).unwrap_err();
+    assert_eq!(err, DecodeError::Shape("fix 2: m is not 2 or 3".into()));
+    assert!(seen.is_empty(), "{seen:?}");
+}
+
 fn arb_fix() -> impl Strategy<Value = Fix> {
     (
         (
