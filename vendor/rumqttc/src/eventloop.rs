@@ -244,6 +244,12 @@ impl EventLoop {
                 Ok(request) => {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
+                        // gps-agent patch (vendor/PATCHES.md, upstream bytebeamio/rumqtt#98):
+                        // a packet sent keeps the connection alive as a ping would, so the next
+                        // ping is due a whole keep-alive after it, not on a fixed timer.
+                        if let Some(timeout) = self.keepalive_timeout.as_mut() {
+                            timeout.as_mut().reset(Instant::now() + self.mqtt_options.keep_alive);
+                        }
                     }
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,
@@ -253,8 +259,8 @@ impl EventLoop {
                 }
                 Err(_) => Err(ConnectionError::RequestsDone),
             },
-            // We generate pings irrespective of network activity. This keeps the ping logic
-            // simple. We can change this behavior in future if necessary (to prevent extra pings)
+            // gps-agent patch: pings only when no packet was sent for a whole keep-alive
+            // (the request branch above moves this timer at every packet it writes).
             _ = self.keepalive_timeout.as_mut().unwrap_or(&mut no_sleep),
                 if self.keepalive_timeout.is_some() && !self.mqtt_options.keep_alive.is_zero() => {
                 let timeout = self.keepalive_timeout.as_mut().unwrap();
