@@ -473,6 +473,28 @@ impl ClientConfig {
             .current_time()
             .ok_or(Error::FailedToGetCurrentTime)
     }
+
+    /// gps-agent patch (vendor/PATCHES.md; upstream rustls/rustls#2287): a TLS 1.3 ticket
+    /// read back from the bytes of [`persist::Tls13ClientSessionValue::encode`], bound to this
+    /// configuration's certificate verifier and client certificate resolver, so that the
+    /// handshake's own check (a ticket is used only with the verifier and resolver it was
+    /// made under) accepts it for this configuration and refuses it for any other. Its suite
+    /// must be one of this configuration's TLS 1.3 suites.
+    ///
+    /// The caller vouches that the ticket was made under a configuration that trusts the same
+    /// roots, presents the same client certificate and expects the same server name.
+    pub fn read_tls13_ticket(
+        &self,
+        bytes: &[u8],
+    ) -> Result<persist::Tls13ClientSessionValue, Error> {
+        persist::Tls13ClientSessionValue::read_stored(
+            bytes,
+            &self.provider.cipher_suites,
+            &self.verifier,
+            &self.client_auth_cert_resolver,
+        )
+        .map_err(Error::InvalidMessage)
+    }
 }
 
 /// Configuration for how/when a client is allowed to resume a previous session.

@@ -12,6 +12,7 @@ use crate::msgs::codec::{Codec, Reader};
 #[cfg(feature = "tls12")]
 use crate::msgs::handshake::SessionId;
 use crate::msgs::handshake::{CertificateChain, ProtocolName};
+use crate::suites::SupportedCipherSuite;
 use crate::sync::{Arc, Weak};
 #[cfg(feature = "tls12")]
 use crate::tls12::Tls12CipherSuite;
@@ -164,6 +165,79 @@ impl fmt::Debug for Tls13ClientSessionValue {
             .field("common", common)
             .field("quic_params", quic_params)
             .finish()
+    }
+}
+
+// gps-agent patch (vendor/PATCHES.md; upstream rustls/rustls#2287): a TLS 1.3 ticket to and
+// from bytes, so that a `ClientSessionStore` can keep it across a restart.
+impl Tls13ClientSessionValue {
+    /// Layout of [`Self::encode`]'s bytes.
+    const STORED_LAYOUT: u8 = 1;
+
+    /// This ticket as bytes, for a `ClientSessionStore` that keeps tickets across a restart:
+    /// the ticket, its resumption secret, its suite, the times that age it and the server's
+    /// certificate chain. The secret makes them as sensitive as a private key. Read them back
+    /// with [`crate::ClientConfig::read_tls13_ticket`].
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        Self::STORED_LAYOUT.encode(&mut bytes);
+        self.suite.common.suite.encode(&mut bytes);
+        self.age_add.encode(&mut bytes);
+        self.max_early_data_size.encode(&mut bytes);
+        self.common.ticket.encode(&mut bytes);
+        self.common.secret.encode(&mut bytes);
+        self.common.epoch.encode(&mut bytes);
+        self.common.lifetime_secs.encode(&mut bytes);
+        self.common.server_cert_chain.encode(&mut bytes);
+        self.quic_params.encode(&mut bytes);
+        bytes
+    }
+
+    /// What [`Self::encode`] wrote, bound to `server_cert_verifier` and `client_creds`; the
+    /// suite must be a TLS 1.3 suite of `suites`.
+    pub(crate) fn read_stored(
+        bytes: &[u8],
+        suites: &[SupportedCipherSuite],
+        server_cert_verifier: &Arc<dyn ServerCertVerifier>,
+        client_creds: &Arc<dyn ResolvesClientCert>,
+    ) -> Result<Self, InvalidMessage> {
+        let r = &mut Reader::init(bytes);
+        if u8::read(r)? != Self::STORED_LAYOUT {
+            return Err(InvalidMessage::UnexpectedMessage(
+                "stored TLS 1.3 ticket of another layout",
+            ));
+        }
+        let suite_id = CipherSuite::read(r)?;
+        let suite = suites
+            .iter()
+            .find_map(|s| s.tls13().filter(|s| s.common.suite == suite_id))
+            .ok_or(InvalidMessage::UnexpectedMessage(
+                "stored TLS 1.3 ticket of a suite this configuration lacks",
+            ))?;
+        let age_add = u32::read(r)?;
+        let max_early_data_size = u32::read(r)?;
+        let ticket = PayloadU16::read(r)?;
+        let secret = Zeroizing::new(PayloadU8::read(r)?);
+        let epoch = u64::read(r)?;
+        let lifetime_secs = u32::read(r)?;
+        let server_cert_chain = CertificateChain::read(r)?.into_owned();
+        let quic_params = PayloadU16::read(r)?;
+        r.expect_empty("stored TLS 1.3 ticket")?;
+        Ok(Self {
+            suite,
+            age_add,
+            max_early_data_size,
+            common: ClientSessionCommon {
+                ticket: Arc::new(ticket),
+                secret,
+                epoch,
+                lifetime_secs: cmp::min(lifetime_secs, MAX_TICKET_LIFETIME),
+                server_cert_chain: Arc::new(server_cert_chain),
+                server_cert_verifier: Arc::downgrade(server_cert_verifier),
+                client_creds: Arc::downgrade(client_creds),
+            },
+            quic_params,
+        })
     }
 }
 
