@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use crate::error::{Classified, ErrorClass};
 use crate::uplink::error::UplinkError;
-use crate::uplink::publisher::PublisherSettings;
+use crate::uplink::settings::PublisherSettings;
 
 /// The whole file. Every section may be left out; each key has a documented default.
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]

@@ -243,6 +243,13 @@ pub struct MqttStatus {
     pub probes_failed: u64,
     /// Full connection attempts (TCP, TLS, MQTT CONNECT) since start.
     pub connect_attempts: u64,
+    /// When the uplink last began a probe or a full attempt, or lost its connection
+    /// (monotonic): facts the wedge check counts from, whatever the pacing says.
+    pub last_try_at: Option<Instant>,
+    /// Not connected and nothing tried for longer than this: the uplink is wedged
+    /// (`MQTT_WEDGED`). The reconnect policy's liveness bound plus the longest an attempt
+    /// may take; `None` until the uplink runs.
+    pub wedge_after: Option<Duration>,
     /// The largest message payload the uplink sends now, when it learned that the broker
     /// drops larger ones (below `max_message_bytes`); `None` while no limit was learned.
     pub message_limit: Option<usize>,

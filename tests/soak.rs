@@ -10,15 +10,14 @@
 
 mod support;
 
-use gps_agent::sim::{Drive, DriveSpec};
+use gps_agent::sim::DriveSpec;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::agent::{drive_log, expected_fixes, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
-use support::pty::receiver_at;
+use support::pty::{feed_realtime, receiver_at};
 
 /// xorshift64*: a reproducible chaos schedule without another crate.
 struct Prng(u64);
@@ -88,7 +87,7 @@ async fn a_drive_through_a_flapping_link_loses_nothing_and_stays_bounded() {
     });
 
     let link = dir.path().join("gps0");
-    let mut receiver = receiver_at(&link);
+    let receiver = receiver_at(&link);
     let gnss = format!("[gnss]\nsource = \"serial\"\npath = \"{}\"", link.display());
     let mqtt = format!(
         "url = \"{}\"\ninflight = {INFLIGHT}\nbatch_max = {BATCH_MAX}\npuback_timeout_s = 2\n\
@@ -97,24 +96,7 @@ async fn a_drive_through_a_flapping_link_loses_nothing_and_stays_bounded() {
     );
     let agent = Agent::start_with_mqtt(dir.path(), &device, &gnss, &mqtt, &[]);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = std::thread::spawn({
-        let stop = stop.clone();
-        move || {
-            // Until the agent opens the device the pty refuses writes: start over until the
-            // drive goes through (nothing was read before).
-            let written = loop {
-                let drive = Drive::new(spec.clone()).unwrap();
-                match gps_agent::sim::write_realtime(drive, &mut receiver, &stop) {
-                    Ok(n) => break n,
-                    Err(e) if stop.load(Ordering::Relaxed) => panic!("feeder: {e}"),
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                }
-            };
-            // Keep the master open until the agent has read everything.
-            (written, receiver)
-        }
-    });
+    let feeder = feed_realtime(spec, receiver);
 
     // The chaos schedule, for the length of the drive; health and memory sampled meanwhile.
     let mut prng = Prng(0x50AC);

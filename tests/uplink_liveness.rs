@@ -22,8 +22,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Every ending the publisher can report.
-const ENDINGS: [Ending; 7] = [
+const ENDINGS: [Ending; 8] = [
     Ending::Unreachable,
+    Ending::Unserved,
     Ending::Broker,
     Ending::Stalled,
     Ending::Dropped,

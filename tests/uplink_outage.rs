@@ -16,7 +16,7 @@ use gps_agent::sim::DriveSpec;
 use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
-use support::agent::Agent;
+use support::agent::{log_time, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 
@@ -27,14 +27,6 @@ struct Recovery {
     /// Reachability probes and full connection attempts during the whole run.
     probes: u64,
     connect_attempts: u64,
-}
-
-fn log_time(line: &serde_json::Value) -> SystemTime {
-    let text = line["timestamp"]
-        .as_str()
-        .expect("a timestamp on every log line");
-    let t = chrono::DateTime::parse_from_rfc3339(text).unwrap();
-    SystemTime::UNIX_EPOCH + Duration::from_micros(u64::try_from(t.timestamp_micros()).unwrap())
 }
 
 async fn outage_recovery(outage: Duration) -> Recovery {

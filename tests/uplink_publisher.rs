@@ -15,11 +15,11 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 use support::broker::{Subscriber, TestBroker};
+use support::front::{Front, Mode};
 use support::proxy::FaultProxy;
-use tokio::time::Instant;
 
 use support::publisher::{fast_settings, start};
-use support::source::{fix, MemSource};
+use support::source::{fix, Happened, MemSource};
 
 /// Settings for tests: short timers, small batches, unique device and topics.
 fn settings(url: &str, device: &str) -> PublisherSettings {
@@ -27,15 +27,6 @@ fn settings(url: &str, device: &str) -> PublisherSettings {
     s.batch_max = 7;
     s.window = 3;
     s
-}
-
-/// Waits (at most 10 s) until `cond` holds.
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// What the subscriber saw on the fixes topic (seq -> times) and the status payloads.
@@ -109,14 +100,27 @@ async fn fixes_in_flight_when_the_link_is_cut_are_released_and_delivered_after_r
     // Cut once the slowed stream is moving: some acked, most still to go.
     run.wait_acked(31).await;
     proxy.cut().await;
-    run.wait_status("disconnected", |s| !s.connected).await;
+    // The failure is put on the board after the session handed its fixes back.
+    run.wait_status("the cut recorded", |s| {
+        !s.connected && s.last_error.is_some()
+    })
+    .await;
     let acked_at_cut = run.source.acked().len();
     assert!(
         (31..200).contains(&acked_at_cut),
         "the cut should land mid-stream ({acked_at_cut} acked)"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(run.source.in_flight(), 0, "everything unacked was released");
+    let released: usize = run
+        .source
+        .journal()
+        .iter()
+        .map(|(_, h)| match h {
+            Happened::Released(seqs) => seqs.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(released > 0, "the cut left fixes in flight to release");
     proxy.restore().await;
 
     run.wait_acked(200).await;
@@ -197,12 +201,12 @@ async fn a_refused_port_is_probed_without_full_attempts_and_never_opens_the_brea
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_closes_every_connection_opens_the_breaker_and_a_good_trial_closes_it() {
+async fn a_broker_that_refuses_every_connect_opens_the_breaker_and_a_good_trial_closes_it() {
     let broker = TestBroker::start();
-    let proxy = FaultProxy::start(broker.addr).await;
-    proxy.slam();
+    let front = Front::start(broker.addr).await;
+    front.set(Mode::Refuse(3));
     let device = support::unique("dev");
-    let mut s = settings(&proxy.url(), &device);
+    let mut s = settings(&front.url(), &device);
     s.breaker = BreakerPolicy {
         failure_threshold: NonZeroU32::new(3).unwrap(),
         open_for: Duration::from_millis(700),
@@ -219,11 +223,48 @@ async fn a_broker_that_closes_every_connection_opens_the_breaker_and_a_good_tria
         assert!(!st.connected);
         assert_eq!(st.path.as_str(), "up", "the port answers: {st:?}");
         assert_eq!(st.connect_attempts, 3, "{st:?}");
+        assert_eq!(st.last_error.clone().unwrap().code, "MQTT_UNAVAILABLE");
     }
-    proxy.restore().await;
+    front.set(Mode::Balance);
     run.wait_acked(5).await;
     run.wait_status("closed", |s| s.breaker.as_str() == "closed" && s.connected)
         .await;
+    run.stop().await;
+}
+
+/// A balancer whose broker is down takes each connection and closes it before CONNACK: not
+/// a refusal. Attempts go on at the probes' pace, the breaker never hears of them, and the
+/// first after the broker is back connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balancer_closing_every_connection_never_opens_the_breaker() {
+    let broker = TestBroker::start();
+    let front = Front::start(broker.addr).await;
+    front.backend_down();
+    let device = support::unique("dev");
+    let mut s = settings(&front.url(), &device);
+    s.breaker = BreakerPolicy {
+        failure_threshold: NonZeroU32::new(3).unwrap(),
+        open_for: Duration::from_secs(3600),
+        open_max: Duration::from_secs(3600),
+    };
+    s.backoff.initial = Duration::from_secs(3600);
+    s.backoff.max = Duration::from_secs(3600);
+    let source = MemSource::default();
+    source.push((1..=5).map(fix));
+    let mut run = start(s, source);
+
+    run.wait_status("ten attempts", |s| s.connect_attempts >= 10)
+        .await;
+    {
+        let st = run.status();
+        assert_eq!(st.breaker.as_str(), "closed", "{st:?}");
+        assert_eq!(st.path.as_str(), "up", "the balancer answers: {st:?}");
+        assert_eq!(st.probes_ok + st.probes_failed, 0, "{st:?}");
+        assert_eq!(st.last_error.clone().unwrap().code, "MQTT_CONNECT");
+    }
+    front.backend_up();
+    run.wait_acked(5).await;
+    assert_eq!(run.status().breaker.as_str(), "closed");
     run.stop().await;
 }
 
@@ -234,12 +275,14 @@ async fn a_clean_shutdown_says_offline_and_leaves_nothing_in_flight() {
     let mut sub = Subscriber::start(&broker, &format!("test/{device}/status")).await;
     let source = MemSource::default();
     source.push((1..=20).map(fix));
-    let run = start(settings(&broker.url(), &device), source);
+    let mut s = settings(&broker.url(), &device);
+    // Nothing is in flight at the stop, so the grace for PUBACKs is never waited: an hour
+    // of it would outlast the harness's 10 s for the stop.
+    s.shutdown_grace = Duration::from_secs(3600);
+    let run = start(s, source);
     run.wait_acked(20).await;
 
-    let started = Instant::now();
     let source = run.stop().await;
-    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(source.in_flight(), 0);
 
     let mut seen = Seen::default();
@@ -369,21 +412,15 @@ async fn live_fixes_linger_for_company_a_backlog_does_not_and_nothing_else_is_pu
     let mut sub = Subscriber::start(&broker, &format!("test/{device}/#")).await;
     let mut s = settings(&broker.url(), &device);
     s.linger = Duration::from_secs(2);
-    let run = start(s, MemSource::default());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut run = start(s, MemSource::default());
+    run.wait_status("connected", |s| s.connected).await;
 
-    // Five live fixes, 100 ms apart: one message, sent once the first has waited `linger`.
-    let first_at = Instant::now();
+    // Five live fixes, stored one after the other: one message, once the first has waited
+    // `linger` (when it goes is the linger's own test, `uplink::linger`).
     for i in 1..=5 {
         run.source.push([live(i)]);
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     run.wait_acked(5).await;
-    assert!(
-        first_at.elapsed() >= Duration::from_millis(1900),
-        "the first fix waited for company: {:?}",
-        first_at.elapsed()
-    );
     assert_eq!(run.source.published(), [5], "one message for the five");
 
     // A backlog (fixes older than `linger`) goes at once, taking the lingering one along.
@@ -412,9 +449,36 @@ async fn live_fixes_linger_for_company_a_backlog_does_not_and_nothing_else_is_pu
     assert_eq!(fixes, source.published().len(), "{topics:?}");
 }
 
+/// The journal from the acknowledgement of `seq` on.
+fn after_ack_of(journal: &[(std::time::Instant, Happened)], seq: u64) -> Vec<Happened> {
+    let from = journal
+        .iter()
+        .position(|(_, h)| matches!(h, Happened::Acked(seqs) if seqs.contains(&seq)))
+        .unwrap_or_else(|| panic!("seq {seq} never acked: {journal:?}"));
+    journal[from..].iter().map(|(_, h)| h.clone()).collect()
+}
+
+/// Until the journal shows, after the acknowledgement of `seq`, the ask its PUBACK causes
+/// (the publisher is then waiting for the source: a new fix is what it asks for next).
+async fn settled_after(source: &MemSource, seq: u64) {
+    support::wait_for("the ask after the PUBACK", || {
+        let journal = source.journal();
+        journal
+            .iter()
+            .any(|(_, h)| matches!(h, Happened::Acked(seqs) if seqs.contains(&seq)))
+            && matches!(
+                after_ack_of(&journal, seq).last(),
+                Some(Happened::Asked { got: 0, .. })
+            )
+    })
+    .await;
+}
+
 /// A batch shorter than asked for took everything pending: the publisher does not ask again
 /// at once to learn that (each ask is a round trip through the blocking pool in the agent),
-/// only when something may have changed: new fixes, or an ack that frees the window.
+/// only when something may have changed: new fixes, or an ack that frees the window. Counted
+/// in the source's journal: once the connection's first round is over, every ask follows a
+/// fix stored or acknowledged since the ask before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_batch_is_not_followed_by_an_ask_that_can_only_find_nothing() {
     let broker = TestBroker::start();
@@ -424,31 +488,43 @@ async fn a_short_batch_is_not_followed_by_an_ask_that_can_only_find_nothing() {
     // No polling in this test's time: every ask has a cause.
     s.idle_poll = Duration::from_secs(600);
     let run = start(s, MemSource::default());
-    // A first round settles what the connect brings (asks after CONNACK and after the
-    // status message's PUBACK).
     run.source.push((1..=3).map(fix));
     run.wait_acked(3).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = run.source.asked();
-
+    settled_after(&run.source, 3).await;
     run.source.push((4..=6).map(fix));
     run.wait_acked(6).await;
-    // One ask for the three (short: drained, so no second ask), one after their PUBACK.
-    wait_until("the ask after the PUBACK", || {
-        run.source.asked() - before >= 2
-    })
-    .await;
-    // Nothing else could make it ask: a further ask would be the one this test rules out.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(run.source.asked() - before, 2);
-    assert_eq!(run.source.published(), [3, 3]);
+    settled_after(&run.source, 6).await;
+    run.source.push([fix(7)]);
+    run.wait_acked(7).await;
+    settled_after(&run.source, 7).await;
     let source = run.stop().await;
     assert_eq!(source.in_flight(), 0);
+    assert_eq!(source.published(), [3, 3, 1]);
+
+    // After the first round: push, the ask that takes it (short), its PUBACK, the ask the
+    // PUBACK causes (empty): nothing more.
+    let asks = |got| Happened::Asked { got, drained: true };
+    assert_eq!(
+        after_ack_of(&source.journal(), 3),
+        [
+            Happened::Acked(vec![1, 2, 3]),
+            asks(0),
+            Happened::Pushed(vec![4, 5, 6]),
+            asks(3),
+            Happened::Acked(vec![4, 5, 6]),
+            asks(0),
+            Happened::Pushed(vec![7]),
+            asks(1),
+            Happened::Acked(vec![7]),
+            asks(0),
+        ]
+    );
 }
 
 /// Fixes held for company are topped up when their pace says a full message may be
-/// waiting, not every two seconds: at one fix a second, with four missing from a full
-/// message, the source is not asked again for four seconds.
+/// waiting, not every two seconds: at one fix a second, with three missing from a full
+/// message, the source is asked again three seconds after the ask that took them (the old
+/// beat asked after two).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_fixes_are_topped_up_at_the_pace_they_come_not_on_a_fixed_beat() {
     let broker = TestBroker::start();
@@ -457,28 +533,50 @@ async fn held_fixes_are_topped_up_at_the_pace_they_come_not_on_a_fixed_beat() {
     s.linger = Duration::from_secs(30);
     s.idle_poll = Duration::from_secs(600);
     let run = start(s, MemSource::default());
-    // Settle the connect's asks with one fix (it lingers, or goes with the connect's flush).
-    run.source.push([live(1)]);
-    wait_until("the first ask", || run.source.asked() >= 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = run.source.asked();
-    let published = run.source.published();
-    // Three more, a second apart by receiver time: four held, three missing for batch_max.
+    // The connection's own asks (after CONNACK, and after the status message's PUBACK),
+    // with nothing to find.
+    support::wait_for("the connection's two asks", || {
+        let asks = run.source.journal();
+        asks.iter()
+            .filter(|(_, h)| matches!(h, Happened::Asked { .. }))
+            .count()
+            == 2
+    })
+    .await;
+    // Four live fixes a second apart by receiver time: four held, three missing for
+    // batch_max (7).
     let now = live(0).time_ms;
-    run.source.push((2..=4).map(|i| Fix {
+    run.source.push((1..=4).map(|i| Fix {
         time_ms: now - (4 - i as i64) * 1000,
         ..fix(i)
     }));
-    wait_until("the ask for the three", || run.source.asked() > before).await;
-    let asked = run.source.asked();
-    // The old beat would have asked again within 2 s.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    assert_eq!(
-        run.source.asked(),
-        asked,
-        "asked again before the pace said so"
+    // The ask that took them, then the top-up ask after it.
+    let took = |journal: &[(std::time::Instant, Happened)]| {
+        journal
+            .iter()
+            .position(|(_, h)| matches!(h, Happened::Asked { got: 4, .. }))
+    };
+    support::wait_for("the ask that takes the four, and the next", || {
+        let journal = run.source.journal();
+        took(&journal).is_some_and(|i| {
+            journal[i + 1..]
+                .iter()
+                .any(|(_, h)| matches!(h, Happened::Asked { .. }))
+        })
+    })
+    .await;
+    let journal = run.source.journal();
+    let i = took(&journal).unwrap();
+    let (next_at, _) = journal[i + 1..]
+        .iter()
+        .find(|(_, h)| matches!(h, Happened::Asked { .. }))
+        .unwrap();
+    let gap = *next_at - journal[i].0;
+    assert!(
+        gap >= Duration::from_millis(2_900),
+        "asked again after {gap:?}, before the pace said so (3 s): {journal:?}"
     );
-    assert_eq!(run.source.published(), published, "still lingering");
+    assert!(run.source.published().is_empty(), "still lingering");
     let source = run.stop().await;
     assert_eq!(source.in_flight(), 0);
 }

@@ -5,6 +5,9 @@
 //! lasts until the breaker has let at least two trials through (the stall came at the first),
 //! then the broker works: every fix must arrive, and while the trouble lasts `/health` must
 //! show the breaker as the state machine has it (it said "closed" after the timeouts).
+//!
+//! And a wedged uplink is visible: stuck without a probe or an attempt for longer than the
+//! liveness bound allows, `/health` says `MQTT_WEDGED`, unhealthy, and `status` exits 2.
 
 mod support;
 
@@ -95,5 +98,84 @@ async fn a_broker_that_never_sends_puback_is_tried_again_after_the_breaker_opene
     let st = breaker_shown_open(&mut run).await;
     assert_eq!(st.last_error.unwrap().code, "MQTT_ACK_TIMEOUT");
     comes_back(&front, &mut run, u64::from(THRESHOLD) + 2).await;
+    run.stop().await;
+}
+
+/// The uplink stuck where no state machine sees it: the buffer does not return from taking
+/// back the fixes of a broken session. From the facts the loop records (no probe, no attempt
+/// since the break), `/health` calls it wedged and `gps-agent status` exits 2; once the
+/// buffer answers, the uplink goes on and the wedge is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uplink_that_stops_trying_is_reported_wedged_and_status_exits_2() {
+    use gps_agent::health::snapshot::snapshot;
+    use gps_agent::health::{serve_with, Metrics, ServeOptions};
+    use gps_agent::status::Status;
+    use support::proxy::FaultProxy;
+    let broker = TestBroker::start();
+    let proxy = FaultProxy::start(broker.addr).await;
+    let device = support::unique("dev");
+    let mut s = fast_settings(&proxy.url(), &device, "test");
+    s.wedge_margin = Duration::from_secs(1);
+    let bound = s.wedge_after();
+    let source = MemSource::default();
+    source.push((1..=5).map(fix));
+    let run = start_with_jitter(s, source, Jitter::Off);
+    run.wait_acked(5).await;
+    let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", health.local_addr().unwrap());
+    let stop_health = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(serve_with(
+        health,
+        run.board.clone(),
+        std::sync::Arc::new(Metrics::new(run.board.clone())),
+        stop_health.clone(),
+        ServeOptions::default(),
+    ));
+
+    // Fixes in flight on a stalled link, then the link is cut: the session ends and hands
+    // them back to a buffer that does not return.
+    run.source.hold_releases(true);
+    proxy.stall();
+    run.source.push((6..=10).map(fix));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while run.source.in_flight() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing went in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.cut().await;
+    let wedged = |board: &gps_agent::status::StatusBoard| {
+        let s = snapshot(&board.read(), board.clock());
+        let mqtt = s.components.mqtt;
+        mqtt.last_error.filter(|_| mqtt.status == Status::Unhealthy)
+    };
+    let deadline = std::time::Instant::now() + bound + Duration::from_secs(15);
+    let error = loop {
+        if let Some(e) = wedged(&run.board) {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never reported wedged: {:?}",
+            run.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(error.code, "MQTT_WEDGED");
+    let mut out = Vec::new();
+    assert_eq!(gps_agent::cli::status::once(&url, &mut out).await, 2);
+    assert!(
+        String::from_utf8_lossy(&out).contains("MQTT_WEDGED"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+
+    run.source.hold_releases(false);
+    proxy.restore().await;
+    run.wait_acked(10).await;
+    assert!(wedged(&run.board).is_none());
+    stop_health.cancel();
     run.stop().await;
 }

@@ -10,7 +10,14 @@
 //! accepted in the last [`FIX_STALE_AFTER`], else `degraded` (a cold start is normal, not a
 //! failure); buffer is what the buffer judged itself (`degraded` while fixes wait in memory,
 //! `unhealthy` after a damaged file was moved aside); mqtt is `healthy` while connected, else
-//! `degraded`. The overall `status` is the worst of the three.
+//! `degraded`, and `unhealthy` when wedged. The overall `status` is the worst of the three.
+//!
+//! **Wedged** (`MQTT_WEDGED`): not connected (so the status, and any buffered fixes, wait to
+//! be sent) and no probe or full attempt begun for longer than the reconnect policy's
+//! liveness bound plus the longest an attempt takes (`MqttStatus::wedge_after`). Counted
+//! from facts the uplink's loop records when it acts (`MqttStatus::last_try_at`), never from
+//! what its state machine says it will do (breaker, `retry_at`), so a machine that keeps
+//! promising an attempt it never makes is caught, and so is a loop stuck anywhere else.
 
 use crate::clock::Clock;
 use crate::rejection::{Reason, ReasonCounts};
@@ -21,6 +28,9 @@ use std::time::{Duration, Instant};
 
 /// A receiver with no accepted fix for this long is reported degraded, its fix `none`.
 pub const FIX_STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// The code of a wedged uplink.
+pub const MQTT_WEDGED: &str = "MQTT_WEDGED";
 
 /// `last_error` as the snapshot shows it: code, message, RFC 3339 time it happened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -158,8 +168,11 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
     } else {
         Status::Degraded
     };
+    let wedged = wedged(cells, clock);
     let mqtt_status = if mqtt.connected {
         Status::Healthy
+    } else if wedged.is_some() {
+        Status::Unhealthy
     } else {
         Status::Degraded
     };
@@ -220,10 +233,40 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
                 probes: mqtt.probes_ok.saturating_add(mqtt.probes_failed),
                 connect_attempts: mqtt.connect_attempts,
                 message_limit_bytes: mqtt.message_limit,
-                last_error: mqtt.last_error.as_ref().map(ErrorView::from),
+                last_error: wedged.or_else(|| mqtt.last_error.as_ref().map(ErrorView::from)),
             },
         },
     }
+}
+
+/// `MQTT_WEDGED` as `last_error` shows it, when the uplink is wedged (see the module's doc):
+/// `at` is when the bound ran out.
+fn wedged(cells: &Cells, clock: &Clock) -> Option<ErrorView> {
+    let mqtt = &cells.mqtt;
+    let bound = mqtt.wedge_after.filter(|_| !mqtt.connected)?;
+    let since = mqtt.last_try_at.unwrap_or(cells.started);
+    let now = clock.now();
+    let idle = now.saturating_duration_since(since);
+    if idle <= bound {
+        return None;
+    }
+    let over = u64::try_from((idle - bound).as_millis()).unwrap_or(u64::MAX);
+    let at_ms = clock
+        .wall_ms()
+        .saturating_sub(i64::try_from(over).unwrap_or(i64::MAX));
+    let waiting = match cells.buffer.depth {
+        0 => "the status waits".to_string(),
+        n => format!("{n} fixes and the status wait"),
+    };
+    Some(ErrorView {
+        code: MQTT_WEDGED,
+        message: format!(
+            "no probe or connection attempt for {} s while {waiting} (at most {} s may pass)",
+            idle.as_secs(),
+            bound.as_secs()
+        ),
+        at: crate::fix::format_time_ms(at_ms),
+    })
 }
 
 /// One line for systemd's `STATUS=`: what an operator running `systemctl status` wants.
@@ -405,6 +448,67 @@ mod tests {
         assert!(err.message.starts_with("broker refused: x"));
         assert_eq!(err.at, "2023-11-14T22:13:20.000Z");
         assert!(s.components.gnss.last_error.is_none());
+    }
+
+    #[test]
+    fn an_uplink_that_tries_nothing_for_longer_than_its_bound_is_wedged_whatever_it_promises() {
+        let (hand, board) = manual();
+        healthy(&board);
+        let at = board.clock().now();
+        let error = board.error_now(&Refused("x".into()));
+        board.buffer(|b| b.depth = 12);
+        board.mqtt(|m| {
+            m.connected = false;
+            m.last_error = Some(error);
+            m.last_try_at = Some(at);
+            m.wedge_after = Some(Duration::from_secs(600));
+            // What the state machine promises is not evidence: an attempt in a second,
+            // forever.
+            m.breaker = BreakerState::Open;
+            m.retry_at = Some(at + Duration::from_secs(1));
+        });
+        hand.advance(Duration::from_secs(600));
+        let s = snap(&board);
+        assert_eq!(s.components.mqtt.status, Status::Degraded);
+        assert_eq!(s.components.mqtt.last_error.unwrap().code, "MQTT_REFUSED");
+        hand.advance(Duration::from_secs(5));
+        let s = snap(&board);
+        assert_eq!(s.status, Status::Unhealthy);
+        assert_eq!(s.components.mqtt.status, Status::Unhealthy);
+        let e = s.components.mqtt.last_error.unwrap();
+        assert_eq!(e.code, "MQTT_WEDGED");
+        assert_eq!(
+            e.message,
+            "no probe or connection attempt for 605 s while 12 fixes and the status wait \
+             (at most 600 s may pass)"
+        );
+        assert_eq!(e.at, "2023-11-14T22:23:20.000Z", "when the bound ran out");
+        assert!(status_line(&board.read(), board.clock()).starts_with("unhealthy"));
+        // A probe or an attempt (a fact the loop records) ends it.
+        let now = board.clock().now();
+        board.mqtt(|m| m.last_try_at = Some(now));
+        assert_eq!(snap(&board).components.mqtt.status, Status::Degraded);
+    }
+
+    #[test]
+    fn a_connected_uplink_or_one_not_yet_running_is_never_wedged() {
+        let (hand, board) = manual();
+        healthy(&board);
+        hand.advance(Duration::from_secs(100_000));
+        // Not running yet (no bound published): degraded only.
+        board.mqtt(|m| m.connected = false);
+        assert_eq!(snap(&board).components.mqtt.status, Status::Degraded);
+        // Running, never tried: counted from the start.
+        board.mqtt(|m| m.wedge_after = Some(Duration::from_secs(60)));
+        let e = snap(&board).components.mqtt.last_error.unwrap();
+        assert_eq!(e.code, "MQTT_WEDGED");
+        assert!(
+            e.message.contains("while the status waits"),
+            "{}",
+            e.message
+        );
+        board.mqtt(|m| m.connected = true);
+        assert_eq!(snap(&board).components.mqtt.status, Status::Healthy);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::error::Classified;
 use crate::fix::Fix;
 use crate::health::metrics::Metrics;
 use crate::uplink::error::UplinkError;
-use crate::uplink::publisher::FixSource;
+use crate::uplink::source::FixSource;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -13,16 +13,23 @@
 //! limit; [`acks`] maps rumqttc's packet ids back to the fixes a message carried;
 //! [`payload`] and [`cbor`] build topics and size-bounded messages; [`tls`] the rustls
 //! configuration; [`error`] classifies failures; [`publisher`] is the async loop that
-//! drives one connection at a time over a [`publisher::FixSource`] ([`link`], the buffer).
+//! drives one connection at a time (its `session`) over a [`source::FixSource`] ([`link`],
+//! the buffer), on [`settings`] (with [`credentials`] read once); [`probe`] does the
+//! reachability probes; [`linger`] holds live fixes for company.
 
 pub mod acks;
 pub mod backoff;
 pub mod breaker;
 pub mod cbor;
+pub mod credentials;
 pub mod error;
 pub mod limit;
+pub mod linger;
 pub mod link;
 pub mod payload;
+pub mod probe;
 pub mod publisher;
 pub mod reconnect;
+pub mod settings;
+pub mod source;
 pub mod tls;

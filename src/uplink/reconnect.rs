@@ -13,6 +13,12 @@
 //!   moment one succeeds. Neither the backoff nor the breaker hears of these failures, so
 //!   neither adds blind time once the path is back, and no TLS handshake is spent while it is
 //!   down.
+//! - **A front end answers for a broker that is down** (a load balancer accepts TCP, and
+//!   TLS when it terminates it, then closes before any MQTT comes back: AWS IoT, HiveMQ or
+//!   EMQX Cloud, HAProxy while the broker behind restarts). The broker is as unreachable as
+//!   behind a dead path, but probes would only find the front end. So full attempts, paced
+//!   like probes ([`Reconnect::unserved_delay`]: jittered, thinning out with the outage, at
+//!   most `probe_max`), and neither the backoff nor the breaker hears of them.
 //! - **The broker refuses or misbehaves on a working path** (CONNACK refusals, the link
 //!   dropped right after CONNACK, a TLS handshake that fails, PUBACKs that do not come while
 //!   probes get through). Retrying soon will not help: exponential backoff with full jitter
@@ -72,9 +78,16 @@ use tokio::time::Instant;
 /// second and a half.
 pub const PROBE_GROWTH_DIVISOR: u32 = 20;
 
-/// How long a probe's TCP connect may take before it counts as failed: the kernel sends the
-/// SYN at 0, 1 and 3 s, so a radio waking up or a slow cell still gets through.
-pub const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a front end closed a full attempt unserved, the ceiling of the next wait starts at
+/// this many probe intervals: each attempt costs a TLS handshake and a CONNECT, twenty times
+/// a probe's bytes, and a broker behind a balancer is rarely back within seconds.
+pub const UNSERVED_CEILING: u32 = 20;
+
+/// Full attempts against an unserved front end thin out with the square of the outage: the
+/// wait is at least `outage² / (UNSERVED_THINNING x probe_max)`. With the defaults: at most
+/// six attempts in the first minute, the next within 23 s of a broker back after a minute,
+/// then one a minute from the second minute on.
+pub const UNSERVED_THINNING: u32 = 3;
 
 /// No PUBACK for this long while messages wait (and none acknowledged meanwhile): the
 /// connection may be stalled, and [`StallWatch`] starts probing the path.
@@ -152,11 +165,15 @@ pub struct Pacing {
 }
 
 /// How a full attempt or a session ended, as far as pacing is concerned (the publisher
-/// sorts its errors into these; see `publisher::ending_of`).
+/// sorts its errors into these; see `publisher::session`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
     /// TCP could not reach the broker's port: refused, unreachable, DNS failed.
     Unreachable,
+    /// The port took the connection (TCP, and TLS when the front end terminates it) and
+    /// closed it before any MQTT came back: a load balancer whose broker is down behind it.
+    /// Paced like probes, never by the backoff or the breaker.
+    Unserved,
     /// The path works but the broker refused or misbehaved: a CONNACK refusal, the link
     /// dropped right after connecting, a failed TLS handshake, a protocol error.
     Broker,
@@ -209,6 +226,8 @@ enum Suspicion {
 enum Fault {
     /// Its port could not be reached: probe the path.
     Unreachable,
+    /// Its front end took the connection and closed it: full attempts paced like probes.
+    Unserved,
     /// It refused or misbehaved: backoff and the breaker.
     Refused,
     /// It refused for good (credentials, certificates): `permanent_retry`.
@@ -252,6 +271,9 @@ pub struct Reconnect {
     endpoint: usize,
     /// Endpoints tried in turn since the last connection, when more than one is known.
     round: Option<Round>,
+    /// Since when front ends have been closing full attempts unserved (the broker behind
+    /// them down): its age paces the next attempt.
+    unserved_since: Option<Instant>,
     /// The next step is a full attempt on the next endpoint of a round, due at once and let
     /// through whatever the backoff or breaker say: they pace rounds, not endpoints.
     failing_over: bool,
@@ -277,6 +299,7 @@ impl Reconnect {
             path: PathState::Unknown,
             endpoint: 0,
             round: None,
+            unserved_since: None,
             failing_over: false,
         }
     }
@@ -312,6 +335,7 @@ impl Reconnect {
         self.probing = None;
         self.not_before = None;
         self.round = None;
+        self.unserved_since = None;
         self.failing_over = false;
     }
 
@@ -326,6 +350,7 @@ impl Reconnect {
             Ending::Broker => self.blame(now, Fault::Refused),
             Ending::Permanent => self.blame(now, Fault::Permanent),
             Ending::Unreachable => self.blame(now, Fault::Unreachable),
+            Ending::Unserved => self.blame(now, Fault::Unserved),
             Ending::Stalled => self.probe_soon(now, Suspicion::Stalled),
             Ending::Dropped => {
                 // A session that dropped soon after connecting counts (backoff resets only
@@ -433,6 +458,16 @@ impl Reconnect {
                 self.not_before = Some(now + self.policy.permanent_retry);
                 Step::Connect { at: self.gate(now) }
             }
+            Fault::Unserved => {
+                // The front end answers, the broker behind it does not: no verdict on the
+                // broker, and probes would only find the front end.
+                self.breaker.release_trial();
+                self.path = PathState::Up;
+                let since = *self.unserved_since.get_or_insert(now);
+                let wait = self.unserved_delay(now.saturating_duration_since(since));
+                self.not_before = Some(now + wait);
+                Step::Connect { at: self.gate(now) }
+            }
             Fault::Unreachable => {
                 self.breaker.release_trial();
                 self.path = PathState::Down;
@@ -459,6 +494,27 @@ impl Reconnect {
     pub fn probe_delay(&mut self, outage_for: Duration) -> Duration {
         let ceiling = self.probe_ceiling(outage_for);
         self.jitter.between(ceiling / 2, ceiling)
+    }
+
+    /// The wait before the next full attempt after a front end closed one unserved, the
+    /// broker behind it down for `outage_for`: uniform in the upper half of a ceiling that
+    /// starts at [`UNSERVED_CEILING`] probe intervals and grows by a twentieth of the outage
+    /// (as the probes' does), and never shorter than the outage's square over
+    /// [`UNSERVED_THINNING`] times `probe_max` (so at most one attempt per `probe_max` once
+    /// the outage is 1.7 times that old); never longer than `probe_max`.
+    pub fn unserved_delay(&mut self, outage_for: Duration) -> Duration {
+        let probe = self.policy.probe;
+        let max = probe.max.max(probe.interval);
+        let ceiling = probe
+            .interval
+            .saturating_mul(UNSERVED_CEILING)
+            .saturating_add(outage_for / PROBE_GROWTH_DIVISOR)
+            .min(max);
+        let age = outage_for.as_secs_f64();
+        let thinned = age * age / (f64::from(UNSERVED_THINNING) * max.as_secs_f64());
+        let floor = Duration::try_from_secs_f64(thinned).unwrap_or(max).min(max);
+        let lo = (ceiling / 2).max(floor);
+        self.jitter.between(lo, ceiling.max(lo))
     }
 
     pub fn path(&self) -> PathState {
@@ -743,11 +799,14 @@ mod tests {
 
     #[test]
     fn a_port_that_accepts_and_closes_for_six_minutes_is_tried_again_once_it_works() {
-        // Classed as the broker's refusal (a reset or EOF while connecting).
-        comes_back_after(Answer::Fails {
-            after: ms(1),
-            ending: Ending::Broker,
-        });
+        // As main 3007257 classed it (a reset or EOF while connecting: the broker's refusal),
+        // and as it is classed now (a front end whose broker is down).
+        for ending in [Ending::Broker, Ending::Unserved] {
+            comes_back_after(Answer::Fails {
+                after: ms(1),
+                ending,
+            });
+        }
     }
 
     #[test]
@@ -796,6 +855,102 @@ mod tests {
         }
         assert_eq!(r.breaker(), BreakerState::Open);
         assert_eq!(trial_pauses, [120, 240]);
+    }
+
+    /// A balancer closes every full attempt unserved from `t0` until `back`, then the broker
+    /// behind it works. The times of the full attempts.
+    fn behind_a_balancer(seed: u64, t0: Instant, back: Instant) -> Vec<Instant> {
+        let mut r = jittered(seed);
+        let (attempts, put_off) = serve(&mut r, t0, back + secs(600), |now| {
+            if now < back {
+                Answer::Fails {
+                    after: ms(2),
+                    ending: Ending::Unserved,
+                }
+            } else {
+                Answer::Works
+            }
+        });
+        assert_eq!(put_off, 0);
+        assert_eq!(r.breaker(), BreakerState::Closed, "seed {seed}");
+        attempts
+    }
+
+    #[test]
+    fn behind_a_balancer_a_minute_down_costs_at_most_six_attempts_and_is_over_within_23_s() {
+        for seed in 1..500 {
+            let t0 = Instant::now();
+            let back = t0 + secs(60);
+            let attempts = behind_a_balancer(seed, t0, back);
+            let during = attempts.iter().filter(|a| **a < back).count();
+            assert!(during <= 6, "seed {seed}: {during} attempts in the minute");
+            let first_back = *attempts.last().unwrap();
+            assert!(first_back >= back);
+            assert!(
+                first_back - back <= secs(23),
+                "seed {seed}: {:?} after the return",
+                first_back - back
+            );
+        }
+    }
+
+    #[test]
+    fn behind_a_balancer_ten_minutes_down_cost_at_most_one_attempt_a_minute_after_the_second() {
+        for seed in 1..200 {
+            let t0 = Instant::now();
+            let back = t0 + secs(600);
+            let attempts = behind_a_balancer(seed, t0, back);
+            for minute in 2..10 {
+                let from = t0 + secs(60 * minute);
+                let n = attempts
+                    .iter()
+                    .filter(|a| **a >= from && **a < from + secs(60))
+                    .count();
+                assert!(n <= 1, "seed {seed}: {n} attempts in minute {minute}");
+            }
+            let first_back = *attempts.last().unwrap();
+            assert!(first_back - back <= secs(60), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn behind_a_balancer_a_fleet_comes_back_spread_out() {
+        // 100 agents lost their broker behind one balancer in the same second; it is back
+        // after a minute. No second sees more than a fifth of them back.
+        let t0 = Instant::now();
+        let back = t0 + secs(60);
+        let mut per_second = std::collections::BTreeMap::new();
+        for agent in 0..100 {
+            let start = t0 + ms(agent * 10);
+            let first_back = *behind_a_balancer(1000 + agent, start, back).last().unwrap();
+            *per_second
+                .entry((first_back - back).as_secs())
+                .or_insert(0u32) += 1;
+        }
+        let busiest = per_second.values().max().copied().unwrap_or(0);
+        assert!(busiest <= 20, "{per_second:?}");
+        assert!(per_second.keys().all(|s| *s <= 23), "{per_second:?}");
+    }
+
+    #[test]
+    fn an_unserved_attempt_releases_the_trial_and_backs_off_nothing() {
+        let t0 = Instant::now();
+        let mut r = exact();
+        for _ in 0..5 {
+            r.on_end(t0, Ending::Broker);
+        }
+        let trial = r.gate(t0);
+        assert_eq!(r.attempt(trial), None);
+        let step = r.on_end(trial, Ending::Unserved);
+        assert_eq!(r.breaker(), BreakerState::Open, "no verdict on the broker");
+        // The pause is over: only the unserved wait (20 s at first) remains.
+        assert_eq!(
+            step,
+            Step::Connect {
+                at: trial + secs(20)
+            }
+        );
+        assert_eq!(r.path(), PathState::Up);
     }
 
     #[test]

@@ -421,6 +421,16 @@ pub fn stored_rows(db: &Path) -> Vec<(u64, i64)> {
     rows
 }
 
+/// When the agent wrote a log line (its `timestamp`, not when a test read it).
+pub fn log_time(line: &serde_json::Value) -> std::time::SystemTime {
+    let text = line["timestamp"]
+        .as_str()
+        .expect("a timestamp on every log line");
+    let t = chrono::DateTime::parse_from_rfc3339(text).unwrap();
+    std::time::SystemTime::UNIX_EPOCH
+        + Duration::from_micros(u64::try_from(t.timestamp_micros()).unwrap())
+}
+
 /// The JSON lines of an agent's log file (for after the agent has stopped).
 pub fn read_log(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -15,12 +15,17 @@
 //! - [`Mode::NoPuback`]: CONNECT answered with CONNACK 0, then nothing ever again: no
 //!   PUBACK, no PINGRESP.
 //!
-//! Every accepted connection is counted with its time, so a test can tell attempts per
-//! minute. Runs on the test's tokio runtime; each connection is one or two tasks that end
+//! Every accepted connection is counted with its time, and whether the client said
+//! anything on it ([`Front::attempts`]: a full attempt sends CONNECT, or a TLS ClientHello;
+//! a reachability probe sends nothing and resets), so a test can tell attempts per minute.
+//! While the backend is down the balancer gives a client 100 ms to speak before it closes
+//! (the time a balancer spends trying its backend). Runs on the test's tokio runtime; each connection is one or two tasks that end
 //! when either side closes, and nothing is queued beyond one 16 KiB chunk per direction.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,10 +49,16 @@ struct Control {
     epoch: u64,
 }
 
+/// One accepted connection: when, and whether the client sent a byte on it.
+struct Conn {
+    at: Instant,
+    spoke: Arc<AtomicBool>,
+}
+
 pub struct Front {
     pub addr: SocketAddr,
     control: watch::Sender<Control>,
-    accepted: Arc<Mutex<Vec<Instant>>>,
+    accepted: Arc<Mutex<Vec<Conn>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -102,7 +113,17 @@ impl Front {
 
     /// Connections accepted so far, each by the time it was accepted.
     pub fn accepted(&self) -> Vec<Instant> {
-        self.accepted.lock().unwrap().clone()
+        self.accepted.lock().unwrap().iter().map(|c| c.at).collect()
+    }
+
+    /// Of those, the ones the client spoke on (full attempts, not probes).
+    pub fn attempts(&self) -> Vec<Instant> {
+        let conns = self.accepted.lock().unwrap();
+        conns
+            .iter()
+            .filter(|c| c.spoke.load(Ordering::Relaxed))
+            .map(|c| c.at)
+            .collect()
     }
 
     /// Connections accepted since `since`.
@@ -122,28 +143,34 @@ async fn serve(
     listener: TcpListener,
     backend: SocketAddr,
     control: watch::Receiver<Control>,
-    accepted: Arc<Mutex<Vec<Instant>>>,
+    accepted: Arc<Mutex<Vec<Conn>>>,
 ) {
     // A port nobody listens on: where the balancer's backend connects go while it is down.
     let dead = super::broker::free_port();
     while let Ok((client, _)) = listener.accept().await {
-        accepted.lock().unwrap().push(Instant::now());
+        let spoke = Arc::new(AtomicBool::new(false));
+        accepted.lock().unwrap().push(Conn {
+            at: Instant::now(),
+            spoke: spoke.clone(),
+        });
         let now = *control.borrow();
         let control = control.clone();
         match now.mode {
+            Mode::Balance if now.backend_up => {
+                tokio::spawn(balance(client, backend, control, now.epoch, spoke));
+            }
             Mode::Balance => {
-                let to = if now.backend_up { backend } else { dead };
-                tokio::spawn(balance(client, to, control, now.epoch));
+                tokio::spawn(balance(client, dead, control, now.epoch, spoke));
             }
             Mode::AcceptClose => drop(client),
             Mode::Refuse(code) => {
-                tokio::spawn(answer(client, Some(code)));
+                tokio::spawn(answer(client, Some(code), spoke));
             }
             Mode::Silent => {
-                tokio::spawn(answer(client, None));
+                tokio::spawn(answer(client, None, spoke));
             }
             Mode::NoPuback => {
-                tokio::spawn(answer(client, Some(0)));
+                tokio::spawn(answer(client, Some(0), spoke));
             }
         }
     }
@@ -156,8 +183,17 @@ async fn balance(
     to: SocketAddr,
     mut control: watch::Receiver<Control>,
     epoch: u64,
+    spoke: Arc<AtomicBool>,
 ) {
     let Ok(server) = TcpStream::connect(to).await else {
+        // The backend is down: the client's first bytes, if any come while the balancer
+        // tries, say what kind of connection it was; then it is closed without a byte.
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(100), client.peek(&mut byte)).await
+        {
+            spoke.store(n > 0, Ordering::Relaxed);
+        }
         return;
     };
     let _ = client.set_nodelay(true);
@@ -170,6 +206,7 @@ async fn balance(
             if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
                 break;
             }
+            spoke.store(true, Ordering::Relaxed);
         }
     };
     let down = async move {
@@ -197,13 +234,14 @@ async fn balance(
 /// Read the client's bytes; after the first, answer with a CONNACK of `code` when one is
 /// given (a refusal is followed by a close; code 0 by silence), then read until the client
 /// closes.
-async fn answer(mut client: TcpStream, code: Option<u8>) {
+async fn answer(mut client: TcpStream, code: Option<u8>, spoke: Arc<AtomicBool>) {
     let mut buf = [0u8; 4096];
     let mut answered = false;
     while let Ok(n) = client.read(&mut buf).await {
         if n == 0 {
             return;
         }
+        spoke.store(true, Ordering::Relaxed);
         if let (Some(code), false) = (code, answered) {
             answered = true;
             if client.write_all(&[0x20, 0x02, 0x00, code]).await.is_err() || code != 0 {

@@ -5,7 +5,8 @@
 //! ([`tls_front`]); an in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one
 //! that pauses around agent restarts ([`relay`]); the power-cut shim ([`shim`]); simulated
 //! drives as accepted fixes, with receiver noise ([`drives`]); the chaos run of the real
-//! daemon under seeded faults ([`chaos`]).
+//! daemon under seeded faults ([`chaos`]); a RabbitMQ cluster `.ci/cluster.sh` started
+//! ([`rabbitmq`]).
 //!
 //! Each test file that needs them says `mod support;`. Everything here is bounded in time:
 //! waits take a deadline and fail the test rather than hang it. Nothing here knows about the
@@ -23,6 +24,7 @@ pub mod mosquitto;
 pub mod proxy;
 pub mod pty;
 pub mod publisher;
+pub mod rabbitmq;
 pub mod relay;
 pub mod shim;
 pub mod source;
@@ -47,5 +49,17 @@ impl Prng {
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+/// Waits (at most 10 s, polling every 10 ms) until `cond` holds; fails the test otherwise.
+pub async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }

@@ -1,9 +1,14 @@
 //! A GNSS receiver as a pseudo-terminal pair: the test holds the master end (the receiver)
-//! and a udev-style symlink points at the slave end (the device the agent opens).
+//! and a udev-style symlink points at the slave end (the device the agent opens); a drive fed
+//! to it in real time.
 
+use gps_agent::sim::{Drive, DriveSpec};
 use serialport::{SerialPort, TTYPort};
 use std::os::fd::AsRawFd;
 use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// A new pty pair whose slave is reachable at `link`. Returns the master.
 pub fn receiver_at(link: &Path) -> TTYPort {
@@ -19,4 +24,23 @@ pub fn receiver_at(link: &Path) -> TTYPort {
     let _ = std::fs::remove_file(link);
     std::os::unix::fs::symlink(name, link).expect("symlink");
     master
+}
+
+/// The whole drive of `spec` written to `receiver` in real time, on a thread of its own. The
+/// thread returns the epochs written and the master, still open: closing it hangs up the
+/// terminal, and what the agent has not read yet would be lost.
+pub fn feed_realtime(spec: DriveSpec, mut receiver: TTYPort) -> JoinHandle<(u32, TTYPort)> {
+    std::thread::spawn(move || {
+        let never = AtomicBool::new(false);
+        // Until the agent opens the device the pty refuses writes: start over until the
+        // drive goes through (nothing was read before).
+        let written = loop {
+            let drive = Drive::new(spec.clone()).unwrap();
+            match gps_agent::sim::write_realtime(drive, &mut receiver, &never) {
+                Ok(n) => break n,
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        (written, receiver)
+    })
 }

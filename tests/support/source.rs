@@ -1,5 +1,7 @@
 //! An in-memory [`FixSource`] standing in for the SQLite buffer: fixes by seq, handed out
-//! once until acked, released or dead-lettered, with the contract asserted on every call.
+//! once until acked, released or dead-lettered, with the contract asserted on every call, and
+//! a journal of what happened to it in order ([`Happened`]), so that tests count events
+//! instead of waiting for time to pass.
 
 use gps_agent::error::{Classified, ErrorClass};
 use gps_agent::fix::{Fix, FixMode};
@@ -22,8 +24,22 @@ impl Classified for NeverFails {
     }
 }
 
+/// What happened to the source, in order, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Happened {
+    /// The test stored these seqs.
+    Pushed(Vec<u64>),
+    /// The publisher asked for a batch and got `got` fixes; `drained`: nothing was left.
+    Asked { got: usize, drained: bool },
+    /// The publisher said these seqs were acknowledged.
+    Acked(Vec<u64>),
+    /// The publisher handed these seqs back.
+    Released(Vec<u64>),
+}
+
 #[derive(Default, Debug)]
 struct Store {
+    journal: Vec<(std::time::Instant, Happened)>,
     pending: BTreeMap<u64, Fix>,
     in_flight: BTreeSet<u64>,
     acked: BTreeSet<u64>,
@@ -36,20 +52,36 @@ struct Store {
     drained: bool,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemSource {
     store: Arc<Mutex<Store>>,
     stored: Arc<Notify>,
+    /// While true, `release` does not return: a buffer stuck under the uplink.
+    hold_releases: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Default for MemSource {
+    fn default() -> Self {
+        MemSource {
+            store: Arc::default(),
+            stored: Arc::default(),
+            hold_releases: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
 }
 
 impl MemSource {
     pub fn push(&self, fixes: impl IntoIterator<Item = Fix>) {
         let mut s = self.store.lock().unwrap();
+        let mut seqs = Vec::new();
         for f in fixes {
             s.next_seq += 1;
             let seq = s.next_seq;
             s.pending.insert(seq, f);
+            seqs.push(seq);
         }
+        s.journal
+            .push((std::time::Instant::now(), Happened::Pushed(seqs)));
         drop(s);
         self.stored.notify_one();
     }
@@ -68,6 +100,14 @@ impl MemSource {
     /// How often the publisher asked for a batch.
     pub fn asked(&self) -> u64 {
         self.store.lock().unwrap().asked
+    }
+    /// Everything that happened to the source so far, in order, with when.
+    pub fn journal(&self) -> Vec<(std::time::Instant, Happened)> {
+        self.store.lock().unwrap().journal.clone()
+    }
+    /// Make `release` hang until called again with `false` (a buffer whose disk stalls).
+    pub fn hold_releases(&self, hold: bool) {
+        self.hold_releases.send_replace(hold);
     }
     /// Fixes per message published, in order.
     pub fn published(&self) -> Vec<usize> {
@@ -96,6 +136,11 @@ impl FixSource for MemSource {
         }
         s.asked += 1;
         s.drained = s.pending.keys().all(|seq| s.in_flight.contains(seq));
+        let asked = Happened::Asked {
+            got: batch.len(),
+            drained: s.drained,
+        };
+        s.journal.push((std::time::Instant::now(), asked));
         Ok(batch)
     }
 
@@ -114,10 +159,14 @@ impl FixSource for MemSource {
             s.pending.remove(seq);
             s.acked.insert(*seq);
         }
+        s.journal
+            .push((std::time::Instant::now(), Happened::Acked(seqs.to_vec())));
         Ok(())
     }
 
     async fn release(&mut self, seqs: &[u64]) -> Result<(), NeverFails> {
+        let mut held = self.hold_releases.subscribe();
+        let _ = held.wait_for(|hold| !*hold).await;
         let mut s = self.store.lock().unwrap();
         for seq in seqs {
             assert!(
@@ -125,6 +174,8 @@ impl FixSource for MemSource {
                 "released seq {seq} was not in flight"
             );
         }
+        s.journal
+            .push((std::time::Instant::now(), Happened::Released(seqs.to_vec())));
         Ok(())
     }
 

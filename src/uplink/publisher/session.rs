@@ -1,0 +1,844 @@
+//! One connection, from CONNECT to its end: the per-connection state ([`Session`]: the rumqttc
+//! client and its events, the acknowledgement window, what the session achieved, the watch on
+//! a stalled path) and what the publisher does with it: connect, fill the window from the
+//! source (holding live fixes for company in [`Linger`](crate::uplink::linger::Linger)),
+//! map PUBACKs back to fixes, judge a dropped link (its size, or the path), and shut down
+//! cleanly. Everything unacknowledged goes back to the source when the session ends; nothing
+//! here decides when the next connection is made (that is `Reconnect`'s, in the publisher).
+
+use super::{millis, Publisher};
+use crate::config::PayloadFormat;
+use crate::error::{Classified, ErrorClass};
+use crate::fix::Fix;
+use crate::uplink::acks::{AckWindow, Acked};
+use crate::uplink::cbor;
+use crate::uplink::error::{Phase, UplinkError};
+use crate::uplink::limit::{Unacked, Verdict};
+use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState};
+use crate::uplink::probe::{probe, PathWatch};
+use crate::uplink::reconnect::{Ending, Watch};
+use crate::uplink::source::FixSource;
+use crate::uplink::tls::client_config;
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
+};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What one session was like, for pacing the next.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct SessionFacts {
+    /// When CONNACK came.
+    connected_at: Option<Instant>,
+    /// A fixes message was acknowledged.
+    delivered: bool,
+    /// Any message (the status too) was acknowledged.
+    proven: bool,
+}
+
+/// How a session failed, and what that means for the next attempt.
+#[derive(Debug)]
+pub(super) struct Failure {
+    pub(super) error: UplinkError,
+    pub(super) ending: Ending,
+}
+
+/// How one connection ended.
+pub(super) enum SessionEnd {
+    Shutdown,
+    Failed(Failure),
+}
+
+/// What pacing makes of an error that ended an attempt or a session.
+fn ending_of(error: &UplinkError, facts: &SessionFacts, reset_after: Duration) -> Ending {
+    if error.class() == ErrorClass::Permanent {
+        return Ending::Permanent;
+    }
+    match error {
+        // TCP never got through (refused, unreachable, DNS, timed out in the kernel); a
+        // connection accepted (and TLS, if the front end terminates it) and then closed or
+        // reset before CONNACK, nothing of MQTT received, is a front end whose broker is down.
+        // (A TLS alert or certificate error is `Tls`, a CONNACK refusal `Auth`, `Refused`
+        // or `Unavailable`: the broker's, below.)
+        UplinkError::Connect { source, .. } => {
+            use std::io::ErrorKind as K;
+            match source.kind() {
+                K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe => {
+                    Ending::Unserved
+                }
+                _ => Ending::Unreachable,
+            }
+        }
+        UplinkError::Timeout { .. } | UplinkError::AckTimeout { .. } => Ending::Stalled,
+        UplinkError::Io { .. } => {
+            let lasted = facts.connected_at.map_or(Duration::ZERO, |at| {
+                Instant::now().saturating_duration_since(at)
+            });
+            if facts.delivered || lasted >= reset_after {
+                Ending::Dropped
+            } else {
+                // Closed right after connecting, nothing delivered: the broker is refusing.
+                Ending::Broker
+            }
+        }
+        UplinkError::Stalled { .. } => Ending::PathReturned,
+        UplinkError::BrokerLimit { .. } => Ending::Narrowed,
+        _ => Ending::Broker,
+    }
+}
+
+/// One connection's state: what the publisher keeps only while it is up.
+pub(super) struct Session {
+    client: AsyncClient,
+    events: mpsc::Receiver<Result<Event, ConnectionError>>,
+    window: AckWindow,
+    facts: SessionFacts,
+    /// Send whatever is pending at once (set at connect, cleared once the source is empty).
+    flush_all: bool,
+    /// The source said it has nothing more (until a fix is stored or an ack frees room).
+    source_empty: bool,
+    /// When the source was last asked (for the top-up of fixes held for company).
+    asked_at: Instant,
+    /// The last sign of progress: CONNACK, then each PUBACK.
+    progress: Instant,
+    path: PathWatch,
+}
+
+impl<S: FixSource> Publisher<S> {
+    /// The TLS configuration for the next connection: the one made before, unless a CA,
+    /// certificate or key file changed since (a renewed certificate is used at the next
+    /// reconnect without a restart).
+    fn tls_config(&mut self) -> Result<Arc<rustls::ClientConfig>, UplinkError> {
+        let files = self.settings.tls.files_fingerprint();
+        if let Some((made_from, config)) = &self.tls {
+            if *made_from == files {
+                return Ok(Arc::clone(config));
+            }
+        }
+        let config = client_config(&self.settings.tls)?;
+        self.tls = Some((files, Arc::clone(&config)));
+        Ok(config)
+    }
+
+    fn mqtt_options(&mut self) -> Result<MqttOptions, UplinkError> {
+        let broker = self.broker().clone();
+        let mut o = MqttOptions::new(
+            self.settings.client_id.clone(),
+            broker.host.clone(),
+            broker.port,
+        );
+        if broker.tls {
+            let config = self.tls_config()?;
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        o.set_clean_session(true);
+        o.set_keep_alive(self.settings.keep_alive);
+        o.set_inflight(self.settings.window.max(1));
+        // Payload plus topic plus MQTT header: the payload limit is what `encode` enforces.
+        let packet_max = self.settings.max_message_bytes + self.topics.fixes.len() + 64;
+        o.set_max_packet_size(packet_max.max(16 * 1024), packet_max);
+        o.set_last_will(LastWill::new(
+            self.topics.status.clone(),
+            status_payload(LinkState::Offline, &self.settings.device),
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some((user, password)) = &self.settings.credentials {
+            o.set_credentials(user.clone(), password.reveal());
+        }
+        Ok(o)
+    }
+
+    /// One connection, from CONNECT to its end. Everything unacknowledged (and every fix
+    /// still lingering) is released before this returns.
+    pub(super) async fn session(&mut self, shutdown: &CancellationToken) -> SessionEnd {
+        let options = match self.mqtt_options() {
+            Ok(o) => o,
+            Err(e) => {
+                let facts = SessionFacts::default();
+                let ending = ending_of(&e, &facts, self.settings.backoff.reset_after);
+                return SessionEnd::Failed(Failure { error: e, ending });
+            }
+        };
+        let window_size = self.limit.window(usize::from(self.settings.window.max(1)));
+        // Room for the window, the status message and the DISCONNECT: try_publish never
+        // finds the channel full.
+        let (client, mut eventloop) = AsyncClient::new(options, window_size + 2);
+        eventloop
+            .network_options
+            .set_connection_timeout(self.settings.connect_timeout.as_secs().max(1));
+        // The event loop runs in its own task so that no `poll()` is ever cancelled halfway;
+        // the session reads its events from a bounded channel. Dropping the task drops the
+        // rumqttc state with it: nothing it still holds is ever sent.
+        let (events_tx, events) = mpsc::channel::<Result<Event, ConnectionError>>(64);
+        let pump = tokio::spawn(async move {
+            loop {
+                let event = eventloop.poll().await;
+                let failed = event.is_err();
+                if events_tx.send(event).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let abort_pump = AbortOnDrop(pump);
+        let now = Instant::now();
+        let mut s = Session {
+            client,
+            events,
+            window: AckWindow::new(window_size, self.settings.puback_timeout),
+            facts: SessionFacts::default(),
+            flush_all: true,
+            source_empty: false,
+            asked_at: now,
+            progress: now,
+            path: PathWatch::default(),
+        };
+        let end = self.drive(&mut s, shutdown).await;
+        drop(abort_pump);
+        if matches!(end, SessionEnd::Failed(_)) {
+            // Gone now, before its fixes are handed back (which waits on the buffer): what
+            // `/health` says, and where the wedge check counts from.
+            let at = self.board.clock().now();
+            self.board.mqtt(|m| {
+                m.connected = false;
+                m.last_try_at = Some(at);
+            });
+        }
+        let unacked: Vec<Unacked> = s
+            .window
+            .unacked()
+            .filter_map(|(seqs, bytes)| {
+                Some(Unacked {
+                    first_seq: *seqs.first()?,
+                    fixes: seqs.len(),
+                    bytes,
+                })
+            })
+            .collect();
+        let mut released = s.window.on_disconnect();
+        released.extend(self.linger.take().into_iter().map(|(seq, _)| seq));
+        let end = match end {
+            SessionEnd::Failed(mut failure) => {
+                if let Some((seq, why)) = self
+                    .judge_drop(&mut failure, &unacked, &s.facts, shutdown)
+                    .await
+                {
+                    released.retain(|s| *s != seq);
+                    warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
+                    if let Err(e) = self.source.dead_letter(seq, &why).await {
+                        warn!(code = e.code(), error = %e, "buffer refused dead letter");
+                    }
+                }
+                SessionEnd::Failed(failure)
+            }
+            shutdown => shutdown,
+        };
+        if !released.is_empty() {
+            debug!(count = released.len(), "releasing unacknowledged fixes");
+            self.release_quietly(&released).await;
+        }
+        end
+    }
+
+    /// After the broker closed an established link: was it over a message's size? Only
+    /// when some unacknowledged message was larger than anything acknowledged, and only if
+    /// the path still works (a probe), since a cut link leaves messages unacknowledged too.
+    /// Returns a single fix to dead-letter, and why, when it alone is more than the broker
+    /// takes.
+    async fn judge_drop(
+        &mut self,
+        failure: &mut Failure,
+        unacked: &[Unacked],
+        facts: &SessionFacts,
+        shutdown: &CancellationToken,
+    ) -> Option<(u64, UplinkError)> {
+        if facts.connected_at.is_none()
+            || !matches!(failure.error, UplinkError::Io { .. })
+            || !self.limit.blames_size(unacked)
+        {
+            return None;
+        }
+        let reachable = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = probe(self.broker().host.clone(), self.broker().port) => r,
+        };
+        self.count_probe(reachable);
+        if !reachable {
+            failure.ending = Ending::Unreachable;
+            return None;
+        }
+        let before = self.limit.clone();
+        let verdict = self.limit.on_dropped(unacked);
+        if verdict != Verdict::NotSize {
+            // A balancer answers the probe for a broker that died behind it: if the next
+            // attempt finds the broker away, this verdict is withdrawn.
+            self.judged = Some(before);
+        }
+        let learned = self.limit.learned();
+        self.board.mqtt(|m| m.message_limit = learned);
+        match verdict {
+            Verdict::NotSize => None,
+            Verdict::Narrowed { bytes, cap } => {
+                warn!(
+                    code = "MQTT_TOO_LARGE",
+                    bytes,
+                    cap,
+                    largest_ok = self.limit.largest_ok(),
+                    window = self.limit.window(usize::from(self.settings.window)),
+                    "broker dropped the link after a message larger than any it took; sending smaller messages (check mqtt.max_message_bytes against the broker's limit)"
+                );
+                failure.error = UplinkError::BrokerLimit { bytes, cap };
+                failure.ending = Ending::Narrowed;
+                None
+            }
+            Verdict::Reject {
+                first_seq,
+                bytes,
+                drops,
+            } => {
+                failure.error = UplinkError::Rejected {
+                    bytes,
+                    disconnects: drops,
+                };
+                failure.ending = Ending::Narrowed;
+                Some((
+                    first_seq,
+                    UplinkError::Rejected {
+                        bytes,
+                        disconnects: drops,
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Until CONNACK: the connection is up, the status goes out, and the machine and
+    /// `/health` hear of it.
+    async fn connect(
+        &mut self,
+        s: &mut Session,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        let reset_after = self.settings.backoff.reset_after;
+        loop {
+            let event = tokio::select! {
+                _ = shutdown.cancelled() => return Err(SessionEnd::Shutdown),
+                e = s.events.recv() => e,
+            };
+            let error = match event {
+                Some(Ok(Event::Incoming(Incoming::ConnAck(_)))) => break,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    UplinkError::from_connection(&self.broker().to_string(), Phase::Connecting, e)
+                }
+                None => UplinkError::ClientClosed,
+            };
+            return Err(failed(error, &s.facts, reset_after));
+        }
+        let now = Instant::now();
+        self.reconnect.on_connected(now);
+        // The broker is there: a size verdict before this connection stands.
+        self.judged = None;
+        s.facts.connected_at = Some(now);
+        s.progress = now;
+        s.asked_at = now;
+        self.connections += 1;
+        let reconnects = self.connections.saturating_sub(1);
+        self.show(None, |m| {
+            m.connected = true;
+            m.reconnects = reconnects;
+        });
+        info!(broker = %self.broker(), reconnects, window = s.window.capacity(),
+            "uplink connected");
+        self.submit_status(&s.client, &mut s.window, LinkState::Online)
+            .map_err(|e| failed(e, &s.facts, reset_after))
+    }
+
+    /// The connected session: fixes out as the window and the source allow, PUBACKs in,
+    /// the path watched while they do not come, until the link fails or shutdown.
+    async fn drive(&mut self, s: &mut Session, shutdown: &CancellationToken) -> SessionEnd {
+        let reset_after = self.settings.backoff.reset_after;
+        if let Err(end) = self.connect(s, shutdown).await {
+            return end;
+        }
+        loop {
+            let now = Instant::now();
+            if !s.source_empty || self.linger.is_due(now) {
+                s.asked_at = now;
+                match self.fill(s).await {
+                    Ok(empty) => s.source_empty = empty,
+                    Err(UplinkError::ClientClosed) => {
+                        // rumqttc's event loop ended: the reason is in its last event.
+                        let e = self.last_event_error(s).await;
+                        return failed(e, &s.facts, reset_after);
+                    }
+                    Err(e) => return failed(e, &s.facts, reset_after),
+                }
+            }
+            // While live fixes wait for company the source is asked again when a full message
+            // may be waiting (a full message goes then) or when they are due, not at every
+            // commit: the fixes arriving meanwhile wait in the buffer and go with them.
+            let room = s.window.has_room();
+            let wait_source = s.source_empty && room && self.linger.is_empty();
+            let top_up = (s.source_empty && room && !self.linger.is_empty())
+                .then(|| s.asked_at + self.linger.top_up_after());
+            let held_due = self.linger.due().filter(|_| room);
+            // No PUBACK for STALL_AFTER while messages wait: the path is watched.
+            let waiting = s.window.oldest_since().map(|since| since.max(s.progress));
+            let target = self.broker().clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => return self.shut_down(s).await,
+                _ = sleep_until_opt(s.window.next_deadline()) => {
+                    if let Some(e) = s.window.overdue(Instant::now()) {
+                        return failed(e, &s.facts, reset_after);
+                    }
+                }
+                (at, reachable) = s.path.probed(waiting, &target) => {
+                    self.count_probe(reachable);
+                    if let Some(Watch::Reconnect) = s.path.on_probe(at, reachable, &mut self.reconnect) {
+                        let waited = at.saturating_duration_since(s.path.stalled_since().unwrap_or(at));
+                        info!(broker = %target, waited_ms = millis(waited),
+                            "the path to the broker went down and came back under a stalled connection; reconnecting");
+                        return failed(UplinkError::Stalled { waited }, &s.facts, reset_after);
+                    }
+                    self.show(None, |_| {});
+                }
+                _ = sleep_until_opt(held_due) => {}
+                _ = sleep_until_opt(top_up) => s.source_empty = false,
+                _ = self.source.fixes_pending(), if wait_source => s.source_empty = false,
+                _ = tokio::time::sleep(self.settings.idle_poll), if wait_source => {
+                    s.source_empty = false
+                }
+                event = s.events.recv() => {
+                    if let Err(e) = self.on_session_event(s, event).await {
+                        return failed(e, &s.facts, reset_after);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An event of the connected session: a PUBACK is progress, and may prove the broker
+    /// and free room in the window; an error ends the session.
+    async fn on_session_event(
+        &mut self,
+        s: &mut Session,
+        event: Option<Result<Event, ConnectionError>>,
+    ) -> Result<(), UplinkError> {
+        let event = match event {
+            Some(Ok(e)) => e,
+            Some(Err(e)) => {
+                return Err(UplinkError::from_connection(
+                    &self.broker().to_string(),
+                    Phase::Connected,
+                    e,
+                ))
+            }
+            None => return Err(UplinkError::ClientClosed),
+        };
+        let Some(acked) = self.on_event(event, &mut s.window).await? else {
+            return Ok(());
+        };
+        s.progress = Instant::now();
+        s.path.clear();
+        if !acked.seqs.is_empty() && !s.facts.delivered {
+            s.facts.delivered = true;
+            // The moment dispatch sees fixes again after a connect: what outage-recovery is
+            // measured by.
+            let since_connect = s
+                .progress
+                .saturating_duration_since(s.facts.connected_at.unwrap_or(s.progress));
+            info!(
+                since_connect_ms = millis(since_connect),
+                acked_seq = acked.seqs.iter().max().copied().unwrap_or(0),
+                "first fixes acknowledged on this connection"
+            );
+        }
+        if !s.facts.proven {
+            // The link carried a message both ways: the broker works.
+            s.facts.proven = true;
+            self.reconnect.on_proven();
+            self.show(None, |_| {});
+        }
+        // An ack freed room: ask the source again. (Other events, such as rumqttc's note
+        // that a PUBLISH went out, free none: asking after them would only find what the
+        // last ask left.)
+        if s.window.has_room() {
+            s.source_empty = false;
+        }
+        Ok(())
+    }
+
+    /// Why rumqttc's event loop ended, from the events it sent before it did (PUBACKs among
+    /// them still acknowledge their fixes); `ClientClosed` when it said nothing.
+    async fn last_event_error(&mut self, s: &mut Session) -> UplinkError {
+        // Bounded: the pump has ended or is ending, its channel holds at most 64 events.
+        for _ in 0..=64 {
+            let event = tokio::time::timeout(Duration::from_secs(1), s.events.recv()).await;
+            match event {
+                Ok(Some(Ok(e))) => {
+                    if let Ok(Some(acked)) = self.on_event(e, &mut s.window).await {
+                        if !s.facts.proven {
+                            s.facts.proven = true;
+                            self.reconnect.on_proven();
+                        }
+                        s.facts.delivered |= !acked.seqs.is_empty();
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    return UplinkError::from_connection(
+                        &self.broker().to_string(),
+                        Phase::Connected,
+                        e,
+                    )
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        UplinkError::ClientClosed
+    }
+
+    /// Feed rumqttc an event; returns the message a PUBACK acknowledged.
+    async fn on_event(
+        &mut self,
+        event: Event,
+        window: &mut AckWindow,
+    ) -> Result<Option<Acked>, UplinkError> {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                window.on_outgoing_publish(pkid, Instant::now())?;
+                Ok(None)
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                let Some(acked) = window.on_puback_message(ack.pkid) else {
+                    return Err(UplinkError::AckMismatch {
+                        detail: "PUBACK for a packet not in flight",
+                        pkid: ack.pkid,
+                    });
+                };
+                if !acked.seqs.is_empty() {
+                    self.limit.on_acked(acked.bytes);
+                    if let Err(e) = self.source.ack(&acked.seqs).await {
+                        // The fixes stay in the buffer and go out again: a duplicate, not a
+                        // loss.
+                        warn!(code = e.code(), error = %e, "buffer refused ack");
+                    }
+                }
+                let newest = acked.seqs.iter().max().copied().unwrap_or(0);
+                let at = self.board.clock().now();
+                let learned = self.limit.learned();
+                self.board.mqtt(|m| {
+                    m.last_ack_at = Some(at);
+                    m.acked_seq = m.acked_seq.max(newest);
+                    m.message_limit = learned;
+                });
+                Ok(Some(acked))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A fix's age by the agent's clock (receiver-checked UTC), zero for a fix from the
+    /// future.
+    fn age(&self, fix: &Fix) -> Duration {
+        let ms = self
+            .board
+            .clock()
+            .utc_ms()
+            .saturating_sub(fix.time_ms)
+            .max(0);
+        Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Take fixes from the source while the window has room; live ones wait in the linger
+    /// until due. Returns whether the source had nothing more to give.
+    async fn fill(&mut self, s: &mut Session) -> Result<bool, UplinkError> {
+        // Asked first: the source hands out fixes of the stream it last told only.
+        let stream = self.source.stream();
+        if stream != self.stream {
+            // A new stream (the buffer file was replaced): what was held for company belongs
+            // to the old one and goes out under its name.
+            if !self.linger.is_empty() {
+                let held = self.linger.take();
+                self.publish_fixes(&s.client, &mut s.window, held).await?;
+            }
+            self.stream = stream;
+        }
+        let now = Instant::now();
+        if self.linger.is_due(now) {
+            // Due: whatever is pending goes now, and the held fixes join the first batch
+            // (the source was not asked while they waited, so most of it is still there).
+            s.flush_all = true;
+        }
+        // Bounded: each round either fills a window slot, holds a batch, or finds the
+        // source empty; held fixes go out once they make a full message.
+        for _ in 0..=window_slots(&s.window, self.settings.window) + self.settings.batch_max {
+            if !s.window.has_room() {
+                return Ok(false);
+            }
+            let batch = match self.source.next_batch(self.settings.batch_max).await {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(code = e.code(), error = %e, "buffer could not hand out fixes");
+                    return Ok(true);
+                }
+            };
+            // The batch emptied the source: no need to ask again (a blocking-pool round trip)
+            // to learn that nothing is left.
+            let drained = self.source.drained();
+            if batch.is_empty() {
+                if s.flush_all && !self.linger.is_empty() {
+                    let held = self.linger.take();
+                    self.publish_fixes(&s.client, &mut s.window, held).await?;
+                }
+                s.flush_all = false;
+                return Ok(true);
+            }
+            let ages: Vec<Duration> = batch.iter().map(|(_, fix)| self.age(fix)).collect();
+            if !s.flush_all && self.linger.would_hold(ages.iter().copied()) {
+                // Wait for company, at most until the oldest has waited `linger` since its
+                // receiver time; a full message goes at once.
+                if let Some(full) = self.linger.hold(now, batch.into_iter().zip(ages)) {
+                    self.publish_fixes(&s.client, &mut s.window, full).await?;
+                }
+                if drained {
+                    return Ok(true);
+                }
+                continue;
+            }
+            // Out now. Fixes held for company join the message when they fit in one batch.
+            let mut fixes = batch;
+            if !self.linger.is_empty() {
+                let held = self.linger.take();
+                if held.len() + fixes.len() <= self.settings.batch_max {
+                    fixes.extend(held);
+                    fixes.sort_by_key(|(seq, _)| *seq);
+                } else {
+                    self.publish_fixes(&s.client, &mut s.window, held).await?;
+                }
+            }
+            self.publish_fixes(&s.client, &mut s.window, fixes).await?;
+            if drained {
+                s.flush_all = false;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Encode `fixes` (oldest first) under the message cap and publish as many messages as
+    /// the window takes; the rest go back to the source. A fix that does not fit the learned
+    /// cap alone goes alone under `max_message_bytes`; one that does not fit that is
+    /// dead-lettered.
+    async fn publish_fixes(
+        &mut self,
+        client: &AsyncClient,
+        window: &mut AckWindow,
+        fixes: Vec<(u64, Fix)>,
+    ) -> Result<(), UplinkError> {
+        let stream = self.stream.clone();
+        let cap = self.limit.cap();
+        let configured = self.settings.max_message_bytes;
+        let encode = |fixes: &[(u64, Fix)], max: usize| -> Encoded {
+            let batch = FixBatch {
+                device: &self.settings.device,
+                stream: &stream,
+                fixes,
+            };
+            match self.settings.payload {
+                PayloadFormat::Json => payload::encode(&batch, max),
+                PayloadFormat::Cbor => cbor::encode(&batch, max),
+            }
+        };
+        let encoded = encode(&fixes, cap);
+        let mut messages = encoded.messages;
+        let mut dead = Vec::new();
+        for (seq, why) in encoded.dead_letters {
+            let alone = (cap < configured && matches!(why, UplinkError::TooLarge { .. }))
+                .then(|| fixes.iter().find(|(s, _)| *s == seq))
+                .flatten()
+                .and_then(|one| encode(std::slice::from_ref(one), configured).messages.pop());
+            match alone {
+                Some(message) => messages.push(message),
+                None => dead.push((seq, why)),
+            }
+        }
+        for (seq, why) in &dead {
+            warn!(code = why.code(), seq, error = %why, "fix dead-lettered");
+            if let Err(e) = self.source.dead_letter(*seq, why).await {
+                warn!(code = e.code(), error = %e, "buffer refused dead letter");
+            }
+        }
+        messages.sort_by_key(|m| m.seqs.first().copied());
+        // Seqs of messages that did not go out (no room, client gone): back to the source.
+        let mut unsent: Vec<u64> = Vec::new();
+        let mut client_gone = false;
+        for message in messages {
+            if client_gone || !window.has_room() {
+                unsent.extend(message.seqs);
+                continue;
+            }
+            let bytes = message.payload.len();
+            if client
+                .try_publish(&self.topics.fixes, QoS::AtLeastOnce, false, message.payload)
+                .is_err()
+            {
+                client_gone = true;
+                unsent.extend(message.seqs);
+                continue;
+            }
+            let count = message.seqs.len();
+            match window.submit_sized(message.seqs, bytes, Instant::now()) {
+                Ok(()) => self.source.published(count),
+                // Unreachable (room was checked), but never lose track of a fix.
+                Err(seqs) => unsent.extend(seqs),
+            }
+        }
+        if !unsent.is_empty() {
+            self.release_quietly(&unsent).await;
+        }
+        if client_gone {
+            return Err(UplinkError::ClientClosed);
+        }
+        Ok(())
+    }
+
+    async fn release_quietly(&mut self, seqs: &[u64]) {
+        if let Err(e) = self.source.release(seqs).await {
+            warn!(code = e.code(), error = %e, "buffer refused release");
+        }
+    }
+
+    fn submit_status(
+        &self,
+        client: &AsyncClient,
+        window: &mut AckWindow,
+        state: LinkState,
+    ) -> Result<(), UplinkError> {
+        let payload = status_payload(state, &self.settings.device);
+        client
+            .try_publish(&self.topics.status, QoS::AtLeastOnce, true, payload)
+            .map_err(|_| UplinkError::ClientClosed)?;
+        window
+            .submit(Vec::new(), Instant::now())
+            .map_err(|_| UplinkError::AckMismatch {
+                detail: "no room in the window for the status message",
+                pkid: 0,
+            })
+    }
+
+    /// Clean shutdown: send what lingers, wait (bounded) for PUBACKs in flight, say
+    /// `offline`, disconnect.
+    async fn shut_down(&mut self, s: &mut Session) -> SessionEnd {
+        if !self.linger.is_empty() {
+            // What lingers goes out, with what arrived since (as far as the window takes
+            // it). A failure here leaves the fixes in the window or released: pending again.
+            s.flush_all = true;
+            let _ = self.fill(s).await;
+        }
+        let Session {
+            client,
+            events,
+            window,
+            ..
+        } = s;
+        let grace_until = Instant::now() + self.settings.shutdown_grace;
+        while !window.is_empty() {
+            let event = tokio::select! {
+                _ = tokio::time::sleep_until(grace_until) => break,
+                e = events.recv() => e,
+            };
+            match event {
+                Some(Ok(e)) => {
+                    if self.on_event(e, window).await.is_err() {
+                        break;
+                    }
+                }
+                _ => return SessionEnd::Shutdown,
+            }
+        }
+        // What is still unacknowledged goes back to the buffer for the next run; a late
+        // PUBACK for it finds nothing in the window and acknowledges nothing.
+        let released = window.on_disconnect();
+        if !released.is_empty() {
+            self.release_quietly(&released).await;
+        }
+        if self
+            .submit_status(client, window, LinkState::Offline)
+            .is_err()
+        {
+            return SessionEnd::Shutdown;
+        }
+        // Wait (bounded) for the offline status to be acknowledged, then disconnect: a clean
+        // DISCONNECT discards the last will, so `offline` must have arrived first.
+        let until = Instant::now() + self.settings.shutdown_grace;
+        let mut offline_acked = false;
+        while !offline_acked {
+            let event = tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                e = events.recv() => e,
+            };
+            match event {
+                Some(Ok(e)) => match self.on_event(e, window).await {
+                    Ok(Some(_)) => offline_acked = true,
+                    Ok(None) => {}
+                    Err(_) => break,
+                },
+                _ => return SessionEnd::Shutdown,
+            }
+        }
+        if offline_acked && client.try_disconnect().is_ok() {
+            // Let the event loop write the DISCONNECT (bounded).
+            let until = Instant::now() + Duration::from_secs(1);
+            loop {
+                let event = tokio::select! {
+                    _ = tokio::time::sleep_until(until) => break,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Some(Ok(Event::Outgoing(Outgoing::Disconnect))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        // Without a clean DISCONNECT the broker publishes the last will: `offline` either way.
+        info!(offline_acked, "uplink shut down");
+        let at = self.board.clock().now();
+        self.board.mqtt(|m| {
+            m.connected = false;
+            m.last_try_at = Some(at);
+        });
+        SessionEnd::Shutdown
+    }
+}
+
+/// How a session ended, as pacing sees it.
+fn failed(error: UplinkError, facts: &SessionFacts, reset_after: Duration) -> SessionEnd {
+    let ending = ending_of(&error, facts, reset_after);
+    SessionEnd::Failed(Failure { error, ending })
+}
+
+/// Slots the window has, as a loop bound for `fill`.
+fn window_slots(window: &AckWindow, size: u16) -> usize {
+    usize::from(size).saturating_sub(window.len()) + 1
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
