@@ -768,13 +768,16 @@ impl Config {
     pub fn settings(&self, out: &mut Vec<Problem>) -> Settings {
         self.validate.check(out);
         self.report.check(out);
+        let buffer = self.buffer.check(out);
+        let mut mqtt = self.mqtt.check(&self.device, out);
+        mqtt.tls_tickets = Some(buffer.tls_tickets());
         Settings {
             device: self.device.check(out),
             gnss: self.gnss.check(out),
             validate: self.validate.clone(),
             report: self.report.clone(),
-            buffer: self.buffer.check(out),
-            mqtt: self.mqtt.check(&self.device, out),
+            buffer,
+            mqtt,
             health: self.health.check(out),
         }
     }
@@ -1125,6 +1128,7 @@ impl MqttConfig {
             client_cert: self.client_cert.clone(),
             client_key: self.client_key.clone(),
             server_name: self.server_name.clone(),
+            tls_tickets: None,
         };
         // What the uplink will do with the files at start (read the password, parse the
         // certificates and key), done here too: check-config passes only what run can use.

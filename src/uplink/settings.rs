@@ -90,6 +90,7 @@ impl PublisherSettings {
             client_cert: mqtt.client_cert.clone(),
             client_key: mqtt.client_key.clone(),
             server_name: mqtt.server_name.clone(),
+            tickets: mqtt.tls_tickets.clone(),
         };
         let tls_client = if mqtt.broker.tls {
             TlsClient::new(Some(client_config(&tls)?))
