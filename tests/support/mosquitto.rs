@@ -48,6 +48,9 @@ pub struct MosquittoOptions {
     /// [`Mosquitto::start_again`] (saved to the broker's temp dir when it stops), with no
     /// limit on what is queued for a subscriber that is away meanwhile.
     pub persistence: bool,
+    /// Log every packet received and sent (`log_type all`), with mosquitto's timestamp in
+    /// whole seconds: [`Mosquitto::log`] then tells when each client said what.
+    pub log_packets: bool,
 }
 
 pub struct Mosquitto {
@@ -78,6 +81,9 @@ impl Mosquitto {
             conf += "persistence false\n";
         }
         conf += "log_dest stderr\nlog_type error\nlog_type warning\n";
+        if options.log_packets {
+            conf += "log_type all\n";
+        }
         if running_as_root() {
             // As root mosquitto drops to user `mosquitto`, who cannot read the temp dir.
             conf += "user root\n";
@@ -195,7 +201,7 @@ impl Mosquitto {
         }
     }
 
-    /// What mosquitto logged (warnings and errors), for failure messages.
+    /// What mosquitto logged (warnings and errors; every packet with `log_packets`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
     }
