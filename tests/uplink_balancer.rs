@@ -297,6 +297,14 @@ async fn fleet_outage(
             })
             .collect();
         eprintln!("busiest agent's connections: {}", timeline.join(" "));
+        let down_wall = SystemTime::now() - down.elapsed();
+        for v in fleet[i].agent.log_lines() {
+            let t = log_time(&v);
+            if t >= down_wall && t <= up {
+                let since = t.duration_since(down_wall).unwrap_or_default();
+                eprintln!("  {:.2} s {v}", since.as_secs_f64());
+            }
+        }
     }
 
     let wait = Duration::from_secs(120).max(outage * 2);

@@ -2,11 +2,10 @@
 //! connection meets what the front is set to ([`Front::set`]):
 //!
 //! - [`Mode::Balance`]: a load balancer. It accepts, connects to its backend and forwards
-//!   both ways; when the backend does not accept (the broker behind it is down), it closes
-//!   the client's connection at once without a byte, as HAProxy, an AWS NLB or any TCP
-//!   balancer does. [`Front::backend_down`] stops the backend as far as the front can tell
-//!   (new backend connects go to a port nobody listens on, and the forwarded connections
-//!   are closed, as a broker that died closes them); [`Front::backend_up`] brings it back.
+//!   both ways; while the backend is down ([`Front::backend_down`]: its forwarded
+//!   connections close, as a broker that died closes them) it closes each client's
+//!   connection without a byte, as HAProxy, an AWS NLB or any TCP balancer does whose
+//!   backend does not answer; [`Front::backend_up`] brings it back.
 //! - [`Mode::AcceptClose`]: accepted and closed at once, whatever the backend.
 //! - [`Mode::Refuse`]: the CONNECT is answered with a CONNACK carrying that return code (3:
 //!   server unavailable, as a broker overloaded or restarting sends), then closed.
@@ -145,8 +144,6 @@ async fn serve(
     control: watch::Receiver<Control>,
     accepted: Arc<Mutex<Vec<Conn>>>,
 ) {
-    // A port nobody listens on: where the balancer's backend connects go while it is down.
-    let dead = super::broker::free_port();
     while let Ok((client, _)) = listener.accept().await {
         let spoke = Arc::new(AtomicBool::new(false));
         accepted.lock().unwrap().push(Conn {
@@ -160,7 +157,7 @@ async fn serve(
                 tokio::spawn(balance(client, backend, control, now.epoch, spoke));
             }
             Mode::Balance => {
-                tokio::spawn(balance(client, dead, control, now.epoch, spoke));
+                tokio::spawn(turn_away(client, spoke));
             }
             Mode::AcceptClose => drop(client),
             Mode::Refuse(code) => {
@@ -186,15 +183,7 @@ async fn balance(
     spoke: Arc<AtomicBool>,
 ) {
     let Ok(server) = TcpStream::connect(to).await else {
-        // The backend is down: the client's first bytes, if any come while the balancer
-        // tries, say what kind of connection it was; then it is closed without a byte.
-        let mut byte = [0u8; 1];
-        if let Ok(Ok(n)) =
-            tokio::time::timeout(Duration::from_millis(100), client.peek(&mut byte)).await
-        {
-            spoke.store(n > 0, Ordering::Relaxed);
-        }
-        return;
+        return turn_away(client, spoke).await;
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
@@ -228,6 +217,17 @@ async fn balance(
         _ = up => {}
         _ = down => {}
         _ = cut => {}
+    }
+}
+
+/// The backend is down: the client's first bytes, if any come while the balancer would try
+/// its backend (100 ms), say what kind of connection it was; then it is closed without a
+/// byte sent.
+async fn turn_away(client: TcpStream, spoke: Arc<AtomicBool>) {
+    let mut byte = [0u8; 1];
+    let peek = tokio::time::timeout(Duration::from_millis(100), client.peek(&mut byte)).await;
+    if let Ok(Ok(n)) = peek {
+        spoke.store(n > 0, Ordering::Relaxed);
     }
 }
 

@@ -79,10 +79,13 @@ fn ending_of(error: &UplinkError, facts: &SessionFacts, reset_after: Duration) -
             let lasted = facts.connected_at.map_or(Duration::ZERO, |at| {
                 Instant::now().saturating_duration_since(at)
             });
-            if facts.delivered || lasted >= reset_after {
+            if facts.proven || lasted >= reset_after {
+                // The broker took a message (fixes, or the status at connect: with `linger_s`
+                // a session may deliver its first fixes only a minute in), or the session
+                // lasted: a session that broke, not a refusal.
                 Ending::Dropped
             } else {
-                // Closed right after connecting, nothing delivered: the broker is refusing.
+                // Closed right after connecting, nothing acknowledged: the broker is refusing.
                 Ending::Broker
             }
         }
@@ -840,5 +843,70 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    fn connect(kind: io::ErrorKind) -> UplinkError {
+        UplinkError::Connect {
+            broker: "mqtt://b:1883".into(),
+            source: io::Error::new(kind, "x"),
+        }
+    }
+
+    fn io_error() -> UplinkError {
+        UplinkError::Io {
+            broker: "mqtt://b:1883".into(),
+            source: io::Error::new(io::ErrorKind::ConnectionReset, "x"),
+        }
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_connection_closed_before_connack_is_unserved_and_a_refused_one_unreachable() {
+        let facts = SessionFacts::default();
+        for kind in [
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::UnexpectedEof,
+            io::ErrorKind::BrokenPipe,
+        ] {
+            assert_eq!(ending_of(&connect(kind), &facts, MINUTE), Ending::Unserved);
+        }
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::TimedOut,
+        ] {
+            assert_eq!(ending_of(&connect(kind), &facts, MINUTE), Ending::Unreachable);
+        }
+        let unavailable = UplinkError::Unavailable {
+            broker: "mqtt://b:1883".into(),
+        };
+        assert_eq!(ending_of(&unavailable, &facts, MINUTE), Ending::Broker);
+    }
+
+    #[test]
+    fn a_young_session_that_broke_is_a_refusal_only_if_nothing_was_acknowledged() {
+        let young = SessionFacts {
+            connected_at: Some(Instant::now()),
+            ..SessionFacts::default()
+        };
+        assert_eq!(ending_of(&io_error(), &young, MINUTE), Ending::Broker);
+        let status_acked = SessionFacts {
+            proven: true,
+            ..young
+        };
+        assert_eq!(ending_of(&io_error(), &status_acked, MINUTE), Ending::Dropped);
+        assert_eq!(
+            ending_of(&io_error(), &young, Duration::ZERO),
+            Ending::Dropped,
+            "a session that lasted reset_after"
+        );
     }
 }
