@@ -3,8 +3,8 @@
 # process, state directory and health port, behind the harness's balancer (tests/support/
 # front.rs) before rumqttd; the broker stops for a minute, then for ten. Prints the figures
 # of the README's outage table. CI runs it four times faster (GPS_AGENT_BALANCER_SCALE=0.25:
-# outages of 15 s and 150 s, probe_interval_s and probe_max_s shrunk alike, about 4
-# minutes); GPS_AGENT_BALANCER_SCALE=1 runs the real durations (about 15 minutes).
+# outages of 15 s and 150 s, probe_interval_s and probe_max_s shrunk alike, about 3.5
+# minutes); GPS_AGENT_BALANCER_SCALE=1 runs the real durations (about 13 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export GPS_AGENT_BALANCER_SCALE="${GPS_AGENT_BALANCER_SCALE:-0.25}"

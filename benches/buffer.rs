@@ -4,8 +4,12 @@
 //! wear: one simulated hour at 1 Hz and at 10 Hz of live traffic (each fix appended, synced
 //! within the second, published and acknowledged), with the commits, syncs and checkpoints
 //! the buffer made and the bytes the process wrote (`wchar`) and dirtied for the disk
-//! (`write_bytes`, 0 on a RAM file system) from `/proc/self/io`. A plain `main` printing
-//! figures: `cargo bench --bench buffer`. Targets: >= 100,000/s each, <= 64 bytes per fix.
+//! (`write_bytes`, 0 on a RAM file system) from `/proc/self/io`; then the same hours with the
+//! local history (`[history]`): every fix also remembered, all of them queued (`[report]
+//! mode = "all"`) or one in twenty (about what `mode = "adaptive"` keeps), with the CPU the
+//! simulated hour took (the buffer's calls of both the ingest thread and the
+//! uplink) and the bytes a history row takes in the file. A plain `main` printing figures:
+//! `cargo bench --bench buffer`. Targets: >= 100,000/s each, <= 64 bytes per fix.
 
 use gps_agent::buffer::{Buffer, StoredFix};
 use gps_agent::config::BufferConfig;
@@ -25,8 +29,12 @@ const BACKLOG: i64 = 1_000_000;
 const MEASURED: i64 = 200_000;
 
 fn fix(i: i64) -> Fix {
+    fix_at(1_700_000_000_000 + i * 1000, i)
+}
+
+fn fix_at(time_ms: i64, i: i64) -> Fix {
     Fix {
-        time_ms: 1_700_000_000_000 + i * 1000,
+        time_ms,
         lat: 41.574970205 + (i % 10_000) as f64 * 1e-6,
         lon: -93.750558641 - (i % 7_000) as f64 * 1e-6,
         alt_m: Some(278.02 + (i % 100) as f64),
@@ -52,9 +60,7 @@ fn rss_kib() -> u64 {
 
 fn main() {
     if std::env::var_os("GPS_AGENT_BENCH_WEAR_ONLY").is_some() {
-        for hz in [1, 10] {
-            wear_hour(hz);
-        }
+        wear();
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -136,9 +142,41 @@ fn main() {
     let rss2 = rss_kib();
     println!("RSS: empty {rss0} KiB, at depth {BACKLOG} {rss1} KiB, after append+drain {rss2} KiB");
     drop(buf);
+    wear();
+}
+
+/// The wear lines: today's (the queue alone), then with the local history.
+fn wear() {
     for hz in [1, 10] {
-        wear_hour(hz);
+        wear_hour(hz, Feed::Queue);
     }
+    for feed in [Feed::HistoryAll, Feed::HistoryAdaptive] {
+        for hz in [1, 10] {
+            wear_hour(hz, feed);
+        }
+    }
+}
+
+/// What the simulated hour feeds the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    /// Every fix queued; no history (as before it).
+    Queue,
+    /// Every fix remembered and queued.
+    HistoryAll,
+    /// Every fix remembered, one in twenty queued.
+    HistoryAdaptive,
+}
+
+/// CPU time of this (single-threaded) process so far, seconds: the first field of
+/// `/proc/self/schedstat`, in nanoseconds (clock ticks would resolve a tenth of a second's
+/// work to 10%).
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1e9
 }
 
 /// (`wchar`, `write_bytes`) of this process, from `/proc/self/io`.
@@ -154,9 +192,9 @@ fn io_bytes() -> (u64, u64) {
 }
 
 /// One simulated hour of live traffic at `hz`, as the daemon runs it: the ingest thread ticks
-/// every 100 ms and appends each fix, the uplink takes what is synced and acknowledges it at
-/// once; the clock is advanced by hand.
-fn wear_hour(hz: u64) {
+/// every 100 ms and appends each fix (and remembers it, with the history), the uplink takes
+/// what is synced and acknowledges it at once; the clock is advanced by hand.
+fn wear_hour(hz: u64, feed: Feed) {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = BufferConfig {
         path: dir.path().join("buffer.db"),
@@ -165,6 +203,10 @@ fn wear_hour(hz: u64) {
     let (mut buf, _) = Buffer::open(&checked(&cfg)).expect("open");
     let before = buf.io_counts();
     let (wchar0, disk0) = io_bytes();
+    let cpu0 = cpu_s();
+    // The history keeps what is younger than keep_days by the agent's clock: an hour that
+    // just ended.
+    let start_ms = chrono::Utc::now().timestamp_millis() - 3_600_000;
     let t0 = Instant::now();
     let tick = Duration::from_millis(100);
     let ticks_per_fix = 10 / hz;
@@ -173,7 +215,19 @@ fn wear_hour(hz: u64) {
     for k in 0..36_000u32 {
         let now = t0 + tick * k;
         if u64::from(k) % ticks_per_fix == 0 {
-            buf.append(&fix(i64::from(k)), now).expect("append");
+            let n = u64::from(k) / ticks_per_fix;
+            match feed {
+                Feed::Queue => {
+                    buf.append(&fix(i64::from(k)), now).expect("append");
+                }
+                Feed::HistoryAll | Feed::HistoryAdaptive => {
+                    let f = fix_at(start_ms + i64::from(k) * 100, i64::from(k));
+                    buf.remember(&f, now);
+                    if feed == Feed::HistoryAll || n.is_multiple_of(20) {
+                        buf.append(&f, now).expect("append");
+                    }
+                }
+            }
         }
         buf.tick(now).expect("tick");
         buf.next_batch(50, &mut batch).expect("next_batch");
@@ -182,15 +236,38 @@ fn wear_hour(hz: u64) {
         buf.ack(&seqs).expect("ack");
     }
     buf.commit().expect("commit");
+    let cpu = cpu_s() - cpu0;
     let (wchar1, disk1) = io_bytes();
     let io = buf.io_counts();
+    let history = buf.stats().expect("stats").history;
+    drop(buf);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let what = match feed {
+        Feed::Queue => "",
+        Feed::HistoryAll => ", history, every fix queued",
+        Feed::HistoryAdaptive => ", history, 1 in 20 queued",
+    };
     println!(
-        "wear, 1 h at {hz} Hz: {} commits, {} WAL syncs, {} checkpoints; written {:.1} MiB (wchar), dirtied for the disk {:.1} MiB (write_bytes)",
+        "wear, 1 h at {hz} Hz{what}: {} commits, {} WAL syncs, {} checkpoints; written {:.1} MiB (wchar), dirtied for the disk {:.1} MiB (write_bytes); CPU {cpu:.3} s",
         io.commits - before.commits,
         io.syncs - before.syncs,
         io.checkpoints - before.checkpoints,
         mib(wchar1 - wchar0),
         mib(disk1 - disk0),
     );
+    if let Some(h) = history.filter(|h| h.rows > 0) {
+        let conn = rusqlite::Connection::open(&cfg.path).expect("open");
+        let pages: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM dbstat WHERE name = 'history'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        println!(
+            "  history: {} rows, {:.1} bytes per row in the file (1 KiB pages)",
+            h.rows,
+            (pages * 1024) as f64 / h.rows as f64
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! Benchmark: parse + assemble + validate over the gpsd corpus, in sentences per second, and
+//! Benchmark: the pipeline (parse + assemble + validate) over the gpsd corpus, in sentences per second, and
 //! heap allocations per sentence (counted by a counting global allocator).
 //!
 //! `cargo bench --bench pipeline` prints criterion's figures plus one line:
@@ -7,8 +7,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gps_agent::config::ValidateConfig;
-use gps_agent::gnss::{Decoded, Decoder};
-use gps_agent::validate::Validator;
+use gps_agent::pipeline::Pipeline;
+use gps_agent::validate::Verdict;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -82,18 +82,13 @@ fn sentence_count(data: &[u8]) -> u64 {
 }
 
 /// One pass over the data; returns accepted fixes (so the work cannot be optimised away).
-fn run_pass(data: &[u8], decoder: &mut Decoder, validator: &mut Validator) -> u64 {
+fn run_pass(data: &[u8], pipeline: &mut Pipeline) -> u64 {
     let mut accepted = 0u64;
-    let mut sink = |ev: Decoded| {
-        if let Decoded::Epoch(epoch) = ev {
-            validator.push(black_box(&epoch), &mut |v| accepted += u64::from(v.is_ok()));
-        }
-    };
+    let mut count = |v: Verdict| accepted += u64::from(black_box(&v).is_ok());
     for chunk in data.chunks(4096) {
-        decoder.feed(chunk, &mut sink);
+        pipeline.feed(chunk, &mut count);
     }
-    decoder.finish(&mut sink);
-    validator.finish(&mut |v| accepted += u64::from(v.is_ok()));
+    pipeline.finish(&mut count);
     accepted
 }
 
@@ -102,18 +97,17 @@ fn bench(c: &mut Criterion) {
     let sentences = sentence_count(&data);
 
     // Allocation count in steady state: the second pass over the same data with warm state.
-    let mut decoder = Decoder::new(true);
-    let mut validator = Validator::new(ValidateConfig::default());
-    run_pass(&data, &mut decoder, &mut validator);
+    let mut pipeline = Pipeline::new(true, ValidateConfig::default());
+    run_pass(&data, &mut pipeline);
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    run_pass(&data, &mut decoder, &mut validator);
+    run_pass(&data, &mut pipeline);
     let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
 
     // A plain timing too, for a one-line figure outside criterion's report.
     let passes = 50;
     let start = Instant::now();
     for _ in 0..passes {
-        black_box(run_pass(&data, &mut decoder, &mut validator));
+        black_box(run_pass(&data, &mut pipeline));
     }
     let rate = (sentences * passes) as f64 / start.elapsed().as_secs_f64();
     println!(
@@ -125,9 +119,8 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(sentences));
     group.bench_function("corpus_parse_assemble_validate", |b| {
         b.iter(|| {
-            let mut decoder = Decoder::new(true);
-            let mut validator = Validator::new(ValidateConfig::default());
-            black_box(run_pass(black_box(&data), &mut decoder, &mut validator))
+            let mut pipeline = Pipeline::new(true, ValidateConfig::default());
+            black_box(run_pass(black_box(&data), &mut pipeline))
         })
     });
     group.finish();

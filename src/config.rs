@@ -13,8 +13,8 @@ mod settings;
 
 pub use broker::BrokerUrl;
 pub use settings::{
-    BufferSettings, DeviceSettings, GnssSettings, GnssSource, HealthSettings, MqttSettings,
-    Settings,
+    BufferSettings, DeviceSettings, GnssSettings, GnssSource, HealthSettings, HistorySettings,
+    MqttSettings, Settings,
 };
 
 use serde::Deserialize;
@@ -38,6 +38,7 @@ pub struct Config {
     pub validate: ValidateConfig,
     pub report: ReportConfig,
     pub buffer: BufferConfig,
+    pub history: HistoryConfig,
     pub mqtt: MqttConfig,
     pub health: HealthConfig,
 }
@@ -220,8 +221,9 @@ pub struct BufferConfig {
     pub eviction: EvictionPolicy,
     /// Fixes held in memory while the disk cannot be written (disk full, read-only).
     pub memory_ring: u32,
-    /// Seconds between attempts to write to the disk again after a failure. Short: fixes
-    /// flow again at most this long after the disk is back.
+    /// Seconds between attempts to write to the disk again after a failure (and to use a
+    /// crash journal again that could not be used). Short: fixes flow again at most this long
+    /// after the disk is back.
     pub disk_retry_s: f64,
 }
 
@@ -236,6 +238,31 @@ impl Default for BufferConfig {
             eviction: EvictionPolicy::DropOldest,
             memory_ring: 4096,
             disk_retry_s: 5.0,
+        }
+    }
+}
+
+/// The local history (`[history]`): every accepted fix, also those `[report]` did not keep,
+/// stays in the buffer's file for `backfill`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Days of receiver time an accepted fix is kept; 0 turns the history off (and removes
+    /// what an earlier run kept).
+    pub keep_days: f64,
+    /// Most bytes the history takes in the buffer's file; the oldest fixes go first
+    /// (counted).
+    pub max_bytes: u64,
+    /// Most fixes per second a backfill publishes.
+    pub backfill_rate: f64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            keep_days: 7.0,
+            max_bytes: 64 * 1024 * 1024,
+            backfill_rate: 200.0,
         }
     }
 }
@@ -768,7 +795,7 @@ impl Config {
     pub fn settings(&self, out: &mut Vec<Problem>) -> Settings {
         self.validate.check(out);
         self.report.check(out);
-        let buffer = self.buffer.check(out);
+        let buffer = self.buffer.check_with_history(&self.history, out);
         let mut mqtt = self.mqtt.check(&self.device, out);
         mqtt.tls_tickets = Some(buffer.tls_tickets());
         Settings {
@@ -982,7 +1009,19 @@ impl BufferConfig {
     /// Largest `memory_ring`: it is RAM on a small gateway (a fix is under 100 bytes).
     pub const MAX_MEMORY_RING: u32 = 1_000_000;
 
+    /// The `[buffer]` section checked, with the default `[history]` (see
+    /// [`BufferConfig::check_with_history`]).
     pub fn check(&self, out: &mut Vec<Problem>) -> BufferSettings {
+        self.check_with_history(&HistoryConfig::default(), out)
+    }
+
+    /// The `[buffer]` and `[history]` sections checked: the history lives in the buffer's
+    /// file, so its settings are the buffer's.
+    pub fn check_with_history(
+        &self,
+        history: &HistoryConfig,
+        out: &mut Vec<Problem>,
+    ) -> BufferSettings {
         if let Some(message) = implausible_file_path(&self.path) {
             out.push(Problem::new("buffer.path", message));
         }
@@ -1029,6 +1068,58 @@ impl BufferConfig {
             eviction: self.eviction,
             memory_ring: non_zero_usize(self.memory_ring.into()),
             disk_retry,
+            history: history.check(out),
+        }
+    }
+}
+
+impl HistoryConfig {
+    /// Longest `keep_days`: ten years (past that it is a typo; `max_bytes` bounds the file
+    /// anyway).
+    pub const MAX_KEEP_DAYS: f64 = 3650.0;
+    /// Largest `backfill_rate`, fixes per second: a backfill must not crowd out live fixes on
+    /// a cellular uplink.
+    pub const MAX_BACKFILL_RATE: f64 = 10_000.0;
+
+    pub fn check(&self, out: &mut Vec<Problem>) -> HistorySettings {
+        let keep = if !self.keep_days.is_finite()
+            || !(0.0..=Self::MAX_KEEP_DAYS).contains(&self.keep_days)
+        {
+            out.push(Problem::new(
+                "history.keep_days",
+                format!(
+                    "{} must be a number of days from 0 (no history) to {}",
+                    self.keep_days,
+                    Self::MAX_KEEP_DAYS
+                ),
+            ));
+            None
+        } else if self.keep_days == 0.0 {
+            None
+        } else {
+            Duration::try_from_secs_f64(self.keep_days * 86_400.0).ok()
+        };
+        check_at_least(
+            out,
+            "history.max_bytes",
+            self.max_bytes,
+            BufferConfig::MIN_BYTES,
+            "bytes",
+        );
+        let rate = self.backfill_rate;
+        if !rate.is_finite() || rate <= 0.0 || rate > Self::MAX_BACKFILL_RATE {
+            out.push(Problem::new(
+                "history.backfill_rate",
+                format!(
+                    "{rate} must be a number of fixes per second above 0 and at most {}",
+                    Self::MAX_BACKFILL_RATE
+                ),
+            ));
+        }
+        HistorySettings {
+            keep,
+            max_bytes: self.max_bytes,
+            backfill_every: Duration::try_from_secs_f64(1.0 / rate).unwrap_or(Duration::ZERO),
         }
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! 1. [`gnss`]: serial or file source, framing, NMEA parsing, epoch assembly.
 //! 2. [`validate`]: an epoch becomes an accepted [`fix::Fix`] or a [`rejection::Rejection`].
+//!    [`pipeline`] joins the two: receiver bytes to verdicts, the one way everything takes.
 //! 3. [`buffer`]: every accepted fix is stored in SQLite with a `seq` before it is sent.
 //! 4. [`uplink`]: MQTT publishing, acknowledgement window, backoff, circuit breaker.
 //! 5. [`health`]: the local endpoint (`/health`, `/health/stream`, `/live`, `/metrics`).
@@ -26,6 +27,7 @@ pub mod gnss;
 pub mod health;
 pub mod logging;
 pub mod notify;
+pub mod pipeline;
 pub mod rejection;
 pub mod report;
 pub mod sim;

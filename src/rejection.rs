@@ -93,6 +93,9 @@ pub struct Rejection {
     pub reason: Reason,
     /// Receiver time, milliseconds since the Unix epoch (UTC), when date and time were known.
     pub time_ms: Option<i64>,
+    /// The receiver's UTC time of day (ms) when it printed one, with or without a date (an
+    /// epoch of GGA alone has no date): which epoch this was.
+    pub time_of_day_ms: Option<u32>,
     pub lat: Option<f64>,
     pub lon: Option<f64>,
     /// A short human explanation for logs (`"GGA quality 6"`); not a stable code.
@@ -104,6 +107,7 @@ impl Rejection {
         Rejection {
             reason,
             time_ms: None,
+            time_of_day_ms: None,
             lat: None,
             lon: None,
             detail,

@@ -176,8 +176,6 @@ pub struct GnssStatus {
     pub last_fix: Option<LastFix>,
     /// Times the receiver went away (unplugged, read errors, stuck and reopened).
     pub outages: u64,
-    /// Byte chunks dropped because ingest was not keeping up.
-    pub dropped_chunks: u64,
     pub last_error: Option<LastError>,
 }
 

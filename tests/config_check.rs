@@ -46,9 +46,9 @@ fn the_example_file_mentions_every_key_of_every_section() {
         .filter_map(|v| v.as_table())
         .map(|t| t.len())
         .sum();
-    // device 1, gnss 6, validate 11, report 6, buffer 8, mqtt 18, health 1 (the optional
-    // mqtt keys are shown commented out).
-    assert_eq!(counted, 51);
+    // device 1, gnss 6, validate 11, report 6, buffer 8, history 3, mqtt 18, health 1 (the
+    // optional mqtt keys are shown commented out).
+    assert_eq!(counted, 54);
 }
 
 #[test]
@@ -359,6 +359,51 @@ fn buffer_capacities_have_minimums() {
         "buffer.memory_ring",
         Some(2),
         "RAM",
+    );
+}
+
+#[test]
+fn history_keys_are_checked_and_named_with_their_line() {
+    assert_problem(
+        "[history]\nkeep_days = -1\n",
+        "history.keep_days",
+        Some(2),
+        "from 0 (no history) to 3650",
+    );
+    assert_problem(
+        "[history]\n\nkeep_days = 3651\n",
+        "history.keep_days",
+        Some(3),
+        "to 3650",
+    );
+    assert_problem(
+        "[history]\nmax_bytes = 65535\n",
+        "history.max_bytes",
+        Some(2),
+        "below 65536",
+    );
+    for rate in ["0", "-5", "10001"] {
+        assert_problem(
+            &format!("[history]\nbackfill_rate = {rate}\n"),
+            "history.backfill_rate",
+            Some(2),
+            "fixes per second",
+        );
+    }
+    let off = config::parse_str("[history]\nkeep_days = 0\n").unwrap();
+    assert_eq!(off.buffer.history.keep, None);
+    let on = config::parse_str("[history]\nkeep_days = 0.5\nbackfill_rate = 50\n").unwrap();
+    assert_eq!(
+        on.buffer.history.keep,
+        Some(std::time::Duration::from_secs(43_200))
+    );
+    assert_eq!(
+        on.buffer.history.backfill_every,
+        std::time::Duration::from_millis(20)
+    );
+    assert_eq!(
+        Settings::default().buffer.history.max_bytes,
+        64 * 1024 * 1024
     );
 }
 

@@ -1,4 +1,4 @@
-//! Corpus test: our decoder and validator against gpsd's decoded output for real receiver
+//! Corpus test: our pipeline (decoder and validator) against gpsd's decoded output for real receiver
 //! captures (`../shared/nmea-corpus`, or `GPS_AGENT_CORPUS`).
 //!
 //! For each log, every gpsd `TPV` with a `time` and `mode >= 2` must be matched by one of our
@@ -9,9 +9,8 @@
 //! the test fails if the total drops below what the project reached.
 
 use gps_agent::config::Config;
-use gps_agent::gnss::{Decoded, Decoder};
+use gps_agent::pipeline::verdicts;
 use gps_agent::rejection::Reason;
-use gps_agent::validate::{Validator, Verdict};
 use std::collections::{BTreeMap, HashMap};
 
 #[path = "support/corpus.rs"]
@@ -95,35 +94,19 @@ struct Ours {
 
 fn run_ours(log: &[u8]) -> Ours {
     let cfg = corpus_config();
-    let mut decoder = Decoder::new(cfg.gnss.require_checksum);
-    let mut validator = Validator::new(cfg.validate.clone());
     let mut ours = Ours {
         fixes: Vec::new(),
         rejections: Vec::new(),
     };
-    let mut events = Vec::new();
-    decoder.feed(log, &mut |e| events.push(e));
-    decoder.finish(&mut |e| events.push(e));
-    for e in events {
-        if let Decoded::Epoch(epoch) = e {
-            // A verdict may come one epoch late (a held fix): those always carry their time;
-            // one without a time is this epoch's.
-            validator.push(&epoch, &mut |verdict| {
-                take(&mut ours, verdict, epoch.time_of_day_ms)
-            });
+    for verdict in verdicts(log, cfg.gnss.require_checksum, &cfg.validate) {
+        match verdict {
+            Ok(fix) => ours.fixes.push((fix.time_ms, fix.lat, fix.lon)),
+            Err(rej) => ours
+                .rejections
+                .push((rej.time_ms, rej.time_of_day_ms, rej.reason)),
         }
     }
-    validator.finish(&mut |verdict| take(&mut ours, verdict, None));
     ours
-}
-
-fn take(ours: &mut Ours, verdict: Verdict, time_of_day_ms: Option<u32>) {
-    match verdict {
-        Ok(fix) => ours.fixes.push((fix.time_ms, fix.lat, fix.lon)),
-        Err(rej) => ours
-            .rejections
-            .push((rej.time_ms, time_of_day_ms, rej.reason)),
-    }
 }
 
 fn compare(name: &str, gpsd: &BTreeMap<i64, Vec<GpsdFix>>, ours: &Ours) -> LogResult {

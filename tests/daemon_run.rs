@@ -142,7 +142,6 @@ async fn run_delivers_every_accepted_fix_and_stops_cleanly_on_sigterm() {
         "gps_agent_published_fixes_total",
         "gps_agent_mqtt_acks_total",
         "gps_agent_gnss_outages_total",
-        "gps_agent_gnss_dropped_chunks_total",
         "gps_agent_fix_to_ack_latency_seconds_bucket",
         "gps_agent_mqtt_breaker_state",
     ] {

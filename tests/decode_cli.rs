@@ -188,12 +188,12 @@ fn broken_input_exits_65_after_the_good_messages_and_a_missing_file_66() {
     assert_eq!(code, 66);
 }
 
-/// `gps-agent decode FILE` with its address space limited to `limit_mb` MiB (as `ulimit -v`
+/// `gps-agent decode FILE` with its address space limited to `limit_kib` KiB (as `ulimit -v`
 /// does): the exit code (`None` when a signal ended it: an allocation failure aborts) and
 /// stderr.
-fn decode_within(path: &Path, limit_mb: u64) -> (Option<i32>, String) {
+fn decode_within(path: &Path, limit_kib: u64) -> (Option<i32>, String) {
     use std::os::unix::process::CommandExt;
-    let limit = limit_mb * 1024 * 1024;
+    let limit = limit_kib * 1024;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gps-agent"));
     cmd.arg("decode").arg(path);
     // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
@@ -225,14 +225,15 @@ fn cbor_q_column(body: &[u8]) -> Vec<u8> {
 }
 
 #[test]
-fn arrays_nested_sixteen_deep_each_claiming_a_million_items_exit_65_within_500_mb() {
-    // 1 MB of `array of 1,000,000 items` heads: each claim is within the bytes left, so a
+fn arrays_nested_sixteen_deep_each_claiming_a_million_items_exit_65_under_ulimit_v_500000() {
+    // 1 MiB of `array of 1,000,000 items` heads: each claim is within the bytes left, so a
     // decoder that reserves room for what is claimed asks for 32 MB per level.
     let claim = [0x9a, 0x00, 0x0f, 0x42, 0x40];
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested.bin");
-    std::fs::write(&path, cbor_q_column(&claim.repeat(200_000))).unwrap();
-    let (code, err) = decode_within(&path, 500);
+    let heads = claim.repeat(1024 * 1024 / claim.len() + 1);
+    std::fs::write(&path, cbor_q_column(&heads)).unwrap();
+    let (code, err) = decode_within(&path, 500_000);
     assert_eq!(code, Some(65), "{err}");
     assert!(
         err.starts_with("gps-agent decode: message 0 (byte 0): "),
@@ -251,7 +252,7 @@ fn a_column_claiming_32_million_items_costs_no_more_memory_than_its_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("zeros.bin");
     std::fs::write(&path, cbor_q_column(&body)).unwrap();
-    let (code, err) = decode_within(&path, 400);
+    let (code, err) = decode_within(&path, 400_000);
     assert_eq!(code, Some(65), "{err}");
     assert!(err.contains("v is None, not 2"), "{err}");
 }
@@ -266,7 +267,7 @@ fn a_json_fixes_array_of_twelve_million_numbers_exits_65_at_its_first_element() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("numbers.json");
     std::fs::write(&path, text).unwrap();
-    let (code, err) = decode_within(&path, 400);
+    let (code, err) = decode_within(&path, 400_000);
     assert_eq!(code, Some(65), "{err}");
     assert!(
         err.contains("fix 0: invalid type: integer `0`, expected a fix object"),

@@ -1,5 +1,5 @@
-//! Zero heap allocation per sentence: decoding and validating a log a second time (once the
-//! test's own buffers exist) allocates nothing at all, one-epoch-late verdicts of the motion
+//! Zero heap allocation per sentence: the pipeline decoding and validating a log a second
+//! time (once the test's own buffers exist) allocates nothing at all, one-epoch-late verdicts of the motion
 //! check included. Allocations are counted per thread, so tests
 //! running side by side do not count each other's.
 
@@ -9,8 +9,8 @@ mod counting_alloc;
 use counting_alloc::allocations;
 
 use gps_agent::config::ValidateConfig;
-use gps_agent::gnss::{Decoded, Decoder};
-use gps_agent::validate::Validator;
+use gps_agent::pipeline::Pipeline;
+use gps_agent::validate::Verdict;
 
 #[path = "support/corpus.rs"]
 mod corpus;
@@ -59,24 +59,17 @@ fn assert_no_allocation_per_sentence(name: &str, bytes: &[u8]) {
         not_before_year: 2000,
         ..ValidateConfig::default()
     };
-    let mut epochs = 0u64;
     let mut fixes = 0u64;
-    let mut run = |epochs: &mut u64| {
-        let mut decoder = Decoder::new(true);
-        let mut validator = Validator::new(cfg.clone());
-        let mut sink = |d: Decoded| {
-            if let Decoded::Epoch(epoch) = d {
-                *epochs += 1;
-                validator.push(&epoch, &mut |v| fixes += u64::from(v.is_ok()));
-            }
-        };
-        decoder.feed(bytes, &mut sink);
-        decoder.finish(&mut sink);
-        validator.finish(&mut |v| fixes += u64::from(v.is_ok()));
+    let mut run = || {
+        let mut pipeline = Pipeline::new(true, cfg.clone());
+        let mut count = |v: Verdict| fixes += u64::from(v.is_ok());
+        pipeline.feed(bytes, &mut count);
+        pipeline.finish(&mut count);
+        pipeline.sentences().epochs
     };
-    run(&mut epochs);
+    run();
     let before = allocations();
-    run(&mut epochs);
+    let epochs = run();
     let during = allocations() - before;
     assert!(epochs > 0, "{name}");
     assert!(fixes > 0, "{name}: the validator made fixes");

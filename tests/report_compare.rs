@@ -130,7 +130,7 @@ fn adaptive_reporting_beats_fixed_rules_on_error_and_bytes() {
 #[test]
 fn the_nmea_printed_for_a_drive_reads_back_as_the_same_fixes() {
     let fixes = tour(7);
-    let back = decode(nmea(&fixes).as_bytes());
+    let back = decode(&nmea(&fixes));
     assert_eq!(back.len(), fixes.len());
     for (a, b) in fixes.iter().zip(&back) {
         assert_eq!(a.time_ms, b.time_ms);
@@ -145,7 +145,7 @@ fn the_nmea_printed_for_a_drive_reads_back_as_the_same_fixes() {
     // ones are accepted.
     let kept = fixed_rules(&fixes);
     let set: std::collections::HashSet<usize> = kept.iter().copied().collect();
-    let back = decode(nmea_keeping(&fixes, |i| set.contains(&i)).as_bytes());
+    let back = decode(&nmea_keeping(&fixes, |i| set.contains(&i)));
     let times: Vec<i64> = back.iter().map(|f| f.time_ms).collect();
     let want: Vec<i64> = kept.iter().map(|&i| fixes[i].time_ms).collect();
     assert_eq!(times, want);

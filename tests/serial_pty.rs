@@ -1,25 +1,34 @@
-//! The serial source against real pseudo-terminals: the test holds the master end (the
-//! "receiver") and points a udev-style symlink at the slave end (the "device").
+//! The serial reader the daemon uses ([`serial::direct`]: the port read in its consumer's own
+//! thread) against real pseudo-terminals: the test holds the master end (the "receiver") and
+//! points a udev-style symlink at the slave end (the "device"). The test's thread is the
+//! consumer, as the ingest thread is in the daemon: it reads through the agent's pipeline and
+//! hands each read the pipeline's receiver time.
 
 mod support;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gps_agent::config::ValidateConfig;
+use gps_agent::fix::Fix;
 use gps_agent::gnss::source::serial::{self, SerialSettings};
-use gps_agent::gnss::source::SourceHandle;
-use gps_agent::gnss::{Decoded, Decoder};
+use gps_agent::gnss::source::{Next, SourceHandle};
+use gps_agent::pipeline::Pipeline;
 use serialport::TTYPort;
 use support::pty::receiver_at;
 
+/// 12:00:`second` on 2024-03-23, at 8 decimals of minutes.
 fn rmc(second: u32) -> String {
     let body =
         format!("GPRMC,1200{second:02}.00,A,4807.03800001,N,01131.00000000,E,0.5,54.7,230324,,,A");
     let sum = body.bytes().fold(0u8, |a, b| a ^ b);
     format!("${body}*{sum:02X}\r\n")
+}
+
+/// 12:00:`second` in ms of the day.
+fn at(second: u32) -> i64 {
+    i64::from((12 * 3600 + second) * 1000)
 }
 
 fn settings(path: PathBuf, stuck_after: Duration) -> SerialSettings {
@@ -32,57 +41,79 @@ fn settings(path: PathBuf, stuck_after: Duration) -> SerialSettings {
     }
 }
 
-/// Keep writing sentences of increasing seconds from `first` until the decoder has
-/// produced an epoch of `want_second`, or fail after `limit`.
-fn feed_until_epoch(
-    master: &mut TTYPort,
-    source: &SourceHandle,
-    decoder: &mut Decoder,
-    first: u32,
-    want_second: u32,
-    limit: Duration,
-) {
-    let deadline = Instant::now() + limit;
-    let mut second = first;
-    let want_ms = (12 * 3600 + want_second) * 1000;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no epoch for second {want_second} within {limit:?}; status: outages {} connected {}",
-            source.status.outages(),
-            source.status.connected()
-        );
-        let _ = master.write_all(rmc(second).as_bytes());
-        second = (second + 1).min(59);
-        let mut found = false;
-        while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(100)) {
-            decoder.feed(&chunk, &mut |d| {
-                if let Decoded::Epoch(e) = d {
-                    source
-                        .status
-                        .note_receiver_time(e.time_of_day_ms.unwrap_or(0));
-                    if e.time_of_day_ms == Some(want_ms) {
-                        assert!(
-                            (e.rmc.and_then(|r| r.lat).unwrap_or(0.0) - (48.0 + 7.03800001 / 60.0))
-                                .abs()
-                                < 1e-9
-                        );
-                        found = true;
-                    }
-                }
-            });
-        }
-        if found {
-            return;
-        }
-    }
+/// The port as the ingest thread reads it, and the fixes it yielded.
+struct Consumer {
+    source: SourceHandle,
+    pipeline: Pipeline,
+    fixes: Vec<Fix>,
 }
 
-fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+impl Consumer {
+    fn new(settings: SerialSettings) -> Self {
+        Consumer {
+            source: serial::direct(settings),
+            pipeline: Pipeline::new(true, ValidateConfig::default()),
+            fixes: Vec::new(),
+        }
+    }
+
+    /// One read of at most 50 ms, through the pipeline.
+    fn read(&mut self) {
+        let receiver_time = self.pipeline.receiver_time();
+        if let Next::Chunk(chunk) = self
+            .source
+            .next_chunk(Duration::from_millis(50), receiver_time)
+        {
+            let fixes = &mut self.fixes;
+            self.pipeline.feed(&chunk, &mut |v| fixes.extend(v.ok()));
+        }
+    }
+
+    /// Reads until `done` holds, doing `before_each` before each read; fails after `limit`,
+    /// naming `what` it waited for.
+    fn read_until(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        mut before_each: impl FnMut(),
+        mut done: impl FnMut(&Self) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {limit:?}; outages {}, stuck {}, connected {}, fixes {}, last error {:?}",
+                self.source.status.outages(),
+                self.source.status.stuck_events(),
+                self.source.status.connected(),
+                self.fixes.len(),
+                self.source.status.last_error()
+            );
+            before_each();
+            self.read();
+        }
+    }
+
+    /// Reads until `done` holds, the receiver silent.
+    fn listen_until(&mut self, what: &str, limit: Duration, done: impl FnMut(&Self) -> bool) {
+        self.read_until(what, limit, || {}, done);
+    }
+
+    /// Reads until the fix of 12:00:`want` is out, the receiver writing `rmc(second)`
+    /// before each read for `second` from `first` on (a fix is out once the next second's
+    /// sentence arrives).
+    fn talk_until_fix(&mut self, receiver: &mut TTYPort, first: u32, want: u32) {
+        let mut second = first;
+        let talk = || {
+            let _ = receiver.write_all(rmc(second).as_bytes());
+            second = (second + 1).min(59);
+        };
+        let what = format!("fix of 12:00:{want:02}");
+        self.read_until(&what, Duration::from_secs(10), talk, |c| {
+            c.fixes
+                .iter()
+                .any(|f| f.time_ms.rem_euclid(86_400_000) == at(want))
+        });
     }
 }
 
@@ -90,169 +121,116 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 fn fixes_are_read_through_the_port_and_a_vanished_receiver_is_survived() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("gps0");
-    let mut master = receiver_at(&link);
-    let stop = Arc::new(AtomicBool::new(false));
-    let source = serial::spawn(
-        settings(link.clone(), Duration::from_secs(30)),
-        Arc::clone(&stop),
-    )
-    .unwrap();
-    let mut decoder = Decoder::new(true);
+    let mut receiver = receiver_at(&link);
+    let mut port = Consumer::new(settings(link.clone(), Duration::from_secs(30)));
 
-    feed_until_epoch(
-        &mut master,
-        &source,
-        &mut decoder,
-        0,
-        1,
-        Duration::from_secs(10),
+    port.talk_until_fix(&mut receiver, 0, 1);
+    let fix = port.fixes[1];
+    assert!(
+        (fix.lat - (48.0 + 7.038_000_01 / 60.0)).abs() < 1e-9,
+        "{fix:?}"
     );
-    assert!(source.status.connected());
-    assert_eq!(source.status.outages(), 0);
+    assert!(port.source.status.connected());
+    assert_eq!(port.source.status.outages(), 0);
 
     // Unplug: the far end closes; the device node goes away.
-    drop(master);
+    drop(receiver);
     let _ = std::fs::remove_file(&link);
-    wait_for("the outage to be counted", Duration::from_secs(5), || {
-        source.status.outages() >= 1 && !source.status.connected()
+    port.listen_until("outage", Duration::from_secs(5), |c| {
+        c.source.status.outages() >= 1 && !c.source.status.connected()
     });
-    assert!(source.status.last_error().is_some());
+    assert!(port.source.status.last_error().is_some());
 
     // Plug back in (a new pty under the same name): reading resumes.
-    let mut master = receiver_at(&link);
-    feed_until_epoch(
-        &mut master,
-        &source,
-        &mut decoder,
-        20,
-        22,
-        Duration::from_secs(10),
-    );
-    assert!(source.status.connected());
-    assert_eq!(source.status.outages(), 1, "one unplug, one outage");
+    let mut receiver = receiver_at(&link);
+    port.talk_until_fix(&mut receiver, 20, 22);
+    assert!(port.source.status.connected());
+    assert_eq!(port.source.status.outages(), 1, "one unplug, one outage");
     assert!(
-        source.status.errors().get("GNSS_DEVICE_GONE")
-            + source.status.errors().get("GNSS_DEVICE_OPEN")
+        port.source.status.errors().get("GNSS_DEVICE_GONE")
+            + port.source.status.errors().get("GNSS_DEVICE_OPEN")
             >= 1
     );
-
-    // The reader notices the stop flag within one read timeout; joining must not hang.
-    stop.store(true, Ordering::Relaxed);
-    let (done_tx, done) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        source.join();
-        let _ = done_tx.send(());
-    });
-    assert!(
-        done.recv_timeout(Duration::from_secs(30)).is_ok(),
-        "the serial thread did not stop"
-    );
+    let status = std::sync::Arc::clone(&port.source.status);
+    port.source.close();
+    assert!(!status.connected(), "closed by its consumer");
 }
 
 #[test]
 fn a_silent_receiver_is_reported_stuck_and_the_port_reopened() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("gps0");
-    let mut master = receiver_at(&link);
-    let stop = Arc::new(AtomicBool::new(false));
-    let source = serial::spawn(
-        settings(link.clone(), Duration::from_millis(400)),
-        Arc::clone(&stop),
-    )
-    .unwrap();
-    wait_for("a stuck report", Duration::from_secs(5), || {
-        source.status.stuck_events() >= 1
+    let mut receiver = receiver_at(&link);
+    let mut port = Consumer::new(settings(link.clone(), Duration::from_millis(400)));
+    port.listen_until("stuck report", Duration::from_secs(5), |c| {
+        c.source.status.stuck_events() >= 1
     });
     assert_eq!(
-        source.status.errors().get("GNSS_STUCK"),
-        source.status.stuck_events()
+        port.source.status.errors().get("GNSS_STUCK"),
+        port.source.status.stuck_events()
     );
-    assert_eq!(source.status.outages(), 0, "stuck is not an outage");
+    assert_eq!(
+        port.source.status.last_error().map(|e| e.message),
+        Some(format!(
+            "GNSS receiver on {} stuck: no bytes for 400ms",
+            link.display()
+        ))
+    );
+    assert_eq!(port.source.status.outages(), 0, "stuck is not an outage");
     // Reopened and still reading.
-    let mut decoder = Decoder::new(true);
-    feed_until_epoch(
-        &mut master,
-        &source,
-        &mut decoder,
-        0,
-        1,
-        Duration::from_secs(5),
-    );
-    stop.store(true, Ordering::Relaxed);
-    source.join();
+    port.talk_until_fix(&mut receiver, 0, 1);
 }
 
 #[test]
-fn a_receiver_repeating_the_same_epoch_time_is_reported_stuck() {
+fn a_receiver_repeating_the_same_epoch_time_is_reported_stuck_by_the_time_its_consumer_hands_over()
+{
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("gps0");
-    let mut master = receiver_at(&link);
-    let stop = Arc::new(AtomicBool::new(false));
-    let source = serial::spawn(
-        settings(link.clone(), Duration::from_millis(600)),
-        Arc::clone(&stop),
-    )
-    .unwrap();
-    let mut decoder = Decoder::new(true);
-    // The same second ten times a second: bytes flow, the time stands still, and since no
-    // sentence of a later time comes, no epoch is ever completed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while source.status.stuck_events() == 0 {
-        assert!(Instant::now() < deadline, "frozen receiver not reported");
-        let _ = master.write_all(rmc(5).as_bytes());
-        while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(100)) {
-            decoder.feed(&chunk, &mut |_| {});
-            if let Some(t) = decoder.latest_time_of_day_ms() {
-                source.status.note_receiver_time(t);
-            }
-        }
-    }
-    let error = source.status.last_error().unwrap();
+    let mut receiver = receiver_at(&link);
+    let mut port = Consumer::new(settings(link.clone(), Duration::from_millis(600)));
+    // The same second before every read: bytes flow, the time stands still, and since no
+    // sentence of a later time comes, no epoch is ever completed: only the pipeline's
+    // receiver time, handed to each read, shows it.
+    port.read_until(
+        "stuck report",
+        Duration::from_secs(10),
+        || {
+            let _ = receiver.write_all(rmc(5).as_bytes());
+        },
+        |c| c.source.status.stuck_events() > 0,
+    );
+    assert_eq!(port.pipeline.receiver_time(), Some((12 * 3600 + 5) * 1000));
+    assert!(port.fixes.is_empty());
+    let error = port.source.status.last_error().unwrap();
     assert_eq!(error.code, "GNSS_STUCK");
     assert!(error.message.contains("time not advancing"), "{error:?}");
-    stop.store(true, Ordering::Relaxed);
-    source.join();
 }
 
 #[test]
 fn a_receiver_that_stays_stuck_is_reopened_ever_less_often_until_its_time_advances() {
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("gps0");
-    let mut master = receiver_at(&link);
-    let stop = Arc::new(AtomicBool::new(false));
+    let mut receiver = receiver_at(&link);
     let stuck_after = Duration::from_millis(200);
-    let source = serial::spawn(settings(link.clone(), stuck_after), Arc::clone(&stop)).unwrap();
+    let mut port = Consumer::new(settings(link.clone(), stuck_after));
 
     // Silent: each reopen allows the next session twice as long (the arithmetic has its
-    // unit tests in gnss::source::stuck; here, that the source lives by it).
-    wait_for(
-        "the limit to grow to 800 ms",
-        Duration::from_secs(20),
-        || source.status.stuck_limit() == Duration::from_millis(800),
-    );
-    assert!(source.status.stuck_events() >= 2);
+    // unit tests in gnss::source::stuck; here, that the reader lives by it).
+    port.listen_until("limit grown to 800 ms", Duration::from_secs(20), |c| {
+        c.source.status.stuck_limit() == Duration::from_millis(800)
+    });
+    assert_eq!(port.source.status.stuck_events(), 2, "200 ms, then 400 ms");
     assert_eq!(
-        source.status.last_error().map(|e| e.code),
+        port.source.status.last_error().map(|e| e.code),
         Some("GNSS_STUCK")
     );
 
     // Its time advances in this session: the next session is back at stuck_after.
-    let before = source.status.stuck_events();
-    let mut decoder = Decoder::new(true);
-    for second in 10..14 {
-        let _ = master.write_all(rmc(second).as_bytes());
-        while let Ok(chunk) = source.chunks.recv_timeout(Duration::from_millis(50)) {
-            decoder.feed(&chunk, &mut |_| {});
-            if let Some(t) = decoder.latest_time_of_day_ms() {
-                source.status.note_receiver_time(t);
-            }
-        }
-    }
-    wait_for(
-        "a session back at stuck_after",
+    let before = port.source.status.stuck_events();
+    port.talk_until_fix(&mut receiver, 10, 12);
+    port.listen_until(
+        "session back at stuck_after",
         Duration::from_secs(20),
-        || source.status.stuck_events() > before && source.status.stuck_limit() == stuck_after,
+        |c| c.source.status.stuck_events() > before && c.source.status.stuck_limit() == stuck_after,
     );
-    stop.store(true, Ordering::Relaxed);
-    source.join();
 }

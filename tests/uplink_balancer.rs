@@ -222,7 +222,29 @@ async fn a_broker_dying_behind_a_balancer_with_a_message_in_flight_does_not_shri
 struct Member {
     agent: Agent,
     front: Front,
+    device: String,
     _dir: tempfile::TempDir,
+}
+
+/// Every fix delivery the broker passed on, per device: seq -> times.
+type Delivered = std::sync::Arc<std::sync::Mutex<BTreeMap<String, BTreeMap<u64, u32>>>>;
+
+/// A subscriber to every agent's fixes, counting deliveries in the background.
+async fn count_deliveries(broker: &TestBroker) -> Delivered {
+    let mut sub = Subscriber::start(broker, "fleet/+/fixes").await;
+    let delivered = Delivered::default();
+    let counted = delivered.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.rx.recv().await {
+            let device = msg.topic.split('/').nth(1).unwrap_or_default().to_string();
+            let mut all = counted.lock().unwrap();
+            let seen = all.entry(device).or_default();
+            for seq in msg.fix_seqs() {
+                *seen.entry(seq).or_insert(0) += 1;
+            }
+        }
+    });
+    delivered
 }
 
 /// The figures of one outage across the fleet.
@@ -362,12 +384,13 @@ fn env_f64(name: &str, default: f64) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "100 agent processes for 15 minutes (4 at GPS_AGENT_BALANCER_SCALE=0.25): bash .ci/balancer.sh"]
+#[ignore = "100 agent processes for 13 minutes (3.5 at GPS_AGENT_BALANCER_SCALE=0.25): bash .ci/balancer.sh"]
 async fn a_fleet_behind_a_balancer_comes_back_spread_out_and_thins_its_attempts_in_a_long_outage() {
     let size = env_f64("GPS_AGENT_FLEET", 100.0) as usize;
     let scale = env_f64("GPS_AGENT_BALANCER_SCALE", 1.0);
     let scaled = |s: f64| Duration::from_secs_f64(s * scale);
     let broker = TestBroker::start();
+    let delivered = count_deliveries(&broker).await;
     let run_secs = (scale * (60.0 + 600.0) + 240.0) as u32;
     let mut fleet = Vec::with_capacity(size);
     for i in 0..size {
@@ -379,6 +402,7 @@ async fn a_fleet_behind_a_balancer_comes_back_spread_out_and_thins_its_attempts_
         fleet.push(Member {
             agent,
             front,
+            device,
             _dir: dir,
         });
     }
@@ -443,10 +467,41 @@ async fn a_fleet_behind_a_balancer_comes_back_spread_out_and_thins_its_attempts_
         long_back.iter().max().map_or(f64::NAN, |d| d.as_secs_f64())
     );
 
+    // Every agent stops (flushing what it holds), then the subscriber goes quiet.
+    let mut stopped = Vec::with_capacity(size);
     for m in fleet {
-        let (code, _) = m.agent.terminate();
+        let (code, db) = m.agent.terminate();
         assert_eq!(code, 0);
+        // The directory stays until the buffer is read.
+        stopped.push((m.device, db, m._dir));
     }
+    let total = || -> u64 {
+        let all = delivered.lock().unwrap();
+        all.values()
+            .flat_map(|seen| seen.values())
+            .map(|n| u64::from(*n))
+            .sum()
+    };
+    let mut last = total();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = total();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (mut lost, mut duplicates, mut stored) = (0, 0, 0);
+    for (device, db, _) in &stopped {
+        let (last_seq, depth) = buffer_stats(db);
+        let all = delivered.lock().unwrap();
+        let (l, d) = tally(all.get(device).unwrap_or(&BTreeMap::new()), last_seq, depth);
+        lost += l;
+        duplicates += d;
+        stored += last_seq;
+    }
+    eprintln!("fleet of {size}: lost {lost}, duplicates {duplicates} of {stored} fixes stored");
+    assert_eq!(lost, 0);
     assert!(p95.is_some_and(|d| d <= scaled(60.0)), "p95 {p95:?}");
     assert!(busiest * 5 <= size, "{:?}", short.per_second);
     assert!(

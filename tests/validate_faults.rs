@@ -14,9 +14,6 @@ use gps_agent::config::ValidateConfig;
 use gps_agent::sim::{Drive, DriveSpec, FaultKind, FaultSpec, NoiseSpec, SentenceKind, SimEpoch};
 use gps_agent::validate::Verdict;
 
-#[path = "support/verdicts.rs"]
-mod verdicts;
-
 #[derive(Debug, Default)]
 struct Score {
     /// kind -> (caught, injected)
@@ -52,7 +49,7 @@ fn verdicts(epochs: &[SimEpoch], cfg: &ValidateConfig) -> Vec<Verdict> {
     for e in epochs {
         e.write_nmea(&mut bytes);
     }
-    verdicts::of(&bytes, true, cfg)
+    gps_agent::pipeline::verdicts(&bytes, true, cfg)
 }
 
 /// The fields of the epoch's RMC as printed (0 is the address).

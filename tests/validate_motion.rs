@@ -11,9 +11,6 @@ use gps_agent::gnss::epoch::{Epoch, FaaMode, GgaObs, GsaObs, RmcObs, UsedSats};
 use gps_agent::rejection::Reason;
 use gps_agent::validate::{Validator, Verdict};
 
-#[path = "support/verdicts.rs"]
-mod verdicts;
-
 const LAT: f64 = 48.137;
 const LON: f64 = 11.575;
 /// Metres per degree of latitude on the validator's sphere.
@@ -388,7 +385,7 @@ fn the_knobs_widen_or_switch_off_the_check() {
 // ---- one time, two positions (issue 14) ----------------------------------------------------
 
 fn decode_all(text: &str) -> Vec<Verdict> {
-    verdicts::of(text.as_bytes(), false, &ValidateConfig::default())
+    gps_agent::pipeline::verdicts(text.as_bytes(), false, &ValidateConfig::default())
 }
 
 fn reasons(out: &[Verdict]) -> Vec<Option<Reason>> {

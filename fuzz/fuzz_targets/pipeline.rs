@@ -1,12 +1,13 @@
-//! Fuzz target: arbitrary bytes through framing, parsing, epoch assembly and validation.
+//! Fuzz target: arbitrary bytes through the pipeline (framing, parsing, epoch assembly and
+//! validation).
 //! Nothing may panic, hang or grow without bound; every accepted fix must satisfy the
 //! validator's own promises (finite, in range, not 0,0).
 
 #![no_main]
 
 use gps_agent::config::ValidateConfig;
-use gps_agent::gnss::{Decoded, Decoder};
-use gps_agent::validate::{Validator, Verdict};
+use gps_agent::pipeline::Pipeline;
+use gps_agent::validate::Verdict;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,9 +17,8 @@ fuzz_target!(|data: &[u8]| {
         None => return,
     };
     let chunk = usize::from(head % 64) + 1;
-    let mut decoder = Decoder::new(head & 0x80 == 0);
-    let mut validator = Validator::new(ValidateConfig::default());
-    let promises = |verdict: Verdict| {
+    let mut pipeline = Pipeline::new(head & 0x80 == 0, ValidateConfig::default());
+    let mut promises = |verdict: Verdict| {
         if let Ok(fix) = verdict {
             assert!(fix.lat.is_finite() && fix.lon.is_finite());
             assert!((-90.0..=90.0).contains(&fix.lat));
@@ -31,14 +31,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(fix.hdop.is_none_or(|v| v >= 0.1 && v.is_finite()));
         }
     };
-    let mut check = |ev: Decoded| {
-        if let Decoded::Epoch(epoch) = ev {
-            validator.push(&epoch, &mut |v| promises(v));
-        }
-    };
     for piece in rest.chunks(chunk) {
-        decoder.feed(piece, &mut check);
+        pipeline.feed(piece, &mut promises);
     }
-    decoder.finish(&mut check);
-    validator.finish(&mut |v| promises(v));
+    pipeline.finish(&mut promises);
 });

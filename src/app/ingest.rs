@@ -1,8 +1,9 @@
 //! The ingest thread: receiver bytes to stored fixes.
 //!
 //! In: the receiver's bytes: a serial port read by this thread itself, or a replayed log's
-//! chunks from its reader thread's bounded channel. Out: the accepted fixes the report stage
-//! keeps ([`crate::report`]) appended to the [`Store`](crate::buffer::store::Store),
+//! chunks from its reader thread's bounded channel, through the [`Pipeline`] (decode,
+//! validate). Out: the accepted fixes the report stage keeps ([`crate::report`]) appended
+//! to the [`Store`](crate::buffer::store::Store),
 //! rejections and dropped fixes counted, the uplink woken after each sync, and the GNSS and
 //! buffer status published on the board whenever they change. One blocking thread, because
 //! decoding is cheap and the buffer's sync is a blocking fsync; one wake per epoch.
@@ -13,19 +14,19 @@
 //! 9600-baud receiver, several seconds of a 115200-baud one sending flat out). What would
 //! overflow them is lost before the agent sees it and shows as a broken sentence at the
 //! splice (counted). It never exits on bad data; it ends when the stop flag is raised (then
-//! the decoder is flushed and the buffer committed).
+//! the pipeline is flushed and the buffer committed).
 
 use crate::buffer::store::SharedStore;
 use crate::config::{ReportConfig, ValidateConfig};
 use crate::error::Classified;
 use crate::fix::Fix;
 use crate::gnss::source::{Next, SourceHandle, SourceStatus};
-use crate::gnss::{Decoded, Decoder, SentenceStats};
+use crate::gnss::SentenceStats;
 use crate::health::metrics::Metrics;
-use crate::rejection::Reason;
+use crate::pipeline::Pipeline;
 use crate::report::{Kept, Policy};
 use crate::status::{GnssStatus, LastFix, StatusBoard};
-use crate::validate::{Validator, Verdict};
+use crate::validate::Verdict;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -65,7 +66,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Runs until the stop flag is raised; then flushes the decoder, commits the buffer and
+    /// Runs until the stop flag is raised; then flushes the pipeline, commits the buffer and
     /// stops the source. Returns the fixes accepted.
     pub fn run(self) -> u64 {
         let Ingest {
@@ -80,9 +81,8 @@ impl Ingest {
             report,
             report_reload,
         } = self;
-        let mut decoder = Decoder::new(require_checksum);
+        let mut pipeline = Pipeline::new(require_checksum, validate);
         let mut stage = Stage {
-            validator: Validator::new(validate),
             reporting: Reporting::new(&report),
             source: Arc::clone(&source.status),
             store: &store,
@@ -92,7 +92,6 @@ impl Ingest {
             reported: SentenceStats::default(),
         };
         let mut source_done = false;
-        let mut events: Vec<Decoded> = Vec::with_capacity(16);
         let mut last_bytes_at = Instant::now();
         let mut quiet_flushed = true;
         loop {
@@ -102,18 +101,17 @@ impl Ingest {
             if let Ok(cfg) = reload.try_recv() {
                 // Thresholds change; the track of earlier fixes starts afresh, once a fix
                 // held for its successor's verdict has had one.
-                if stage.settle(Instant::now()) {
+                let now = Instant::now();
+                let mut committed = false;
+                pipeline.revalidate(cfg, &mut |v| committed |= stage.record(v, now));
+                if committed {
                     store.notify_committed();
                 }
-                stage.validator = Validator::new(cfg);
             }
             if let Ok(cfg) = report_reload.try_recv() {
                 // Fixes pending under the old rules are kept; the new ones start afresh.
                 stage.report_reload(&cfg, Instant::now());
             }
-            // The receiver fell silent or the log ended: no successor will come to judge a
-            // fix the validator holds, so it is decided now (and stored before a power cut).
-            let mut quiet = false;
             let wait = {
                 let now = Instant::now();
                 let mut until = store.lock().next_wake().min(now + MAX_IDLE);
@@ -127,42 +125,45 @@ impl Ingest {
                     .saturating_duration_since(now)
                     .max(Duration::from_millis(1))
             };
+            let mut committed = false;
             if source_done {
                 std::thread::sleep(wait);
             } else {
-                match source.next_chunk(wait) {
+                match source.next_chunk(wait, pipeline.receiver_time()) {
                     Next::Chunk(chunk) => {
-                        decoder.feed(&chunk, &mut |e| events.push(e));
-                        if let Some(t) = decoder.latest_time_of_day_ms() {
-                            source.status.note_receiver_time(t);
-                        }
-                        last_bytes_at = Instant::now();
+                        let now = Instant::now();
+                        pipeline.feed(&chunk, &mut |v| committed |= stage.record(v, now));
+                        last_bytes_at = now;
                         quiet_flushed = false;
                     }
                     Next::Quiet => {
+                        // The receiver fell silent: no successor will come to judge a fix
+                        // the validator holds, so it is decided now (and stored before a
+                        // power cut).
                         if !quiet_flushed && last_bytes_at.elapsed() >= EPOCH_QUIET {
-                            decoder.line_quiet(&mut |e| events.push(e));
-                            quiet = true;
+                            let now = Instant::now();
+                            pipeline.line_quiet(&mut |v| committed |= stage.record(v, now));
                             quiet_flushed = true;
                         }
                     }
                     Next::Done => {
                         // A replayed log ended: keep the agent running (it still drains).
-                        decoder.finish(&mut |e| events.push(e));
-                        quiet = true;
+                        let now = Instant::now();
+                        pipeline.finish(&mut |v| committed |= stage.record(v, now));
                         source_done = true;
                     }
                 }
             }
-            stage.pass(&mut events, &decoder, Instant::now(), quiet, false);
+            stage.pass(committed, &pipeline, Instant::now(), false);
         }
-        // Shutdown: what the decoder holds, then one last commit.
-        decoder.finish(&mut |e| events.push(e));
-        stage.pass(&mut events, &decoder, Instant::now(), true, true);
-        let accepted = stage.validator.accepted();
+        // Shutdown: what the pipeline holds, then one last commit.
+        let now = Instant::now();
+        let mut committed = false;
+        pipeline.finish(&mut |v| committed |= stage.record(v, now));
+        stage.pass(committed, &pipeline, now, true);
         drop(stage);
         source.close();
-        accepted
+        pipeline.accepted()
     }
 }
 
@@ -194,10 +195,9 @@ impl Reporting {
     }
 }
 
-/// The stage: validation, the report policy and what they publish, and the handles they
-/// write to.
+/// The stage: what the pipeline's verdicts become (counts, the report policy, the buffer),
+/// what it publishes, and the handles it writes to.
 struct Stage<'a> {
-    validator: Validator,
     reporting: Reporting,
     source: Arc<SourceStatus>,
     store: &'a SharedStore,
@@ -210,24 +210,10 @@ struct Stage<'a> {
 }
 
 impl Stage<'_> {
-    /// Judge and store the decoder's events (and with `settle` the fix the validator holds),
-    /// tick the buffer (group commit, disk retries; at the end a final commit), wake the
-    /// uplink after a commit, and publish what changed.
-    fn pass(
-        &mut self,
-        events: &mut Vec<Decoded>,
-        decoder: &Decoder,
-        now: Instant,
-        settle: bool,
-        last: bool,
-    ) {
-        let mut committed = false;
-        for event in events.drain(..) {
-            committed |= self.handle(event, now);
-        }
-        if settle {
-            committed |= self.settle(now);
-        }
+    /// After the verdicts of a wake (`committed`: the buffer committed meanwhile): tick the
+    /// buffer (group commit, disk retries; at the end a final commit), wake the uplink after
+    /// a commit, and publish what changed.
+    fn pass(&mut self, mut committed: bool, pipeline: &Pipeline, now: Instant, last: bool) {
         committed |= if last {
             self.reporting.policy.finish(&mut self.reporting.kept);
             self.store_kept(now)
@@ -262,37 +248,8 @@ impl Stage<'_> {
         if committed || last {
             self.store.notify_committed();
         }
-        report_sentences(decoder, &mut self.reported, self.metrics);
+        report_sentences(pipeline.sentences(), &mut self.reported, self.metrics);
         self.publish();
-    }
-
-    /// One decoder event; returns true when the buffer committed.
-    fn handle(&mut self, event: Decoded, now: Instant) -> bool {
-        let epoch = match event {
-            Decoded::Epoch(epoch) => epoch,
-            Decoded::BadChecksum => {
-                self.metrics.fix_rejected(Reason::Checksum);
-                self.gnss.rejected.add(Reason::Checksum);
-                return false;
-            }
-        };
-        // At most two verdicts: the held fix's, then this epoch's.
-        let mut verdicts: heapless::Vec<Verdict, 2> = heapless::Vec::new();
-        self.validator.push(&epoch, &mut |v| {
-            let _ = verdicts.push(v);
-        });
-        let mut committed = false;
-        for verdict in verdicts {
-            committed |= self.record(verdict, now);
-        }
-        committed
-    }
-
-    /// Decide the fix the validator holds, if any; true when the buffer committed.
-    fn settle(&mut self, now: Instant) -> bool {
-        let mut held: Option<Verdict> = None;
-        self.validator.finish(&mut |v| held = Some(v));
-        held.is_some_and(|v| self.record(v, now))
     }
 
     /// One verdict: an accepted fix stored, a rejection counted; true when the buffer
@@ -326,6 +283,8 @@ impl Stage<'_> {
     /// An accepted fix to the report policy; what it keeps goes to the buffer. True when the
     /// buffer committed.
     fn report(&mut self, fix: &Fix, now: Instant) -> bool {
+        // Every accepted fix, whatever the policy decides, stays in the local history.
+        self.store.lock().remember(fix, now);
         self.reporting.last_fix_at = Some(now);
         self.reporting.policy.push(fix, &mut self.reporting.kept);
         self.store_kept(now)
@@ -394,7 +353,6 @@ impl Stage<'_> {
         self.gnss.last_error = status.last_error();
         self.gnss.connected = status.connected();
         self.gnss.outages = status.outages() + status.stuck_events();
-        self.gnss.dropped_chunks = status.dropped_chunks();
         let current = self.gnss.clone();
         self.board.gnss(|g| {
             if *g != current {
@@ -405,8 +363,8 @@ impl Stage<'_> {
 }
 
 /// Sentence counters into metrics (as deltas).
-fn report_sentences(decoder: &Decoder, reported: &mut SentenceStats, metrics: &Metrics) {
-    let now = *decoder.stats();
+fn report_sentences(stats: &SentenceStats, reported: &mut SentenceStats, metrics: &Metrics) {
+    let now = *stats;
     if now == *reported {
         return;
     }

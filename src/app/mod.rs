@@ -24,6 +24,7 @@
 //! as needing a restart.
 
 pub mod ingest;
+pub mod lock;
 
 use crate::buffer::store::{SharedStore, Store};
 use crate::clock::Clock;
@@ -37,6 +38,7 @@ use crate::status::StatusBoard;
 use crate::uplink::link::Link;
 use crate::uplink::publisher::{Publisher, PublisherSettings};
 use ingest::Ingest;
+use lock::{LockError, StateLock};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -139,14 +141,51 @@ async fn run_uplink(
     }
 }
 
+/// Why the agent did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another agent runs on this buffer (see [`lock`]).
+    #[error(transparent)]
+    Locked(LockError),
+    /// A stage's thread could not be started.
+    #[error("{0}")]
+    Stage(String),
+}
+
+impl Classified for StartError {
+    fn code(&self) -> &'static str {
+        match self {
+            StartError::Locked(e) => e.code(),
+            StartError::Stage(_) => "AGENT_START",
+        }
+    }
+
+    fn class(&self) -> crate::error::ErrorClass {
+        match self {
+            StartError::Locked(e) => e.class(),
+            StartError::Stage(_) => crate::error::ErrorClass::Critical,
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` is cancelled; returns when everything is committed and
-/// the uplink has said goodbye. Errors only for what cannot start at all.
+/// the uplink has said goodbye. Errors only for what cannot start at all: before anything
+/// else, the state lock ([`lock`]): another agent on this buffer stops this one at once.
 pub async fn run(
     cfg: Settings,
     opts: RunOptions,
     shutdown: CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
     let started = Instant::now();
+    let mut state_lock = match StateLock::acquire(&cfg.buffer.path) {
+        Ok((lock, None)) => lock,
+        Ok((lock, Some(e))) => {
+            error!(component = "agent", code = e.code(), class = e.class().as_str(), error = %e,
+                "running without the state lock; tried again at each heartbeat");
+            lock
+        }
+        Err(e) => return Err(StartError::Locked(e)),
+    };
     let board = StatusBoard::new(opts.clock.clone().unwrap_or_default());
     let metrics = Arc::new(Metrics::new(board.clone()));
     let server_stop = CancellationToken::new();
@@ -174,7 +213,7 @@ pub async fn run(
 
     // The receiver.
     let stop_reading = Arc::new(AtomicBool::new(false));
-    let source = spawn_source(&cfg, Arc::clone(&stop_reading))?;
+    let source = spawn_source(&cfg, Arc::clone(&stop_reading)).map_err(StartError::Stage)?;
 
     // Ingest: decode, validate, append.
     let (reload_tx, reload_rx) = std::sync::mpsc::channel();
@@ -194,7 +233,7 @@ pub async fn run(
     let ingest_thread = std::thread::Builder::new()
         .name("ingest".into())
         .spawn(move || ingest.run())
-        .map_err(|e| format!("cannot start the ingest thread: {e}"))?;
+        .map_err(|e| StartError::Stage(format!("cannot start the ingest thread: {e}")))?;
 
     // Uplink.
     let uplink_stop = CancellationToken::new();
@@ -242,6 +281,10 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = heartbeat.tick() => {
                 board.heartbeat();
+                if let Err(e) = state_lock.refresh() {
+                    error!(component = "agent", code = e.code(), class = e.class().as_str(),
+                        error = %e, "the state lock is not held");
+                }
                 crate::logging::report_suppressed();
                 // The watchdog is fed only while the stages really run: a dead ingest thread
                 // stops it, and systemd restarts the agent.

@@ -53,6 +53,29 @@ pub enum BufferError {
     /// The file was written by a newer agent (or is ours but inconsistent): not touched.
     #[error("buffer {path}: schema problem: {detail}")]
     Schema { path: PathBuf, detail: String },
+    /// Fixes still held in memory when the agent had to stop: the disk kept failing with
+    /// `cause` (the code of that failure, which this error carries as its own).
+    #[error("buffer {path}: fixes held in memory could not be written: {detail}")]
+    Held {
+        path: PathBuf,
+        cause: &'static str,
+        detail: String,
+    },
+    /// The crash journal cannot be opened, written or emptied (no space, a read-only file
+    /// system, an I/O error): each fix is committed on its own (the same guarantees, more
+    /// wear) and the journal is tried again every `disk_retry_s`.
+    #[error("crash journal {path}: {op} failed: {source}")]
+    Journal {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The crash journal's path names something that is not a plain file of the agent's own
+    /// (a symbolic link, a directory, a device, a FIFO, a file with other names): it is
+    /// neither opened nor written, so nobody's file is ever zeroed through it.
+    #[error("crash journal {path} refused: {detail}")]
+    JournalRefused { path: PathBuf, detail: String },
     /// A dead letter's stored payload could not be read back into a fix.
     #[error("buffer {path}: dead letter {seq} has an unreadable payload: {detail}")]
     Payload {
@@ -72,6 +95,9 @@ impl Classified for BufferError {
             BufferError::FileGone { .. } => "BUFFER_FILE_GONE",
             BufferError::Schema { .. } => "BUFFER_SCHEMA",
             BufferError::Payload { .. } => "BUFFER_PAYLOAD",
+            BufferError::Held { cause, .. } => cause,
+            BufferError::Journal { .. } => "BUFFER_JOURNAL",
+            BufferError::JournalRefused { .. } => "BUFFER_JOURNAL_REFUSED",
         }
     }
 
@@ -83,6 +109,8 @@ impl Classified for BufferError {
             }
             BufferError::Corrupt { .. } | BufferError::FileGone { .. } => ErrorClass::Critical,
             BufferError::Schema { .. } | BufferError::Payload { .. } => ErrorClass::Permanent,
+            BufferError::Held { .. } | BufferError::Journal { .. } => ErrorClass::Transient,
+            BufferError::JournalRefused { .. } => ErrorClass::Permanent,
         }
     }
 }

@@ -37,6 +37,9 @@ pub struct BufferStats {
     /// when the agent stopped (daemon only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lost: Option<u64>,
+    /// The local history (`[history]`), when the file keeps one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<super::HistoryStats>,
 }
 
 /// Stats read from the file alone (exact depth by counting).
@@ -92,6 +95,7 @@ pub(crate) fn stats_with_depth(
         in_flight: None,
         in_memory: None,
         lost: None,
+        history: super::history::file_history_stats(conn, path)?,
     })
 }
 
@@ -212,6 +216,53 @@ pub(crate) fn set_aside_corrupt_row(
     conn.prepare_cached("DELETE FROM fixes WHERE seq = ?1")?
         .execute([seq])?;
     Ok(moved as u64)
+}
+
+/// Sets aside a crash journal record that is not a fix the validator would pass (`why`),
+/// under the seq it was given, with what it claimed (`claimed_seq` and its fields; a number
+/// JSON cannot hold, NaN or infinite, as text), in the caller's transaction.
+pub(crate) fn set_aside_journal_record(
+    conn: &Connection,
+    seq: u64,
+    claimed_seq: u64,
+    fix: &Fix,
+    why: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let number = |v: f64| {
+        serde_json::Number::from_f64(v).map_or_else(
+            || serde_json::Value::String(v.to_string()),
+            serde_json::Value::Number,
+        )
+    };
+    let optional = |v: Option<f64>| v.map_or(serde_json::Value::Null, number);
+    let payload = serde_json::json!({
+        "seq": seq,
+        "journal_record": {
+            "seq": claimed_seq,
+            "time_ms": fix.time_ms,
+            "lat": number(fix.lat),
+            "lon": number(fix.lon),
+            "alt_m": optional(fix.alt_m),
+            "speed_mps": optional(fix.speed_mps),
+            "course_deg": optional(fix.course_deg),
+            "hdop": optional(fix.hdop),
+            "sats": fix.sats,
+            "mode": fix.mode.as_u8(),
+        },
+    });
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO dead_letters (seq, code, reason, time_ms, payload)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(rusqlite::params![
+        seq.min(i64::MAX as u64) as i64,
+        CORRUPT_RECORD,
+        format!("crash journal record refused: {why}"),
+        now_ms,
+        payload.to_string()
+    ])?;
+    Ok(())
 }
 
 /// Dead letters back to pending, with their own seqs, in one transaction. Returns how many.

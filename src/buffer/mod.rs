@@ -27,7 +27,10 @@
 //! `buffer` CLI beside the running daemon) sees a fix once its transaction committed: within
 //! `commit_interval_s`. Where the journal cannot be opened or written, each fix is committed
 //! on its own, as an earlier version did for all of them: the same guarantees at about ten
-//! more system calls per fix.
+//! more system calls per fix; the buffer is degraded meanwhile (`BUFFER_JOURNAL`, or
+//! `BUFFER_JOURNAL_REFUSED` for a path that is not a plain file of ours) and opening the
+//! journal is tried again every `disk_retry_s`. Replayed records are checked as live fixes
+//! are; one that fails is set aside as a dead letter and the others flow.
 //!
 //! **Wear.** What reaches the flash is each sync's WAL frames (the pages the interval's fixes
 //! changed, so new files use 1 KiB pages, see [`schema`]), the checkpoints, which copy those
@@ -60,37 +63,58 @@
 //!
 //! **In flight** is kept in memory only: after a restart every unacknowledged fix is pending.
 
+//!
+//! **Rooms.** The buffer's state is split by what it is about, each part owning its fields
+//! and answering its own questions: `deliveries.rs` (what the uplink holds and has
+//! acknowledged), `schedule.rs` (when to commit, sync, look and checkpoint; what is synced),
+//! `faults.rs` (the disk's state, the memory ring, rescues, the last error, what is lost),
+//! `capacity.rs` (the limits and the eviction policy), `tx.rs` (the open transaction and the
+//! counts it moves), `journal.rs` (the crash journal). This file joins them around the one
+//! SQLite connection.
+
+mod capacity;
+mod deliveries;
 mod error;
+mod faults;
 mod file_ops;
 mod files;
+mod history;
 mod journal;
 mod rescue;
+mod schedule;
 pub mod schema;
 pub mod store;
+mod tx;
 
 pub use error::BufferError;
 pub use file_ops::{file_stats, list_dead_letters, requeue_dead_letters, BufferStats, DeadLetter};
+pub use history::{HistoryStats, HistoryWindow};
 pub use schema::{open_existing, open_read_only, APPLICATION_ID, SCHEMA_VERSION};
 
 use crate::clock::Clock;
-use crate::config::{BufferSettings, EvictionPolicy};
+use crate::config::BufferSettings;
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
 pub use crate::status::Rescues;
-use crate::status::{BufferStatus, LastError, Status};
+use crate::status::{BufferStatus, Status};
+use capacity::{used_bytes, Capacity};
+use deliveries::Deliveries;
 use error::{classify, failure_of, Failure};
+use faults::Faults;
 use files::{Verdict, Watch};
-use journal::Journal;
+use history::History;
+use journal::CrashJournal;
 use rusqlite::{Connection, OptionalExtension};
+use schedule::{Checkpoints, SyncSchedule};
 use schema::{
     data_version, insert_fix, read_meta_u64, read_stream, row_to_fix, Unusable, FIX_COLUMNS,
 };
-use std::collections::{BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
+use tx::{Counters, Ledger, OpenTx};
 
 /// A fix as stored, with its seq.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -143,124 +167,32 @@ pub struct OpenReport {
     pub corrupt_reason: Option<String>,
 }
 
-/// Numbers that move with each write; a copy as of the last commit is restored on rollback.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Counters {
-    last_seq: u64,
-    /// Rows in `fixes` (acknowledged ones whose delete is still pending included).
-    depth: u64,
-    evicted: u64,
-    dead_letters: u64,
-}
-
-/// The write transaction of one call.
-#[derive(Debug, Default)]
-struct OpenTx {
-    /// Fixes appended in it, in seq order: kept so a failed commit loses none of them.
-    fixes: Vec<Fix>,
-    /// How many of `Buffer::acked` it deleted.
-    acks_applied: usize,
-    /// It deleted the row of the newest seq, so `meta.last_seq` must be written.
-    deleted_newest: bool,
-    /// The fixes `append` stored in it, with their seqs: unsynced once it commits.
-    appended: Vec<StoredFix>,
-    /// How many of `appended` have their row written. The journal holds each fix from the
-    /// moment it is appended; its row is written with the others at the commit (ten rows in
-    /// a row cost a fraction of ten written an epoch apart), or sooner when a statement needs
-    /// it ([`Buffer::write_appended`]).
-    written: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Disk {
-    Writable,
-    Failing { next_retry: Instant },
-}
-
 /// The store. Owns its SQLite connection; not `Sync`: one task uses it.
 pub struct Buffer {
     conn: Connection,
     path: PathBuf,
-    sync_interval: Duration,
-    sync_max: usize,
-    max_fixes: u64,
-    max_bytes: u64,
-    eviction: EvictionPolicy,
-    memory_ring: usize,
-    disk_retry: Duration,
     stream: String,
-    /// As of the last commit: in the file, survives the process.
-    committed: Counters,
-    /// Inside the open transaction.
-    current: Counters,
-    /// Every seq up to this survives a power cut; only these are handed out.
-    synced_seq: u64,
-    /// Fixes committed since the last sync (at most `sync_max`): what a power cut could take,
-    /// and what a damaged file still has in memory.
-    unsynced: Vec<StoredFix>,
-    /// The first commit not yet synced.
-    dirty_since: Option<Instant>,
-    /// `meta.evicted` as last written.
-    persisted_evicted: u64,
+    /// The counts, as committed and inside the open transaction.
+    ledger: Ledger,
     tx: Option<OpenTx>,
-    /// Handed out and not yet resolved; acknowledged seqs stay here until their delete is
-    /// committed, so they are not handed out again.
-    in_flight: BTreeSet<u64>,
-    /// Acknowledged; deleted by the next write transaction.
-    acked: Vec<u64>,
-    ack_since: Option<Instant>,
-    /// Seqs of a previous stream still in flight at the uplink when the stream changed: their
-    /// acks must not delete the new stream's fixes of the same numbers, so nothing new is
-    /// handed out until they are resolved (or `STALE_WAIT` passed).
-    stale: BTreeSet<u64>,
-    stale_since: Option<Instant>,
-    ring: VecDeque<Fix>,
-    disk: Disk,
-    /// The file's used pages passed `max_bytes` at the last sync.
-    over_bytes: bool,
-    /// The latest `now` a caller gave; stamps transactions opened by acks.
-    last_now: Instant,
-    /// Sticky until restart: a file moved aside or deleted under us.
-    alarm: Status,
-    last_error: Option<LastError>,
+    deliveries: Deliveries,
+    schedule: SyncSchedule,
+    checkpoints: Checkpoints,
+    faults: Faults,
+    capacity: Capacity,
+    /// Appended fixes survive the process through it while their transaction stays open
+    /// until the sync.
+    journal: CrashJournal,
+    /// Every accepted fix, for `backfill` (see `history.rs`).
+    history: History,
+    watch: Watch,
     /// `PRAGMA data_version` as last seen: it moves when another connection commits (the
     /// `buffer requeue` CLI next to the running daemon).
     data_version: i64,
-    next_outside_check: Instant,
-    /// The last append, and how late a sync or a look may be done so that it rides on the
-    /// next epoch's wake: a little over the gap between the last two appends (the receiver's
-    /// epoch), at most a quarter of the sync interval. [`Buffer::next_wake`] adds it, so the
-    /// thread is not woken for a sync alone just before an epoch does the sync anyway.
-    last_append_at: Option<Instant>,
-    slack: Duration,
-    watch: Watch,
-    /// Frames in the WAL after the last commit (SQLite's WAL hook).
-    wal_frames: Arc<AtomicI32>,
-    checkpoint_frames: i32,
-    /// SIGPWR: sync every commit until then.
-    power_fail_until: Option<Instant>,
-    /// The path was gone and writing the file back failed: try again then.
-    restore_retry: Option<Instant>,
-    /// The file is damaged and could not be moved aside yet.
-    quarantine_due: Option<String>,
-    /// Inside a rescue: a failure of the new file must not start another.
-    rescuing: bool,
-    /// Fixes that are gone for good: unreadable in a damaged file, or held only in memory
-    /// when the agent stopped.
-    lost: u64,
-    rescues: Rescues,
+    /// The latest `now` a caller gave; stamps transactions opened by acks.
+    last_now: Instant,
     io: IoCounts,
-    /// Stamps `last_error` (the wall clock of the agent's one clock).
-    clock: Clock,
     looked_up: std::cell::Cell<Option<LookedUp>>,
-    /// The crash journal: appended fixes survive the process through it while their
-    /// transaction stays open until the sync. `None` when it could not be opened: then each
-    /// fix is committed on its own.
-    journal: Option<Journal>,
-    /// A journal write failed: each fix is committed on its own until a sync empties it.
-    journal_failed: bool,
-    /// The last seq written to the journal (of the current stream).
-    journaled_seq: u64,
 }
 
 /// What the buffer asked of the disk so far (the wear bench prints it).
@@ -275,18 +207,6 @@ pub struct IoCounts {
     pub checkpoints: u64,
 }
 
-/// How often [`Buffer::tick`] asks SQLite whether another process changed the file, and
-/// looks whether the path still names it.
-const OUTSIDE_CHECK: Duration = Duration::from_secs(1);
-/// WAL frames after which a sync also checkpoints (SQLite's own default threshold).
-const CHECKPOINT_FRAMES: i32 = 1000;
-/// After SIGPWR every commit is synced for this long: the hold-up time of a supercap or a
-/// UPS's warning, then the power is gone or back.
-const POWER_FAIL_WINDOW: Duration = Duration::from_secs(30);
-/// Longest wait for the uplink to resolve an old stream's seqs (a PUBACK or a disconnect
-/// comes far sooner).
-const STALE_WAIT: Duration = Duration::from_secs(60);
-
 /// An open, checked connection with everything the buffer keeps beside it.
 struct Opened {
     conn: Connection,
@@ -296,7 +216,6 @@ struct Opened {
     watch: Watch,
     wal_frames: Arc<AtomicI32>,
 }
-
 /// Takes over a connection from [`schema::open_checked`]: reads the counters, registers the
 /// WAL hook (which also turns SQLite's automatic checkpoint off: we checkpoint at a sync),
 /// and makes what is in the file durable (a fresh file's name included).
@@ -391,12 +310,13 @@ impl Buffer {
         let counters = opened.counters;
         info!(component = "buffer", path = %path.display(), stream = %opened.stream,
             depth = counters.depth, last_seq = counters.last_seq, "buffer open");
-        let clock = Clock::system();
-        let last_error = report.corrupt_reason.as_ref().map(|reason| {
-            LastError::from_parts(
+        let mut faults = Faults::new(cfg.memory_ring.get(), cfg.disk_retry, Clock::system());
+        if let Some(reason) = &report.corrupt_reason {
+            faults.raise_alarm(Status::Unhealthy);
+            faults.set_error(
                 "BUFFER_CORRUPT",
                 ErrorClass::Critical,
-                &format!(
+                format!(
                     "moved aside to {}: {reason}",
                     report
                         .moved_aside
@@ -404,70 +324,41 @@ impl Buffer {
                         .unwrap_or(Path::new(""))
                         .display()
                 ),
-                clock.wall_ms(),
-            )
-        });
+            );
+        }
         let now = Instant::now();
         let mut buffer = Buffer {
             conn: opened.conn,
             path,
-            sync_interval: cfg.commit_interval,
-            sync_max: cfg.commit_max.get(),
-            max_fixes: cfg.max_fixes.get(),
-            max_bytes: cfg.max_bytes,
-            eviction: cfg.eviction,
-            memory_ring: cfg.memory_ring.get(),
-            disk_retry: cfg.disk_retry,
             stream: opened.stream,
-            committed: counters,
-            current: counters,
-            synced_seq: counters.last_seq,
-            unsynced: Vec::new(),
-            dirty_since: None,
-            persisted_evicted: counters.evicted,
+            ledger: Ledger::new(counters),
             tx: None,
-            in_flight: BTreeSet::new(),
-            acked: Vec::new(),
-            ack_since: None,
-            stale: BTreeSet::new(),
-            stale_since: None,
-            ring: VecDeque::new(),
-            disk: Disk::Writable,
-            over_bytes: false,
-            last_now: now,
-            alarm: if report.moved_aside.is_some() {
-                Status::Unhealthy
-            } else {
-                Status::Healthy
-            },
-            last_error,
-            data_version: opened.data_version,
-            next_outside_check: now,
-            last_append_at: None,
-            slack: Duration::ZERO,
+            deliveries: Deliveries::default(),
+            schedule: SyncSchedule::new(
+                cfg.commit_interval,
+                cfg.commit_max.get(),
+                counters.last_seq,
+                now,
+            ),
+            checkpoints: Checkpoints::new(opened.wal_frames),
+            faults,
+            capacity: Capacity::new(cfg),
+            journal: CrashJournal::new(cfg.disk_retry),
+            history: History::new(&cfg.history, cfg.memory_ring.get()),
             watch: opened.watch,
-            wal_frames: opened.wal_frames,
-            checkpoint_frames: CHECKPOINT_FRAMES,
-            power_fail_until: None,
-            restore_retry: None,
-            quarantine_due: None,
-            rescuing: false,
-            lost: 0,
-            rescues: Rescues::default(),
+            data_version: opened.data_version,
+            last_now: now,
             io: IoCounts::default(),
-            clock,
             looked_up: std::cell::Cell::new(None),
-            journal: None,
-            journal_failed: false,
-            journaled_seq: 0,
         };
+        buffer.attach_history();
         buffer.replay_journal(now);
         Ok((buffer, report))
     }
 
     /// Stamp errors with the agent's clock (the daemon's, or a test's).
     pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
+        self.faults.set_clock(clock);
         self
     }
 
@@ -483,12 +374,15 @@ impl Buffer {
     /// The last seq that survives the process: committed to the file, or written to the
     /// crash journal.
     pub fn committed_seq(&self) -> u64 {
-        self.committed.last_seq.max(self.journaled_seq)
+        self.ledger
+            .committed()
+            .last_seq
+            .max(self.journal.journaled_seq())
     }
 
     /// The last seq synced: it survives a power cut, and fixes up to it are handed out.
     pub fn synced_seq(&self) -> u64 {
-        self.synced_seq
+        self.schedule.synced_seq()
     }
 
     /// Stores a fix: in the crash journal at once (it survives the process), committed and
@@ -496,13 +390,8 @@ impl Buffer {
     /// disk failure: it then waits in the memory ring.
     pub fn append(&mut self, fix: &Fix, now: Instant) -> Result<Appended, BufferError> {
         self.last_now = now;
-        if let Some(before) = self.last_append_at {
-            // A quarter over the gap: epochs jitter.
-            let gap = now.saturating_duration_since(before);
-            self.slack = (gap + gap / 4).min(self.sync_interval / 4);
-        }
-        self.last_append_at = Some(now);
-        if self.disk != Disk::Writable || !self.ring.is_empty() {
+        self.schedule.note_append(now);
+        if !self.faults.writable() || !self.faults.held().is_empty() {
             // Once fixes wait in memory, later ones queue behind them to keep the order.
             self.hold_in_ring(*fix);
             let synced_upto = self.retry_disk(now, false);
@@ -514,9 +403,15 @@ impl Buffer {
         let result = (|| {
             self.begin(now)?;
             let seq = self.insert_appended(fix)?;
-            if self.journal_append(seq, fix) {
+            let journaled = self.journal.append(seq, fix).unwrap_or_else(|e| {
+                warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                    "crash journal write failed; committing each fix until the next sync");
+                self.faults.set_error(e.code(), e.class(), e.to_string());
+                false
+            });
+            if journaled {
                 // In the journal: it survives the process; SQLite commits at the sync.
-                self.dirty_since.get_or_insert(now);
+                self.schedule.dirtied(now);
             } else {
                 self.commit_open(now)?;
             }
@@ -524,15 +419,15 @@ impl Buffer {
         })();
         match result {
             Ok(seq) => {
-                let stream_before = self.rescues.quarantined;
+                let stream_before = self.faults.rescues().quarantined;
                 self.look_open(now);
-                let synced_upto = if self.disk == Disk::Writable && self.sync_due(now) {
+                let synced_upto = if self.faults.writable() && self.sync_due(now) {
                     self.sync_or_hold(now)
                 } else {
                     None
                 };
                 // A quarantine renumbered it in a new stream.
-                let seq = (self.rescues.quarantined == stream_before).then_some(seq);
+                let seq = (self.faults.rescues().quarantined == stream_before).then_some(seq);
                 Ok(Appended { seq, synced_upto })
             }
             Err(e) => {
@@ -555,27 +450,35 @@ impl Buffer {
     /// power-cut window grows.
     pub fn tick(&mut self, now: Instant) -> Result<Option<u64>, BufferError> {
         self.last_now = now;
-        self.expire_stale(now);
-        if self.disk != Disk::Writable {
+        self.flush_journal(now);
+        let expired = self.deliveries.expire_stale(now);
+        if expired > 0 {
+            warn!(component = "buffer", seqs = expired,
+                "an old stream's fixes were never resolved by the uplink; handing out the new stream");
+        }
+        if !self.faults.writable() {
             return Ok(self.retry_disk(now, false));
         }
-        if self.restore_retry.is_some_and(|at| now >= at) {
+        if self.faults.restore_waiting_due(now) {
             self.look(now);
         }
-        if now >= self.next_outside_check {
-            self.next_outside_check = now + OUTSIDE_CHECK;
+        if self.journal.retry_due(now) {
+            self.replay_journal(now);
+        }
+        if self.schedule.look_due(now) {
             self.notice_outside_writes();
             // Without fixes there are no commits to look after: look once a second anyway.
             self.look(now);
         }
-        let acks_due = self.ack_since.is_some_and(|t| {
-            now.saturating_duration_since(t) >= self.sync_interval
-                || self.acked.len() >= self.sync_max
-        });
-        if acks_due {
-            self.flush_acks(now);
+        if self
+            .deliveries
+            .acks_due(now, self.schedule.interval(), self.schedule.max())
+        {
+            // A sync due now commits the history's rows anyway: in the same commit.
+            let sync = self.sync_due(now);
+            self.flush_acks(now, sync);
         }
-        if self.disk == Disk::Writable && self.sync_due(now) {
+        if self.faults.writable() && self.sync_due(now) {
             return Ok(self.sync_or_hold(now));
         }
         Ok(None)
@@ -588,22 +491,15 @@ impl Buffer {
     pub fn next_wake(&self) -> Instant {
         // The sync, the acks' flush and the look wait for the next epoch's append when one
         // is due within `slack`: one wake for both.
-        let slack = self.slack;
-        let mut at = self.next_outside_check + slack;
-        let mut consider = |t: Option<Instant>| {
-            if let Some(t) = t {
-                at = at.min(t);
-            }
-        };
-        consider(self.dirty_since.map(|t| t + self.sync_interval + slack));
-        consider(self.ack_since.map(|t| t + self.sync_interval + slack));
-        consider(self.stale_since.map(|t| t + STALE_WAIT));
-        consider(self.restore_retry);
-        if let Disk::Failing { next_retry } = self.disk {
-            consider(Some(next_retry));
-        }
-        if self.power_fail_until.is_some() && self.dirty_since.is_some() {
-            consider(Some(self.last_now));
+        let mut at = self.schedule.next_due(self.last_now);
+        let others = [
+            self.deliveries
+                .next_due(self.schedule.interval(), self.schedule.slack()),
+            self.faults.next_retry(),
+            self.journal.next_retry(),
+        ];
+        for t in others.into_iter().flatten() {
+            at = at.min(t);
         }
         at
     }
@@ -612,11 +508,11 @@ impl Buffer {
     /// synced seq.
     pub fn power_fail(&mut self, now: Instant) -> Option<u64> {
         self.last_now = now;
-        self.power_fail_until = Some(now + POWER_FAIL_WINDOW);
-        if self.disk != Disk::Writable {
+        self.schedule.power_fail(now);
+        if !self.faults.writable() {
             return self.retry_disk(now, true);
         }
-        self.flush_acks(now);
+        self.flush_acks(now, true);
         self.sync_or_hold(now)
     }
 
@@ -625,30 +521,32 @@ impl Buffer {
     /// if fixes are left in memory only.
     pub fn commit(&mut self) -> Result<Option<u64>, BufferError> {
         let now = self.last_now;
-        if self.restore_retry.is_some() {
-            self.restore_retry = Some(now);
+        if self.faults.restore_pending() {
+            self.faults.restore_now(now);
             self.look(now);
         }
-        let synced = if self.disk != Disk::Writable {
+        let synced = if !self.faults.writable() {
             self.retry_disk(now, true)
         } else {
-            self.flush_acks(now);
-            if self.disk == Disk::Writable {
+            self.flush_acks(now, true);
+            if self.faults.writable() {
                 self.sync_or_hold(now)
             } else {
                 None
             }
         };
-        if !self.ring.is_empty() {
-            return Err(BufferError::DiskFull {
+        if !self.faults.held().is_empty() {
+            // Named by what holds them: a full disk, a failing device, a damaged file.
+            return Err(BufferError::Held {
                 path: self.path.clone(),
+                cause: self.faults.failing_cause().unwrap_or("BUFFER_IO"),
                 detail: self
-                    .last_error
-                    .as_ref()
+                    .faults
+                    .last_error()
                     .map_or_else(String::new, |e| e.message.clone()),
             });
         }
-        if self.restore_retry.is_some() {
+        if self.faults.restore_pending() {
             return Err(BufferError::FileGone {
                 path: self.path.clone(),
                 detail: "the open file could not be written back to its path".into(),
@@ -657,30 +555,88 @@ impl Buffer {
         Ok(synced)
     }
 
+    /// An accepted fix for the local history (every one, whether the report stage keeps it
+    /// for sending or not; see `history.rs`). It goes into the crash journal with the next
+    /// write to it (the next [`append`](Self::append), or the next [`tick`](Self::tick)) and
+    /// becomes a row in the next commit. While the disk fails it waits in memory (at most
+    /// `memory_ring` fixes). A no-op when the history is off.
+    pub fn remember(&mut self, fix: &Fix, now: Instant) {
+        if !self.history.remember(*fix) {
+            return;
+        }
+        self.last_now = now;
+        if self.journal.stage(fix) {
+            self.history.journaled();
+        }
+        if !self.faults.writable() || !self.faults.held().is_empty() {
+            // Written with the memory ring when the disk is back.
+            return;
+        }
+        // The row goes into the open transaction at the commit: a sync is now due in time.
+        match self.begin(now) {
+            Ok(()) => self.schedule.dirtied(now),
+            Err(e) => {
+                self.fail(e, "history", now);
+            }
+        }
+    }
+
+    /// The next page of a window of the local history (see [`HistoryWindow::next_page`]),
+    /// read through the buffer's own connection: rows not yet committed included. Returns
+    /// whether more may follow; nothing when the history is off.
+    pub fn history_page(
+        &mut self,
+        window: &mut HistoryWindow,
+        limit: usize,
+        out: &mut Vec<Fix>,
+    ) -> Result<bool, BufferError> {
+        out.clear();
+        if !self.history.on() {
+            return Ok(false);
+        }
+        // The rows of the fixes remembered since the last commit, so the page misses none:
+        // written into the open transaction (its commit comes with the next sync).
+        let now = self.last_now;
+        let writable = self.faults.writable() && self.faults.held().is_empty();
+        if self.history.pending() > 0 && writable {
+            let now_ms = self.faults.utc_ms();
+            self.begin(now)
+                .and_then(|()| self.history.write(&self.conn, now_ms))
+                .map_err(|e| self.fail(e, "history", now))?;
+            self.schedule.dirtied(now);
+        }
+        window.next_page(&self.conn, &self.path, limit, out)
+    }
+
     /// Acknowledgements whose deletes no commit has written yet.
     pub fn acks_waiting(&self) -> usize {
-        self.acked.len()
+        self.deliveries.acked().len()
     }
 
     /// Fixes that would be lost if the process ended now: those held in memory only, and
     /// the whole file while it could not be written back to its path.
     pub fn at_risk(&self) -> u64 {
-        let file = if self.restore_retry.is_some() {
-            self.current.depth.saturating_sub(self.acks_unapplied())
+        self.faults.held().len() as u64 + self.file_at_risk()
+    }
+
+    /// The file's fixes while it could not be written back to its path.
+    fn file_at_risk(&self) -> u64 {
+        if self.faults.restore_pending() {
+            self.ledger
+                .current()
+                .depth
+                .saturating_sub(self.acks_unapplied())
         } else {
             0
-        };
-        self.ring.len() as u64 + file
+        }
     }
 
     /// The agent stops and cannot keep what [`at_risk`](Self::at_risk) counts (the disk
     /// still fails, or the file could not be written back): counts them as lost, forgets
     /// the ring, and returns how many.
     pub fn abandon(&mut self) -> u64 {
-        let n = self.at_risk();
-        self.ring.clear();
-        self.lost += n;
-        n
+        let file = self.file_at_risk();
+        self.faults.abandon(file)
     }
 
     /// Up to `limit` synced fixes, oldest first, skipping those in flight; they are in
@@ -710,7 +666,7 @@ impl Buffer {
         limit: usize,
         out: &mut Vec<StoredFix>,
     ) -> Result<(), BufferError> {
-        if !self.stale.is_empty() {
+        if self.deliveries.blocked() {
             // An old stream's acks may still come: hand out nothing they could hit.
             return Ok(());
         }
@@ -721,7 +677,7 @@ impl Buffer {
             ))?;
             // Rows are stepped lazily: the scan stops after `limit` fixes plus those in
             // flight.
-            let mut rows = stmt.query([self.synced_seq.min(i64::MAX as u64) as i64])?;
+            let mut rows = stmt.query([self.schedule.synced_seq().min(i64::MAX as u64) as i64])?;
             while out.len() < limit {
                 let Some(row) = rows.next()? else {
                     break;
@@ -730,7 +686,7 @@ impl Buffer {
                 // on their seq alone rather than decoding each (most of the uplink's CPU at
                 // 10 Hz).
                 let seq: i64 = row.get(0)?;
-                if self.in_flight.contains(&(seq.max(0) as u64)) {
+                if self.deliveries.is_out(seq.max(0) as u64) {
                     continue;
                 }
                 match row_to_fix(row) {
@@ -755,40 +711,26 @@ impl Buffer {
         if !corrupt_rows.is_empty() {
             self.set_aside_corrupt_rows(&corrupt_rows);
         }
-        self.in_flight.extend(out.iter().map(|s| s.seq));
+        self.deliveries.hand_out(out.iter().map(|s| s.seq));
         Ok(())
     }
 
     /// The broker has these: they leave the buffer with the next write (a crash before it
     /// only means they are sent again).
     pub fn ack(&mut self, seqs: &[u64]) -> Result<(), BufferError> {
-        for &seq in seqs {
-            if self.stale.remove(&seq) {
-                // An old stream's fix: its number means another fix now.
-                self.in_flight.remove(&seq);
-                continue;
-            }
-            self.in_flight.insert(seq);
-            self.acked.push(seq);
-        }
-        if !self.acked.is_empty() {
-            self.ack_since.get_or_insert(self.last_now);
-        }
-        if self.acked.len() >= self.sync_max && self.disk == Disk::Writable {
+        let full = self
+            .deliveries
+            .ack(seqs, self.last_now, self.schedule.max());
+        if full && self.faults.writable() {
             let now = self.last_now;
-            self.flush_acks(now);
+            self.flush_acks(now, false);
         }
         Ok(())
     }
 
     /// Not delivered (disconnect): back to pending, sent again by the next batch.
     pub fn release(&mut self, seqs: &[u64]) {
-        for seq in seqs {
-            self.stale.remove(seq);
-            if !self.acked.contains(seq) {
-                self.in_flight.remove(seq);
-            }
-        }
+        self.deliveries.release(seqs);
     }
 
     /// The broker will never take these: move them to `dead_letters` with a code and reason.
@@ -798,14 +740,7 @@ impl Buffer {
         code: &str,
         reason: &str,
     ) -> Result<(), BufferError> {
-        let seqs: Vec<u64> = seqs
-            .iter()
-            .copied()
-            .filter(|seq| {
-                self.in_flight.remove(seq);
-                !self.stale.remove(seq)
-            })
-            .collect();
+        let seqs = self.deliveries.give_up(seqs);
         if seqs.is_empty() {
             return Ok(());
         }
@@ -835,19 +770,16 @@ impl Buffer {
     pub fn requeue_dead_letters(&mut self) -> Result<u64, BufferError> {
         let now = self.last_now;
         self.commit_pending(now)?;
-        self.flush_acks(now);
-        if self.disk != Disk::Writable {
+        self.flush_acks(now, false);
+        if !self.faults.writable() {
             return Err(BufferError::DiskFull {
                 path: self.path.clone(),
                 detail: "requeue needs a writable disk".into(),
             });
         }
         let n = file_ops::requeue_dead_letters(&self.conn, &self.path)?;
-        for c in [&mut self.current, &mut self.committed] {
-            c.depth += n;
-            c.dead_letters = c.dead_letters.saturating_sub(n);
-        }
-        self.dirty_since.get_or_insert(now);
+        self.ledger.requeued(n);
+        self.schedule.dirtied(now);
         Ok(n)
     }
 
@@ -886,17 +818,15 @@ impl Buffer {
                 return;
             }
         };
-        let depth_delta = depth as i64 - self.current.depth as i64;
-        let letters_delta = dead_letters as i64 - self.current.dead_letters as i64;
+        let current = self.ledger.current();
+        let depth_delta = depth as i64 - current.depth as i64;
+        let letters_delta = dead_letters as i64 - current.dead_letters as i64;
         // The outside commit is in the file, synced by its own connection (FULL).
-        self.dirty_since.get_or_insert(self.last_now);
+        self.schedule.dirtied(self.last_now);
         if depth_delta == 0 && letters_delta == 0 {
             return;
         }
-        for c in [&mut self.current, &mut self.committed] {
-            c.depth = c.depth.saturating_add_signed(depth_delta);
-            c.dead_letters = c.dead_letters.saturating_add_signed(letters_delta);
-        }
+        self.ledger.changed_outside(depth_delta, letters_delta);
         info!(
             component = "buffer",
             depth,
@@ -918,68 +848,69 @@ impl Buffer {
             }
             Err(e) => return Err(e),
         };
-        s.last_seq = s.last_seq.max(self.current.last_seq);
-        s.evicted = self.current.evicted;
-        s.dead_letters = self.current.dead_letters;
-        s.in_flight = Some(self.in_flight.len().saturating_sub(self.acked.len()) as u64);
-        s.in_memory = Some(self.ring.len() as u64);
-        s.lost = Some(self.lost);
+        let current = self.ledger.current();
+        s.last_seq = s.last_seq.max(current.last_seq);
+        s.evicted = current.evicted;
+        s.dead_letters = current.dead_letters;
+        s.in_flight = Some(self.deliveries.unacked());
+        s.in_memory = Some(self.faults.held().len() as u64);
+        s.lost = Some(self.faults.lost());
+        s.history = self.history.stats();
         Ok(s)
     }
 
     /// Fixes waiting for the broker: in the file (less those acknowledged) and in memory.
     fn depth(&self) -> u64 {
-        self.current.depth.saturating_sub(self.acks_unapplied()) + self.ring.len() as u64
+        self.ledger
+            .current()
+            .depth
+            .saturating_sub(self.acks_unapplied())
+            + self.faults.held().len() as u64
     }
 
-    /// Acknowledged seqs whose rows are still counted in `current.depth`: those the open
+    /// Acknowledged seqs whose rows are still counted in the depth: those the open
     /// transaction has not deleted yet (it stays open across appends until the sync).
     fn acks_unapplied(&self) -> u64 {
         let applied = self.tx.as_ref().map_or(0, |tx| tx.acks_applied);
-        self.acked.len().saturating_sub(applied) as u64
+        self.deliveries.acked().len().saturating_sub(applied) as u64
     }
 
     /// Fixes lost for good so far (see [`Buffer::abandon`] and the rescue of a damaged
     /// file).
     pub fn lost(&self) -> u64 {
-        self.lost
+        self.faults.lost()
     }
 
     /// How often the file had to be rescued while running.
     pub fn rescues(&self) -> Rescues {
-        self.rescues
+        self.faults.rescues()
     }
 
-    /// The buffer's own judgement of itself: healthy; degraded while fixes wait in memory
-    /// or after the file was written back; unhealthy after a damaged file was moved aside
-    /// or while a rescue is pending.
+    /// The buffer's own judgement of itself: the faults' (see `faults.rs`), and degraded
+    /// while the crash journal cannot be used (each fix is then committed on its own: safe,
+    /// at more wear; `BUFFER_JOURNAL` or `BUFFER_JOURNAL_REFUSED` says why).
     fn condition(&self) -> Status {
-        let transient = if self.disk != Disk::Writable || !self.ring.is_empty() {
+        let journal = if self.journal.degraded() {
             Status::Degraded
         } else {
             Status::Healthy
         };
-        // The fixes are safe only while the agent runs.
-        let unrescued = if self.restore_retry.is_some() || self.quarantine_due.is_some() {
-            Status::Unhealthy
-        } else {
-            Status::Healthy
-        };
-        self.alarm.max(transient).max(unrescued)
+        self.faults.condition().max(journal)
     }
 
     /// What moves the buffer's published status, cheaply (no SQL, no `stat`): when it
     /// differs from the last one published, the status is published again.
     pub fn status_key(&self) -> StatusKey {
+        let current = self.ledger.current();
         StatusKey {
             condition: self.condition(),
             depth: self.depth(),
-            in_memory: self.ring.len() as u64,
-            evicted: self.current.evicted,
-            dead_letters: self.current.dead_letters,
-            lost: self.lost,
-            rescues: self.rescues,
-            error: self.last_error.as_ref().map(|e| (e.code, e.at_ms)),
+            in_memory: self.faults.held().len() as u64,
+            evicted: current.evicted,
+            dead_letters: current.dead_letters,
+            lost: self.faults.lost(),
+            rescues: self.faults.rescues(),
+            error: self.faults.last_error().map(|e| (e.code, e.at_ms)),
         }
     }
 
@@ -991,6 +922,7 @@ impl Buffer {
     /// from empty): ages in `/health` are in seconds anyway.
     pub fn status(&self) -> BufferStatus {
         let depth = self.depth();
+        let held = self.faults.held();
         let fresh = self.looked_up.get().filter(|l| {
             self.last_now.saturating_duration_since(l.at) < LOOK_UP_EVERY
                 && (l.oldest_time_ms.is_some() || depth == 0)
@@ -1004,10 +936,10 @@ impl Buffer {
                 // Fixes appended since the commit may have no row yet.
                 Ok(on_disk) => on_disk
                     .or_else(|| self.tx.as_ref()?.appended.first().map(|s| s.fix.time_ms))
-                    .or_else(|| self.ring.front().map(|f| f.time_ms)),
+                    .or_else(|| held.front().map(|f| f.time_ms)),
                 Err(e) => {
                     debug!(component = "buffer", error = %e, "oldest fix unreadable");
-                    self.ring.front().map(|f| f.time_ms)
+                    held.front().map(|f| f.time_ms)
                 }
             };
             let looked = LookedUp {
@@ -1018,17 +950,18 @@ impl Buffer {
             self.looked_up.set(Some(looked));
             looked
         });
+        let current = self.ledger.current();
         BufferStatus {
             condition: self.condition(),
             depth,
-            in_memory: self.ring.len() as u64,
+            in_memory: held.len() as u64,
             oldest_time_ms: looked.oldest_time_ms.filter(|_| depth > 0),
-            evicted: self.current.evicted,
-            dead_letters: self.current.dead_letters,
+            evicted: current.evicted,
+            dead_letters: current.dead_letters,
             bytes: looked.bytes,
-            lost: self.lost,
-            rescues: self.rescues,
-            last_error: self.last_error.clone(),
+            lost: self.faults.lost(),
+            rescues: self.faults.rescues(),
+            last_error: self.faults.last_error().cloned(),
         }
     }
 
@@ -1053,7 +986,7 @@ impl Buffer {
     /// exercise checkpoints and WAL restarts within a short run).
     #[doc(hidden)]
     pub fn set_checkpoint_frames(&mut self, frames: i32) {
-        self.checkpoint_frames = frames.max(1);
+        self.checkpoints.set_every(frames);
     }
 
     // ---- internals ----
@@ -1071,7 +1004,8 @@ impl Buffer {
 
     /// Deletes the acknowledged rows in the open transaction.
     fn apply_acks(&mut self) -> rusqlite::Result<()> {
-        if self.acked.is_empty() {
+        let acked = self.deliveries.acked();
+        if acked.is_empty() {
             return Ok(());
         }
         let mut gone = 0u64;
@@ -1079,26 +1013,31 @@ impl Buffer {
             let mut stmt = self
                 .conn
                 .prepare_cached("DELETE FROM fixes WHERE seq = ?1")?;
-            for &seq in &self.acked {
+            for &seq in acked {
                 gone += stmt.execute([seq.min(i64::MAX as u64) as i64])? as u64;
             }
         }
-        self.current.depth = self.current.depth.saturating_sub(gone);
-        let newest = self.current.last_seq;
-        let deleted_newest = self.acked.contains(&newest);
+        self.ledger.gone(gone);
+        let deleted_newest = self.deliveries.is_acked(self.ledger.current().last_seq);
+        let applied = self.deliveries.acked().len();
         if let Some(tx) = self.tx.as_mut() {
-            tx.acks_applied = self.acked.len();
+            tx.acks_applied = applied;
             tx.deleted_newest |= deleted_newest;
         }
         Ok(())
     }
 
-    /// Writes the acknowledged deletes now, in a transaction of their own.
-    fn flush_acks(&mut self, now: Instant) {
-        if self.acked.is_empty() || self.disk != Disk::Writable {
+    /// Writes the acknowledged deletes now, in a transaction of their own. The history's
+    /// pending rows go with them only when a sync follows (`history`): otherwise they wait for
+    /// the sync's commit (the journal holds them meanwhile), rather than this commit writing
+    /// the history's last page once more.
+    fn flush_acks(&mut self, now: Instant, history: bool) {
+        if self.deliveries.acked().is_empty() || !self.faults.writable() {
             return;
         }
-        let result = self.begin(now).and_then(|()| self.commit_open(now));
+        let result = self
+            .begin(now)
+            .and_then(|()| self.commit_open_with(now, history));
         match result {
             Ok(()) => self.look(now),
             Err(e) => {
@@ -1117,122 +1056,77 @@ impl Buffer {
     /// after it rolls the counts back with the transaction ([`Buffer::rollback_to_ring`]).
     fn next_seq(&mut self) -> rusqlite::Result<u64> {
         self.make_room()?;
-        self.current.last_seq += 1;
-        self.current.depth += 1;
-        Ok(self.current.last_seq)
+        Ok(self.ledger.next_seq())
     }
 
-    /// Capacity policy, before a fix is stored: the N+1th fix evicts. Fixes in flight may be
-    /// evicted too (counted); a later ack or release of their seq is then a no-op.
+    /// Capacity policy, before a fix is stored (see `capacity.rs`).
     fn make_room(&mut self) -> rusqlite::Result<()> {
-        let over_count = self.current.depth >= self.max_fixes;
-        if !over_count && !self.over_bytes {
+        if !self.capacity.full(self.ledger.current().depth) {
             return Ok(());
         }
         // Eviction picks the oldest rows: every fix counted in the depth has its row first.
         self.write_appended()?;
-        let depth = self.current.depth;
-        let evicted = match (self.eviction, over_count) {
-            (EvictionPolicy::Thin, _) if depth / 2 >= 2 => self.thin_oldest_half()?,
-            (_, true) => self.drop_oldest(depth + 1 - self.max_fixes)?,
-            (_, false) => {
-                let used = self.used_bytes()?;
-                let per_fix = (used / depth.max(1)).max(1);
-                let excess = used.saturating_sub(self.max_bytes);
-                // A 1% margin, so the next appends do not each evict again.
-                self.drop_oldest(excess.div_ceil(per_fix) + (depth / 100).max(1))?
-            }
-        };
-        self.over_bytes = false;
+        let evicted = self.capacity.make_room(
+            &self.conn,
+            self.ledger.current().depth,
+            self.history.bytes(),
+        )?;
         if evicted > 0 {
-            self.current.depth = self.current.depth.saturating_sub(evicted);
-            self.current.evicted += evicted;
-            if self.current.depth == 0 {
+            self.ledger.evicted(evicted);
+            let depth = self.ledger.current().depth;
+            if depth == 0 {
                 if let Some(tx) = self.tx.as_mut() {
                     tx.deleted_newest = true;
                 }
             }
-            warn!(code = "BUFFER_EVICTED", evicted, policy = ?self.eviction, depth = self.current.depth,
+            warn!(code = "BUFFER_EVICTED", evicted, policy = ?self.capacity.policy(), depth,
                 "buffer full, fixes evicted by policy");
         }
         Ok(())
     }
 
-    fn drop_oldest(&mut self, n: u64) -> rusqlite::Result<u64> {
-        let n = n.min(i64::MAX as u64) as i64;
-        let gone = self.conn.execute(
-            "DELETE FROM fixes WHERE seq IN (SELECT seq FROM fixes ORDER BY seq LIMIT ?1)",
-            [n],
-        )?;
-        Ok(gone as u64)
-    }
-
-    /// Drops every second fix (2nd, 4th, ...) of the oldest half: the old track keeps its
-    /// shape at half the density.
-    fn thin_oldest_half(&mut self) -> rusqlite::Result<u64> {
-        let half = (self.current.depth / 2).min(i64::MAX as u64) as i64;
-        let gone = self.conn.execute(
-            "DELETE FROM fixes WHERE seq IN (
-                 SELECT seq FROM (
-                     SELECT seq, row_number() OVER (ORDER BY seq) AS n
-                     FROM (SELECT seq FROM fixes ORDER BY seq LIMIT ?1)
-                 ) WHERE n % 2 = 0
-             )",
-            [half],
-        )?;
-        Ok(gone as u64)
-    }
-
-    fn used_bytes(&self) -> rusqlite::Result<u64> {
-        // At every sync: kept prepared.
-        let (pages, free, size): (i64, i64, i64) = self
-            .conn
-            .prepare_cached(
-                "SELECT (SELECT page_count FROM pragma_page_count),
-                    (SELECT freelist_count FROM pragma_freelist_count),
-                    (SELECT page_size FROM pragma_page_size)",
-            )?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok((pages - free).max(0) as u64 * size.max(0) as u64)
-    }
-
-    /// Commits the open transaction: from here it survives the process.
+    /// Commits the open transaction, the history's pending rows with it: from here it
+    /// survives the process.
     fn commit_open(&mut self, now: Instant) -> rusqlite::Result<()> {
+        self.commit_open_with(now, true)
+    }
+
+    /// [`Buffer::commit_open`], the history's pending rows written or left for a later commit
+    /// (`history`: false; they stay in the journal, which is not emptied before they are in
+    /// the file).
+    fn commit_open_with(&mut self, now: Instant, history: bool) -> rusqlite::Result<()> {
         self.write_appended()?;
         let Some(tx) = self.tx.as_ref() else {
             return Ok(());
         };
-        if tx.deleted_newest || self.current.evicted != self.persisted_evicted {
+        if history || self.journal.degraded() {
+            let now_ms = self.faults.utc_ms();
+            self.history.write(&self.conn, now_ms)?;
+        }
+        if tx.deleted_newest || self.ledger.evicted_unwritten() {
+            let current = self.ledger.current();
             let mut stmt = self
                 .conn
                 .prepare_cached("UPDATE meta SET value = ?2 WHERE key = ?1")?;
-            stmt.execute(rusqlite::params!["last_seq", self.current.last_seq as i64])?;
-            stmt.execute(rusqlite::params!["evicted", self.current.evicted as i64])?;
+            stmt.execute(rusqlite::params!["last_seq", current.last_seq as i64])?;
+            stmt.execute(rusqlite::params!["evicted", current.evicted as i64])?;
         }
         self.conn.prepare_cached("COMMIT")?.execute([])?;
         self.io.commits += 1;
         let mut tx = self.tx.take().unwrap_or_default();
-        self.unsynced.append(&mut tx.appended);
-        for seq in self.acked.drain(..tx.acks_applied.min(self.acked.len())) {
-            self.in_flight.remove(&seq);
-        }
-        if self.acked.is_empty() {
-            self.ack_since = None;
-        }
-        self.committed = self.current;
-        self.persisted_evicted = self.current.evicted;
-        self.dirty_since.get_or_insert(now);
+        self.schedule.committed(&mut tx.appended);
+        self.deliveries.applied(tx.acks_applied);
+        self.ledger.commit();
+        self.history.committed();
+        self.schedule.dirtied(now);
         Ok(())
     }
 
     fn sync_due(&self, now: Instant) -> bool {
-        let Some(since) = self.dirty_since else {
-            return false;
-        };
         let open = self.tx.as_ref().map_or(0, |tx| tx.appended.len());
-        now.saturating_duration_since(since) >= self.sync_interval
-            || self.unsynced.len() + open >= self.sync_max
-            || self.power_fail_until.is_some_and(|until| now < until)
+        // The history's records need room in the journal too (it holds twice `commit_max`).
+        let history = self.history.journaled_since_sync();
+        self.schedule.due(now, open) || (self.schedule.is_dirty() && history >= self.schedule.max())
     }
 
     /// Syncs the WAL (and checkpoints when it is long). Returns the synced seq, or `None`
@@ -1243,10 +1137,10 @@ impl Buffer {
             return None;
         }
         let verdict = self.watch.check_all(&self.path);
-        if verdict != Verdict::Fine && self.restore_retry.is_none_or(|at| now >= at) {
+        if verdict != Verdict::Fine && self.faults.restore_due(now) {
             // The rescue leaves a new, synced file behind, or the old one to retry.
             self.on_verdict(verdict, now);
-            if self.disk != Disk::Writable {
+            if !self.faults.writable() {
                 return None;
             }
         }
@@ -1255,20 +1149,17 @@ impl Buffer {
             return None;
         }
         self.io.syncs += 1;
-        self.dirty_since = None;
-        self.synced_seq = self.committed.last_seq;
-        self.unsynced.clear();
-        self.clear_journal();
-        // The files' sizes bound the pages in use: SQLite is asked only near the limit.
-        self.over_bytes = self.watch.bytes_seen() > self.max_bytes
-            && self
-                .used_bytes()
-                .map(|u| u > self.max_bytes)
-                .unwrap_or(false);
-        if self.wal_frames.load(Ordering::Relaxed) >= self.checkpoint_frames {
+        self.schedule.synced(self.ledger.committed().last_seq);
+        self.clear_journal(now);
+        let conn = &self.conn;
+        self.capacity
+            .after_sync(self.watch.bytes_seen(), self.history.bytes(), || {
+                used_bytes(conn)
+            });
+        if self.checkpoints.due() {
             self.checkpoint(now);
         }
-        Some(self.synced_seq)
+        Some(self.schedule.synced_seq())
     }
 
     /// Copies the WAL into the main file (SQLite syncs both); a reader of the CLI may hold
@@ -1284,8 +1175,7 @@ impl Buffer {
                 if done > 0 {
                     self.io.checkpoints += 1;
                 }
-                let left = (log - done).clamp(0, i64::from(i32::MAX)) as i32;
-                self.wal_frames.store(left, Ordering::Relaxed);
+                self.checkpoints.done(log, done);
                 debug!(
                     component = "buffer",
                     frames = log,
@@ -1311,10 +1201,7 @@ impl Buffer {
     /// After an append: is the open file still linked and whole? One `fstat`, no path
     /// lookup (the path itself is looked at each sync and once a second).
     fn look_open(&mut self, now: Instant) {
-        if self.rescuing
-            || self.quarantine_due.is_some()
-            || self.restore_retry.is_some_and(|at| now < at)
-        {
+        if self.faults.looks_paused(now) {
             return;
         }
         let verdict = self.watch.check_open();
@@ -1325,10 +1212,7 @@ impl Buffer {
 
     /// After a commit: is the path still our file? One `stat`.
     fn look(&mut self, now: Instant) {
-        if self.rescuing
-            || self.quarantine_due.is_some()
-            || self.restore_retry.is_some_and(|at| now < at)
-        {
+        if self.faults.looks_paused(now) {
             return;
         }
         let verdict = self.watch.check_db(&self.path);
@@ -1356,22 +1240,20 @@ impl Buffer {
     /// Writes the ring to disk if the retry is due (or `force`d), in one transaction, and
     /// syncs. Returns the synced seq when that worked.
     fn retry_disk(&mut self, now: Instant, force: bool) -> Option<u64> {
-        if let Disk::Failing { next_retry } = self.disk {
-            if !force && now < next_retry {
-                return None;
-            }
+        if !force && !self.faults.retry_due(now) {
+            return None;
         }
-        if let Some(reason) = self.quarantine_due.take() {
+        if let Some(reason) = self.faults.take_quarantine_due() {
             self.quarantine(reason, now);
-            if self.quarantine_due.is_some() {
+            if self.faults.quarantine_pending() {
                 return None;
             }
         }
-        let mut seqs = Vec::with_capacity(self.ring.len());
+        let mut seqs = Vec::with_capacity(self.faults.held().len());
         let result = (|| {
             self.begin(now)?;
-            for i in 0..self.ring.len() {
-                let Some(fix) = self.ring.get(i).copied() else {
+            for i in 0..self.faults.held().len() {
+                let Some(fix) = self.faults.held().get(i).copied() else {
                     break;
                 };
                 seqs.push(self.insert(&fix)?);
@@ -1380,20 +1262,19 @@ impl Buffer {
         })();
         match result {
             Ok(()) => {
-                let flushed = self.ring.len();
-                if self.unsynced.len() + flushed <= self.sync_max {
-                    self.unsynced.extend(
-                        seqs.iter()
-                            .zip(self.ring.iter())
-                            .map(|(&seq, &fix)| StoredFix { seq, fix }),
-                    );
-                }
-                self.ring.clear();
-                self.disk = Disk::Writable;
-                info!(path = %self.path.display(), flushed, committed_seq = self.committed.last_seq,
+                let flushed = self.faults.held().len();
+                self.schedule.committed_in_bulk(
+                    seqs.iter()
+                        .zip(self.faults.held().iter())
+                        .map(|(&seq, &fix)| StoredFix { seq, fix }),
+                );
+                self.faults.clear_held();
+                self.faults.disk_back();
+                info!(path = %self.path.display(), flushed,
+                    committed_seq = self.ledger.committed().last_seq,
                     "buffer disk writable again, memory ring flushed");
                 self.look(now);
-                if self.disk == Disk::Writable {
+                if self.faults.writable() {
                     self.sync_or_hold(now)
                 } else {
                     None
@@ -1415,7 +1296,7 @@ impl Buffer {
             self.quarantine(err.to_string(), now);
             return err;
         }
-        self.disk_failing(&err, now);
+        self.faults.disk_failing(&err, &self.path, now);
         err
     }
 
@@ -1427,25 +1308,7 @@ impl Buffer {
             path: self.path.clone(),
             source,
         };
-        self.disk_failing(&err, now);
-    }
-
-    fn disk_failing(&mut self, err: &BufferError, now: Instant) {
-        self.disk = Disk::Failing {
-            next_retry: now + self.disk_retry,
-        };
-        warn!(code = err.code(), path = %self.path.display(), held = self.ring.len(), error = %err,
-            "buffer write failed; fixes held in memory until the disk works again");
-        self.set_error(err.code(), err.class(), err.to_string());
-    }
-
-    fn set_error(&mut self, code: &'static str, class: ErrorClass, message: String) {
-        self.last_error = Some(LastError::from_parts(
-            code,
-            class,
-            &message,
-            self.clock.wall_ms(),
-        ));
+        self.faults.disk_failing(&err, &self.path, now);
     }
 
     fn rollback_to_ring(&mut self) {
@@ -1458,12 +1321,14 @@ impl Buffer {
                 self.hold_in_ring(fix);
             }
         }
-        self.current = self.committed;
+        self.ledger.rollback();
+        self.history.rolled_back();
     }
 
     /// Counts a fix in the open transaction and keeps it there twice: for the ring if the
-    /// transaction fails, for `unsynced` once it commits. Its row is written at the commit,
-    /// or sooner when a statement needs it ([`Buffer::write_appended`]). Returns its seq.
+    /// transaction fails, for the unsynced fixes once it commits. Its row is written at the
+    /// commit, or sooner when a statement needs it ([`Buffer::write_appended`]). Returns its
+    /// seq.
     fn insert_appended(&mut self, fix: &Fix) -> rusqlite::Result<u64> {
         let Some(tx) = self.tx.as_mut() else {
             return self.insert(fix);
@@ -1502,103 +1367,145 @@ impl Buffer {
     /// handled as every failed write is ([`Buffer::fail`]) and returned.
     fn commit_pending(&mut self, now: Instant) -> Result<(), BufferError> {
         if self.tx.is_none() {
-            return Ok(());
+            // Rows of the history a commit of acknowledgements left pending get a transaction
+            // of their own (while the disk takes writes; else the ring's retry writes them).
+            let writable = self.faults.writable() && self.faults.held().is_empty();
+            if self.history.pending() == 0 || !writable {
+                return Ok(());
+            }
+            self.begin(now).map_err(|e| self.fail(e, "commit", now))?;
         }
         self.commit_open(now)
             .map_err(|e| self.fail(e, "commit", now))
     }
 
-    /// Writes the appended fix to the crash journal. `false` when there is none, or it failed
-    /// (then the fix's transaction must commit now, and each fix after it until a sync
-    /// empties the journal).
-    fn journal_append(&mut self, seq: u64, fix: &Fix) -> bool {
-        if self.journal_failed {
-            return false;
+    /// After a sync: everything the journal held is durable in the file (unless fixes wait in
+    /// the ring, which the journal may still be the only copy of on disk).
+    fn clear_journal(&mut self, now: Instant) {
+        if self.tx.is_some() || !self.faults.held().is_empty() || self.history.pending() > 0 {
+            return;
         }
-        let Some(journal) = self.journal.as_mut() else {
-            return false;
-        };
-        match journal.append(seq, fix) {
-            Ok(()) => {
-                self.journaled_seq = seq;
-                true
+        let cleared = self.journal.clear(now);
+        if cleared.is_ok() {
+            self.history.synced();
+        }
+        match cleared {
+            Ok(None) => {}
+            Ok(Some(what)) => {
+                warn!(
+                    component = "buffer",
+                    what, "crash journal changed from outside; made whole again"
+                );
             }
             Err(e) => {
-                warn!(component = "buffer", path = %journal.path().display(), error = %e,
-                    "crash journal write failed; committing each fix until the next sync");
-                self.journal_failed = true;
-                false
+                // It would only grow: each fix is committed on its own until a retry opens
+                // it again.
+                warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                    "crash journal cannot be emptied or made whole; committing each fix on its own until it can");
+                self.faults.set_error(e.code(), e.class(), e.to_string());
             }
         }
     }
 
-    /// After a sync: everything the journal held is durable in the file (unless fixes wait in
-    /// the ring, which the journal may still be the only copy of on disk).
-    fn clear_journal(&mut self) {
-        if self.tx.is_some() || !self.ring.is_empty() {
-            return;
+    /// The history's table in the file the buffer holds now (at open, and after a rescue
+    /// switched files). A history that cannot be made or read is off for this run: the
+    /// buffer's own work goes on.
+    pub(super) fn attach_history(&mut self) {
+        if let Err(e) = self.history.attach(&self.conn) {
+            let err = classify(&self.path, "open history", e);
+            warn!(component = "buffer", code = err.code(), error = %err,
+                "local history unavailable this run; accepted fixes are not kept for backfill");
+            self.history.turn_off();
         }
-        let Some(journal) = self.journal.as_mut() else {
-            return;
-        };
-        match journal.clear().and_then(|()| journal.mend()) {
-            Ok(mended) => {
-                self.journal_failed = false;
-                if let Some(what) = mended {
-                    warn!(component = "buffer", path = %journal.path().display(), what,
-                        "crash journal changed from outside; made whole again");
-                }
-            }
-            Err(e) => {
-                // It would only grow: commit each fix on its own from here.
-                warn!(component = "buffer", path = %journal.path().display(), error = %e,
-                    "crash journal cannot be emptied or made whole; committing each fix on its own");
-                self.journal = None;
-            }
+    }
+
+    /// Writes the journal's staged history records; a failure is handled as a failed append
+    /// is: what the journal does not hold is committed now.
+    fn flush_journal(&mut self, now: Instant) {
+        if let Err(e) = self.journal.flush() {
+            warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                "crash journal write failed; committing each fix until the next sync");
+            self.faults.set_error(e.code(), e.class(), e.to_string());
+            let _ = self.commit_pending(now);
         }
     }
 
     /// A new stream began (a damaged file was replaced): the journal's next records are its.
     pub(super) fn journal_new_stream(&mut self) {
-        self.journaled_seq = 0;
-        if let Some(journal) = self.journal.as_mut() {
-            journal.set_stream(&self.stream);
-        }
+        self.journal.new_stream(&self.stream);
     }
 
-    /// At open: the fixes a crash left in the journal and not in the file go in, then a
-    /// sync empties it. Records of this stream the file already has are skipped; records of
-    /// another stream (the file was replaced since) or after a gap are stored as new fixes,
-    /// with the next seqs, rather than lost.
+    /// At open (and when a journal that could not be used is tried again): the fixes a crash
+    /// left in the journal and not in the file go in, then a sync empties it. Records of this
+    /// stream the file already has are skipped; records of another stream (the file was
+    /// replaced since) or after a gap are stored as new fixes, with the next seqs, rather than
+    /// lost. A record is checked as the validator checks a live fix
+    /// ([`crate::validate::ranges::stored`]): one that fails takes its seq into
+    /// `dead_letters` (`BUFFER_CORRUPT_RECORD`, counted) and the others flow.
     fn replay_journal(&mut self, now: Instant) {
-        // Room for a sync interval's fixes, and some over for the appends of a failing sync.
-        let room = self.sync_max.saturating_add(64);
-        let (journal, found) = match Journal::open(&self.path, &self.stream, room) {
-            Ok(opened) => opened,
+        // Room for a sync interval's fixes and as many history records, and some over for the
+        // appends of a failing sync.
+        let room = self.schedule.max().saturating_mul(2).saturating_add(64);
+        let retry = self.journal.tag().is_none() && self.journal.next_retry().is_some();
+        let found = match self.journal.open(&self.path, &self.stream, room, now) {
+            Ok(found) => found,
             Err(e) => {
-                warn!(component = "buffer", path = %journal::path_of(&self.path).display(),
-                    error = %e, "crash journal unusable; committing each fix on its own");
+                warn!(component = "buffer", code = e.code(), class = e.class().as_str(), error = %e,
+                    "crash journal unusable; committing each fix on its own until it can be used");
+                self.faults.set_error(e.code(), e.class(), e.to_string());
                 return;
             }
         };
-        let tag = journal.tag();
-        let empty = journal.is_empty();
-        self.journal = Some(journal);
-        let last = self.committed.last_seq;
+        let Some(tag) = self.journal.tag() else {
+            return;
+        };
+        let skipped = self.journal.skipped();
+        if skipped > 0 && !found.is_empty() {
+            warn!(component = "buffer", skipped,
+                "crash journal records that do not check out read past (zeroed by a truncation from outside, or torn by a power cut)");
+        }
+        let empty = self.journal.is_empty();
+        let last = self.ledger.committed().last_seq;
+        let now_ms = self.faults.wall_ms();
         let (mut replayed, mut renumbered) = (0u64, 0u64);
-        let mut pending = found
-            .iter()
+        let mut refused: Vec<(u64, &'static str)> = Vec::new();
+        // Seq 0: a record of the history alone (see `Journal::stage`).
+        let (history, queued): (Vec<&journal::Record>, Vec<&journal::Record>) =
+            found.iter().partition(|(_, seq, _)| *seq == 0);
+        let mut history_refused = 0u64;
+        for (_, _, fix) in history {
+            match crate::validate::ranges::stored(fix) {
+                Ok(fix) => self.history.replayed(fix),
+                Err(_) => history_refused += 1,
+            }
+        }
+        let mut pending = queued
+            .into_iter()
             .filter(|(t, seq, _)| *t != tag || *seq > last)
             .peekable();
-        if pending.peek().is_some() {
+        if pending.peek().is_some() || self.history.pending() > 0 {
             let result = (|| -> rusqlite::Result<()> {
                 self.begin(now)?;
                 for (t, seq, fix) in pending {
-                    if *t != tag || *seq != self.current.last_seq + 1 {
+                    if *t != tag || *seq != self.ledger.current().last_seq + 1 {
                         renumbered += 1;
                     }
-                    self.insert_appended(fix)?;
-                    replayed += 1;
+                    match crate::validate::ranges::stored(fix) {
+                        Ok(fix) => {
+                            self.insert_appended(&fix)?;
+                            replayed += 1;
+                        }
+                        Err(why) => {
+                            let given = self.ledger.next_seq_dead_lettered();
+                            if let Some(tx) = self.tx.as_mut() {
+                                tx.deleted_newest = true;
+                            }
+                            file_ops::set_aside_journal_record(
+                                &self.conn, given, *seq, fix, why, now_ms,
+                            )?;
+                            refused.push((given, why));
+                        }
+                    }
                 }
                 self.commit_open(now)
             })();
@@ -1610,42 +1517,53 @@ impl Buffer {
                 component = "buffer",
                 replayed,
                 renumbered,
-                last_seq = self.committed.last_seq,
+                refused = refused.len(),
+                history_refused,
+                last_seq = self.ledger.committed().last_seq,
                 "fixes the crash journal held stored in the buffer"
             );
         }
-        if (replayed > 0 || !empty) && self.disk == Disk::Writable {
+        if history_refused > 0 {
+            warn!(
+                component = "buffer",
+                code = "BUFFER_CORRUPT_RECORD",
+                count = history_refused,
+                "crash journal records of the history that are not valid fixes dropped"
+            );
+        }
+        if let Some(&(_, why)) = refused.first() {
+            let seqs: Vec<u64> = refused.iter().map(|r| r.0).collect();
+            self.faults.rescues_mut().corrupt_records += refused.len() as u64;
+            warn!(component = "buffer", code = "BUFFER_CORRUPT_RECORD", count = refused.len(),
+                seqs = ?seqs, reason = why,
+                "crash journal records that are not valid fixes set aside as dead letters; the others flow");
+            self.faults.set_error(
+                "BUFFER_CORRUPT_RECORD",
+                ErrorClass::Permanent,
+                format!(
+                    "{} crash journal records set aside as dead letters (seqs {seqs:?}): {why}",
+                    refused.len()
+                ),
+            );
+        }
+        if (replayed > 0 || !refused.is_empty() || !empty) && self.faults.writable() {
+            // Empties the journal: the write that proves it usable again after a failure.
             self.sync_or_hold(now);
+        }
+        if retry && !self.journal.degraded() {
+            info!(component = "buffer", "crash journal in use again");
         }
     }
 
     fn hold_in_ring(&mut self, fix: Fix) {
-        if self.ring.len() >= self.memory_ring {
-            self.ring.pop_front();
-            // Not transactional: it happened, whatever the disk does next.
-            self.current.evicted += 1;
-            self.committed.evicted += 1;
+        if self.faults.hold(fix) {
+            self.ledger.dropped_from_ring();
             warn!(
                 code = "BUFFER_EVICTED",
                 evicted = 1,
-                held = self.ring.len(),
+                held = self.faults.held().len(),
                 "memory ring full while the disk fails, oldest held fix dropped"
             );
-        }
-        self.ring.push_back(fix);
-    }
-
-    fn expire_stale(&mut self, now: Instant) {
-        if self.stale.is_empty() {
-            self.stale_since = None;
-        } else if self
-            .stale_since
-            .is_some_and(|t| now.saturating_duration_since(t) >= STALE_WAIT)
-        {
-            warn!(component = "buffer", seqs = self.stale.len(),
-                "an old stream's fixes were never resolved by the uplink; handing out the new stream");
-            self.stale.clear();
-            self.stale_since = None;
         }
     }
 
@@ -1658,9 +1576,8 @@ impl Buffer {
     ) -> rusqlite::Result<u64> {
         self.begin(now)?;
         let moved = mv(&self.conn)?;
-        self.current.depth = self.current.depth.saturating_sub(moved);
-        self.current.dead_letters += moved;
-        self.commit_open(now)?;
+        self.ledger.set_aside(moved);
+        self.commit_open_with(now, false)?;
         Ok(moved)
     }
 
@@ -1678,7 +1595,7 @@ impl Buffer {
         });
         match result {
             Ok(moved) => {
-                self.rescues.corrupt_records += moved;
+                self.faults.rescues_mut().corrupt_records += moved;
                 let seqs: Vec<u64> = rows.iter().map(|r| r.0).collect();
                 let message = format!(
                     "{moved} unreadable fix rows set aside as dead letters (seqs {seqs:?}): {}",
@@ -1686,7 +1603,8 @@ impl Buffer {
                 );
                 warn!(component = "buffer", code = "BUFFER_CORRUPT_RECORD", count = moved, seqs = ?seqs,
                     "unreadable buffer rows set aside as dead letters; the queue flows on");
-                self.set_error("BUFFER_CORRUPT_RECORD", ErrorClass::Permanent, message);
+                self.faults
+                    .set_error("BUFFER_CORRUPT_RECORD", ErrorClass::Permanent, message);
                 self.look(now);
             }
             Err(e) => {
@@ -1700,10 +1618,12 @@ impl Drop for Buffer {
     /// A clean stop writes pending acknowledgements and syncs (the daemon calls
     /// [`Buffer::commit`] first and logs its result; this is the safety net).
     fn drop(&mut self) {
-        if self.disk == Disk::Writable && (!self.acked.is_empty() || self.dirty_since.is_some()) {
+        if self.faults.writable()
+            && (!self.deliveries.acked().is_empty() || self.schedule.is_dirty())
+        {
             let now = self.last_now;
-            self.flush_acks(now);
-            if self.disk == Disk::Writable {
+            self.flush_acks(now, true);
+            if self.faults.writable() {
                 let _ = self.sync_or_hold(now);
             }
         }

@@ -23,7 +23,7 @@
 //! the new file's by then.
 
 use super::schema::{self, Unusable};
-use super::{adopt, files, row_to_fix, Buffer, BufferError, Disk, Opened, StoredFix, FIX_COLUMNS};
+use super::{adopt, files, row_to_fix, Buffer, BufferError, Opened, StoredFix, FIX_COLUMNS};
 use crate::error::{Classified, ErrorClass};
 use crate::status::Status;
 use rusqlite::config::DbConfig;
@@ -64,20 +64,20 @@ impl Buffer {
     /// The path no longer names the open file (`which`: "db", "wal" or "shm"): write the open
     /// database back to the path and continue there.
     pub(super) fn restore(&mut self, which: &'static str, now: Instant) {
-        if self.rescuing {
+        if self.faults.rescuing() {
             return;
         }
         let depth = self.depth();
-        if self.restore_retry.is_none() {
+        if !self.faults.restore_pending() {
             error!(component = "buffer", code = "BUFFER_FILE_GONE", class = "critical",
                 path = %self.path.display(), file = which, depth,
                 "the buffer file was deleted or replaced under the running agent; writing it back");
         }
         match self.write_back() {
             Ok(displaced) => {
-                self.restore_retry = None;
-                self.rescues.restored += 1;
-                self.alarm = self.alarm.max(Status::Degraded);
+                self.faults.restored();
+                self.faults.rescues_mut().restored += 1;
+                self.faults.raise_alarm(Status::Degraded);
                 let moved = displaced
                     .map(|p| format!("; what was at the path was moved to {}", p.display()))
                     .unwrap_or_default();
@@ -88,17 +88,19 @@ impl Buffer {
                 );
                 warn!(component = "buffer", code = "BUFFER_FILE_GONE", path = %self.path.display(),
                     depth, stream = %self.stream, "buffer file written back to its path; nothing lost");
-                self.set_error("BUFFER_FILE_GONE", ErrorClass::Critical, message);
+                self.faults
+                    .set_error("BUFFER_FILE_GONE", ErrorClass::Critical, message);
             }
             Err(e) => {
-                self.restore_retry = Some(now + self.disk_retry);
+                self.faults.restore_failed(now);
                 let message = format!(
                     "the buffer's {which} file was deleted or replaced while the agent ran and \
                      cannot be written back ({e}); {depth} fixes are safe only until the agent stops"
                 );
                 error!(component = "buffer", code = "BUFFER_FILE_GONE", cause = e.code(), error = %e,
                     depth, "buffer file cannot be written back to its path; retrying");
-                self.set_error("BUFFER_FILE_GONE", ErrorClass::Critical, message);
+                self.faults
+                    .set_error("BUFFER_FILE_GONE", ErrorClass::Critical, message);
             }
         }
     }
@@ -144,12 +146,11 @@ impl Buffer {
         let old = std::mem::replace(&mut self.conn, opened.conn);
         close_quietly(old);
         self.watch = opened.watch;
-        self.wal_frames = opened.wal_frames;
+        self.checkpoints.follow(opened.wal_frames);
         self.data_version = opened.data_version;
         // The copy holds exactly what was committed and is synced: the counters stand.
-        self.synced_seq = self.committed.last_seq;
-        self.unsynced.clear();
-        self.dirty_since = None;
+        self.schedule.synced(self.ledger.committed().last_seq);
+        self.attach_history();
         Ok(displaced)
     }
 
@@ -157,7 +158,7 @@ impl Buffer {
     /// stream and write into it what can still be read.
     pub(super) fn quarantine(&mut self, reason: String, now: Instant) {
         self.rollback_to_ring();
-        if self.rescuing {
+        if !self.faults.begin_rescue() {
             // The new file failed too: hold everything in memory and try again later.
             let e = BufferError::Corrupt {
                 path: self.path.clone(),
@@ -165,9 +166,8 @@ impl Buffer {
             };
             return self.quarantine_failed(reason, &e, now);
         }
-        self.rescuing = true;
         self.quarantine_inner(reason, now);
-        self.rescuing = false;
+        self.faults.end_rescue();
     }
 
     fn quarantine_inner(&mut self, reason: String, now: Instant) {
@@ -193,41 +193,32 @@ impl Buffer {
         let old = std::mem::replace(&mut self.conn, opened.conn);
         let old_stream = std::mem::replace(&mut self.stream, opened.stream);
         self.journal_new_stream();
-        let old_synced = self.synced_seq;
-        let unsynced = std::mem::take(&mut self.unsynced);
-        let acked: BTreeSet<u64> = self.acked.drain(..).collect();
+        let old_synced = self.schedule.synced_seq();
+        let unsynced = self.schedule.take_unsynced();
         // Fixes the uplink still has in flight: their acks must not hit the new stream.
-        self.stale = std::mem::take(&mut self.in_flight)
-            .difference(&acked)
-            .copied()
-            .collect();
-        self.stale_since = (!self.stale.is_empty()).then_some(now);
-        self.ack_since = None;
+        let acked: BTreeSet<u64> = self.deliveries.new_stream(now);
         let counters = opened.counters;
-        self.committed = counters;
-        self.current = counters;
-        self.persisted_evicted = counters.evicted;
-        self.synced_seq = counters.last_seq;
+        self.ledger.reset(counters);
+        self.schedule.synced(counters.last_seq);
         self.watch = opened.watch;
-        self.wal_frames = opened.wal_frames;
+        self.checkpoints.follow(opened.wal_frames);
         self.data_version = opened.data_version;
-        self.dirty_since = None;
-        self.over_bytes = false;
-        self.restore_retry = None;
-        self.quarantine_due = None;
-        self.disk = Disk::Writable;
+        self.capacity.new_file();
+        self.faults.quarantined();
+        // The history stays in the file moved aside; the new one keeps what comes now.
+        self.attach_history();
 
-        let ring_before = self.ring.len() as u64;
+        let ring_before = self.faults.held().len() as u64;
         let salvaged = self.salvage(&old, old_synced, &acked, &unsynced, now);
         close_quietly(old);
         let unreadable = known.saturating_sub(ring_before + salvaged);
-        self.lost += unreadable;
-        self.rescues.quarantined += 1;
-        self.alarm = Status::Unhealthy;
+        self.faults.count_lost(unreadable);
+        self.faults.rescues_mut().quarantined += 1;
+        self.faults.raise_alarm(Status::Unhealthy);
         // The ring (fixes that never had a seq, and the salvage if the new file would not
         // take it) goes after them.
-        if self.disk == Disk::Writable {
-            if self.ring.is_empty() {
+        if self.faults.writable() {
+            if self.faults.held().is_empty() {
                 self.sync_or_hold(now);
             } else {
                 self.retry_disk(now, true);
@@ -242,24 +233,21 @@ impl Buffer {
             self.stream
         );
         error!(component = "buffer", code = "BUFFER_CORRUPT", moved_to = %moved.display(),
-            stream = %self.stream, salvaged, lost = unreadable, in_memory = self.ring.len(),
+            stream = %self.stream, salvaged, lost = unreadable, in_memory = self.faults.held().len(),
             "damaged buffer file moved aside; a new stream holds what could be read");
-        self.set_error("BUFFER_CORRUPT", ErrorClass::Critical, message);
+        self.faults
+            .set_error("BUFFER_CORRUPT", ErrorClass::Critical, message);
     }
 
     fn quarantine_failed(&mut self, reason: String, e: &BufferError, now: Instant) {
         error!(component = "buffer", code = "BUFFER_CORRUPT", cause = e.code(), error = %e,
             "the damaged buffer file cannot be moved aside or replaced; fixes are held in memory");
-        self.alarm = Status::Unhealthy;
-        self.disk = Disk::Failing {
-            next_retry: now + self.disk_retry,
-        };
-        self.set_error(
+        self.faults.set_error(
             "BUFFER_CORRUPT",
             ErrorClass::Critical,
             format!("buffer file damaged while running ({reason}) and cannot be replaced: {e}"),
         );
-        self.quarantine_due = Some(reason);
+        self.faults.quarantine_failed(reason, now);
     }
 
     /// Writes what the old connection can still read (synced rows, oldest first, skipping

@@ -16,6 +16,9 @@
 //!   report stage marked, NULL otherwise.
 //! - `dead_letters(seq, code, reason, time_ms, payload)`: fixes the broker will never take;
 //!   `time_ms` is when they were set aside (host clock), `payload` the fix's JSON.
+//! - `history`: the local history (see `history.rs`), made at open when `[history]` is on
+//!   and dropped when it is off. It needs no version of its own: an older agent ignores a
+//!   table it does not know, so a file with it stays version 3.
 //!
 //! Version history: 1 had no `dead_letters` table and no `evicted` counter; 2 had no
 //! `fixes.event` column (a dead letter keeps its event in its JSON payload in every version).
@@ -41,19 +44,30 @@ pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The WAL is truncated back to this after a checkpoint, so it never holds on to space.
 const JOURNAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
 
-const CREATE_V3: &str = "
-    CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-    CREATE TABLE fixes (
-        seq INTEGER PRIMARY KEY,
-        time_ms INTEGER NOT NULL,
-        lat REAL NOT NULL,
+/// The definitions of [`value_columns`], as `fixes` and `history` declare them.
+macro_rules! value_column_defs {
+    () => {
+        "lat REAL NOT NULL,
         lon REAL NOT NULL,
         alt_mm INTEGER,
         speed_mmps INTEGER,
         course_mdeg INTEGER,
         hdop_c INTEGER,
         sats INTEGER,
-        mode INTEGER NOT NULL,
+        mode INTEGER NOT NULL"
+    };
+}
+pub(crate) use value_column_defs;
+
+const CREATE_V3: &str = concat!(
+    "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    CREATE TABLE fixes (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        ",
+    value_column_defs!(),
+    ",
         event INTEGER
     );
     CREATE TABLE dead_letters (
@@ -63,7 +77,8 @@ const CREATE_V3: &str = "
         time_ms INTEGER NOT NULL,
         payload TEXT NOT NULL
     );
-";
+"
+);
 
 /// Why a file found at startup cannot be used and is moved aside.
 #[derive(Debug)]
@@ -488,9 +503,18 @@ fn check_ours(conn: &Connection, path: &Path) -> Result<(), BufferError> {
     Ok(())
 }
 
+/// The columns of a fix's values after its key and time, as `fixes` and `history` store
+/// them, in the order [`values`] gives and [`fix_from_values`] reads.
+macro_rules! value_columns {
+    () => {
+        "lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode"
+    };
+}
+
+pub(crate) use value_columns;
+
 /// Column list of `fixes`, in the order [`row_to_fix`] reads (after `seq`).
-pub(crate) const FIX_COLUMNS: &str =
-    "time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode, event";
+pub(crate) const FIX_COLUMNS: &str = concat!("time_ms, ", value_columns!(), ", event");
 
 /// Scaled integer for an optional value: the payload rounds to these decimals anyway.
 fn scaled(v: Option<f64>, scale: f64) -> Option<i64> {
@@ -498,14 +522,23 @@ fn scaled(v: Option<f64>, scale: f64) -> Option<i64> {
         .map(|x| (x * scale).round() as i64)
 }
 
-pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT INTO fixes (seq, time_ms, lat, lon, alt_mm, speed_mmps, course_mdeg, hdop_c, sats, mode, event)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-    )?;
-    stmt.execute(rusqlite::params![
-        seq as i64,
-        fix.time_ms,
+/// A fix's values as stored: the position exact (REAL round-trips the sentence's digits),
+/// the optional values as scaled integers in the units the payload rounds to (mm, mm/s,
+/// milli-degrees, centi-HDOP; 1-3 bytes each instead of 8), the mode as its number.
+pub(crate) type Values = (
+    f64,
+    f64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<u8>,
+    u8,
+);
+
+/// [`Values`] of a fix, in [`VALUE_COLUMNS`]'s order.
+pub(crate) fn values(fix: &Fix) -> Values {
+    (
         fix.lat,
         fix.lon,
         scaled(fix.alt_m, 1000.0),
@@ -514,6 +547,51 @@ pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Re
         scaled(fix.hdop, 100.0),
         fix.sats,
         fix.mode.as_u8(),
+    )
+}
+
+/// Reads [`VALUE_COLUMNS`] from column `at` on into a fix of `time_ms` with `event`.
+pub(crate) fn fix_from_values(
+    r: &rusqlite::Row<'_>,
+    at: usize,
+    time_ms: i64,
+    event: Option<crate::fix::Event>,
+) -> rusqlite::Result<Fix> {
+    let unscale = |v: Option<i64>, scale: f64| v.map(|x| x as f64 / scale);
+    let mode: u8 = r.get(at + 7)?;
+    Ok(Fix {
+        time_ms,
+        lat: r.get(at)?,
+        lon: r.get(at + 1)?,
+        alt_m: unscale(r.get(at + 2)?, 1000.0),
+        speed_mps: unscale(r.get(at + 3)?, 1000.0),
+        course_deg: unscale(r.get(at + 4)?, 1000.0),
+        hdop: unscale(r.get(at + 5)?, 100.0),
+        sats: r.get(at + 6)?,
+        // Only 2 and 3 are ever written; anything else is the weaker claim.
+        mode: FixMode::from_u8(mode).unwrap_or(FixMode::TwoD),
+        event,
+    })
+}
+
+pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(concat!(
+        "INSERT INTO fixes (seq, time_ms, ",
+        value_columns!(),
+        ", event) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))?;
+    let v = values(fix);
+    stmt.execute(rusqlite::params![
+        seq as i64,
+        fix.time_ms,
+        v.0,
+        v.1,
+        v.2,
+        v.3,
+        v.4,
+        v.5,
+        v.6,
+        v.7,
         fix.event.map(crate::fix::Event::as_u8),
     ])?;
     Ok(())
@@ -522,22 +600,9 @@ pub(crate) fn insert_fix(conn: &Connection, seq: u64, fix: &Fix) -> rusqlite::Re
 /// Reads `seq, FIX_COLUMNS` from a row.
 pub(crate) fn row_to_fix(r: &rusqlite::Row<'_>) -> rusqlite::Result<(u64, Fix)> {
     let seq: i64 = r.get(0)?;
-    let unscale = |v: Option<i64>, scale: f64| v.map(|x| x as f64 / scale);
-    let mode: u8 = r.get(9)?;
     let event: Option<u8> = r.get(10)?;
-    let fix = Fix {
-        time_ms: r.get(1)?,
-        lat: r.get(2)?,
-        lon: r.get(3)?,
-        alt_m: unscale(r.get(4)?, 1000.0),
-        speed_mps: unscale(r.get(5)?, 1000.0),
-        course_deg: unscale(r.get(6)?, 1000.0),
-        hdop: unscale(r.get(7)?, 100.0),
-        sats: r.get(8)?,
-        // Only 2 and 3 are ever written; anything else is the weaker claim.
-        mode: FixMode::from_u8(mode).unwrap_or(FixMode::TwoD),
-        // Only 1 and 2 are ever written; anything else is read as no event.
-        event: event.and_then(crate::fix::Event::from_u8),
-    };
+    // Only 1 and 2 are ever written; anything else is read as no event.
+    let event = event.and_then(crate::fix::Event::from_u8);
+    let fix = fix_from_values(r, 2, r.get(1)?, event)?;
     Ok((seq.max(0) as u64, fix))
 }

@@ -29,6 +29,9 @@ pub struct Store {
     waiting: VecDeque<Fix>,
     /// Fixes dropped from `waiting` because it was full.
     dropped_waiting: u64,
+    /// Accepted fixes for the local history while the file could not be opened; bounded by
+    /// `memory_ring` too.
+    waiting_history: VecDeque<Fix>,
     next_open_at: Instant,
     /// The last failure to open the file, stamped when it happened.
     open_error: Option<LastError>,
@@ -64,6 +67,7 @@ impl Store {
             buffer: None,
             waiting: VecDeque::new(),
             dropped_waiting: 0,
+            waiting_history: VecDeque::new(),
             next_open_at: now,
             open_error: None,
             board,
@@ -114,6 +118,9 @@ impl Store {
         let Some(buffer) = self.buffer.as_mut() else {
             return;
         };
+        while let Some(fix) = self.waiting_history.pop_front() {
+            buffer.remember(&fix, now);
+        }
         while let Some(fix) = self.waiting.pop_front() {
             if let Err(e) = buffer.append(&fix, now) {
                 // The buffer keeps such fixes in its own ring; only log.
@@ -136,6 +143,21 @@ impl Store {
                 self.waiting.push_back(*fix);
                 Ok(None)
             }
+        }
+    }
+
+    /// An accepted fix for the local history (every one, kept for sending or not): see
+    /// [`Buffer::remember`]. Held in memory while there is no file.
+    pub fn remember(&mut self, fix: &Fix, now: Instant) {
+        match self.buffer.as_mut() {
+            Some(buffer) => buffer.remember(fix, now),
+            None if self.cfg.history.keep.is_some() => {
+                if self.waiting_history.len() >= self.cfg.memory_ring.get() {
+                    self.waiting_history.pop_front();
+                }
+                self.waiting_history.push_back(*fix);
+            }
+            None => {}
         }
     }
 

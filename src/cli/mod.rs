@@ -24,6 +24,9 @@ pub const EXIT_CONFIG: i32 = 78;
 pub const EXIT_NOINPUT: i32 = 66;
 /// Exit code for a subcommand this build does not provide yet (sysexits `EX_UNAVAILABLE`).
 pub const EXIT_UNAVAILABLE: i32 = 69;
+/// Exit code of `run` when another agent holds the state (sysexits `EX_TEMPFAIL`: it may
+/// be tried again once that one has stopped, as systemd's restart does).
+pub const EXIT_LOCKED: i32 = 75;
 
 /// Where the configuration is read from when neither `--config` nor `GPS_AGENT_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gps-agent/config.toml";

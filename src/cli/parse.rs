@@ -1,18 +1,18 @@
 //! `gps-agent parse FILE|-`: an NMEA capture in, accepted fixes out as JSON Lines, through the
-//! same decoder and validator as the daemon, so operators can check a receiver's capture.
+//! same [`Pipeline`] as the daemon, so operators can check a receiver's capture.
 //!
 //! Thresholds come from `--config` (or `GPS_AGENT_CONFIG`) when given, else from
 //! `/etc/gps-agent/config.toml` when it exists, else from the defaults. A summary line goes to
 //! stderr at the end; stdout carries only fixes (and rejections with `--all`).
 //!
-//! `--report` prints instead what the configuration's `[report]` would make of the capture
-//! ([`super::report`]): to tune the policy on a real drive before deploying it.
+//! `--report` prints instead what the configuration's `[report]` would make of the accepted
+//! fixes ([`super::report`]): to tune the policy on a real drive before deploying it.
 
 use crate::config::Settings;
-use crate::fix::{format_time_ms, Fix, Numbered};
-use crate::gnss::{Decoded, Decoder};
-use crate::rejection::{Reason, Rejection};
-use crate::validate::Validator;
+use crate::fix::{format_time_ms, Numbered};
+use crate::pipeline::{self, Pipeline, ReadError};
+use crate::rejection::Rejection;
+use crate::validate::Verdict;
 use serde_json::json;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -48,52 +48,46 @@ pub fn run(args: &ParseArgs, config_path: Option<&Path>) -> i32 {
     };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
-    if args.report {
-        return match super::report::run(input, &mut out, &cfg) {
-            Ok(summary) => match out.flush() {
-                Ok(()) => {
-                    eprintln!("{summary}");
-                    0
-                }
-                Err(e) => output_error(&e),
-            },
-            Err(ParseStreamError::Read(e)) => {
-                eprintln!("gps-agent parse: read error: {e}");
-                1
+    let summary = if args.report {
+        let mut fixes = Vec::new();
+        parse_stream(input, &cfg, &mut |verdict, _| {
+            if let Ok(fix) = verdict {
+                fixes.push(*fix);
             }
-            Err(ParseStreamError::Write(e)) => output_error(&e),
-        };
-    }
-    match parse_stream(input, &mut out, &cfg, args.all) {
+            Ok(())
+        })
+        .and_then(|summary| {
+            super::report::write(&mut out, &cfg, &fixes).map_err(ReadError::Sink)?;
+            Ok(summary)
+        })
+    } else {
+        parse_stream(input, &cfg, &mut |verdict, seq| {
+            let line = match verdict {
+                Ok(fix) => serde_json::to_string(&Numbered { seq, fix }).ok(),
+                Err(rej) => args.all.then(|| rejection_json(rej)),
+            };
+            match line {
+                Some(line) => writeln!(out, "{line}"),
+                None => Ok(()),
+            }
+        })
+    };
+    match summary.and_then(|s| out.flush().map(|()| s).map_err(ReadError::Sink)) {
         Ok(summary) => {
-            if let Err(e) = out.flush() {
-                return output_error(&e);
-            }
             eprintln!("{summary}");
             0
         }
-        Err(ParseStreamError::Read(e)) => {
+        Err(ReadError::Read(e)) => {
             eprintln!("gps-agent parse: read error: {e}");
             1
         }
-        Err(ParseStreamError::Write(e)) => output_error(&e),
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(ReadError::Sink(e)) if e.kind() == io::ErrorKind::BrokenPipe => 0,
+        Err(ReadError::Sink(e)) => {
+            eprintln!("gps-agent parse: write error: {e}");
+            1
+        }
     }
-}
-
-/// A closed pipe (`| head`) is the reader's choice, not a failure.
-fn output_error(e: &io::Error) -> i32 {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        0
-    } else {
-        eprintln!("gps-agent parse: write error: {e}");
-        1
-    }
-}
-
-#[derive(Debug)]
-pub enum ParseStreamError {
-    Read(io::Error),
-    Write(io::Error),
 }
 
 /// What a run saw, for the closing line on stderr.
@@ -139,140 +133,27 @@ impl std::fmt::Display for ParseSummary {
     }
 }
 
-/// What became of one epoch (or a line that failed its checksum).
-pub enum Outcome<'a> {
-    Accepted(&'a Fix),
-    Rejected(&'a Rejection),
-}
-
-/// Decode and validate a whole stream, writing JSON Lines to `out`.
+/// A whole capture through the agent's [`Pipeline`] (the configuration's checksum rule and
+/// thresholds): each verdict to `sink` in receiver order, with the number of fixes accepted
+/// before it (an accepted fix's `seq`). Stops at the sink's first error.
 pub fn parse_stream(
     input: impl Read,
-    out: &mut impl Write,
     cfg: &Settings,
-    all: bool,
-) -> Result<ParseSummary, ParseStreamError> {
-    parse_events(input, cfg, &mut |outcome, seq| {
-        let line = match outcome {
-            Outcome::Accepted(fix) => serde_json::to_string(&Numbered { seq, fix }).ok(),
-            Outcome::Rejected(rej) => all.then(|| rejection_json(rej)),
-        };
-        match line {
-            Some(line) => writeln!(out, "{line}"),
-            None => Ok(()),
+    sink: &mut impl FnMut(&Verdict, u64) -> io::Result<()>,
+) -> Result<ParseSummary, ReadError<io::Error>> {
+    let mut pipeline = Pipeline::of(cfg);
+    let mut summary = ParseSummary::default();
+    summary.bytes = pipeline::read(input, &mut pipeline, &mut |verdict| {
+        let seq = summary.accepted;
+        match &verdict {
+            Ok(_) => summary.accepted += 1,
+            Err(rej) => summary.rejected.add(rej.reason),
         }
-    })
-}
-
-/// Decode and validate a whole stream; each outcome goes to `sink`, in receiver order, with
-/// the number of fixes accepted before it.
-pub fn parse_events(
-    mut input: impl Read,
-    cfg: &Settings,
-    sink: &mut impl FnMut(Outcome<'_>, u64) -> io::Result<()>,
-) -> Result<ParseSummary, ParseStreamError> {
-    let mut decoder = Decoder::new(cfg.gnss.require_checksum);
-    let mut validator = Validator::new(cfg.validate.clone());
-    let mut verdicts = Verdicts {
-        sink,
-        summary: ParseSummary::default(),
-        held_checksums: 0,
-        error: None,
-    };
-    let mut buf = [0u8; 8192];
-    // Events of one chunk, collected so the decoder's borrow ends before validation and
-    // output; bounded by what one chunk can hold (at most one event per 4 input bytes).
-    let mut events: Vec<Decoded> = Vec::new();
-    let mut handle = |event: Decoded, verdicts: &mut Verdicts<'_, _>| match event {
-        Decoded::Epoch(epoch) => {
-            verdicts.summary.epochs += 1;
-            validator.push(&epoch, &mut |verdict| verdicts.verdict(verdict));
-        }
-        Decoded::BadChecksum => verdicts.checksum(validator.is_holding()),
-    };
-    loop {
-        let n = match input.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(ParseStreamError::Read(e)),
-        };
-        verdicts.summary.bytes += n as u64;
-        let chunk = buf.get(..n).unwrap_or(&[]);
-        decoder.feed(chunk, &mut |ev| events.push(ev));
-        for ev in events.drain(..) {
-            handle(ev, &mut verdicts);
-        }
-        if let Some(e) = verdicts.error.take() {
-            return Err(ParseStreamError::Write(e));
-        }
-    }
-    decoder.finish(&mut |ev| events.push(ev));
-    for ev in events.drain(..) {
-        handle(ev, &mut verdicts);
-    }
-    validator.finish(&mut |verdict| verdicts.verdict(verdict));
-    if let Some(e) = verdicts.error.take() {
-        return Err(ParseStreamError::Write(e));
-    }
-    let mut summary = verdicts.summary;
-    summary.sentences = Some(*decoder.stats());
+        sink(&verdict, seq)
+    })?;
+    summary.epochs = pipeline.sentences().epochs;
+    summary.sentences = Some(*pipeline.sentences());
     Ok(summary)
-}
-
-/// Verdicts to the sink, in receiver order.
-struct Verdicts<'s, S> {
-    sink: &'s mut S,
-    summary: ParseSummary,
-    /// Checksum rejections that arrived while the validator held an epoch for its
-    /// successor's verdict: they came after that epoch, so they go out after its verdict.
-    /// All alike (no time, no position), so a count is enough.
-    held_checksums: u64,
-    /// The first error of the sink; later outcomes are skipped.
-    error: Option<io::Error>,
-}
-
-impl<S: FnMut(Outcome<'_>, u64) -> io::Result<()>> Verdicts<'_, S> {
-    fn verdict(&mut self, verdict: crate::validate::Verdict) {
-        match verdict {
-            Ok(fix) => {
-                let seq = self.summary.accepted;
-                self.summary.accepted += 1;
-                self.emit(Outcome::Accepted(&fix), seq);
-            }
-            Err(rej) => {
-                self.summary.rejected.add(rej.reason);
-                self.emit(Outcome::Rejected(&rej), self.summary.accepted);
-            }
-        }
-        // Whatever was held back came after the held epoch: its verdict is this one (the
-        // held epoch's is always the first a push or finish hands out).
-        for _ in 0..std::mem::take(&mut self.held_checksums) {
-            self.emit_checksum();
-        }
-    }
-
-    fn checksum(&mut self, validator_holding: bool) {
-        self.summary.rejected.add(Reason::Checksum);
-        if validator_holding {
-            self.held_checksums += 1;
-        } else {
-            self.emit_checksum();
-        }
-    }
-
-    fn emit_checksum(&mut self) {
-        let rej = Rejection::new(Reason::Checksum, "bad checksum");
-        self.emit(Outcome::Rejected(&rej), self.summary.accepted);
-    }
-
-    fn emit(&mut self, outcome: Outcome<'_>, seq: u64) {
-        if self.error.is_none() {
-            if let Err(e) = (self.sink)(outcome, seq) {
-                self.error = Some(e);
-            }
-        }
-    }
 }
 
 /// `{"rejected": "<reason>", "time": ..., "lat": ..., "lon": ...}` with what was known.

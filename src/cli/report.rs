@@ -1,5 +1,6 @@
-//! `gps-agent parse --report LOG`: what the configuration's `[report]` makes of a capture, to
-//! tune it on a real drive: kept against accepted (and against the offline optimum), the
+//! `gps-agent parse --report LOG`: what the configuration's `[report]` makes of a capture's
+//! accepted fixes (`super::parse` reads them through the pipeline), to tune it on a real
+//! drive: kept against accepted (and against the offline optimum), the
 //! synchronized error of the redrawn track (largest and 95th percentile, while moving), the
 //! longest gap between kept fixes, the events, and what the kept fixes cost as payload in
 //! JSON (`v` 1) and CBOR (`v` 2), per fix and per hour of the capture.
@@ -9,30 +10,14 @@
 //! live fix waiting up to 60 s for company). Only payload bytes: MQTT, TLS and TCP/IP add
 //! their own per message.
 
-use super::parse::{parse_events, Outcome, ParseStreamError, ParseSummary};
 use crate::config::Settings as AgentSettings;
 use crate::fix::{Event, Fix};
 use crate::report::measure::{self, max_and_p95, payload_bytes, Batching};
 use crate::report::Settings;
-use std::io::{Read, Write};
+use std::io::Write;
 
-pub fn run(
-    input: impl Read,
-    out: &mut impl Write,
-    cfg: &AgentSettings,
-) -> Result<ParseSummary, ParseStreamError> {
-    let mut fixes: Vec<Fix> = Vec::new();
-    let summary = parse_events(input, cfg, &mut |outcome, _| {
-        if let Outcome::Accepted(fix) = outcome {
-            fixes.push(*fix);
-        }
-        Ok(())
-    })?;
-    write_report(out, cfg, &fixes).map_err(ParseStreamError::Write)?;
-    Ok(summary)
-}
-
-fn write_report(out: &mut impl Write, cfg: &AgentSettings, fixes: &[Fix]) -> std::io::Result<()> {
+/// The report on `fixes`, a capture's accepted fixes in receiver order.
+pub fn write(out: &mut impl Write, cfg: &AgentSettings, fixes: &[Fix]) -> std::io::Result<()> {
     let settings = Settings::from_config(&cfg.report);
     let r = measure::run(settings, fixes);
     let r_cfg = &cfg.report;

@@ -1,7 +1,7 @@
 //! `gps-agent run`: load the configuration, start the runtime, run the agent
 //! (`crate::app::run`) until SIGTERM or SIGINT.
 
-use crate::app::{self, recv_signal, signal_stream, RunOptions};
+use crate::app::{self, recv_signal, signal_stream, RunOptions, StartError};
 use crate::config::ConfigError;
 use crate::error::Classified;
 use std::path::Path;
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 /// Runs the daemon; returns the process exit code (78 for a configuration that cannot be
-/// used, before anything starts).
+/// used, 75 when another agent runs on the same buffer, both before anything starts).
 pub fn run(config_path: &Path) -> i32 {
     let cfg = match crate::config::load(config_path) {
         Ok(cfg) => cfg,
@@ -57,8 +57,13 @@ pub fn run(config_path: &Path) -> i32 {
         match result {
             Ok(()) => 0,
             Err(e) => {
-                error!(component = "agent", error = %e, "agent could not start");
-                1
+                error!(component = "agent", code = e.code(), class = e.class().as_str(),
+                    error = %e, "agent could not start");
+                eprintln!("gps-agent run: {e}");
+                match e {
+                    StartError::Locked(_) => super::EXIT_LOCKED,
+                    StartError::Stage(_) => 1,
+                }
             }
         }
     })

@@ -77,6 +77,25 @@ pub struct BufferSettings {
     pub memory_ring: NonZeroUsize,
     /// Between attempts to write to a failing disk again.
     pub disk_retry: Duration,
+    /// The local history, kept in the buffer's file (`[history]`).
+    pub history: HistorySettings,
+}
+
+/// The local history (`[history]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistorySettings {
+    /// How long (receiver time) an accepted fix is kept; `None`: no history.
+    pub keep: Option<Duration>,
+    /// Most bytes the history takes in the buffer's file.
+    pub max_bytes: u64,
+    /// A backfill publishes at most one fix per this (`1 / backfill_rate`).
+    pub backfill_every: Duration,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Settings::default().buffer.history
+    }
 }
 
 impl Default for BufferSettings {

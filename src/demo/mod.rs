@@ -215,7 +215,7 @@ async fn demo(args: &DemoArgs, dir: &std::path::Path) -> Result<i32, String> {
     let agent_result = agent.await.map_err(|e| e.to_string())?;
     subscriber.abort();
     let _master = feeder.join();
-    agent_result?;
+    agent_result.map_err(|e| e.to_string())?;
     // What the agent stored, from its buffer file (health may be a second behind).
     let db = dir.join("buffer.db");
     let stored = crate::buffer::open_read_only(&db)

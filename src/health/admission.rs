@@ -12,6 +12,14 @@
 //! a millisecond; one dribbling a byte a second never completes its head and never keeps
 //! anyone out. Every refusal and every taken slot is counted (`/metrics`) and logged
 //! (throttled, code `HEALTH_BUSY`).
+//!
+//! **The watchdog's lane**: a client that pipelines request after request on each of its
+//! connections is never idle, so no slot can be taken from it, and a flood of them fills the
+//! waiting room with complete heads that compete for every slot freed. So `/live` and
+//! `/health` (`GET` or `HEAD`, no other path) do not compete: when every slot is taken they
+//! are answered on one of [`LANE_SLOTS`] slots kept for them alone, one request per
+//! connection (closed after the answer, so pipelining gains nothing there), taken before
+//! the waiting room when the head is already there.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +37,10 @@ pub const PREEMPT_IDLE: Duration = Duration::from_millis(100);
 pub const SCREEN_BUDGET: Duration = Duration::from_secs(1);
 /// Connections waiting for a slot at once; the longest waiting is refused to make room.
 pub const MAX_WAITING: usize = 64;
+/// Slots kept for `/live` and `/health` while every other is taken. Each answers one
+/// request in microseconds and is free again, so a few serve a watchdog and an operator
+/// even when something floods these two paths too.
+pub const LANE_SLOTS: usize = 4;
 
 #[derive(Debug)]
 struct Slot {
@@ -48,10 +60,11 @@ struct Table {
     waiting: VecDeque<(u64, bool, CancellationToken)>,
 }
 
-/// The slots and the waiting room.
+/// The slots, the waiting room and the watchdog's lane.
 #[derive(Debug)]
 pub struct Slots {
     permits: Arc<Semaphore>,
+    lane: Arc<Semaphore>,
     table: Mutex<Table>,
     next_id: AtomicU64,
 }
@@ -78,6 +91,7 @@ impl Slots {
     pub fn new(max_connections: usize) -> Arc<Self> {
         Arc::new(Slots {
             permits: Arc::new(Semaphore::new(max_connections.max(1))),
+            lane: Arc::new(Semaphore::new(LANE_SLOTS)),
             table: Mutex::new(Table::default()),
             next_id: AtomicU64::new(0),
         })
@@ -118,6 +132,15 @@ impl Slots {
                 return None;
             }
         }
+    }
+
+    /// A slot of the watchdog's lane within `within` (for one `/live` or `/health`
+    /// request); `None` when the lane stays full that long.
+    pub async fn lane(&self, within: Duration) -> Option<OwnedSemaphorePermit> {
+        tokio::time::timeout(within, self.lane.clone().acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     fn lease(self: &Arc<Self>, permit: OwnedSemaphorePermit, now: Instant) -> Lease {
@@ -238,9 +261,43 @@ impl Drop for Waiting {
     }
 }
 
+/// Whether a complete request head asks what the lane serves: `GET` or `HEAD` of `/live`
+/// or `/health` (a query included: it is answered, with a 400).
+pub fn for_lane(head: &[u8]) -> bool {
+    let path = head
+        .strip_prefix(b"GET ")
+        .or_else(|| head.strip_prefix(b"HEAD "));
+    path.is_some_and(|p| {
+        [&b"/live"[..], b"/health"].iter().any(|want| {
+            p.strip_prefix(*want)
+                .is_some_and(|rest| rest.starts_with(b" ") || rest.starts_with(b"?"))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lane_serves_live_and_health_and_nothing_else() {
+        for head in [
+            &b"GET /live HTTP/1.1\r\n\r\n"[..],
+            b"HEAD /health HTTP/1.1\r\n\r\n",
+            b"GET /health?verbose HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(for_lane(head), "{}", String::from_utf8_lossy(head));
+        }
+        for head in [
+            &b"GET /metrics HTTP/1.1\r\n\r\n"[..],
+            b"GET /health/stream HTTP/1.1\r\n\r\n",
+            b"GET /lively HTTP/1.1\r\n\r\n",
+            b"POST /live HTTP/1.1\r\n\r\n",
+            b"GET /live",
+        ] {
+            assert!(!for_lane(head), "{}", String::from_utf8_lossy(head));
+        }
+    }
 
     #[test]
     fn the_longest_idle_slot_is_taken_and_never_a_busy_one_or_a_stream() {

@@ -91,18 +91,12 @@ impl Collector for BoardSeries {
         let cells = self.board.read();
         let now = self.board.clock().now();
         let (gnss, buffer, mqtt) = (&cells.gnss, &cells.buffer, &cells.mqtt);
-        let counters: [(&str, &str, Option<Unit>, u64); 7] = [
+        let counters: [(&str, &str, Option<Unit>, u64); 6] = [
             (
                 "gnss_outages",
                 "Times the receiver went away (unplugged, read errors, stuck and reopened)",
                 None,
                 gnss.outages,
-            ),
-            (
-                "gnss_dropped_chunks",
-                "Receiver byte chunks a source's reader thread dropped because ingest was not keeping up (up to 1 KiB each; a serial port read by ingest itself drops none: the kernel holds its bytes)",
-                None,
-                gnss.dropped_chunks,
             ),
             (
                 "buffer_evicted",

@@ -9,13 +9,14 @@
 //! `{status_code, error, message, request_id}`; every answer echoes `X-Request-ID`.
 //!
 //! It must never let a client hurt the agent: connections are bounded (over the limit a
-//! canned 503 is written and the socket closed), a client has `header_timeout` to send its
+//! canned 503 is written and the socket closed, but `/live` and `/health` have a lane of
+//! their own, see [`super::admission`]), a client has `header_timeout` to send its
 //! request head (the same bound applies while a keep-alive connection idles), request
 //! bodies are never read, streams are bounded separately and a stream whose client stops
 //! reading for `stream_stall_timeout` is cut. On shutdown, streams end at once and
 //! connections get `shutdown_grace` to finish before they are dropped.
 
-use super::admission::{Lease, Slots, SCREEN_BUDGET};
+use super::admission::{for_lane, Lease, Slots, SCREEN_BUDGET};
 use super::metrics::{Metrics, CONTENT_TYPE as METRICS_CONTENT_TYPE};
 use super::snapshot::snapshot;
 use crate::error::{Classified, ErrorClass};
@@ -27,6 +28,7 @@ use hyper::header::{HeaderMap, HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -197,7 +199,8 @@ pub async fn serve_with(
         let _ = stream.set_nodelay(true);
         match slots.try_lease(Instant::now()) {
             Some(lease) => {
-                tracker.spawn(connection(stream, lease, shared.clone(), tracker.clone()));
+                let hold = Hold::Slot(lease);
+                tracker.spawn(connection(stream, hold, shared.clone(), tracker.clone()));
             }
             None => {
                 tracker.spawn(admit(
@@ -218,10 +221,12 @@ pub async fn serve_with(
     info!(listen = %local, "health endpoint stopped");
 }
 
-/// A connection that arrived while every slot was taken (see [`super::admission`]): it
-/// waits for its whole request head, then for a slot (taken from the longest-idle
-/// connection if need be); refused with a 503 when its head does not come within the
-/// budget, when no slot frees, or when newer arrivals push it out of a full waiting room.
+/// A connection that arrived while every slot was taken (see [`super::admission`]): a
+/// `/live` or `/health` request goes to the watchdog's lane (at once when its head is
+/// already here); any other waits for its whole request head, then for a slot (taken from
+/// the longest-idle connection if need be); refused with a 503 when its head does not come
+/// within the budget, when no slot frees, or when newer arrivals push it out of a full
+/// waiting room.
 async fn admit(
     stream: TcpStream,
     slots: Arc<Slots>,
@@ -229,21 +234,32 @@ async fn admit(
     shared: Arc<Shared>,
     tracker: TaskTracker,
 ) {
-    let waiting = slots.wait();
-    let outcome = tokio::select! {
-        _ = waiting.refused.cancelled() => Err("waiting_room_full"),
-        _ = shared.shutdown.cancelled() => return,
-        outcome = async {
-            if !head_complete(&stream, SCREEN_BUDGET).await {
-                return Err("slow_head");
-            }
-            waiting.head_complete();
-            slots.lease_for_complete_head(SCREEN_BUDGET).await.ok_or("busy")
-        } => outcome,
+    let mut buf = vec![0u8; MAX_HEAD_BYTES];
+    let outcome = if head_now(&stream, &mut buf) == Some(true) {
+        slots
+            .lane(SCREEN_BUDGET)
+            .await
+            .map(Hold::Lane)
+            .ok_or("busy")
+    } else {
+        let waiting = slots.wait();
+        tokio::select! {
+            _ = waiting.refused.cancelled() => Err("waiting_room_full"),
+            _ = shared.shutdown.cancelled() => return,
+            outcome = async {
+                let lane = head(&stream, &mut buf, SCREEN_BUDGET).await.ok_or("slow_head")?;
+                waiting.head_complete();
+                if lane {
+                    slots.lane(SCREEN_BUDGET).await.map(Hold::Lane).ok_or("busy")
+                } else {
+                    slots.lease_for_complete_head(SCREEN_BUDGET).await.map(Hold::Slot).ok_or("busy")
+                }
+            } => outcome,
+        }
     };
-    drop(waiting);
+    drop(buf);
     match outcome {
-        Ok(lease) => connection(stream, lease, shared, tracker).await,
+        Ok(hold) => connection(stream, hold, shared, tracker).await,
         Err(reason) => {
             shared.metrics.health_dropped(reason);
             warn!(
@@ -258,48 +274,89 @@ async fn admit(
     }
 }
 
-/// Whether the client sent a whole request head (or more than a head may hold, which hyper
-/// then refuses) within `budget`; false if it closed or dribbles.
-async fn head_complete(stream: &TcpStream, budget: Duration) -> bool {
-    let mut buf = vec![0u8; MAX_HEAD_BYTES];
+/// What the bytes peeked so far say: `None` while the head is incomplete; `Some(lane)`
+/// once it is whole (or larger than a head may be, which hyper then refuses), `lane` when
+/// it asks what the watchdog's lane serves.
+fn head_seen(seen: &[u8], capacity: usize) -> Option<bool> {
+    let end = seen.windows(4).position(|w| w == b"\r\n\r\n");
+    (end.is_some() || seen.len() == capacity).then(|| for_lane(seen))
+}
+
+/// The request head as it stands now, without waiting (see [`head_seen`]).
+fn head_now(stream: &TcpStream, buf: &mut [u8]) -> Option<bool> {
+    // SAFETY: a peek into `buf`, within its length, on a socket `stream` owns; MSG_DONTWAIT
+    // keeps it from blocking the runtime's thread.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    let n = usize::try_from(n).ok().filter(|n| *n > 0)?;
+    head_seen(buf.get(..n)?, buf.len())
+}
+
+/// The request head within `budget` (see [`head_seen`]); `None` if the client closed or
+/// dribbles.
+async fn head(stream: &TcpStream, buf: &mut [u8], budget: Duration) -> Option<bool> {
     let deadline = tokio::time::Instant::now() + budget;
     loop {
-        let peeked = tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await;
+        let peeked = tokio::time::timeout_at(deadline, stream.peek(buf)).await;
         match peeked {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
             Ok(Ok(n)) => {
-                let seen = buf.get(..n).unwrap_or_default();
-                if n == buf.len() || seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    return true;
+                if let Some(lane) = head_seen(buf.get(..n).unwrap_or_default(), buf.len()) {
+                    return Some(lane);
                 }
             }
         }
         // The bytes stay in the socket until read: look again when more may have come.
         if tokio::time::Instant::now() + HEAD_POLL >= deadline {
-            return false;
+            return None;
         }
         tokio::time::sleep(HEAD_POLL).await;
     }
 }
 
+/// What a connection is served on.
+enum Hold {
+    /// One of the slots: keep-alive, and taken from it when it idles and one is wanted.
+    Slot(Lease),
+    /// One of the watchdog's lane: one request, then closed; never taken.
+    Lane(OwnedSemaphorePermit),
+}
+
 /// One accepted connection, holding its slot until it ends (or the slot is given to a
 /// connection with a complete request while this one idles).
-async fn connection(stream: TcpStream, lease: Lease, shared: Arc<Shared>, tracker: TaskTracker) {
-    let lease = Arc::new(lease);
+async fn connection(stream: TcpStream, hold: Hold, shared: Arc<Shared>, tracker: TaskTracker) {
+    let (lease, keep_alive, _lane) = match hold {
+        Hold::Slot(lease) => (Some(Arc::new(lease)), true, None),
+        Hold::Lane(permit) => (None, false, Some(permit)),
+    };
+    // Never cancelled for the lane: nothing takes its slot.
+    let evicted = lease
+        .as_ref()
+        .map_or_else(CancellationToken::new, |l| l.evicted().clone());
     // Cancelled by a stream whose client stopped reading: hyper would otherwise wait on the
     // socket forever.
     let cut = CancellationToken::new();
     let service = {
         let shared = shared.clone();
         let cut = cut.clone();
-        let lease = Arc::clone(&lease);
+        let lease = lease.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            lease.busy();
+            if let Some(lease) = &lease {
+                lease.busy();
+            }
             let response = route(&shared, &req, &cut, &tracker);
-            if req.uri().path() == "/health/stream" && response.status() == StatusCode::OK {
-                lease.streaming();
-            } else {
-                lease.idle();
+            if let Some(lease) = &lease {
+                if req.uri().path() == "/health/stream" && response.status() == StatusCode::OK {
+                    lease.streaming();
+                } else {
+                    lease.idle();
+                }
             }
             async move { Ok::<_, Infallible>(response) }
         })
@@ -309,7 +366,7 @@ async fn connection(stream: TcpStream, lease: Lease, shared: Arc<Shared>, tracke
         .timer(TokioTimer::new())
         .header_read_timeout(shared.options.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+        .keep_alive(keep_alive);
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     tokio::select! {
@@ -319,7 +376,7 @@ async fn connection(stream: TcpStream, lease: Lease, shared: Arc<Shared>, tracke
             }
         }
         _ = cut.cancelled() => {}
-        _ = lease.evicted().cancelled() => {
+        _ = evicted.cancelled() => {
             shared.metrics.health_dropped("evicted_idle");
             warn!(code = "HEALTH_BUSY", reason = "evicted_idle",
                 "idle health connection closed for a waiting request: every slot taken");

@@ -30,11 +30,12 @@ pub use faults::{FaultKind, FaultSpec};
 pub use feed::{write_log, write_paced, write_realtime, Pacer, RealTime, STOP_POLL};
 pub use motion::{Scene, SceneKind};
 pub use noise::NoiseSpec;
-pub use sentences::{checksum, Corruption, Line, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT};
+pub use sentences::{
+    checksum, Corruption, Line, Reading, SentenceKind, LINE_CAPACITY, MPS_PER_KNOT,
+};
 
 use motion::{Car, Sky};
 use rng::SplitMix64;
-use sentences::Reading;
 
 /// Sentences printed per epoch: RMC, GGA, GSA, VTG, with room to spare.
 pub const SENTENCES_PER_EPOCH: usize = 8;
@@ -509,6 +510,24 @@ impl Iterator for Drive {
 }
 
 impl ExactSizeIterator for Drive {}
+
+/// The lines a receiver prints for `reading` (RMC, GGA, GSA, VTG, as a drive's epoch),
+/// appended to `out`: to replay as NMEA positions that did not come from a [`Drive`] (a
+/// test's or a tool's fixes). A line that does not fit [`LINE_CAPACITY`] (values no receiver
+/// prints) is left out and logged, as in a drive.
+pub fn write_reading(reading: &Reading, out: &mut Vec<u8>) {
+    for kind in SentenceKind::ALL {
+        match sentences::sentence(kind, reading) {
+            Ok(line) => out.extend_from_slice(line.as_bytes()),
+            Err(_) => error!(
+                code = "SIM_LINE_TOO_LONG",
+                sentence = kind.as_str(),
+                time_ms = reading.time_ms,
+                "sentence dropped"
+            ),
+        }
+    }
+}
 
 /// Indices of the epochs of `spec` with a damaged line, in order.
 pub fn corrupted_epochs(spec: &DriveSpec) -> Result<Vec<u32>, SimError> {

@@ -45,6 +45,18 @@ impl Default for NoiseSpec {
 }
 
 impl NoiseSpec {
+    /// A receiver in a street canyon: multipath makes metres of error that change within
+    /// seconds, several times an open sky's jitter, Doppler to 0.2 m/s per axis.
+    pub fn street_canyon() -> Self {
+        NoiseSpec {
+            position_sigma_m: 4.0,
+            correlation_s: 20.0,
+            jitter_m: 1.0,
+            velocity_sigma_mps: 0.2,
+            vertical_factor: 1.6,
+        }
+    }
+
     /// Every figure finite and not negative, the correlation time positive.
     pub(crate) fn is_valid(&self) -> bool {
         let figures = [

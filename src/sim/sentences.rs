@@ -73,10 +73,13 @@ impl Corruption {
     }
 }
 
-/// What the receiver knows at one epoch, as it will print it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Reading {
+/// What the receiver knows at one epoch, as it will print it: a [`Drive`](super::Drive)
+/// makes one per epoch; [`super::write_reading`] prints one made elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// UTC, milliseconds since the Unix epoch (printed to the 10 ms `hhmmss.ss` says).
     pub time_ms: i64,
+    /// A fix: without one, positions are printed empty and the statuses say so.
     pub fix: bool,
     pub lat: f64,
     pub lon: f64,
@@ -93,6 +96,28 @@ pub(crate) struct Reading {
     pub talker: [u8; 2],
     /// Decimals of minutes in latitude and longitude.
     pub precision: u8,
+}
+
+impl Reading {
+    /// A fix at `lat`, `lon` at `time_ms` as an ordinary GPS receiver prints it: standing
+    /// still at sea level, 8 satellites, HDOP 1, 4 decimals of minutes.
+    pub fn new(time_ms: i64, lat: f64, lon: f64) -> Reading {
+        Reading {
+            time_ms,
+            fix: true,
+            lat,
+            lon,
+            alt_m: 0.0,
+            geoid_sep_m: super::GEOID_SEPARATION_M,
+            speed_mps: 0.0,
+            course_deg: None,
+            sats: 8,
+            hdop: 1.0,
+            prns: [2, 5, 7, 9, 13, 15, 18, 21, 24, 26, 29, 30],
+            talker: *b"GP",
+            precision: 4,
+        }
+    }
 }
 
 /// Why a line could not be printed: only a spec this module was never meant to see (checked

@@ -25,8 +25,9 @@
 //! [`decode`] collects them, for the tests); it accepts both header forms (with `d` and `s`
 //! as text, as agents before the lean header wrote it, and the lean one) and any valid CBOR
 //! encoding of the same map (longer integer forms, keys in any order, unknown keys skipped),
-//! not only what [`encode`] writes. It holds nothing but the message's bytes and one fix: a claimed length
-//! is never reserved, only walked, so a message costs no more memory than it has bytes.
+//! not only what [`encode`] writes. It holds nothing but the message's bytes and one fix: a
+//! claimed length is never reserved, only walked, so a message costs no more memory than it
+//! has bytes.
 
 use crate::error::{Classified, ErrorClass};
 use crate::fix::{Event, Fix, FixMode};

@@ -114,6 +114,7 @@ enum Vote {
 #[derive(Debug, Clone, Copy)]
 struct Known {
     time_ms: Option<i64>,
+    time_of_day_ms: Option<u32>,
     lat: Option<f64>,
     lon: Option<f64>,
 }
@@ -122,6 +123,7 @@ impl Known {
     fn of(fix: &Fix) -> Known {
         Known {
             time_ms: Some(fix.time_ms),
+            time_of_day_ms: u32::try_from(fix.time_ms.rem_euclid(86_400_000)).ok(),
             lat: Some(fix.lat),
             lon: Some(fix.lon),
         }
@@ -131,6 +133,7 @@ impl Known {
         Rejection {
             reason,
             time_ms: self.time_ms,
+            time_of_day_ms: self.time_of_day_ms,
             // Non-finite values would serialise as `null`: leave them out instead.
             lat: self.lat.filter(|v| v.is_finite()),
             lon: self.lon.filter(|v| v.is_finite()),
@@ -291,6 +294,7 @@ impl Validator {
                 (Some(date), Some(tod)) => time::unix_ms(date, tod),
                 _ => None,
             },
+            time_of_day_ms: epoch.time_of_day_ms,
             lat: position.map(|p| p.0).or_else(|| any_lat(epoch)),
             lon: position.map(|p| p.1).or_else(|| any_lon(epoch)),
         };

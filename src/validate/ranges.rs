@@ -14,7 +14,10 @@
 //! Whatever passes fits the buffer's scaled integers exactly, so `parse` and the daemon's
 //! payload print the same numbers for the same sentence. Latitude and longitude minutes of 60
 //! or more are caught where the sentence's text is still at hand (`crate::gnss::sentence`
-//! marks such a coordinate NaN) and rejected here with the rest.
+//! marks such a coordinate NaN) and rejected here with the rest. [`stored`] applies the same
+//! ranges to a whole fix that did not come through the validator (the buffer's crash journal).
+
+use crate::fix::Fix;
 
 /// Largest speed over ground, m/s (720 km/h): far above any road vehicle, far below what a
 /// broken field says. Negative speeds are rejected too.
@@ -58,9 +61,13 @@ pub fn altitude(v: f64) -> Result<f64, &'static str> {
 
 /// Speed in knots as the sentence gives it, checked in m/s.
 pub fn speed_knots(knots: f64, knots_to_mps: f64) -> Result<f64, &'static str> {
-    let mps = knots * knots_to_mps;
+    speed_mps(knots * knots_to_mps).map(|_| knots)
+}
+
+/// Speed over ground in m/s.
+pub fn speed_mps(mps: f64) -> Result<f64, &'static str> {
     if (0.0..=SPEED_MAX_MPS).contains(&mps) {
-        Ok(knots)
+        Ok(mps)
     } else {
         Err("speed negative, beyond 200 m/s or NaN")
     }
@@ -95,6 +102,24 @@ pub fn sats(n: u8) -> Option<u8> {
     (n <= SATS_MAX).then_some(n)
 }
 
+/// A fix that did not come from the validator (a record of the buffer's crash journal,
+/// which whoever can write the agent's state directory can forge, checksum and all) put
+/// through the same ranges with the same actions: `Err` where a live epoch would be
+/// rejected as `out_of_range`, the field dropped where a live one would be. Its time must be
+/// one the validator can give and RFC 3339 can print ([`super::time::stored_ms`]).
+pub fn stored(fix: &Fix) -> Result<Fix, &'static str> {
+    let mut checked = *fix;
+    checked.time_ms = super::time::stored_ms(fix.time_ms)?;
+    checked.lat = latitude(fix.lat)?;
+    checked.lon = longitude(fix.lon)?;
+    checked.alt_m = fix.alt_m.map(altitude).transpose()?;
+    checked.speed_mps = fix.speed_mps.map(speed_mps).transpose()?;
+    checked.course_deg = fix.course_deg.map(course).transpose()?;
+    checked.hdop = fix.hdop.map(hdop).transpose()?.flatten();
+    checked.sats = fix.sats.and_then(sats);
+    Ok(checked)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +148,47 @@ mod tests {
         assert_eq!(course(0.0), Ok(0.0));
         assert!(course(-720.0).is_err() && course(360.01).is_err());
         assert!(course(-0.01).is_err() && course(f64::NAN).is_err());
+    }
+
+    fn fix() -> Fix {
+        Fix {
+            time_ms: 1_700_000_000_000,
+            lat: 48.1,
+            lon: 11.5,
+            alt_m: Some(520.0),
+            speed_mps: Some(13.0),
+            course_deg: Some(90.0),
+            hdop: Some(0.9),
+            sats: Some(9),
+            mode: crate::fix::FixMode::ThreeD,
+            event: None,
+        }
+    }
+
+    #[test]
+    fn a_stored_fix_is_refused_where_a_live_epoch_would_be_and_loses_what_a_live_one_drops() {
+        assert_eq!(stored(&fix()), Ok(fix()));
+        let with = |f: fn(&mut Fix)| {
+            let mut x = fix();
+            f(&mut x);
+            stored(&x)
+        };
+        assert!(with(|f| f.lat = f64::NAN).is_err());
+        assert!(with(|f| f.lat = 1000.0).is_err());
+        assert!(with(|f| f.lon = -5000.0).is_err());
+        assert!(with(|f| f.alt_m = Some(9_223_372_036_854_776.0)).is_err());
+        assert!(with(|f| f.speed_mps = Some(-1.0)).is_err());
+        assert!(with(|f| f.course_deg = Some(9999.0)).is_err());
+        assert!(with(|f| f.hdop = Some(-3.0)).is_err());
+        assert!(with(|f| f.time_ms = i64::MAX).is_err());
+        // +10000-01-01T00:00:00.000Z
+        assert!(with(|f| f.time_ms = 253_402_300_800_000).is_err());
+        assert_eq!(
+            with(|f| f.course_deg = Some(360.0)).map(|f| f.course_deg),
+            Ok(Some(0.0))
+        );
+        assert_eq!(with(|f| f.hdop = Some(0.0)).map(|f| f.hdop), Ok(None));
+        assert_eq!(with(|f| f.sats = Some(200)).map(|f| f.sats), Ok(None));
     }
 
     #[test]

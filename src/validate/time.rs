@@ -55,12 +55,41 @@ pub fn unix_ms(date: NaiveDate, time_of_day_ms: u32) -> Option<i64> {
     midnight.checked_add(i64::from(time_of_day_ms))
 }
 
+/// Unix ms of 1980-01-01: no fix is earlier (GPS time began on 1980-01-06, and
+/// `not_before_year` is 1980 at the earliest, see `crate::config::ValidateConfig`).
+const EARLIEST_MS: i64 = 315_532_800_000;
+
+/// A fix's time that did not come from [`unix_ms`] (a stored record): valid only where the
+/// validator could have given it (not before 1980) and RFC 3339 can print it (years up to
+/// 9999).
+pub fn stored_ms(time_ms: i64) -> Result<i64, &'static str> {
+    let mut text = [0u8; crate::fix::RFC3339_MS_LEN];
+    if time_ms < EARLIEST_MS {
+        Err("time before 1980")
+    } else if crate::fix::write_time_ms(time_ms, &mut text).is_none() {
+        Err("time not printable as RFC 3339 (the year 10000 or later)")
+    } else {
+        Ok(time_ms)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn d(y: i32, m: u32, day: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(y, m, day).unwrap()
+    }
+
+    #[test]
+    fn a_stored_time_is_valid_from_1980_to_the_last_printable_millisecond() {
+        let first = unix_ms(d(1980, 1, 1), 0).unwrap();
+        assert_eq!(stored_ms(first), Ok(first));
+        assert!(stored_ms(first - 1).is_err());
+        let last = unix_ms(d(9999, 12, 31), 86_399_999).unwrap();
+        assert_eq!(stored_ms(last), Ok(last));
+        assert!(stored_ms(last + 1).is_err());
+        assert!(stored_ms(i64::MAX).is_err() && stored_ms(i64::MIN).is_err());
     }
 
     #[test]

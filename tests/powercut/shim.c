@@ -32,6 +32,8 @@
  * (the daemon tests): its first word is read whenever its mtime changes:
  *   ok      no fault;
  *   enospc  every write or truncate of a tracked file fails with ENOSPC (a full disk);
+ *   erofs   every write or truncate of a tracked file fails with EROFS (a read-only file
+ *           system, or a file a non-root agent may not write);
  *   eio     every write, truncate and sync of a tracked file fails with EIO (a dying card);
  *   cut     cut the power at the next write, truncate or sync of a tracked file.
  * POWERCUT_LOG names an optional file that gets one line per cut (what was decided), for
@@ -89,7 +91,12 @@ struct tracked {
     size_t capindex;
 };
 
-enum fault { FAULT_NONE, FAULT_ENOSPC, FAULT_EIO, FAULT_CUT };
+enum fault { FAULT_NONE, FAULT_ENOSPC, FAULT_EIO, FAULT_EROFS, FAULT_CUT };
+
+/* The errno a failing write or truncate gets. */
+static int fault_errno(enum fault f) {
+    return f == FAULT_EIO ? EIO : f == FAULT_EROFS ? EROFS : ENOSPC;
+}
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tracked files[MAX_FILES];
@@ -201,6 +208,7 @@ static void poll_ctl(void) {
     if (n <= 0) return;
     if (strncmp(word, "enospc", 6) == 0) fault = FAULT_ENOSPC;
     else if (strncmp(word, "eio", 3) == 0) fault = FAULT_EIO;
+    else if (strncmp(word, "erofs", 5) == 0) fault = FAULT_EROFS;
     else if (strncmp(word, "cut", 3) == 0) fault = FAULT_CUT;
     else fault = FAULT_NONE;
 }
@@ -425,6 +433,7 @@ static enum fault mutating(const char *what, int is_sync) {
     }
     if (fault == FAULT_EIO) return FAULT_EIO;
     if (fault == FAULT_ENOSPC && !is_sync) return FAULT_ENOSPC;
+    if (fault == FAULT_EROFS && !is_sync) return FAULT_EROFS;
     return FAULT_NONE;
 }
 
@@ -543,9 +552,9 @@ static ssize_t do_pwrite(ssize_t (*real)(int, const void *, size_t, off_t), int 
     pthread_mutex_lock(&lock);
     struct tracked *t = file_of(fd);
     enum fault f = mutating("write", 0);
-    if (f == FAULT_EIO || f == FAULT_ENOSPC) {
+    if (f == FAULT_EIO || f == FAULT_ENOSPC || f == FAULT_EROFS) {
         pthread_mutex_unlock(&lock);
-        errno = f == FAULT_EIO ? EIO : ENOSPC;
+        errno = fault_errno(f);
         return -1;
     }
     if (!positioned) off = lseek(fd, 0, SEEK_CUR);
@@ -581,9 +590,9 @@ static int do_truncate(int (*real)(int, off_t), int fd, off_t size) {
     pthread_mutex_lock(&lock);
     struct tracked *t = file_of(fd);
     enum fault f = mutating("truncate", 0);
-    if (f == FAULT_EIO || f == FAULT_ENOSPC) {
+    if (f == FAULT_EIO || f == FAULT_ENOSPC || f == FAULT_EROFS) {
         pthread_mutex_unlock(&lock);
-        errno = f == FAULT_EIO ? EIO : ENOSPC;
+        errno = fault_errno(f);
         return -1;
     }
     record_truncate(t, size);

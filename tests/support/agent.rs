@@ -167,6 +167,11 @@ impl Agent {
         agent
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL (an OOM kill, a watchdog, a crash), then reaped.
     pub fn kill(mut self) {
         let _ = self.child.kill();
@@ -372,7 +377,7 @@ pub fn drive_log(dir: &Path, spec: gps_agent::sim::DriveSpec) -> PathBuf {
 }
 
 /// The JSON lines `gps-agent parse` prints for `log`: one per accepted fix.
-fn parse(log: &Path) -> String {
+pub fn parse(log: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_gps-agent"))
         .env_remove("GPS_AGENT_CONFIG")
         .arg("parse")

@@ -1,16 +1,13 @@
-//! Simulated drives as the report stage sees them: the simulator's NMEA through the real
-//! decoder and validator, and receiver noise added to the accepted fixes (a seeded
-//! Gauss-Markov wander plus white jitter, as a receiver under an open sky or in a street
-//! canyon shows), until the simulator's own noise model lands.
+//! Simulated drives as the report stage sees them: the simulator's NMEA (with its receiver
+//! noise where asked) through the agent's pipeline; fixes printed back as the simulator
+//! prints a receiver's epochs; the fixed rules trackers send by, for comparison.
 
 #![allow(dead_code)]
 
 use gps_agent::config::ValidateConfig;
 use gps_agent::fix::Fix;
-use gps_agent::gnss::{Decoded, Decoder};
-use gps_agent::report::cone::{distance_m, Frame};
-use gps_agent::sim::{Drive, DriveSpec};
-use gps_agent::validate::Validator;
+use gps_agent::report::cone::distance_m;
+use gps_agent::sim::{write_reading, Drive, DriveSpec, NoiseSpec, Reading};
 
 /// The accepted fixes of a simulated drive.
 pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
@@ -21,108 +18,22 @@ pub fn accepted(spec: DriveSpec) -> Vec<Fix> {
     decode(&bytes)
 }
 
-/// The fixes the agent accepts from NMEA text (its decoder and validator, default settings).
+/// The fixes the agent accepts from NMEA text (its pipeline, default settings).
 pub fn decode(nmea: &[u8]) -> Vec<Fix> {
-    let mut decoder = Decoder::new(true);
-    let mut validator = Validator::new(ValidateConfig::default());
-    let mut fixes = Vec::new();
-    let mut events = Vec::new();
-    decoder.feed(nmea, &mut |e| events.push(e));
-    decoder.finish(&mut |e| events.push(e));
-    for e in events {
-        if let Decoded::Epoch(epoch) = e {
-            validator.push(&epoch, &mut |verdict| fixes.extend(verdict.ok()));
-        }
-    }
-    validator.finish(&mut |verdict| fixes.extend(verdict.ok()));
-    fixes
-}
-
-/// The accepted fixes of the simulator's half-hour tour (seed) as a good receiver under an
-/// open sky reports them.
-pub fn tour(seed: u64) -> Vec<Fix> {
-    let clean = accepted(DriveSpec {
-        seed,
-        ..DriveSpec::tour()
-    });
-    noisy(&clean, Noise::OPEN_SKY, seed)
-}
-
-/// How noisy a receiver is.
-#[derive(Debug, Clone, Copy)]
-pub struct Noise {
-    /// Standard deviation of the slowly wandering part, metres (per axis).
-    pub wander_m: f64,
-    /// Its correlation time, seconds.
-    pub tau_s: f64,
-    /// Standard deviation of the epoch-to-epoch jitter, metres.
-    pub jitter_m: f64,
-    /// Standard deviation of the speed error, m/s (speeds stay at or above 0).
-    pub speed_mps: f64,
-}
-
-impl Noise {
-    /// A good receiver under an open sky.
-    pub const OPEN_SKY: Noise = Noise {
-        wander_m: 1.5,
-        tau_s: 60.0,
-        jitter_m: 0.3,
-        speed_mps: 0.05,
-    };
-    /// A street canyon: metres of multipath wander.
-    pub const CANYON: Noise = Noise {
-        wander_m: 4.0,
-        tau_s: 20.0,
-        jitter_m: 1.0,
-        speed_mps: 0.2,
-    };
-}
-
-/// A small seeded generator (PCG-like) with normal draws.
-struct Rng(u64);
-
-impl Rng {
-    fn uniform(&mut self) -> f64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    fn normal(&mut self) -> f64 {
-        let (u, v) = (self.uniform(), self.uniform());
-        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
-    }
-}
-
-/// `fixes` with receiver noise added (positions and speeds), seeded.
-pub fn noisy(fixes: &[Fix], noise: Noise, seed: u64) -> Vec<Fix> {
-    let mut rng = Rng(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let (mut wx, mut wy) = (0.0, 0.0);
-    let mut last_ms: Option<i64> = None;
-    fixes
-        .iter()
-        .map(|f| {
-            let dt = last_ms.map_or(1.0, |t| ((f.time_ms - t) as f64 / 1000.0).max(0.0));
-            last_ms = Some(f.time_ms);
-            // First-order Gauss-Markov: stationary deviation `wander_m`.
-            let a = (-dt / noise.tau_s).exp();
-            let b = noise.wander_m * (1.0 - a * a).sqrt();
-            wx = a * wx + b * rng.normal();
-            wy = a * wy + b * rng.normal();
-            let (jx, jy) = (noise.jitter_m * rng.normal(), noise.jitter_m * rng.normal());
-            let (lat, lon) = Frame::at(f.lat, f.lon).position(wx + jx, wy + jy);
-            Fix {
-                lat,
-                lon,
-                speed_mps: f
-                    .speed_mps
-                    .map(|v| (v + noise.speed_mps * rng.normal()).abs()),
-                ..*f
-            }
-        })
+    gps_agent::pipeline::verdicts(nmea, true, &ValidateConfig::default())
+        .into_iter()
+        .filter_map(Result::ok)
         .collect()
+}
+
+/// The accepted fixes of the simulator's half-hour tour (seed) with the simulator's noise of
+/// a good receiver under an open sky.
+pub fn tour(seed: u64) -> Vec<Fix> {
+    accepted(DriveSpec {
+        seed,
+        noise: Some(NoiseSpec::default()),
+        ..DriveSpec::tour()
+    })
 }
 
 /// Indices of the fixes fixed rules keep, as Teltonika, Queclink and Traccar Client send: 30 s
@@ -150,9 +61,9 @@ pub fn fixed_rules(fixes: &[Fix]) -> Vec<usize> {
     kept
 }
 
-/// `fixes` as a receiver would print them: an RMC and a GGA per fix, with checksums, 6
-/// decimals of arc minutes (about 2 mm), so the agent reads back what was written.
-pub fn nmea(fixes: &[Fix]) -> String {
+/// `fixes` as the simulator prints a receiver's epochs (RMC, GGA, GSA, VTG), with 6 decimals
+/// of arc minutes (about 2 mm), so the agent reads back what was written.
+pub fn nmea(fixes: &[Fix]) -> Vec<u8> {
     nmea_keeping(fixes, |_| true)
 }
 
@@ -160,55 +71,20 @@ pub fn nmea(fixes: &[Fix]) -> String {
 /// fix prints it (RMC status V, GGA quality 0): the agent rejects it (`no_fix`) while its
 /// time still runs at the receiver's rate, so a replay of the fixes fixed rules keep is
 /// paced as the drive was.
-pub fn nmea_keeping(fixes: &[Fix], keep: impl Fn(usize) -> bool) -> String {
-    use std::fmt::Write as _;
-    fn angle(value: f64, degree_digits: usize, pos: char, neg: char) -> String {
-        let hemisphere = if value < 0.0 { neg } else { pos };
-        let v = value.abs();
-        let degrees = v.trunc();
-        let minutes = (v - degrees) * 60.0;
-        format!(
-            "{:0width$}{:09.6},{hemisphere}",
-            degrees as u32,
-            minutes,
-            width = degree_digits
-        )
-    }
-    fn line(out: &mut String, body: &str) {
-        let sum = body.bytes().fold(0u8, |a, b| a ^ b);
-        let _ = write!(out, "${body}*{sum:02X}\r\n");
-    }
-    let mut out = String::new();
+pub fn nmea_keeping(fixes: &[Fix], keep: impl Fn(usize) -> bool) -> Vec<u8> {
+    let mut out = Vec::new();
     for (i, f) in fixes.iter().enumerate() {
-        let t = chrono::DateTime::from_timestamp_millis(f.time_ms).unwrap_or_default();
-        let hms = t.format("%H%M%S%.3f");
-        if !keep(i) {
-            line(
-                &mut out,
-                &format!("GPRMC,{hms},V,,,,,,,{},,,N", t.format("%d%m%y")),
-            );
-            line(&mut out, &format!("GPGGA,{hms},,,,,0,00,,,M,,M,,"));
-            continue;
-        }
-        let (lat, lon) = (angle(f.lat, 2, 'N', 'S'), angle(f.lon, 3, 'E', 'W'));
-        let knots = f.speed_mps.unwrap_or(0.0) * 3600.0 / 1852.0;
-        let course = f.course_deg.map_or(String::new(), |c| format!("{c:.2}"));
-        line(
-            &mut out,
-            &format!(
-                "GPRMC,{hms},A,{lat},{lon},{knots:.3},{course},{},,,A",
-                t.format("%d%m%y")
-            ),
-        );
-        line(
-            &mut out,
-            &format!(
-                "GPGGA,{hms},{lat},{lon},1,{:02},{:.2},{:.1},M,46.9,M,,",
-                f.sats.unwrap_or(8),
-                f.hdop.unwrap_or(1.0),
-                f.alt_m.unwrap_or(500.0)
-            ),
-        );
+        let reading = Reading {
+            fix: keep(i),
+            alt_m: f.alt_m.unwrap_or(500.0),
+            speed_mps: f.speed_mps.unwrap_or(0.0),
+            course_deg: f.course_deg,
+            sats: f.sats.unwrap_or(8),
+            hdop: f.hdop.unwrap_or(1.0),
+            precision: 6,
+            ..Reading::new(f.time_ms, f.lat, f.lon)
+        };
+        write_reading(&reading, &mut out);
     }
     out
 }

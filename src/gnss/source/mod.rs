@@ -2,19 +2,21 @@
 //! ([`file`]), in one common shape.
 //!
 //! A source hands fixed-size byte chunks ([`Chunk`], no heap) to its consumer, which feeds
-//! them to a [`Decoder`](super::Decoder): a serial port is read in the consumer's own thread
-//! ([`serial::direct`], the daemon: one wake per epoch), or by a reader thread of its own
-//! through a bounded `sync_channel` ([`serial::spawn`], [`file::spawn`]). Either way it keeps
+//! them to the [`Pipeline`](crate::pipeline::Pipeline): a serial port is read in the
+//! consumer's own thread ([`serial::direct`]: one wake per epoch), a log file by a reader
+//! thread of its own through a bounded `sync_channel` ([`file::spawn`]). Either way it keeps
 //! its condition in a shared [`SourceStatus`]
 //! (connected, outages, stuck events, last error, per-code error counts) for health
-//! reporting. A source never decodes and never decides what a fix is; it stops promptly when
-//! its stop flag is raised or its consumer hangs up.
+//! reporting. A source never decodes and never decides what a fix is: the receiver's time
+//! the serial port's stuck watch needs is handed to each read by the consumer, whose
+//! pipeline owns it. It stops promptly when its stop flag is raised or its consumer hangs
+//! up.
 
 pub mod file;
 pub mod serial;
 pub mod stuck;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,17 +34,13 @@ pub const CHUNK_LEN: usize = 1024;
 /// A piece of the byte stream. Fixed capacity, `Clone`, never on the heap.
 pub type Chunk = heapless::Vec<u8, CHUNK_LEN>;
 
-/// Chunks in flight between a source and its consumer: 32 x 1 KiB is about 34 s of a
-/// 9600-baud receiver and 3 s of a 115200-baud one sending flat out (a 10 Hz receiver sends
-/// a few KiB a second), enough to ride out a slow disk without unbounded memory.
+/// Chunks in flight between a replayed log's reader thread and its consumer: 32 x 1 KiB,
+/// bounded memory; the reader waits when they are all taken (backpressure).
 pub const CHANNEL_CAPACITY: usize = 32;
 
 /// How long a blocked source waits between attempts to hand over a chunk; also the
 /// granularity at which it notices the stop flag.
 const POLL: Duration = Duration::from_millis(10);
-
-/// Sentinel for "no receiver time reported yet".
-const NO_TIME: u32 = u32::MAX;
 
 /// A source's condition, shared between its thread and the rest of the agent.
 #[derive(Debug)]
@@ -51,13 +49,8 @@ pub struct SourceStatus {
     outages: AtomicU64,
     stuck: AtomicU64,
     bytes: AtomicU64,
-    /// Chunks a live source dropped because the consumer was not keeping up.
-    dropped_chunks: AtomicU64,
     errors: ErrorCounts,
     last_error: Mutex<Option<LastError>>,
-    /// The newest receiver time of day (ms) the consumer's decoder has seen ([`NO_TIME`]
-    /// before the first): the serial source's stuck watch reads it.
-    receiver_time: AtomicU32,
     /// How long the current session may be stuck before the port is reopened (ms).
     stuck_limit_ms: AtomicU64,
     /// Stamps `last_error` when it happens.
@@ -71,10 +64,8 @@ impl Default for SourceStatus {
             outages: AtomicU64::new(0),
             stuck: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            dropped_chunks: AtomicU64::new(0),
             errors: ErrorCounts::default(),
             last_error: Mutex::new(None),
-            receiver_time: AtomicU32::new(NO_TIME),
             stuck_limit_ms: AtomicU64::new(0),
             clock: Clock::system(),
         }
@@ -98,24 +89,11 @@ impl SourceStatus {
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
     }
-
-    /// Chunks dropped because the consumer was not keeping up (live sources only).
-    pub fn dropped_chunks(&self) -> u64 {
-        self.dropped_chunks.load(Ordering::Relaxed)
-    }
     pub fn errors(&self) -> &ErrorCounts {
         &self.errors
     }
     pub fn last_error(&self) -> Option<LastError> {
         self.last_error.lock().ok().and_then(|g| g.clone())
-    }
-
-    /// The consumer reports the newest receiver time its decoder has seen (any sentence's,
-    /// whether or not it completed an epoch), so the serial source can tell a receiver that
-    /// keeps talking but repeats the same time (frozen firmware) from a healthy one.
-    /// Consumers that never call this only get the silence check.
-    pub fn note_receiver_time(&self, time_of_day_ms: u32) {
-        self.receiver_time.store(time_of_day_ms, Ordering::Relaxed);
     }
 
     /// How long the current session may be stuck before the port is reopened: `stuck_after`,
@@ -127,12 +105,6 @@ impl SourceStatus {
     fn set_stuck_limit(&self, limit: Duration) {
         let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
         self.stuck_limit_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// The newest receiver time reported, if any.
-    pub fn receiver_time(&self) -> Option<u32> {
-        let t = self.receiver_time.load(Ordering::Relaxed);
-        (t != NO_TIME).then_some(t)
     }
 
     fn set_connected(&self, connected: bool) {
@@ -209,10 +181,17 @@ impl SourceHandle {
         }
     }
 
-    /// The next bytes, waiting at most `wait`.
-    pub fn next_chunk(&mut self, wait: Duration) -> Next {
+    /// The next bytes, waiting at most `wait`. `receiver_time` is the newest UTC time of day
+    /// (ms) the consumer's pipeline has seen ([`Pipeline::receiver_time`]): a serial port
+    /// judges by it whether the receiver is stuck repeating one epoch; a log file has no use
+    /// for it.
+    ///
+    /// [`Pipeline::receiver_time`]: crate::pipeline::Pipeline::receiver_time
+    pub fn next_chunk(&mut self, wait: Duration, receiver_time: Option<u32>) -> Next {
         if let Some(reader) = self.direct.as_mut() {
-            return reader.next(wait).map_or(Next::Quiet, Next::Chunk);
+            return reader
+                .next(wait, receiver_time)
+                .map_or(Next::Quiet, Next::Chunk);
         }
         match self.chunks.recv_timeout(wait) {
             Ok(chunk) => Next::Chunk(chunk),
@@ -260,20 +239,6 @@ fn deliver(tx: &SyncSender<Chunk>, mut chunk: Chunk, stop: &AtomicBool) -> bool 
                 chunk = back;
                 std::thread::sleep(POLL);
             }
-        }
-    }
-}
-
-/// Hand a chunk to the consumer without ever waiting: a live receiver must keep being read
-/// (or the kernel drops its bytes uncounted), so when the consumer is behind and the channel
-/// full, the chunk is dropped and counted. False when the consumer hung up.
-fn deliver_or_drop(tx: &SyncSender<Chunk>, chunk: Chunk, status: &SourceStatus) -> bool {
-    match tx.try_send(chunk) {
-        Ok(()) => true,
-        Err(TrySendError::Disconnected(_)) => false,
-        Err(TrySendError::Full(_)) => {
-            status.dropped_chunks.fetch_add(1, Ordering::Relaxed);
-            true
         }
     }
 }

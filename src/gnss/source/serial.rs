@@ -1,28 +1,27 @@
 //! Serial source: reads the receiver's device (`/dev/ttyUSB0`, a udev symlink, ...) at the
-//! configured baud rate and sends its bytes on.
+//! configured baud rate, in its consumer's own thread ([`SerialReader`], the daemon's ingest
+//! thread): one wake per epoch, and while the consumer is busy the receiver's bytes wait in
+//! the kernel's tty buffers, never in a queue of ours.
 //!
 //! It survives the device vanishing (USB unplug: read error, end of file, or open failure)
 //! and coming back, reopening with exponential backoff (0.5 s doubling to 30 s), counting
-//! each outage once. A receiver that goes silent, or keeps talking while the epoch time the
-//! consumer reports stops advancing, for `stuck_after` is reported (`GNSS_STUCK`) and the port
-//! reopened; while it stays stuck the wait before the next reopen doubles (to at most
-//! [`STUCK_LIMIT_MAX`]), and it starts again from `stuck_after` once the epoch time advances.
-//! The port stays open and read all along: a receiver that recovers is seen at once. It never
-//! exits on its own: only the stop flag or a consumer that hung up end it.
+//! each outage once. A receiver that goes silent, or keeps talking while the receiver time
+//! the consumer hands each read stops advancing, for `stuck_after` is reported
+//! (`GNSS_STUCK`) and the port reopened; while it stays stuck the wait before the next reopen
+//! doubles (to at most [`STUCK_LIMIT_MAX`]), and it starts again from `stuck_after` once the
+//! receiver time advances. The port stays open and read all along: a receiver that recovers
+//! is seen at once. It never gives up on its own: the consumer closes it.
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::stuck::StuckWatch;
-use super::{deliver_or_drop, Chunk, SourceHandle, SourceStatus, CHANNEL_CAPACITY, CHUNK_LEN};
+use super::{Chunk, SourceHandle, SourceStatus, CHUNK_LEN};
 use crate::gnss::error::GnssError;
 
-/// How long one read waits for bytes: short, so the stop flag and the stuck check are
-/// looked at several times a second.
+/// The port's read timeout when it is opened; each read sets the wait its caller gives.
 const READ_TIMEOUT: Duration = Duration::from_millis(200);
 
 pub use super::stuck::STUCK_LIMIT_MAX;
@@ -86,26 +85,6 @@ impl Backoff {
     }
 }
 
-/// Start the reader thread. Errors only when the thread cannot be spawned.
-pub fn spawn(settings: SerialSettings, stop: Arc<AtomicBool>) -> io::Result<SourceHandle> {
-    let (tx, chunks) = sync_channel(CHANNEL_CAPACITY);
-    let status = Arc::new(SourceStatus::default());
-    let mut reader = SerialReader::new(settings, Arc::clone(&status));
-    let thread = std::thread::Builder::new()
-        .name("gnss-serial".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(chunk) = reader.next(READ_TIMEOUT) {
-                    if !deliver_or_drop(&tx, chunk, &reader.status) {
-                        break;
-                    }
-                }
-            }
-            reader.close();
-        })?;
-    Ok(SourceHandle::threaded(chunks, status, thread))
-}
-
 /// The source read by its consumer's own thread (the daemon's ingest thread): no reader
 /// thread and no channel, so a receiver's epoch wakes one thread, not two. The consumer
 /// calls [`SourceHandle::next_chunk`] with how long it may wait.
@@ -158,8 +137,10 @@ impl SerialReader {
     }
 
     /// Waits at most `wait` for the receiver's bytes; `None` when none came (or the device
-    /// is away and not due to be tried again yet).
-    pub fn next(&mut self, wait: Duration) -> Option<Chunk> {
+    /// is away and not due to be tried again yet). `receiver_time` is the newest UTC time of
+    /// day (ms) the consumer's pipeline has seen from this receiver: the stuck watch's
+    /// evidence of a receiver repeating one epoch.
+    pub fn next(&mut self, wait: Duration, receiver_time: Option<u32>) -> Option<Chunk> {
         let deadline = Instant::now() + wait;
         if self.port.is_none() {
             if let Some(at) = self.reopen_at {
@@ -203,7 +184,7 @@ impl SerialReader {
                 return None;
             }
         }
-        self.judge_stuck();
+        self.judge_stuck(receiver_time);
         chunk
     }
 
@@ -256,12 +237,12 @@ impl SerialReader {
 
     /// Silent, or its time not advancing, for the session's limit: reported, and the port
     /// reopened at once, with a longer limit while it stays stuck.
-    fn judge_stuck(&mut self) {
+    fn judge_stuck(&mut self, receiver_time: Option<u32>) {
         let now = Instant::now();
         let Some(port) = self.port.as_mut() else {
             return;
         };
-        port.watch.receiver_time(self.status.receiver_time(), now);
+        port.watch.receiver_time(receiver_time, now);
         let Some(stuck) = port.watch.verdict(now) else {
             return;
         };
@@ -338,31 +319,29 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_device_counts_one_outage_and_the_thread_stops_on_request() {
+    fn a_missing_device_counts_one_outage_however_many_attempts_fail() {
         let dir = tempfile::tempdir().unwrap();
         let settings = SerialSettings {
             path: dir.path().join("no-such-tty"),
             baud: 9600,
             stuck_after: Duration::from_secs(10),
-            backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(40),
+            backoff_initial: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(2),
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let handle = spawn(settings, Arc::clone(&stop)).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while handle.status.errors().get("GNSS_DEVICE_OPEN") < 3 {
-            assert!(Instant::now() < deadline, "no open attempts seen");
-            std::thread::sleep(Duration::from_millis(10));
+        let mut source = direct(settings);
+        // Each read waits out the backoff (at most 2 ms) and tries again.
+        while source.status.errors().get("GNSS_DEVICE_OPEN") < 3 {
+            assert!(matches!(
+                source.next_chunk(Duration::from_millis(5), None),
+                super::super::Next::Quiet
+            ));
         }
-        assert_eq!(handle.status.outages(), 1);
-        assert!(!handle.status.connected());
+        assert_eq!(source.status.outages(), 1);
+        assert!(!source.status.connected());
         assert_eq!(
-            handle.status.last_error().map(|e| e.code),
+            source.status.last_error().map(|e| e.code),
             Some("GNSS_DEVICE_OPEN")
         );
-        stop.store(true, Ordering::Relaxed);
-        let started = Instant::now();
-        handle.join();
-        assert!(started.elapsed() < Duration::from_secs(1));
+        source.close();
     }
 }

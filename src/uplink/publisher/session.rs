@@ -883,7 +883,10 @@ mod tests {
             io::ErrorKind::HostUnreachable,
             io::ErrorKind::TimedOut,
         ] {
-            assert_eq!(ending_of(&connect(kind), &facts, MINUTE), Ending::Unreachable);
+            assert_eq!(
+                ending_of(&connect(kind), &facts, MINUTE),
+                Ending::Unreachable
+            );
         }
         let unavailable = UplinkError::Unavailable {
             broker: "mqtt://b:1883".into(),
@@ -902,7 +905,10 @@ mod tests {
             proven: true,
             ..young
         };
-        assert_eq!(ending_of(&io_error(), &status_acked, MINUTE), Ending::Dropped);
+        assert_eq!(
+            ending_of(&io_error(), &status_acked, MINUTE),
+            Ending::Dropped
+        );
         assert_eq!(
             ending_of(&io_error(), &young, Duration::ZERO),
             Ending::Dropped,
