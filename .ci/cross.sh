@@ -18,6 +18,14 @@ if ! command -v qemu-aarch64 >/dev/null 2>&1 || ! command -v qemu-arm >/dev/null
 fi
 
 bash cross/build.sh all
+# Each package carries the conffile and both templates to start a config from.
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
+for deb in target/debian/gps-agent_"${version}"_arm64.deb target/debian/gps-agent_"${version}"_armhf.deb; do
+  for f in ./etc/gps-agent/config.toml ./usr/share/gps-agent/example.toml \
+           ./usr/share/gps-agent/cellular.toml; do
+    dpkg-deb -c "$deb" | awk '{print $6}' | grep -qxF "$f" || { echo "cross: $deb lacks $f"; exit 1; }
+  done
+done
 # The native release build (the demo feature does not touch parsing).
 cargo build --release --locked
 native=target/release/gps-agent

@@ -38,7 +38,8 @@ for a in "${arches[@]}"; do
   bin="target/$t/release/gps-agent"
   echo "$a: $(stat -c %s "$bin") bytes  $bin"
 
-  # A minimal .deb: binary, unit, sysusers entry, example config (as a conffile).
+  # A minimal .deb: binary, unit, sysusers entry, example config (as a conffile), and the
+  # templates in /usr/share/gps-agent (example and cellular) to start a config from.
   root="target/debian/$a/root"
   rm -rf "$root"
   DESTDIR="$root" bash systemd/install.sh "$bin"

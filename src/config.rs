@@ -848,13 +848,20 @@ impl Config {
     /// The checked settings, with every problem pushed to `out`. Only when `out` stays empty
     /// are the settings real: on a problem, the offending value is a placeholder.
     pub fn settings(&self, out: &mut Vec<Problem>) -> Settings {
+        let device = self.device.check(out);
+        let gnss = self.gnss.check(out);
+        let validate = self.validate.check(out);
+        let report = self.report.check(out);
+        let buffer = self.buffer.check_with_history(&self.history, out);
+        let mut mqtt = self.mqtt.check(&self.device, out);
+        mqtt.tls_tickets = Some(buffer.tls_tickets());
         Settings {
-            device: self.device.check(out),
-            gnss: self.gnss.check(out),
-            validate: self.validate.check(out),
-            report: self.report.check(out),
-            buffer: self.buffer.check_with_history(&self.history, out),
-            mqtt: self.mqtt.check(&self.device, out),
+            device,
+            gnss,
+            validate,
+            report,
+            buffer,
+            mqtt,
             commands: self.commands.check(out),
             health: self.health.check(out),
         }
@@ -1298,6 +1305,7 @@ impl MqttConfig {
             server_name: self.server_name.clone(),
             profile: self.profile,
             sas_key_file: self.sas_key_file.clone(),
+            tls_tickets: None,
         }
     }
 

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Installs gps-agent on a gateway: binary, unit, sysusers entry and an example config.
+# Installs gps-agent on a gateway: binary, unit, sysusers entry, and the two configuration
+# templates in /usr/share/gps-agent (example.toml: every key and its default; cellular.toml:
+# for a metered link), the example as /etc/gps-agent/config.toml when there is none.
 # Idempotent: run it again to upgrade; an existing /etc/gps-agent/config.toml is kept.
 # Usage: systemd/install.sh [path/to/gps-agent]   (default: target/release/gps-agent)
 set -euo pipefail
@@ -12,6 +14,8 @@ prefix="${DESTDIR:-}"
 install -D -m 0755 "$bin" "$prefix/usr/bin/gps-agent"
 install -D -m 0644 "$here/gps-agent.service" "$prefix/etc/systemd/system/gps-agent.service"
 install -D -m 0644 "$here/gps-agent.sysusers" "$prefix/usr/lib/sysusers.d/gps-agent.conf"
+install -D -m 0644 "$here/../config/example.toml" "$prefix/usr/share/gps-agent/example.toml"
+install -D -m 0644 "$here/../config/cellular.toml" "$prefix/usr/share/gps-agent/cellular.toml"
 if [ ! -e "$prefix/etc/gps-agent/config.toml" ]; then
   install -D -m 0644 "$here/../config/example.toml" "$prefix/etc/gps-agent/config.toml"
 fi

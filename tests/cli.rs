@@ -14,6 +14,11 @@ fn bin() -> Command {
 #[path = "support/corpus.rs"]
 mod corpus;
 
+/// The test PKI, for a `ca_file`; only its CA is used here.
+#[path = "support/certs.rs"]
+#[allow(dead_code)]
+mod certs;
+
 /// A simulated drive (with a tunnel and damaged lines) written to `dir`.
 fn drive_log(dir: &tempfile::TempDir) -> PathBuf {
     let spec = gps_agent::sim::DriveSpec {
@@ -194,6 +199,24 @@ fn check_config_accepts_the_example_config() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn check_config_accepts_the_cellular_config_once_its_ca_file_is_set() {
+    // As an operator starts from it: the shipped file with its `ca_file` line filled in (the
+    // file as shipped trusts the system's roots, which a build machine need not have).
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::TestPki::create(dir.path());
+    let shipped = include_str!("../config/cellular.toml");
+    let line = "# ca_file = \"/etc/gps-agent/ca.pem\"";
+    assert!(
+        shipped.contains(line),
+        "the cellular file names its ca_file"
+    );
+    let text = shipped.replacen(line, &format!("ca_file = \"{}\"", pki.ca.display()), 1);
+    let (code, out) = check_config(&dir, &text);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.ends_with(": ok\n"), "{out}");
 }
 
 #[test]

@@ -37,6 +37,28 @@ fn the_example_file_checks_clean_and_shows_exactly_the_defaults() {
 }
 
 #[test]
+fn the_cellular_file_is_the_defaults_with_adaptive_reporting_the_compact_payload_a_longer_linger_and_tls(
+) {
+    let text = include_str!("../config/cellular.toml");
+    let mut table: toml::Table = toml::from_str(text).unwrap();
+    let mqtt = table["mqtt"].as_table_mut().unwrap();
+    assert_eq!(
+        mqtt["url"].as_str(),
+        Some("mqtts://broker.example.com:8883")
+    );
+    // Checked without TLS here: with mqtts:// and no ca_file the check reads the system's
+    // roots, which a build machine need not have.
+    mqtt.insert("url".into(), "mqtt://broker.example.com:8883".into());
+    let cellular = config::parse_str(&toml::to_string(&table).unwrap()).unwrap();
+    let want = config::parse_str(
+        "[report]\nmode = \"adaptive\"\n\n\
+         [mqtt]\nurl = \"mqtt://broker.example.com:8883\"\npayload = \"cbor\"\nlinger_s = 120\n",
+    )
+    .unwrap();
+    assert_eq!(cellular, want);
+}
+
+#[test]
 fn the_example_file_mentions_every_key_of_every_section() {
     // The example documents every key: a key added to a section must be added there too.
     let text = include_str!("../config/example.toml");

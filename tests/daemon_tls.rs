@@ -208,3 +208,66 @@ async fn a_certificate_replaced_on_disk_is_used_at_once_after_sighup() {
     let (exit, _) = agent.terminate();
     assert_eq!(exit, 0);
 }
+
+/// Wait until the front has seen `n` handshakes; returns them.
+async fn handshakes(front: &TlsFront, n: usize) -> Vec<support::tls_front::Handshake> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = front.handshakes();
+        if seen.len() >= n {
+            return seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} handshakes, waiting for {n}",
+            seen.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_resumes_its_tls_session_and_a_changed_ca_drops_the_ticket() {
+    let t = Setup::new(20, PASSWORD).await;
+    let device = support::unique("truck");
+    let mut sub = t.subscriber(&device).await;
+    let mqtt = mqtt_section(&t.front.url("localhost"), &t.pki, &t.password_file, true);
+    let tickets = t.dir.path().join("buffer.db.tls-tickets");
+
+    // The first trip: a full handshake; the broker's tickets land beside the buffer.
+    let agent = Agent::start_with_mqtt(t.dir.path(), &device, &t.gnss, &mqtt, &[]);
+    let seqs = sub.fix_seqs(t.expected, Duration::from_secs(30)).await;
+    assert_eq!(seqs, (1..=t.expected).collect::<BTreeSet<u64>>());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !tickets.exists() {
+        assert!(std::time::Instant::now() < deadline, "no ticket file");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(agent.terminate().0, 0);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&tickets).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // The next trip (a new process): its first connection resumes.
+    let agent = Agent::start_with_mqtt(t.dir.path(), &device, &t.gnss, &mqtt, &[]);
+    let seen = handshakes(&t.front, 2).await;
+    assert_eq!(agent.terminate().0, 0);
+    let resumed: Vec<bool> = seen.iter().map(|h| h.resumed).collect();
+    assert_eq!(resumed, [false, true]);
+
+    // The CA file replaced (a second CA added): the stored tickets are dropped, unused.
+    let bundle = std::fs::read_to_string(&t.pki.ca).unwrap()
+        + &std::fs::read_to_string(&t.pki.other_ca).unwrap();
+    std::fs::write(&t.pki.ca, bundle).unwrap();
+    let agent = Agent::start_with_mqtt(t.dir.path(), &device, &t.gnss, &mqtt, &[]);
+    let seen = handshakes(&t.front, 3).await;
+    assert_eq!(agent.terminate().0, 0);
+    assert!(!seen[2].resumed, "{seen:?}");
+    let log = std::fs::read_to_string(t.dir.path().join("agent.log")).unwrap();
+    assert_eq!(
+        log.matches("stored TLS tickets were made under another CA")
+            .count(),
+        1,
+        "{log}"
+    );
+}

@@ -93,6 +93,51 @@ fn a_captured_v2_message_decodes_to_the_json_fixes_within_the_resolution() {
     same_fixes(&json, &from_v2, 1.0);
 }
 
+/// A lean v2 message (`v`, `s` as 16 bytes, the columns) in the header form agents before
+/// the lean header wrote: `d` the device id, `s` the stream id as 32 hex characters.
+fn with_full_header(lean: &[u8], device: &str) -> Vec<u8> {
+    assert_eq!(
+        lean[1..7],
+        [0x61, b'v', 0x02, 0x61, b's', 0x50],
+        "a lean header"
+    );
+    let (id, columns) = lean[7..].split_at(16);
+    let mut full = vec![lean[0] + 1];
+    full.extend_from_slice(&[0x61, b'v', 0x02, 0x61, b'd', 0x60 + device.len() as u8]);
+    full.extend_from_slice(device.as_bytes());
+    full.extend_from_slice(&[0x61, b's', 0x78, 0x20]);
+    full.extend(id.iter().flat_map(|b| format!("{b:02x}").into_bytes()));
+    full.extend_from_slice(columns);
+    full
+}
+
+#[test]
+fn a_capture_decodes_to_the_same_fixes_in_both_header_forms() {
+    let fixes = kept();
+    let dir = tempfile::tempdir().unwrap();
+    let (lean, full) = (dir.path().join("lean.bin"), dir.path().join("full.bin"));
+    capture(&fixes, true, &lean);
+    let bytes = std::fs::read(&lean).unwrap();
+    let mut old = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let (_, used) = cbor::read_prefix(&bytes[at..], &mut |_, _| {}).unwrap();
+        old.extend(with_full_header(&bytes[at..at + used], "truck-042"));
+        old.push(b'\n');
+        at += used + 1;
+    }
+    std::fs::write(&full, &old).unwrap();
+    let (from_lean, err, code) = decode(&lean);
+    assert_eq!(code, 0, "{err}");
+    let (from_full, err_full, code) = decode(&full);
+    assert_eq!(code, 0, "{err_full}");
+    assert_eq!(from_lean.len(), fixes.len());
+    assert_eq!(from_lean, from_full);
+    // 29 bytes a message more in the old form: `d` and `s` as text.
+    let messages = fixes.len().div_ceil(50);
+    assert_eq!(old.len() - bytes.len(), 29 * messages);
+}
+
 /// Fix lines equal: exactly for integers, strings and events; floats within `scale` times
 /// the v2 resolution of each key.
 fn same_fixes(sent: &[Value], got: &[Value], scale: f64) {

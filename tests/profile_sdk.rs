@@ -202,7 +202,7 @@ async fn run_agent(broker: &Mosquitto, dir: &Path, device: &str, mqtt: &str, top
 
 fn verbose(options: MosquittoOptions) -> MosquittoOptions {
     MosquittoOptions {
-        verbose: true,
+        log_packets: true,
         ..options
     }
 }

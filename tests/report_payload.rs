@@ -4,8 +4,9 @@
 //!
 //! Batches: messages of `batch_max` (50) fixes, as the uplink takes them from a backlog, and
 //! one message a minute, as a live fix waiting up to 60 s for company makes them. The 24-byte
-//! target is per kept fix in batches of 50; a one-a-minute message adds its envelope (device,
-//! stream, keys, the first values in full: about 110 bytes) to three or four fixes.
+//! target is per kept fix in batches of 50; a one-a-minute message adds its envelope (the
+//! lean header's stream id, the keys, the first values in full: about 70 bytes) to three or
+//! four fixes.
 
 mod support;
 

@@ -183,6 +183,16 @@ impl Default for BufferSettings {
     }
 }
 
+impl BufferSettings {
+    /// Where the uplink keeps its TLS session tickets across restarts: beside the buffer,
+    /// named after it (`buffer.db.tls-tickets`).
+    pub fn tls_tickets(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_os_string();
+        name.push(".tls-tickets");
+        PathBuf::from(name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MqttSettings {
     pub broker: BrokerUrl,
@@ -223,15 +233,20 @@ pub struct MqttSettings {
     pub profile: super::ProfileName,
     /// Azure IoT Hub: the device key's file.
     pub sas_key_file: Option<PathBuf>,
+    /// The TLS session tickets' file ([`BufferSettings::tls_tickets`]); in memory only when
+    /// `None`.
+    pub tls_tickets: Option<PathBuf>,
 }
 
 impl MqttSettings {
-    /// The defaults, for a device named `device` talking to `broker` (tests, tools).
+    /// The defaults, for a device named `device` talking to `broker` (tests, tools), with
+    /// TLS session tickets in memory only.
     pub fn for_broker(broker: BrokerUrl, device: &str) -> Self {
         let mut raw = super::Config::default();
         raw.device.id = device.to_owned();
         let mut m = raw.settings(&mut Vec::new()).mqtt;
         m.broker = broker;
+        m.tls_tickets = None;
         m
     }
 }

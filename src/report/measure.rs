@@ -132,8 +132,9 @@ pub enum Batching {
 }
 
 /// Payload bytes of `fixes` (numbered 1, 2, ... as the buffer would) in the JSON (`v` 1)
-/// and the compact (`v` 2) encodings, and the number of messages; `device` and a 32-character
-/// stream id in each, as the daemon sends them.
+/// and the compact (`v` 2) encodings, and the number of messages; the stream id of the
+/// buffer's form in each (and `device` in v1; v2's lean header leaves it to the topic), as
+/// the daemon sends them.
 pub fn payload_bytes(fixes: &[Fix], device: &str, batching: Batching) -> (usize, usize, usize) {
     use crate::uplink::{cbor, payload};
     let numbered: Vec<(u64, Fix)> = fixes

@@ -14,11 +14,20 @@
 //! one fix of the message has a value, with null for the fixes that have none; `e` holds 0
 //! for a fix without an event.
 //!
+//! **The lean header** (the spec's header form for metered links, the only one written): no
+//! `d` (the topic names the device), and `s` as the stream id's 16 bytes (a CBOR byte
+//! string) instead of its 32 hex characters: `s` and its value take 19 bytes where `d`, `s`
+//! and theirs took 48 (a nine-character device id), 29 bytes less in every message. A
+//! stream id that is not 32 lowercase hex characters (none the buffer makes) is written as
+//! text.
+//!
 //! [`read_prefix`] reads such a message back a fix at a time (for `gps-agent decode`;
-//! [`decode`] collects them, for the tests); it accepts any valid CBOR encoding of the same
-//! map (longer integer forms, keys in any order, unknown keys skipped), not only what
-//! [`encode`] writes. It holds nothing but the message's bytes and one fix: a claimed length
-//! is never reserved, only walked, so a message costs no more memory than it has bytes.
+//! [`decode`] collects them, for the tests); it accepts both header forms (with `d` and `s`
+//! as text, as agents before the lean header wrote it, and the lean one) and any valid CBOR
+//! encoding of the same map (longer integer forms, keys in any order, unknown keys skipped),
+//! not only what [`encode`] writes. It holds nothing but the message's bytes and one fix: a
+//! claimed length is never reserved, only walked, so a message costs no more memory than it
+//! has bytes.
 
 use crate::error::{Classified, ErrorClass};
 use crate::fix::{Event, Fix, FixMode};
@@ -28,7 +37,7 @@ use crate::uplink::payload::{Encoded, FixBatch, Message};
 /// Payload format version, the `v` key.
 pub const PAYLOAD_VERSION: u64 = 2;
 
-/// Columns after `v`, `d`, `s`, in the order they are written.
+/// Columns after `v` and `s`, in the order they are written.
 const KEYS: [&str; COLUMNS] = ["q", "t", "la", "lo", "al", "sp", "co", "hd", "sa", "m", "e"];
 const COLUMNS: usize = 11;
 /// Columns written for every message (`q`, `t`, `la`, `lo`); the others only when a fix of
@@ -43,6 +52,7 @@ const EVENT: usize = 10;
 /// CBOR major types.
 const UNSIGNED: u8 = 0;
 const NEGATIVE: u8 = 1;
+const BYTES: u8 = 2;
 const TEXT: u8 = 3;
 const ARRAY: u8 = 4;
 const MAP: u8 = 5;
@@ -121,11 +131,50 @@ fn write_text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
+/// Bytes of a stream id as a 16-byte CBOR byte string (16 + 1 head).
+const STREAM_ID_LEN: usize = 16;
+
+/// The stream id's 16 bytes when it is 32 lowercase hex characters, as the buffer makes it.
+fn stream_id(stream: &str) -> Option<[u8; STREAM_ID_LEN]> {
+    let hex = stream.as_bytes();
+    if hex.len() != 2 * STREAM_ID_LEN {
+        return None;
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut id = [0u8; STREAM_ID_LEN];
+    for (byte, pair) in id.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(id)
+}
+
+/// Bytes `s` takes: a byte string of the id, or text.
+fn stream_len(stream: &str) -> usize {
+    match stream_id(stream) {
+        Some(_) => head_len(STREAM_ID_LEN as u64) + STREAM_ID_LEN,
+        None => head_len(stream.len() as u64) + stream.len(),
+    }
+}
+
+fn write_stream(out: &mut Vec<u8>, stream: &str) {
+    match stream_id(stream) {
+        Some(id) => {
+            write_head(out, BYTES, STREAM_ID_LEN as u64);
+            out.extend_from_slice(&id);
+        }
+        None => write_text(out, stream),
+    }
+}
+
 /// The size of one message, kept as fixes are added, so a batch is split where the next
 /// fix would not fit without writing anything twice.
 #[derive(Debug, Clone, Copy)]
 struct Sizer {
-    /// `v`, `d`, `s` with their keys, and the map head (at most 14 entries: one byte).
+    /// `v` and `s` with their keys, and the map head (at most 13 entries: one byte).
     fixed: usize,
     fixes: usize,
     /// Per column, the bytes of its elements so far (a null counted as one byte, should the
@@ -137,15 +186,10 @@ struct Sizer {
 }
 
 impl Sizer {
-    fn new(device: &str, stream: &str) -> Sizer {
+    fn new(stream: &str) -> Sizer {
         let text = |s: &str| head_len(s.len() as u64) + s.len();
-        let fixed = 1
-            + text("v")
-            + int_len(PAYLOAD_VERSION as i64)
-            + text("d")
-            + text(device)
-            + text("s")
-            + text(stream);
+        let fixed =
+            1 + text("v") + int_len(PAYLOAD_VERSION as i64) + text("s") + stream_len(stream);
         let mut present = [false; COLUMNS];
         present[..REQUIRED].fill(true);
         Sizer {
@@ -195,7 +239,7 @@ impl Sizer {
 /// does not fit alone is a dead letter (`MQTT_TOO_LARGE`).
 pub fn encode(batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
     let mut out = Encoded::default();
-    let empty = Sizer::new(batch.device, batch.stream);
+    let empty = Sizer::new(batch.stream);
     let mut sizer = empty;
     // The fixes of the message being sized, as a range of `batch.fixes` (skipping dead
     // letters: their seqs are left out of `members`).
@@ -246,14 +290,12 @@ fn write(batch: &FixBatch<'_>, members: &[usize], size: usize) -> Message {
         }
     }
     let mut payload = Vec::with_capacity(size);
-    let entries = 3 + present.iter().filter(|p| **p).count();
+    let entries = 2 + present.iter().filter(|p| **p).count();
     write_head(&mut payload, MAP, entries as u64);
     write_text(&mut payload, "v");
     write_int(&mut payload, PAYLOAD_VERSION as i64);
-    write_text(&mut payload, "d");
-    write_text(&mut payload, batch.device);
     write_text(&mut payload, "s");
-    write_text(&mut payload, batch.stream);
+    write_stream(&mut payload, batch.stream);
     for c in (0..COLUMNS).filter(|&c| present[c]) {
         write_text(&mut payload, KEYS[c]);
         write_head(&mut payload, ARRAY, members.len() as u64);
@@ -278,7 +320,9 @@ fn write(batch: &FixBatch<'_>, members: &[usize], size: usize) -> Message {
 /// A v2 message read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecodedMessage {
-    pub device: String,
+    /// `d`, when the message has it (the lean header leaves it to the topic).
+    pub device: Option<String>,
+    /// `s` as text: a byte string's 16 bytes as 32 lowercase hex characters.
     pub stream: String,
     /// `(seq, fix)`, in the message's order.
     pub fixes: Vec<(u64, Fix)>,
@@ -406,14 +450,31 @@ impl<'a> Reader<'a> {
         if major != TEXT {
             return Ok(None);
         }
+        self.text_body(arg).map(Some)
+    }
+
+    /// The `arg` bytes of a text string whose head was read.
+    fn text_body(&mut self, arg: u64) -> Result<&'a str, DecodeError> {
         let n = self.len(arg)?;
         let at = self.at;
-        std::str::from_utf8(self.take(n)?)
-            .map(Some)
-            .map_err(|_| DecodeError::Cbor {
-                at,
-                what: "text is not UTF-8",
-            })
+        std::str::from_utf8(self.take(n)?).map_err(|_| DecodeError::Cbor {
+            at,
+            what: "text is not UTF-8",
+        })
+    }
+
+    /// `s`: text, or a byte string of the stream id's 16 bytes; `None` for anything else.
+    fn stream(&mut self) -> Result<Option<Stream<'a>>, DecodeError> {
+        let (major, _, arg) = self.head()?;
+        match major {
+            TEXT => self.text_body(arg).map(|t| Some(Stream::Text(t))),
+            BYTES if arg == STREAM_ID_LEN as u64 => {
+                let mut id = [0u8; STREAM_ID_LEN];
+                id.copy_from_slice(self.take(STREAM_ID_LEN)?);
+                Ok(Some(Stream::Id(id)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// An integer (`Ok(Some(Some(v)))`), a null (`Ok(Some(None))`), or something else
@@ -449,8 +510,8 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(DecodedMessage, usize), DecodeErro
     let (head, used) = read_prefix(bytes, &mut |seq, fix| fixes.push((seq, *fix)))?;
     Ok((
         DecodedMessage {
-            device: head.device.to_owned(),
-            stream: head.stream.to_owned(),
+            device: head.device.map(str::to_owned),
+            stream: head.stream.to_string(),
             fixes,
         },
         used,
@@ -460,9 +521,27 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(DecodedMessage, usize), DecodeErro
 /// The envelope of a v2 message: who sent it, and how many fixes it carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Envelope<'a> {
-    pub device: &'a str,
-    pub stream: &'a str,
+    /// `d`: absent in the lean header (the topic names the device).
+    pub device: Option<&'a str>,
+    pub stream: Stream<'a>,
     pub fixes: usize,
+}
+
+/// `s` as a message carries it: text, or the stream id's 16 bytes (the lean header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream<'a> {
+    Text(&'a str),
+    Id([u8; STREAM_ID_LEN]),
+}
+
+/// The stream id as text: a byte string in lowercase hex, as the buffer names the stream.
+impl std::fmt::Display for Stream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stream::Text(t) => f.write_str(t),
+            Stream::Id(id) => id.iter().try_for_each(|b| write!(f, "{b:02x}")),
+        }
+    }
 }
 
 /// Read the v2 message at the start of `bytes` and hand its fixes to `sink`, in order, only
@@ -512,7 +591,7 @@ impl<'a> Layout<'a> {
                     _ => return Err(wrong_type()),
                 },
                 "d" => device = Some(r.text()?.ok_or_else(wrong_type)?),
-                "s" => stream = Some(r.text()?.ok_or_else(wrong_type)?),
+                "s" => stream = Some(r.stream()?.ok_or_else(wrong_type)?),
                 k => match KEYS.iter().position(|x| *x == k) {
                     Some(c) => {
                         let (major, _, arg) = r.head()?;
@@ -537,7 +616,6 @@ impl<'a> Layout<'a> {
         if version != Some(i128::from(PAYLOAD_VERSION)) {
             return Err(DecodeError::Shape(format!("v is {version:?}, not 2")));
         }
-        let device = device.ok_or_else(|| DecodeError::Shape("no d".into()))?;
         let stream = stream.ok_or_else(|| DecodeError::Shape("no s".into()))?;
         let n = columns[0].map_or(0, |(_, n)| n);
         for (c, col) in columns.iter().enumerate() {

@@ -104,6 +104,7 @@ impl PublisherSettings {
             } else {
                 Vec::new()
             },
+            tickets: mqtt.tls_tickets.clone(),
         };
         let tls_client = if mqtt.broker.tls {
             TlsClient::new(Some(client_config(&tls)?))
@@ -334,9 +335,18 @@ payload = \"cbor\"\n",
         let named = mqtt("client_id = \"custom\"\n");
         let s = PublisherSettings::from_settings(&named, "truck-7").unwrap();
         assert_eq!(s.client_id, "custom");
-        // The tools' defaults are the file's defaults.
+        // The tools' defaults are the file's defaults, but for the TLS tickets: an agent run
+        // from a file keeps them beside its buffer, the tools in memory only.
         let tools = PublisherSettings::new("mqtt://127.0.0.1", "truck-7").unwrap();
-        let file = PublisherSettings::from_settings(&mqtt(""), "truck-7").unwrap();
+        let mut from_file = mqtt("");
+        assert_eq!(
+            from_file.tls_tickets.as_deref(),
+            Some(std::path::Path::new(
+                "/var/lib/gps-agent/buffer.db.tls-tickets"
+            ))
+        );
+        from_file.tls_tickets = None;
+        let file = PublisherSettings::from_settings(&from_file, "truck-7").unwrap();
         assert_eq!(tools, file);
     }
 

@@ -1,6 +1,6 @@
 //! TLS for `mqtts://`: builds the rustls client configuration from PEM files (the CA that
 //! signs the broker, and for mutual TLS our certificate and key) and the optional server-name
-//! override.
+//! override, with its session tickets kept in a file across restarts ([`tickets`]).
 //!
 //! Paths flow in from `[mqtt]`; an `Arc<rustls::ClientConfig>` flows out to rumqttc. The
 //! files are read again for every connection, so a renewed certificate is picked up without a
@@ -17,6 +17,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+pub mod tickets;
 
 /// A certificate or key file larger than this is not a PEM file a broker setup would use;
 /// refusing it keeps a wrong path (a log, a device) from being read without end.
@@ -36,6 +38,9 @@ pub struct TlsSettings {
     /// Application protocols offered in the handshake (ALPN): AWS IoT Core on port 443
     /// wants `x-amzn-mqtt-ca`; empty offers none.
     pub alpn: Vec<Vec<u8>>,
+    /// Where TLS 1.3 session tickets are kept across restarts (beside the buffer); in memory
+    /// only when `None`.
+    pub tickets: Option<PathBuf>,
 }
 
 fn config_error(path: &Path, why: impl Into<String>) -> UplinkError {
@@ -111,15 +116,27 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// Build the client configuration: read and check every file now, so a missing or broken
-/// one is reported before any connection attempt.
+/// one is reported before any connection attempt. With `tickets`, its session tickets are
+/// kept in that file, bound to the CA certificates, the client certificate chain and the
+/// server name (the file is first read at the first handshake, not here).
 pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, UplinkError> {
+    client_config_and_tickets(settings).map(|(config, _)| config)
+}
+
+/// [`client_config`] and its ticket store (when `settings.tickets` names a file).
+fn client_config_and_tickets(
+    settings: &TlsSettings,
+) -> Result<(Arc<ClientConfig>, Option<Arc<tickets::TicketStore>>), UplinkError> {
     let mut roots = RootCertStore::empty();
+    // What the tickets' trust rests on, for their binding.
+    let mut trusted: Vec<CertificateDer<'static>> = Vec::new();
     match &settings.ca_file {
         Some(path) => {
             for cert in read_certs(path)? {
                 roots
-                    .add(cert)
+                    .add(cert.clone())
                     .map_err(|e| config_error(path, format!("unusable CA certificate: {e}")))?;
+                trusted.push(cert);
             }
         }
         None => {
@@ -127,7 +144,9 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Uplink
             for cert in found.certs {
                 // A system store often holds a few certificates rustls cannot use; skip them
                 // as every TLS client does.
-                let _ = roots.add(cert);
+                if roots.add(cert.clone()).is_ok() {
+                    trusted.push(cert);
+                }
             }
             if roots.is_empty() {
                 return Err(config_error(
@@ -159,9 +178,11 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Uplink
                 .with_custom_certificate_verifier(Arc::new(NameOverride { inner, expected }))
         }
     };
-    let config = match (&settings.client_cert, &settings.client_key) {
+    let mut presented: Vec<CertificateDer<'static>> = Vec::new();
+    let mut config = match (&settings.client_cert, &settings.client_key) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert)?;
+            presented.clone_from(&chain);
             let key_der = read_key(key)?;
             builder
                 .with_client_auth_cert(chain, key_der)
@@ -175,9 +196,26 @@ pub fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, Uplink
         }
         (None, None) => builder.with_no_client_auth(),
     };
-    let mut config = config;
     config.alpn_protocols = settings.alpn.clone();
-    Ok(Arc::new(config))
+    let binding = settings.tickets.as_ref().and_then(|file| {
+        let parts = (trusted.iter().map(|c| ("trusted", c.as_ref())))
+            .chain(presented.iter().map(|c| ("presented", c.as_ref())))
+            .chain(
+                settings
+                    .server_name
+                    .iter()
+                    .map(|n| ("server name", n.as_bytes())),
+            );
+        Some((file, tickets::Binding::of(parts)?))
+    });
+    let Some((file, binding)) = binding else {
+        return Ok((Arc::new(config), None));
+    };
+    let store = Arc::new(tickets::TicketStore::new(file.clone(), binding));
+    config.resumption = rustls::client::Resumption::store(store.clone());
+    let config = Arc::new(config);
+    store.bind(&config);
+    Ok((config, Some(store)))
 }
 
 /// Checks the broker's certificate against `expected` instead of the URL's host, with the
@@ -314,6 +352,7 @@ mod tests {
             client_key: Some(key_path),
             server_name: Some("broker.example".into()),
             alpn: vec![b"x-amzn-mqtt-ca".to_vec()],
+            tickets: None,
         };
         let config = client_config(&settings).unwrap();
         assert!(config.client_auth_cert_resolver.has_certs());

@@ -48,9 +48,9 @@ pub struct MosquittoOptions {
     /// [`Mosquitto::start_again`] (saved to the broker's temp dir when it stops), with no
     /// limit on what is queued for a subscriber that is away meanwhile.
     pub persistence: bool,
-    /// Log everything (connections with their flags, subscriptions, every publish's topic
-    /// and flags): what the broker saw, for [`Mosquitto::log`].
-    pub verbose: bool,
+    /// Log every packet received and sent (`log_type all`), with mosquitto's timestamp in
+    /// whole seconds: [`Mosquitto::log`] then tells when each client said what.
+    pub log_packets: bool,
     /// The agent's listener on this port instead of a free one (a platform SDK that dials
     /// its platform's fixed port: 8883).
     pub agent_port: Option<u16>,
@@ -86,11 +86,10 @@ impl Mosquitto {
         } else {
             conf += "persistence false\n";
         }
-        conf += if options.verbose {
-            "log_dest stderr\nlog_type all\n"
-        } else {
-            "log_dest stderr\nlog_type error\nlog_type warning\n"
-        };
+        conf += "log_dest stderr\nlog_type error\nlog_type warning\n";
+        if options.log_packets {
+            conf += "log_type all\n";
+        }
         if running_as_root() {
             // As root mosquitto drops to user `mosquitto`, who cannot read the temp dir.
             conf += "user root\n";
@@ -206,7 +205,7 @@ impl Mosquitto {
         }
     }
 
-    /// What mosquitto logged (warnings and errors; everything when `verbose`).
+    /// What mosquitto logged (warnings and errors; every packet with `log_packets`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("mosquitto.log")).unwrap_or_default()
     }

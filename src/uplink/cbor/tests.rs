@@ -19,17 +19,23 @@ fn fix(i: i64) -> Fix {
     }
 }
 
+/// A stream id as the buffer makes them: 32 lowercase hex characters.
+const STREAM: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+const STREAM_BYTES: [u8; 16] = [
+    0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78, 0x87, 0x96, 0xa5, 0xb4, 0xc3, 0xd2, 0xe1, 0xf0,
+];
+
 fn batch<'a>(f: &'a [(u64, Fix)]) -> FixBatch<'a> {
     FixBatch {
         device: "truck-042",
-        stream: "s1",
+        stream: STREAM,
         fixes: f,
     }
 }
 
-#[test]
-fn two_fixes_are_written_exactly_as_the_spec_says() {
-    let f = vec![
+/// Two fixes, the second with a stop event and no satellites.
+fn two_fixes() -> Vec<(u64, Fix)> {
+    vec![
         (7, fix(0)),
         (
             8,
@@ -39,14 +45,12 @@ fn two_fixes_are_written_exactly_as_the_spec_says() {
                 ..fix(1)
             },
         ),
-    ];
-    let enc = encode(&batch(&f), 64 * 1024);
-    assert_eq!(enc.messages.len(), 1);
-    let mut want: Vec<u8> = vec![0xae]; // map of 14: v d s + 11 columns
-    want.extend_from_slice(&[0x61, b'v', 0x02]);
-    want.extend_from_slice(&[0x61, b'd', 0x69]);
-    want.extend_from_slice(b"truck-042");
-    want.extend_from_slice(&[0x61, b's', 0x62, b's', b'1']);
+    ]
+}
+
+/// The columns of [`two_fixes`], byte for byte, after the header.
+fn two_fixes_columns() -> Vec<u8> {
+    let mut want = Vec::new();
     // q: 7, +1
     want.extend_from_slice(&[0x61, b'q', 0x82, 0x07, 0x01]);
     // t: 1773475200000 (uint64, 9 bytes), +1000 (0x19 0x03e8)
@@ -75,8 +79,87 @@ fn two_fixes_are_written_exactly_as_the_spec_says() {
     want.extend_from_slice(&[0x61, b'm', 0x82, 0x03, 0x03]);
     // e: none (0), stop (1)
     want.extend_from_slice(&[0x61, b'e', 0x82, 0x00, 0x01]);
+    want
+}
+
+/// [`two_fixes`] as agents before the lean header wrote them (a golden capture): `d` the
+/// device id, `s` the stream id as text.
+fn two_fixes_full_header() -> Vec<u8> {
+    let mut full: Vec<u8> = vec![0xae]; // map of 14: v d s + 11 columns
+    full.extend_from_slice(&[0x61, b'v', 0x02]);
+    full.extend_from_slice(&[0x61, b'd', 0x69]);
+    full.extend_from_slice(b"truck-042");
+    full.extend_from_slice(&[0x61, b's', 0x78, 0x20]);
+    full.extend_from_slice(STREAM.as_bytes());
+    full.extend_from_slice(&two_fixes_columns());
+    full
+}
+
+#[test]
+fn two_fixes_are_written_exactly_as_the_spec_says_with_the_lean_header() {
+    let enc = encode(&batch(&two_fixes()), 64 * 1024);
+    assert_eq!(enc.messages.len(), 1);
+    let mut want: Vec<u8> = vec![0xad]; // map of 13: v s + 11 columns
+    want.extend_from_slice(&[0x61, b'v', 0x02]);
+    // s: the stream id's 16 bytes (byte string, 0x50); no d
+    want.extend_from_slice(&[0x61, b's', 0x50]);
+    want.extend_from_slice(&STREAM_BYTES);
+    want.extend_from_slice(&two_fixes_columns());
     assert_eq!(enc.messages[0].payload, want);
     assert_eq!(enc.messages[0].seqs, vec![7, 8]);
+    assert_eq!(
+        two_fixes_full_header().len() - want.len(),
+        29,
+        "the lean header saves 29 bytes a message"
+    );
+}
+
+#[test]
+fn a_capture_decodes_to_the_same_fixes_in_both_header_forms() {
+    let lean = encode(&batch(&two_fixes()), 64 * 1024).messages.remove(0);
+    let lean = decode(&lean.payload).unwrap();
+    let full = decode(&two_fixes_full_header()).unwrap();
+    assert_eq!(lean.fixes, full.fixes);
+    assert_eq!(lean.stream, STREAM);
+    assert_eq!(full.stream, STREAM);
+    assert_eq!(lean.device, None);
+    assert_eq!(full.device.as_deref(), Some("truck-042"));
+    let seqs: Vec<u64> = lean.fixes.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![7, 8]);
+}
+
+#[test]
+fn a_stream_id_that_is_not_hex_is_written_as_text() {
+    let f = two_fixes();
+    for stream in ["s1", "0F1E2D3C4B5A69788796A5B4C3D2E1F0", &STREAM[1..]] {
+        let b = FixBatch {
+            stream,
+            ..batch(&f)
+        };
+        let m = encode(&b, 64 * 1024).messages.remove(0);
+        let mut head = vec![0x61, b's'];
+        write_text(&mut head, stream);
+        assert_eq!(m.payload[4..4 + head.len()], head[..], "{stream}");
+        assert_eq!(decode(&m.payload).unwrap().stream, stream);
+    }
+}
+
+#[test]
+fn a_stream_byte_string_of_another_length_or_a_device_that_is_not_text_is_refused() {
+    let mut short = vec![0xad, 0x61, b'v', 0x02, 0x61, b's', 0x4f];
+    short.extend_from_slice(&STREAM_BYTES[..15]);
+    short.extend_from_slice(&two_fixes_columns());
+    assert_eq!(
+        decode(&short).unwrap_err(),
+        DecodeError::Shape("\"s\" has the wrong type".into())
+    );
+    let mut device = two_fixes_full_header();
+    // d: a byte string of the same nine bytes instead of text.
+    device[6] = 0x49;
+    assert_eq!(
+        decode(&device).unwrap_err(),
+        DecodeError::Shape("\"d\" has the wrong type".into())
+    );
 }
 
 #[test]
@@ -121,8 +204,8 @@ fn optional_columns_are_left_out_when_no_fix_has_them() {
     };
     let f = vec![(1, bare), (2, bare)];
     let m = &encode(&batch(&f), 4096).messages[0];
-    // v d s q t la lo m
-    assert_eq!(m.payload[0], 0xa8);
+    // v s q t la lo m
+    assert_eq!(m.payload[0], 0xa7);
     let back = decode(&m.payload).unwrap();
     assert_eq!(back.fixes[1].1.alt_m, None);
     assert_eq!(back.fixes[1].1.mode, FixMode::TwoD);
@@ -280,7 +363,8 @@ proptest! {
         for m in &enc.messages {
             prop_assert!(m.payload.len() <= limit);
             let d = decode(&m.payload).unwrap();
-            prop_assert_eq!(d.device.as_str(), "truck-042");
+            prop_assert_eq!(d.device, None);
+            prop_assert_eq!(d.stream.as_str(), STREAM);
             back.extend(d.fixes);
         }
         prop_assert_eq!(back.len(), batch_fixes.len());
