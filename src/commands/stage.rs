@@ -437,3 +437,65 @@ fn with_request(message: &[u8], id: &str) -> Option<Vec<u8>> {
     v.as_object_mut()?.insert("request".into(), Value::from(id));
     serde_json::to_vec(&v).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buffer::store::Store;
+    use crate::uplink::payload::tests::fix;
+
+    /// Live fixes first: with fixes pending for the uplink a backfill sends nothing, for as
+    /// long as they wait (a minute of the paused clock here, where without the rule the
+    /// next message was due within a second), and it goes on once they are gone.
+    #[tokio::test(start_paused = true)]
+    async fn a_backfill_waits_while_live_fixes_are_pending_and_goes_on_when_none_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut raw = crate::config::Config::default();
+        raw.buffer.path = dir.path().join("buffer.db");
+        let settings = crate::config::check(&raw).unwrap();
+        let board = StatusBoard::default();
+        let mut store = Store::open(settings.buffer.clone(), board.clone(), Instant::now());
+        // A drive of the last 100 seconds (the history keeps keep_days back from now).
+        let now_ms = crate::clock::Clock::default().utc_ms();
+        let recent = |i: i64| Fix {
+            time_ms: now_ms - 100_000 + i * 1000,
+            ..fix(i)
+        };
+        for i in 0..100 {
+            store.remember(&recent(i), Instant::now());
+        }
+        store.commit().unwrap();
+        let store = SharedStore::new(store);
+        let (out_tx, mut out) = mpsc::channel(8);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let first = recent(0).time_ms;
+        let task = tokio::spawn(republish(
+            store,
+            board.clone(),
+            settings.clone(),
+            "b-1".into(),
+            (first, first + 100_000, u64::MAX),
+            out_tx,
+            done_tx,
+            CancellationToken::new(),
+        ));
+        // Nothing pending: the first message (50 of the page's 100 fixes) goes.
+        let one: Value = serde_json::from_slice(&out.recv().await.unwrap()).unwrap();
+        assert_eq!(one["request"], "b-1");
+        assert_eq!(one["fixes"].as_array().map(Vec::len), Some(50));
+        // Live fixes wait for the uplink: the second message, due a quarter second on at
+        // backfill_rate 200, does not go.
+        board.buffer(|b| b.depth = 3);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            out.try_recv().is_err(),
+            "a backfill message went past live fixes"
+        );
+        // They are sent: the backfill goes on and ends.
+        board.buffer(|b| b.depth = 0);
+        let two: Value = serde_json::from_slice(&out.recv().await.unwrap()).unwrap();
+        assert_eq!(two["fixes"].as_array().map(Vec::len), Some(50));
+        assert_eq!(done.await.unwrap().unwrap(), json!({"fixes": 100}));
+        task.await.unwrap();
+    }
+}
