@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use gps_agent::config::ValidateConfig;
+use gps_agent::config::ValidateSettings;
 use gps_agent::pipeline::Pipeline;
 use gps_agent::validate::Verdict;
 use libfuzzer_sys::fuzz_target;
@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         None => return,
     };
     let chunk = usize::from(head % 64) + 1;
-    let mut pipeline = Pipeline::new(head & 0x80 == 0, ValidateConfig::default());
+    let mut pipeline = Pipeline::new(head & 0x80 == 0, ValidateSettings::default());
     let mut promises = |verdict: Verdict| {
         if let Ok(fix) = verdict {
             assert!(fix.lat.is_finite() && fix.lon.is_finite());
