@@ -323,6 +323,10 @@ impl Journal {
                 ),
             )));
         }
+        // A write that fails may still have left part of these bytes: the next clear zeroes
+        // them too (so after a failed write the clear always touches the disk, and a disk
+        // that refuses writes gives the journal up to a retry, however little it held).
+        self.dirty = self.dirty.max(self.end + len);
         let n = self.file.write_at(records, self.end).map_err(io)?;
         if n as u64 != len {
             return Err(io(io::Error::new(
