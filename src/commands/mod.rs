@@ -3,13 +3,12 @@
 //!
 //! Layout: [`request`] a request read and checked (size, signature, shape, expiry,
 //! arguments); [`signature`] the operator's Ed25519 key and the check of a signed request;
-//! [`base64`] the decoding it needs; [`ledger`] the answered ids (each run once);
+//! `crate::base64` the decoding it needs; [`ledger`] the answered ids (each run once);
 //! [`answer`] the answers' shape; [`error`] the codes; [`remote_config`] `config.set`'s
 //! files on disk (atomic write, rollback across restarts); [`service`] one request in, its
 //! answer and effect out (transport-independent); [`stage`] the service at run time.
 
 pub mod answer;
-pub mod base64;
 pub mod error;
 pub mod ledger;
 pub mod remote_config;

@@ -126,7 +126,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    super::base64::hex(digest.as_ref())
+    crate::base64::hex(digest.as_ref())
 }
 
 /// Put `new` in force on disk: `old` kept as the previous file, `pending` recorded, then the

@@ -101,7 +101,7 @@ pub fn read(raw: &[u8], now_ms: i64, key: Option<&PublicKey>) -> Result<Request,
                 id: id_in(signed.body.as_bytes()),
                 error: CommandError::Unauthorized(why),
             };
-            let sig = super::base64::decode(signed.sig.as_bytes())
+            let sig = crate::base64::decode(signed.sig.as_bytes())
                 .filter(|s| s.len() == 64)
                 .ok_or_else(|| unauthorized("sig is not 64 bytes of base64"))?;
             if !key.verifies(signed.body.as_bytes(), &sig) {
@@ -483,10 +483,9 @@ mod tests {
         };
         let (ours, theirs) = (pair(0), pair(1));
         let key =
-            PublicKey::parse(super::super::base64::hex(ours.public_key().as_ref()).as_bytes())
-                .unwrap();
+            PublicKey::parse(crate::base64::hex(ours.public_key().as_ref()).as_bytes()).unwrap();
         let body = r#"{"id":"s-1","cmd":"ping","expires":"2026-01-01T01:00:00Z"}"#;
-        let b64 = super::super::base64::encode;
+        let b64 = crate::base64::encode;
         let signed = |by: &Ed25519KeyPair, body: &str| {
             serde_json::json!({"body": body, "sig": b64(by.sign(body.as_bytes()).as_ref())})
                 .to_string()

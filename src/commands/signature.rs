@@ -8,7 +8,7 @@
 //! 32 raw key bytes in base64 (`… -outform DER | tail -c 32 | base64`), or in hex. A private
 //! key is refused with a hint, never used.
 
-use super::base64;
+use crate::base64;
 use ring::signature::{UnparsedPublicKey, ED25519};
 use std::fmt;
 use std::path::Path;
@@ -128,7 +128,7 @@ mod tests {
         Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
     }
 
-    use super::base64::encode as b64;
+    use crate::base64::encode as b64;
 
     #[test]
     fn every_format_of_the_same_key_reads_as_that_key() {

@@ -2,7 +2,7 @@
 //! half written as the key file formats the agent reads, and requests signed as the README's
 //! recipe signs them (the signature of the body's bytes, in base64).
 
-use gps_agent::commands::base64::encode as base64;
+use gps_agent::base64::encode as base64;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use std::path::{Path, PathBuf};
 

@@ -21,10 +21,9 @@ use super::calls::{self, Route, Routes};
 use super::{Identity, Profile, Publish};
 use crate::base64;
 use crate::config::{PayloadFormat, ProfileName};
-use crate::uplink::cbor;
 use crate::uplink::credentials::Password;
 use crate::uplink::error::UplinkError;
-use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState};
+use crate::uplink::payload::{status_payload, Encoded, FixBatch, LinkState};
 use serde_json::Value;
 use std::fmt;
 use std::path::Path;
@@ -174,10 +173,7 @@ impl Profile for Azure {
     }
 
     fn encode(&self, batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
-        match self.payload {
-            PayloadFormat::Json => payload::encode(batch, max_message_bytes),
-            PayloadFormat::Cbor => cbor::encode(batch, max_message_bytes),
-        }
+        super::spec_message(self.payload, batch, max_message_bytes)
     }
 
     fn status(&self, state: LinkState) -> Publish {

@@ -11,9 +11,8 @@
 
 use super::{Identity, Profile, Publish};
 use crate::config::{PayloadFormat, ProfileName};
-use crate::uplink::cbor;
 use crate::uplink::credentials::Password;
-use crate::uplink::payload::{self, status_payload, Encoded, FixBatch, LinkState, Topics};
+use crate::uplink::payload::{status_payload, Encoded, FixBatch, LinkState, Topics};
 use std::time::SystemTime;
 
 #[derive(Debug)]
@@ -64,10 +63,7 @@ impl Profile for Fleet {
     }
 
     fn encode(&self, batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
-        match self.payload {
-            PayloadFormat::Json => payload::encode(batch, max_message_bytes),
-            PayloadFormat::Cbor => cbor::encode(batch, max_message_bytes),
-        }
+        super::spec_message(self.payload, batch, max_message_bytes)
     }
 
     fn status(&self, state: LinkState) -> Publish {

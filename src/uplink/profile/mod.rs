@@ -172,3 +172,18 @@ pub fn for_settings(
         }
     }
 }
+
+/// The spec's own fixes message in `format`: JSON (`v` 1) or the compact CBOR (`v` 2), as
+/// the fleet contract and Azure's telemetry carry it.
+pub(crate) fn spec_message(
+    format: crate::config::PayloadFormat,
+    batch: &FixBatch<'_>,
+    max_message_bytes: usize,
+) -> Encoded {
+    match format {
+        crate::config::PayloadFormat::Json => {
+            crate::uplink::payload::encode(batch, max_message_bytes)
+        }
+        crate::config::PayloadFormat::Cbor => crate::uplink::cbor::encode(batch, max_message_bytes),
+    }
+}
