@@ -43,9 +43,10 @@ echo "systemd: exposure $score <= $max_exposure"
 # install.sh, staged into a directory as a package build would: every file in its place.
 DESTDIR="$work/root" bash systemd/install.sh "$bin"
 for f in usr/bin/gps-agent etc/systemd/system/gps-agent.service \
-         usr/lib/sysusers.d/gps-agent.conf etc/gps-agent/config.toml \
+         usr/lib/sysusers.d/gps-agent.conf usr/lib/tmpfiles.d/gps-agent.conf etc/gps-agent/config.toml \
          usr/share/gps-agent/example.toml usr/share/gps-agent/cellular.toml; do
   [ -e "$work/root/$f" ] || { echo "install.sh: $f missing"; exit 1; }
 done
 "$work/root/usr/bin/gps-agent" check-config --config "$work/root/etc/gps-agent/config.toml" >/dev/null
-echo "install.sh: binary, unit, sysusers entry and a valid config staged"
+echo "install.sh: binary, unit, sysusers and tmpfiles entries and a valid config staged"
+bash .ci/systemd-live.sh

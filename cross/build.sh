@@ -38,7 +38,7 @@ for a in "${arches[@]}"; do
   bin="target/$t/release/gps-agent"
   echo "$a: $(stat -c %s "$bin") bytes  $bin"
 
-  # A minimal .deb: binary, unit, sysusers entry, example config (as a conffile), and the
+  # A minimal .deb: binary, unit, sysusers and tmpfiles entries, example config (as a conffile), and the
   # templates in /usr/share/gps-agent (example and cellular) to start a config from.
   root="target/debian/$a/root"
   rm -rf "$root"
@@ -61,8 +61,13 @@ CONTROL
   cat > "$root/DEBIAN/postinst" <<'POSTINST'
 #!/bin/sh
 set -e
+# The service user, then /etc/gps-agent root's with group gps-agent, 0770 (remote config.set
+# writes beside config.toml); both tools come with systemd and work without it running.
+if command -v systemd-sysusers >/dev/null 2>&1; then
+  systemd-sysusers gps-agent.conf
+  systemd-tmpfiles --create gps-agent.conf
+fi
 if [ -d /run/systemd/system ]; then
-  systemd-sysusers gps-agent.conf || true
   systemctl daemon-reload || true
 fi
 POSTINST
