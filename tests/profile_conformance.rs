@@ -100,18 +100,21 @@ impl Run {
     }
 
     async fn on(broker: Broker) -> Run {
+        let spec = DriveSpec {
+            epochs: 40,
+            ..DriveSpec::default()
+        };
+        Run::driving(broker, spec, "fast").await
+    }
+
+    /// Behind the tap, `broker`; the agent replays `spec` at `pace`.
+    async fn driving(broker: Broker, spec: DriveSpec, pace: &str) -> Run {
         let dir = tempfile::tempdir().unwrap();
-        let log = drive_log(
-            dir.path(),
-            DriveSpec {
-                epochs: 40,
-                ..DriveSpec::default()
-            },
-        );
+        let log = drive_log(dir.path(), spec);
         let times = parse_times(&log);
         assert!(times.len() > 30, "{}", times.len());
         let gnss = format!(
-            "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"fast\"",
+            "[gnss]\nsource = \"file\"\npath = \"{}\"\npace = \"{pace}\"",
             log.display()
         );
         let tap = MqttTap::start(broker.addr()).await;
@@ -262,6 +265,129 @@ async fn thingsboard_gets_the_token_as_user_telemetry_points_at_fix_times_and_st
     assert_eq!(states, ["online", "offline"]);
     let log = std::fs::read_to_string(run.dir.path().join("agent.log")).unwrap();
     assert!(!log.contains(token), "the access token reached the log");
+    // It asked for the session limits as the documentation shows; nothing answered (no
+    // ThingsBoard behind rumqttd) and every fix went all the same.
+    let asked = assert_qos1(&run, "v1/devices/me/rpc/request/1", false);
+    assert_eq!(
+        asked.iter().map(|p| json(p)).collect::<Vec<_>>(),
+        [serde_json::json!({"method": "getSessionLimits", "params": {}})]
+    );
+    assert!(run
+        .tap
+        .seen()
+        .contains(&support::mqtt_tap::Seen::Subscribe(vec![(
+            "v1/devices/me/rpc/response/+".into(),
+            1
+        )])));
+}
+
+/// A ThingsBoard that answers `getSessionLimits` with a small payload limit and tight rates:
+/// the agent keeps to them from the answer on, and every fix still arrives once. The
+/// drive is replayed at its own 10 Hz, so the answer (a round trip through the broker)
+/// comes before the first fix is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thingsboard_session_limits_cap_each_message_and_pace_messages_and_data_points() {
+    const MAX_PAYLOAD: usize = 400;
+    const MESSAGES_PER_S: usize = 4;
+    const POINTS_PER_S: u64 = 63;
+    let spec = DriveSpec {
+        epochs: 36,
+        rate_hz: 10,
+        ..DriveSpec::default()
+    };
+    let run = Run::driving(Broker::Rumqttd(TestBroker::start()), spec, "realtime").await;
+    let token_file = run.file("token", "TB_LIMITS_TOKEN");
+    // The fake ThingsBoard: answers the agent's client-side RPC on its response topic.
+    let mut platform =
+        Subscriber::start(&run._broker.back_end(), "v1/devices/me/rpc/request/+").await;
+    let answer = serde_json::json!({
+        "maxPayloadSize": MAX_PAYLOAD,
+        "maxInflightMessages": 2,
+        "rateLimits": {
+            "messages": "200:1,6000:60",
+            "telemetryMessages": format!("{MESSAGES_PER_S}:1,100:60"),
+            "telemetryDataPoints": format!("{POINTS_PER_S}:1,2000:60"),
+        }
+    });
+    let answering = tokio::spawn(async move {
+        while let Some(call) = platform.next(std::time::Duration::from_secs(60)).await {
+            if json(&call.payload)["method"] == "getSessionLimits" {
+                let id = call.topic.rsplit('/').next().unwrap().to_owned();
+                platform
+                    .client
+                    .publish(
+                        format!("v1/devices/me/rpc/response/{id}"),
+                        rumqttc::QoS::AtLeastOnce,
+                        false,
+                        answer.to_string().into_bytes(),
+                    )
+                    .await
+                    .unwrap();
+                return platform;
+            }
+        }
+        panic!("the agent never asked for its session limits");
+    });
+    let mqtt = format!(
+        "url = \"{}\"\nprofile = \"thingsboard\"\npassword_file = \"{token_file}\"",
+        run.tap.url()
+    );
+    let agent = run.start(&mqtt);
+    let _platform = answering.await.unwrap();
+    let n = run.times.len();
+    run.wait_fixes("v1/devices/me/telemetry", n, |p| {
+        json(p).as_array().map_or(0, Vec::len)
+    })
+    .await;
+    run.stop(agent);
+
+    let telemetry: Vec<(std::time::Instant, Vec<u8>)> = run
+        .tap
+        .seen_at()
+        .into_iter()
+        .filter_map(|(at, s)| match s {
+            support::mqtt_tap::Seen::Publish { topic, payload, .. }
+                if topic == "v1/devices/me/telemetry" =>
+            {
+                Some((at, payload))
+            }
+            _ => None,
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    let mut sent: Vec<(std::time::Instant, u64)> = Vec::new();
+    for (at, payload) in &telemetry {
+        assert!(payload.len() <= MAX_PAYLOAD, "{} bytes", payload.len());
+        let points = json(payload);
+        let mut count = 0;
+        for point in points.as_array().unwrap() {
+            let values = point["values"].as_object().unwrap();
+            count += values.len() as u64;
+            seqs.push(values["seq"].as_u64().unwrap());
+        }
+        sent.push((*at, count));
+    }
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "each fix once, in order"
+    );
+    for (from, _) in &sent {
+        let within: Vec<u64> = sent
+            .iter()
+            .filter(|(at, _)| at >= from && *at < *from + std::time::Duration::from_secs(1))
+            .map(|(_, p)| *p)
+            .collect();
+        assert!(
+            within.len() <= MESSAGES_PER_S,
+            "{} messages in a second",
+            within.len()
+        );
+        let points: u64 = within.iter().sum();
+        assert!(points <= POINTS_PER_S, "{points} data points in a second");
+    }
+    // The pace, not the payload limit alone, spread them: more than a second's worth.
+    assert!(sent.len() > MESSAGES_PER_S, "{}", sent.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

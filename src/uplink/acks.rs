@@ -88,6 +88,12 @@ impl AckWindow {
         self.window
     }
 
+    /// Hold at most `window` messages from now on (a platform's in-flight limit); what is
+    /// in flight beyond it stays, and no more goes until it is below.
+    pub fn narrow(&mut self, window: usize) {
+        self.window = self.window.min(window.max(1));
+    }
+
     /// May another message be published now?
     pub fn has_room(&self) -> bool {
         self.len() < self.window

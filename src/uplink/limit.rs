@@ -88,6 +88,18 @@ impl MessageLimit {
         }
     }
 
+    /// The platform's own limit on a payload (ThingsBoard's `maxPayloadSize`): the cap and
+    /// everything learned from now on stay within it, as within `max_message_bytes`.
+    pub fn bound(&mut self, platform: usize) {
+        self.configured = self.configured.min(platform.max(1));
+        self.cap = self.cap.min(self.configured);
+    }
+
+    /// Largest payload of a message ever: `max_message_bytes`, or the platform's limit.
+    pub fn most(&self) -> usize {
+        self.configured
+    }
+
     /// Largest payload of a message now.
     pub fn cap(&self) -> usize {
         self.cap

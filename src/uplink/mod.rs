@@ -15,7 +15,8 @@
 //! configuration; [`error`] classifies failures; [`publisher`] is the async loop that
 //! drives one connection at a time (its `session`) over a [`source::FixSource`] ([`link`],
 //! the buffer), on [`settings`] (with [`credentials`] read once); [`probe`] does the
-//! reachability probes; [`linger`] holds live fixes for company; [`profile`] is the
+//! reachability probes; [`linger`] holds live fixes for company; [`pace`] keeps a
+//! platform's rate limits; [`profile`] is the
 //! platform's device contract (topics, payload shapes, who the agent is at CONNECT, its
 //! command channel); [`remote`] is the seam to the remote commands (requests in, answers
 //! out; no command logic here).
@@ -29,6 +30,7 @@ pub mod error;
 pub mod limit;
 pub mod linger;
 pub mod link;
+pub mod pace;
 pub mod payload;
 pub mod probe;
 pub mod profile;

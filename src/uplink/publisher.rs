@@ -28,8 +28,9 @@ use crate::status::{MqttStatus, PathState, StatusBoard};
 use crate::uplink::backoff::{Jitter, Xorshift64};
 use crate::uplink::limit::MessageLimit;
 use crate::uplink::linger::Linger;
+use crate::uplink::pace::Pace;
 use crate::uplink::probe::probe;
-use crate::uplink::profile::{self, Profile};
+use crate::uplink::profile::{self, Profile, SessionLimits};
 use crate::uplink::reconnect::{Ending, Reconnect, Step};
 use crate::uplink::remote::RemotePort;
 use crate::uplink::settings::tls_made;
@@ -72,6 +73,18 @@ pub struct Publisher<S: FixSource> {
     /// The remote commands' seam, when `[commands] enabled`: each connection subscribes to
     /// the command topic and publishes what the commands stage sends.
     remote: Option<RemotePort>,
+    /// What the platform said of its limits (ThingsBoard's session limits), kept across
+    /// connections until it says otherwise or the settings change.
+    platform: SessionLimits,
+    /// The platform's rate limits, with what was sent under them (kept across connections:
+    /// the platform counts per device, not per connection).
+    pace: Pace,
+    /// When the pace lets the next fixes message go (set when one had to wait).
+    paced_until: Option<Instant>,
+    /// The connection whose limits request was answered last.
+    limits_answered: u64,
+    /// An unanswered or unreadable limits request was said (once).
+    limits_said: bool,
 }
 
 impl<S: FixSource> Publisher<S> {
@@ -93,6 +106,11 @@ impl<S: FixSource> Publisher<S> {
             connections: 0,
             stream: String::new(),
             remote: None,
+            platform: SessionLimits::default(),
+            pace: Pace::default(),
+            paced_until: None,
+            limits_answered: 0,
+            limits_said: false,
         };
         let wedge_after = p.settings.wedge_after();
         p.show(None, |m| {
@@ -117,6 +135,9 @@ impl<S: FixSource> Publisher<S> {
         self.tls = tls_made(&settings);
         // Nothing is held between sessions: every session releases what lingered.
         self.linger = Linger::new(settings.linger, settings.batch_max);
+        self.platform = SessionLimits::default();
+        self.pace = Pace::default();
+        self.paced_until = None;
         self.settings = settings;
         let wedge_after = self.settings.wedge_after();
         self.show(None, |m| {

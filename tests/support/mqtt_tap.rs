@@ -40,7 +40,8 @@ pub struct Connect {
 
 pub struct MqttTap {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    /// What was seen, with when the tap read it (as a platform would time it on arrival).
+    seen: Arc<Mutex<Vec<(std::time::Instant, Seen)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,7 +73,8 @@ impl MqttTap {
                                 Ok(n) => n,
                             };
                             for packet in decoder.feed(&buf[..n]) {
-                                seen.lock().unwrap().push(packet);
+                                let at = std::time::Instant::now();
+                                seen.lock().unwrap().push((at, packet));
                             }
                             if bw.write_all(&buf[..n]).await.is_err() {
                                 break;
@@ -92,6 +94,11 @@ impl MqttTap {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
+        self.seen_at().into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// What was seen, each with when the tap read it.
+    pub fn seen_at(&self) -> Vec<(std::time::Instant, Seen)> {
         self.seen.lock().unwrap().clone()
     }
 

@@ -182,6 +182,7 @@ impl Profile for Azure {
             topic: format!("$iothub/twin/PATCH/properties/reported/?$rid={rid}"),
             payload: status_payload(state, &self.device),
             retain: false,
+            points: 0,
         }
     }
 
@@ -193,6 +194,7 @@ impl Profile for Azure {
             ),
             payload: status_payload(LinkState::Offline, &self.device),
             retain: false,
+            points: 0,
         }
     }
 
@@ -228,15 +230,20 @@ impl Profile for Azure {
 
     /// Telemetry as the live fixes, marked with the message property `gps-agent=backfill`
     /// (IoT Hub routes can tell them apart); the payload is the spec's, with `"request"`.
-    fn backfill(&self, message: &[u8]) -> Option<Publish> {
-        Some(Publish {
-            topic: format!(
-                "devices/{}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&gps-agent=backfill",
-                self.device
-            ),
-            payload: message.to_vec(),
-            retain: false,
-        })
+    fn backfill(&self, message: &[u8], max_message_bytes: usize) -> Vec<Publish> {
+        let topic = format!(
+            "devices/{}/messages/events/%24.ct=application%2Fjson&%24.ce=utf-8&gps-agent=backfill",
+            self.device
+        );
+        calls::split_backfill(message, max_message_bytes)
+            .into_iter()
+            .map(|payload| Publish {
+                topic: topic.clone(),
+                payload,
+                retain: false,
+                points: 0,
+            })
+            .collect()
     }
 
     /// The answer as the method's response: status 200 when it went well, 400 when the
@@ -259,6 +266,7 @@ impl Profile for Azure {
             topic: format!("$iothub/methods/res/{status}/?$rid={rid}"),
             payload: answer.to_vec(),
             retain: false,
+            points: 0,
         })
     }
 }

@@ -106,6 +106,46 @@ pub fn read_backfill(message: &[u8]) -> Option<(String, Vec<(u64, crate::fix::Fi
     Some((request, fixes))
 }
 
+/// A backfill message of the commands stage (the spec's JSON fixes message with
+/// `"request"`) as it is when it fits `max_message_bytes`, else as several such messages,
+/// each with every field but its share of `"fixes"`, in order; a fix larger than that
+/// alone goes alone. Empty: not such a message.
+pub fn split_backfill(message: &[u8], max_message_bytes: usize) -> Vec<Vec<u8>> {
+    if message.len() <= max_message_bytes {
+        return vec![message.to_vec()];
+    }
+    let Ok(Value::Object(mut head)) = serde_json::from_slice::<Value>(message) else {
+        return Vec::new();
+    };
+    let Some(Value::Array(fixes)) = head.remove("fixes") else {
+        return Vec::new();
+    };
+    // Compact JSON: the head with `"fixes":[]`, plus each fix and a comma between.
+    let message_of = |part: &[Value]| {
+        let mut m = head.clone();
+        m.insert("fixes".into(), Value::Array(part.to_vec()));
+        serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+    };
+    let base = message_of(&[]).len();
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut size = base;
+    for (i, fix) in fixes.iter().enumerate() {
+        let len = fix.to_string().len() + usize::from(i > start);
+        if i > start && size + len > max_message_bytes {
+            out.push(message_of(&fixes[start..i]));
+            start = i;
+            size = base + len - 1;
+        } else {
+            size += len;
+        }
+    }
+    if start < fixes.len() {
+        out.push(message_of(&fixes[start..]));
+    }
+    out
+}
+
 /// What an answer says: its id, whether it went well, and the answer as a JSON value.
 pub fn read_answer(answer: &[u8]) -> Option<(String, bool, Value)> {
     let v: Value = serde_json::from_slice(answer).ok()?;
@@ -137,6 +177,41 @@ mod tests {
         let (bytes, id) = request("tb-1-7", "ping", params.clone(), 0);
         assert_eq!(id.as_deref(), Some("r-9"));
         assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), params);
+    }
+
+    #[test]
+    fn a_backfill_message_over_the_cap_is_split_keeping_every_field_and_every_fix_once() {
+        let fixes: Vec<Value> = (0..50)
+            .map(|i| json!({"seq": i, "t": "2020-03-18T13:28:20.000Z", "lat": 41.5}))
+            .collect();
+        let message =
+            json!({"v": 1, "device": "d", "stream": "s", "fixes": fixes, "request": "r-1"})
+                .to_string()
+                .into_bytes();
+        assert_eq!(
+            split_backfill(&message, message.len()),
+            vec![message.clone()]
+        );
+        let parts = split_backfill(&message, 500);
+        assert!(parts.len() > 1);
+        let mut seqs = Vec::new();
+        for p in &parts {
+            assert!(p.len() <= 500, "{}", p.len());
+            let v: Value = serde_json::from_slice(p).unwrap();
+            assert_eq!(
+                (&v["request"], &v["stream"], &v["v"]),
+                (&json!("r-1"), &json!("s"), &json!(1))
+            );
+            seqs.extend(
+                v["fixes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["seq"].as_u64().unwrap()),
+            );
+        }
+        assert_eq!(seqs, (0..50).collect::<Vec<u64>>());
+        assert!(split_backfill(b"not json", 4).is_empty());
     }
 
     #[test]

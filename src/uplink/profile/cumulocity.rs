@@ -160,6 +160,7 @@ impl Profile for Cumulocity {
             topic: UPSTREAM.to_owned(),
             payload: payload.into_bytes(),
             retain: false,
+            points: 0,
         }
     }
 
@@ -181,6 +182,7 @@ impl Profile for Cumulocity {
             topic: UPSTREAM.to_owned(),
             payload: format!("114,{COMMAND},{RESTART}").into_bytes(),
             retain: false,
+            points: 0,
         }]
     }
 
@@ -222,24 +224,14 @@ impl Profile for Cumulocity {
             topic: UPSTREAM.to_owned(),
             payload: line.into_bytes(),
             retain: false,
+            points: 0,
         })
     }
 
-    /// History as `401` lines with each fix's own time, like live fixes.
-    fn backfill(&self, message: &[u8]) -> Option<Publish> {
-        let (_, fixes) = calls::read_backfill(message)?;
-        let mut payload = Vec::new();
-        for (i, (_, fix)) in fixes.iter().enumerate() {
-            if i > 0 {
-                payload.push(b'\n');
-            }
-            location_line(&mut payload, fix).ok()?;
-        }
-        Some(Publish {
-            topic: UPSTREAM.to_owned(),
-            payload,
-            retain: false,
-        })
+    /// History as `401` lines with each fix's own time, like live fixes, within the
+    /// packet limit as they are.
+    fn backfill(&self, message: &[u8], max_message_bytes: usize) -> Vec<Publish> {
+        super::backfill_as_fixes(self, &self.device, message, max_message_bytes)
     }
 }
 

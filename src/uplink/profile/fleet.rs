@@ -71,6 +71,7 @@ impl Profile for Fleet {
             topic: self.topics.status.clone(),
             payload: status_payload(state, &self.device),
             retain: true,
+            points: 0,
         }
     }
 
@@ -89,13 +90,17 @@ impl Profile for Fleet {
         vec![payload.to_vec()]
     }
 
-    /// On `{prefix}/{device}/backfill`, as it is.
-    fn backfill(&self, message: &[u8]) -> Option<Publish> {
-        Some(Publish {
-            topic: self.topics.backfill.clone(),
-            payload: message.to_vec(),
-            retain: false,
-        })
+    /// On `{prefix}/{device}/backfill`, as it is (split when over the cap).
+    fn backfill(&self, message: &[u8], max_message_bytes: usize) -> Vec<Publish> {
+        super::calls::split_backfill(message, max_message_bytes)
+            .into_iter()
+            .map(|payload| Publish {
+                topic: self.topics.backfill.clone(),
+                payload,
+                retain: false,
+                points: 0,
+            })
+            .collect()
     }
 
     fn answer(&self, answer: &[u8]) -> Option<Publish> {
@@ -103,6 +108,7 @@ impl Profile for Fleet {
             topic: self.topics.result.clone(),
             payload: answer.to_vec(),
             retain: false,
+            points: 0,
         })
     }
 }

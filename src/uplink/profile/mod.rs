@@ -19,7 +19,9 @@ pub mod fleet;
 pub mod thingsboard;
 
 use crate::config::ProfileName;
+use crate::fix::Fix;
 use crate::uplink::credentials::Password;
+use crate::uplink::pace::Rates;
 use crate::uplink::payload::{Encoded, FixBatch, LinkState};
 use std::fmt;
 use std::time::SystemTime;
@@ -69,12 +71,26 @@ pub struct Identity {
     pub renew_at: Option<SystemTime>,
 }
 
-/// One message the agent sends besides fixes (its state, the last will).
+/// One message the agent sends besides fixes (its state, the last will, a command's answer,
+/// a backfill message).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// The telemetry data points it carries, as the platform counts them (0: not telemetry).
+    pub points: u64,
+}
+
+/// What the platform says of its limits for a session (ThingsBoard's `getSessionLimits`);
+/// `None` or empty: what it does not limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Payload bytes of one message, at most.
+    pub max_payload_bytes: Option<usize>,
+    /// Messages unacknowledged at once, at most.
+    pub max_inflight: Option<usize>,
+    pub rates: Rates,
 }
 
 /// A platform's device contract, as the session uses it.
@@ -99,13 +115,18 @@ pub trait Profile: Send + Sync + fmt::Debug {
         self.status(LinkState::Offline)
     }
 
+    /// The data points of `fix` as the platform counts them against its rate limits.
+    fn points(&self, _fix: &Fix) -> u64 {
+        1
+    }
+
     /// Filters to subscribe (QoS 1) after each CONNACK; `commands`: remote commands are on.
     fn subscriptions(&self, _commands: bool) -> Vec<String> {
         Vec::new()
     }
 
-    /// What to publish after the state at each connection (Cumulocity's supported
-    /// operations).
+    /// What to publish after the state and the subscriptions at each connection
+    /// (Cumulocity's supported operations).
     fn on_connect(&self, _commands: bool) -> Vec<Publish> {
         Vec::new()
     }
@@ -123,14 +144,29 @@ pub trait Profile: Send + Sync + fmt::Debug {
         Vec::new()
     }
 
+    /// The request, after the subscriptions at each connection, for the platform's limits
+    /// of the session (`None`: the platform has no such request). Nothing waits for the
+    /// answer, [`Profile::limits`].
+    fn limits_request(&self) -> Option<Publish> {
+        None
+    }
+
+    /// A message on a subscribed topic as the platform's answer about its limits (`None`:
+    /// not that answer; `Err`: that answer, unreadable, saying why).
+    fn limits(&self, _topic: &str, _payload: &[u8]) -> Option<Result<SessionLimits, String>> {
+        None
+    }
+
     /// Where an answer of the commands stage (the spec's JSON) goes; `None`: nowhere known.
     fn answer(&self, _answer: &[u8]) -> Option<Publish> {
         None
     }
 
     /// A backfill message of the commands stage (the spec's JSON fixes message with
-    /// `"request"`), as the platform takes history; `None`: it cannot be read.
-    fn backfill(&self, message: &[u8]) -> Option<Publish>;
+    /// `"request"`), as the platform takes history, in messages of at most
+    /// `max_message_bytes` payload bytes each (a single fix larger than that alone goes
+    /// alone); none: it cannot be read.
+    fn backfill(&self, message: &[u8], max_message_bytes: usize) -> Vec<Publish>;
 }
 
 /// The profile of these settings.
@@ -173,6 +209,40 @@ pub fn for_settings(
     }
 }
 
+/// A backfill message of the commands stage re-encoded as `profile`'s own fixes messages
+/// (each fix at its own time, the request's id as the stream), on its fixes topic, each
+/// within `max_message_bytes`: for platforms that take history as they take live fixes.
+pub(crate) fn backfill_as_fixes(
+    profile: &dyn Profile,
+    device: &str,
+    message: &[u8],
+    max_message_bytes: usize,
+) -> Vec<Publish> {
+    let Some((request, fixes)) = calls::read_backfill(message) else {
+        return Vec::new();
+    };
+    let batch = FixBatch {
+        device,
+        stream: &request,
+        fixes: &fixes,
+    };
+    let points: std::collections::HashMap<u64, u64> = fixes
+        .iter()
+        .map(|(seq, fix)| (*seq, profile.points(fix)))
+        .collect();
+    profile
+        .encode(&batch, max_message_bytes)
+        .messages
+        .into_iter()
+        .map(|m| Publish {
+            topic: profile.fixes_topic().to_owned(),
+            points: m.seqs.iter().filter_map(|seq| points.get(seq)).sum(),
+            payload: m.payload,
+            retain: false,
+        })
+        .collect()
+}
+
 /// The spec's own fixes message in `format`: JSON (`v` 1) or the compact CBOR (`v` 2), as
 /// the fleet contract and Azure's telemetry carry it.
 pub(crate) fn spec_message(
@@ -185,5 +255,96 @@ pub(crate) fn spec_message(
             crate::uplink::payload::encode(batch, max_message_bytes)
         }
         crate::config::PayloadFormat::Cbor => crate::uplink::cbor::encode(batch, max_message_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PayloadFormat;
+    use crate::uplink::payload::tests::fix;
+
+    /// A backfill message as the commands stage makes it: `n` fixes, `"request"` added.
+    fn backfill_message(n: u64) -> Vec<u8> {
+        let fixes: Vec<(u64, Fix)> = (0..n).map(|i| (i, fix(i as i64))).collect();
+        let e = crate::uplink::payload::encode(
+            &FixBatch {
+                device: "truck-042",
+                stream: "s1",
+                fixes: &fixes,
+            },
+            usize::MAX,
+        );
+        let mut v: serde_json::Value = serde_json::from_slice(&e.messages[0].payload).unwrap();
+        v["request"] = "r-7".into();
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    fn profile(settings: ProfileSettings) -> Box<dyn Profile> {
+        let credentials = Some(("t1/u".to_owned(), Password::new("pw")));
+        for_settings(
+            &settings,
+            "truck-042",
+            "fleet",
+            "truck-042",
+            &credentials,
+            PayloadFormat::Json,
+        )
+    }
+
+    /// The cap a backfill message is split under: ThingsBoard's `maxPayloadSize` as a
+    /// session might learn it, Cumulocity's packet limit, AWS IoT Core's 128 KB. Each
+    /// message within it, and every fix in exactly one.
+    #[test]
+    fn a_backfill_message_goes_in_messages_within_the_platforms_byte_cap() {
+        let cumulocity = crate::config::profile::CUMULOCITY_MAX_MESSAGE_BYTES as usize;
+        let aws = crate::config::profile::aws::MAX_MESSAGE_BYTES as usize;
+        let cases: [(ProfileSettings, usize, u64); 3] = [
+            (
+                ProfileSettings::Thingsboard {
+                    token: Password::new("t"),
+                },
+                600,
+                200,
+            ),
+            // More than the packet limit asked for: the profile's own limit holds.
+            (ProfileSettings::Cumulocity, 64 * 1024, 400),
+            (ProfileSettings::Aws, aws, 1000),
+        ];
+        for (settings, cap, n) in cases {
+            let name = settings.name();
+            let limit = if name == ProfileName::Cumulocity {
+                cumulocity
+            } else {
+                cap
+            };
+            let message = backfill_message(n);
+            assert!(message.len() > limit, "{name:?}: {} bytes", message.len());
+            let parts = profile(settings).backfill(&message, cap);
+            assert!(parts.len() > 1, "{name:?}");
+            let mut fixes = 0;
+            for p in &parts {
+                assert!(p.payload.len() <= limit, "{name:?}: {}", p.payload.len());
+                assert!(!p.retain);
+                let text = std::str::from_utf8(&p.payload).unwrap();
+                fixes += match name {
+                    ProfileName::Cumulocity => {
+                        text.lines().filter(|l| l.starts_with("401,")).count()
+                    }
+                    ProfileName::Thingsboard => {
+                        let points: serde_json::Value = serde_json::from_str(text).unwrap();
+                        let points = points.as_array().unwrap();
+                        assert_eq!(p.points, 9 * points.len() as u64, "{name:?}");
+                        points.len()
+                    }
+                    _ => {
+                        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                        assert_eq!(v["request"], "r-7");
+                        v["fixes"].as_array().unwrap().len()
+                    }
+                };
+            }
+            assert_eq!(fixes as u64, n, "{name:?}: each fix once");
+        }
     }
 }

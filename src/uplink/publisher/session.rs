@@ -12,8 +12,10 @@ use crate::fix::Fix;
 use crate::uplink::acks::{AckWindow, Acked};
 use crate::uplink::error::{Phase, UplinkError};
 use crate::uplink::limit::{Unacked, Verdict};
+use crate::uplink::pace::Cost;
 use crate::uplink::payload::{Encoded, FixBatch, LinkState};
 use crate::uplink::probe::{probe, PathWatch};
+use crate::uplink::profile::{Publish, SessionLimits};
 use crate::uplink::reconnect::{Ending, Watch};
 use crate::uplink::remote::Outbound;
 use crate::uplink::source::FixSource;
@@ -22,12 +24,17 @@ use rumqttc::{
     AsyncClient, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
 };
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// How long a platform has to answer the request for its limits before the agent says it
+/// goes on with its own settings (it went on from the start: nothing waits for the answer).
+const LIMITS_ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// What one session was like, for pacing the next.
 #[derive(Debug, Default, Clone, Copy)]
@@ -117,6 +124,10 @@ pub(super) struct Session {
     /// When the credentials must be renewed by reconnecting (a token's expiry, less a
     /// margin).
     renew_at: Option<Instant>,
+    /// When to say the platform did not answer the request for its limits.
+    limits_due: Option<Instant>,
+    /// Messages of one backfill message (split under the cap) waiting for room or pace.
+    parts: VecDeque<Publish>,
 }
 
 impl<S: FixSource> Publisher<S> {
@@ -183,7 +194,10 @@ impl<S: FixSource> Publisher<S> {
                 return SessionEnd::Failed(Failure { error: e, ending });
             }
         };
-        let window_size = self.limit.window(usize::from(self.settings.window.max(1)));
+        let window_size = self
+            .limit
+            .window(usize::from(self.settings.window.max(1)))
+            .min(self.platform.max_inflight.unwrap_or(usize::MAX));
         // Room for the window, the status message and what the profile sends at connect,
         // the SUBSCRIBEs and the DISCONNECT: try_publish never finds the channel full.
         let (client, mut eventloop) = AsyncClient::new(options, window_size + 8);
@@ -216,6 +230,8 @@ impl<S: FixSource> Publisher<S> {
             progress: now,
             path: PathWatch::default(),
             renew_at,
+            limits_due: None,
+            parts: VecDeque::new(),
         };
         let end = self.drive(&mut s, shutdown).await;
         drop(abort_pump);
@@ -377,22 +393,63 @@ impl<S: FixSource> Publisher<S> {
         self.submit_status(&s.client, &mut s.window, LinkState::Online)
             .map_err(|e| failed(e, &s.facts, reset_after))?;
         let commands = self.remote.is_some();
-        for extra in self.profile.on_connect(commands) {
-            // Announcements the platform keeps (Cumulocity's supported operations): with a
-            // window of one, the next connection sends them.
-            if s.window.has_room() {
-                self.submit(&s.client, &mut s.window, extra)
-                    .map_err(|e| failed(e, &s.facts, reset_after))?;
-            }
-        }
         // Clean session: each connection subscribes again (the profile's command channel
-        // when commands are on, and what its platform expects of any device).
+        // when commands are on, and what its platform expects of any device), before what
+        // the platform answers.
         for filter in self.profile.subscriptions(commands) {
             s.client
                 .try_subscribe(filter, QoS::AtLeastOnce)
                 .map_err(|_| failed(UplinkError::ClientClosed, &s.facts, reset_after))?;
         }
+        let extras = self.profile.on_connect(commands);
+        let ask = self.profile.limits_request();
+        if ask.is_some() {
+            s.limits_due = Some(now + LIMITS_ANSWER_WAIT);
+        }
+        for extra in extras.into_iter().chain(ask) {
+            // Announcements the platform keeps (Cumulocity's supported operations) and the
+            // request for its limits: with a window of one, the next connection sends them.
+            if s.window.has_room() {
+                self.submit(&s.client, &mut s.window, extra)
+                    .map_err(|e| failed(e, &s.facts, reset_after))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The platform's answer about its limits: what it allows caps the messages (their
+    /// bytes, through the packet limit), the window and the pace from now on; an answer
+    /// that cannot be read leaves the settings as they are.
+    fn on_limits(&mut self, answer: Result<SessionLimits, String>, window: &mut AckWindow) {
+        self.limits_answered = self.connections;
+        let limits = match answer {
+            Ok(l) => l,
+            Err(why) => {
+                if !std::mem::replace(&mut self.limits_said, true) {
+                    warn!(code = "MQTT_LIMITS_UNREADABLE", class = "transient",
+                        profile = self.profile.name().as_str(), error = %why,
+                        "the platform's answer about its session limits cannot be read; the settings' limits stay");
+                }
+                return;
+            }
+        };
+        if let Some(bytes) = limits.max_payload_bytes {
+            self.limit.bound(bytes);
+        }
+        if let Some(n) = limits.max_inflight {
+            window.narrow(n);
+        }
+        self.pace.set(limits.rates.clone());
+        info!(
+            profile = self.profile.name().as_str(),
+            max_payload_bytes = limits.max_payload_bytes,
+            max_inflight = limits.max_inflight,
+            rates = ?limits.rates,
+            message_cap = self.limit.cap(),
+            window = window.capacity(),
+            "the platform's session limits apply"
+        );
+        self.platform = limits;
     }
 
     /// The connected session: fixes out as the window and the source allow, PUBACKs in,
@@ -404,6 +461,9 @@ impl<S: FixSource> Publisher<S> {
         }
         loop {
             let now = Instant::now();
+            if let Err(e) = self.send_parts(s) {
+                return failed(e, &s.facts, reset_after);
+            }
             if !s.source_empty || self.linger.is_due(now) {
                 s.asked_at = now;
                 match self.fill(s).await {
@@ -446,6 +506,20 @@ impl<S: FixSource> Publisher<S> {
                     self.show(None, |_| {});
                 }
                 _ = sleep_until_opt(held_due) => {}
+                _ = sleep_until_opt(self.paced_until) => {
+                    self.paced_until = None;
+                    s.source_empty = false;
+                }
+                _ = sleep_until_opt(s.limits_due) => {
+                    s.limits_due = None;
+                    if self.limits_answered != self.connections
+                        && !std::mem::replace(&mut self.limits_said, true)
+                    {
+                        info!(profile = self.profile.name().as_str(),
+                            waited_ms = millis(LIMITS_ANSWER_WAIT),
+                            "the platform did not answer the request for its session limits (an older version); the settings' limits stay");
+                    }
+                }
                 _ = sleep_until_opt(top_up) => s.source_empty = false,
                 _ = self.source.fixes_pending(), if wait_source => s.source_empty = false,
                 _ = tokio::time::sleep(self.settings.idle_poll), if wait_source => {
@@ -456,7 +530,7 @@ impl<S: FixSource> Publisher<S> {
                         return failed(e, &s.facts, reset_after);
                     }
                 }
-                Some(out) = recv_remote(&mut self.remote), if room => {
+                Some(out) = recv_remote(&mut self.remote), if room && s.parts.is_empty() => {
                     match self.send_remote(s, out) {
                         Ok(true) => return self.end_for_reconnect(s).await,
                         Ok(false) => {}
@@ -470,13 +544,14 @@ impl<S: FixSource> Publisher<S> {
     /// What the commands stage sent: an answer or a backfill message goes out through the
     /// window (which has room); `Ok(true)` when the connection is to end for a reconnect.
     fn send_remote(&mut self, s: &mut Session, out: Outbound) -> Result<bool, UplinkError> {
-        // Where the platform takes it (the profile routes answers back to the call).
-        let message = match &out {
+        // Where the platform takes it (the profile routes answers back to the call); a
+        // backfill message within the same cap as the fixes messages.
+        let messages: Vec<Publish> = match &out {
             Outbound::Reconnect => return Ok(true),
-            Outbound::Answer(p) => self.profile.answer(p),
-            Outbound::Backfill(p) => self.profile.backfill(p),
+            Outbound::Answer(p) => self.profile.answer(p).into_iter().collect(),
+            Outbound::Backfill(p) => self.profile.backfill(p, self.limit.cap()),
         };
-        let Some(message) = message else {
+        if messages.is_empty() {
             warn!(
                 code = "CMD_UNROUTED",
                 class = "permanent",
@@ -484,9 +559,29 @@ impl<S: FixSource> Publisher<S> {
                 "a command's answer or backfill message has nowhere to go on this platform; dropped"
             );
             return Ok(false);
-        };
-        self.submit(&s.client, &mut s.window, message)?;
+        }
+        s.parts.extend(messages);
+        self.send_parts(s)?;
         Ok(false)
+    }
+
+    /// The messages of the commands stage waiting, as far as the window and the pace let.
+    fn send_parts(&mut self, s: &mut Session) -> Result<(), UplinkError> {
+        while let Some(next) = s.parts.front() {
+            if !s.window.has_room() {
+                break;
+            }
+            let now = Instant::now();
+            if let Some(at) = self.pace.wait(now, cost_of(next)) {
+                self.paced_until = Some(at);
+                break;
+            }
+            let Some(next) = s.parts.pop_front() else {
+                break;
+            };
+            self.submit(&s.client, &mut s.window, next)?;
+        }
+        Ok(())
     }
 
     /// A remote `reconnect`: what was sent before it is written, then a clean DISCONNECT
@@ -627,7 +722,10 @@ impl<S: FixSource> Publisher<S> {
                 Ok(Some(acked))
             }
             Event::Incoming(Incoming::Publish(p)) => {
-                self.on_request(&p.topic, &p.payload);
+                match self.profile.limits(&p.topic, &p.payload) {
+                    Some(answer) => self.on_limits(answer, window),
+                    None => self.on_request(&p.topic, &p.payload),
+                }
                 Ok(None)
             }
             _ => Ok(None),
@@ -698,7 +796,7 @@ impl<S: FixSource> Publisher<S> {
         // Bounded: each round either fills a window slot, holds a batch, or finds the
         // source empty; held fixes go out once they make a full message.
         for _ in 0..=window_slots(&s.window, self.settings.window) + self.settings.batch_max {
-            if !s.window.has_room() {
+            if !s.window.has_room() || self.paced_until.is_some_and(|at| at > Instant::now()) {
                 return Ok(false);
             }
             let batch = match self.source.next_batch(self.settings.batch_max).await {
@@ -763,7 +861,11 @@ impl<S: FixSource> Publisher<S> {
     ) -> Result<(), UplinkError> {
         let stream = self.stream.clone();
         let cap = self.limit.cap();
-        let configured = self.settings.max_message_bytes;
+        let most = self.limit.most();
+        let points: HashMap<u64, u64> = fixes
+            .iter()
+            .map(|(seq, fix)| (*seq, self.profile.points(fix)))
+            .collect();
         let encode = |fixes: &[(u64, Fix)], max: usize| -> Encoded {
             let batch = FixBatch {
                 device: &self.settings.device,
@@ -772,14 +874,23 @@ impl<S: FixSource> Publisher<S> {
             };
             self.profile.encode(&batch, max)
         };
-        let encoded = encode(&fixes, cap);
-        let mut messages = encoded.messages;
+        // No message carries more data points than the platform takes in its smallest
+        // window.
+        let mut messages = Vec::new();
+        let mut dead_letters = Vec::new();
+        for group in by_points(&fixes, self.pace.max_points(), |seq| {
+            points.get(&seq).copied().unwrap_or(1)
+        }) {
+            let e = encode(group, cap);
+            messages.extend(e.messages);
+            dead_letters.extend(e.dead_letters);
+        }
         let mut dead = Vec::new();
-        for (seq, why) in encoded.dead_letters {
-            let alone = (cap < configured && matches!(why, UplinkError::TooLarge { .. }))
+        for (seq, why) in dead_letters {
+            let alone = (cap < most && matches!(why, UplinkError::TooLarge { .. }))
                 .then(|| fixes.iter().find(|(s, _)| *s == seq))
                 .flatten()
-                .and_then(|one| encode(std::slice::from_ref(one), configured).messages.pop());
+                .and_then(|one| encode(std::slice::from_ref(one), most).messages.pop());
             match alone {
                 Some(message) => messages.push(message),
                 None => dead.push((seq, why)),
@@ -795,8 +906,23 @@ impl<S: FixSource> Publisher<S> {
         // Seqs of messages that did not go out (no room, client gone): back to the source.
         let mut unsent: Vec<u64> = Vec::new();
         let mut client_gone = false;
+        let mut paced = false;
         for message in messages {
-            if client_gone || !window.has_room() {
+            if client_gone || paced || !window.has_room() {
+                unsent.extend(message.seqs);
+                continue;
+            }
+            let cost = Cost::telemetry(
+                message
+                    .seqs
+                    .iter()
+                    .map(|seq| points.get(seq).copied().unwrap_or(1))
+                    .sum(),
+            );
+            if let Some(at) = self.pace.wait(Instant::now(), cost) {
+                // The platform's rate: this and what follows wait in the buffer.
+                self.paced_until = Some(at);
+                paced = true;
                 unsent.extend(message.seqs);
                 continue;
             }
@@ -815,6 +941,7 @@ impl<S: FixSource> Publisher<S> {
                 continue;
             }
             let count = message.seqs.len();
+            self.pace.charge(Instant::now(), cost);
             match window.submit_sized(message.seqs, bytes, Instant::now()) {
                 Ok(()) => self.source.published(count),
                 // Unreachable (room was checked), but never lose track of a fix.
@@ -837,7 +964,7 @@ impl<S: FixSource> Publisher<S> {
     }
 
     fn submit_status(
-        &self,
+        &mut self,
         client: &AsyncClient,
         window: &mut AckWindow,
         state: LinkState,
@@ -848,11 +975,14 @@ impl<S: FixSource> Publisher<S> {
     /// A message that carries no fix (the state, a command's answer, a backfill message),
     /// published at QoS 1 through the acknowledgement window.
     fn submit(
-        &self,
+        &mut self,
         client: &AsyncClient,
         window: &mut AckWindow,
-        message: crate::uplink::profile::Publish,
+        message: Publish,
     ) -> Result<(), UplinkError> {
+        // Counted against the platform's rates whether or not it could wait: later fixes
+        // wait for it.
+        self.pace.charge(Instant::now(), cost_of(&message));
         client
             .try_publish(
                 message.topic,
@@ -973,6 +1103,41 @@ enum Closing {
 fn failed(error: UplinkError, facts: &SessionFacts, reset_after: Duration) -> SessionEnd {
     let ending = ending_of(&error, facts, reset_after);
     SessionEnd::Failed(Failure { error, ending })
+}
+
+/// What a message that carries no fix of the window costs against the platform's rates.
+fn cost_of(message: &Publish) -> Cost {
+    if message.points > 0 {
+        Cost::telemetry(message.points)
+    } else {
+        Cost::OTHER
+    }
+}
+
+/// `fixes` in runs of at most `max` data points each (by `points` of a seq), at least one
+/// fix a run; one run when there is no limit.
+fn by_points(
+    fixes: &[(u64, Fix)],
+    max: Option<u64>,
+    points: impl Fn(u64) -> u64,
+) -> Vec<&[(u64, Fix)]> {
+    let Some(max) = max else {
+        return vec![fixes];
+    };
+    let mut runs = Vec::new();
+    let (mut start, mut sum) = (0, 0);
+    for (i, (seq, _)) in fixes.iter().enumerate() {
+        let p = points(*seq);
+        if i > start && sum + p > max {
+            runs.push(&fixes[start..i]);
+            (start, sum) = (i, 0);
+        }
+        sum += p;
+    }
+    if start < fixes.len() {
+        runs.push(&fixes[start..]);
+    }
+    runs
 }
 
 /// Slots the window has, as a loop bound for `fill`.
