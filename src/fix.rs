@@ -103,6 +103,26 @@ pub struct Fix {
     pub event: Option<Event>,
 }
 
+#[cfg(test)]
+impl Fix {
+    /// A 2D fix at `time_ms` with a position and nothing else, for the unit tests that only
+    /// need fixes to tell apart.
+    pub(crate) fn bare(time_ms: i64, lat: f64, lon: f64) -> Fix {
+        Fix {
+            time_ms,
+            lat,
+            lon,
+            alt_m: None,
+            speed_mps: None,
+            course_deg: None,
+            hdop: None,
+            sats: None,
+            mode: FixMode::TwoD,
+            event: None,
+        }
+    }
+}
+
 /// A fix with its place in the output: the buffer's `seq` in payloads, the 0-based index of
 /// accepted fixes in `parse` output.
 #[derive(Debug, Clone, Copy)]

@@ -202,6 +202,90 @@ pub struct BufferStatus {
     /// How often the file had to be rescued while the agent ran.
     pub rescues: Rescues,
     pub last_error: Option<LastError>,
+    /// The local history in the buffer's file (`[history]`).
+    pub history: HistoryStatus,
+}
+
+/// What the local history holds and what it could not keep, as the buffer publishes it
+/// (counted where it happens, in `buffer/history.rs`; no query per publish).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryStatus {
+    /// Accepted fixes are kept this run: `keep_days` > 0 and the table could be made.
+    pub on: bool,
+    /// `[history] keep_days` (zero when off by config).
+    pub keep: Duration,
+    /// Rows in the file (those of the open transaction included).
+    pub rows: u64,
+    /// Rows evicted by `max_bytes` since the table was made.
+    pub evicted: u64,
+    /// Accepted fixes that never became rows, by reason, since the table was made.
+    pub dropped: HistoryDropped,
+    /// Receiver time (Unix ms) of the oldest row, as last known.
+    pub oldest_ms: Option<i64>,
+}
+
+/// Why an accepted fix never became a row of the local history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HistoryDrop {
+    /// More fixes waited for a commit than `memory_ring` while the file took writes (the
+    /// crash journal gave back more than that at open).
+    Backlog,
+    /// A fifth different fix of one millisecond of receiver time (the key holds four).
+    SameMs,
+    /// More fixes than `memory_ring` accepted while the buffer ran on its memory ring (the
+    /// disk failing, or the file not open): the oldest waiting one went.
+    Memory,
+}
+
+impl HistoryDrop {
+    pub const ALL: [HistoryDrop; 3] = [
+        HistoryDrop::Backlog,
+        HistoryDrop::SameMs,
+        HistoryDrop::Memory,
+    ];
+
+    /// The metric's `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryDrop::Backlog => "backlog",
+            HistoryDrop::SameMs => "same_ms",
+            HistoryDrop::Memory => "memory",
+        }
+    }
+}
+
+/// Fixes the history dropped, by [`HistoryDrop`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryDropped {
+    pub backlog: u64,
+    pub same_ms: u64,
+    pub memory: u64,
+}
+
+impl HistoryDropped {
+    pub fn get(&self, reason: HistoryDrop) -> u64 {
+        match reason {
+            HistoryDrop::Backlog => self.backlog,
+            HistoryDrop::SameMs => self.same_ms,
+            HistoryDrop::Memory => self.memory,
+        }
+    }
+
+    pub fn add(&mut self, reason: HistoryDrop, n: u64) {
+        let slot = match reason {
+            HistoryDrop::Backlog => &mut self.backlog,
+            HistoryDrop::SameMs => &mut self.same_ms,
+            HistoryDrop::Memory => &mut self.memory,
+        };
+        *slot = slot.saturating_add(n);
+    }
+
+    /// All reasons.
+    pub fn total(&self) -> u64 {
+        HistoryDrop::ALL
+            .iter()
+            .fold(0u64, |t, &r| t.saturating_add(self.get(r)))
+    }
 }
 
 /// How the buffer's file was rescued while the agent ran, counted for metrics.

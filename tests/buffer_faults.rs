@@ -17,7 +17,7 @@ use support::agent::{quick_retry_mqtt, Agent};
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 use support::relay::Relay;
-use support::shim::powercut_shim;
+use support::shim::fault_env;
 
 /// What the subscriber has seen so far.
 #[derive(Default)]
@@ -75,11 +75,7 @@ async fn after_a_full_disk_an_io_error_or_a_corrupt_record_fixes_flow_again_with
     let proxy = FaultProxy::start(broker.addr).await;
     let device = support::unique("truck");
     let mut sub = Subscriber::start(&broker, &format!("fleet/{device}/fixes")).await;
-    let env = [
-        ("LD_PRELOAD", powercut_shim().display().to_string()),
-        ("POWERCUT_DIR", state.display().to_string()),
-        ("POWERCUT_CTL", ctl.display().to_string()),
-    ];
+    let env = fault_env(&state, &ctl);
     let gnss = format!("[gnss]\nsource = \"serial\"\npath = \"{}\"", link.display());
     // The agent's own retry policy: no disk_retry_s here.
     let buffer = format!("[buffer]\npath = \"{}\"", db.display());

@@ -7,15 +7,21 @@
 
 mod support;
 
-use gps_agent::buffer::{open_read_only, Buffer, HistoryWindow, StoredFix};
+use gps_agent::buffer::store::Store;
+use gps_agent::buffer::{file_stats, open_read_only, Buffer, HistoryWindow, StoredFix};
 use gps_agent::clock::Clock;
 use gps_agent::config::{BufferSettings, HistorySettings};
 use gps_agent::fix::{Fix, FixMode, Numbered};
+use gps_agent::health::{snapshot, Metrics};
 use gps_agent::sim::DriveSpec;
+use gps_agent::status::StatusBoard;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use support::agent::{drive_log, replay_gnss, Agent};
 use support::broker::{free_port, Subscriber, TestBroker};
+use support::relay::Relay;
+use support::shim::fault_env;
 
 /// 2026-03-14T08:00:00Z, the simulator's default start: the clocks of these tests.
 const T0: i64 = 1_773_475_200_000;
@@ -215,12 +221,10 @@ fn fixes_older_than_keep_days_expire_in_hourly_batches() {
     );
 }
 
-#[test]
-fn over_max_bytes_the_oldest_fixes_go_first_and_are_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    // 64 KiB: 1310 rows of 50 bytes.
-    let cfg = settings(dir.path(), 7, 65_536);
-    let mut buf = open(&cfg, T0 + 3000 * 1000);
+/// A buffer of `cfg` that remembered 3000 fixes, a second apart from [`T0`], ticked every
+/// 100 and committed.
+fn remember_3000(cfg: &BufferSettings) -> Buffer {
+    let mut buf = open(cfg, T0 + 3000 * 1000);
     let now = Instant::now();
     for i in 0..3000u32 {
         buf.remember(&fix(T0 + i64::from(i) * 1000, i), now);
@@ -229,6 +233,15 @@ fn over_max_bytes_the_oldest_fixes_go_first_and_are_counted() {
         }
     }
     buf.commit().unwrap();
+    buf
+}
+
+#[test]
+fn over_max_bytes_the_oldest_fixes_go_first_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 KiB: 1310 rows of 50 bytes.
+    let cfg = settings(dir.path(), 7, 65_536);
+    let mut buf = remember_3000(&cfg);
     let stats = buf.stats().unwrap().history.unwrap();
     assert!(stats.rows <= 1310, "{stats:?}");
     assert_eq!(stats.rows + stats.evicted, 3000, "{stats:?}");
@@ -244,6 +257,83 @@ fn over_max_bytes_the_oldest_fixes_go_first_and_are_counted() {
     drop(buf);
     let mut buf = open(&cfg, T0 + 3000 * 1000);
     assert_eq!(buf.stats().unwrap().history, Some(stats));
+}
+
+/// The value of the sample `series` (name and labels, as written) in a metrics text.
+fn metric(text: &str, series: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn fixes_evicted_by_max_bytes_reach_the_health_snapshot_and_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 KiB: 1310 rows of 50 bytes.
+    let cfg = settings(dir.path(), 7, 65_536);
+    let mut buf = remember_3000(&cfg);
+    let board = StatusBoard::new(Clock::manual(T0 + 3000 * 1000).0);
+    board.buffer(|b| *b = buf.status());
+    let stats = buf.stats().unwrap().history.unwrap();
+    assert!(stats.evicted >= 3000 - 1310, "{stats:?}");
+    let h = serde_json::to_value(snapshot(&board.read(), board.clock())).unwrap();
+    let first = T0 + (stats.evicted as i64) * 1000;
+    assert_eq!(
+        h["components"]["buffer"]["history"],
+        serde_json::json!({
+            "on": true,
+            "keep_days": 7.0,
+            "rows": stats.rows,
+            "evicted": stats.evicted,
+            "dropped": 0,
+            "oldest": gps_agent::fix::format_time_ms(first),
+        })
+    );
+    let text = Metrics::new(board.clone()).encode().unwrap();
+    assert_eq!(metric(&text, "gps_agent_history_rows"), Some(stats.rows));
+    assert_eq!(
+        metric(&text, "gps_agent_history_evicted_total"),
+        Some(stats.evicted)
+    );
+    for reason in ["backlog", "same_ms", "memory"] {
+        let series = format!("gps_agent_history_dropped_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(&text, &series), Some(0), "{text}");
+    }
+}
+
+#[test]
+fn fixes_the_store_could_not_hold_while_no_file_opened_are_counted_as_memory_drops() {
+    let dir = tempfile::tempdir().unwrap();
+    // A plain file where the buffer's directory should be: it cannot be made or opened.
+    let missing = dir.path().join("not-mounted-yet");
+    std::fs::write(&missing, b"").unwrap();
+    let cfg = BufferSettings {
+        memory_ring: NonZeroUsize::new(4).unwrap(),
+        ..settings(&missing, 7, 64 << 20)
+    };
+    let board = StatusBoard::new(Clock::manual(T0).0);
+    let t0 = Instant::now();
+    let mut store = Store::open(cfg.clone(), board.clone(), t0);
+    for i in 0..10u32 {
+        store.remember(&fix(T0 + i64::from(i) * 1000, i), t0);
+    }
+    store.publish();
+    let history = board.read().buffer.history;
+    assert!(history.on);
+    assert_eq!((history.rows, history.dropped.memory), (0, 6));
+    // The file can be opened now: the four newest become rows, the count goes with them.
+    std::fs::remove_file(&missing).unwrap();
+    store.tick(t0 + cfg.disk_retry).unwrap();
+    store.commit().unwrap();
+    store.publish();
+    let history = board.read().buffer.history;
+    assert_eq!(history.rows, 4);
+    assert_eq!(history.dropped.total(), 6);
+    assert_eq!(history.dropped.memory, 6);
+    assert_eq!(history.oldest_ms, Some(T0 + 6000));
+    drop(store);
+    let conn = open_read_only(&cfg.path).unwrap();
+    let stats = file_stats(&conn, &cfg.path).unwrap().history.unwrap();
+    assert_eq!((stats.rows, stats.evicted, stats.dropped), (4, 0, 6));
 }
 
 #[test]
@@ -330,6 +420,27 @@ async fn every_accepted_fix_is_in_the_history_also_those_the_report_stage_did_no
     });
     let kept = h["components"]["gnss"]["kept"].as_u64().unwrap();
     assert!(kept < want.len() as u64 / 2, "{h}");
+    // The operator sees them all in the history, not just the kept ones: /health and
+    // /metrics (rows are counted as the buffer's commits write them).
+    let accepted = want.len() as u64;
+    let (_, h) = agent.wait_health("every fix a row", Duration::from_secs(30), |_, h| {
+        h["components"]["buffer"]["history"]["rows"] == accepted
+    });
+    let first: serde_json::Value = serde_json::from_str(&want[0]).unwrap();
+    assert_eq!(
+        h["components"]["buffer"]["history"],
+        serde_json::json!({
+            "on": true,
+            "keep_days": 7.0,
+            "rows": accepted,
+            "evicted": 0,
+            "dropped": 0,
+            "oldest": first["time"],
+        })
+    );
+    let text = agent.raw("/metrics");
+    assert_eq!(metric(&text, "gps_agent_history_rows"), Some(accepted));
+    assert_eq!(metric(&text, "gps_agent_history_evicted_total"), Some(0));
     let sent = sub.fix_seqs(kept, Duration::from_secs(30)).await;
     assert_eq!(sent.len() as u64, kept);
     let (code, db) = agent.terminate();
@@ -389,4 +500,95 @@ fn the_history_of_a_killed_agent_is_what_the_crash_journal_held() {
     // fix the motion check held for its successor had not been accepted yet.)
     assert!(got.len() >= 20, "{} fixes", got.len());
     assert_eq!(got[..], want[..got.len()]);
+}
+
+/// A history counts what the memory ring could not hold for it while the disk failed, and
+/// writes the rest when the disk is back: every accepted fix is a row or counted as dropped
+/// (`memory`), in `/health`, `/metrics` and `buffer stats`. The real daemon on a pty at
+/// 10 Hz, its buffer under the power-cut shim whose control file fails every write with
+/// ENOSPC on demand (as `tests/buffer_faults.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixes_the_memory_ring_cannot_hold_for_the_history_are_counted_and_the_rest_written_later()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let spec = DriveSpec {
+        rate_hz: 10,
+        epochs: 300,
+        ..DriveSpec::default()
+    };
+    let link = dir.path().join("gps0");
+    let relay = Relay::start(&link, spec.clone(), 0x4157);
+    let ctl = dir.path().join("disk");
+    std::fs::write(&ctl, "ok").unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let db = state.join("buffer.db");
+    let env = fault_env(&state, &ctl);
+    let gnss = format!("[gnss]\nsource = \"serial\"\npath = \"{}\"", link.display());
+    // Two seconds of fixes fill the ring.
+    let buffer = format!(
+        "[buffer]\npath = \"{}\"\ncommit_interval_s = 0.2\nmemory_ring = 20\ndisk_retry_s = 0.5",
+        db.display()
+    );
+    let nowhere = format!("url = \"mqtt://{}\"", free_port());
+    let device = support::unique("truck");
+    let agent = Agent::start_with_sections(dir.path(), &device, &gnss, &buffer, &nowhere, &env);
+    agent.wait_log("gnss device open", |v| v["message"] == "gnss device open");
+    relay.resume();
+    let history = |h: &serde_json::Value, key: &str| {
+        h["components"]["buffer"]["history"][key]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    agent.wait_health("rows", Duration::from_secs(20), |_, h| {
+        history(h, "rows") > 0
+    });
+    std::fs::write(&ctl, "enospc").unwrap();
+    agent.wait_health("fixes dropped", Duration::from_secs(20), |_, h| {
+        h["components"]["buffer"]["last_error"]["code"] == "BUFFER_DISK_FULL"
+            && history(h, "dropped") >= 10
+    });
+    std::fs::write(&ctl, "ok").unwrap();
+    relay.drain(Duration::from_secs(60));
+    let accepted = |h: &serde_json::Value| {
+        h["components"]["gnss"]["kept"].as_u64().unwrap_or(0)
+            + h["components"]["gnss"]["dropped_by_policy"]
+                .as_u64()
+                .unwrap_or(0)
+    };
+    // Each accepted fix a row or dropped, none both: the ring's 20 went in after the fault.
+    let (_, h) = agent.wait_health("every fix accounted", Duration::from_secs(30), |_, h| {
+        h["components"]["buffer"]["in_memory"] == 0
+            && accepted(h) > 0
+            && history(h, "rows") + history(h, "dropped") == accepted(h)
+    });
+    let dropped = history(&h, "dropped");
+    assert!(dropped >= 10, "{h}");
+    assert_eq!(history(&h, "evicted"), 0);
+    let text = agent.raw("/metrics");
+    let series = |reason: &str| format!("gps_agent_history_dropped_total{{reason=\"{reason}\"}}");
+    assert_eq!(metric(&text, &series("memory")), Some(dropped), "{text}");
+    assert_eq!(metric(&text, &series("backlog")), Some(0));
+    assert_eq!(metric(&text, &series("same_ms")), Some(0));
+    let rows = history(&h, "rows");
+    // (`terminate` names the default path; this buffer lives under the shim's directory.)
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+    drop(relay);
+    // Written to the file with its commits: `buffer stats` beside it says the same.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gps-agent"))
+        .args(["buffer", "stats", "--db"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Every epoch of the drive is accepted by now: the last at shutdown, when the motion
+    // check no longer waits for its successor.
+    let rows_now = u64::from(spec.epochs) - dropped;
+    assert!(rows_now >= rows, "{rows_now} < {rows}");
+    assert_eq!(
+        stats["history"],
+        serde_json::json!({"rows": rows_now, "evicted": 0, "dropped": dropped}),
+        "{stats}"
+    );
 }

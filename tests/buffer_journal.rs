@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::agent::{drive_log, expected_fixes, read_log, stored_rows, Agent};
 use support::broker::{free_port, ReceivedFix, Subscriber, TestBroker};
-use support::shim::powercut_shim;
+use support::shim::fault_env;
 
 const RECORD_LEN: usize = 88;
 
@@ -470,11 +470,7 @@ fn realtime_under_shim(dir: &Path, db: &Path, shimmed: &Path, ctl: &Path, retry_
         "[buffer]\npath = \"{}\"\ndisk_retry_s = {retry_s}",
         db.display()
     );
-    let env = [
-        ("LD_PRELOAD", powercut_shim().display().to_string()),
-        ("POWERCUT_DIR", shimmed.display().to_string()),
-        ("POWERCUT_CTL", ctl.display().to_string()),
-    ];
+    let env = fault_env(shimmed, ctl);
     let nowhere = format!("mqtt://{}", free_port());
     let device = support::unique("truck");
     Agent::start_with_buffer(dir, &device, &gnss, &buffer, &nowhere, &env)

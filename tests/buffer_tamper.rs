@@ -13,7 +13,7 @@ use support::agent::{drive_log, expected_fixes, quick_retry_mqtt, read_log, Agen
 use support::broker::{Subscriber, TestBroker};
 use support::proxy::FaultProxy;
 use support::relay::Relay;
-use support::shim::powercut_shim;
+use support::shim::fault_env;
 
 const BACKLOG: u32 = 5000;
 
@@ -255,11 +255,7 @@ fn disk_rig(epochs: u32, disk_retry_s: f64, ctl_at_start: &str) -> DiskRig {
     std::fs::write(&ctl, ctl_at_start).unwrap();
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    let env = [
-        ("LD_PRELOAD", powercut_shim().display().to_string()),
-        ("POWERCUT_DIR", state.display().to_string()),
-        ("POWERCUT_CTL", ctl.display().to_string()),
-    ];
+    let env = fault_env(&state, &ctl);
     let gnss = format!("[gnss]\nsource = \"serial\"\npath = \"{}\"", link.display());
     let buffer = format!(
         "[buffer]\npath = \"{}\"\ndisk_retry_s = {disk_retry_s}",

@@ -301,18 +301,7 @@ mod tests {
     use super::*;
 
     fn fix(i: i64) -> Fix {
-        Fix {
-            time_ms: 1_700_000_000_000 + i,
-            lat: 48.1,
-            lon: 11.5,
-            alt_m: None,
-            speed_mps: None,
-            course_deg: None,
-            hdop: None,
-            sats: None,
-            mode: crate::fix::FixMode::TwoD,
-            event: None,
-        }
+        Fix::bare(1_700_000_000_000 + i, 48.1, 11.5)
     }
 
     #[test]

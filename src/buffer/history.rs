@@ -17,11 +17,19 @@
 //! off (`keep_days = 0`: nothing of the track is kept); files of earlier versions gain it
 //! without a version change (older agents ignore it).
 //!
-//! Counts: the rows as of a mark (the newest key then) and the rows evicted are written to
-//! `meta` every [`PERSIST_EVERY`] rows and with each deletion, riding in the commit; at open,
-//! the rows after the mark are counted. (A count row in the table would dirty its last page
-//! with every commit and cost SQLite's append-at-the-end split: 55% more WAL frames at 1 Hz,
-//! measured.)
+//! Counts: the rows as of a mark (the newest key then), the rows evicted and the fixes dropped
+//! (by [`HistoryDrop`] reason) are written to `meta` every [`PERSIST_EVERY`] rows, with each
+//! deletion and after a drop, riding in the commit; at open, the rows after the mark are
+//! counted. (A count row in the table would dirty its last page with every commit and cost
+//! SQLite's append-at-the-end split: 55% more WAL frames at 1 Hz, measured.) They reach
+//! `/health` and the metrics through [`HistoryStatus`] (published with the buffer's status,
+//! counted here, never queried) and `buffer stats` through [`HistoryStats`].
+//!
+//! Dropped: a fix that never becomes a row. At most `memory_ring` fixes wait for their rows
+//! (a failing disk holds them all, and they are written when it is back); over it the oldest
+//! waiting one goes, counted `memory` while the buffer runs on its memory ring (the store's own
+//! queue while the file cannot be opened counts there too, [`History::dropped`]) and `backlog`
+//! otherwise; a fifth different fix of one millisecond is counted `same_ms`.
 //!
 //! Expiry: rows older than `keep_days` by the agent's clock ([`crate::clock::Clock::utc_ms`],
 //! the receiver's time when the host's disagrees) go in batches once the oldest is an hour
@@ -34,9 +42,11 @@ use super::error::{classify, BufferError};
 use super::schema::{fix_from_values, value_column_defs, value_columns, values};
 use crate::config::HistorySettings;
 use crate::fix::Fix;
+use crate::status::{HistoryDrop, HistoryDropped, HistoryStatus};
 use rusqlite::{Connection, OptionalExtension};
 use std::collections::VecDeque;
 use std::path::Path;
+use std::time::Duration;
 use tracing::warn;
 
 /// Bytes a row takes in the file, its B-tree's pages included, with 1 KiB pages (49.4 to
@@ -63,12 +73,29 @@ struct Tally {
     evicted: u64,
     /// Rows inserted since the counts were written to `meta`.
     unwritten: u64,
+    /// Fixes that never became rows since the table was made. Those dropped outside a
+    /// transaction (over `cap`) are added to the committed tally too: a rollback keeps them.
+    dropped: HistoryDropped,
+    /// `dropped` as last written to `meta`.
+    dropped_written: HistoryDropped,
+}
+
+impl Tally {
+    fn stats(&self) -> HistoryStats {
+        HistoryStats {
+            rows: self.rows,
+            evicted: self.evicted,
+            dropped: self.dropped.total(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct History {
     /// `None`: off.
     keep_ms: Option<i64>,
+    /// `keep_days` as configured (the history may be off this run all the same).
+    keep: Duration,
     max_rows: u64,
     /// Accepted fixes whose rows no commit has written yet, oldest first, at most `cap`.
     pending: VecDeque<Fix>,
@@ -83,9 +110,9 @@ pub(super) struct History {
     seen: bool,
     /// Journal records of the history written since the last sync.
     journaled: usize,
-    /// Fixes that never became rows: more pending than `cap` (a disk failing for long), or a
-    /// fifth one of a millisecond.
-    dropped: u64,
+    /// Fixes taken off `pending` over `cap` whose rows only the open transaction holds: if
+    /// it rolls back, they are dropped.
+    popped_written: u64,
 }
 
 /// What the history holds, for `buffer stats`.
@@ -94,6 +121,8 @@ pub struct HistoryStats {
     pub rows: u64,
     /// Fixes evicted by `max_bytes` since the table was made.
     pub evicted: u64,
+    /// Accepted fixes that never became rows since the table was made (every reason).
+    pub dropped: u64,
 }
 
 impl History {
@@ -103,6 +132,7 @@ impl History {
             .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         History {
             keep_ms,
+            keep: settings.keep.unwrap_or_default(),
             max_rows: (settings.max_bytes / ROW_BYTES).max(1),
             pending: VecDeque::new(),
             cap,
@@ -112,7 +142,7 @@ impl History {
             oldest_ms: None,
             seen: false,
             journaled: 0,
-            dropped: 0,
+            popped_written: 0,
         }
     }
 
@@ -138,7 +168,8 @@ impl History {
                 conn.execute_batch(
                     "BEGIN IMMEDIATE;
                      DROP TABLE history;
-                     DELETE FROM meta WHERE key IN ('history_rows', 'history_mark', 'history_evicted');
+                     DELETE FROM meta WHERE key IN ('history_rows', 'history_mark', 'history_evicted',
+                       'history_dropped_backlog', 'history_dropped_same_ms', 'history_dropped_memory');
                      COMMIT;",
                 )?;
             }
@@ -147,51 +178,60 @@ impl History {
             return Ok(());
         }
         conn.execute_batch(CREATE)?;
-        let stats = stored_stats(conn)?;
-        self.current = Tally {
-            rows: stats.rows,
-            evicted: stats.evicted,
-            unwritten: 0,
-        };
+        self.current = stored_tally(conn)?;
         self.committed = self.current;
         self.oldest_ms = oldest_ms(conn)?;
         Ok(())
     }
 
-    /// An accepted fix, for the next commit. Returns `false` when the history is off.
-    pub(super) fn remember(&mut self, fix: Fix) -> bool {
+    /// An accepted fix, for the next commit; `over`: why the oldest waiting one goes if more
+    /// than `cap` wait. Returns `false` when the history is off.
+    pub(super) fn remember(&mut self, fix: Fix, over: HistoryDrop) -> bool {
         if !self.on() {
             return false;
         }
         self.seen = true;
-        self.push(fix);
+        self.push(fix, over);
         true
     }
 
     /// A fix the crash journal gave back at open.
     pub(super) fn replayed(&mut self, fix: Fix) {
         if self.on() {
-            self.push(fix);
+            self.push(fix, HistoryDrop::Backlog);
         }
     }
 
-    fn push(&mut self, fix: Fix) {
+    fn push(&mut self, fix: Fix, over: HistoryDrop) {
         if self.pending.len() >= self.cap {
             self.pending.pop_front();
             if self.written > 0 {
                 // Its row is in the open transaction already.
                 self.written -= 1;
+                self.popped_written += 1;
             } else {
-                self.dropped += 1;
-                warn!(
-                    component = "buffer",
-                    code = "BUFFER_HISTORY_DROPPED",
-                    dropped = self.dropped,
-                    "local history: too many fixes wait for the disk; the oldest is not kept"
-                );
+                self.dropped(over, 1);
             }
         }
         self.pending.push_back(fix);
+    }
+
+    /// `n` accepted fixes will never be rows (outside any transaction: a rollback keeps the
+    /// count; the next commit writes it to `meta`). A no-op when the history is off.
+    pub(super) fn dropped(&mut self, reason: HistoryDrop, n: u64) {
+        if n == 0 || !self.on() {
+            return;
+        }
+        self.current.dropped.add(reason, n);
+        self.committed.dropped.add(reason, n);
+        warn!(
+            component = "buffer",
+            code = "BUFFER_HISTORY_DROPPED",
+            reason = reason.as_str(),
+            count = n,
+            dropped = self.current.dropped.total(),
+            "local history: more fixes wait for their rows than memory_ring; the oldest is not kept"
+        );
     }
 
     /// The history cannot be kept this run (its table could not be made or read).
@@ -228,10 +268,19 @@ impl History {
     }
 
     pub(super) fn stats(&self) -> Option<HistoryStats> {
-        self.on().then_some(HistoryStats {
+        self.on().then(|| self.current.stats())
+    }
+
+    /// What the buffer publishes of the history (no SQL: the counts kept here).
+    pub(super) fn status(&self) -> HistoryStatus {
+        HistoryStatus {
+            on: self.on(),
+            keep: self.keep,
             rows: self.current.rows,
             evicted: self.current.evicted,
-        })
+            dropped: self.current.dropped,
+            oldest_ms: self.oldest_ms.filter(|_| self.current.rows > 0),
+        }
     }
 
     /// In the open transaction: the pending rows, then expiry (`now_ms`: the agent's UTC) and
@@ -249,7 +298,8 @@ impl History {
                         Some(self.oldest_ms.map_or(fix.time_ms, |o| o.min(fix.time_ms)));
                 }
                 Inserted::Again => {}
-                Inserted::NoKey => self.dropped += 1,
+                // In the transaction: a rollback takes the count back with the fix.
+                Inserted::NoKey => self.current.dropped.add(HistoryDrop::SameMs, 1),
             }
             self.written += 1;
         }
@@ -289,7 +339,8 @@ impl History {
         if deleted {
             self.oldest_ms = oldest_ms(conn)?;
         }
-        if deleted || self.current.unwritten >= PERSIST_EVERY {
+        let dropped = self.current.dropped != self.current.dropped_written;
+        if deleted || dropped || self.current.unwritten >= PERSIST_EVERY {
             let mark: Option<i64> = conn
                 .prepare_cached("SELECT max(k) FROM history")?
                 .query_row([], |r| r.get(0))?;
@@ -300,7 +351,12 @@ impl History {
                 "history_evicted",
                 self.current.evicted as i64
             ])?;
+            for reason in HistoryDrop::ALL {
+                let n = self.current.dropped.get(reason).min(i64::MAX as u64) as i64;
+                stmt.execute(rusqlite::params![dropped_key(reason), n])?;
+            }
             self.current.unwritten = 0;
+            self.current.dropped_written = self.current.dropped;
         }
         Ok(())
     }
@@ -309,13 +365,17 @@ impl History {
     pub(super) fn committed(&mut self) {
         self.pending.drain(..self.written.min(self.pending.len()));
         self.written = 0;
+        self.popped_written = 0;
         self.committed = self.current;
     }
 
-    /// The transaction rolled back: its rows are pending again.
+    /// The transaction rolled back (the disk failed): its rows are pending again, but for
+    /// those taken off `pending` meanwhile.
     pub(super) fn rolled_back(&mut self) {
         self.written = 0;
         self.current = self.committed;
+        let popped = std::mem::take(&mut self.popped_written);
+        self.dropped(HistoryDrop::Memory, popped);
     }
 }
 
@@ -362,9 +422,31 @@ fn oldest_ms(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     Ok(k.map(|k| k.div_euclid(KEYS_PER_MS)))
 }
 
+/// The `meta` key of a reason's count of dropped fixes.
+fn dropped_key(reason: HistoryDrop) -> &'static str {
+    match reason {
+        HistoryDrop::Backlog => "history_dropped_backlog",
+        HistoryDrop::SameMs => "history_dropped_same_ms",
+        HistoryDrop::Memory => "history_dropped_memory",
+    }
+}
+
+/// The status of a history whose file is not open (yet): on as configured, nothing known of
+/// its rows; `in_memory` fixes dropped from the store's queue meanwhile.
+pub(crate) fn unopened_status(settings: &HistorySettings, in_memory: u64) -> HistoryStatus {
+    let mut dropped = HistoryDropped::default();
+    dropped.add(HistoryDrop::Memory, in_memory);
+    HistoryStatus {
+        on: settings.keep.is_some(),
+        keep: settings.keep.unwrap_or_default(),
+        dropped,
+        ..HistoryStatus::default()
+    }
+}
+
 /// The counts of the history in the file `conn` holds: as written to `meta`, with the rows
 /// after its mark counted (a table without counts is counted whole).
-fn stored_stats(conn: &Connection) -> rusqlite::Result<HistoryStats> {
+fn stored_tally(conn: &Connection) -> rusqlite::Result<Tally> {
     let meta = |key: &str| -> rusqlite::Result<Option<i64>> {
         conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
             .optional()
@@ -376,9 +458,19 @@ fn stored_stats(conn: &Connection) -> rusqlite::Result<HistoryStats> {
     let after: i64 = conn.query_row("SELECT count(*) FROM history WHERE k > ?1", [mark], |r| {
         r.get(0)
     })?;
-    Ok(HistoryStats {
+    let mut dropped = HistoryDropped::default();
+    for reason in HistoryDrop::ALL {
+        dropped.add(
+            reason,
+            meta(dropped_key(reason))?.unwrap_or(0).max(0) as u64,
+        );
+    }
+    Ok(Tally {
         rows: rows + after.max(0) as u64,
         evicted: meta("history_evicted")?.unwrap_or(0).max(0) as u64,
+        unwritten: 0,
+        dropped,
+        dropped_written: dropped,
     })
 }
 
@@ -398,7 +490,9 @@ pub(crate) fn file_history_stats(
         .optional()
         .map_err(io("read schema"))?;
     match exists {
-        Some(_) => stored_stats(conn).map(Some).map_err(io("count history")),
+        Some(_) => stored_tally(conn)
+            .map(|t| Some(t.stats()))
+            .map_err(io("count history")),
         None => Ok(None),
     }
 }
@@ -481,5 +575,120 @@ impl HistoryWindow {
                 Ok(false)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_773_475_200_000;
+
+    fn fix(time_ms: i64, i: u32) -> Fix {
+        Fix::bare(time_ms, 48.137_154 + f64::from(i) * 1e-6, 11.576_124)
+    }
+
+    /// A file with the buffer's `meta` table, and a history on it of `cap` pending fixes.
+    fn attached(conn: &Connection, cap: usize) -> History {
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID",
+        )
+        .unwrap();
+        let mut history = History::new(&HistorySettings::default(), cap);
+        history.attach(conn).unwrap();
+        history
+    }
+
+    /// The pending rows in one transaction, committed.
+    fn commit(history: &mut History, conn: &Connection) {
+        conn.execute_batch("BEGIN").unwrap();
+        history.write(conn, T0).unwrap();
+        conn.execute_batch("COMMIT").unwrap();
+        history.committed();
+    }
+
+    fn dropped(history: &History) -> HistoryDropped {
+        history.status().dropped
+    }
+
+    #[test]
+    fn a_fifth_fix_of_one_millisecond_is_dropped_as_same_ms_once_even_after_a_rollback() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut history = attached(&conn, 100);
+        for i in 0..5 {
+            history.remember(fix(T0, i), HistoryDrop::Backlog);
+        }
+        // A transaction that wrote them and rolled back takes the count back with the rows.
+        conn.execute_batch("BEGIN").unwrap();
+        history.write(&conn, T0).unwrap();
+        assert_eq!(dropped(&history).same_ms, 1);
+        conn.execute_batch("ROLLBACK").unwrap();
+        history.rolled_back();
+        assert_eq!(dropped(&history), HistoryDropped::default());
+        commit(&mut history, &conn);
+        let status = history.status();
+        assert_eq!(status.rows, 4);
+        assert_eq!(
+            status.dropped,
+            HistoryDropped {
+                same_ms: 1,
+                ..HistoryDropped::default()
+            }
+        );
+        assert_eq!(status.oldest_ms, Some(T0));
+        assert_eq!(history.stats().map(|s| s.dropped), Some(1));
+        // Written to `meta` with that commit: the next start (or `buffer stats`) counts it.
+        let again = attached(&conn, 100);
+        assert_eq!(again.status().dropped.same_ms, 1);
+        assert_eq!(again.status().rows, 4);
+    }
+
+    #[test]
+    fn over_cap_the_oldest_pending_fix_is_dropped_by_the_reason_the_caller_gives() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut history = attached(&conn, 3);
+        for i in 0..5 {
+            history.remember(fix(T0 + i64::from(i), i), HistoryDrop::Memory);
+        }
+        history.replayed(fix(T0 + 10, 10));
+        assert_eq!(
+            dropped(&history),
+            HistoryDropped {
+                memory: 2,
+                backlog: 1,
+                ..HistoryDropped::default()
+            }
+        );
+        commit(&mut history, &conn);
+        // The three newest became rows; a drop outside a transaction survives a rollback.
+        assert_eq!(history.status().rows, 3);
+        assert_eq!(history.status().oldest_ms, Some(T0 + 3));
+        history.rolled_back();
+        assert_eq!(dropped(&history).total(), 3);
+        assert_eq!(attached(&conn, 3).status().dropped.total(), 3);
+    }
+
+    #[test]
+    fn a_fix_pushed_out_while_its_row_waits_in_a_transaction_that_rolls_back_is_dropped() {
+        let conn = Connection::open_in_memory().unwrap();
+        let mut history = attached(&conn, 2);
+        history.remember(fix(T0, 0), HistoryDrop::Backlog);
+        history.remember(fix(T0 + 1, 1), HistoryDrop::Backlog);
+        conn.execute_batch("BEGIN").unwrap();
+        history.write(&conn, T0).unwrap();
+        // Its row is in the open transaction: not dropped while that may commit.
+        history.remember(fix(T0 + 2, 2), HistoryDrop::Backlog);
+        assert_eq!(dropped(&history).total(), 0);
+        conn.execute_batch("ROLLBACK").unwrap();
+        history.rolled_back();
+        assert_eq!(
+            dropped(&history),
+            HistoryDropped {
+                memory: 1,
+                ..HistoryDropped::default()
+            }
+        );
+        commit(&mut history, &conn);
+        assert_eq!(history.status().rows, 2);
     }
 }

@@ -99,7 +99,7 @@ use crate::config::BufferSettings;
 use crate::error::{Classified, ErrorClass};
 use crate::fix::Fix;
 pub use crate::status::Rescues;
-use crate::status::{BufferStatus, Status};
+use crate::status::{BufferStatus, HistoryDrop, HistoryStatus, Status};
 use capacity::{used_bytes, Capacity};
 use deliveries::Deliveries;
 use error::{classify, failure_of, Failure};
@@ -159,6 +159,7 @@ pub struct StatusKey {
     lost: u64,
     rescues: Rescues,
     error: Option<(&'static str, i64)>,
+    history: HistoryStatus,
 }
 
 /// What [`Buffer::open`] found.
@@ -561,17 +562,24 @@ impl Buffer {
     /// An accepted fix for the local history (every one, whether the report stage keeps it
     /// for sending or not; see `history.rs`). It goes into the crash journal with the next
     /// write to it (the next [`append`](Self::append), or the next [`tick`](Self::tick)) and
-    /// becomes a row in the next commit. While the disk fails it waits in memory (at most
-    /// `memory_ring` fixes). A no-op when the history is off.
+    /// becomes a row in the next commit. While the buffer runs on its memory ring it waits in
+    /// memory (at most `memory_ring` fixes; beyond that the oldest is counted dropped,
+    /// `memory`) and is written when the disk is back. A no-op when the history is off.
     pub fn remember(&mut self, fix: &Fix, now: Instant) {
-        if !self.history.remember(*fix) {
+        let on_ring = !self.faults.writable() || !self.faults.held().is_empty();
+        let over = if on_ring {
+            HistoryDrop::Memory
+        } else {
+            HistoryDrop::Backlog
+        };
+        if !self.history.remember(*fix, over) {
             return;
         }
         self.last_now = now;
         if self.journal.stage(fix) {
             self.history.journaled();
         }
-        if !self.faults.writable() || !self.faults.held().is_empty() {
+        if on_ring {
             // Written with the memory ring when the disk is back.
             return;
         }
@@ -582,6 +590,12 @@ impl Buffer {
                 self.fail(e, "history", now);
             }
         }
+    }
+
+    /// `n` accepted fixes the store could not keep for the history while the file was not
+    /// open (its queue held `memory_ring`): counted as dropped (`memory`).
+    pub fn history_dropped_unopened(&mut self, n: u64) {
+        self.history.dropped(HistoryDrop::Memory, n);
     }
 
     /// The next page of a window of the local history (see [`HistoryWindow::next_page`]),
@@ -948,6 +962,7 @@ impl Buffer {
             lost: self.faults.lost(),
             rescues: self.faults.rescues(),
             error: self.faults.last_error().map(|e| (e.code, e.at_ms)),
+            history: self.history.status(),
         }
     }
 
@@ -999,6 +1014,7 @@ impl Buffer {
             lost: self.faults.lost(),
             rescues: self.faults.rescues(),
             last_error: self.faults.last_error().cloned(),
+            history: self.history.status(),
         }
     }
 

@@ -32,6 +32,9 @@ pub struct Store {
     /// Accepted fixes for the local history while the file could not be opened; bounded by
     /// `memory_ring` too.
     waiting_history: VecDeque<Fix>,
+    /// Fixes dropped from `waiting_history` because it was full: the history's count of
+    /// `memory` drops once the file is open (handed to it then).
+    dropped_waiting_history: u64,
     next_open_at: Instant,
     /// The last failure to open the file, stamped when it happened.
     open_error: Option<LastError>,
@@ -68,6 +71,7 @@ impl Store {
             waiting: VecDeque::new(),
             dropped_waiting: 0,
             waiting_history: VecDeque::new(),
+            dropped_waiting_history: 0,
             next_open_at: now,
             open_error: None,
             board,
@@ -118,6 +122,7 @@ impl Store {
         let Some(buffer) = self.buffer.as_mut() else {
             return;
         };
+        buffer.history_dropped_unopened(std::mem::take(&mut self.dropped_waiting_history));
         while let Some(fix) = self.waiting_history.pop_front() {
             buffer.remember(&fix, now);
         }
@@ -154,6 +159,8 @@ impl Store {
             None if self.cfg.history.keep.is_some() => {
                 if self.waiting_history.len() >= self.cfg.memory_ring.get() {
                     self.waiting_history.pop_front();
+                    self.dropped_waiting_history += 1;
+                    self.changed = true;
                 }
                 self.waiting_history.push_back(*fix);
             }
@@ -284,6 +291,10 @@ impl Store {
                 oldest_time_ms: self.waiting.front().map(|f| f.time_ms),
                 evicted: self.dropped_waiting,
                 last_error: self.open_error.clone(),
+                history: super::history::unopened_status(
+                    &self.cfg.history,
+                    self.dropped_waiting_history,
+                ),
                 ..Default::default()
             },
         };

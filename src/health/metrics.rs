@@ -4,13 +4,14 @@
 //! methods on a shared `Arc<Metrics>` (`sentences`, `fix_accepted`, `fix_rejected`,
 //! `published`, `message_acked`): a few atomic operations each (the latency histogram takes a
 //! short lock), safe on the hot path. States and totals the stages already publish on the
-//! [`StatusBoard`] (buffer depth and size, evictions, dead letters, reconnects, receiver
-//! outages, the breaker, the age of the last ack) are read from the board at scrape time, so
-//! there is one source of truth and nothing to keep in step. Label values are `&'static str`
-//! so a counter bump never allocates and the set of series stays bounded.
+//! [`StatusBoard`] (buffer depth and size, evictions, dead letters, the local history's rows,
+//! evictions and drops, reconnects, receiver outages, the breaker, the age of the last ack)
+//! are read from the board at scrape time, so there is one source of truth and nothing to
+//! keep in step. Label values are `&'static str` so a counter bump never allocates and the
+//! set of series stays bounded.
 
 use crate::rejection::Reason;
-use crate::status::{BreakerState, PathState, StatusBoard};
+use crate::status::{BreakerState, HistoryDrop, PathState, StatusBoard};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
@@ -98,7 +99,8 @@ impl Collector for BoardSeries {
         let cells = self.board.read();
         let now = self.board.clock().now();
         let (gnss, buffer, mqtt) = (&cells.gnss, &cells.buffer, &cells.mqtt);
-        let counters: [(&str, &str, Option<Unit>, u64); 6] = [
+        let history = &buffer.history;
+        let counters: [(&str, &str, Option<Unit>, u64); 7] = [
             (
                 "gnss_outages",
                 "Times the receiver went away (unplugged, read errors, stuck and reopened)",
@@ -136,6 +138,12 @@ impl Collector for BoardSeries {
                 None,
                 mqtt.connect_attempts,
             ),
+            (
+                "history_evicted",
+                "Rows of the local history evicted by [history] max_bytes, since its table was made",
+                None,
+                history.evicted,
+            ),
         ];
         for (name, help, unit, value) in counters {
             let c = ConstCounter::new(value);
@@ -169,6 +177,22 @@ impl Collector for BoardSeries {
                 ConstCounter::new(n).encode(family.encode_family(&ProbeLabels { result })?)?;
             }
         }
+        let mut family = encoder.encode_descriptor(
+            "history_dropped",
+            "Accepted fixes that never became rows of the local history, since its table was made, \
+             by reason: backlog (more waited for a commit than memory_ring), same_ms (a fifth \
+             fix of one millisecond), memory (more than memory_ring while the buffer ran on its \
+             memory ring)",
+            None,
+            MetricType::Counter,
+        )?;
+        for reason in HistoryDrop::ALL {
+            ConstCounter::new(history.dropped.get(reason)).encode(family.encode_family(
+                &DropLabels {
+                    reason: reason.as_str(),
+                },
+            )?)?;
+        }
         let to_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let breaker = match mqtt.breaker {
             BreakerState::Closed => 0,
@@ -180,7 +204,7 @@ impl Collector for BoardSeries {
             PathState::Up => 1,
             PathState::Down => 2,
         };
-        let gauges: [(&str, &str, Option<Unit>, i64); 6] = [
+        let gauges: [(&str, &str, Option<Unit>, i64); 7] = [
             (
                 "buffer_depth",
                 "Fixes stored and not yet acknowledged (file and memory)",
@@ -216,6 +240,12 @@ impl Collector for BoardSeries {
                 "Largest message payload sent, when a broker limit below max_message_bytes was learned (0: none)",
                 Some(Unit::Bytes),
                 i64::try_from(mqtt.message_limit.unwrap_or(0)).unwrap_or(i64::MAX),
+            ),
+            (
+                "history_rows",
+                "Fixes in the local history (0 while it is off)",
+                None,
+                to_i64(history.rows),
             ),
         ];
         for (name, help, unit, value) in gauges {

@@ -21,7 +21,7 @@
 
 use crate::clock::Clock;
 use crate::rejection::{Reason, ReasonCounts};
-use crate::status::{BreakerState, Cells, FixState, LastError, PathState, Status};
+use crate::status::{BreakerState, Cells, FixState, HistoryStatus, LastError, PathState, Status};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -84,8 +84,40 @@ pub struct BufferSnapshot {
     pub drain_eta_s: Option<f64>,
     pub evicted: u64,
     pub dead_letters: u64,
+    /// The local history in the buffer's file.
+    pub history: HistorySnapshot,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<ErrorView>,
+}
+
+/// `components.buffer.history` of the snapshot: every key always present (`oldest` null
+/// without rows), so a dashboard sees a fixed set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistorySnapshot {
+    /// Accepted fixes are kept this run (`keep_days` > 0 and the table usable).
+    pub on: bool,
+    /// As configured (0: off).
+    pub keep_days: f64,
+    pub rows: u64,
+    /// Rows evicted by `max_bytes` since the table was made.
+    pub evicted: u64,
+    /// Accepted fixes that never became rows, every reason (the metrics split them).
+    pub dropped: u64,
+    /// Receiver time of the oldest row, RFC 3339.
+    pub oldest: Option<String>,
+}
+
+impl From<&HistoryStatus> for HistorySnapshot {
+    fn from(h: &HistoryStatus) -> Self {
+        HistorySnapshot {
+            on: h.on,
+            keep_days: round_ms(h.keep.as_secs_f64() / 86_400.0),
+            rows: h.rows,
+            evicted: h.evicted,
+            dropped: h.dropped.total(),
+            oldest: h.oldest_ms.map(crate::fix::format_time_ms),
+        }
+    }
 }
 
 /// `components.mqtt` of the snapshot.
@@ -216,6 +248,7 @@ pub fn snapshot(cells: &Cells, clock: &Clock) -> Snapshot {
                 drain_eta_s,
                 evicted: buffer.evicted,
                 dead_letters: buffer.dead_letters,
+                history: HistorySnapshot::from(&buffer.history),
                 last_error: buffer.last_error.as_ref().map(ErrorView::from),
             },
             mqtt: MqttSnapshot {

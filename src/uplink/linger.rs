@@ -107,24 +107,9 @@ impl Linger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fix::FixMode;
 
     fn fix(seq: u64, time_ms: i64) -> (u64, Fix) {
-        (
-            seq,
-            Fix {
-                time_ms,
-                lat: 48.1,
-                lon: 11.5,
-                alt_m: None,
-                speed_mps: None,
-                course_deg: None,
-                hdop: None,
-                sats: None,
-                mode: FixMode::TwoD,
-                event: None,
-            },
-        )
+        (seq, Fix::bare(time_ms, 48.1, 11.5))
     }
 
     fn secs(s: u64) -> Duration {

@@ -275,15 +275,7 @@ pub(crate) mod tests {
     fn a_fix_too_large_for_any_message_is_a_dead_letter_and_does_not_block_the_rest() {
         let mut f = fixes(1..=3);
         // A 2D fix without optional keys is much shorter than the full ones around it.
-        f[1].1 = Fix {
-            alt_m: None,
-            speed_mps: None,
-            course_deg: None,
-            hdop: None,
-            sats: None,
-            mode: FixMode::TwoD,
-            ..f[1].1
-        };
+        f[1].1 = Fix::bare(f[1].1.time_ms, f[1].1.lat, f[1].1.lon);
         let short = encode(&batch(&f[1..2]), usize::MAX).messages[0]
             .payload
             .len();

@@ -27,3 +27,14 @@ pub fn powercut_shim() -> &'static Path {
         out
     })
 }
+
+/// The environment that loads the shim into the agent with faults on demand: the files
+/// whose paths start with `shimmed` fail as the first word of the control file `ctl` says
+/// (`ok`, `enospc`, `erofs`, `eio`, `cut`; see `tests/powercut/shim.c`).
+pub fn fault_env(shimmed: &Path, ctl: &Path) -> [(&'static str, String); 3] {
+    [
+        ("LD_PRELOAD", powercut_shim().display().to_string()),
+        ("POWERCUT_DIR", shimmed.display().to_string()),
+        ("POWERCUT_CTL", ctl.display().to_string()),
+    ]
+}

@@ -193,15 +193,8 @@ fn integers_take_their_shortest_form_at_every_boundary() {
 
 #[test]
 fn optional_columns_are_left_out_when_no_fix_has_them() {
-    let bare = Fix {
-        alt_m: None,
-        speed_mps: None,
-        course_deg: None,
-        hdop: None,
-        sats: None,
-        mode: FixMode::TwoD,
-        ..fix(0)
-    };
+    let full = fix(0);
+    let bare = Fix::bare(full.time_ms, full.lat, full.lon);
     let f = vec![(1, bare), (2, bare)];
     let m = &encode(&batch(&f), 4096).messages[0];
     // v s q t la lo m
