@@ -64,6 +64,16 @@ struct World {
 
 impl World {
     async fn start(epochs: u32, pace: &str, sections: impl Fn(&Path) -> String) -> World {
+        Self::start_with_mqtt(epochs, pace, sections, "").await
+    }
+
+    /// As [`World::start`], with `mqtt` added to the `[mqtt]` section.
+    async fn start_with_mqtt(
+        epochs: u32,
+        pace: &str,
+        sections: impl Fn(&Path) -> String,
+        mqtt: &str,
+    ) -> World {
         let dir = tempfile::tempdir().unwrap();
         let log = drive_now(dir.path(), epochs);
         let broker = TestBroker::start();
@@ -75,7 +85,7 @@ impl World {
             &device,
             &gnss(&log, pace),
             &buffer_and(dir.path(), &sections(dir.path())),
-            &quick_retry_mqtt(&broker.url()),
+            &format!("{}{mqtt}", quick_retry_mqtt(&broker.url())),
             &[],
         );
         World {
@@ -341,17 +351,12 @@ async fn a_backfill_republishes_every_accepted_fix_of_the_window_once_at_its_rat
         "[commands]\nenabled = true\n\n[history]\nbackfill_rate = 50\n".into()
     })
     .await;
-    let parsed: Vec<Value> = support::agent::parse(&log)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let (parsed, window) = parsed_window(&log);
     let n = parsed.len() as u64;
     let seqs = collect_fixes(&mut fixes, n, Duration::from_secs(60)).await;
     assert_eq!(seqs.len() as u64, n);
 
-    let from = parsed.first().unwrap()["time"].as_str().unwrap().to_owned();
-    let to = parsed.last().unwrap()["time"].as_str().unwrap().to_owned();
-    let req = request("b-1", "backfill", json!({"from": from, "to": to}));
+    let req = request("b-1", "backfill", window);
     let asked = std::time::Instant::now();
     let a = backend.ask_until_subscribed("b-1", req).await;
     // At most backfill_rate fixes a second: the window took at least n / 50 s.
@@ -382,6 +387,66 @@ async fn a_backfill_republishes_every_accepted_fix_of_the_window_once_at_its_rat
     );
     let (code, _) = agent.terminate();
     assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cbor_payloads_a_backfill_comes_in_the_compact_form_every_fix_of_the_window_once() {
+    let World {
+        log,
+        mut fixes,
+        mut backend,
+        agent,
+        dir: _dir,
+        ..
+    } = World::start_with_mqtt(
+        60,
+        "fast",
+        |_| "[commands]\nenabled = true\n\n[history]\nbackfill_rate = 1000\n".into(),
+        "payload = \"cbor\"\n",
+    )
+    .await;
+    let (parsed, window) = parsed_window(&log);
+    let n = parsed.len() as u64;
+    let seqs = collect_fixes(&mut fixes, n, Duration::from_secs(60)).await;
+    assert_eq!(seqs.len() as u64, n);
+
+    let a = backend
+        .ask_until_subscribed("b-c", request("b-c", "backfill", window))
+        .await;
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["result"]["fixes"], n, "{a}");
+    let back = backend
+        .backfill_fixes("b-c", parsed.len(), Duration::from_secs(30))
+        .await;
+    assert!(
+        backend.backfill.iter().all(|m| m["v"] == 2),
+        "every message compact"
+    );
+    // The compact form's resolution: 1 ms, 1e-7 degree.
+    let key = |f: &Value| {
+        (
+            f["time"].as_str().unwrap().to_owned(),
+            (f["lat"].as_f64().unwrap() * 1e7).round() as i64,
+            (f["lon"].as_f64().unwrap() * 1e7).round() as i64,
+        )
+    };
+    assert_eq!(
+        back.iter().map(key).collect::<Vec<_>>(),
+        parsed.iter().map(key).collect::<Vec<_>>()
+    );
+    let (code, _) = agent.terminate();
+    assert_eq!(code, 0);
+}
+
+/// `parse` of the drive (every accepted fix, as JSON) and the backfill window of all of it.
+fn parsed_window(log: &Path) -> (Vec<Value>, Value) {
+    let parsed: Vec<Value> = support::agent::parse(log)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let from = parsed.first().unwrap()["time"].as_str().unwrap().to_owned();
+    let to = parsed.last().unwrap()["time"].as_str().unwrap().to_owned();
+    (parsed, json!({"from": from, "to": to}))
 }
 
 /// The receiver times of every fix received on `sub` until they include all of `want`

@@ -21,6 +21,9 @@
 //! stream id that is not 32 lowercase hex characters (none the buffer makes) is written as
 //! text.
 //!
+//! A backfill's messages ([`encode_backfill`]) carry one more entry, `request` (text), as the
+//! spec's fixes messages on the backfill topic do; the decoder reads it.
+//!
 //! [`read_prefix`] reads such a message back a fix at a time (for `gps-agent decode`;
 //! [`decode`] collects them, for the tests); it accepts both header forms (with `d` and `s`
 //! as text, as agents before the lean header wrote it, and the lean one) and any valid CBOR
@@ -274,6 +277,30 @@ pub fn encode(batch: &FixBatch<'_>, max_message_bytes: usize) -> Encoded {
     out
 }
 
+/// A backfill's messages (`../shared/spec/INTERFACE.md`, "Remote commands": fixes messages
+/// with `"request": id`): as [`encode`] makes them, each with one more entry, `request`
+/// and the request's id as text, after the columns; within `max_message_bytes` with it.
+pub fn encode_backfill(batch: &FixBatch<'_>, request: &str, max_message_bytes: usize) -> Encoded {
+    let extra = head_len(REQUEST.len() as u64)
+        + REQUEST.len()
+        + head_len(request.len() as u64)
+        + request.len();
+    let mut encoded = encode(batch, max_message_bytes.saturating_sub(extra));
+    for m in &mut encoded.messages {
+        // The map's head is one byte (at most 2 + COLUMNS entries, under 24): one more.
+        if let Some(first) = m.payload.first_mut() {
+            debug_assert!((0xa0..0xb7).contains(first), "a one-byte map head");
+            *first += 1;
+        }
+        write_text(&mut m.payload, REQUEST);
+        write_text(&mut m.payload, request);
+    }
+    encoded
+}
+
+/// The key a backfill's messages add.
+const REQUEST: &str = "request";
+
 /// One message of the fixes at `members` (indices into the batch), `size` bytes long.
 fn write(batch: &FixBatch<'_>, members: &[usize], size: usize) -> Message {
     let fixes = || members.iter().filter_map(|&i| batch.fixes.get(i));
@@ -324,6 +351,8 @@ pub struct DecodedMessage {
     pub device: Option<String>,
     /// `s` as text: a byte string's 16 bytes as 32 lowercase hex characters.
     pub stream: String,
+    /// `request`, in a backfill's messages.
+    pub request: Option<String>,
     /// `(seq, fix)`, in the message's order.
     pub fixes: Vec<(u64, Fix)>,
 }
@@ -512,6 +541,7 @@ pub fn decode_prefix(bytes: &[u8]) -> Result<(DecodedMessage, usize), DecodeErro
         DecodedMessage {
             device: head.device.map(str::to_owned),
             stream: head.stream.to_string(),
+            request: head.request.map(str::to_owned),
             fixes,
         },
         used,
@@ -524,6 +554,8 @@ pub struct Envelope<'a> {
     /// `d`: absent in the lean header (the topic names the device).
     pub device: Option<&'a str>,
     pub stream: Stream<'a>,
+    /// `request`: a backfill's message names the request it answers.
+    pub request: Option<&'a str>,
     pub fixes: usize,
 }
 
@@ -578,7 +610,7 @@ impl<'a> Layout<'a> {
             return Err(DecodeError::Shape("the message is not a CBOR map".into()));
         }
         let entries = r.len(entries)?;
-        let (mut version, mut device, mut stream) = (None, None, None);
+        let (mut version, mut device, mut stream, mut request) = (None, None, None, None);
         let mut columns: [Option<(usize, usize)>; COLUMNS] = [None; COLUMNS];
         for _ in 0..entries {
             let Some(key) = r.text()? else {
@@ -592,6 +624,7 @@ impl<'a> Layout<'a> {
                 },
                 "d" => device = Some(r.text()?.ok_or_else(wrong_type)?),
                 "s" => stream = Some(r.stream()?.ok_or_else(wrong_type)?),
+                REQUEST => request = Some(r.text()?.ok_or_else(wrong_type)?),
                 k => match KEYS.iter().position(|x| *x == k) {
                     Some(c) => {
                         let (major, _, arg) = r.head()?;
@@ -636,6 +669,7 @@ impl<'a> Layout<'a> {
             envelope: Envelope {
                 device,
                 stream,
+                request,
                 fixes: n,
             },
             columns: columns.map(|c| c.map(|(start, _)| start)),

@@ -76,7 +76,18 @@ impl Backend {
     }
 
     fn file(&mut self, msg: Received) {
-        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+        let v: Value = if msg.is_cbor() {
+            // A backfill in the compact form, read into the JSON form's fields.
+            let m = gps_agent::uplink::cbor::decode(&msg.payload).unwrap();
+            let fixes: Vec<Value> = m
+                .fixes
+                .iter()
+                .map(|(seq, f)| json!({"seq": seq, "time": rfc3339(f.time_ms), "lat": f.lat, "lon": f.lon}))
+                .collect();
+            json!({"v": 2, "stream": m.stream, "request": m.request, "fixes": fixes})
+        } else {
+            serde_json::from_slice(&msg.payload).unwrap()
+        };
         if msg.topic.ends_with("/backfill") {
             self.backfill.push(v);
         } else {

@@ -158,7 +158,7 @@ impl Received {
     }
 
     /// A v2 payload: a CBOR map (v1 is a JSON object, `{`).
-    fn is_cbor(&self) -> bool {
+    pub fn is_cbor(&self) -> bool {
         self.payload
             .first()
             .is_some_and(|b| (0xa0..=0xbf).contains(b))

@@ -87,12 +87,24 @@ fn signed(params: &Value) -> Option<&Map<String, Value>> {
     (o.len() == 2 && o.contains_key("body") && o.contains_key("sig")).then_some(o)
 }
 
+/// A backfill message as the commands stage makes it, read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backfill {
+    /// The request's id.
+    pub request: String,
+    /// The buffer's stream.
+    pub stream: String,
+    /// `(seq, fix)` in order.
+    pub fixes: Vec<(u64, crate::fix::Fix)>,
+}
+
 /// The fixes of a backfill message as the commands stage makes it (the spec's JSON fixes
-/// message with `"request": id`): the request's id and `(seq, fix)` in order. A profile
-/// that shapes fixes its own way re-encodes them.
-pub fn read_backfill(message: &[u8]) -> Option<(String, Vec<(u64, crate::fix::Fix)>)> {
+/// message with `"request": id`). A profile or format that shapes fixes its own way
+/// re-encodes them.
+pub fn read_backfill(message: &[u8]) -> Option<Backfill> {
     let v: Value = serde_json::from_slice(message).ok()?;
     let request = v.get("request")?.as_str()?.to_owned();
+    let stream = v.get("stream")?.as_str()?.to_owned();
     let fixes = v
         .get("fixes")?
         .as_array()?
@@ -103,7 +115,11 @@ pub fn read_backfill(message: &[u8]) -> Option<(String, Vec<(u64, crate::fix::Fi
             Some((seq.unwrap_or(i as u64), fix))
         })
         .collect();
-    Some((request, fixes))
+    Some(Backfill {
+        request,
+        stream,
+        fixes,
+    })
 }
 
 /// A backfill message of the commands stage (the spec's JSON fixes message with

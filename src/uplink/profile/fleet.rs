@@ -91,8 +91,29 @@ impl Profile for Fleet {
     }
 
     /// On `{prefix}/{device}/backfill`, as it is (split when over the cap).
+    /// In the fixes messages' format: the commands stage's JSON as it is (split under the
+    /// cap), or the compact CBOR with `request` as one more key (a backfill of an hour at
+    /// 1 Hz: about 60 KB instead of 620 KB on a metered link).
     fn backfill(&self, message: &[u8], max_message_bytes: usize) -> Vec<Publish> {
-        super::calls::split_backfill(message, max_message_bytes)
+        let payloads = match self.payload {
+            PayloadFormat::Json => super::calls::split_backfill(message, max_message_bytes),
+            PayloadFormat::Cbor => match super::calls::read_backfill(message) {
+                Some(b) => {
+                    let batch = FixBatch {
+                        device: &self.device,
+                        stream: &b.stream,
+                        fixes: &b.fixes,
+                    };
+                    crate::uplink::cbor::encode_backfill(&batch, &b.request, max_message_bytes)
+                        .messages
+                        .into_iter()
+                        .map(|m| m.payload)
+                        .collect()
+                }
+                None => Vec::new(),
+            },
+        };
+        payloads
             .into_iter()
             .map(|payload| Publish {
                 topic: self.topics.backfill.clone(),

@@ -218,7 +218,7 @@ pub(crate) fn backfill_as_fixes(
     message: &[u8],
     max_message_bytes: usize,
 ) -> Vec<Publish> {
-    let Some((request, fixes)) = calls::read_backfill(message) else {
+    let Some(calls::Backfill { request, fixes, .. }) = calls::read_backfill(message) else {
         return Vec::new();
     };
     let batch = FixBatch {
@@ -345,6 +345,50 @@ mod tests {
                 };
             }
             assert_eq!(fixes as u64, n, "{name:?}: each fix once");
+        }
+    }
+
+    /// With `[mqtt] payload = "cbor"` the fleet's backfill goes in the compact form, each
+    /// message naming the request and within the cap, every fix once and as it was.
+    #[test]
+    fn a_fleet_backfill_in_cbor_is_the_compact_form_with_its_request_and_every_fix_once() {
+        let n = 3600;
+        let json = backfill_message(n);
+        let fleet = for_settings(
+            &ProfileSettings::Fleet,
+            "truck-042",
+            "fleet",
+            "truck-042",
+            &None,
+            PayloadFormat::Cbor,
+        );
+        for cap in [600, 64 * 1024] {
+            let parts = fleet.backfill(&json, cap);
+            let mut back = Vec::new();
+            for p in &parts {
+                assert_eq!(p.topic, "fleet/truck-042/backfill");
+                assert!(!p.retain);
+                assert!(p.payload.len() <= cap, "{} > {cap}", p.payload.len());
+                let m = crate::uplink::cbor::decode(&p.payload).unwrap();
+                assert_eq!(m.request.as_deref(), Some("r-7"));
+                assert_eq!(m.stream, "s1");
+                back.extend(m.fixes);
+            }
+            assert_eq!(
+                back.iter()
+                    .map(|(seq, f)| (*seq, f.time_ms))
+                    .collect::<Vec<_>>(),
+                (0..n)
+                    .map(|i| (i, fix(i as i64).time_ms))
+                    .collect::<Vec<_>>()
+            );
+            let bytes: usize = parts.iter().map(|p| p.payload.len()).sum();
+            assert!(
+                bytes * 4 < json.len(),
+                "{bytes} B of CBOR for {} B of JSON",
+                json.len()
+            );
+            eprintln!("cap {cap}: {bytes} B of CBOR for {} B of JSON", json.len());
         }
     }
 }
