@@ -219,17 +219,10 @@ async fn thingsboard_gets_the_token_as_user_telemetry_points_at_fix_times_and_st
     let mut times = BTreeSet::new();
     let mut seqs = Vec::new();
     for payload in assert_qos1(&run, "v1/devices/me/telemetry", false) {
-        for point in json(&payload).as_array().unwrap() {
-            let keys: BTreeSet<&str> = point
-                .as_object()
-                .unwrap()
-                .keys()
-                .map(String::as_str)
-                .collect();
-            assert_eq!(keys, BTreeSet::from(["ts", "values"]), "{point}");
-            let values = point["values"].as_object().unwrap();
+        // The shape ThingsBoard documents (`tests/support/platform.rs`).
+        for (ts, values) in support::platform::tb_telemetry(&payload).unwrap() {
             for key in ["latitude", "longitude", "seq", "stream"] {
-                assert!(values.contains_key(key), "{point}");
+                assert!(values.contains_key(key), "{values:?}");
             }
             for key in values.keys() {
                 assert!(
@@ -245,11 +238,11 @@ async fn thingsboard_gets_the_token_as_user_telemetry_points_at_fix_times_and_st
                         "stream"
                     ]
                     .contains(&key.as_str()),
-                    "{key} in {point}"
+                    "{key} in {values:?}"
                 );
             }
-            times.insert(point["ts"].as_i64().unwrap());
-            seqs.push(point["values"]["seq"].as_u64().unwrap());
+            times.insert(ts);
+            seqs.push(values["seq"].as_u64().unwrap());
         }
     }
     assert_eq!(times, run.times);
@@ -440,12 +433,10 @@ async fn cumulocity_gets_d_client_id_tenant_user_and_401_lines_at_fix_times() {
             }
             fixes += 1;
             assert_eq!(fields.len(), 6, "{line}");
-            let lat: f64 = fields[1].parse().unwrap();
-            let lon: f64 = fields[2].parse().unwrap();
-            assert!(lat.abs() <= 90.0 && lon.abs() <= 180.0, "{line}");
             assert_eq!(fields[4], "", "accuracy left empty: {line}");
-            let t = chrono::DateTime::parse_from_rfc3339(fields[5]).unwrap();
-            times.insert(t.timestamp_millis());
+            // The template's fields as Cumulocity documents them (`tests/support/platform.rs`).
+            let time = support::platform::c8y_401(line).unwrap();
+            times.insert(time.expect("each line at its fix's time"));
         }
     }
     assert_eq!(fixes, n, "each fix in one line");
@@ -794,6 +785,10 @@ async fn cumulocity_operations_run_as_commands_and_are_answered_executing_then_d
             break text;
         }
     };
+    assert_eq!(
+        support::platform::c8y_answer(answer.as_bytes()),
+        Ok(("c8y_Command".to_owned(), true))
+    );
     let mut lines = answer.lines();
     assert_eq!(lines.next(), Some("501,c8y_Command"));
     let done = lines.next().unwrap();
@@ -814,7 +809,10 @@ async fn cumulocity_operations_run_as_commands_and_are_answered_executing_then_d
             break text;
         }
     };
-    assert!(restarted.contains("503,c8y_Restart"), "{restarted}");
+    assert_eq!(
+        support::platform::c8y_answer(restarted.as_bytes()),
+        Ok(("c8y_Restart".to_owned(), true))
+    );
     support::wait_for("a second connection", || run.tap.connects().len() >= 2).await;
     run.stop(agent);
 }

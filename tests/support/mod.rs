@@ -4,7 +4,8 @@
 //! test certificates ([`certs`]); a TLS front for the in-process broker ([`tls_front`]); an
 //! in-memory fix source ([`source`]); a receiver on a pty ([`pty`]), and one that pauses around
 //! agent restarts ([`relay`]); the power-cut shim ([`shim`]); an operator's command signing key
-//! ([`signing`]) and the back end that sends commands ([`backend`]); simulated drives as accepted fixes, with receiver noise ([`drives`]); the
+//! ([`signing`]) and the back end that sends commands ([`backend`]); the platforms' message
+//! shapes as documented ([`platform`]); simulated drives as accepted fixes, with receiver noise ([`drives`]); the
 //! chaos run of the real daemon under seeded faults ([`chaos`]); a RabbitMQ cluster
 //! `.ci/cluster.sh` started ([`rabbitmq`]).
 //!
@@ -23,6 +24,7 @@ pub mod drives;
 pub mod front;
 pub mod mosquitto;
 pub mod mqtt_tap;
+pub mod platform;
 pub mod proxy;
 pub mod pty;
 pub mod publisher;
