@@ -144,6 +144,31 @@ async fn each_command_is_answered_once_bad_requests_get_their_codes_and_no_fix_i
         got["result"]["sha256"],
         gps_agent::commands::remote_config::sha256_hex(text.as_bytes()).as_str()
     );
+    // The file as in force: an edit on disk counts once a SIGHUP applied it.
+    let edited = format!("{text}# edited on the vehicle\n");
+    std::fs::write(&agent.config, &edited).unwrap();
+    let got = backend
+        .ask("g-2", request("g-2", "config.get", json!({})))
+        .await;
+    assert_eq!(got["result"]["toml"], text.as_str(), "not reloaded yet");
+    agent.signal("-HUP");
+    let mut n = 2;
+    let got = support::wait::until_async(
+        "config.get after SIGHUP",
+        Duration::from_secs(20),
+        async || {
+            n += 1;
+            let id = format!("g-{n}");
+            let got = backend
+                .ask(&id, request(&id, "config.get", json!({})))
+                .await;
+            (got["result"]["toml"] != text.as_str()).then_some(got)
+        },
+    )
+    .await;
+    assert_eq!(got["result"]["toml"], edited.as_str(), "after SIGHUP");
+    std::fs::write(&agent.config, &text).unwrap();
+    agent.signal("-HUP");
 
     // A file that does not pass check-config: each problem with its key and line.
     let bad = text.replace("[mqtt]\n", "[mqtt]\npayload = \"xml\"\n");

@@ -74,6 +74,9 @@ pub struct RunOptions {
     /// What the start found owed of a configuration set remotely (see
     /// [`crate::commands::remote_config::recover`], run before the file was read).
     pub remote_config: Option<AtStart>,
+    /// The configuration file's text as read at start (what `config.get` answers until a
+    /// reload puts another in force).
+    pub config_text: Option<String>,
 }
 
 /// The uplink, once its settings can be made: a password file or TLS material that cannot
@@ -256,6 +259,12 @@ pub async fn run(
     let (mqtt_reload_tx, mqtt_reload) = watch::channel(cfg.mqtt.clone());
     // Remote commands (`[commands] enabled`): their stage, and its seam into the uplink.
     let (apply_tx, mut apply_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let (in_force_tx, in_force) = watch::channel(opts.config_text.clone().map(|text| {
+        Arc::new(config_file::Loaded {
+            settings: cfg.clone(),
+            text,
+        })
+    }));
     let commands_stop = CancellationToken::new();
     let (port, commands_task) = if cfg.commands.enabled {
         let (port, stage) = remote::pair();
@@ -266,6 +275,7 @@ pub async fn run(
             board: board.clone(),
             metrics: Arc::clone(&metrics),
             apply: apply_tx,
+            in_force,
             at_start: opts.remote_config.clone().unwrap_or(AtStart::Nothing),
         };
         let task = tokio::spawn(crate::commands::stage::run(
@@ -289,6 +299,7 @@ pub async fn run(
         validate: reload_tx,
         report: report_reload_tx,
         mqtt: mqtt_reload_tx,
+        in_force: in_force_tx,
     };
 
     let notifier = crate::notify::Notifier::from_env();
@@ -446,6 +457,9 @@ struct Reloads {
     /// `[mqtt]`, to the uplink: sent on every SIGHUP, as a password or certificate file may
     /// have changed under the same settings; the uplink reconnects only when they differ.
     mqtt: watch::Sender<MqttSettings>,
+    /// The file in force, its settings and text, to the commands stage (`config.get`
+    /// answers it, not the file on disk, which may have been edited since).
+    in_force: watch::Sender<Option<Arc<config_file::Loaded>>>,
 }
 
 /// Re-read the configuration file: validation thresholds and `[report]` apply now, `[mqtt]`
@@ -459,7 +473,9 @@ fn reload(opts: &RunOptions, current: &mut Settings, to: &Reloads) {
         return;
     };
     match config_file::load(path) {
-        Ok(config_file::Loaded { settings: new, .. }) => {
+        Ok(loaded) => {
+            let new = loaded.settings.clone();
+            to.in_force.send_replace(Some(Arc::new(loaded)));
             if new.validate != current.validate {
                 let _ = to.validate.send(new.validate.clone());
                 info!(

@@ -14,8 +14,8 @@ pub fn run(config_path: &Path) -> i32 {
     // A configuration set remotely whose confirmation window ran out while the agent was
     // down is rolled back before the file is read (see `commands::remote_config`).
     let remote_config = recover_remote_config(config_path);
-    let cfg = match crate::app::config_file::load(config_path) {
-        Ok(loaded) => loaded.settings,
+    let (cfg, config_text) = match crate::app::config_file::load(config_path) {
+        Ok(loaded) => (loaded.settings, loaded.text),
         Err(ConfigError::Invalid { problems }) => {
             for p in &problems {
                 error!(component = "config", code = "CONFIG_INVALID", problem = %p,
@@ -51,6 +51,7 @@ pub fn run(config_path: &Path) -> i32 {
     let opts = RunOptions {
         config_path: Some(config_path.to_path_buf()),
         remote_config,
+        config_text: Some(config_text),
         ..RunOptions::default()
     };
     runtime.block_on(async {

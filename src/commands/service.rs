@@ -73,6 +73,8 @@ pub struct Service {
     /// The configuration file (`None` without one: `config.get` and `config.set` are
     /// unavailable).
     config: Option<PathBuf>,
+    /// The file's text as in force (`None`: not told; `config.get` reads the file).
+    in_force: Option<String>,
     /// A backfill runs (one at a time).
     backfilling: bool,
     /// A `config.set` waits for its confirmation (one at a time).
@@ -105,6 +107,7 @@ impl Service {
             commands: settings.commands.clone(),
             running: settings.clone(),
             config,
+            in_force: None,
             backfilling: false,
             confirming: false,
             version: env!("CARGO_PKG_VERSION"),
@@ -303,10 +306,19 @@ impl Service {
         })
     }
 
+    /// The configuration file's text as in force: what the agent runs on, even when the
+    /// file on disk was edited since and not reloaded (or a reload refused it).
+    pub fn set_in_force(&mut self, text: String) {
+        self.in_force = Some(text);
+    }
+
     fn config_get(&self) -> Result<Value, CommandError> {
         let path = self.config_path()?;
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CommandError::Failed(format!("{}: {e}", path.display())))?;
+        let text = match &self.in_force {
+            Some(text) => text.clone(),
+            None => std::fs::read_to_string(path)
+                .map_err(|e| CommandError::Failed(format!("{}: {e}", path.display())))?,
+        };
         let sha256 = remote_config::sha256_hex(text.as_bytes());
         Ok(json!({"toml": text, "sha256": sha256}))
     }
@@ -430,6 +442,28 @@ mod tests {
         assert_eq!(again.answer, Some(a));
         assert!(again.rows.is_empty());
         assert_eq!(again.effect, None);
+    }
+
+    /// The file as in force, not as on disk: edited since (no reload), `config.get`
+    /// answers what the agent runs on; told of a reload, the new text.
+    #[test]
+    fn config_get_answers_the_file_in_force_not_an_edit_on_disk_that_was_not_reloaded() {
+        let text = "[commands]\nenabled = true\n";
+        let (_dir, path, mut s) = service(text);
+        s.set_in_force(text.to_owned());
+        let edited = format!("{text}# edited, not reloaded\n");
+        std::fs::write(&path, &edited).unwrap();
+        let h = s.handle(&req("g1", "config.get", json!({})), NOW, &facts());
+        let a = h.answer.unwrap().body;
+        assert_eq!(a["result"]["toml"], text);
+        assert_eq!(
+            a["result"]["sha256"],
+            remote_config::sha256_hex(text.as_bytes())
+        );
+        s.set_in_force(edited.clone());
+        let h = s.handle(&req("g2", "config.get", json!({})), NOW, &facts());
+        let a = h.answer.unwrap().body;
+        assert_eq!(a["result"]["toml"], edited.as_str());
     }
 
     #[test]

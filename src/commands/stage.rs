@@ -54,6 +54,8 @@ pub struct StageContext {
     pub metrics: Arc<Metrics>,
     /// Apply the configuration file as SIGHUP does (the main loop's reload).
     pub apply: mpsc::Sender<()>,
+    /// The file in force, as the main loop last loaded it (at start, SIGHUP, or apply).
+    pub in_force: tokio::sync::watch::Receiver<Option<Arc<crate::app::config_file::Loaded>>>,
     /// What a start found owed of a configuration set remotely.
     pub at_start: AtStart,
 }
@@ -75,7 +77,7 @@ struct Backfilling {
 }
 
 /// Run the stage until `stop`.
-pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationToken) {
+pub async fn run(mut ctx: StageContext, mut remote: RemoteStage, stop: CancellationToken) {
     let now_ms = ctx.board.clock().utc_ms();
     let rows = with_buffer(&ctx.store, move |b| b.answers(now_ms))
         .await
@@ -85,6 +87,9 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
     if let Some(e) = key_error {
         warn!(component = "commands", code = "CMD_KEY", class = "permanent", error = %e,
             "the commands' public key cannot be read; every request is refused");
+    }
+    if let Some(l) = ctx.in_force.borrow_and_update().clone() {
+        service.set_in_force(l.text.clone());
     }
     // Commands that ran when the agent stopped: answered once, now (queued for the uplink;
     // one backfill at a time, so fewer than the outbox holds).
@@ -117,6 +122,13 @@ pub async fn run(ctx: StageContext, mut remote: RemoteStage, stop: CancellationT
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            // A reload (SIGHUP, or a file applied here) put a file in force.
+            Ok(()) = ctx.in_force.changed() => {
+                if let Some(l) = ctx.in_force.borrow_and_update().clone() {
+                    service.set_running(l.settings.clone());
+                    service.set_in_force(l.text.clone());
+                }
+            }
             req = remote.requests.recv() => {
                 let Some(raw) = req else { break };
                 // Requests the uplink dropped while this stage was busy: counted now.
@@ -241,6 +253,7 @@ async fn apply(ctx: &StageContext, service: &mut Service) {
     if let Some(path) = &ctx.config_path {
         if let Ok(loaded) = crate::app::config_file::load(path) {
             service.set_running(loaded.settings);
+            service.set_in_force(loaded.text);
         }
     }
 }
