@@ -46,6 +46,10 @@ pub fn parse_rates(text: &str) -> Option<Vec<Rate>> {
         if seconds == 0 {
             return None;
         }
+        if out.len() == MAX_RATES {
+            // More pairs than any platform gives: an answer that cannot be meant.
+            return None;
+        }
         out.push(Rate {
             count,
             period: Duration::from_secs(seconds),
@@ -53,6 +57,10 @@ pub fn parse_rates(text: &str) -> Option<Vec<Rate>> {
     }
     Some(out)
 }
+
+/// Most `count:seconds` pairs of one kind (ThingsBoard gives three: a second, a minute, an
+/// hour); each pair keeps [`SLOTS`] slots.
+pub const MAX_RATES: usize = 16;
 
 /// What a platform allows, by kind.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,6 +242,14 @@ impl Pace {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_with_more_rate_pairs_than_any_platform_gives_is_refused() {
+        let many = vec!["1:1"; MAX_RATES + 1].join(",");
+        assert_eq!(parse_rates(&many), None);
+        let most = vec!["1:1"; MAX_RATES].join(",");
+        assert_eq!(parse_rates(&most).map(|r| r.len()), Some(MAX_RATES));
+    }
 
     fn rate(count: u64, seconds: u64) -> Rate {
         Rate {
