@@ -1,42 +1,43 @@
 //! The platform profiles beside the platforms' own device SDKs (issue 24): each SDK (from
-//! PyPI: `tb-mqtt-client`, `azure-iot-device`, `awsiotsdk`) and the agent connect to the same
-//! mosquitto, and the test compares what the broker saw of both, from its own log: client id,
-//! protocol, clean session, keep-alive, user name form, subscriptions with their QoS, publish
-//! topics with QoS and retain flags, and the telemetry payload's shape. What the platform's
+//! PyPI: `tb-mqtt-client`, `azure-iot-device`, `awsiotsdk`, and Cumulocity's device agent
+//! `c8ydm`) and the agent connect to the same mosquitto, and the test compares what the broker
+//! saw of both, from its own log: client id, protocol, clean session, keep-alive, user name
+//! form, subscriptions with their QoS, publish topics with QoS and retain flags, and the
+//! telemetry payload's shape (Cumulocity: the SmartREST lines each sends, read by a subscriber
+//! on the broker's other listener, since the log shows no payloads). What the platform's
 //! contract fixes must be equal; where the platform accepts either (protocol level, clean
-//! session, keep-alive) the difference is printed.
+//! session, keep-alive, QoS, the templates only one of them sends) the difference is printed.
 //!
-//! `#[ignore]`d: needs mosquitto and the SDKs; `bash .ci/sdk.sh` installs both (a venv under
-//! `target/`) and runs it with `GPS_AGENT_SDK_PYTHON` set.
+//! `#[ignore]`d: needs mosquitto and the SDKs; `bash .ci/sdk.sh` installs both (venvs under
+//! `target/`) and runs it with `GPS_AGENT_SDK_PYTHON` and `GPS_AGENT_C8YDM_PYTHON` set.
 
 mod support;
 
 use gps_agent::sim::DriveSpec;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 use support::agent::{drive_log, Agent};
+use support::broker::Subscriber;
 use support::certs::TestPki;
 use support::mosquitto::{Mosquitto, MosquittoOptions};
 
-/// The venv's python with the SDKs, or a panic: these tests run only from `.ci/sdk.sh`.
-fn python() -> PathBuf {
-    PathBuf::from(
-        std::env::var_os("GPS_AGENT_SDK_PYTHON")
-            .expect("GPS_AGENT_SDK_PYTHON names the python with the SDKs: run bash .ci/sdk.sh"),
-    )
-}
+/// The python of `.ci/sdk.sh`'s venv with ThingsBoard's, Azure's and AWS's SDKs.
+const SDK_PYTHON: &str = "GPS_AGENT_SDK_PYTHON";
+/// The python of its venv with Cumulocity's agent: c8ydm needs paho-mqtt 1.x, ThingsBoard's
+/// SDK its own paho 2.x under the same module name, so they cannot share one.
+const C8YDM_PYTHON: &str = "GPS_AGENT_C8YDM_PYTHON";
 
-/// Run an SDK script of `tests/sdk/` with `args`; it must succeed.
-fn run_sdk(script: &str, args: &[&str]) {
+/// Run with the python `var` names a script of `tests/sdk/` with `args`; it must succeed.
+/// Without `var` set, a panic: these tests run only from `.ci/sdk.sh`.
+fn run_sdk(var: &str, script: &str, args: &[&str]) {
+    let python = std::env::var_os(var)
+        .unwrap_or_else(|| panic!("{var} names the python with the SDK: run bash .ci/sdk.sh"));
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(script);
-    let out = Command::new(python())
-        .arg(&path)
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(python).arg(&path).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "{script} failed:\n{}",
@@ -179,11 +180,22 @@ fn gnss(dir: &Path) -> String {
     )
 }
 
-/// Run the agent (remote commands on, so its command channel is compared too) until
-/// mosquitto saw it publish on `topic`, then stop it.
-async fn run_agent(broker: &Mosquitto, dir: &Path, device: &str, mqtt: &str, topic: &str) {
+/// Start the agent with remote commands on, so its command channel is compared too.
+fn start_agent(dir: &Path, device: &str, mqtt: &str) -> Agent {
     let mqtt = format!("{mqtt}\nlinger_s = 0\n\n[commands]\nenabled = true");
-    let agent = Agent::start_with_mqtt(dir, device, &gnss(dir), &mqtt, &[]);
+    Agent::start_with_mqtt(dir, device, &gnss(dir), &mqtt, &[])
+}
+
+/// Stop the agent; it must exit 0.
+fn stop_agent(agent: Agent, dir: &Path, broker: &Mosquitto) {
+    let (code, _) = agent.terminate();
+    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
+    assert_eq!(code, 0, "agent log:\n{log}\nbroker log:\n{}", broker.log());
+}
+
+/// Run the agent until mosquitto saw it publish on `topic`, then stop it.
+async fn run_agent(broker: &Mosquitto, dir: &Path, device: &str, mqtt: &str, topic: &str) {
+    let agent = start_agent(dir, device, mqtt);
     let (from, on) = (
         format!("Received PUBLISH from {device} ("),
         format!("'{topic}', ..."),
@@ -195,9 +207,7 @@ async fn run_agent(broker: &Mosquitto, dir: &Path, device: &str, mqtt: &str, top
             .any(|l| l.contains(&from) && l.contains(&on))
     })
     .await;
-    let (code, _) = agent.terminate();
-    let log = std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default();
-    assert_eq!(code, 0, "agent log:\n{log}\nbroker log:\n{}", broker.log());
+    stop_agent(agent, dir, broker);
 }
 
 fn verbose(options: MosquittoOptions) -> MosquittoOptions {
@@ -214,7 +224,11 @@ async fn thingsboard_the_agent_connects_and_publishes_as_tb_mqtt_client_does() {
     let dir = tempfile::tempdir().unwrap();
     let token = "TB_TOKEN_sdk_1";
     let port = broker.agent_addr.port().to_string();
-    run_sdk("thingsboard_device.py", &["127.0.0.1", &port, token]);
+    run_sdk(
+        SDK_PYTHON,
+        "thingsboard_device.py",
+        &["127.0.0.1", &port, token],
+    );
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
     let device = support::unique("tb");
@@ -244,9 +258,13 @@ async fn thingsboard_the_agent_connects_and_publishes_as_tb_mqtt_client_does() {
         assert!(agent.publishes.contains(&published), "{agent:?}");
     }
     assert_subscriptions_within(sdk, agent);
+    // Server-side RPC (the commands), and the answer to its own `getSessionLimits` call.
     assert_eq!(
         agent.subscriptions,
-        BTreeSet::from([("v1/devices/me/rpc/request/+".to_string(), 1)])
+        BTreeSet::from([
+            ("v1/devices/me/rpc/request/+".to_string(), 1),
+            ("v1/devices/me/rpc/response/+".to_string(), 1)
+        ])
     );
 }
 
@@ -266,6 +284,7 @@ async fn azure_the_agent_connects_and_publishes_as_azure_iot_device_does() {
     let device = support::unique("az");
     let key = "c2VjcmV0LWtleS1mb3ItdGVzdHM=";
     run_sdk(
+        SDK_PYTHON,
         "azure_device.py",
         &[&pki.ca.display().to_string(), &device, key],
     );
@@ -343,6 +362,7 @@ async fn aws_the_agent_connects_and_publishes_as_awsiotsdk_does() {
     let port = broker.agent_addr.port().to_string();
     let path = |p: &Path| p.display().to_string();
     run_sdk(
+        SDK_PYTHON,
         "aws_device.py",
         &[
             "localhost",
@@ -384,6 +404,221 @@ async fn aws_the_agent_connects_and_publishes_as_awsiotsdk_does() {
     assert!(sdk.publishes.contains(&published), "{sdk:?}");
     assert!(agent.publishes.contains(&published), "{agent:?}");
     assert!((30..=1200).contains(&agent.keep_alive), "{agent:?}");
+}
+
+/// The SmartREST lines of one message: split at line breaks outside quoted fields (a field
+/// may hold line breaks when quoted: c8ydm's `113` carries its whole configuration so).
+fn smartrest_lines(payload: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    let mut quoted = false;
+    for c in payload.chars() {
+        match c {
+            '\n' if !quoted => lines.push(std::mem::take(&mut line)),
+            _ => {
+                quoted ^= c == '"';
+                line.push(c);
+            }
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// The SmartREST lines, each with its topic, that `sub` receives up to and with the message
+/// holding the first line `last` accepts.
+async fn smartrest_until(
+    sub: &mut Subscriber,
+    what: &str,
+    last: impl Fn(&str) -> bool,
+) -> Vec<(String, String)> {
+    let mut seen = Vec::new();
+    let found = support::wait::poll_async(Duration::from_secs(30), async || {
+        let msg = sub.next(Duration::from_millis(100)).await?;
+        let lines = smartrest_lines(&String::from_utf8_lossy(&msg.payload));
+        let done = lines.iter().any(|l| last(l));
+        seen.extend(lines.into_iter().map(|l| (msg.topic.clone(), l)));
+        done.then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "waited for {what}, in vain: {seen:#?}");
+    seen
+}
+
+/// The lines sent on `topic`.
+fn lines_on<'a>(lines: &'a [(String, String)], topic: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter(|(t, _)| t == topic)
+        .map(|(_, l)| l.as_str())
+        .collect()
+}
+
+/// The SmartREST template numbers (a line's first field) of `lines`.
+fn templates(lines: &[&str]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .map(|l| l.split(',').next().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// The operations a device declares it takes (`114,{fragment},...`).
+fn operations(lines: &[&str]) -> BTreeSet<String> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("114,"))
+        .flat_map(|l| l.split(',').map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs mosquitto and Cumulocity's device agent: bash .ci/sdk.sh"]
+async fn cumulocity_the_agent_connects_and_publishes_as_c8ydm_does() {
+    let serial = support::unique("c8y");
+    let (tenant, user, password) = ("t12345", format!("device_{serial}"), "c8y-device-secret");
+    let login = format!("{tenant}/{user}");
+    let broker = Mosquitto::start(
+        &verbose(MosquittoOptions {
+            users: vec![(login.clone(), password.to_string())],
+            ..MosquittoOptions::default()
+        }),
+        None,
+    );
+    // What each sends, read on the broker's anonymous listener: its log shows no payloads.
+    let mut upstream = Subscriber::start(&broker.for_subscriber(), "s/#").await;
+    let port = broker.agent_addr.port().to_string();
+    run_sdk(
+        C8YDM_PYTHON,
+        "cumulocity_device.py",
+        &["127.0.0.1", &port, tenant, &user, password, &serial],
+    );
+    // Its stop event is the last line c8ydm sends, before its DISCONNECT.
+    let sdk_lines = smartrest_until(&mut upstream, "c8ydm's stop event", |l| {
+        l.starts_with("400,c8y_AgentStopEvent,")
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("c8y.password");
+    std::fs::write(&password_file, password).unwrap();
+    let mqtt = format!(
+        "url = \"{}\"\nprofile = \"cumulocity\"\nusername = \"{login}\"\npassword_file = \"{}\"",
+        broker.agent_url(false),
+        password_file.display()
+    );
+    let agent = start_agent(dir.path(), &serial, &mqtt);
+    let agent_lines = smartrest_until(&mut upstream, "the agent's first 401 line", |l| {
+        l.starts_with("401,")
+    })
+    .await;
+    stop_agent(agent, dir.path(), &broker);
+
+    let seen: Vec<Client> = clients(&broker.log())
+        .into_iter()
+        .filter(|c| c.id.ends_with(&serial))
+        .collect();
+    // Once each: c8ydm reconnects every 5 s when anything in its start fails.
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    let (sdk, agent) = (&seen[0], &seen[1]);
+    show("Cumulocity", sdk, agent);
+    // The device identifier is the serial: c8ydm sends it bare, the agent with the
+    // connection type `d:` that the platform takes as the default.
+    assert_eq!(sdk.id, serial);
+    assert_eq!(agent.id, format!("d:{serial}"));
+    eprintln!(
+        "  differs, as the platform allows: client id: SDK {}, agent {}",
+        sdk.id, agent.id
+    );
+    assert_eq!(sdk.user.as_deref(), Some(login.as_str()));
+    assert_eq!(agent.user.as_deref(), Some(login.as_str()));
+
+    // Operations arrive on s/ds: both take them there; the agent subscribes nothing else.
+    let filters = |c: &Client| -> BTreeSet<String> {
+        c.subscriptions.iter().map(|(f, _)| f.clone()).collect()
+    };
+    assert!(filters(sdk).contains("s/ds"), "{sdk:?}");
+    assert_eq!(filters(agent), BTreeSet::from(["s/ds".to_string()]));
+    for (filter, qos) in &agent.subscriptions {
+        for (_, sdk_qos) in sdk.subscriptions.iter().filter(|(f, _)| f == filter) {
+            if sdk_qos != qos {
+                eprintln!("  differs, as the platform allows: {filter} at QoS: SDK {sdk_qos}, agent {qos}");
+            }
+        }
+    }
+    eprintln!(
+        "  SDK only subscribes: {:?}",
+        filters(sdk).difference(&filters(agent)).collect::<Vec<_>>()
+    );
+
+    // Static templates on s/us, never retained (c8ydm also uses its own template on s/uc/).
+    assert!(
+        agent
+            .publishes
+            .iter()
+            .all(|(t, _, retain)| t == "s/us" && !retain),
+        "{agent:?}"
+    );
+    assert!(sdk.publishes.iter().any(|(t, ..)| t == "s/us"), "{sdk:?}");
+    assert!(
+        sdk.publishes.iter().all(|(_, _, retain)| !retain),
+        "{sdk:?}"
+    );
+    let qos = |c: &Client| -> BTreeSet<u8> {
+        c.publishes
+            .iter()
+            .filter(|(t, ..)| t == "s/us")
+            .map(|(_, q, _)| *q)
+            .collect()
+    };
+    if qos(sdk) != qos(agent) {
+        eprintln!(
+            "  differs, as the platform allows: s/us at QoS: SDK {:?}, agent {:?}",
+            qos(sdk),
+            qos(agent)
+        );
+    }
+    let (sdk_us, agent_us) = (lines_on(&sdk_lines, "s/us"), lines_on(&agent_lines, "s/us"));
+    // Both name the device first (100 creates it when the tenant has none with this serial).
+    assert!(sdk_us[0].starts_with("100,"), "{sdk_us:#?}");
+    assert!(agent_us[0].starts_with("100,"), "{agent_us:#?}");
+    // The agent takes operations c8ydm takes too, as the same fragments.
+    let (sdk_ops, agent_ops) = (operations(&sdk_us), operations(&agent_us));
+    assert_eq!(
+        agent_ops,
+        BTreeSet::from(["c8y_Command".to_string(), "c8y_Restart".to_string()])
+    );
+    assert!(agent_ops.is_subset(&sdk_ops), "{sdk_ops:?}");
+    for line in sdk_us.iter().chain(&agent_us) {
+        if line.starts_with("400,") {
+            support::platform::c8y_400(line).unwrap();
+        }
+        if line.starts_with("401,") {
+            support::platform::c8y_401(line).unwrap();
+        }
+    }
+    let (sdk_t, agent_t) = (templates(&sdk_us), templates(&agent_us));
+    eprintln!(
+        "  templates on s/us: both {:?}; SDK only {:?}; agent only {:?}",
+        sdk_t.intersection(&agent_t).collect::<Vec<_>>(),
+        sdk_t.difference(&agent_t).collect::<Vec<_>>(),
+        agent_t.difference(&sdk_t).collect::<Vec<_>>()
+    );
+    assert!(sdk_t.is_superset(&BTreeSet::from(["100".into(), "114".into(), "400".into()])));
+    assert!(agent_t.is_superset(&BTreeSet::from([
+        "100".into(),
+        "114".into(),
+        "400".into(),
+        "401".into()
+    ])));
+}
+
+#[test]
+fn smartrest_lines_split_at_line_breaks_outside_quoted_fields() {
+    assert_eq!(
+        smartrest_lines("100,a,b\n113,\"x=1\ny=\"\"2\"\"\"\n400,t,text"),
+        ["100,a,b", "113,\"x=1\ny=\"\"2\"\"\"", "400,t,text"]
+    );
 }
 
 #[test]
