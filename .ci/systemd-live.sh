@@ -94,24 +94,34 @@ unshare -m --propagation private sh -c "$mounts && exec setpriv --reuid=gps-agen
   --config /etc/gps-agent/config.toml'" > "$work/agent.log" 2>&1 &
 agent_pid=$!
 
+# The broker takes connections before anything asks it.
+for _ in $(seq 1 100); do
+  if mosquitto_pub -h 127.0.0.1 -p "$port" -t live/probe -m up 2>/dev/null; then break; fi
+  sleep 0.1
+done
+
 expires=$(date -u -d '+10 min' +%Y-%m-%dT%H:%M:%SZ)
-# Sends one request and prints its first answer (waits at most 60 s for the agent).
+# Sends one request until its first answer comes (the agent subscribes once connected) and
+# prints it; fails after about a minute.
 ask() {
-  local id="$1" json="$2" out
-  mosquitto_sub -h 127.0.0.1 -p "$port" -q 1 -t "fleet/live-truck/cmd/result" -C 1 -W 60 \
-    > "$work/answer.$id" &
-  local sub=$!
+  local id="$1" json="$2" sub=""
+  : > "$work/answer.$id"
   for _ in $(seq 1 120); do
-    mosquitto_pub -h 127.0.0.1 -p "$port" -q 1 -t "fleet/live-truck/cmd" -m "$json"
-    sleep 0.5
     if [ -s "$work/answer.$id" ]; then break; fi
+    if [ -z "$sub" ] || ! kill -0 "$sub" 2>/dev/null; then
+      mosquitto_sub -h 127.0.0.1 -p "$port" -q 1 -t "fleet/live-truck/cmd/result" -C 1 -W 90 \
+        > "$work/answer.$id" 2>/dev/null &
+      sub=$!
+      sleep 0.3
+    fi
+    mosquitto_pub -h 127.0.0.1 -p "$port" -q 1 -t "fleet/live-truck/cmd" -m "$json" || true
+    sleep 0.5
     if ! kill -0 "$agent_pid" 2>/dev/null; then
-      echo "systemd-live: the agent exited"; cat "$work/agent.log"; exit 1
+      echo "systemd-live: the agent exited" >&2; cat "$work/agent.log" >&2; exit 1
     fi
   done
-  wait "$sub" || true
-  out=$(cat "$work/answer.$id")
-  printf '%s\n' "$out"
+  if [ -n "$sub" ]; then kill "$sub" 2>/dev/null || true; fi
+  cat "$work/answer.$id"
 }
 
 answer=$(ask p1 "{\"id\":\"p1\",\"cmd\":\"ping\",\"expires\":\"$expires\"}")
