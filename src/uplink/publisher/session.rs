@@ -862,10 +862,16 @@ impl<S: FixSource> Publisher<S> {
         let stream = self.stream.clone();
         let cap = self.limit.cap();
         let most = self.limit.most();
-        let points: HashMap<u64, u64> = fixes
-            .iter()
-            .map(|(seq, fix)| (*seq, self.profile.points(fix)))
-            .collect();
+        // Data points count only against a platform's data-point rates: without one (every
+        // profile but a ThingsBoard that gave them), nothing is built per fix here.
+        let points: HashMap<u64, u64> = if self.pace.max_points().is_some() {
+            fixes
+                .iter()
+                .map(|(seq, fix)| (*seq, self.profile.points(fix)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let encode = |fixes: &[(u64, Fix)], max: usize| -> Encoded {
             let batch = FixBatch {
                 device: &self.settings.device,
